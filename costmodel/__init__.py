@@ -1,0 +1,1 @@
+"""Cost model: hardware specs, profiles, compute/communication/memory formulas, simulator."""

@@ -1,0 +1,201 @@
+"""Model specs of the LLaMA family: architecture, parameter counts and FLOPs per token.
+
+Sources: the HF `config.json` of each published checkpoint (LLaMA-2, Code Llama 34B,
+Llama 3, Qwen2.5). Parameter counts follow the module shapes of HF `LlamaForCausalLM`:
+embedding V*h; per layer q,o of h*h, k,v of h*(kv_heads*head_dim) (plus biases for Qwen),
+gate/up/down of h*I each, two RMSNorm weights of h; final norm h; output head V*h unless
+tied. A critic or reward model replaces the head with a scalar value head of h (+1 bias).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+HeadKind = Literal["lm", "value"]
+
+
+class ModelSpec(BaseModel):
+    """Architecture of one decoder-only model of the LLaMA family."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    num_layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    num_kv_heads: int = Field(ge=1)
+    intermediate_size: int = Field(ge=1)
+    vocab_size: int = Field(ge=2)
+    max_positions: int = Field(ge=1)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    attention_bias: bool = False
+    tie_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "ModelSpec":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by "
+                             f"num_kv_heads {self.num_kv_heads}")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the K (or V) projection output."""
+        return self.num_kv_heads * self.head_dim
+
+    def attention_params_per_layer(self) -> int:
+        h = self.hidden_size
+        weights = 2 * h * h + 2 * h * self.kv_dim
+        biases = (h + 2 * self.kv_dim) if self.attention_bias else 0
+        return weights + biases
+
+    def mlp_params_per_layer(self) -> int:
+        return 3 * self.hidden_size * self.intermediate_size
+
+    def params_per_layer(self) -> int:
+        """Parameters of one transformer block (attention, MLP, two RMSNorm weights)."""
+        return self.attention_params_per_layer() + self.mlp_params_per_layer() + 2 * self.hidden_size
+
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def head_params(self, head: HeadKind = "lm") -> int:
+        """Final norm plus output head (LM head of V*h, or value head of h + 1 bias)."""
+        if head == "value":
+            return self.hidden_size + self.hidden_size + 1
+        lm = 0 if self.tie_embeddings else self.vocab_size * self.hidden_size
+        return self.hidden_size + lm
+
+    def num_params(self, head: HeadKind = "lm") -> int:
+        """Total parameter count of the model with the given head."""
+        return (self.embedding_params() + self.num_layers * self.params_per_layer()
+                + self.head_params(head))
+
+    def matmul_params_per_layer(self) -> int:
+        """Parameters of one block that take part in matrix multiplies (no norms, no biases)."""
+        h = self.hidden_size
+        return 2 * h * h + 2 * h * self.kv_dim + self.mlp_params_per_layer()
+
+    def forward_flops_per_token_per_layer(self, context_len: float) -> float:
+        """Forward FLOPs of one block for one token attending to `context_len` tokens.
+
+        2 FLOPs per multiply-accumulate on every weight, plus QK^T and AV: 2 * 2 * h * context.
+        For a causally masked sequence of length s, pass context_len = s / 2 (mean context).
+        """
+        return 2.0 * self.matmul_params_per_layer() + 4.0 * self.hidden_size * context_len
+
+    def head_forward_flops_per_token(self, head: HeadKind = "lm") -> float:
+        return 2.0 * (self.vocab_size * self.hidden_size if head == "lm" else self.hidden_size)
+
+    def forward_flops_per_token(self, context_len: float, head: HeadKind = "lm") -> float:
+        """Forward FLOPs of the whole model per token (embedding lookup is free)."""
+        return (self.num_layers * self.forward_flops_per_token_per_layer(context_len)
+                + self.head_forward_flops_per_token(head))
+
+    def kv_cache_bytes_per_token(self, bytes_per_element: int = 2) -> int:
+        """KV-cache bytes of one token over all layers: K and V of kv_dim each per layer."""
+        return 2 * self.num_layers * self.kv_dim * bytes_per_element
+
+
+def _llama2(name: str, layers: int, hidden: int, heads: int, kv_heads: int, inter: int,
+            max_positions: int = 4096) -> ModelSpec:
+    return ModelSpec(name=name, num_layers=layers, hidden_size=hidden, num_heads=heads,
+                     num_kv_heads=kv_heads, intermediate_size=inter, vocab_size=32000,
+                     max_positions=max_positions)
+
+
+PRESETS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        _llama2("llama-7b", 32, 4096, 32, 32, 11008),
+        _llama2("llama-13b", 40, 5120, 40, 40, 13824),
+        ModelSpec(name="llama-34b", num_layers=48, hidden_size=8192, num_heads=64, num_kv_heads=8,
+                  intermediate_size=22016, vocab_size=32000, max_positions=16384,
+                  rope_theta=1e6),
+        _llama2("llama-70b", 80, 8192, 64, 8, 28672),
+        ModelSpec(name="llama3-8b", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
+                  intermediate_size=14336, vocab_size=128256, max_positions=8192,
+                  rope_theta=500000.0),
+        ModelSpec(name="llama3-70b", num_layers=80, hidden_size=8192, num_heads=64,
+                  num_kv_heads=8, intermediate_size=28672, vocab_size=128256,
+                  max_positions=8192, rope_theta=500000.0),
+        ModelSpec(name="qwen2.5-7b", num_layers=28, hidden_size=3584, num_heads=28,
+                  num_kv_heads=4, intermediate_size=18944, vocab_size=152064,
+                  max_positions=32768, rope_theta=1e6, norm_eps=1e-6, attention_bias=True),
+        ModelSpec(name="qwen2.5-32b", num_layers=64, hidden_size=5120, num_heads=40,
+                  num_kv_heads=8, intermediate_size=27648, vocab_size=152064,
+                  max_positions=32768, rope_theta=1e6, norm_eps=1e-6, attention_bias=True),
+        # Tiny sizes for tests: train in seconds on a CPU.
+        ModelSpec(name="llama-tiny", num_layers=4, hidden_size=256, num_heads=8, num_kv_heads=4,
+                  intermediate_size=688, vocab_size=1024, max_positions=512),
+        ModelSpec(name="llama-small", num_layers=8, hidden_size=512, num_heads=8, num_kv_heads=8,
+                  intermediate_size=1376, vocab_size=4096, max_positions=1024),
+    ]
+}
+
+# HF config.json keys -> ModelSpec fields.
+_HF_KEYS = {
+    "num_hidden_layers": "num_layers",
+    "hidden_size": "hidden_size",
+    "num_attention_heads": "num_heads",
+    "num_key_value_heads": "num_kv_heads",
+    "intermediate_size": "intermediate_size",
+    "vocab_size": "vocab_size",
+    "max_position_embeddings": "max_positions",
+    "rope_theta": "rope_theta",
+    "rms_norm_eps": "norm_eps",
+    "tie_word_embeddings": "tie_embeddings",
+}
+_SUPPORTED_HF_TYPES = {"llama", "qwen2", "mistral"}
+
+
+def spec_from_hf_config(config_path: Path) -> ModelSpec:
+    """Read a ModelSpec from a local HF `config.json` (LLaMA, Qwen2 or Mistral type).
+
+    Raises ValueError with the file and field when the config is not of a supported kind.
+    """
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config_path}: cannot read HF config ({err})") from None
+    model_type = config.get("model_type")
+    if model_type not in _SUPPORTED_HF_TYPES:
+        raise ValueError(f"{config_path}: model_type {model_type!r} is not supported; "
+                         f"valid: {sorted(_SUPPORTED_HF_TYPES)}")
+    fields: dict = {"name": config_path.parent.name}
+    for hf_key, field in _HF_KEYS.items():
+        if hf_key in config and config[hf_key] is not None:
+            fields[field] = config[hf_key]
+    fields.setdefault("num_kv_heads", fields.get("num_heads"))
+    fields["attention_bias"] = bool(config.get("attention_bias", model_type == "qwen2"))
+    missing = [hf for hf, f in _HF_KEYS.items() if f not in fields
+               and f in {"num_layers", "hidden_size", "num_heads", "intermediate_size",
+                         "vocab_size", "max_positions"}]
+    if missing:
+        raise ValueError(f"{config_path}: missing field(s) {missing}")
+    return ModelSpec(**fields)
+
+
+def resolve_model(name_or_path: str, base_dir: Path | None = None) -> ModelSpec:
+    """A preset by name, or a directory holding an HF `config.json` (relative to base_dir)."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    path = Path(name_or_path)
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    if path.is_dir() and (path / "config.json").is_file():
+        return spec_from_hf_config(path / "config.json")
+    raise ValueError(f"unknown model {name_or_path!r}; valid: {sorted(PRESETS)} "
+                     f"or a directory with an HF config.json")

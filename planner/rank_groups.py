@@ -1,0 +1,72 @@
+"""Rank groups of a 3D layout on a device mesh: one of the shared pure functions.
+
+The cost model and the runtime both call this, so what we price is what we run.
+
+Order (as in ReaLHF's pipe-data-model topology and Megatron's default): tensor parallel is
+innermost (adjacent mesh positions, so a TP group sits inside one node), then data parallel,
+then pipeline parallel outermost:
+
+    mesh position = pp_rank * (dp * tp) + dp_rank * tp + tp_rank
+
+Worked example, dp=2, tp=2, pp=2 on mesh devices [0..7]:
+    tp groups: [0,1] [2,3] [4,5] [6,7]
+    dp groups: [0,2] [1,3] [4,6] [5,7]
+    pp groups: [0,4] [1,5] [2,6] [3,7]
+Stage 0 holds devices 0-3, stage 1 holds 4-7.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """Where one device sits in a layout: its data, tensor and pipeline rank."""
+
+    dp_rank: int
+    tp_rank: int
+    pp_rank: int
+
+
+@dataclass(frozen=True)
+class RankGroups:
+    """All groups of one layout, each a tuple of device ids in rank order."""
+
+    dp_groups: tuple[tuple[int, ...], ...]
+    tp_groups: tuple[tuple[int, ...], ...]
+    pp_groups: tuple[tuple[int, ...], ...]
+
+
+def mesh_position(dp_rank: int, tp_rank: int, pp_rank: int, dp: int, tp: int) -> int:
+    """Index into the mesh's device list of the device at (dp_rank, tp_rank, pp_rank)."""
+    return pp_rank * (dp * tp) + dp_rank * tp + tp_rank
+
+
+def coordinate_of(position: int, dp: int, tp: int, pp: int) -> Coordinate:
+    """Inverse of `mesh_position`: the layout coordinate of a mesh position."""
+    assert 0 <= position < dp * tp * pp, (position, dp, tp, pp)
+    pp_rank, rest = divmod(position, dp * tp)
+    dp_rank, tp_rank = divmod(rest, tp)
+    return Coordinate(dp_rank=dp_rank, tp_rank=tp_rank, pp_rank=pp_rank)
+
+
+def device_at(device_ids: Sequence[int], dp: int, tp: int, pp: int,
+              dp_rank: int, tp_rank: int, pp_rank: int) -> int:
+    """Device id at a layout coordinate on a mesh given by its ordered device ids."""
+    assert len(device_ids) == dp * tp * pp, (len(device_ids), dp, tp, pp)
+    return device_ids[mesh_position(dp_rank, tp_rank, pp_rank, dp, tp)]
+
+
+def rank_groups(device_ids: Sequence[int], dp: int, tp: int, pp: int) -> RankGroups:
+    """The DP, TP and PP groups of layout (dp, tp, pp) on the ordered mesh `device_ids`."""
+    assert len(device_ids) == dp * tp * pp, (len(device_ids), dp, tp, pp)
+
+    def at(d: int, t: int, p: int) -> int:
+        return device_ids[mesh_position(d, t, p, dp, tp)]
+
+    tp_groups = tuple(tuple(at(d, t, p) for t in range(tp)) for p in range(pp) for d in range(dp))
+    dp_groups = tuple(tuple(at(d, t, p) for d in range(dp)) for p in range(pp) for t in range(tp))
+    pp_groups = tuple(tuple(at(d, t, p) for p in range(pp)) for d in range(dp) for t in range(tp))
+    return RankGroups(dp_groups=dp_groups, tp_groups=tp_groups, pp_groups=pp_groups)

@@ -1,0 +1,1 @@
+"""Runtime: torch.distributed executor of plans (LLaMA-family engine, reallocation, RL losses)."""
