@@ -1,0 +1,124 @@
+"""The augmented graph of a plan: the workflow plus what the plan implies.
+
+- A *reallocation* node wherever consecutive calls of the same model use different
+  executions (including from the model's last call of iteration i to its first call of
+  iteration i+1). It moves the parameters from one layout to the other.
+- A *transfer* flag on every data edge whose two calls run on different meshes.
+- Parameter-version edges: a trained model's train call of iteration i precedes the model's
+  first call of iteration i+1 (through a reallocation when the executions differ).
+
+Consecutive calls of one model are always ordered (edge kind `order`, or `version` when the
+earlier call is a train call), because they share the model's parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import networkx as nx
+
+from planner.layout import Execution
+from planner.workflow import Workflow
+
+
+@dataclass(frozen=True)
+class Reallocation:
+    """Parameters of `model` move from `src_call`'s execution to `dst_call`'s.
+
+    `wraps` is True for the move from the last call of an iteration to the first call of
+    the next one.
+    """
+
+    model: str
+    src_call: str
+    dst_call: str
+    wraps: bool
+
+    @property
+    def name(self) -> str:
+        return f"realloc:{self.model}:{self.src_call}->{self.dst_call}"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Data keys moving between two calls that run on different meshes."""
+
+    src_call: str
+    dst_call: str
+    keys: tuple[str, ...]
+
+
+def model_call_pairs(workflow: Workflow) -> list[tuple[str, str, str, bool]]:
+    """(model, earlier call, later call, wraps) for consecutive calls of each model.
+
+    A model with one call pairs with itself across iterations only when it is trained.
+    """
+    pairs = []
+    trained = workflow.trained_models()
+    for role in workflow.models:
+        calls = workflow.calls_of_model(role)
+        for a, b in zip(calls, calls[1:]):
+            pairs.append((role, a, b, False))
+        if len(calls) > 1 or role in trained:
+            pairs.append((role, calls[-1], calls[0], True))
+    return pairs
+
+
+def reallocations(workflow: Workflow, executions: Mapping[str, Execution]) -> list[Reallocation]:
+    """Reallocations a plan implies: one per consecutive pair with different executions."""
+    return [Reallocation(model, a, b, wraps) for model, a, b, wraps in model_call_pairs(workflow)
+            if executions[a] != executions[b]]
+
+
+def transfers(workflow: Workflow, executions: Mapping[str, Execution]) -> list[Transfer]:
+    """Data edges between calls on different meshes (same devices, same order: no transfer)."""
+    result = []
+    for src, dst, data in workflow.graph.edges(data=True):
+        if executions[src].devices != executions[dst].devices:
+            result.append(Transfer(src, dst, tuple(data["keys"])))
+    return result
+
+
+def call_node(iteration: int, call: str) -> str:
+    return f"{iteration}/{call}"
+
+
+def augmented_graph(workflow: Workflow, executions: Mapping[str, Execution],
+                    num_iterations: int = 2) -> nx.DiGraph:
+    """The augmented DAG over `num_iterations` iterations.
+
+    Node ids are `"<iteration>/<call>"` and `"<iteration>/realloc:<model>:<src>-><dst>"`;
+    node attrs: kind (call|realloc), iteration, model, call or src/dst, devices. Edge attrs:
+    kind (data|order|version), and for data edges `keys` and `transfer`.
+    """
+    graph = nx.DiGraph()
+    moves = {(r.src_call, r.dst_call): r for r in reallocations(workflow, executions)}
+    calls = workflow.call_by_name
+    for i in range(num_iterations):
+        for name in workflow.call_order:
+            graph.add_node(call_node(i, name), kind="call", iteration=i, call=name,
+                           model=calls[name].model, devices=executions[name].devices)
+        for src, dst, data in workflow.graph.edges(data=True):
+            graph.add_edge(call_node(i, src), call_node(i, dst), kind="data",
+                           keys=tuple(data["keys"]),
+                           transfer=executions[src].devices != executions[dst].devices)
+    for i in range(num_iterations):
+        for model, a, b, wraps in model_call_pairs(workflow):
+            j = i + 1 if wraps else i
+            if j >= num_iterations:
+                continue
+            kind = "version" if calls[a].kind == "train" else "order"
+            src, dst = call_node(i, a), call_node(j, b)
+            move = moves.get((a, b))
+            if move is None:
+                graph.add_edge(src, dst, kind=kind)
+                continue
+            node = f"{i}/{move.name}"
+            devices = tuple(sorted(set(executions[a].devices) | set(executions[b].devices)))
+            graph.add_node(node, kind="realloc", iteration=i, model=model, src=a, dst=b,
+                           devices=devices)
+            graph.add_edge(src, node, kind=kind)
+            graph.add_edge(node, dst, kind="order")
+    assert nx.is_directed_acyclic_graph(graph)
+    return graph

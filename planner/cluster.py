@@ -1,0 +1,208 @@
+"""Cluster specs: node groups of devices, and the links inside and across nodes.
+
+Devices are numbered node-major: node 0 holds devices 0 .. d0-1, node 1 the next, and so on.
+Node groups of different hardware are allowed (heterogeneous clusters); nodes are numbered
+across groups in the order the groups are listed.
+
+A cluster file accepts either the short form
+    nodes: 2
+    devices_per_node: 8
+    device: h100-sxm-80gb
+or a list of node groups
+    node_groups: [{nodes: 1, devices_per_node: 8, device: h100-sxm-80gb},
+                  {nodes: 2, devices_per_node: 8, device: a100-sxm-80gb}]
+plus optional link overrides (`inter_node_bandwidth_gb_per_s`, `inter_node_latency_us`).
+Links default from the hardware specs (the slowest group's for inter-node links).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from planner.errors import InputError, describe_validation_error
+from planner.hardware import HardwareSpec, hardware_by_name
+from planner.yamlio import load_yaml_mapping
+
+
+class NodeGroup(BaseModel):
+    """`nodes` identical nodes with `devices_per_node` devices of one hardware spec."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nodes: int = Field(ge=1)
+    devices_per_node: int = Field(ge=1)
+    hardware: HardwareSpec
+
+
+class ClusterSpec(BaseModel):
+    """A resolved cluster: what plans store and what the cost model reads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    node_groups: tuple[NodeGroup, ...] = Field(min_length=1)
+    inter_node_bandwidth_gb_per_s: float = Field(gt=0)
+    inter_node_latency_us: float = Field(ge=0)
+
+    @cached_property
+    def node_devices_per_node(self) -> tuple[int, ...]:
+        """Devices on each node, in node order."""
+        return tuple(g.devices_per_node for g in self.node_groups for _ in range(g.nodes))
+
+    @cached_property
+    def node_first_device(self) -> tuple[int, ...]:
+        firsts, total = [], 0
+        for count in self.node_devices_per_node:
+            firsts.append(total)
+            total += count
+        return tuple(firsts)
+
+    @cached_property
+    def device_node(self) -> tuple[int, ...]:
+        """Node index of each device."""
+        return tuple(n for n, c in enumerate(self.node_devices_per_node) for _ in range(c))
+
+    @cached_property
+    def node_hardware(self) -> tuple[HardwareSpec, ...]:
+        return tuple(g.hardware for g in self.node_groups for _ in range(g.nodes))
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_devices_per_node)
+
+    @property
+    def num_devices(self) -> int:
+        return sum(self.node_devices_per_node)
+
+    def slot_of(self, device: int) -> int:
+        return device - self.node_first_device[self.device_node[device]]
+
+    def hardware_of(self, device: int) -> HardwareSpec:
+        return self.node_hardware[self.device_node[device]]
+
+    def device_id(self, node: int, slot: int) -> int:
+        return self.node_first_device[node] + slot
+
+    def is_homogeneous(self) -> bool:
+        return len({g.hardware.name for g in self.node_groups}) == 1 and \
+            len(set(self.node_devices_per_node)) == 1
+
+    def describe(self) -> str:
+        parts = [f"{g.nodes}x{g.devices_per_node} {g.hardware.name}" for g in self.node_groups]
+        return f"{self.name} ({' + '.join(parts)}, {self.num_devices} devices)"
+
+
+class NodeGroupFile(BaseModel):
+    """A node group as a user writes it: hardware by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nodes: int = Field(ge=1)
+    devices_per_node: int = Field(ge=1)
+    device: str
+
+
+class ClusterFile(BaseModel):
+    """The cluster YAML a user writes (short form or node groups)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Optional[str] = Field(default=None, description="defaults to the file's stem")
+    nodes: Optional[int] = Field(default=None, ge=1)
+    devices_per_node: Optional[int] = Field(default=None, ge=1)
+    device: Optional[str] = None
+    node_groups: Optional[list[NodeGroupFile]] = None
+    inter_node_bandwidth_gb_per_s: Optional[float] = Field(default=None, gt=0)
+    inter_node_latency_us: Optional[float] = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "ClusterFile":
+        short = [self.nodes, self.devices_per_node, self.device]
+        if self.node_groups is not None:
+            if any(v is not None for v in short):
+                raise ValueError("give either nodes/devices_per_node/device or node_groups, "
+                                 "not both")
+            if not self.node_groups:
+                raise ValueError("node_groups is empty; list at least one group")
+        elif any(v is None for v in short):
+            raise ValueError("give nodes, devices_per_node and device (or node_groups)")
+        return self
+
+    def groups(self) -> list[NodeGroupFile]:
+        if self.node_groups is not None:
+            return list(self.node_groups)
+        return [NodeGroupFile(nodes=self.nodes, devices_per_node=self.devices_per_node,
+                              device=self.device)]
+
+
+def build_cluster(name: str, groups: list[NodeGroupFile],
+                  inter_node_bandwidth_gb_per_s: float | None = None,
+                  inter_node_latency_us: float | None = None) -> ClusterSpec:
+    """Resolve hardware names and default the links; ValueError on unknown devices."""
+    resolved = [NodeGroup(nodes=g.nodes, devices_per_node=g.devices_per_node,
+                          hardware=hardware_by_name(g.device)) for g in groups]
+    specs = [g.hardware for g in resolved]
+    return ClusterSpec(
+        name=name, node_groups=tuple(resolved),
+        inter_node_bandwidth_gb_per_s=inter_node_bandwidth_gb_per_s
+        or min(h.inter_node_bandwidth_gb_per_s for h in specs),
+        inter_node_latency_us=inter_node_latency_us
+        if inter_node_latency_us is not None else max(h.inter_node_latency_us for h in specs),
+    )
+
+
+def _preset(name: str, nodes: int, devices_per_node: int, device: str) -> tuple[str, tuple]:
+    return name, (nodes, devices_per_node, device)
+
+
+PRESETS: dict[str, tuple[int, int, str]] = dict([
+    _preset("h100x1", 1, 1, "h100-sxm-80gb"),
+    _preset("h100x2", 1, 2, "h100-sxm-80gb"),
+    _preset("h100x4", 1, 4, "h100-sxm-80gb"),
+    _preset("h100x8", 1, 8, "h100-sxm-80gb"),
+    _preset("h100x16", 2, 8, "h100-sxm-80gb"),
+    _preset("h100x64", 8, 8, "h100-sxm-80gb"),
+    _preset("h100x128", 16, 8, "h100-sxm-80gb"),
+    _preset("h100x512", 64, 8, "h100-sxm-80gb"),
+    _preset("a100x8", 1, 8, "a100-sxm-80gb"),
+    _preset("a100x16", 2, 8, "a100-sxm-80gb"),
+    _preset("h200x8", 1, 8, "h200-sxm-141gb"),
+    _preset("cpu1", 1, 1, "cpu"),
+    _preset("cpu2", 1, 2, "cpu"),
+    _preset("cpu4", 1, 4, "cpu"),
+])
+
+
+def cluster_preset(name: str) -> ClusterSpec:
+    nodes, per_node, device = PRESETS[name]
+    return build_cluster(name, [NodeGroupFile(nodes=nodes, devices_per_node=per_node,
+                                              device=device)])
+
+
+def load_cluster_file(path: Path) -> ClusterSpec:
+    data = load_yaml_mapping(path)
+    try:
+        spec = ClusterFile(**data)
+    except ValidationError as err:
+        raise describe_validation_error(err, path) from None
+    try:
+        return build_cluster(spec.name or Path(path).stem, spec.groups(),
+                             spec.inter_node_bandwidth_gb_per_s, spec.inter_node_latency_us)
+    except ValueError as err:
+        field = "node_groups" if spec.node_groups is not None else "device"
+        raise InputError(f"{path}: {field}: {err}") from None
+
+
+def resolve_cluster(name_or_path: str) -> ClusterSpec:
+    """A preset by name, or a cluster YAML file; InputError otherwise."""
+    if name_or_path in PRESETS:
+        return cluster_preset(name_or_path)
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        return load_cluster_file(path)
+    raise InputError(f"--cluster: unknown cluster {name_or_path!r}; valid: a preset "
+                     f"{sorted(PRESETS)} or a cluster YAML file")

@@ -1,0 +1,81 @@
+"""Hardware specs of one accelerator (or CPU process), read from profiles/hardware/*.yaml.
+
+Keys carry their units (`memory_gib`, `peak_bf16_tflops`, `hbm_bandwidth_gb_per_s`); the
+properties convert once to bytes, FLOP/s and seconds for use inside the code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from planner.errors import InputError, describe_validation_error
+from planner.paths import HARDWARE_DIR
+from planner.yamlio import load_yaml_mapping
+
+GIB = 1024**3
+GB = 1e9
+
+
+class HardwareSpec(BaseModel):
+    """Datasheet figures of one device and its default links."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: Literal["cuda", "cpu"]
+    memory_gib: float = Field(gt=0)
+    peak_bf16_tflops: float = Field(gt=0, description="dense tensor-core bf16 peak")
+    peak_fp32_tflops: float = Field(gt=0)
+    hbm_bandwidth_gb_per_s: float = Field(gt=0)
+    compute_dtype: Literal["bf16", "fp32"]
+    intra_node_bandwidth_gb_per_s: float = Field(gt=0, description="per direction, per device")
+    intra_node_latency_us: float = Field(ge=0)
+    inter_node_bandwidth_gb_per_s: float = Field(gt=0, description="per device NIC")
+    inter_node_latency_us: float = Field(ge=0)
+    source: str = Field(description="where the figures come from")
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gib * GIB
+
+    @property
+    def compute_dtype_bytes(self) -> int:
+        return 2 if self.compute_dtype == "bf16" else 4
+
+    @property
+    def peak_flops(self) -> float:
+        """Peak FLOP/s in the compute dtype."""
+        tflops = self.peak_bf16_tflops if self.compute_dtype == "bf16" else self.peak_fp32_tflops
+        return tflops * 1e12
+
+    @property
+    def memory_bandwidth_bytes_per_s(self) -> float:
+        return self.hbm_bandwidth_gb_per_s * GB
+
+
+def known_hardware() -> list[str]:
+    return sorted(p.stem for p in HARDWARE_DIR.glob("*.yaml"))
+
+
+@lru_cache(maxsize=None)
+def load_hardware_file(path: Path) -> HardwareSpec:
+    data = load_yaml_mapping(path)
+    try:
+        return HardwareSpec(**data)
+    except ValidationError as err:
+        raise describe_validation_error(err, path) from None
+
+
+def hardware_by_name(name: str) -> HardwareSpec:
+    """The spec in profiles/hardware/<name>.yaml; ValueError naming the valid ones."""
+    path = HARDWARE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown device {name!r}; valid: {known_hardware()}")
+    return load_hardware_file(path)
+
+
+__all__ = ["HardwareSpec", "hardware_by_name", "known_hardware", "InputError", "GIB", "GB"]

@@ -1,0 +1,184 @@
+"""Plans: one execution per call, and the plan YAML (load, validate, save).
+
+The file is self-contained enough to re-estimate and to run: schema version, the resolved
+workflow (model specs and batch), the resolved cluster, one execution per call (mesh as
+device ids and as `node:slots` text, dp, tp, pp, micro-batches), the augmented steps
+(reallocations and transfers; derived, rewritten on save), the estimate when one was made,
+and provenance. Saving, loading and saving again gives byte-identical text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from planner import __version__
+from planner.augment import reallocations, transfers
+from planner.cluster import ClusterSpec
+from planner.errors import InputError, describe_validation_error
+from planner.layout import Execution, execution_problem
+from planner.mesh import mesh_text, parse_mesh_text
+from planner.workflow import Workflow
+from planner.yamlio import atomic_write_text, dump_yaml, load_yaml_mapping
+
+SCHEMA_VERSION = 1
+
+
+class Provenance(BaseModel):
+    """Where a plan came from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tool_version: str = __version__
+    created_by: str = Field(description="the command or code that made the plan")
+    profile_source: Optional[str] = None
+    seed: Optional[int] = None
+    search: Optional[dict[str, Any]] = None
+
+
+class Plan(BaseModel):
+    """A workflow, a cluster and one execution per call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow: Workflow
+    cluster: ClusterSpec
+    executions: dict[str, Execution]
+    estimate: Optional[dict[str, Any]] = None
+    provenance: Provenance
+
+    def problems(self) -> list[str]:
+        """Every reason this plan is invalid for its workflow and cluster (empty when valid)."""
+        found = []
+        calls = self.workflow.call_by_name
+        missing = [c for c in self.workflow.call_order if c not in self.executions]
+        if missing:
+            found.append(f"executions: no execution for call(s) {missing}")
+        extra = sorted(set(self.executions) - set(calls))
+        if extra:
+            found.append(f"executions: unknown call(s) {extra}; valid: {sorted(calls)}")
+        for name, ex in self.executions.items():
+            if name not in calls:
+                continue
+            role = self.workflow.models[calls[name].model]
+            problem = execution_problem(ex, role.spec, self.cluster, calls[name],
+                                        self.workflow.batch)
+            if problem:
+                found.append(f"executions.{name}: {problem}")
+        return found
+
+
+class ExecutionEntry(BaseModel):
+    """An execution as written in the plan file: mesh text and/or device ids."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mesh: Optional[str] = None
+    devices: Optional[tuple[int, ...]] = None
+    dp: int = Field(ge=1)
+    tp: int = Field(ge=1)
+    pp: int = Field(ge=1)
+    micro_batches: int = Field(default=1, ge=1)
+
+
+class PlanFile(BaseModel):
+    """The plan YAML layout; `augmented` is derived and ignored on load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int
+    workflow: Workflow
+    cluster: ClusterSpec
+    executions: dict[str, ExecutionEntry]
+    augmented: Optional[dict[str, Any]] = None
+    estimate: Optional[dict[str, Any]] = None
+    provenance: Provenance
+
+
+def _resolve_execution(name: str, entry: ExecutionEntry, cluster: ClusterSpec,
+                       source: str) -> Execution:
+    field = f"{source}: executions.{name}"
+    if entry.mesh is None and entry.devices is None:
+        raise InputError(f"{field}: give mesh (e.g. '0:0-3') or devices (e.g. [0, 1, 2, 3])")
+    devices = entry.devices
+    if entry.mesh is not None:
+        try:
+            from_text = parse_mesh_text(entry.mesh, cluster)
+        except ValueError as err:
+            raise InputError(f"{field}.mesh: {err}") from None
+        if devices is not None and tuple(devices) != from_text:
+            raise InputError(f"{field}: mesh {entry.mesh!r} is devices {list(from_text)}, "
+                             f"but devices says {list(devices)}")
+        devices = from_text
+    return Execution(devices=tuple(devices), dp=entry.dp, tp=entry.tp, pp=entry.pp,
+                     micro_batches=entry.micro_batches)
+
+
+def plan_from_mapping(data: dict[str, Any], source: str) -> Plan:
+    """Parse and validate plan data; InputError with the file and field on any problem."""
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InputError(f"{source}: schema_version: got {version!r}; this tool reads "
+                         f"schema_version {SCHEMA_VERSION}")
+    try:
+        parsed = PlanFile(**data)
+    except ValidationError as err:
+        raise describe_validation_error(err, source) from None
+    executions = {name: _resolve_execution(name, entry, parsed.cluster, source)
+                  for name, entry in parsed.executions.items()}
+    plan = Plan(workflow=parsed.workflow, cluster=parsed.cluster, executions=executions,
+                estimate=parsed.estimate, provenance=parsed.provenance)
+    problems = plan.problems()
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise InputError(f"{source}: {problems[0]}{more}")
+    return plan
+
+
+def load_plan(path: Path) -> Plan:
+    return plan_from_mapping(load_yaml_mapping(path), str(path))
+
+
+def plan_to_mapping(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data in file order (executions in call order)."""
+    order = plan.workflow.call_order
+    executions = {}
+    for name in order:
+        ex = plan.executions[name]
+        executions[name] = {"mesh": mesh_text(ex.devices, plan.cluster),
+                            "devices": list(ex.devices), "dp": ex.dp, "tp": ex.tp,
+                            "pp": ex.pp, "micro_batches": ex.micro_batches}
+    augmented = {
+        "reallocations": [{"model": r.model, "from": r.src_call, "to": r.dst_call,
+                           "next_iteration": r.wraps}
+                          for r in reallocations(plan.workflow, plan.executions)],
+        "transfers": [{"from": t.src_call, "to": t.dst_call, "keys": list(t.keys)}
+                      for t in transfers(plan.workflow, plan.executions)],
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "workflow": plan.workflow.model_dump(mode="json"),
+        "cluster": plan.cluster.model_dump(mode="json"),
+        "executions": executions,
+        "augmented": augmented,
+        "estimate": plan.estimate,
+        "provenance": plan.provenance.model_dump(mode="json"),
+    }
+
+
+def plan_to_yaml(plan: Plan) -> str:
+    return dump_yaml(plan_to_mapping(plan))
+
+
+def save_plan(plan: Plan, path: Path) -> None:
+    """Write the plan atomically (temporary file + rename)."""
+    atomic_write_text(Path(path), plan_to_yaml(plan))
+
+
+def check_same_cluster(plan: Plan, cluster: ClusterSpec, source: str) -> None:
+    """Refuse a plan made for another cluster than the one it is used on."""
+    if plan.cluster != cluster:
+        raise InputError(f"{source}: cluster: the plan is for {plan.cluster.describe()}, "
+                         f"not {cluster.describe()}; re-plan with `plan search --cluster`")

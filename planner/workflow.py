@@ -1,0 +1,162 @@
+"""Workflows: the dataflow graph (DFG) of one RLHF iteration.
+
+A workflow lists model function calls (MFCs): each names a model role, a kind (generate,
+inference, train), the data keys it reads and the keys it writes. Edges run from the call that
+writes a key to every call that reads it, labelled with the keys. Keys listed under `inputs`
+come from the dataset (prompts, preference pairs) rather than from another call.
+
+The order of calls matters in one place: calls of the same model run in the workflow's
+topological order (ties broken by the order calls are listed), and that order is what the
+augmented graph and the runtime follow.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+import networkx as nx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from planner.modelspec import HeadKind, ModelSpec
+
+CallKind = Literal["generate", "inference", "train"]
+Algorithm = Literal["ppo", "grpo", "remax", "dpo", "rloo", "custom"]
+
+
+class ModelFunctionCall(BaseModel):
+    """One node of the DFG."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1, description="model role, a key of the workflow's models")
+    kind: CallKind
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    greedy: bool = Field(default=False, description="generate only: greedy decoding")
+
+
+class ModelRole(BaseModel):
+    """A model role of the workflow (actor, critic, ...) with its architecture and head."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: ModelSpec
+    head: HeadKind
+
+
+class BatchSpec(BaseModel):
+    """Batch settings of one iteration.
+
+    n_seqs: sequences processed by every call per iteration (for DPO, chosen plus rejected,
+    so it must be even); prompt_len / gen_len: prompt and generated (response) tokens per
+    sequence; ppo_minibatches: optimizer steps per train call; group_size: samples per
+    prompt (GRPO, RLOO), so n_seqs / group_size prompts are drawn.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_seqs: int = Field(ge=1)
+    prompt_len: int = Field(ge=1)
+    gen_len: int = Field(ge=1)
+    ppo_minibatches: int = Field(default=1, ge=1)
+    group_size: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "BatchSpec":
+        if self.n_seqs % self.ppo_minibatches:
+            raise ValueError(f"n_seqs {self.n_seqs} is not divisible by ppo_minibatches "
+                             f"{self.ppo_minibatches}")
+        if self.n_seqs % self.group_size:
+            raise ValueError(f"n_seqs {self.n_seqs} is not divisible by group_size "
+                             f"{self.group_size}")
+        return self
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_len + self.gen_len
+
+
+class Workflow(BaseModel):
+    """A resolved workflow: calls, model roles with specs, batch settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: Algorithm
+    models: dict[str, ModelRole] = Field(min_length=1)
+    batch: BatchSpec
+    inputs: tuple[str, ...] = ("prompts",)
+    calls: tuple[ModelFunctionCall, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> "Workflow":
+        names = [c.name for c in self.calls]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"calls: duplicate call name(s) {duplicates}")
+        producers: dict[str, str] = {}
+        for call in self.calls:
+            if call.model not in self.models:
+                raise ValueError(f"calls: {call.name}: model role {call.model!r} is not in "
+                                 f"models; valid: {sorted(self.models)}")
+            if call.greedy and call.kind != "generate":
+                raise ValueError(f"calls: {call.name}: greedy applies to generate calls only")
+            for key in call.outputs:
+                if key in producers or key in self.inputs:
+                    first = producers.get(key, "the dataset inputs")
+                    raise ValueError(f"calls: {call.name}: key {key!r} is already produced by "
+                                     f"{first}; each key needs one producer")
+                producers[key] = call.name
+        for call in self.calls:
+            for key in call.inputs:
+                if key not in producers and key not in self.inputs:
+                    raise ValueError(f"calls: {call.name}: nobody produces input key {key!r}; "
+                                     f"produced keys: {sorted(producers)}, dataset inputs: "
+                                     f"{list(self.inputs)}")
+        graph = self._build_graph()
+        if not nx.is_directed_acyclic_graph(graph):
+            cycle = " -> ".join(src for src, _ in nx.find_cycle(graph))
+            raise ValueError(f"calls: the workflow has a cycle ({cycle}); a workflow must be "
+                             f"acyclic")
+        if self.algorithm == "dpo" and self.batch.n_seqs % 2:
+            raise ValueError(f"batch: n_seqs {self.batch.n_seqs} must be even for dpo "
+                             f"(chosen + rejected pairs)")
+        return self
+
+    def _build_graph(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        producers = {key: c.name for c in self.calls for key in c.outputs}
+        for call in self.calls:
+            graph.add_node(call.name, model=call.model, kind=call.kind)
+        for call in self.calls:
+            for key in call.inputs:
+                if key in producers:
+                    src = producers[key]
+                    if graph.has_edge(src, call.name):
+                        graph.edges[src, call.name]["keys"].append(key)
+                    else:
+                        graph.add_edge(src, call.name, keys=[key])
+        return graph
+
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        """The DFG: nodes are call names (attrs model, kind); edges carry `keys`."""
+        return self._build_graph()
+
+    @cached_property
+    def call_order(self) -> tuple[str, ...]:
+        """Topological order of calls, ties broken by the order they are listed."""
+        position = {c.name: i for i, c in enumerate(self.calls)}
+        return tuple(nx.lexicographical_topological_sort(self.graph, key=position.__getitem__))
+
+    @cached_property
+    def call_by_name(self) -> dict[str, ModelFunctionCall]:
+        return {c.name: c for c in self.calls}
+
+    def calls_of_model(self, role: str) -> list[str]:
+        """Calls of one model role in execution order."""
+        return [n for n in self.call_order if self.call_by_name[n].model == role]
+
+    def trained_models(self) -> set[str]:
+        return {c.model for c in self.calls if c.kind == "train"}

@@ -1,0 +1,108 @@
+"""Reading workflows: built-ins by name and user workflow YAML files.
+
+A workflow file at least accepts
+    algorithm: ppo
+    models: {actor: llama-7b, critic: llama-7b, ref: llama-7b, reward: llama-7b}
+    batch: {n_seqs: 512, prompt_len: 1024, gen_len: 1024, ppo_minibatches: 4}
+A model may be a preset name, a directory with an HF config.json (relative to the file), or
+`{model: NAME, head: lm|value}`. `algorithm: custom` (or any algorithm with `calls:`) gives
+the calls explicitly, each {name, model, kind, inputs, outputs}; `inputs:` names the keys the
+dataset provides (default [prompts]).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from planner.builtin_workflows import (BUILTIN_CALLS, BUILTIN_INPUTS, DEFAULT_BATCH,
+                                       DEFAULT_MODEL, VALUE_HEAD_ROLES)
+from planner.errors import InputError, describe_validation_error
+from planner.modelspec import HeadKind, resolve_model
+from planner.workflow import (Algorithm, BatchSpec, ModelFunctionCall, ModelRole, Workflow)
+from planner.yamlio import load_yaml_mapping
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    head: Optional[HeadKind] = None
+
+
+class WorkflowFile(BaseModel):
+    """The workflow YAML a user writes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: Algorithm
+    models: dict[str, Union[str, ModelEntry]]
+    batch: BatchSpec
+    inputs: Optional[tuple[str, ...]] = None
+    calls: Optional[tuple[ModelFunctionCall, ...]] = None
+
+
+def _role(name: str, entry: Union[str, ModelEntry], base_dir: Path | None) -> ModelRole:
+    if isinstance(entry, str):
+        entry = ModelEntry(model=entry)
+    head = entry.head or ("value" if name in VALUE_HEAD_ROLES else "lm")
+    return ModelRole(spec=resolve_model(entry.model, base_dir), head=head)
+
+
+def build_workflow(spec: WorkflowFile, source: str, base_dir: Path | None = None) -> Workflow:
+    """Resolve a parsed workflow file into a Workflow; InputError naming file and field."""
+    if spec.calls is None and spec.algorithm == "custom":
+        raise InputError(f"{source}: calls: algorithm custom needs a list of calls")
+    calls = spec.calls if spec.calls is not None else BUILTIN_CALLS[spec.algorithm]
+    inputs = spec.inputs if spec.inputs is not None else BUILTIN_INPUTS.get(
+        spec.algorithm, ("prompts",))
+    used_roles = {c.model for c in calls}
+    missing = sorted(used_roles - set(spec.models))
+    if missing:
+        raise InputError(f"{source}: models: missing model role(s) {missing} used by the "
+                         f"{spec.algorithm} calls; give e.g. `{missing[0]}: llama-7b`")
+    unused = sorted(set(spec.models) - used_roles)
+    if unused:
+        raise InputError(f"{source}: models: role(s) {unused} are used by no call; "
+                         f"valid roles: {sorted(used_roles)}")
+    roles = {}
+    for name, entry in spec.models.items():
+        try:
+            roles[name] = _role(name, entry, base_dir)
+        except ValueError as err:
+            raise InputError(f"{source}: models.{name}: {err}") from None
+    try:
+        return Workflow(algorithm=spec.algorithm, models=roles, batch=spec.batch,
+                        inputs=inputs, calls=calls)
+    except ValidationError as err:
+        raise describe_validation_error(err, source) from None
+
+
+def load_workflow_file(path: Path) -> Workflow:
+    data = load_yaml_mapping(path)
+    try:
+        spec = WorkflowFile(**data)
+    except ValidationError as err:
+        raise describe_validation_error(err, path) from None
+    return build_workflow(spec, str(path), Path(path).parent)
+
+
+def builtin_workflow(name: str, model: str = DEFAULT_MODEL, batch: dict | None = None) -> Workflow:
+    """A built-in workflow with every role on `model` and the default batch of design.md."""
+    roles = sorted({c.model for c in BUILTIN_CALLS[name]})
+    spec = WorkflowFile(algorithm=name, models={r: model for r in roles},
+                        batch=BatchSpec(**(batch or DEFAULT_BATCH[name])))
+    return build_workflow(spec, f"workflow {name}")
+
+
+def resolve_workflow(name_or_path: str) -> Workflow:
+    """A built-in by name or a workflow YAML file; InputError otherwise."""
+    if name_or_path in BUILTIN_CALLS:
+        return builtin_workflow(name_or_path)
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        return load_workflow_file(path)
+    raise InputError(f"--workflow: unknown workflow {name_or_path!r}; valid: "
+                     f"{sorted(BUILTIN_CALLS)} or a workflow YAML file")

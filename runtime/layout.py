@@ -1,0 +1,124 @@
+"""Layouts (mesh x dp x tp x pp) and the per-rank parallel context with explicit groups.
+
+A `Layout` is a pure description: the ordered global ranks of its mesh and the degrees. A
+`ParallelContext` is what one member rank needs to run a model under that layout: its
+coordinate and its TP, DP and PP process groups (with their global ranks). Nothing is
+module-global, so one process can hold contexts of several layouts at once.
+
+Trap (see runtime-notes): every process group must be created by all ranks of the world in
+the same order, members or not. `create_contexts` does that for a list of layouts: groups are
+created layout by layout, TP then DP then PP groups, each in `rank_groups` order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.distributed as dist
+
+from planner.rank_groups import Coordinate, coordinate_of, rank_groups
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A dp x tp x pp layout on `mesh`, the ordered global ranks it runs on."""
+
+    mesh: tuple[int, ...]
+    dp: int
+    tp: int
+    pp: int
+
+    def __post_init__(self):
+        if min(self.dp, self.tp, self.pp) < 1:
+            raise ValueError(f"dp {self.dp}, tp {self.tp}, pp {self.pp} must all be >= 1")
+        if len(self.mesh) != self.dp * self.tp * self.pp:
+            raise ValueError(f"dp {self.dp} x tp {self.tp} x pp {self.pp} = "
+                             f"{self.dp * self.tp * self.pp}, mesh has {len(self.mesh)} ranks")
+        if len(set(self.mesh)) != len(self.mesh):
+            raise ValueError(f"mesh {self.mesh} repeats a rank")
+
+    def coordinate(self, global_rank: int) -> Coordinate:
+        """Coordinate of a member rank."""
+        return coordinate_of(self.mesh.index(global_rank), self.dp, self.tp, self.pp)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A process group with its members' global ranks (in group-rank order)."""
+
+    handle: object  # torch ProcessGroup; None for single-rank groups (no communication)
+    ranks: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """What one member rank of a layout needs to run: coordinate and its three groups."""
+
+    layout: Layout
+    global_rank: int
+    coord: Coordinate
+    tp_group: Group
+    dp_group: Group
+    pp_group: Group  # ranks[s] is the rank of stage s with this rank's tp and dp ranks
+
+    @property
+    def tp(self) -> int:
+        return self.layout.tp
+
+    @property
+    def pp(self) -> int:
+        return self.layout.pp
+
+    @property
+    def dp(self) -> int:
+        return self.layout.dp
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.coord.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.coord.pp_rank == self.layout.pp - 1
+
+    def stage_rank(self, stage: int) -> int:
+        """Global rank of pipeline stage `stage` in this rank's pipeline."""
+        return self.pp_group.ranks[stage]
+
+
+def _new_group(ranks: tuple[int, ...], backend: str | None) -> object:
+    """Create a group on every rank (collective over the world); None when it has one rank."""
+    if len(ranks) == 1:
+        return None
+    return dist.new_group(ranks=list(ranks), backend=backend)
+
+
+def create_contexts(layouts: list[Layout], backend: str | None = None
+                    ) -> list[ParallelContext | None]:
+    """Create all groups of `layouts` on every rank; this rank's context per layout.
+
+    Must be called by every rank of the initialised world with the same `layouts` in the same
+    order. Returns None for layouts this rank is not a member of.
+    """
+    me = dist.get_rank()
+    contexts: list[ParallelContext | None] = []
+    for layout in layouts:
+        groups = rank_groups(layout.mesh, layout.dp, layout.tp, layout.pp)
+        mine: dict[str, Group] = {}
+        for kind, members in (("tp", groups.tp_groups), ("dp", groups.dp_groups),
+                              ("pp", groups.pp_groups)):
+            for ranks in members:
+                handle = _new_group(ranks, backend)
+                if me in ranks:
+                    mine[kind] = Group(handle=handle, ranks=ranks)
+        if me in layout.mesh:
+            contexts.append(ParallelContext(layout=layout, global_rank=me,
+                                            coord=layout.coordinate(me), tp_group=mine["tp"],
+                                            dp_group=mine["dp"], pp_group=mine["pp"]))
+        else:
+            contexts.append(None)
+    return contexts
