@@ -1,0 +1,63 @@
+"""`plan graph`: show a workflow's dataflow graph as JSON, text or a picture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from planner.errors import InputError
+from planner.workflow import Workflow
+from planner.workflow_file import resolve_workflow
+
+
+def graph_as_data(workflow: Workflow) -> dict:
+    """`nodes` (name, model, kind) in execution order and `edges` (src, dst, keys)."""
+    calls = workflow.call_by_name
+    return {
+        "algorithm": workflow.algorithm,
+        "nodes": [{"name": n, "model": calls[n].model, "kind": calls[n].kind}
+                  for n in workflow.call_order],
+        "edges": [{"src": s, "dst": d, "keys": list(data["keys"])}
+                  for s, d, data in workflow.graph.edges(data=True)],
+    }
+
+
+def graph_as_text(workflow: Workflow) -> str:
+    data = graph_as_data(workflow)
+    lines = [f"workflow {data['algorithm']}: {len(data['nodes'])} calls"]
+    for node in data["nodes"]:
+        lines.append(f"  {node['name']:<18} {node['model']:<8} {node['kind']}")
+    lines.append("edges:")
+    for edge in data["edges"]:
+        lines.append(f"  {edge['src']} -> {edge['dst']}: {', '.join(edge['keys'])}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    workflow = resolve_workflow(args.workflow)
+    if args.out:
+        from planner.figures.dataflow import draw_workflow
+        out = Path(args.out)
+        if out.suffix.lower() not in {".png", ".svg", ".pdf"}:
+            raise InputError(f"--out: {out}: unsupported picture type {out.suffix!r}; "
+                             f"valid: .png, .svg, .pdf")
+        draw_workflow(workflow, out)
+        print(f"wrote {out}")
+    if args.json:
+        print(json.dumps(graph_as_data(workflow), indent=2))
+    elif not args.out:
+        print(graph_as_text(workflow))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "graph", help="show a workflow's dataflow graph",
+        description="Show the model function calls of a workflow and the data keys that flow "
+                    "between them. Built-ins: ppo, grpo, remax, dpo, rloo; or a workflow YAML.")
+    parser.add_argument("--workflow", required=True, metavar="NAME|FILE",
+                        help="built-in workflow name or workflow YAML file")
+    parser.add_argument("--out", metavar="FILE.png", help="also draw the graph to a picture")
+    parser.add_argument("--json", action="store_true", help="print the graph as JSON")
+    parser.set_defaults(handler=run)

@@ -1,0 +1,1 @@
+"""Pictures of workflows and plans (matplotlib, drawn off-screen with the Agg backend)."""

@@ -1,0 +1,120 @@
+"""Tensor-parallel LLaMA building blocks as functions of plain parameter tensors.
+
+Parameters are the per-rank shards of `runtime.shard_spec`; activations between blocks are
+replicated over the TP group ([batch, seq, hidden] on every TP rank). Conventions follow HF
+`LlamaForCausalLM` so HF checkpoints give the same logits: RMSNorm computed in fp32, rotary
+embeddings in the rotate-half layout (first and second half of each head dim form the pairs),
+K/V heads shared by consecutive query heads (GQA), SwiGLU MLP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from runtime.comm import copy_to_tp, reduce_from_tp
+from runtime.layout import Group
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in fp32, cast back to the input dtype before the weight (as HF does)."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape [batch, 1, seq, head_dim] for integer `positions` [batch, seq]."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
+                                             device=positions.device) / head_dim))
+    angles = positions.float()[..., None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)[:, None]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary embedding of x [batch, heads, seq, head_dim]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class LayerCache:
+    """K and V of one layer for this rank's kv heads: [batch, kv_heads_local, slots, head_dim]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """What every attention layer of one forward pass shares.
+
+    mask: bool [batch, 1, seq, keys], True where a query may attend. cache_start: the cache
+    slot of the first query token (only with caches).
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor
+    cache_start: int = 0
+
+
+def attention(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, head_dim: int,
+              inputs: AttentionInputs, tp: Group, cache: LayerCache | None) -> torch.Tensor:
+    """Grouped-query self-attention: column-parallel q/k/v, row-parallel output projection."""
+    batch, seq, _ = x.shape
+    x = copy_to_tp(x, tp)
+
+    def project(name: str) -> torch.Tensor:
+        out = F.linear(x, p[f"{prefix}{name}.weight"], p.get(f"{prefix}{name}.bias"))
+        return out.view(batch, seq, -1, head_dim).transpose(1, 2)
+
+    q, k, v = project("q_proj"), project("k_proj"), project("v_proj")
+    q = apply_rotary(q, inputs.cos, inputs.sin)
+    k = apply_rotary(k, inputs.cos, inputs.sin)
+    if cache is not None:
+        end = inputs.cache_start + seq
+        cache.k[:, :, inputs.cache_start:end] = k
+        cache.v[:, :, inputs.cache_start:end] = v
+        k, v = cache.k[:, :, :end], cache.v[:, :, :end]
+    group_size = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group_size, dim=1)
+    v = v.repeat_interleave(group_size, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask)
+    out = out.transpose(1, 2).reshape(batch, seq, -1)
+    return reduce_from_tp(F.linear(out, p[f"{prefix}o_proj.weight"]), tp)
+
+
+def swiglu_mlp(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, tp: Group
+               ) -> torch.Tensor:
+    """SwiGLU MLP: column-parallel gate and up, row-parallel down projection."""
+    x = copy_to_tp(x, tp)
+    hidden = F.silu(F.linear(x, p[f"{prefix}gate_proj.weight"])) * F.linear(
+        x, p[f"{prefix}up_proj.weight"])
+    return reduce_from_tp(F.linear(hidden, p[f"{prefix}down_proj.weight"]), tp)
+
+
+def decoder_block(x: torch.Tensor, p: dict[str, torch.Tensor], layer: int, head_dim: int,
+                  eps: float, inputs: AttentionInputs, tp: Group, cache: LayerCache | None
+                  ) -> torch.Tensor:
+    """One pre-norm transformer block."""
+    prefix = f"model.layers.{layer}."
+    x = x + attention(rms_norm(x, p[f"{prefix}input_layernorm.weight"], eps), p,
+                      f"{prefix}self_attn.", head_dim, inputs, tp, cache)
+    return x + swiglu_mlp(rms_norm(x, p[f"{prefix}post_attention_layernorm.weight"], eps), p,
+                          f"{prefix}mlp.", tp)
+
+
+def vocab_parallel_embedding(ids: torch.Tensor, weight: torch.Tensor, vocab_start: int,
+                             tp: Group) -> torch.Tensor:
+    """Embedding whose rows [vocab_start, vocab_start + rows) live on this rank."""
+    local = ids - vocab_start
+    outside = (local < 0) | (local >= weight.shape[0])
+    out = F.embedding(local.clamp(0, weight.shape[0] - 1), weight)
+    out = out.masked_fill(outside[..., None], 0.0)
+    return reduce_from_tp(out, tp)

@@ -1,0 +1,127 @@
+"""One rank's part of a LLaMA-family model: its parameter shards and its pipeline stage's forward.
+
+`params` maps HF parameter names to plain tensors in the shard format of
+`runtime.shard_spec` (the executor may replace them, e.g. after reallocation, as long as the
+shapes match). A stage's forward takes token ids (first stage) or the previous stage's hidden
+states and returns hidden states, or on the last stage this rank's vocabulary slice of the
+logits ("lm" head) or scalar values [batch, seq] ("value" head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from planner.modelspec import ModelSpec
+from planner.pipeline_partition import layer_ranges
+from runtime.device import DeviceConfig
+from runtime.layers import (AttentionInputs, LayerCache, decoder_block, rms_norm,
+                            rotary_cos_sin, vocab_parallel_embedding)
+from runtime.layout import ParallelContext
+from runtime.comm import copy_to_tp
+from runtime.params import init_params, load_hf_params
+from runtime.shard_spec import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
+                                VALUE_HEAD_WEIGHT, HeadKind, check_pp_supported,
+                                check_tp_supported)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rotary positions 0, 1, ... of the real tokens (left or right padding); pads get junk."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def attention_mask_4d(key_valid: torch.Tensor, query_slots: torch.Tensor) -> torch.Tensor:
+    """bool [batch, 1, queries, keys]: causal, valid keys only, and always the query's own slot.
+
+    The own slot keeps padded query rows finite (their outputs are never used).
+    """
+    keys = torch.arange(key_valid.shape[1], device=key_valid.device)
+    causal = keys[None, :] <= query_slots[:, None]
+    own = keys[None, :] == query_slots[:, None]
+    return ((causal[None] & key_valid[:, None, :]) | own[None])[:, None]
+
+
+@dataclass
+class ParallelModel:
+    """Parameter shards and stage forward of one rank under one layout."""
+
+    spec: ModelSpec
+    head: HeadKind
+    ctx: ParallelContext
+    device: DeviceConfig
+    params: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_seed(cls, spec: ModelSpec, head: HeadKind, ctx: ParallelContext, seed: int,
+                  device: DeviceConfig) -> "ParallelModel":
+        """Seeded random init, identical whatever the layout."""
+        check_tp_supported(spec, ctx.tp)
+        check_pp_supported(spec, ctx.pp)
+        params = init_params(spec, head, ctx.coord.tp_rank, ctx.tp, ctx.coord.pp_rank, ctx.pp,
+                             seed, device)
+        return cls(spec, head, ctx, device, params)
+
+    @classmethod
+    def from_hf(cls, directory: Path, spec: ModelSpec, head: HeadKind, ctx: ParallelContext,
+                device: DeviceConfig, seed: int = 0) -> "ParallelModel":
+        """This rank's shards of a local HF checkpoint (`seed` inits a missing value head)."""
+        check_tp_supported(spec, ctx.tp)
+        check_pp_supported(spec, ctx.pp)
+        params = load_hf_params(directory, spec, head, ctx.coord.tp_rank, ctx.tp,
+                                ctx.coord.pp_rank, ctx.pp, seed, device)
+        return cls(spec, head, ctx, device, params)
+
+    @property
+    def layers(self) -> range:
+        return range(*layer_ranges(self.spec.num_layers, self.ctx.pp)[self.ctx.coord.pp_rank])
+
+    @property
+    def vocab_start(self) -> int:
+        return self.ctx.coord.tp_rank * (self.spec.vocab_size // self.ctx.tp)
+
+    def new_caches(self, batch: int, slots: int) -> list[LayerCache]:
+        """Empty KV caches for this stage's layers."""
+        kv_heads = self.spec.num_kv_heads // self.ctx.tp
+        shape = (batch, kv_heads, slots, self.spec.head_dim)
+        return [LayerCache(torch.zeros(shape, dtype=self.device.dtype, device=self.device.device),
+                           torch.zeros(shape, dtype=self.device.dtype, device=self.device.device))
+                for _ in self.layers]
+
+    def attention_inputs(self, positions: torch.Tensor, mask: torch.Tensor,
+                         cache_start: int = 0) -> AttentionInputs:
+        cos, sin = rotary_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta,
+                                  self.device.dtype)
+        return AttentionInputs(cos=cos, sin=sin, mask=mask, cache_start=cache_start)
+
+    def stage_forward(self, stage_input: torch.Tensor, inputs: AttentionInputs,
+                      caches: list[LayerCache] | None = None) -> torch.Tensor:
+        """Embedding (first stage), this stage's blocks, and the head (last stage)."""
+        x = stage_input
+        if self.ctx.is_first_stage:
+            x = vocab_parallel_embedding(x, self.params[EMBEDDING], self.vocab_start,
+                                         self.ctx.tp_group)
+        for i, layer in enumerate(self.layers):
+            x = decoder_block(x, self.params, layer, self.spec.head_dim, self.spec.norm_eps,
+                              inputs, self.ctx.tp_group, None if caches is None else caches[i])
+        if self.ctx.is_last_stage:
+            x = self._head(x)
+        return x
+
+    def forward_sequences(self, stage_input: torch.Tensor, attention_mask: torch.Tensor
+                          ) -> torch.Tensor:
+        """`stage_forward` over whole (padded) sequences without a cache."""
+        positions = positions_from_mask(attention_mask)
+        slots = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        mask = attention_mask_4d(attention_mask.bool(), slots)
+        return self.stage_forward(stage_input, self.attention_inputs(positions, mask))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        x = rms_norm(x, self.params[FINAL_NORM], self.spec.norm_eps)
+        if self.head == "value":
+            return F.linear(x, self.params[VALUE_HEAD_WEIGHT],
+                            self.params[VALUE_HEAD_BIAS]).squeeze(-1)
+        weight = self.params[EMBEDDING if self.spec.tie_embeddings else LM_HEAD]
+        return F.linear(copy_to_tp(x, self.ctx.tp_group), weight)

@@ -1,0 +1,109 @@
+"""Create a rank's parameter shards: seeded random init, or from a local HF checkpoint.
+
+Random init is identical whatever the layout: each full tensor is drawn from its own CPU
+generator seeded by (seed, crc32 of the parameter name), then this rank's slice is kept
+(norm weights are ones; everything else N(0, INIT_STD)). Drawing the full tensor costs
+memory and time proportional to the full parameter, acceptable for the model sizes tested
+on CPU; checkpoints are the path for large models.
+
+HF checkpoints are a directory with `model.safetensors`, or shards listed in
+`model.safetensors.index.json`; each rank reads only the byte ranges of its slices. A value
+head absent from the checkpoint (a critic started from an LM) is randomly initialised.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planner.modelspec import ModelSpec
+from runtime.device import DeviceConfig
+from runtime.safetensors_io import SafetensorsFile
+from runtime.shard_spec import HeadKind, full_shape, shard_slice, stage_param_names
+
+INIT_STD = 0.02  # HF LlamaConfig.initializer_range default
+_SEED_STRIDE = 2 ** 32
+
+
+def param_seed(seed: int, name: str) -> int:
+    """Seed of the generator that draws the full parameter `name`."""
+    return seed * _SEED_STRIDE + zlib.crc32(name.encode())
+
+
+def init_full_param(spec: ModelSpec, name: str, seed: int) -> torch.Tensor:
+    """The full fp32 tensor of `name` under random init with `seed`."""
+    shape = full_shape(spec, name)
+    if name.endswith("norm.weight"):
+        return torch.ones(shape)
+    generator = torch.Generator().manual_seed(param_seed(seed, name))
+    return torch.randn(shape, generator=generator) * INIT_STD
+
+
+def _slice(tensor: torch.Tensor, ranges) -> torch.Tensor:
+    return tensor[tuple(slice(a, b) for a, b in ranges)]
+
+
+def init_params(spec: ModelSpec, head: HeadKind, tp_rank: int, tp: int, pp_stage: int, pp: int,
+                seed: int, device: DeviceConfig) -> dict[str, torch.Tensor]:
+    """This rank's shards under seeded random init."""
+    return {name: _slice(init_full_param(spec, name, seed), shard_slice(spec, name, tp_rank, tp))
+            .to(device.device, device.dtype).contiguous()
+            for name in stage_param_names(spec, head, pp_stage, pp)}
+
+
+class HFCheckpoint:
+    """A local HF checkpoint directory: which file holds each tensor, read by slices."""
+
+    def __init__(self, directory: Path):
+        directory = Path(directory)
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = {f: SafetensorsFile(directory / f) for f in sorted(set(weight_map.values()))}
+            self._where = {name: files[f] for name, f in weight_map.items()}
+        elif (directory / "model.safetensors").is_file():
+            single = SafetensorsFile(directory / "model.safetensors")
+            self._where = {name: single for name in single.names()}
+        else:
+            raise ValueError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+        self.directory = directory
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name].shape(name)
+
+    def read(self, name: str, ranges) -> torch.Tensor:
+        """The slice `ranges` of tensor `name` as a torch tensor of its stored dtype."""
+        file = self._where[name]
+        array = file.read(name, ranges)
+        if file.is_bf16(name):
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(array)
+
+
+def load_hf_params(directory: Path, spec: ModelSpec, head: HeadKind, tp_rank: int, tp: int,
+                   pp_stage: int, pp: int, seed: int, device: DeviceConfig
+                   ) -> dict[str, torch.Tensor]:
+    """This rank's shards read from an HF checkpoint (missing value head: random init)."""
+    checkpoint = HFCheckpoint(directory)
+    params = {}
+    for name in stage_param_names(spec, head, pp_stage, pp):
+        ranges = shard_slice(spec, name, tp_rank, tp)
+        if name in checkpoint:
+            shape = checkpoint.shape(name)
+            if shape != full_shape(spec, name):
+                raise ValueError(f"{directory}: {name} has shape {shape}, "
+                                 f"config implies {full_shape(spec, name)}")
+            tensor = checkpoint.read(name, ranges)
+        elif name.startswith("value_head."):
+            tensor = _slice(init_full_param(spec, name, seed), ranges)
+        else:
+            raise ValueError(f"{directory}: checkpoint has no tensor {name}")
+        params[name] = tensor.to(device.device, device.dtype).contiguous()
+    return params
