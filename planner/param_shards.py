@@ -1,0 +1,162 @@
+"""Parameter shards of a LLaMA model under a (tp, pp) layout: a shared pure function (no torch).
+
+The cost model prices, and the runtime executes, parameter moves from these shards, so both
+agree on which device holds which slice of which tensor.
+
+Names and full shapes follow HF `LlamaForCausalLM`:
+- `model.embed_tokens.weight` [V, h]                     stage 0, vocab-split on dim 0
+- `model.layers.{i}.self_attn.{q,k,v}_proj.weight`       column-parallel, split on dim 0
+  (+ `.bias` when spec.attention_bias, split like its weight)
+- `model.layers.{i}.self_attn.o_proj.weight` [h, h]      row-parallel, split on dim 1
+- `model.layers.{i}.mlp.{gate,up}_proj.weight` [I, h]    column-parallel, dim 0
+- `model.layers.{i}.mlp.down_proj.weight` [h, I]         row-parallel, dim 1
+- `model.layers.{i}.{input,post_attention}_layernorm.weight` [h]   replicated
+- `model.norm.weight` [h]                                last stage, replicated
+- `lm_head.weight` [V, h] (head "lm", untied)            last stage, vocab-split on dim 0
+- `value_head.weight` [1, h], `value_head.bias` [1] (head "value")   last stage, replicated
+
+Rules:
+- Blocks sit on the stage given by `planner.pipeline_partition.layer_ranges`.
+- Every split is even: tp must divide num_heads, intermediate_size and vocab_size (no vocab
+  padding, no remainder rank); `layout_supported_problem` says which factor fails.
+- k/v projections: when tp <= num_kv_heads, tp must divide num_kv_heads and each rank holds
+  num_kv_heads / tp heads; when tp > num_kv_heads (tp a multiple of it), rank r holds the
+  single kv head r * num_kv_heads // tp (replicated over tp / num_kv_heads ranks).
+- Tied embeddings (no `lm_head.weight` tensor) need pp = 1.
+
+Example, llama-tiny (h 256, 8 heads, 4 kv heads, head_dim 32), tp=8, tp_rank=5:
+    model.layers.0.self_attn.k_proj.weight  full (128, 256) -> rows [64, 96) (kv head 2)
+    model.layers.0.self_attn.o_proj.weight  full (256, 256) -> all rows, columns [160, 192)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+
+from planner.modelspec import HeadKind, ModelSpec
+from planner.pipeline_partition import layer_ranges
+
+# One half-open (start, stop) range per dimension of the full tensor.
+ShardSlice = tuple[tuple[int, int], ...]
+SplitKind = Literal["column", "row", "kv", "replicated"]
+
+EMBEDDING = "model.embed_tokens.weight"
+FINAL_NORM = "model.norm.weight"
+LM_HEAD = "lm_head.weight"
+VALUE_HEAD_WEIGHT = "value_head.weight"
+VALUE_HEAD_BIAS = "value_head.bias"
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter: HF name, full shape, pipeline stage, and how TP splits it."""
+
+    name: str
+    shape: tuple[int, ...]
+    stage: int
+    split: SplitKind
+
+    @property
+    def num_elements(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def layout_supported_problem(spec: ModelSpec, tp: int, pp: int) -> str | None:
+    """Why (tp, pp) cannot shard `spec` under the rules above, or None."""
+    sizes = {"num_heads": spec.num_heads, "intermediate_size": spec.intermediate_size,
+             "vocab_size": spec.vocab_size}
+    bad = [f"{name} {value}" for name, value in sizes.items() if value % tp]
+    if spec.num_kv_heads % tp and tp % spec.num_kv_heads:
+        bad.append(f"num_kv_heads {spec.num_kv_heads} (neither divides nor divided by tp)")
+    if bad:
+        return f"{spec.name}: tp {tp} does not evenly split {', '.join(bad)}"
+    if not 1 <= pp <= spec.num_layers:
+        return f"{spec.name}: pp {pp} must be between 1 and num_layers {spec.num_layers}"
+    if spec.tie_embeddings and pp > 1:
+        return f"{spec.name}: tied embeddings need pp 1, got pp {pp}"
+    return None
+
+
+def _block_params(spec: ModelSpec, layer: int, stage: int) -> list[ParamInfo]:
+    h, kv, inter = spec.hidden_size, spec.kv_dim, spec.intermediate_size
+    p = f"model.layers.{layer}."
+    params = [ParamInfo(f"{p}input_layernorm.weight", (h,), stage, "replicated"),
+              ParamInfo(f"{p}post_attention_layernorm.weight", (h,), stage, "replicated"),
+              ParamInfo(f"{p}self_attn.q_proj.weight", (h, h), stage, "column"),
+              ParamInfo(f"{p}self_attn.k_proj.weight", (kv, h), stage, "kv"),
+              ParamInfo(f"{p}self_attn.v_proj.weight", (kv, h), stage, "kv"),
+              ParamInfo(f"{p}self_attn.o_proj.weight", (h, h), stage, "row")]
+    if spec.attention_bias:
+        params += [ParamInfo(f"{p}self_attn.q_proj.bias", (h,), stage, "column"),
+                   ParamInfo(f"{p}self_attn.k_proj.bias", (kv,), stage, "kv"),
+                   ParamInfo(f"{p}self_attn.v_proj.bias", (kv,), stage, "kv")]
+    params += [ParamInfo(f"{p}mlp.gate_proj.weight", (inter, h), stage, "column"),
+               ParamInfo(f"{p}mlp.up_proj.weight", (inter, h), stage, "column"),
+               ParamInfo(f"{p}mlp.down_proj.weight", (h, inter), stage, "row")]
+    return params
+
+
+@lru_cache(maxsize=256)
+def model_params(spec: ModelSpec, head: HeadKind, pp: int) -> tuple[ParamInfo, ...]:
+    """Every parameter of the model in HF order with its stage under `pp` stages."""
+    problem = layout_supported_problem(spec, 1, pp)
+    if problem:
+        raise ValueError(problem)
+    last = pp - 1
+    h, vocab = spec.hidden_size, spec.vocab_size
+    params = [ParamInfo(EMBEDDING, (vocab, h), 0, "column")]
+    for stage, (start, end) in enumerate(layer_ranges(spec.num_layers, pp)):
+        for layer in range(start, end):
+            params += _block_params(spec, layer, stage)
+    params.append(ParamInfo(FINAL_NORM, (h,), last, "replicated"))
+    if head == "value":
+        params += [ParamInfo(VALUE_HEAD_WEIGHT, (1, h), last, "replicated"),
+                   ParamInfo(VALUE_HEAD_BIAS, (1,), last, "replicated")]
+    elif not spec.tie_embeddings:
+        params.append(ParamInfo(LM_HEAD, (vocab, h), last, "column"))
+    return tuple(params)
+
+
+def shard_slice(spec: ModelSpec, param: ParamInfo, tp_rank: int, tp: int) -> ShardSlice:
+    """The slice of `param` held by tensor-parallel rank `tp_rank` of `tp`."""
+    full = tuple((0, n) for n in param.shape)
+    if tp == 1 or param.split == "replicated":
+        return full
+    if param.split == "kv" and tp > spec.num_kv_heads:
+        head = tp_rank * spec.num_kv_heads // tp
+        rows = (head * spec.head_dim, (head + 1) * spec.head_dim)
+        return (rows,) + full[1:]
+    dim = 1 if param.split == "row" else 0
+    size = param.shape[dim]
+    assert size % tp == 0, (param.name, size, tp)
+    chunk = size // tp
+    ranges = list(full)
+    ranges[dim] = (tp_rank * chunk, (tp_rank + 1) * chunk)
+    return tuple(ranges)
+
+
+def slice_elements(ranges: ShardSlice) -> int:
+    return int(np.prod([b - a for a, b in ranges]))
+
+
+def stage_params(spec: ModelSpec, head: HeadKind, stage: int, pp: int) -> list[ParamInfo]:
+    """Parameters held by pipeline stage `stage`."""
+    return [p for p in model_params(spec, head, pp) if p.stage == stage]
+
+
+@lru_cache(maxsize=1024)
+def shard_elements(spec: ModelSpec, head: HeadKind, tp: int, pp: int) -> np.ndarray:
+    """Parameter elements held by each device: array [pp, tp] (read-only)."""
+    problem = layout_supported_problem(spec, tp, pp)
+    if problem:
+        raise ValueError(problem)
+    counts = np.zeros((pp, tp), dtype=np.int64)
+    for param in model_params(spec, head, pp):
+        for rank in range(tp):
+            counts[param.stage, rank] += slice_elements(shard_slice(spec, param, rank, tp))
+    counts.setflags(write=False)
+    return counts

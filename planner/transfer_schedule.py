@@ -1,0 +1,202 @@
+"""Transfer schedules of a reallocation and of a data transfer: a shared pure function.
+
+The cost model prices these schedules and the runtime executes exactly them.
+
+**Parameter reallocation** from a source layout on a mesh to a destination layout (for one
+model): every destination device (dp_rank, tp_rank, stage) needs, for each parameter of its
+stage, the slice `planner.param_shards.shard_slice` gives it. That slice is cut where it
+meets the source TP shards; each piece comes from one source replica holding it, chosen in
+this order:
+1. the destination device itself (a local copy, zero link cost);
+2. a replica on the destination's node, the least loaded one (bytes assigned so far);
+3. otherwise the least loaded replica (ties: lowest device id).
+Pieces between one (sender, receiver) pair form one *message*. Messages are put into
+*steps* greedily, largest first: a message goes to the first step in which its sender sends
+nothing and its receiver receives nothing yet, so within a step no device sends twice or
+receives twice (a device may send one message and receive another). Steps run one after
+another. Identical source and destination give the empty schedule.
+
+**Data transfer** of a call's outputs to a consumer on another mesh: with `n` sequences and
+`dp` replicas, replica r holds sequences [r*n//dp, (r+1)*n//dp) on every one of its devices
+(every rank of a replica sees the same micro-batches). Each destination device needs its
+replica's range; each piece comes from a device of the source replica holding it, chosen
+like parameters (same device, same node, least loaded). Pieces name the sequence range.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+from planner.modelspec import HeadKind, ModelSpec
+from planner.param_shards import (ParamInfo, ShardSlice, model_params, shard_slice,
+                                  slice_elements)
+from planner.rank_groups import mesh_position
+
+
+@dataclass(frozen=True)
+class MeshLayout:
+    """Where a layout sits: ordered mesh devices and the dp / tp / pp degrees."""
+
+    devices: tuple[int, ...]
+    dp: int
+    tp: int
+    pp: int
+
+    def device(self, dp_rank: int, tp_rank: int, pp_rank: int) -> int:
+        return self.devices[mesh_position(dp_rank, tp_rank, pp_rank, self.dp, self.tp)]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """`num_elements` of tensor `name` (slice `ranges` of the full tensor) from src to dst.
+
+    For data transfers `name` is "sequences" and `ranges` is ((first, stop),).
+    """
+
+    name: str
+    src: int
+    dst: int
+    ranges: ShardSlice
+    num_elements: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Local copies (src == dst) and the steps of messages between devices."""
+
+    local: tuple[Piece, ...]
+    steps: tuple[tuple[Piece, ...], ...]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.local and not self.steps
+
+    def sends(self) -> tuple[Piece, ...]:
+        return tuple(p for step in self.steps for p in step)
+
+
+EMPTY_SCHEDULE = Schedule(local=(), steps=())
+
+
+def _intersect(a: ShardSlice, b: ShardSlice) -> ShardSlice | None:
+    out = tuple((max(x0, y0), min(x1, y1)) for (x0, x1), (y0, y1) in zip(a, b))
+    return None if any(lo >= hi for lo, hi in out) else out
+
+
+class _SourcePicker:
+    """Chooses among replicas: same device, then same node, then least loaded."""
+
+    def __init__(self, device_node: Sequence[int]):
+        self.node = device_node
+        self.load: dict[int, int] = defaultdict(int)
+
+    def pick(self, candidates: Sequence[int], dst: int, size: int) -> int:
+        if dst in candidates:
+            return dst
+        same_node = [c for c in candidates if self.node[c] == self.node[dst]]
+        pool = same_node or candidates
+        best = min(pool, key=lambda c: (self.load[c], c))
+        self.load[best] += size
+        return best
+
+
+def _group_into_steps(pieces: list[Piece], bytes_of) -> tuple[tuple[Piece, ...], ...]:
+    messages: dict[tuple[int, int], list[Piece]] = defaultdict(list)
+    for piece in pieces:
+        messages[(piece.src, piece.dst)].append(piece)
+    order = sorted(messages, key=lambda pair: (-sum(bytes_of(p) for p in messages[pair]), pair))
+    senders: list[set[int]] = []
+    receivers: list[set[int]] = []
+    steps: list[list[Piece]] = []
+    for src, dst in order:
+        for index in range(len(steps) + 1):
+            if index == len(steps):
+                senders.append(set()), receivers.append(set()), steps.append([])
+            if src not in senders[index] and dst not in receivers[index]:
+                senders[index].add(src)
+                receivers[index].add(dst)
+                steps[index].extend(messages[(src, dst)])
+                break
+    return tuple(tuple(step) for step in steps)
+
+
+@lru_cache(maxsize=4096)
+def _tp_pieces(spec: ModelSpec, split: str, shape: tuple[int, ...], src_tp: int, dst_tp: int
+               ) -> tuple[tuple[tuple[ShardSlice, tuple[int, ...]], ...], ...]:
+    """Per destination tp rank: each piece it needs and the source tp ranks holding it.
+
+    Several source ranks hold the identical piece for replicated tensors and replicated kv
+    heads; any of their devices may serve it, and it is delivered once.
+    """
+    template = ParamInfo("", shape, 0, split)
+    src_slices = [shard_slice(spec, template, r, src_tp) for r in range(src_tp)]
+    per_dst = []
+    for dst_rank in range(dst_tp):
+        wanted = shard_slice(spec, template, dst_rank, dst_tp)
+        holders: dict[ShardSlice, list[int]] = defaultdict(list)
+        for src_rank, held in enumerate(src_slices):
+            piece = _intersect(wanted, held)
+            if piece is not None:
+                holders[piece].append(src_rank)
+        per_dst.append(tuple((piece, tuple(ranks)) for piece, ranks in holders.items()))
+    return tuple(per_dst)
+
+
+def param_schedule(spec: ModelSpec, head: HeadKind, src: MeshLayout, dst: MeshLayout,
+                   device_node: Sequence[int]) -> Schedule:
+    """The reallocation schedule of model (spec, head) from `src` to `dst` (module docstring)."""
+    if src == dst:
+        return EMPTY_SCHEDULE
+    src_stage = {p.name: p.stage for p in model_params(spec, head, src.pp)}
+    picker = _SourcePicker(device_node)
+    local: list[Piece] = []
+    remote: list[Piece] = []
+    for param in model_params(spec, head, dst.pp):
+        stage = src_stage[param.name]
+        tp_pieces = _tp_pieces(spec, param.split, param.shape, src.tp, dst.tp)
+        for dst_tp_rank in range(dst.tp):
+            wanted = [(piece, slice_elements(piece),
+                       [src.device(d, r, stage) for r in ranks for d in range(src.dp)])
+                      for piece, ranks in tp_pieces[dst_tp_rank]]
+            for dst_dp_rank in range(dst.dp):
+                target = dst.device(dst_dp_rank, dst_tp_rank, param.stage)
+                for piece, size, candidates in wanted:
+                    source = picker.pick(candidates, target, size)
+                    item = Piece(param.name, source, target, piece, size)
+                    (local if source == target else remote).append(item)
+    return Schedule(local=tuple(local), steps=_group_into_steps(remote, lambda p: p.num_elements))
+
+
+def sequence_range(n_seqs: int, dp: int, dp_rank: int) -> tuple[int, int]:
+    """Sequences [first, stop) of data-parallel replica `dp_rank` out of `dp`."""
+    return dp_rank * n_seqs // dp, (dp_rank + 1) * n_seqs // dp
+
+
+def replica_devices(layout: MeshLayout, dp_rank: int) -> list[int]:
+    return [layout.device(dp_rank, t, p) for p in range(layout.pp) for t in range(layout.tp)]
+
+
+def data_schedule(src: MeshLayout, dst: MeshLayout, n_seqs: int,
+                  device_node: Sequence[int]) -> Schedule:
+    """Which device sends which sequence range to which device (module docstring)."""
+    if src == dst:
+        return EMPTY_SCHEDULE
+    picker = _SourcePicker(device_node)
+    local: list[Piece] = []
+    remote: list[Piece] = []
+    for dst_rank in range(dst.dp):
+        want_lo, want_hi = sequence_range(n_seqs, dst.dp, dst_rank)
+        for src_rank in range(src.dp):
+            have_lo, have_hi = sequence_range(n_seqs, src.dp, src_rank)
+            lo, hi = max(want_lo, have_lo), min(want_hi, have_hi)
+            if lo >= hi:
+                continue
+            candidates = replica_devices(src, src_rank)
+            for target in replica_devices(dst, dst_rank):
+                source = picker.pick(candidates, target, hi - lo)
+                item = Piece("sequences", source, target, ((lo, hi),), hi - lo)
+                (local if source == target else remote).append(item)
+    return Schedule(local=tuple(local), steps=_group_into_steps(remote, lambda p: p.num_elements))
