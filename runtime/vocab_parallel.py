@@ -59,4 +59,5 @@ def gumbel_noise(generator: torch.Generator, batch: int, vocab_size: int) -> tor
     """Gumbel(0, 1) noise [batch, vocab_size] from `generator` (CPU), for Gumbel-max sampling."""
     uniform = torch.rand(batch, vocab_size, generator=generator, dtype=torch.float32)
     tiny = torch.finfo(torch.float32).tiny
-    return -torch.log(-torch.log(uniform.clamp(min=tiny)).clamp(min=tiny))
+    exponential = (-torch.log(uniform.clamp(min=tiny))).clamp(min=tiny)
+    return -torch.log(exponential)

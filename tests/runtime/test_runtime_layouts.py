@@ -23,7 +23,7 @@ from runtime.params import init_full_param
 from runtime.shard_spec import all_param_names, full_shape
 
 LOGIT_ATOL = 1e-5
-ADAM_ATOL = 2e-4  # lr 1e-3, four updates: measured max difference about 1e-5 to 1e-4
+ADAM_ATOL = 1e-4  # lr 1e-3, four updates: measured up to 3.5e-5 (tp); weights move ~4e-3
 STAT_RTOL = 1e-4
 TIMEOUT_S = 300
 
@@ -167,6 +167,8 @@ def test_left_and_right_padding_generate_as_unpadded(results):
 def test_sampling_differs_from_greedy(results):
     greedy, _ = _generations(results, (1, 1, 1), "greedy")
     sampled, _ = _generations(results, (1, 1, 1), "sampled")
+    for tokens in sampled:
+        assert ((tokens >= 0) & (tokens < W.SPEC.vocab_size)).all()
     assert not all(torch.equal(a, b) for a, b in zip(greedy, sampled))
 
 

@@ -1,0 +1,39 @@
+"""The test launcher reports a failing rank's error and never hangs on a stuck rank."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from runtime.launch import WorkerError, run_distributed
+
+pytestmark = pytest.mark.slow
+
+
+def rank_one_fails_while_rank_zero_waits(rank: int, world_size: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    if rank == 1:
+        raise ValueError("boom on rank one")
+    dist.all_reduce(torch.ones(1))  # never completes: rank 1 is gone
+    return rank
+
+
+def rank_one_hangs(rank: int, world_size: int) -> int:
+    if rank == 1:
+        time.sleep(600)
+    return rank
+
+
+def test_failing_rank_is_reported_and_others_stopped():
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"(?s)rank 1 failed.*boom on rank one"):
+        run_distributed(rank_one_fails_while_rank_zero_waits, 2, timeout_s=60)
+    assert time.monotonic() - start < 30
+
+
+def test_stuck_rank_times_out():
+    with pytest.raises(WorkerError, match=r"timed out after 8 s; ranks \[1\]"):
+        run_distributed(rank_one_hangs, 2, timeout_s=8)

@@ -1,0 +1,100 @@
+"""Pure-logic tests of the runtime: shard spec, safetensors I/O, layouts, one-rank math."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from planner.modelspec import PRESETS
+from runtime.layout import Group, Layout
+from runtime.safetensors_io import SafetensorsFile, write_safetensors
+from runtime.shard_spec import (all_param_names, check_pp_supported, check_tp_supported,
+                                full_shape, shard_slice, stage_param_names)
+from runtime.vocab_parallel import choose_tokens, gumbel_noise, token_logprobs
+
+TINY = PRESETS["llama-tiny"]
+ONE_RANK = Group(handle=None, ranks=(0,))
+
+
+@settings(max_examples=30, deadline=None)
+@given(tp=st.sampled_from([1, 2, 4]), bias=st.booleans(), head=st.sampled_from(["lm", "value"]))
+def test_tp_shards_tile_every_parameter_exactly_once_or_replicate(tp, bias, head):
+    spec = TINY.model_copy(update={"attention_bias": bias})
+    for name in all_param_names(spec, head):
+        count = np.zeros(full_shape(spec, name), dtype=int)
+        for rank in range(tp):
+            count[tuple(slice(a, b) for a, b in shard_slice(spec, name, rank, tp))] += 1
+        assert count.min() == count.max() and count.max() in (1, tp), name
+
+
+@given(pp=st.integers(1, 4), head=st.sampled_from(["lm", "value"]))
+def test_pipeline_stages_partition_the_parameters(pp, head):
+    stages = [stage_param_names(TINY, head, s, pp) for s in range(pp)]
+    flat = [n for names in stages for n in names]
+    assert sorted(flat) == sorted(all_param_names(TINY, head)) and len(set(flat)) == len(flat)
+    assert "model.embed_tokens.weight" in stages[0] and "model.norm.weight" in stages[-1]
+
+
+def test_unsupported_layouts_are_refused_with_reasons():
+    with pytest.raises(ValueError, match="tp 8 does not divide num_kv_heads 4"):
+        check_tp_supported(TINY, 8)
+    with pytest.raises(ValueError, match="tied embeddings need pp 1"):
+        check_pp_supported(TINY.model_copy(update={"tie_embeddings": True}), 2)
+    with pytest.raises(ValueError, match=r"dp 2 x tp 2 x pp 1 = 4, mesh has 3"):
+        Layout((0, 1, 2), 2, 2, 1)
+
+
+def test_layout_coordinates_follow_rank_groups_order():
+    layout = Layout((10, 11, 12, 13, 14, 15, 16, 17), 2, 2, 2)
+    c = layout.coordinate(16)
+    assert (c.dp_rank, c.tp_rank, c.pp_rank) == (1, 0, 1)
+
+
+def test_safetensors_roundtrip_and_slice_reads(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.standard_normal((6, 4)).astype(np.float32),
+               "b": rng.integers(0, 9, (3,)).astype(np.int64),
+               "c": rng.standard_normal((2, 3, 5)).astype(np.float16)}
+    write_safetensors(tmp_path / "x.safetensors", tensors)
+    f = SafetensorsFile(tmp_path / "x.safetensors")
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(f.read(name), array)
+    np.testing.assert_array_equal(f.read("a", ((2, 4), (1, 3))), tensors["a"][2:4, 1:3])
+    assert f.shape("c") == (2, 3, 5)
+
+
+def test_safetensors_reads_bf16_bit_patterns(tmp_path):
+    values = torch.tensor([[1.5, -2.0], [0.25, 3.0]], dtype=torch.bfloat16)
+    raw = values.view(torch.int16).numpy().tobytes()
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
+                         "__metadata__": {"format": "pt"}}).encode()
+    (tmp_path / "b.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw)
+    f = SafetensorsFile(tmp_path / "b.safetensors")
+    assert f.is_bf16("w")
+    got = torch.from_numpy(f.read("w", ((1, 2), (0, 2))).view(np.int16)).view(torch.bfloat16)
+    assert torch.equal(got, values[1:2])
+
+
+def test_logprobs_and_entropy_match_log_softmax_on_one_rank():
+    logits = torch.randn(3, 5, 17, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 17, (3, 5), generator=torch.Generator().manual_seed(1))
+    logprobs, entropy = token_logprobs(logits, targets, 0, ONE_RANK, with_entropy=True)
+    log_softmax = logits.log_softmax(-1)
+    assert torch.allclose(logprobs, log_softmax.gather(-1, targets[..., None])[..., 0], atol=1e-6)
+    assert torch.allclose(entropy, -(log_softmax.exp() * log_softmax).sum(-1), atol=1e-6)
+
+
+def test_gumbel_max_samples_follow_the_softmax():
+    draws, temperature = 40000, 0.7
+    logits = torch.tensor([[0.5, -1.0, 2.0, 0.0, 1.0]])
+    noise = gumbel_noise(torch.Generator().manual_seed(3), draws, 5)
+    tokens = choose_tokens(logits.expand(draws, 5), 0, ONE_RANK, noise, temperature)
+    frequencies = torch.bincount(tokens, minlength=5).float() / draws
+    assert torch.allclose(frequencies, (logits[0] / temperature).softmax(-1), atol=0.01)
+    assert torch.equal(choose_tokens(logits, 0, ONE_RANK, None, 1.0), torch.tensor([2]))
