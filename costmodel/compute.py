@@ -1,0 +1,44 @@
+"""Compute-time source for one (hardware, model shape): a profile table, else the roofline.
+
+`PartTimer.time_s(op, part, tp, batch, length)` returns seconds on one device; `source_for`
+names what answered: "profile:<file>" when the table has the (tp, op, part) entry, else
+"roofline:<hardware>". A partial table falls back to the roofline per missing entry.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from costmodel.profile_table import ProfileLookup, find_profile
+from costmodel.roofline import part_time_s_roofline
+from planner.hardware import HardwareSpec
+from planner.modelspec import ModelSpec
+from planner.paths import PROFILES_DIR
+
+
+class PartTimer:
+    """Per-part compute times of one model shape on one hardware."""
+
+    def __init__(self, spec: ModelSpec, hardware: HardwareSpec, profile: ProfileLookup | None):
+        self.spec = spec
+        self.hardware = hardware
+        self.profile = profile
+        self.roofline_source = f"roofline:{hardware.name}"
+
+    def source_for(self, op: str, part: str, tp: int) -> str:
+        if self.profile is not None and self.profile.has(op, part, tp):
+            return self.profile.source
+        return self.roofline_source
+
+    def time_s(self, op: str, part: str, tp: int, batch: float, length):
+        if self.profile is not None and self.profile.has(op, part, tp):
+            return self.profile.time_s(op, part, tp, batch, length)
+        return part_time_s_roofline(self.spec, self.hardware, op, part, tp, batch, length)
+
+
+@lru_cache(maxsize=256)
+def part_timer(spec: ModelSpec, hardware: HardwareSpec,
+               profiles_dir: Path = PROFILES_DIR) -> PartTimer:
+    """The timer for (spec, hardware), using profiles/<device>/<shape>.yaml when present."""
+    return PartTimer(spec, hardware, find_profile(profiles_dir, hardware.name, spec))

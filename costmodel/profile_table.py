@@ -1,0 +1,180 @@
+"""Measured profile tables: the file format and the lookup.
+
+A table lives in `profiles/<device>/<model-shape>.yaml` (`model_shape_key` names the shape,
+e.g. `h4096-a32-kv32-i11008-v32000`; the layer count does not matter, tables are per part):
+
+    format_version: 1
+    device: h100-sxm-80gb          # a profiles/hardware/<name>.yaml
+    torch_version: "2.13.0"
+    recorded: "2025-06-01"         # date measured
+    model_shape: h4096-a32-kv32-i11008-v32000
+    shards:                        # one entry per tensor-parallel degree measured
+      - tp: 1
+        entries:
+          - op: forward            # forward | backward | prefill | decode | optimizer
+            part: block            # embedding | block | lm_head | value_head
+            batch: [1, 8, 64]      # sequences, ascending
+            length: [128, 512, 2048]   # tokens per sequence (decode: cached context)
+            seconds: [[...], [...], [...]]   # [batch][length], compute only on one device
+          - op: optimizer
+            part: block
+            seconds: 0.0012        # one Adam step of the part's shard (no grid)
+
+Times are compute only on one device holding the tp shard shape; communication is priced
+separately (costmodel/comm.py).
+
+Lookup: inside the grid, bilinear interpolation of log(seconds) over log(batch) and
+log(length). Outside the grid (the one rule): clamp each coordinate to the grid, look up that
+edge point, and scale its time linearly by tokens, i.e. by (batch x length) / (batch_edge x
+length_edge) (for decode, length is the context and the scale is the same).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from planner.errors import describe_validation_error
+from planner.modelspec import ModelSpec
+from planner.yamlio import load_yaml_mapping
+
+FORMAT_VERSION = 1
+OpName = str
+
+
+def model_shape_key(spec: ModelSpec) -> str:
+    """File stem of a model shape's profile table (per-part shapes, layer count excluded)."""
+    bias = "-bias" if spec.attention_bias else ""
+    return (f"h{spec.hidden_size}-a{spec.num_heads}-kv{spec.num_kv_heads}-"
+            f"i{spec.intermediate_size}-v{spec.vocab_size}{bias}")
+
+
+class ProfileEntry(BaseModel):
+    """Times of one op of one part over a (batch, length) grid, or one scalar for optimizer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op: str
+    part: str
+    batch: Optional[tuple[float, ...]] = None
+    length: Optional[tuple[float, ...]] = None
+    seconds: Union[float, tuple[tuple[float, ...], ...]]
+
+    @model_validator(mode="after")
+    def _check(self) -> "ProfileEntry":
+        from costmodel.roofline import OPS, PARTS
+        if self.op not in OPS:
+            raise ValueError(f"op {self.op!r} is not one of {list(OPS)}")
+        if self.part not in PARTS:
+            raise ValueError(f"part {self.part!r} is not one of {list(PARTS)}")
+        if isinstance(self.seconds, float):
+            if self.seconds <= 0:
+                raise ValueError(f"seconds {self.seconds} must be positive")
+            return self
+        if self.batch is None or self.length is None:
+            raise ValueError("a grid entry needs batch and length lists")
+        for name, axis in (("batch", self.batch), ("length", self.length)):
+            if not axis or any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] <= 0:
+                raise ValueError(f"{name} {list(axis)} must be positive and strictly ascending")
+        rows, cols = len(self.seconds), {len(r) for r in self.seconds}
+        if rows != len(self.batch) or cols != {len(self.length)}:
+            raise ValueError(f"seconds is {rows} x {sorted(cols)}, grid is {len(self.batch)} "
+                             f"batch x {len(self.length)} length")
+        if any(v <= 0 for row in self.seconds for v in row):
+            raise ValueError("seconds must all be positive")
+        return self
+
+
+class ProfileShard(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tp: int = Field(ge=1)
+    entries: tuple[ProfileEntry, ...]
+
+
+class ProfileTable(BaseModel):
+    """One device x model-shape table (module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int
+    device: str
+    torch_version: str
+    recorded: str
+    model_shape: str
+    shards: tuple[ProfileShard, ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> "ProfileTable":
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"format_version {self.format_version}; this tool reads "
+                             f"{FORMAT_VERSION}")
+        return self
+
+
+class ProfileLookup:
+    """Interpolating lookup over a loaded table; `source` is "profile:<file>"."""
+
+    def __init__(self, table: ProfileTable, path: Path):
+        self.table = table
+        self.source = f"profile:{path}"
+        self._entries = {(s.tp, e.op, e.part): e for s in table.shards for e in s.entries}
+
+    def has(self, op: str, part: str, tp: int) -> bool:
+        return (tp, op, part) in self._entries
+
+    def time_s(self, op: str, part: str, tp: int, batch: float, length):
+        """Seconds of (op, part, tp) at `batch` sequences of `length` (array ok) tokens."""
+        entry = self._entries[(tp, op, part)]
+        if isinstance(entry.seconds, float):
+            return entry.seconds + np.asarray(length, dtype=float) * 0.0
+        return grid_time_s(entry, batch, length)
+
+
+def _axis_weights(axis: np.ndarray, value):
+    """Indices i, i+1 and weight of the upper point for log-space interpolation (clamped)."""
+    log_axis = np.log(axis)
+    clamped = np.clip(np.log(value), log_axis[0], log_axis[-1])
+    upper = np.clip(np.searchsorted(log_axis, clamped, side="right"), 1, len(axis) - 1)
+    if len(axis) == 1:
+        return np.zeros_like(upper), np.zeros_like(upper), np.zeros_like(clamped)
+    lower = upper - 1
+    weight = (clamped - log_axis[lower]) / (log_axis[upper] - log_axis[lower])
+    return lower, upper, weight
+
+
+def grid_time_s(entry: ProfileEntry, batch: float, length):
+    """Log-space bilinear interpolation, linear-in-tokens scaling outside (module docstring)."""
+    batches = np.asarray(entry.batch, dtype=float)
+    lengths = np.asarray(entry.length, dtype=float)
+    log_seconds = np.log(np.asarray(entry.seconds, dtype=float))
+    length = np.asarray(length, dtype=float)
+    b0, b1, wb = _axis_weights(batches, np.asarray(float(batch)))
+    l0, l1, wl = _axis_weights(lengths, length)
+    row0 = log_seconds[b0, l0] * (1 - wl) + log_seconds[b0, l1] * wl
+    row1 = log_seconds[b1, l0] * (1 - wl) + log_seconds[b1, l1] * wl
+    inside = np.exp(row0 * (1 - wb) + row1 * wb)
+    edge_batch = np.clip(batch, batches[0], batches[-1])
+    edge_length = np.clip(length, lengths[0], lengths[-1])
+    return inside * (batch * length) / (edge_batch * edge_length)
+
+
+@lru_cache(maxsize=256)
+def load_profile(path: Path) -> ProfileLookup:
+    """Read and validate one table; InputError naming the file and field."""
+    data = load_yaml_mapping(path)
+    try:
+        table = ProfileTable(**data)
+    except ValidationError as err:
+        raise describe_validation_error(err, path) from None
+    return ProfileLookup(table, path)
+
+
+def find_profile(profiles_dir: Path, device: str, spec: ModelSpec) -> ProfileLookup | None:
+    """The table for (device, model shape) under `profiles_dir`, or None."""
+    path = Path(profiles_dir) / device / f"{model_shape_key(spec)}.yaml"
+    return load_profile(path) if path.is_file() else None

@@ -1,0 +1,106 @@
+"""Reallocation and data-transfer time, priced from the shared transfer schedules.
+
+A schedule (planner.transfer_schedule) runs its steps one after another. Within a step
+every device sends at most one message and receives at most one, so the step lasts as long
+as its slowest message: alpha + bytes / bw of the message's link (intra-node when sender
+and receiver share a node, else the inter-node link; each device has its own NIC, so
+concurrent inter-node messages of different devices do not contend). Local copies (sender
+= receiver) read and write HBM once: the device with the most local bytes sets their time,
+before the first step. Equal executions give the empty schedule and zero time.
+
+Receive buffer of a device: the bytes it receives in its largest step (the staging buffer
+the runtime needs before writing into the destination shards).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from costmodel import comm
+from costmodel import efficiency as eff
+from planner.cluster import ClusterSpec
+from planner.layout import Execution
+from planner.modelspec import HeadKind, ModelSpec
+from planner.transfer_schedule import (MeshLayout, Schedule, data_schedule, param_schedule)
+
+
+@dataclass(frozen=True)
+class ScheduleCost:
+    """Time of a schedule, the bytes it puts on each link kind, and receive buffers."""
+
+    time_s: float
+    intra_node_bytes: float = 0.0
+    inter_node_bytes: float = 0.0
+    num_steps: int = 0
+    receive_buffer_bytes: dict[int, float] = field(default_factory=dict)
+
+
+ZERO_COST = ScheduleCost(time_s=0.0)
+
+
+def mesh_layout(execution: Execution) -> MeshLayout:
+    ex = execution
+    return MeshLayout(tuple(ex.devices), ex.dp, ex.tp, ex.pp)
+
+
+def local_copy_time_s(schedule: Schedule, bytes_per_element: float,
+                      cluster: ClusterSpec) -> float:
+    """Read + write of every local piece, at HBM bandwidth x efficiency, busiest device."""
+    per_device: dict[int, float] = defaultdict(float)
+    for piece in schedule.local:
+        per_device[piece.dst] += piece.num_elements * bytes_per_element
+    worst = 0.0
+    for device, moved in per_device.items():
+        hw = cluster.hardware_of(device)
+        bandwidth = hw.memory_bandwidth_bytes_per_s * eff.MEMORY_BANDWIDTH_EFFICIENCY
+        worst = max(worst, 2.0 * moved / bandwidth)
+    return worst
+
+
+def schedule_cost(schedule: Schedule, bytes_per_element: float,
+                  cluster: ClusterSpec) -> ScheduleCost:
+    """Price a schedule (module docstring)."""
+    if schedule.is_empty:
+        return ZERO_COST
+    total = local_copy_time_s(schedule, bytes_per_element, cluster)
+    intra = inter = 0.0
+    buffers: dict[int, float] = defaultdict(float)
+    node = cluster.device_node
+    for step in schedule.steps:
+        messages: dict[tuple[int, int], float] = defaultdict(float)
+        for piece in step:
+            messages[(piece.src, piece.dst)] += piece.num_elements * bytes_per_element
+        slowest = 0.0
+        for (src, dst), size in messages.items():
+            same = node[src] == node[dst]
+            link = comm.intra_node_link(cluster, node[src]) if same else comm.inter_node_link(cluster)
+            slowest = max(slowest, comm.p2p_time_s(size, link))
+            if same:
+                intra += size
+            else:
+                inter += size
+            buffers[dst] = max(buffers[dst], size)
+        total += slowest
+    return ScheduleCost(total, intra, inter, len(schedule.steps), dict(buffers))
+
+
+def realloc_cost(spec: ModelSpec, head: HeadKind, src: Execution, dst: Execution,
+                 cluster: ClusterSpec) -> ScheduleCost:
+    """Moving the parameters of (spec, head) from `src` to `dst`, in the compute dtype."""
+    if src == dst:
+        return ZERO_COST
+    schedule = param_schedule(spec, head, mesh_layout(src), mesh_layout(dst),
+                              cluster.device_node)
+    dtype = cluster.hardware_of(dst.devices[0]).compute_dtype_bytes
+    return schedule_cost(schedule, dtype, cluster)
+
+
+def transfer_cost(src: Execution, dst: Execution, n_seqs: int, seq_len: int, num_keys: int,
+                  cluster: ClusterSpec) -> ScheduleCost:
+    """Moving `num_keys` per-token keys of `n_seqs` sequences between two executions."""
+    if src == dst:
+        return ZERO_COST
+    schedule = data_schedule(mesh_layout(src), mesh_layout(dst), n_seqs, cluster.device_node)
+    per_sequence = seq_len * num_keys * eff.DATA_KEY_BYTES_PER_TOKEN
+    return schedule_cost(schedule, per_sequence, cluster)
