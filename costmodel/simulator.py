@@ -14,7 +14,9 @@ Semantics (a vectorised re-implementation must reproduce exactly these):
    every one of its devices becomes free). It ends start + duration; its devices are busy
    until then. A realloc node's devices are the union of its source and destination meshes.
 5. Steady-state iteration time = (end(K-1) - end(0)) / (K-1), end(i) = max end over the
-   nodes whose `iteration` attribute is i.
+   nodes of iteration i in the priority order: its call nodes and the reallocation nodes
+   placed before them (so a wrapping reallocation out of iteration i counts in i+1, where
+   it runs; counting it in i would make end(0) late and the estimate too short).
 6. Memory per device d:
    persistent(d) = sum over models: a trained model (one with a train call; its first train
    call if several) adds its train state (weights + grads + optimizer states) on d when d is
@@ -185,7 +187,13 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
     call_times, realloc_times, transfer_times = {}, {}, {}
     sources: set[str] = set()
     timeline: dict[int, list[tuple[float, float, str]]] = {}
-    for node in priority_order(graph, workflow, num_iterations):
+    order = priority_order(graph, workflow, num_iterations)
+    iteration_group = {}
+    for node in reversed(order):
+        attrs = graph.nodes[node]
+        iteration_group[node] = attrs["iteration"] if attrs["kind"] == "call" else group
+        group = iteration_group[node]
+    for node in order:
         attrs = graph.nodes[node]
         if attrs["kind"] == "call":
             result = costs.call_time(attrs["call"], executions[attrs["call"]])
@@ -217,8 +225,9 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
         for d in devices:
             holder[d] = node
             timeline.setdefault(d, []).append((ready, ready + duration, node))
-    iteration_end = [max(end_of[n] for n, a in graph.nodes(data=True) if a["iteration"] == i)
-                     for i in range(num_iterations)]
+    iteration_end = [0.0] * num_iterations
+    for node, group in iteration_group.items():
+        iteration_end[group] = max(iteration_end[group], end_of[node])
     iteration_s = (iteration_end[-1] - iteration_end[0]) / (num_iterations - 1)
     path, node = [], max(end_of, key=end_of.get)
     while node is not None:

@@ -1,0 +1,86 @@
+"""`plan estimate`: simulate a plan and print its time per iteration, per call and memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from costmodel.simulator import DEFAULT_ITERATIONS, Estimate, estimate_plan
+from costmodel.simulator import memory_problem as _memory_problem
+from planner.errors import InputError
+from planner.hardware import GIB
+from planner.mesh import mesh_text
+from planner.plan import Plan, load_plan
+
+
+def memory_problem(plan: Plan) -> str | None:
+    """Why the plan does not fit in device memory, or None (used by `plan check`)."""
+    return _memory_problem(plan)
+
+
+def estimate_as_mapping(plan: Plan, est: Estimate) -> dict:
+    """The estimate as JSON-ready data (keys documented in `plan estimate --help`)."""
+    calls = []
+    for name in plan.workflow.call_order:
+        ex = plan.executions[name]
+        calls.append({"name": name, "model": plan.workflow.call_by_name[name].model,
+                      "mesh": mesh_text(ex.devices, plan.cluster), "devices": list(ex.devices),
+                      "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "micro_batches": ex.micro_batches,
+                      "time_s": est.call_times_s[name],
+                      "peak_memory_gib": est.call_peak_memory_bytes[name] / GIB})
+    return {"iteration_s": est.iteration_s, "feasible": est.feasible, "reason": est.reason,
+            "calls": calls,
+            "reallocations": [{"name": n, "time_s": t} for n, t in est.realloc_times_s.items()],
+            "transfers": [{"name": n, "time_s": t} for n, t in est.transfer_times_s.items()],
+            "peak_memory_gib": max(est.peak_memory_bytes.values()) / GIB,
+            "critical_path": est.critical_path, "compute_source": est.compute_source}
+
+
+def estimate_as_text(plan: Plan, est: Estimate) -> str:
+    data = estimate_as_mapping(plan, est)
+    lines = [f"workflow {plan.workflow.algorithm} on {plan.cluster.describe()}",
+             f"{'call':<18} {'model':<8} {'mesh':<10} {'layout':<12} {'time s':>9} "
+             f"{'peak GiB':>9}"]
+    for c in data["calls"]:
+        layout = f"d{c['dp']}t{c['tp']}p{c['pp']}m{c['micro_batches']}"
+        lines.append(f"{c['name']:<18} {c['model']:<8} {c['mesh']:<10} {layout:<12} "
+                     f"{c['time_s']:>9.2f} {c['peak_memory_gib']:>9.1f}")
+    for r in data["reallocations"]:
+        lines.append(f"  {r['name']}: {r['time_s']:.3f} s")
+    for t in data["transfers"]:
+        lines.append(f"  transfer {t['name']}: {t['time_s']:.4f} s")
+    lines.append(f"iteration: {est.iteration_s:.2f} s  (compute source: {est.compute_source})")
+    lines.append("feasible" if est.feasible else f"infeasible: {est.reason}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.iterations < 2:
+        raise InputError(f"--iterations: got {args.iterations}; give 2 or more")
+    plan = load_plan(Path(args.plan))
+    est = estimate_plan(plan, args.iterations)
+    if args.json:
+        print(json.dumps(estimate_as_mapping(plan, est), indent=2))
+    else:
+        print(estimate_as_text(plan, est))
+    return 0 if est.feasible else 1
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "estimate", help="estimate a plan's time per iteration and memory",
+        description="Simulate a plan over K iterations of its augmented graph and print the "
+                    "steady-state seconds per iteration, each call's seconds and peak memory "
+                    "per device, the reallocations and transfers, and whether it fits in "
+                    "device memory. Compute times come from profiles/<device>/ tables when "
+                    "present, else from a roofline of the hardware spec (the output says "
+                    "which). Exit 0 when feasible, 1 when it does not fit (reason printed), "
+                    "2 on bad input. JSON keys: iteration_s, feasible, reason, calls "
+                    "(name, model, devices, dp, tp, pp, micro_batches, time_s, "
+                    "peak_memory_gib), reallocations, transfers, compute_source.")
+    parser.add_argument("plan", metavar="PLAN.yaml", help="plan file")
+    parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, metavar="K",
+                        help=f"iterations to simulate (default {DEFAULT_ITERATIONS}, at least 2)")
+    parser.set_defaults(handler=run)
