@@ -10,6 +10,8 @@ The loss: `loss_fn(outputs, micro_batch)` returns the SUM of the loss over the i
 by `micro_batch.loss_mask`; the engine divides by the total loss_mask weight of the minibatch
 over all DP replicas, so the update is the same whatever the split into replicas and
 micro-batches.
+
+The optimizer reduces the gradients over DP (all-reduce, or reduce-scatter for ZeRO-1).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from runtime.batch import MicroBatch, ModelOutputs
 from runtime.comm import all_reduce
 from runtime.inference import outputs_from_head
 from runtime.model import ParallelModel
-from runtime.optimizer import Adam, all_reduce_gradients, clip_factor, global_grad_norm
+from runtime.optimizer import Adam
 from runtime.pipeline import StageLink
 
 LossFn = Callable[[ModelOutputs, MicroBatch], torch.Tensor]
@@ -125,9 +127,7 @@ def train_step(model: ParallelModel, optimizer: Adam, micro_batches: list[MicroB
     for minibatch in _minibatches(micro_batches, num_minibatches):
         normaliser = _loss_normaliser(model, minibatch)
         loss = _Schedule(model, minibatch, loss_fn, normaliser, with_entropy).run()
-        all_reduce_gradients(model.params, ctx)
-        norm = global_grad_norm(model.params, ctx)
-        optimizer.step(clip_factor(norm, optimizer.config.max_grad_norm))
+        norm = optimizer.step()
         optimizer.zero_grad()
         total = torch.tensor(loss, dtype=torch.float64, device=model.device.device)
         all_reduce(total, ctx.pp_group)  # only the last stage has a non-zero share

@@ -25,6 +25,7 @@ SEED = 7
 WORLD_SIZE = 4
 LAYOUTS = [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2), (2, 1, 2),
            (1, 4, 1), (1, 1, 4)]
+ZERO1_LAYOUTS = [(2, 1, 1), (2, 1, 2)]  # the other dp 2 layout, (2, 2, 1), all-reduces
 VALUE_LAYOUTS = [(1, 1, 1), (2, 2, 1), (1, 2, 2)]
 CHECKPOINT_LAYOUTS = [(1, 1, 1), (1, 2, 2)]
 
@@ -119,7 +120,8 @@ def _run_lm(model: ParallelModel, ctx) -> dict:
                                         p.attention_mask[i:i + 1, p.attention_mask[i].bool()])],
                      GREEDY)[0].tokens
             for p in prompts(1, 0) for i in range(p.input_ids.shape[0])]
-    optimizer = Adam(model.params, ADAM)
+    zero1 = (ctx.dp, ctx.tp, ctx.pp) in ZERO1_LAYOUTS
+    optimizer = Adam(model.params, ADAM, ctx, shard_over_dp=zero1)
     out["train_stats"] = [train_step(model, optimizer, mbs, sft_loss, NUM_MINIBATCHES,
                                      with_entropy=True) for _ in range(NUM_TRAIN_STEPS)]
     out["logprobs_after"] = [o.logprobs for o in inference(model, mbs)]
@@ -130,7 +132,7 @@ def _run_value(model: ParallelModel, ctx) -> dict:
     mbs = [replace(mb, loss_mask=mb.attention_mask.float())
            for mb in lm_micro_batches(ctx.dp, ctx.coord.dp_rank)]
     out = {"values": [o.values for o in inference(model, mbs)]}
-    optimizer = Adam(model.params, ADAM)
+    optimizer = Adam(model.params, ADAM, ctx, shard_over_dp=True)
     out["train_stats"] = [train_step(model, optimizer, mbs, value_loss, NUM_MINIBATCHES)]
     return out
 
