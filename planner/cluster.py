@@ -188,7 +188,7 @@ def load_cluster_file(path: Path) -> ClusterSpec:
     try:
         spec = ClusterFile(**data)
     except ValidationError as err:
-        raise describe_validation_error(err, path) from None
+        raise describe_validation_error(err, path, model=ClusterFile) from None
     try:
         return build_cluster(spec.name or Path(path).stem, spec.groups(),
                              spec.inter_node_bandwidth_gb_per_s, spec.inter_node_latency_us)

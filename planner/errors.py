@@ -6,9 +6,11 @@ message as a single line and exits with code 2. Internal invariants use `assert`
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 class InputError(Exception):
@@ -26,11 +28,43 @@ def field_path(location: tuple) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _describe_one(error: dict) -> str:
+def _without_optional(annotation: Any) -> Any:
+    """`X` for `Optional[X]`; anything else unchanged."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def _model_at(model: type[BaseModel] | None, location: tuple) -> type[BaseModel] | None:
+    """The pydantic model found by following `location` from `model` (None if not a model)."""
+    current: Any = model
+    for item in location:
+        current = _without_optional(current)
+        origin, args = get_origin(current), get_args(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if item not in current.model_fields:
+                return None
+            current = current.model_fields[item].annotation
+        elif origin is dict and len(args) == 2:
+            current = args[1]
+        elif origin in (list, tuple) and args and isinstance(item, int):
+            current = args[0] if origin is list or args[-1] is Ellipsis else args[item]
+        else:
+            return None
+    current = _without_optional(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _describe_one(error: dict, model: type[BaseModel] | None = None) -> str:
     kind = error.get("type", "")
     message = error.get("msg", "invalid")
     if kind == "extra_forbidden":
-        return "unknown key"
+        container = _model_at(model, tuple(error.get("loc", ()))[:-1])
+        if container is None:
+            return "unknown key"
+        return f"unknown key; valid keys: {', '.join(container.model_fields)}"
     if kind == "missing":
         return "required field is missing"
     if message.startswith("Value error, "):
@@ -41,13 +75,17 @@ def _describe_one(error: dict) -> str:
 
 
 def describe_validation_error(err: ValidationError, source: Path | str,
-                              prefix: tuple = ()) -> InputError:
-    """Turn a pydantic ValidationError into one InputError line (first error, count of rest)."""
+                              prefix: tuple = (),
+                              model: type[BaseModel] | None = None) -> InputError:
+    """Turn a pydantic ValidationError into one InputError line (first error, count of rest).
+
+    `model` is the class that was validated; with it, an unknown key lists the valid keys.
+    """
     errors = err.errors()
     first = errors[0]
     location = field_path(prefix + tuple(first.get("loc", ())))
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return InputError(f"{source}: {location}: {_describe_one(first)}{more}")
+    return InputError(f"{source}: {location}: {_describe_one(first, model)}{more}")
 
 
 def one_line(text: str) -> str:

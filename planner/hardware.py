@@ -67,7 +67,7 @@ def load_hardware_file(path: Path) -> HardwareSpec:
     try:
         return HardwareSpec(**data)
     except ValidationError as err:
-        raise describe_validation_error(err, path) from None
+        raise describe_validation_error(err, path, model=HardwareSpec) from None
 
 
 def hardware_by_name(name: str) -> HardwareSpec:

@@ -3,7 +3,9 @@
 Allowed meshes (design.md section 4): a power-of-two slice inside one node, aligned to its
 size (1, 2, 4, ... devices starting at a multiple of the size), or a contiguous range of
 whole nodes. Text form `node:slots`: `0:0-3` is node 0, slots 0 to 3; `1:5` is node 1, slot
-5; `0-1:0-7` is nodes 0 and 1, all eight slots each.
+5; `0-1:0-7` is nodes 0 and 1, all eight slots each. A node range whose slots run from 0 to
+the last slot of its widest node means whole nodes, so `0-1:0-7` also names node 0 of eight
+devices plus node 1 of four in a heterogeneous cluster.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def mesh_text(device_ids: tuple[int, ...], cluster: ClusterSpec) -> str:
     slots = [cluster.slot_of(d) for d in device_ids]
     if len(nodes) == 1:
         return f"{nodes[0]}:{_span(min(slots), max(slots))}"
-    return f"{_span(nodes[0], nodes[-1])}:{_span(0, cluster.node_devices_per_node[nodes[0]] - 1)}"
+    widest = max(cluster.node_devices_per_node[n] for n in nodes)
+    return f"{_span(nodes[0], nodes[-1])}:{_span(0, widest - 1)}"
 
 
 def parse_mesh_text(text: str, cluster: ClusterSpec) -> tuple[int, ...]:
@@ -42,13 +45,17 @@ def parse_mesh_text(text: str, cluster: ClusterSpec) -> tuple[int, ...]:
     if node_last >= cluster.num_nodes or node_first > node_last:
         raise ValueError(f"mesh {text!r} names nodes {node_first}-{node_last}; the cluster has "
                          f"nodes 0-{cluster.num_nodes - 1}")
+    nodes = range(node_first, node_last + 1)
+    widest = max(cluster.node_devices_per_node[n] for n in nodes)
+    whole_nodes = node_first < node_last and slot_first == 0 and slot_last == widest - 1
     devices = []
-    for node in range(node_first, node_last + 1):
+    for node in nodes:
         per_node = cluster.node_devices_per_node[node]
-        if slot_last >= per_node or slot_first > slot_last:
+        last = per_node - 1 if whole_nodes else slot_last
+        if last >= per_node or slot_first > last:
             raise ValueError(f"mesh {text!r} names slots {slot_first}-{slot_last}; node {node} "
                              f"has slots 0-{per_node - 1}")
-        devices.extend(cluster.device_id(node, s) for s in range(slot_first, slot_last + 1))
+        devices.extend(cluster.device_id(node, s) for s in range(slot_first, last + 1))
     return tuple(devices)
 
 

@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from planner.errors import describe_validation_error
 
 HeadKind = Literal["lm", "value"]
 
@@ -185,7 +187,11 @@ def spec_from_hf_config(config_path: Path) -> ModelSpec:
                          "vocab_size", "max_positions"}]
     if missing:
         raise ValueError(f"{config_path}: missing field(s) {missing}")
-    return ModelSpec(**fields)
+    try:
+        return ModelSpec(**fields)
+    except ValidationError as err:
+        # A plain ValueError with one line, not pydantic's multi-line report.
+        raise ValueError(str(describe_validation_error(err, config_path))) from None
 
 
 def resolve_model(name_or_path: str, base_dir: Path | None = None) -> ModelSpec:

@@ -76,7 +76,7 @@ class ExecutionEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mesh: Optional[str] = None
-    devices: Optional[tuple[int, ...]] = None
+    devices: Optional[tuple[int, ...]] = Field(default=None, min_length=1)
     dp: int = Field(ge=1)
     tp: int = Field(ge=1)
     pp: int = Field(ge=1)
@@ -125,7 +125,7 @@ def plan_from_mapping(data: dict[str, Any], source: str) -> Plan:
     try:
         parsed = PlanFile(**data)
     except ValidationError as err:
-        raise describe_validation_error(err, source) from None
+        raise describe_validation_error(err, source, model=PlanFile) from None
     executions = {name: _resolve_execution(name, entry, parsed.cluster, source)
                   for name, entry in parsed.executions.items()}
     plan = Plan(workflow=parsed.workflow, cluster=parsed.cluster, executions=executions,

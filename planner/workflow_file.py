@@ -13,9 +13,9 @@ dataset provides (default [prompts]).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from planner.builtin_workflows import (BUILTIN_CALLS, BUILTIN_INPUTS, DEFAULT_BATCH,
                                        DEFAULT_MODEL, VALUE_HEAD_ROLES)
@@ -38,15 +38,32 @@ class WorkflowFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     algorithm: Algorithm
-    models: dict[str, Union[str, ModelEntry]]
+    models: dict[str, ModelEntry]
     batch: BatchSpec
     inputs: Optional[tuple[str, ...]] = None
     calls: Optional[tuple[ModelFunctionCall, ...]] = None
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        """`role: NAME` is short for `role: {model: NAME}`.
 
-def _role(name: str, entry: Union[str, ModelEntry], base_dir: Path | None) -> ModelRole:
-    if isinstance(entry, str):
-        entry = ModelEntry(model=entry)
+        Done here rather than with a str | ModelEntry union, whose errors would name the
+        union's members (`models.actor.str`) instead of the user's mistake.
+        """
+        if not isinstance(value, dict):
+            return value
+        entries = {}
+        for role, entry in value.items():
+            if not isinstance(entry, (str, dict, ModelEntry)):
+                raise ValueError(f"role {role!r}: expected a model name, a directory with an "
+                                 f"HF config.json or {{model: NAME, head: lm|value}}; got "
+                                 f"{entry!r}")
+            entries[role] = ModelEntry(model=entry) if isinstance(entry, str) else entry
+        return entries
+
+
+def _role(name: str, entry: ModelEntry, base_dir: Path | None) -> ModelRole:
     head = entry.head or ("value" if name in VALUE_HEAD_ROLES else "lm")
     return ModelRole(spec=resolve_model(entry.model, base_dir), head=head)
 
@@ -77,7 +94,7 @@ def build_workflow(spec: WorkflowFile, source: str, base_dir: Path | None = None
         return Workflow(algorithm=spec.algorithm, models=roles, batch=spec.batch,
                         inputs=inputs, calls=calls)
     except ValidationError as err:
-        raise describe_validation_error(err, source) from None
+        raise describe_validation_error(err, source, model=Workflow) from None
 
 
 def load_workflow_file(path: Path) -> Workflow:
@@ -85,7 +102,7 @@ def load_workflow_file(path: Path) -> Workflow:
     try:
         spec = WorkflowFile(**data)
     except ValidationError as err:
-        raise describe_validation_error(err, path) from None
+        raise describe_validation_error(err, path, model=WorkflowFile) from None
     return build_workflow(spec, str(path), Path(path).parent)
 
 

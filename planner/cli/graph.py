@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
         if out.suffix.lower() not in {".png", ".svg", ".pdf"}:
             raise InputError(f"--out: {out}: unsupported picture type {out.suffix!r}; "
                              f"valid: .png, .svg, .pdf")
-        draw_workflow(workflow, out)
+        try:
+            draw_workflow(workflow, out)
+        except OSError as err:
+            raise InputError(f"--out: {out}: cannot write ({err.strerror or err})") from None
         print(f"wrote {out}")
     if args.json:
         print(json.dumps(graph_as_data(workflow), indent=2))
