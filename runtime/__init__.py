@@ -1,1 +1,17 @@
-"""Runtime: torch.distributed executor of plans (LLaMA-family engine, reallocation, RL losses)."""
+"""Runtime: torch.distributed engine of plans (LLaMA-family model under dp x tp x pp).
+
+What the executor calls (every rank of the world, the same calls in the same order):
+
+    ctxs = layout.create_contexts([Layout(mesh, dp, tp, pp), ...])  # all groups, all ranks
+    model = ParallelModel.from_seed(spec, "lm" | "value", ctx, seed, device)
+    model = ParallelModel.from_hf(directory, spec, head, ctx, device)
+    generate(model, prompts: list[MicroBatch], GenerationConfig) -> list[Generation]
+    inference(model, micro_batches, with_entropy=False) -> list[ModelOutputs]
+    optimizer = Adam(model.params, AdamConfig(...), ctx, shard_over_dp=False)
+    train_step(model, optimizer, micro_batches, loss_fn, num_minibatches) -> list[TrainStats]
+
+`model.params` maps HF names to this rank's shards; `shard_spec` (pure, no torch) says which
+slice of which full tensor each (tp_rank, pp_stage) holds, for reallocation and the cost
+model's transfer schedule. `launch.run_distributed` runs a function on N local gloo
+processes for tests and benchmarks.
+"""

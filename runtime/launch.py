@@ -39,6 +39,8 @@ def _worker(rank: int, world_size: int, port: int, backend: str, timeout_s: floa
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)  # one GPU per rank; NCCL refuses two ranks on one GPU
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
         dist.init_process_group(backend, rank=rank, world_size=world_size,

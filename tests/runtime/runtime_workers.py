@@ -27,7 +27,8 @@ LAYOUTS = [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2), (2,
            (1, 4, 1), (1, 1, 4)]
 ZERO1_LAYOUTS = [(2, 1, 1), (2, 1, 2)]  # the other dp 2 layout, (2, 2, 1), all-reduces
 VALUE_LAYOUTS = [(1, 1, 1), (2, 2, 1), (1, 2, 2)]
-CHECKPOINT_LAYOUTS = [(1, 1, 1), (1, 2, 2)]
+# (checkpoint, degrees): the Qwen2-style one under two layouts, the tied-embedding one at tp 2.
+CHECKPOINT_CASES = [("biased", (1, 1, 1)), ("biased", (1, 2, 2)), ("tied", (1, 2, 1))]
 
 NUM_SEQS, SEQ_LEN, MICRO_BATCH = 8, 16, 2
 NUM_MINIBATCHES, NUM_TRAIN_STEPS = 2, 2
@@ -146,13 +147,11 @@ def _result(ctx, model: ParallelModel, computed: dict) -> dict:
     return computed
 
 
-def all_cases(rank: int, world_size: int, checkpoint_dir: str) -> dict:
-    """Every layout case on this rank: {(case, degrees): result} for layouts it belongs to."""
-    layouts = ([layout_of(d) for d in LAYOUTS] + [layout_of(d) for d in VALUE_LAYOUTS]
-               + [layout_of(d) for d in CHECKPOINT_LAYOUTS])
-    contexts = create_contexts(layouts)
+def all_cases(rank: int, world_size: int, checkpoint_dirs: dict[str, str]) -> dict:
+    """Every case on this rank: {(case, degrees): result} for the layouts it belongs to."""
     cases = ([("lm", d) for d in LAYOUTS] + [("value", d) for d in VALUE_LAYOUTS]
-             + [("checkpoint", d) for d in CHECKPOINT_LAYOUTS])
+             + CHECKPOINT_CASES)
+    contexts = create_contexts([layout_of(degrees) for _, degrees in cases])
     results = {}
     for (case, degrees), ctx in zip(cases, contexts):
         if ctx is None:
@@ -164,15 +163,16 @@ def all_cases(rank: int, world_size: int, checkpoint_dir: str) -> dict:
             model = ParallelModel.from_seed(SPEC, "value", ctx, SEED, CPU_FP32)
             results[(case, degrees)] = _result(ctx, model, _run_value(model, ctx))
         else:
-            spec = resolve_model(checkpoint_dir)
-            model = ParallelModel.from_hf(checkpoint_dir, spec, "lm", ctx, CPU_FP32)
+            spec = resolve_model(checkpoint_dirs[case])
+            model = ParallelModel.from_hf(checkpoint_dirs[case], spec, "lm", ctx, CPU_FP32)
             logits = full_logits(model, lm_micro_batches(ctx.dp, ctx.coord.dp_rank))
             results[(case, degrees)] = {"coord": (ctx.coord.dp_rank, ctx.coord.tp_rank,
                                                   ctx.coord.pp_rank), "logits": logits}
     return results
 
 
-def checkpoint_spec() -> ModelSpec:
-    """llama-tiny with Qwen2-style q/k/v biases, as the checkpoint test writes it."""
-    return SPEC.model_copy(update={"attention_bias": True, "name": "tiny-qwen"})
+def checkpoint_spec(kind: str) -> ModelSpec:
+    """llama-tiny with Qwen2-style q/k/v biases ("biased") or tied embeddings ("tied")."""
+    update = {"attention_bias": True} if kind == "biased" else {"tie_embeddings": True}
+    return SPEC.model_copy(update={**update, "name": kind})
 

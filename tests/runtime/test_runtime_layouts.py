@@ -6,12 +6,12 @@ steps of two Adam minibatches each the same weights within ADAM_ATOL. Adam divid
 sqrt(v): a gradient element near zero turns float noise of 1e-7 into an update difference of
 up to 2 * lr, so its tolerance is looser than the forward's (SGD-like steps stay at 1e-6).
 The (1, 1, 1) logits are themselves checked against an independent dense implementation,
-and an HF-format checkpoint loads under tp 2 x pp 2 with the same logits.
+and HF-format checkpoints (Qwen2-style biases; tied embeddings) load under tp 2 x pp 2 and
+tp 2 with the dense reference's logits.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -31,20 +31,23 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A Qwen2-style tiny checkpoint (with biases) in two safetensors files; its params."""
-    spec = W.checkpoint_spec()
-    params = {n: init_full_param(spec, n, seed=99) for n in all_param_names(spec, "lm")}
-    directory = tmp_path_factory.mktemp("ckpt") / "tiny-qwen"
-    write_hf_checkpoint(directory, spec, {n: t.numpy() for n, t in params.items()})
-    return directory, params
+def checkpoints(tmp_path_factory) -> dict[str, tuple[str, dict]]:
+    """Tiny HF checkpoints, each in two safetensors files: {kind: (directory, full params)}."""
+    out = {}
+    for kind in ("biased", "tied"):
+        spec = W.checkpoint_spec(kind)
+        params = {n: init_full_param(spec, n, seed=99) for n in all_param_names(spec, "lm")}
+        directory = tmp_path_factory.mktemp("ckpt") / kind
+        write_hf_checkpoint(directory, spec, {n: t.numpy() for n, t in params.items()})
+        out[kind] = (str(directory), params)
+    return out
 
 
 @pytest.fixture(scope="module")
-def results(checkpoint):
+def results(checkpoints):
     """{(case, degrees): [per-rank result]} from one spawn of four ranks."""
-    per_rank = run_distributed(W.all_cases, W.WORLD_SIZE, (str(checkpoint[0]),),
-                               timeout_s=TIMEOUT_S)
+    dirs = {kind: directory for kind, (directory, _) in checkpoints.items()}
+    per_rank = run_distributed(W.all_cases, W.WORLD_SIZE, (dirs,), timeout_s=TIMEOUT_S)
     merged: dict = {}
     for rank_results in per_rank:
         for key, value in rank_results.items():
@@ -206,12 +209,20 @@ def test_value_head_matches_single_process(results, degrees):
         assert (weights[name] - ref_weights[name]).abs().max() < ADAM_ATOL, name
 
 
-def test_hf_checkpoint_loads_under_tp2_pp2(results, checkpoint):
-    _, params = checkpoint
-    single, mask = _logits_per_layout(results, "checkpoint", (1, 1, 1))
-    sharded, _ = _logits_per_layout(results, "checkpoint", (1, 2, 2))
+def test_hf_checkpoint_loads_under_tp2_pp2(results, checkpoints):
+    _, params = checkpoints["biased"]
+    single, mask = _logits_per_layout(results, "biased", (1, 1, 1))
+    sharded, _ = _logits_per_layout(results, "biased", (1, 2, 2))
     assert (sharded[mask] - single[mask]).abs().max() < LOGIT_ATOL
     ids, attention_mask = W.sequences()
-    expected = reference_logits(W.checkpoint_spec(), params, ids, attention_mask)
+    expected = reference_logits(W.checkpoint_spec("biased"), params, ids, attention_mask)
     assert (single[mask] - expected[mask]).abs().max() < LOGIT_ATOL
-    assert np.isfinite(single.numpy()).all()
+
+
+def test_tied_embedding_checkpoint_under_tp2(results, checkpoints):
+    _, params = checkpoints["tied"]
+    assert "lm_head.weight" not in params
+    logits, mask = _logits_per_layout(results, "tied", (1, 2, 1))
+    ids, attention_mask = W.sequences()
+    expected = reference_logits(W.checkpoint_spec("tied"), params, ids, attention_mask)
+    assert (logits[mask] - expected[mask]).abs().max() < LOGIT_ATOL

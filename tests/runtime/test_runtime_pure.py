@@ -15,7 +15,8 @@ from planner.modelspec import PRESETS
 from runtime.layout import Group, Layout
 from runtime.safetensors_io import SafetensorsFile, write_safetensors
 from runtime.shard_spec import (all_param_names, check_pp_supported, check_tp_supported,
-                                full_shape, shard_slice, stage_param_names)
+                                full_shape, shard_shape, shard_slice,
+                                stage_param_names)
 from runtime.vocab_parallel import choose_tokens, gumbel_noise, token_logprobs
 
 TINY = PRESETS["llama-tiny"]
@@ -29,6 +30,8 @@ def test_tp_shards_tile_every_parameter_exactly_once_or_replicate(tp, bias, head
     for name in all_param_names(spec, head):
         count = np.zeros(full_shape(spec, name), dtype=int)
         for rank in range(tp):
+            assert shard_shape(spec, name, rank, tp) == tuple(
+                b - a for a, b in shard_slice(spec, name, rank, tp))
             count[tuple(slice(a, b) for a, b in shard_slice(spec, name, rank, tp))] += 1
         assert count.min() == count.max() and count.max() in (1, tp), name
 
