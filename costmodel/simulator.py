@@ -20,11 +20,11 @@ Semantics (a vectorised re-implementation must reproduce exactly these):
 6. Memory per device d:
    persistent(d) = sum over models: a trained model (one with a train call; its first train
    call if several) adds its train state (weights + grads + optimizer states) on d when d is
-   in the train mesh; an untrained model adds the weights of each distinct execution of its
+   in the train mesh; an untrained model adds the weights of each distinct placement of its
    calls that covers d.
    extra(c, d) for a call c covering d = its working set (activations / KV cache / logits /
    workspace), plus c's weights on d when c is a non-train call of a trained model whose
-   execution differs from the train execution (that copy lives only during the call).
+   placement (devices, dp, tp, pp) differs from the train call's (that copy lives only during the call).
    extra(r, d) for a realloc node r = the receive buffer of d (its largest received message
    in one step), plus the destination weights on d when the destination call is such a
    transient copy.
@@ -102,7 +102,7 @@ def trained_executions(workflow: Workflow, executions: Mapping[str, Execution]
 def _is_transient(workflow, executions, trained, call_name: str) -> bool:
     call = workflow.call_by_name[call_name]
     return (call.kind != "train" and call.model in trained
-            and executions[call_name] != trained[call.model][1])
+            and executions[call_name].placement != trained[call.model][1].placement)
 
 
 def memory_per_device(workflow: Workflow, cluster: ClusterSpec,
@@ -120,8 +120,8 @@ def memory_per_device(workflow: Workflow, cluster: ClusterSpec,
         seen = set()
         for name in workflow.calls_of_model(model):
             ex = executions[name]
-            if ex not in seen:
-                seen.add(ex)
+            if ex.placement not in seen:
+                seen.add(ex.placement)
                 persistent[list(ex.devices)] += costs.call_memory(name, ex).weights_bytes
     extra = np.zeros(n)
     extra_node: list[str | None] = [None] * n
@@ -253,7 +253,13 @@ def estimate_plan(plan, num_iterations: int = DEFAULT_ITERATIONS,
 
 def memory_problem(plan, costs: PlanCosts | None = None) -> str | None:
     """Why the plan does not fit in device memory (rule 6), or None."""
-    costs = costs or PlanCosts(plan.workflow, plan.cluster)
-    persistent, peak, extra_node, _ = memory_per_device(plan.workflow, plan.cluster,
-                                                        plan.executions, costs)
-    return memory_reason(plan.cluster, persistent, peak, extra_node)
+    return executions_memory_problem(plan.workflow, plan.cluster, plan.executions, costs)
+
+
+def executions_memory_problem(workflow: Workflow, cluster: ClusterSpec,
+                              executions: Mapping[str, Execution],
+                              costs: PlanCosts | None = None) -> str | None:
+    """Rule 6 for one assignment of executions to calls: the reason it does not fit, or None."""
+    costs = costs or PlanCosts(workflow, cluster)
+    persistent, peak, extra_node, _ = memory_per_device(workflow, cluster, executions, costs)
+    return memory_reason(cluster, persistent, peak, extra_node)

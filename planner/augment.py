@@ -1,7 +1,7 @@
 """The augmented graph of a plan: the workflow plus what the plan implies.
 
-- A *reallocation* node wherever consecutive calls of the same model use different
-  executions (including from the model's last call of iteration i to its first call of
+- A *reallocation* node wherever consecutive calls of the same model place their
+  parameters differently (devices or dp/tp/pp degrees; micro-batches do not count) (including from the model's last call of iteration i to its first call of
   iteration i+1). It moves the parameters from one layout to the other.
 - A *transfer* flag on every data edge whose two calls run on different meshes.
 - Parameter-version edges: a trained model's train call of iteration i precedes the model's
@@ -66,9 +66,9 @@ def model_call_pairs(workflow: Workflow) -> list[tuple[str, str, str, bool]]:
 
 
 def reallocations(workflow: Workflow, executions: Mapping[str, Execution]) -> list[Reallocation]:
-    """Reallocations a plan implies: one per consecutive pair with different executions."""
+    """Reallocations a plan implies: one per consecutive pair with different placements."""
     return [Reallocation(model, a, b, wraps) for model, a, b, wraps in model_call_pairs(workflow)
-            if executions[a] != executions[b]]
+            if executions[a].placement != executions[b].placement]
 
 
 def transfers(workflow: Workflow, executions: Mapping[str, Execution]) -> list[Transfer]:

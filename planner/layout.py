@@ -30,6 +30,12 @@ class Execution(BaseModel):
     def num_devices(self) -> int:
         return len(self.devices)
 
+    @property
+    def placement(self) -> tuple[tuple[int, ...], int, int, int]:
+        """Where the parameters live: devices and degrees. Two executions that differ only
+        in micro-batches hold the parameters identically, so no reallocation is needed."""
+        return (self.devices, self.dp, self.tp, self.pp)
+
     def layout_text(self) -> str:
         """Megatron-style short form, e.g. d2t4p1m2."""
         return f"d{self.dp}t{self.tp}p{self.pp}m{self.micro_batches}"

@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from planner import __version__
-from planner.cli import check, graph, show
+from planner.cli import baseline, check, estimate, graph, search, show
 from planner.errors import InputError, one_line
 
-SUBCOMMANDS = [graph, show, check]
+SUBCOMMANDS = [search, baseline, estimate, show, check, graph]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,7 +155,7 @@ def _consecutive_call_pairs(workflow, num_iterations):
 
 @FAST
 @given(workflow_and_executions(), st.integers(1, 3))
-def test_reallocation_exactly_where_consecutive_executions_differ(case, num_iterations):
+def test_reallocation_exactly_where_consecutive_placements_differ(case, num_iterations):
     workflow, executions = case
     graph = augmented_graph(workflow, executions, num_iterations)
     assert nx.is_directed_acyclic_graph(graph)
@@ -167,7 +167,8 @@ def test_reallocation_exactly_where_consecutive_executions_differ(case, num_iter
         src, dst = f"{i}/{a}", f"{j}/{b}"
         between = [n for n in graph.successors(src) if n in reallocs
                    and dst in graph.successors(n)]
-        if executions[a] == executions[b]:
+        # Micro-batches do not move parameters: only the placement (devices, dp, tp, pp).
+        if executions[a].placement == executions[b].placement:
             assert between == [], (src, dst)
             # Parameters shared by both calls: the later waits for the earlier. (A frozen
             # model with a single call has nothing to wait for across iterations.)
@@ -324,3 +325,15 @@ def test_cli_gives_exit_0_or_one_line_on_any_damaged_file(kind, valid_inputs, tm
         assert str(damaged_path) in err or str(valid_inputs["plan"][0]) in err, err
     else:
         assert err == ""
+
+
+def test_micro_batches_alone_need_no_reallocation():
+    workflow = WORKFLOWS["ppo"]
+    base = Execution(devices=tuple(range(8)), dp=2, tp=4, pp=1, micro_batches=1)
+    executions = {name: base for name in workflow.call_order}
+    executions["actor_gen"] = base.model_copy(update={"micro_batches": 4})
+    graph = augmented_graph(workflow, executions, 2)
+    assert not [n for n, kind in graph.nodes(data="kind") if kind == "realloc"]
+    executions["actor_gen"] = base.model_copy(update={"dp": 4, "tp": 2})
+    graph = augmented_graph(workflow, executions, 2)
+    assert len([n for n, kind in graph.nodes(data="kind") if kind == "realloc"]) == 3

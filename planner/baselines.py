@@ -1,0 +1,226 @@
+"""Baseline plans built the way users build them today, as choices over the search tables.
+
+All are priced by the same cost model as the search:
+- `symmetric`: Megatron-style, one layout dXtYpZmW for every call on all devices (the best
+  such layout that fits);
+- `colocated`: verl-style, every model on all devices, each call with its own fastest layout
+  there (generation and training of the actor differ; the actor is resharded between them);
+- `separate`: OpenRLHF-style pools: generation engines, actor training, the critic, the
+  reference and the reward model each get their own devices, sized by parameters (training
+  pools weigh 3x, generation 2x, inference 1x), each call with its fastest layout in its pool;
+- `realhf-heuristic`: the trained models' calls on all devices with their fastest layouts
+  (parameter reallocation), the inference calls side by side on equal slices.
+A baseline is None when it cannot be built or does not fit on the cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from planner.cluster import ClusterSpec
+from planner.fast_evaluator import FastEvaluator
+from planner.layout import Execution
+from planner.search_tables import CallTable, SearchTables
+from planner.workflow import Workflow
+
+POOL_WEIGHT = {"train": 3.0, "generate": 2.0, "inference": 1.0}
+MAX_COMBINATIONS = 200_000
+
+
+def _fits(table: CallTable) -> np.ndarray:
+    state = table.state_bytes if table.kind == "train" else table.weights_bytes
+    return state + table.activation_bytes <= table.capacity_bytes
+
+
+def layout_options(table: CallTable, devices: tuple[int, ...], count: int) -> list[int]:
+    """Up to `count` candidates on exactly `devices` that fit alone, from the fastest to the
+    leanest: points spread along the time / memory Pareto front, as a user trading speed for
+    memory would try them."""
+    own = table.state_bytes if table.kind == "train" else table.weights_bytes
+    memory = own + table.activation_bytes
+    found = [i for i, ex in enumerate(table.executions)
+             if ex.devices == devices and memory[i] <= table.capacity_bytes[i]
+             # generation engines (vLLM, SGLang) use tensor and data parallelism only
+             and not (table.kind == "generate" and ex.pp != 1)]
+    front, lowest = [], np.inf
+    for i in sorted(found, key=lambda j: (table.time_s[j], memory[j])):
+        if memory[i] < lowest:
+            front.append(i)
+            lowest = memory[i]
+    if len(front) <= count:
+        return front
+    picks = np.unique(np.round(np.linspace(0, len(front) - 1, count)).astype(int))
+    return [front[p] for p in picks]
+
+
+def best_combination(tables: SearchTables, judge: "BaselineJudge",
+                     mesh_of: Callable[[str], tuple[int, ...]]) -> np.ndarray | None:
+    """The best plan that puts each call on its given mesh with one of its fastest layouts.
+
+    This is the hand-tuning users do: try a few layouts of each call, from the fastest to the
+    leanest, and keep the best combination that fits. The number tried per call shrinks with the number of calls
+    so that at most MAX_COMBINATIONS plans are evaluated.
+    """
+    per_call = max(1, int(MAX_COMBINATIONS ** (1.0 / len(tables.calls))))
+    options = [layout_options(t, mesh_of(t.name), per_call) for t in tables.calls]
+    if any(not o for o in options):
+        return None
+    grid = np.stack(np.meshgrid(*[np.array(o) for o in options], indexing="ij"), axis=-1)
+    return judge.best_of(grid.reshape(-1, len(options)))
+
+
+def symmetric(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
+              workflow: Workflow) -> np.ndarray | None:
+    everything = tuple(range(cluster.num_devices))
+    layouts = sorted({(e.dp, e.tp, e.pp, e.micro_batches) for e in tables.calls[0].executions
+                      if e.devices == everything})
+    choices = []
+    for dp, tp, pp, m in layouts:
+        ex = Execution(devices=everything, dp=dp, tp=tp, pp=pp, micro_batches=m)
+        try:
+            choices.append([table.index_of(ex) for table in tables.calls])
+        except ValueError:
+            continue
+    return judge.best_of(np.array(choices, dtype=np.int64))
+
+
+def colocated(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
+              workflow: Workflow) -> np.ndarray | None:
+    everything = tuple(range(cluster.num_devices))
+    return best_combination(tables, judge, lambda name: everything)
+
+
+def pool_groups(workflow: Workflow) -> list[list[str]]:
+    """Calls sharing a pool: generation alone, each model's other calls together."""
+    groups: dict[str, list[str]] = {}
+    for name in workflow.call_order:
+        call = workflow.call_by_name[name]
+        key = f"{call.model}:generate" if call.kind == "generate" else call.model
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def pool_weight(workflow: Workflow, group: list[str]) -> float:
+    calls = [workflow.call_by_name[n] for n in group]
+    params = workflow.models[calls[0].model].spec.num_params()
+    return params * max(POOL_WEIGHT[c.kind] for c in calls)
+
+
+def split_devices(weights: list[float], cluster: ClusterSpec) -> list[tuple[int, ...]] | None:
+    """Contiguous allowed meshes, one per weight, sized roughly in proportion.
+
+    On several nodes, pools are whole nodes; inside one node, power-of-two slices placed
+    largest first (so they stay aligned). None when there are more pools than units.
+    """
+    multi_node = cluster.num_nodes >= len(weights)
+    unit = cluster.node_devices_per_node[0] if multi_node else 1
+    units = cluster.num_devices // unit if multi_node else cluster.node_devices_per_node[0]
+    if len(weights) > units:
+        return None
+    share = np.array(weights) / sum(weights) * units
+    sizes = np.maximum(1, np.floor(share)).astype(int)
+    if not multi_node:
+        sizes = np.array([1 << int(np.floor(np.log2(s))) for s in sizes])
+    while sizes.sum() < units:   # give spare units to the pool that is shortest of its share
+        candidates = [i for i in range(len(sizes))
+                      if multi_node or sizes.sum() + sizes[i] <= units]
+        if not candidates:
+            break
+        i = max(candidates, key=lambda j: share[j] / sizes[j])
+        sizes[i] = sizes[i] + 1 if multi_node else sizes[i] * 2
+    if sizes.sum() > units:
+        return None
+    order = np.argsort(-sizes, kind="stable")
+    meshes: list[tuple[int, ...] | None] = [None] * len(weights)
+    start = 0
+    for i in order:
+        meshes[i] = tuple(range(start * unit, (start + sizes[i]) * unit))
+        start += sizes[i]
+    return meshes
+
+
+def colocation_steps(workflow: Workflow) -> list[list[list[str]]]:
+    """Pool groupings from fully separate to OpenRLHF's colocation flags: first every pool
+    apart; then the reference with the actor's training and the reward with the critic
+    (--colocate_actor_ref, --colocate_critic_reward); then every model's non-generation calls
+    in one pool (--colocate_all_models) beside the generation engines."""
+    separate_pools = pool_groups(workflow)
+    partner = {"ref": "actor", "reward": "critic"}
+    merged: dict[str, list[str]] = {}
+    for group in separate_pools:
+        call = workflow.call_by_name[group[0]]
+        key = "generate" if call.kind == "generate" else call.model
+        if key in partner and partner[key] in workflow.models:
+            key = partner[key]
+        merged.setdefault(key, []).extend(group)
+    generation = [n for n in workflow.call_order if workflow.call_by_name[n].kind == "generate"]
+    others = [n for n in workflow.call_order if n not in generation]
+    all_models = [g for g in (generation, others) if g]
+    return [separate_pools, list(merged.values()), all_models]
+
+
+def separate(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
+             workflow: Workflow) -> np.ndarray | None:
+    for groups in colocation_steps(workflow):
+        meshes = split_devices([pool_weight(workflow, g) for g in groups], cluster)
+        if meshes is None:
+            continue
+        mesh_of = {name: mesh for group, mesh in zip(groups, meshes) for name in group}
+        plan = best_combination(tables, judge, mesh_of.__getitem__)
+        if plan is not None:
+            return plan
+    return None
+
+
+def realhf_heuristic(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
+                     workflow: Workflow) -> np.ndarray | None:
+    everything = tuple(range(cluster.num_devices))
+    trained = workflow.trained_models()
+    side_by_side = [t.name for t in tables.calls
+                    if t.kind == "inference" or t.model not in trained]
+    slices = split_devices([1.0] * len(side_by_side), cluster) if side_by_side else []
+    if slices is None:
+        return None
+    mesh_of = dict(zip(side_by_side, slices))
+    return best_combination(tables, judge, lambda name: mesh_of.get(name, everything))
+
+
+class BaselineJudge:
+    """Picks the best of several candidate plans: fastest by the fast evaluator among those
+    that fit, confirmed by `fits_exactly` (the exact simulator's memory rule, which also
+    counts reallocation buffers) for up to `max_checks` plans."""
+
+    def __init__(self, evaluator: FastEvaluator,
+                 fits_exactly: Callable[[np.ndarray], bool] | None = None,
+                 max_checks: int = 32):
+        self.evaluator = evaluator
+        self.fits_exactly = fits_exactly
+        self.max_checks = max_checks
+
+    def best_of(self, choices: np.ndarray) -> np.ndarray | None:
+        if len(choices) == 0:
+            return None
+        result = self.evaluator.evaluate(choices)
+        feasible = np.flatnonzero(result.feasible)
+        ranked = feasible[np.argsort(result.iteration_s[feasible], kind="stable")]
+        for i in ranked[: self.max_checks]:
+            if self.fits_exactly is None or self.fits_exactly(choices[i]):
+                return choices[i]
+        return None
+
+
+BASELINES: dict[str, Callable] = {
+    "symmetric": symmetric,
+    "colocated": colocated,
+    "separate": separate,
+    "realhf-heuristic": realhf_heuristic,
+}
+
+
+def build_baselines(tables: SearchTables, judge: BaselineJudge, cluster: ClusterSpec,
+                    workflow: Workflow) -> dict[str, np.ndarray | None]:
+    """Every baseline's choice over `tables` (None when it cannot run on the cluster)."""
+    return {name: build(tables, judge, cluster, workflow)
+            for name, build in BASELINES.items()}

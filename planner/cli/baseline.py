@@ -1,0 +1,66 @@
+"""`plan baseline`: the plan users would build by hand today, priced by our cost model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from costmodel.plan_cost import PlanCosts
+from costmodel.simulator import simulate
+from planner.baselines import BASELINES
+from planner.cli.estimate import estimate_as_mapping, estimate_as_text
+from planner.cli.plan_output import priced_plan
+from planner.cli.search import DEFAULT_CLUSTER, DEFAULT_WORKFLOW
+from planner.cluster import resolve_cluster
+from planner.plan import save_plan
+from planner.search import exact_judge
+from planner.search_space_builder import full_tables
+from planner.workflow_file import resolve_workflow
+
+
+def run(args: argparse.Namespace) -> int:
+    workflow = resolve_workflow(args.workflow)
+    cluster = resolve_cluster(args.cluster)
+    tables = full_tables(workflow, cluster)
+    judge = exact_judge(tables, workflow, cluster, PlanCosts(workflow, cluster))
+    choice = BASELINES[args.kind](tables, judge, cluster, workflow)
+    if choice is None:
+        print(f"baseline {args.kind}: no such plan fits {cluster.describe()}")
+        return 1
+    executions = tables.executions_of(choice)
+    estimate = simulate(workflow, cluster, executions)
+    plan = priced_plan(workflow, cluster, executions, estimate, f"plan baseline {args.kind}")
+    if args.out:
+        save_plan(plan, Path(args.out))
+    if args.json:
+        data = estimate_as_mapping(plan, estimate)
+        data["baseline"] = args.kind
+        data["plan_path"] = args.out
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"baseline {args.kind}")
+        print(estimate_as_text(plan, estimate))
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0 if estimate.feasible else 1
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "baseline", help="build and price a hand-made style plan",
+        description="Build a plan the way users build them today and price it with the same "
+                    "cost model as `plan search`: symmetric (one Megatron-style dXtYpZmW "
+                    "layout for every call on all devices), colocated (verl: every model on "
+                    "all devices, each call its own layout), separate (OpenRLHF: pools of "
+                    "devices per model and for generation), realhf-heuristic (trained "
+                    "models on all devices with reallocation, inference side by side).")
+    parser.add_argument("--kind", required=True, choices=sorted(BASELINES),
+                        help="which baseline")
+    parser.add_argument("--cluster", default=DEFAULT_CLUSTER, metavar="NAME|FILE",
+                        help=f"cluster preset or YAML file (default {DEFAULT_CLUSTER})")
+    parser.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME|FILE",
+                        help=f"built-in workflow or YAML file (default {DEFAULT_WORKFLOW})")
+    parser.add_argument("--out", metavar="FILE", help="write the plan to this file")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(handler=run)

@@ -1,0 +1,154 @@
+"""Building the search tables: candidates of every call, priced by the cost model, pruned.
+
+Pricing uses costmodel.call_cost (time and memory of a call on an execution). On clusters
+whose nodes are alike, a call's cost depends on its layout and on how many devices of which
+nodes its mesh spans, not on which node: prices are cached by that shape.
+
+Pruning (neither step can remove the optimum):
+1. candidates that do not fit in memory even alone on their devices are dropped;
+2. among candidates with the same placement (devices, dp, tp, pp), which only differ in
+   micro-batches and so have the same reallocation and transfer costs, a candidate that is
+   no faster and needs no less working memory than another is dropped.
+Candidates listed in `keep` (e.g. the baselines' executions) are never dropped by step 2.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from costmodel.call_cost import call_memory, call_time
+from planner.augment import model_call_pairs
+from planner.cluster import ClusterSpec
+from planner.data_keys import payload_bytes
+from planner.layout import Execution
+from planner.mesh import allowed_meshes
+from planner.search_tables import CallTable, DataEdge, ModelPair, SearchTables
+from planner.space import candidate_executions
+from planner.workflow import ModelFunctionCall, ModelRole, Workflow
+
+US = 1e-6
+GB = 1e9
+
+
+def mesh_shape(devices: tuple[int, ...], cluster: ClusterSpec) -> tuple:
+    """What a mesh's cost depends on: per spanned node, its hardware and device count."""
+    counts: dict[int, int] = defaultdict(int)
+    for d in devices:
+        counts[cluster.device_node[d]] += 1
+    return tuple((cluster.node_hardware[n].name, c) for n, c in sorted(counts.items()))
+
+
+class CallPricer:
+    """Time and memory of (call, execution), cached by mesh shape on alike nodes."""
+
+    def __init__(self, workflow: Workflow, cluster: ClusterSpec):
+        self.workflow = workflow
+        self.cluster = cluster
+        self.cache: dict[tuple, tuple[float, float, float, float]] = {}
+
+    def price(self, call: ModelFunctionCall, execution: Execution) -> tuple[float, ...]:
+        """(time_s, weights_bytes, state_bytes, working_bytes), bytes per device (max)."""
+        key = (call.name, execution.dp, execution.tp, execution.pp, execution.micro_batches,
+               mesh_shape(execution.devices, self.cluster))
+        if key not in self.cache:
+            role: ModelRole = self.workflow.models[call.model]
+            batch = self.workflow.batch
+            seconds = call_time(call, role, execution, batch, self.cluster).time_s
+            memory = call_memory(call, role, execution, batch, self.cluster)
+            self.cache[key] = (seconds, float(memory.weights_bytes.max()),
+                               float(memory.train_state_bytes.max()),
+                               float(memory.working_bytes.max()))
+        return self.cache[key]
+
+
+def _call_table(call: ModelFunctionCall, executions: list[Execution], pricer: CallPricer,
+                cluster: ClusterSpec, placement_ids: dict) -> CallTable:
+    prices = np.array([pricer.price(call, e) for e in executions], dtype=np.float64)
+    prices = prices.reshape(len(executions), 4)
+    capacity = np.array([min(cluster.hardware_of(d).memory_bytes for d in e.devices)
+                         for e in executions])
+    placement = np.array([placement_ids.setdefault((e.devices, e.dp, e.tp, e.pp),
+                                                   len(placement_ids)) for e in executions],
+                         dtype=np.int64)
+    return CallTable(name=call.name, model=call.model, kind=call.kind, executions=executions,
+                     time_s=prices[:, 0], weights_bytes=prices[:, 1], state_bytes=prices[:, 2],
+                     activation_bytes=prices[:, 3], capacity_bytes=capacity,
+                     placement=placement)
+
+
+def fits_alone(table: CallTable) -> np.ndarray:
+    """Candidates whose own state and working set fit on their devices."""
+    state = table.state_bytes if table.kind == "train" else table.weights_bytes
+    return state + table.activation_bytes <= table.capacity_bytes
+
+
+def undominated(table: CallTable, keep: set[int]) -> np.ndarray:
+    """Mask of candidates not dominated within their placement (module docstring, step 2)."""
+    mask = np.ones(len(table), dtype=bool)
+    by_placement: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(table.placement):
+        by_placement[int(p)].append(i)
+    for members in by_placement.values():
+        for i in members:
+            if i in keep:
+                continue
+            for j in members:
+                if j != i and table.time_s[j] <= table.time_s[i] and \
+                        table.activation_bytes[j] <= table.activation_bytes[i] and \
+                        (table.time_s[j] < table.time_s[i] or
+                         table.activation_bytes[j] < table.activation_bytes[i] or j < i):
+                    mask[i] = False
+                    break
+    return mask
+
+
+def full_tables(workflow: Workflow, cluster: ClusterSpec,
+                num_iterations: int = 3) -> SearchTables:
+    """Every valid candidate of every call, priced, not yet pruned."""
+    pricer = CallPricer(workflow, cluster)
+    meshes = allowed_meshes(cluster)
+    placement_ids: dict = {}
+    calls = []
+    for name in workflow.call_order:
+        call = workflow.call_by_name[name]
+        role = workflow.models[call.model]
+        executions = candidate_executions(call, role.spec, cluster, workflow.batch, meshes)
+        calls.append(_call_table(call, executions, pricer, cluster, placement_ids))
+    index = {name: k for k, name in enumerate(workflow.call_order)}
+    edges = [DataEdge(index[s], index[d], payload_bytes(keys, workflow.batch))
+             for s, d, keys in workflow.graph.edges(data="keys")]
+    pairs = []
+    for model, a, b, wraps in model_call_pairs(workflow):
+        role = workflow.models[model]
+        dtype_bytes = cluster.hardware_of(0).compute_dtype_bytes
+        pairs.append(ModelPair(model, index[a], index[b], wraps,
+                               float(role.spec.num_params(role.head) * dtype_bytes)))
+    first = cluster.node_hardware[0]
+    return SearchTables(
+        calls=calls, edges=edges, pairs=pairs,
+        trained_models=frozenset(workflow.trained_models()),
+        device_node=np.array(cluster.device_node, dtype=np.int64),
+        intra_node_bandwidth_bytes_per_s=min(h.intra_node_bandwidth_gb_per_s
+                                             for h in cluster.node_hardware) * GB,
+        intra_node_latency_s=first.intra_node_latency_us * US,
+        inter_node_bandwidth_bytes_per_s=cluster.inter_node_bandwidth_gb_per_s * GB,
+        inter_node_latency_s=cluster.inter_node_latency_us * US,
+        num_iterations=num_iterations)
+
+
+def pruned_tables(tables: SearchTables, keep: dict[str, set[int]]) -> tuple[SearchTables,
+                                                                          list[np.ndarray]]:
+    """Tables after pruning, and for each call the old index of every kept candidate."""
+    new_calls, kept = [], []
+    for table in tables.calls:
+        protected = keep.get(table.name, set())
+        alive = fits_alone(table)
+        alive &= undominated(table, protected) | np.isin(np.arange(len(table)),
+                                                         list(protected))
+        index = np.flatnonzero(alive)
+        new_calls.append(table.subset(index))
+        kept.append(index)
+    pruned = SearchTables(**{**tables.__dict__, "calls": new_calls})
+    return pruned, kept

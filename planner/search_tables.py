@@ -1,0 +1,111 @@
+"""Precomputed per-candidate costs that the fast evaluator and the search read as arrays.
+
+One `CallTable` per call holds its candidate executions and, per candidate, the time and the
+memory pieces the simulator's memory rule needs (bytes per device, the largest over the
+mesh's pipeline stages). `SearchTables` adds the workflow structure: data edges with their
+payload, consecutive-call pairs of each model (where reallocations happen), and the links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from planner.layout import Execution
+
+
+@dataclass
+class CallTable:
+    """Candidates of one call and their precomputed costs (arrays indexed by candidate)."""
+
+    name: str
+    model: str
+    kind: str
+    executions: list[Execution]
+    time_s: np.ndarray
+    weights_bytes: np.ndarray          # model weights per device in this layout
+    state_bytes: np.ndarray            # weights + gradients + optimizer states (train calls)
+    activation_bytes: np.ndarray       # working memory of the call (activations, KV cache, ...)
+    capacity_bytes: np.ndarray         # smallest device memory over the mesh
+    placement: np.ndarray              # id of (devices, dp, tp, pp), shared by all calls
+    lo: np.ndarray = field(init=False)  # first device of the mesh
+    hi: np.ndarray = field(init=False)  # one past the last device
+    dp: np.ndarray = field(init=False)
+    tp: np.ndarray = field(init=False)
+    pp: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        ex = self.executions
+        self.lo = np.array([e.devices[0] for e in ex], dtype=np.int64)
+        self.hi = np.array([e.devices[-1] + 1 for e in ex], dtype=np.int64)
+        self.dp = np.array([e.dp for e in ex], dtype=np.float64)
+        self.tp = np.array([e.tp for e in ex], dtype=np.float64)
+        self.pp = np.array([e.pp for e in ex], dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.executions)
+
+    def subset(self, keep: np.ndarray) -> "CallTable":
+        """The table restricted to candidates where `keep` is True (or at the given indices)."""
+        index = np.flatnonzero(keep) if keep.dtype == bool else keep
+        return CallTable(name=self.name, model=self.model, kind=self.kind,
+                         executions=[self.executions[i] for i in index],
+                         time_s=self.time_s[index], weights_bytes=self.weights_bytes[index],
+                         state_bytes=self.state_bytes[index],
+                         activation_bytes=self.activation_bytes[index],
+                         capacity_bytes=self.capacity_bytes[index],
+                         placement=self.placement[index])
+
+    def index_of(self, execution: Execution) -> int:
+        return self.executions.index(execution)
+
+
+@dataclass(frozen=True)
+class DataEdge:
+    """Keys from call `src` to call `dst` (indices into the call list), `payload_bytes` total."""
+
+    src: int
+    dst: int
+    payload_bytes: float
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """Consecutive calls `src` -> `dst` of one model; `wraps` into the next iteration."""
+
+    model: str
+    src: int
+    dst: int
+    wraps: bool
+    weights_bytes_total: float          # the whole model's weights in the compute dtype
+
+
+@dataclass
+class SearchTables:
+    """Everything the fast evaluator needs, for one workflow on one cluster."""
+
+    calls: list[CallTable]              # in workflow call order
+    edges: list[DataEdge]
+    pairs: list[ModelPair]
+    trained_models: frozenset[str]
+    device_node: np.ndarray             # node index of each device
+    intra_node_bandwidth_bytes_per_s: float
+    intra_node_latency_s: float
+    inter_node_bandwidth_bytes_per_s: float
+    inter_node_latency_s: float
+    num_iterations: int = 3
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.array([len(c) for c in self.calls], dtype=np.int64)
+
+    def space_size(self) -> float:
+        return float(np.prod(self.sizes.astype(float)))
+
+    def executions_of(self, choice: np.ndarray) -> dict[str, Execution]:
+        """The plan (call name -> execution) of one choice vector."""
+        return {c.name: c.executions[int(i)] for c, i in zip(self.calls, choice)}
+
+    def choice_of(self, executions: dict[str, Execution]) -> np.ndarray:
+        return np.array([c.index_of(executions[c.name]) for c in self.calls], dtype=np.int64)
