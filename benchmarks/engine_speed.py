@@ -22,6 +22,7 @@ from runtime.launch import run_distributed  # noqa: E402
 
 WORLD_SIZE = 4
 REPEATS = 3
+OPERATIONS = 3  # generate, inference, train
 LAYOUTS = [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2), (2, 1, 2),
            (1, 4, 1), (1, 1, 4)]
 
@@ -65,11 +66,9 @@ def measure(rank: int, world_size: int, options: dict) -> list[tuple]:
 
     lines = []
     for layout, ctx in zip(layouts, contexts):
-        def noop():
-            pass
-        if ctx is None:
-            for _ in range(3):
-                _timed(noop, dist.barrier)
+        if ctx is None:  # match the members' two world barriers per timed operation
+            for _ in range(2 * OPERATIONS):
+                dist.barrier()
             continue
         rows = slice(ctx.coord.dp_rank * batch // layout.dp,
                      (ctx.coord.dp_rank + 1) * batch // layout.dp)
