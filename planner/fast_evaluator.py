@@ -9,8 +9,10 @@ simulator does not:
   intra-node link when both meshes sit in one node, else the inter-node link), not the
   per-tensor transfer schedule;
 - a data transfer costs latency + payload / dp_dst / bandwidth when the meshes differ;
-- per-device memory is the largest over the mesh's pipeline stages, and reallocation receive
-  buffers are not counted.
+- per-device memory is the largest over the mesh's pipeline stages, and a reallocation's
+  receive buffer is bounded by the receiver's whole new shard (the exact simulator uses the
+  largest message of the transfer schedule), so it never calls a plan feasible that the
+  exact memory rule rejects for that reason.
 The search therefore re-prices its best plans with the exact simulator before choosing.
 
 Schedule semantics (list scheduling in a fixed priority order): iteration by iteration; in
@@ -26,7 +28,9 @@ Memory rule (per device d): persistent(d) = trained models' train-layout state (
 gradients, optimizer) on the train mesh + untrained models' weights on each distinct
 placement; each call c adds its working memory, plus its own weights when it is a non-train
 call of a trained model placed differently from its train call. Feasible iff for every call
-c and device d of its mesh, persistent(d) + extra(c) <= capacity.
+c and device d of its mesh, persistent(d) + extra(c) <= capacity, and likewise for every
+reallocation on its receiving devices (receive buffer, plus the new weights when the
+destination call is a transient copy).
 """
 
 from __future__ import annotations
@@ -231,20 +235,34 @@ def _evaluate_kernel(index, time_s, weights, state, activation, capacity, dp, tp
                 if not repeat:
                     persistent[k] = weights[g[k]]
         worst = -np.inf
-        for c in range(num_calls):
-            # persistent(d) is piecewise constant: its maximum over the mesh of c is reached
-            # at the mesh's first device or at the first device of a term inside the mesh.
+        for c in range(num_calls + num_pairs):
+            if c < num_calls:
+                check_lo, check_hi, need, cap = lo1[c], hi1[c], extra[c], capacity[g[c]]
+            else:
+                # A reallocation's receivers hold a receive buffer (at most their whole new
+                # shard) and, when the destination is a transient copy, its weights.
+                p = c - num_calls
+                b = g[pair_dst[p]]
+                if placement[g[pair_src[p]]] == placement[b]:
+                    continue
+                check_lo, check_hi, cap = lo[b], hi[b], capacity[b]
+                need = weights[b]
+                k = pair_dst[p]
+                if memory_role[k] == TRAINED_MODEL_CALL and \
+                        placement[b] != placement[g[train_call_of[k]]]:
+                    need += weights[b]
+            # persistent(d) is piecewise constant: its maximum over a range is reached at
+            # the range's first device or at the first device of a term inside the range.
             level_max = 0.0
             for q in range(-1, num_calls):
-                point = lo1[c] if q < 0 else lo1[q]
-                if point < lo1[c] or point >= hi1[c]:
+                point = check_lo if q < 0 else lo1[q]
+                if point < check_lo or point >= check_hi:
                     continue
                 level = 0.0
                 for t in range(num_calls):
                     if lo1[t] <= point < hi1[t]:
                         level += persistent[t]
                 level_max = max(level_max, level)
-            cap = capacity[g[c]]
-            worst = max(worst, (level_max + extra[c] - cap) / cap)
+            worst = max(worst, (level_max + need - cap) / cap)
         out_overflow[n] = worst
     return out_time, out_overflow

@@ -1,0 +1,109 @@
+"""Search: the fast evaluator matches the exact simulator, MCMC finds the exhaustive optimum
+on small spaces, the result is never worse than a baseline, and runs are reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from costmodel.plan_cost import PlanCosts
+from costmodel.simulator import simulate
+from planner.cluster import cluster_preset
+from planner.exhaustive import exhaustive_search
+from planner.fast_evaluator import FastEvaluator
+from planner.mcmc import MCMCSettings, run_mcmc
+from planner.search import search
+from planner.search_space_builder import full_tables, pruned_tables
+from planner.workflow_file import builtin_workflow
+
+# Enumerable spaces with feasible plans (PPO spaces this small have none that fit; the
+# benchmark benchmarks/search_quality.py covers PPO on 4 devices).
+SMALL_SPACES = [("dpo", "llama-7b", "h100x4"), ("grpo", "llama-7b", "h100x4"),
+                ("grpo", "llama3-8b", "h100x4")]
+
+
+def tables_for(algorithm: str, model: str, cluster_name: str):
+    workflow = builtin_workflow(algorithm, model=model)
+    cluster = cluster_preset(cluster_name)
+    tables, _ = pruned_tables(full_tables(workflow, cluster), {})
+    return workflow, cluster, tables
+
+
+@pytest.mark.parametrize("algorithm,cluster_name", [("ppo", "h100x8"), ("grpo", "h100x16")])
+def test_fast_evaluator_matches_exact_simulator(algorithm, cluster_name):
+    """Iteration time within 1% of the exact simulator on random feasible plans (it differs
+    only in the reallocation and transfer closed forms), and never feasible where the exact
+    simulator says the plan does not fit."""
+    workflow, cluster, tables = tables_for(algorithm, "llama-7b", cluster_name)
+    evaluator = FastEvaluator(tables)
+    rng = np.random.default_rng(1)
+    choices = np.stack([rng.integers(0, len(t), 3000) for t in tables.calls], axis=1)
+    result = evaluator.evaluate(choices)
+    feasible = np.flatnonzero(result.feasible)[:25]
+    assert len(feasible) >= 10
+    costs = PlanCosts(workflow, cluster)
+    for i in feasible:
+        exact = simulate(workflow, cluster, tables.executions_of(choices[i]), costs=costs)
+        assert exact.iteration_s == pytest.approx(result.iteration_s[i], rel=0.01)
+        assert exact.feasible, exact.reason
+
+
+def test_evaluator_flags_plans_that_do_not_fit():
+    """Every model on one device of an 8-GPU node cannot hold four 7B models' states."""
+    workflow, cluster, tables = tables_for("ppo", "llama-7b", "h100x8")
+    full = full_tables(workflow, cluster)
+    one_device = [[i for i, e in enumerate(t.executions) if e.devices == (0,)][0]
+                  for t in full.calls]
+    result = FastEvaluator(full).evaluate(np.array([one_device]))
+    assert not result.feasible[0]
+    assert result.overflow[0] > 1.0      # more than twice the memory of the device
+
+
+@pytest.mark.parametrize("algorithm,model,cluster_name", SMALL_SPACES)
+def test_mcmc_finds_exhaustive_optimum(algorithm, model, cluster_name):
+    _, _, tables = tables_for(algorithm, model, cluster_name)
+    evaluator = FastEvaluator(tables)
+    truth = exhaustive_search(evaluator)
+    assert truth.best_choice is not None and truth.num_plans == tables.space_size()
+    for seed in range(3):
+        found = run_mcmc(evaluator, [], MCMCSettings(seed=seed, chains_per_temperature=64,
+                                                     plateau_steps=300, time_limit_s=30))
+        assert found.best_iteration_s <= truth.best_iteration_s * 1.005, seed
+
+
+def test_exhaustive_refuses_large_spaces():
+    _, _, tables = tables_for("ppo", "llama-7b", "h100x8")
+    with pytest.raises(ValueError, match="exhaustive limit"):
+        exhaustive_search(FastEvaluator(tables), max_plans=1000)
+
+
+def test_search_beats_or_matches_every_baseline_and_is_reproducible():
+    workflow = builtin_workflow("ppo")
+    cluster = cluster_preset("h100x8")
+    settings = MCMCSettings(seed=7, plateau_steps=300, time_limit_s=60)
+    first = search(workflow, cluster, settings)
+    assert first.mcmc.stopped_by == "plateau"
+    best = first.best.estimate
+    assert best.feasible
+    feasible_baselines = [b.estimate.iteration_s for b in first.baselines.values()
+                          if b is not None and b.estimate.feasible]
+    assert len(feasible_baselines) >= 3
+    assert best.iteration_s <= min(feasible_baselines) + 1e-9
+    second = search(workflow, cluster, settings)
+    assert second.best.executions == first.best.executions
+
+
+def test_interrupted_search_keeps_best_so_far():
+    workflow = builtin_workflow("grpo")
+    cluster = cluster_preset("h100x8")
+    calls = {"n": 0}
+
+    def stop_after_a_few_steps() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 5
+
+    outcome = search(workflow, cluster, MCMCSettings(seed=0),
+                     should_stop=stop_after_a_few_steps)
+    assert outcome.mcmc.stopped_by == "interrupted"
+    assert outcome.mcmc.steps == 5
+    assert outcome.best is not None and outcome.best.estimate.feasible
