@@ -35,6 +35,7 @@ destination call is a transient copy).
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 
 import numba
@@ -44,6 +45,14 @@ from planner.search_tables import SearchTables
 
 # Memory role of a call in the rule above.
 TRAIN_CALL, TRAINED_MODEL_CALL, UNTRAINED_MODEL_CALL = 0, 1, 2
+
+# The tables as flat arrays for the compiled kernels (numba reads namedtuple fields).
+# Candidate arrays are indexed by global candidate index = offset[call] + local index.
+KernelTables = namedtuple("KernelTables", [
+    "time_s", "weights", "state", "activation", "capacity", "dp", "tp", "pp", "lo", "hi",
+    "placement", "order", "edge_src", "edge_dst", "edge_bytes", "pair_src", "pair_dst",
+    "pair_wraps", "pair_weights", "memory_role", "train_call_of", "model_id", "links",
+    "device_node", "num_iterations"])
 
 
 @dataclass
@@ -62,59 +71,59 @@ def _concat(tables: SearchTables, field: str, dtype) -> np.ndarray:
     return np.concatenate([getattr(c, field) for c in tables.calls]).astype(dtype)
 
 
+def kernel_tables(tables: SearchTables) -> KernelTables:
+    """Flatten `tables` into the arrays the kernels read."""
+    calls, pairs, edges = tables.calls, tables.pairs, tables.edges
+    order = []
+    for k in range(len(calls)):
+        order += [len(calls) + p for p, pair in enumerate(pairs) if pair.dst == k]
+        order.append(k)
+    train_call = {c.model: k for k, c in enumerate(calls) if c.kind == "train"}
+    models = sorted({c.model for c in calls})
+    return KernelTables(
+        time_s=_concat(tables, "time_s", np.float64),
+        weights=_concat(tables, "weights_bytes", np.float64),
+        state=_concat(tables, "state_bytes", np.float64),
+        activation=_concat(tables, "activation_bytes", np.float64),
+        capacity=_concat(tables, "capacity_bytes", np.float64),
+        dp=_concat(tables, "dp", np.float64),
+        tp=_concat(tables, "tp", np.float64),
+        pp=_concat(tables, "pp", np.float64),
+        lo=_concat(tables, "lo", np.int64),
+        hi=_concat(tables, "hi", np.int64),
+        placement=_concat(tables, "placement", np.int64),
+        order=np.array(order, dtype=np.int64),
+        edge_src=np.array([e.src for e in edges], dtype=np.int64),
+        edge_dst=np.array([e.dst for e in edges], dtype=np.int64),
+        edge_bytes=np.array([e.payload_bytes for e in edges], dtype=np.float64),
+        pair_src=np.array([p.src for p in pairs], dtype=np.int64),
+        pair_dst=np.array([p.dst for p in pairs], dtype=np.int64),
+        pair_wraps=np.array([p.wraps for p in pairs], dtype=np.bool_),
+        pair_weights=np.array([p.weights_bytes_total for p in pairs], dtype=np.float64),
+        memory_role=np.array([TRAIN_CALL if c.kind == "train" else
+                              TRAINED_MODEL_CALL if c.model in train_call else
+                              UNTRAINED_MODEL_CALL for c in calls], dtype=np.int64),
+        train_call_of=np.array([train_call.get(c.model, -1) for c in calls], dtype=np.int64),
+        model_id=np.array([models.index(c.model) for c in calls], dtype=np.int64),
+        links=np.array([tables.intra_node_bandwidth_bytes_per_s, tables.intra_node_latency_s,
+                        tables.inter_node_bandwidth_bytes_per_s, tables.inter_node_latency_s],
+                       dtype=np.float64),
+        device_node=np.asarray(tables.device_node, dtype=np.int64),
+        num_iterations=int(tables.num_iterations))
+
+
 class FastEvaluator:
     """Evaluates arrays of plans against fixed `SearchTables`."""
 
     def __init__(self, tables: SearchTables):
         self.tables = tables
-        calls, pairs, edges = tables.calls, tables.pairs, tables.edges
-        num_calls = len(calls)
-        self.offset = np.concatenate([[0], np.cumsum([len(c) for c in calls])[:-1]]).astype(
-            np.int64)
-        self.candidate = {name: _concat(tables, name, np.float64) for name in
-                          ("time_s", "weights_bytes", "state_bytes", "activation_bytes",
-                           "capacity_bytes", "dp", "tp", "pp")}
-        self.lo = _concat(tables, "lo", np.int64)
-        self.hi = _concat(tables, "hi", np.int64)
-        self.placement = _concat(tables, "placement", np.int64)
-        order = []
-        for k in range(num_calls):
-            order += [num_calls + p for p, pair in enumerate(pairs) if pair.dst == k]
-            order.append(k)
-        self.order = np.array(order, dtype=np.int64)
-        self.edge_src = np.array([e.src for e in edges], dtype=np.int64)
-        self.edge_dst = np.array([e.dst for e in edges], dtype=np.int64)
-        self.edge_bytes = np.array([e.payload_bytes for e in edges], dtype=np.float64)
-        self.pair_src = np.array([p.src for p in pairs], dtype=np.int64)
-        self.pair_dst = np.array([p.dst for p in pairs], dtype=np.int64)
-        self.pair_wraps = np.array([p.wraps for p in pairs], dtype=np.bool_)
-        self.pair_weights = np.array([p.weights_bytes_total for p in pairs], dtype=np.float64)
-        train_call = {c.model: k for k, c in enumerate(calls) if c.kind == "train"}
-        self.memory_role = np.array(
-            [TRAIN_CALL if c.kind == "train" else
-             TRAINED_MODEL_CALL if c.model in train_call else UNTRAINED_MODEL_CALL
-             for c in calls], dtype=np.int64)
-        self.train_call_of = np.array([train_call.get(c.model, -1) for c in calls],
-                                      dtype=np.int64)
-        self.model_id = np.array([sorted({c.model for c in calls}).index(c.model)
-                                  for c in calls], dtype=np.int64)
-        self.links = np.array([tables.intra_node_bandwidth_bytes_per_s,
-                               tables.intra_node_latency_s,
-                               tables.inter_node_bandwidth_bytes_per_s,
-                               tables.inter_node_latency_s], dtype=np.float64)
-        self.device_node = np.asarray(tables.device_node, dtype=np.int64)
+        sizes = [len(c) for c in tables.calls]
+        self.offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.kernel = kernel_tables(tables)
 
     def evaluate(self, choice: np.ndarray) -> Evaluation:
         choice = np.ascontiguousarray(np.atleast_2d(choice), dtype=np.int64)
-        global_index = choice + self.offset[None, :]
-        c = self.candidate
-        time_s, overflow = _evaluate_kernel(
-            global_index, c["time_s"], c["weights_bytes"], c["state_bytes"],
-            c["activation_bytes"], c["capacity_bytes"], c["dp"], c["tp"], c["pp"], self.lo,
-            self.hi, self.placement, self.order, self.edge_src, self.edge_dst, self.edge_bytes,
-            self.pair_src, self.pair_dst, self.pair_wraps, self.pair_weights, self.memory_role,
-            self.train_call_of, self.model_id, self.links, self.device_node,
-            self.tables.num_iterations)
+        time_s, overflow = _evaluate_many(choice + self.offset[None, :], self.kernel)
         return Evaluation(iteration_s=time_s, overflow=overflow)
 
 
@@ -134,135 +143,141 @@ def _ranges_overlap(lo_a, hi_a, lo_b, hi_b):
 
 
 @numba.njit(cache=True, parallel=True)
-def _evaluate_kernel(index, time_s, weights, state, activation, capacity, dp, tp, pp, lo, hi,
-                     placement, order, edge_src, edge_dst, edge_bytes, pair_src, pair_dst,
-                     pair_wraps, pair_weights, memory_role, train_call_of, model_id, links,
-                     device_node, num_iterations):
-    num_plans, num_calls = index.shape
-    num_pairs = pair_src.shape[0]
-    num_types = num_calls + num_pairs
+def _evaluate_many(index, kt):
+    """Evaluate every row of `index` (global candidate indices, one per call)."""
+    num_plans = index.shape[0]
     out_time = np.empty(num_plans)
     out_overflow = np.empty(num_plans)
     for n in numba.prange(num_plans):
-        g = index[n]
-        # Device ranges of every node type: a call has one, a reallocation two.
-        lo1 = np.empty(num_types, np.int64)
-        hi1 = np.empty(num_types, np.int64)
-        lo2 = np.empty(num_types, np.int64)
-        hi2 = np.empty(num_types, np.int64)
-        duration = np.empty(num_types)
-        for k in range(num_calls):
-            lo1[k] = lo2[k] = lo[g[k]]
-            hi1[k] = hi2[k] = hi[g[k]]
-            duration[k] = time_s[g[k]]
-        for p in range(num_pairs):
-            a, b = g[pair_src[p]], g[pair_dst[p]]
-            x = num_calls + p
-            lo1[x], hi1[x], lo2[x], hi2[x] = lo[a], hi[a], lo[b], hi[b]
-            if placement[a] == placement[b]:
-                duration[x] = 0.0
-            else:
-                bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], device_node, links)
-                recv = pair_weights[p] / (tp[b] * pp[b])
-                send = pair_weights[p] * dp[b] / (hi[a] - lo[a])
-                duration[x] = latency + max(recv, send) / bandwidth
-        transfer = np.empty(edge_src.shape[0])
-        for e in range(edge_src.shape[0]):
-            a, b = g[edge_src[e]], g[edge_dst[e]]
-            if lo[a] == lo[b] and hi[a] == hi[b]:
-                transfer[e] = 0.0
-            else:
-                bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], device_node, links)
-                transfer[e] = latency + edge_bytes[e] / dp[b] / bandwidth
-        latest_end = np.zeros(num_types)
-        end = np.zeros(num_types)
-        previous_end = np.zeros(num_types)
-        first_iteration_end = 0.0
-        iteration_end = 0.0
-        for i in range(num_iterations):
-            for t in range(num_types):
-                previous_end[t] = end[t]
-                end[t] = 0.0
-            for x in order:
-                ready = 0.0
-                if x >= num_calls:
-                    p = x - num_calls
-                    if pair_wraps[p]:
-                        if i == 0:
-                            continue
-                        ready = previous_end[pair_src[p]]
-                    else:
-                        ready = end[pair_src[p]]
-                else:
-                    for e in range(edge_src.shape[0]):
-                        if edge_dst[e] == x:
-                            ready = max(ready, end[edge_src[e]] + transfer[e])
-                    for p in range(num_pairs):
-                        if pair_dst[p] == x and not (pair_wraps[p] and i == 0):
-                            ready = max(ready, end[num_calls + p])
-                free = 0.0
-                for y in range(num_types):
-                    if latest_end[y] > free and (
-                            _ranges_overlap(lo1[x], hi1[x], lo1[y], hi1[y])
-                            or _ranges_overlap(lo1[x], hi1[x], lo2[y], hi2[y])
-                            or _ranges_overlap(lo2[x], hi2[x], lo1[y], hi1[y])
-                            or _ranges_overlap(lo2[x], hi2[x], lo2[y], hi2[y])):
-                        free = latest_end[y]
-                end[x] = max(ready, free) + duration[x]
-                latest_end[x] = end[x]
-            iteration_end = 0.0
-            for k in range(num_calls):
-                iteration_end = max(iteration_end, end[k])
-            if i == 0:
-                first_iteration_end = iteration_end
-        out_time[n] = (iteration_end - first_iteration_end) / (num_iterations - 1)
-        # Memory: persistent terms, then each call's worst device.
-        persistent = np.zeros(num_calls)
-        extra = np.empty(num_calls)
-        for k in range(num_calls):
-            extra[k] = activation[g[k]]
-            role = memory_role[k]
-            if role == TRAIN_CALL:
-                persistent[k] = state[g[k]]
-            elif role == TRAINED_MODEL_CALL:
-                if placement[g[k]] != placement[g[train_call_of[k]]]:
-                    extra[k] += weights[g[k]]
-            else:
-                repeat = False
-                for j in range(k):
-                    if model_id[j] == model_id[k] and placement[g[j]] == placement[g[k]]:
-                        repeat = True
-                if not repeat:
-                    persistent[k] = weights[g[k]]
-        worst = -np.inf
-        for c in range(num_calls + num_pairs):
-            if c < num_calls:
-                check_lo, check_hi, need, cap = lo1[c], hi1[c], extra[c], capacity[g[c]]
-            else:
-                # A reallocation's receivers hold a receive buffer (at most their whole new
-                # shard) and, when the destination is a transient copy, its weights.
-                p = c - num_calls
-                b = g[pair_dst[p]]
-                if placement[g[pair_src[p]]] == placement[b]:
-                    continue
-                check_lo, check_hi, cap = lo[b], hi[b], capacity[b]
-                need = weights[b]
-                k = pair_dst[p]
-                if memory_role[k] == TRAINED_MODEL_CALL and \
-                        placement[b] != placement[g[train_call_of[k]]]:
-                    need += weights[b]
-            # persistent(d) is piecewise constant: its maximum over a range is reached at
-            # the range's first device or at the first device of a term inside the range.
-            level_max = 0.0
-            for q in range(-1, num_calls):
-                point = check_lo if q < 0 else lo1[q]
-                if point < check_lo or point >= check_hi:
-                    continue
-                level = 0.0
-                for t in range(num_calls):
-                    if lo1[t] <= point < hi1[t]:
-                        level += persistent[t]
-                level_max = max(level_max, level)
-            worst = max(worst, (level_max + need - cap) / cap)
-        out_overflow[n] = worst
+        out_time[n], out_overflow[n] = evaluate_plan(index[n], kt)
     return out_time, out_overflow
+
+
+@numba.njit(cache=True)
+def evaluate_plan(g, kt):
+    """(iteration seconds, worst relative memory overflow) of one plan (module docstring)."""
+    num_calls = g.shape[0]
+    lo, hi, placement = kt.lo, kt.hi, kt.placement
+    pair_src, pair_dst, edge_src, edge_dst = kt.pair_src, kt.pair_dst, kt.edge_src, kt.edge_dst
+    num_pairs = pair_src.shape[0]
+    num_types = num_calls + num_pairs
+    # Device ranges of every node type: a call has one, a reallocation two.
+    lo1 = np.empty(num_types, np.int64)
+    hi1 = np.empty(num_types, np.int64)
+    lo2 = np.empty(num_types, np.int64)
+    hi2 = np.empty(num_types, np.int64)
+    duration = np.empty(num_types)
+    for k in range(num_calls):
+        lo1[k] = lo2[k] = lo[g[k]]
+        hi1[k] = hi2[k] = hi[g[k]]
+        duration[k] = kt.time_s[g[k]]
+    for p in range(num_pairs):
+        a, b = g[pair_src[p]], g[pair_dst[p]]
+        x = num_calls + p
+        lo1[x], hi1[x], lo2[x], hi2[x] = lo[a], hi[a], lo[b], hi[b]
+        if placement[a] == placement[b]:
+            duration[x] = 0.0
+        else:
+            bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], kt.device_node, kt.links)
+            recv = kt.pair_weights[p] / (kt.tp[b] * kt.pp[b])
+            send = kt.pair_weights[p] * kt.dp[b] / (hi[a] - lo[a])
+            duration[x] = latency + max(recv, send) / bandwidth
+    transfer = np.empty(edge_src.shape[0])
+    for e in range(edge_src.shape[0]):
+        a, b = g[edge_src[e]], g[edge_dst[e]]
+        if lo[a] == lo[b] and hi[a] == hi[b]:
+            transfer[e] = 0.0
+        else:
+            bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], kt.device_node, kt.links)
+            transfer[e] = latency + kt.edge_bytes[e] / kt.dp[b] / bandwidth
+    latest_end = np.zeros(num_types)
+    end = np.zeros(num_types)
+    previous_end = np.zeros(num_types)
+    first_iteration_end = 0.0
+    iteration_end = 0.0
+    for i in range(kt.num_iterations):
+        for t in range(num_types):
+            previous_end[t] = end[t]
+            end[t] = 0.0
+        for x in kt.order:
+            ready = 0.0
+            if x >= num_calls:
+                p = x - num_calls
+                if kt.pair_wraps[p]:
+                    if i == 0:
+                        continue
+                    ready = previous_end[pair_src[p]]
+                else:
+                    ready = end[pair_src[p]]
+            else:
+                for e in range(edge_src.shape[0]):
+                    if edge_dst[e] == x:
+                        ready = max(ready, end[edge_src[e]] + transfer[e])
+                for p in range(num_pairs):
+                    if pair_dst[p] == x and not (kt.pair_wraps[p] and i == 0):
+                        ready = max(ready, end[num_calls + p])
+            free = 0.0
+            for y in range(num_types):
+                if latest_end[y] > free and (
+                        _ranges_overlap(lo1[x], hi1[x], lo1[y], hi1[y])
+                        or _ranges_overlap(lo1[x], hi1[x], lo2[y], hi2[y])
+                        or _ranges_overlap(lo2[x], hi2[x], lo1[y], hi1[y])
+                        or _ranges_overlap(lo2[x], hi2[x], lo2[y], hi2[y])):
+                    free = latest_end[y]
+            end[x] = max(ready, free) + duration[x]
+            latest_end[x] = end[x]
+        iteration_end = 0.0
+        for k in range(num_calls):
+            iteration_end = max(iteration_end, end[k])
+        if i == 0:
+            first_iteration_end = iteration_end
+    iteration_s = (iteration_end - first_iteration_end) / (kt.num_iterations - 1)
+    # Memory: persistent terms, then each call's and each reallocation's worst device.
+    persistent = np.zeros(num_calls)
+    extra = np.empty(num_calls)
+    for k in range(num_calls):
+        extra[k] = kt.activation[g[k]]
+        role = kt.memory_role[k]
+        if role == TRAIN_CALL:
+            persistent[k] = kt.state[g[k]]
+        elif role == TRAINED_MODEL_CALL:
+            if placement[g[k]] != placement[g[kt.train_call_of[k]]]:
+                extra[k] += kt.weights[g[k]]
+        else:
+            repeat = False
+            for j in range(k):
+                if kt.model_id[j] == kt.model_id[k] and placement[g[j]] == placement[g[k]]:
+                    repeat = True
+            if not repeat:
+                persistent[k] = kt.weights[g[k]]
+    worst = -np.inf
+    for c in range(num_calls + num_pairs):
+        if c < num_calls:
+            check_lo, check_hi, need, cap = lo1[c], hi1[c], extra[c], kt.capacity[g[c]]
+        else:
+            # A reallocation's receivers hold a receive buffer (at most their whole new
+            # shard) and, when the destination is a transient copy, its weights.
+            p = c - num_calls
+            b = g[pair_dst[p]]
+            if placement[g[pair_src[p]]] == placement[b]:
+                continue
+            check_lo, check_hi, cap = lo[b], hi[b], kt.capacity[b]
+            need = kt.weights[b]
+            k = pair_dst[p]
+            if kt.memory_role[k] == TRAINED_MODEL_CALL and \
+                    placement[b] != placement[g[kt.train_call_of[k]]]:
+                need += kt.weights[b]
+        # persistent(d) is piecewise constant: its maximum over a range is reached at the
+        # range's first device or at the first device of a term inside the range.
+        level_max = 0.0
+        for q in range(-1, num_calls):
+            point = check_lo if q < 0 else lo1[q]
+            if point < check_lo or point >= check_hi:
+                continue
+            level = 0.0
+            for t in range(num_calls):
+                if lo1[t] <= point < hi1[t]:
+                    level += persistent[t]
+            level_max = max(level_max, level)
+        worst = max(worst, (level_max + need - cap) / cap)
+    return iteration_s, worst

@@ -1,20 +1,21 @@
-"""Markov chain Monte Carlo over plans: parallel tempering with many chains as arrays.
+"""Markov chain Monte Carlo over plans: parallel tempering with many chains, compiled.
 
 State: one candidate index per call, for each of `chains_per_temperature x temperatures`
-chains. A step proposes, for every chain at once, one of three moves: a new random
-candidate for one call; a candidate on the same mesh (another layout) for one call; or giving
-a call the placement its model already has in another call (which removes a reallocation).
-Metropolis acceptance at the chain's temperature; every `swap_every` steps, neighbouring
-temperatures exchange states (parallel tempering). Temperatures are set relative to the cost
-scale (the median cost of the seed plans), from `0.0005x` to `0.05x`, so a 0.5% worse plan is
-accepted often at the top of the ladder and rarely at the bottom.
+chains. A step proposes one of three moves: a new random candidate for one call; another
+layout on the same mesh for one call; or giving a call the placement its model has in
+another call (which removes a reallocation). Metropolis acceptance at the chain's
+temperature runs inside the compiled kernel (planner/mcmc_kernel.py); every `swap_every`
+steps, neighbouring temperatures exchange states (parallel tempering). Temperatures are set
+relative to the cost scale (the median cost of the starting plans that fit), from `0.0005x`
+to `0.05x`, so a 0.5% worse plan is accepted often at the top of the ladder and rarely at the
+bottom. Half the chains of every temperature start from the seed plans (the baselines).
 
 Infeasible plans get energy = time + scale x (1 + 10 x relative memory overflow), so chains
 drift towards plans that fit; only feasible plans are kept as results.
 
-Stopping: after `max_steps`, at `time_limit_s`, or when the best has not improved for
-`plateau_steps` steps. Same seed and same stopping step give the same plan; a time limit that
-cuts a run short can make two runs differ.
+Stopping: after `max_steps`, at `time_limit_s`, when `should_stop()` says so (Ctrl-C), or
+when the best has not improved for `plateau_steps` steps. Same seed and same stopping step
+give the same plan; a time limit that cuts a run short can make two runs differ.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from typing import Callable
 import numpy as np
 
 from planner.fast_evaluator import FastEvaluator
+from planner.mcmc_kernel import energy_of, sweep
 
-MOVE_RANDOM, MOVE_SAME_MESH, MOVE_COPY_PLACEMENT = 0, 1, 2
-MOVE_PROBABILITIES = (0.45, 0.35, 0.20)
-INFEASIBLE_OVERFLOW_WEIGHT = 10.0
+MOVE_PROBABILITIES = (0.45, 0.35, 0.20)     # random, same mesh, copy placement
 
 
 @dataclass
@@ -58,144 +58,129 @@ class MCMCResult:
     history: list[tuple[float, float]] = field(default_factory=list)  # (wall_s, best)
 
 
-class _MoveTables:
-    """Precomputed neighbourhoods: same-mesh groups and placement copies between calls."""
+class MoveTables:
+    """Neighbourhoods as flat arrays for the kernel: same-mesh groups and placement copies."""
 
     def __init__(self, evaluator: FastEvaluator):
         tables = evaluator.tables
+        self.offset = evaluator.offset
         self.sizes = tables.sizes
-        self.same_mesh: list[list[np.ndarray]] = []
-        self.mesh_group: list[np.ndarray] = []
+        perm, perm_offset, group_start, group_size = [], [], [], []
         for call in tables.calls:
-            keys = {}
+            keys: dict = {}
             group = np.array([keys.setdefault(e.devices, len(keys)) for e in call.executions])
-            self.mesh_group.append(group)
-            self.same_mesh.append([np.flatnonzero(group == g) for g in range(len(keys))])
-        # copy_to[(a, b)][i] = candidate of call b with the placement of candidate i of a.
-        self.copy_pairs: list[tuple[int, int, np.ndarray]] = []
+            order = np.argsort(group, kind="stable")
+            counts = np.bincount(group)
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            perm_offset.append(sum(len(p) for p in perm))
+            perm.append(order)
+            group_start.append(starts[group])
+            group_size.append(counts[group])
+        self.mesh_perm = np.concatenate(perm).astype(np.int64)
+        self.mesh_perm_offset = np.array(perm_offset, dtype=np.int64)
+        self.mesh_group_start = np.concatenate(group_start).astype(np.int64)
+        self.mesh_group_size = np.concatenate(group_size).astype(np.int64)
+        copy_src, copy_dst, copy_offset, copy_map = [], [], [], []
         calls = tables.calls
         for a, ca in enumerate(calls):
             for b, cb in enumerate(calls):
                 if a == b or ca.model != cb.model:
                     continue
-                where = {}
+                where: dict[int, int] = {}
                 for j, p in enumerate(cb.placement):
                     where.setdefault(int(p), j)
-                mapping = np.array([where.get(int(p), -1) for p in ca.placement])
-                self.copy_pairs.append((a, b, mapping))
-
-
-def _propose(state: np.ndarray, moves: _MoveTables, rng: np.random.Generator) -> np.ndarray:
-    n, num_calls = state.shape
-    proposal = state.copy()
-    kind = rng.choice(3, size=n, p=MOVE_PROBABILITIES)
-    call = rng.integers(0, num_calls, size=n)
-    rows = np.arange(n)
-    random_pick = (rng.random(n) * moves.sizes[call]).astype(np.int64)
-    proposal[rows, call] = np.where(kind == MOVE_RANDOM, random_pick, proposal[rows, call])
-    for k in range(num_calls):
-        chosen = np.flatnonzero((kind == MOVE_SAME_MESH) & (call == k))
-        if chosen.size:
-            groups = moves.mesh_group[k][state[chosen, k]]
-            for g in np.unique(groups):
-                members = moves.same_mesh[k][g]
-                hit = chosen[groups == g]
-                proposal[hit, k] = members[rng.integers(0, members.size, size=hit.size)]
-    if moves.copy_pairs:
-        copying = np.flatnonzero(kind == MOVE_COPY_PLACEMENT)
-        which = rng.integers(0, len(moves.copy_pairs), size=copying.size)
-        for w, (a, b, mapping) in enumerate(moves.copy_pairs):
-            hit = copying[which == w]
-            target = mapping[state[hit, a]]
-            ok = target >= 0
-            proposal[hit[ok], b] = target[ok]
-    return proposal
-
-
-def _energy(result, scale: float) -> np.ndarray:
-    penalty = scale * (1.0 + INFEASIBLE_OVERFLOW_WEIGHT * np.maximum(result.overflow, 0.0))
-    return np.where(result.feasible, result.iteration_s, result.iteration_s + penalty)
+                copy_src.append(a)
+                copy_dst.append(b)
+                copy_offset.append(sum(len(m) for m in copy_map))
+                copy_map.append(np.array([where.get(int(p), -1) for p in ca.placement]))
+        self.copy_src = np.array(copy_src, dtype=np.int64)
+        self.copy_dst = np.array(copy_dst, dtype=np.int64)
+        self.copy_map_offset = np.array(copy_offset, dtype=np.int64)
+        self.copy_map = (np.concatenate(copy_map) if copy_map else np.zeros(0)).astype(np.int64)
 
 
 def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSettings,
              progress: Callable[[int, float, float], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> MCMCResult:
-    """Parallel-tempering MCMC from `seeds` (feasible plans first) plus random plans."""
+    """Parallel-tempering MCMC from `seeds` (feasible plans) plus random plans."""
+    start = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
-    moves = _MoveTables(evaluator)
+    moves = MoveTables(evaluator)
     temps, per = settings.temperatures, settings.chains_per_temperature
     n = temps * per
-    start = time.perf_counter()
     state = np.stack([(rng.random(n) * size).astype(np.int64) for size in moves.sizes], axis=1)
-    if seeds:   # half the chains of every temperature start from the seed plans
+    if seeds:
         for j in range(temps):
             for s in range(per // 2):
                 state[j * per + s] = seeds[s % len(seeds)]
-    result = evaluator.evaluate(state)
-    evaluations = n
-    feasible = result.feasible
-    scale = float(np.median(result.iteration_s[feasible])) if feasible.any() else \
-        float(np.median(result.iteration_s))
+    first = evaluator.evaluate(state)
+    feasible = first.feasible
+    scale = float(np.median(first.iteration_s[feasible] if feasible.any()
+                            else first.iteration_s))
     ladder = scale * np.geomspace(settings.lowest_relative_temperature,
                                   settings.highest_relative_temperature, temps)
-    temperature = np.repeat(ladder, per)       # chain c has temperature index c // per
-    energy = _energy(result, scale)
+    temperature = np.repeat(ladder, per)           # chain c has temperature index c // per
+    energy = np.array([energy_of(t, o, scale) for t, o in zip(first.iteration_s, first.overflow)])
+    best_time = np.where(feasible, first.iteration_s, np.inf)
+    best_choice = state.copy()
+    evaluations = np.zeros(n, dtype=np.int64)
     top: dict[tuple, float] = {}
-
-    def remember(states: np.ndarray, res) -> None:
-        ok = np.flatnonzero(res.feasible)
-        if ok.size == 0:
-            return
-        order = ok[np.argsort(res.iteration_s[ok])[: settings.top_k]]
-        for i in order:
-            top[tuple(states[i])] = float(res.iteration_s[i])
-        if len(top) > 4 * settings.top_k:
-            for key in sorted(top, key=top.get)[settings.top_k:]:
-                del top[key]
-
-    remember(state, result)
+    _remember(top, best_time, best_choice, np.ones(n, dtype=bool), settings.top_k)
     best = min(top.values()) if top else np.inf
     history = [(time.perf_counter() - start, best)]
-    last_improvement, step, stopped_by = 0, 0, "max_steps"
+    cumulative = np.cumsum(MOVE_PROBABILITIES)
+    step, last_improvement, stopped_by = 0, 0, "max_steps"
     while step < settings.max_steps:
-        step += 1
-        proposal = _propose(state, moves, rng)
-        proposed = evaluator.evaluate(proposal)
-        evaluations += n
-        new_energy = _energy(proposed, scale)
-        accept = rng.random(n) < np.exp(np.minimum(0.0, (energy - new_energy) / temperature))
-        state[accept] = proposal[accept]
-        energy[accept] = new_energy[accept]
-        remember(proposal, proposed)
+        before = best_time.copy()
+        sweep(state, energy, temperature, best_time, best_choice, evaluations, settings.seed,
+              step, settings.swap_every, scale, cumulative, moves.offset, moves.sizes,
+              moves.mesh_perm, moves.mesh_perm_offset, moves.mesh_group_start,
+              moves.mesh_group_size, moves.copy_src, moves.copy_dst, moves.copy_map_offset,
+              moves.copy_map, evaluator.kernel)
+        step += settings.swap_every
+        _remember(top, best_time, best_choice, best_time < before, settings.top_k)
         if top and min(top.values()) < best * (1 - 1e-9):
             best = min(top.values())
             last_improvement = step
             history.append((time.perf_counter() - start, best))
-        if step % settings.swap_every == 0:
-            _swap_neighbours(state, energy, ladder, per, rng, offset=(step // settings.swap_every) % 2)
-        if progress is not None and step % 20 == 0:
-            progress(evaluations, time.perf_counter() - start, best)
+        _swap_neighbours(state, energy, ladder, per, rng, offset=(step // settings.swap_every) % 2)
+        elapsed = time.perf_counter() - start
+        if progress is not None:
+            progress(int(n + evaluations.sum()), elapsed, best)
         if step - last_improvement >= settings.plateau_steps:
             stopped_by = "plateau"
             break
-        if time.perf_counter() - start >= settings.time_limit_s:
+        if elapsed >= settings.time_limit_s:
             stopped_by = "time_limit"
             break
         if should_stop is not None and should_stop():
             stopped_by = "interrupted"
             break
-    ranked = sorted(top, key=top.get)
-    top_choices = [np.array(key, dtype=np.int64) for key in ranked[: settings.top_k]]
+    ranked = sorted(top, key=top.get)[: settings.top_k]
+    top_choices = [np.array(key, dtype=np.int64) for key in ranked]
     return MCMCResult(best_choice=top_choices[0] if top_choices else None,
                       best_iteration_s=best, top_choices=top_choices,
-                      evaluations=evaluations, steps=step,
+                      evaluations=int(n + evaluations.sum()), steps=step,
                       wall_s=time.perf_counter() - start, stopped_by=stopped_by,
                       history=history)
 
 
+def _remember(top: dict[tuple, float], best_time: np.ndarray, best_choice: np.ndarray,
+              changed: np.ndarray, top_k: int) -> None:
+    """Add the chains' improved bests to the distinct top plans (keeps at most 4 x top_k)."""
+    for i in np.flatnonzero(changed & np.isfinite(best_time)):
+        top[tuple(int(x) for x in best_choice[i])] = float(best_time[i])
+    if len(top) > 4 * top_k:
+        for key in sorted(top, key=top.get)[top_k:]:
+            del top[key]
+
+
 def _swap_neighbours(state: np.ndarray, energy: np.ndarray, ladder: np.ndarray, per: int,
                      rng: np.random.Generator, offset: int) -> None:
-    """Exchange states between temperature levels (j, j+1), j = offset, offset + 2, ..."""
+    """Exchange states between temperature levels (j, j+1), j = offset, offset + 2, ...
+
+    Accepted with probability min(1, exp((1/T_j - 1/T_j+1) (E_j - E_j+1))), the parallel
+    tempering rule (Swendsen & Wang 1986; Geyer 1991)."""
     for j in range(offset, len(ladder) - 1, 2):
         lower = np.arange(j * per, (j + 1) * per)
         upper = lower + per

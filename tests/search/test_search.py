@@ -102,8 +102,8 @@ def test_interrupted_search_keeps_best_so_far():
         calls["n"] += 1
         return calls["n"] >= 5
 
-    outcome = search(workflow, cluster, MCMCSettings(seed=0),
-                     should_stop=stop_after_a_few_steps)
+    settings = MCMCSettings(seed=0)
+    outcome = search(workflow, cluster, settings, should_stop=stop_after_a_few_steps)
     assert outcome.mcmc.stopped_by == "interrupted"
-    assert outcome.mcmc.steps == 5
+    assert outcome.mcmc.steps == 5 * settings.swap_every
     assert outcome.best is not None and outcome.best.estimate.feasible

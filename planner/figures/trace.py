@@ -1,0 +1,99 @@
+"""Reading a measured trace to overlay on the estimated timeline.
+
+The runtime writes a JSON with the shape of `plan estimate --json` plus one entry per
+executed node; only `nodes` is read here:
+
+    {"nodes": [{"name": "1/actor_gen", "start_s": 71.2, "end_s": 101.9, "devices": [0, 1]}]}
+
+`name` is `<iteration>/<node>` as in the simulator (a call name or
+`realloc:<model>:<src>-><dst>`). Other keys (bytes moved, peak memory, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from planner.errors import InputError, describe_validation_error
+from planner.figures.common import node_model, split_node_id
+from planner.plan import Plan
+
+
+class TraceNode(BaseModel):
+    """One measured node; extra keys written by the runtime are allowed and ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(min_length=1)
+    start_s: float
+    end_s: float
+    devices: tuple[int, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TraceNode":
+        if self.end_s < self.start_s:
+            raise ValueError(f"end_s {self.end_s} is before start_s {self.start_s}")
+        return self
+
+
+class TraceFile(BaseModel):
+    """The part of a trace file the figures read (the estimate's keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    nodes: list[TraceNode] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class MeasuredNode:
+    """A measured node resolved against the plan."""
+
+    iteration: int
+    name: str
+    model: str
+    start_s: float
+    end_s: float
+    devices: tuple[int, ...]
+
+
+def load_trace(path: Path, plan: Plan) -> list[MeasuredNode]:
+    """The trace's nodes, checked against the plan; InputError (one line) on any problem."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: (top level): expected an object with a 'nodes' list, got "
+                         f"{type(data).__name__}")
+    try:
+        parsed = TraceFile(**data)
+    except ValidationError as err:
+        raise describe_validation_error(err, path, model=TraceFile) from None
+    num_devices = plan.cluster.num_devices
+    result = []
+    for index, node in enumerate(parsed.nodes):
+        field = f"{path}: nodes[{index}]"
+        try:
+            iteration, name = split_node_id(node.name)
+        except ValueError as err:
+            raise InputError(f"{field}.name: {err}") from None
+        model = node_model(plan, name)
+        if model is None:
+            raise InputError(f"{field}.name: {name!r} is neither a call of this plan "
+                             f"({', '.join(plan.workflow.call_order)}) nor a reallocation "
+                             f"'realloc:<model>:<src>-><dst>'; is the trace from another plan?")
+        bad = [d for d in node.devices if not 0 <= d < num_devices]
+        if bad:
+            raise InputError(f"{field}.devices: {bad} outside the cluster (devices 0-"
+                             f"{num_devices - 1})")
+        result.append(MeasuredNode(iteration, name, model, node.start_s, node.end_s,
+                                   node.devices))
+    return result
