@@ -8,6 +8,7 @@ consumer), so they are drawn as thin strips at the bottom of the consumer's rows
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from planner.figures.common import (REALLOC_PREFIX, device_label, format_seconds
 from planner.figures.trace import MeasuredNode  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 
+HEADER_TOP = -1.35        # rows above device 0 hold the iteration spans
 MIN_BAR_FRACTION = 0.004   # shortest drawn bar, as a fraction of the time window
 LABEL_FONT_PT = 7.5
+NOTE_WIDTH_CHARS = 190
 CHAR_WIDTH_PT = 0.62 * LABEL_FONT_PT  # mean glyph width of the default sans font
 
 
@@ -83,8 +86,10 @@ def device_runs(devices: tuple[int, ...], merge: bool) -> list[tuple[int, int]]:
 class _Chart:
     """Drawing state of one timeline: axes, window, lanes."""
 
-    def __init__(self, ax, window: tuple[float, float], axis_width_pt: float, two_lanes: bool):
+    def __init__(self, ax, window: tuple[float, float], axis_width_pt: float,
+                 row_pt: float, two_lanes: bool):
         self.ax = ax
+        self.pt_per_row = row_pt
         self.t0, self.t1 = window
         self.pt_per_s = axis_width_pt / (self.t1 - self.t0)
         self.min_width = MIN_BAR_FRACTION * (self.t1 - self.t0)
@@ -105,12 +110,32 @@ class _Chart:
         self.ax.add_patch(Rectangle((start, y), width, h, **style))
         return start, y, width, h
 
-    def label(self, text: str, x: float, y: float, width: float, height: float) -> None:
-        """Write `text` centred in a box if it fits across, else upright if it fits down."""
-        width_pt = width * self.pt_per_s
-        needed = len(max(text.split("\n"), key=len)) * CHAR_WIDTH_PT + 4
-        if needed <= width_pt:
-            self.ax.text(x + width / 2, y + height / 2, text, ha="center", va="center",
+    def run_rects(self, first: int, last: int, start: float, end: float, measured: bool,
+                  style: dict) -> tuple[float, float, float, float]:
+        """Draw a run of adjacent device rows as one box (one lane per row when there are
+        two lanes); return the box to label: the whole run, or its middle row's lane."""
+        if not self.two_lanes:
+            return self.rect(first, last, start, end, measured, **style)
+        boxes = [self.rect(d, d, start, end, measured, **style)
+                 for d in range(first, last + 1)]
+        return boxes[(last - first) // 2]
+
+    def label(self, lines: list[str], x: float, y: float, width: float,
+              height: float) -> None:
+        """Write as many of `lines` as fit across the box, else the first one upright."""
+        width_pt, height_pt = width * self.pt_per_s, height * self.pt_per_row
+
+        def needed(text: str) -> float:
+            return len(text) * CHAR_WIDTH_PT + 4
+
+        centre = (x + width / 2, y + height / 2)
+        fit_rows = int(height_pt // (LABEL_FONT_PT * 1.25))
+        across = [t for t in lines[:fit_rows] if needed(t) <= width_pt]
+        if across and across == lines[:len(across)]:
+            self.ax.text(*centre, "\n".join(across), ha="center", va="center",
+                         fontsize=LABEL_FONT_PT, clip_on=True)
+        elif needed(lines[0]) <= height_pt and LABEL_FONT_PT * 1.3 <= width_pt:
+            self.ax.text(*centre, lines[0], ha="center", va="center", rotation=90,
                          fontsize=LABEL_FONT_PT, clip_on=True)
 
 
@@ -133,42 +158,43 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
 
     n = cluster.num_devices
     row_in = 0.62 if measured_bars else 0.42
-    fig_w, fig_h = 13.0, max(3.2, 1.6 + row_in * n)
+    fig_w, fig_h = 13.0, max(3.4, 1.9 + row_in * (n - HEADER_TOP))
     fig, ax = plt.subplots(figsize=(fig_w, fig_h))
     axis_width_pt = fig_w * 72 * 0.86
-    chart = _Chart(ax, window, axis_width_pt, two_lanes=bool(measured_bars))
+    chart = _Chart(ax, window, axis_width_pt, row_in * 72, two_lanes=bool(measured_bars))
 
     realloc_tags: dict[str, str] = {}
-    for bar in sorted(shown_bars, key=lambda b: b.start_s):
+    # calls first, reallocations on top: a reallocation is often a few milliseconds long
+    for bar in sorted(shown_bars, key=lambda b: (b.name.startswith(REALLOC_PREFIX), b.start_s)):
         colour = colours[bar.model]
         is_realloc = bar.name.startswith(REALLOC_PREFIX)
-        for first, last in device_runs(bar.devices, merge=not measured_bars):
-            x, y, w, h = chart.rect(first, last, bar.start_s, bar.end_s, False,
-                                    facecolor=colour, edgecolor="black" if is_realloc
-                                    else "white", linewidth=0.8 if is_realloc else 0.6,
-                                    hatch="////" if is_realloc else None)
+        style = dict(facecolor=colour, edgecolor="black" if is_realloc else "white",
+                     linewidth=0.8 if is_realloc else 0.6,
+                     hatch="////" if is_realloc else None, zorder=3 if is_realloc else 2)
+        for first, last in device_runs(bar.devices, merge=True):
+            box = chart.run_rects(first, last, bar.start_s, bar.end_s, False, style)
             if is_realloc:
                 tag = realloc_tags.setdefault(bar.name, f"R{len(realloc_tags) + 1}")
                 if first == min(bar.devices):
-                    ax.annotate(tag, (x + w / 2, y), xytext=(0, 3),
+                    ax.annotate(tag, (box[0] + box[2] / 2, box[1]), xytext=(0, 2),
                                 textcoords="offset points", ha="center", va="bottom",
                                 fontsize=6.5, fontweight="bold", annotation_clip=False)
             else:
-                chart.label(f"{bar.name}\n{format_seconds(bar.end_s - bar.start_s)}",
-                            x, y, w, h)
-    transfer_count = _draw_transfers(chart, plan, est, graph, shown, colours)
+                chart.label([bar.name, format_seconds(bar.end_s - bar.start_s)], *box)
+    transfer_count = _draw_transfers(chart, est, graph, shown, colours)
     for bar in measured_bars:
         for first, last in device_runs(bar.devices, merge=False):
             chart.rect(first, last, bar.start_s, bar.end_s, True, facecolor="none",
-                       edgecolor=colours[bar.model], hatch="xxxx", linewidth=1.0)
+                       edgecolor=colours[bar.model], hatch="xxxx", linewidth=1.0, zorder=2)
 
     _draw_iteration_marks(ax, ends, shown, window)
+    ax.axhline(-0.5, color="#999999", linewidth=0.6)
     ax.set_xlim(*window)
-    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_ylim(n - 0.5, HEADER_TOP)
     ax.set_yticks(range(n), [device_label(cluster, d) for d in range(n)], fontsize=8)
     ax.set_ylabel("device (node:slot)")
     ax.set_xlabel("simulated time since the start of iteration 0 (s)")
-    ax.set_title(title, fontsize=10, pad=22)
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="x", color="#dddddd", linewidth=0.5)
     ax.set_axisbelow(True)
 
@@ -177,7 +203,7 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
                          label="reallocation (R#, listed below)"))
     if transfer_count:
         handles.append(Patch(facecolor="#bbbbbb", hatch="....",
-                             label="data transfer (delays the consumer)"))
+                             label="data transfer (strip under the consumer)"))
     if measured_bars:
         handles.append(Patch(facecolor="none", edgecolor="black", hatch="xxxx",
                              label="measured (lower half of each row)"))
@@ -185,17 +211,29 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
               frameon=False)
     notes = [f"{tag}: {short_realloc(name)}, {format_seconds(est.realloc_times_s[name])}"
              for name, tag in realloc_tags.items()]
+    notes.append(_transfer_note(est, transfer_count))
     if measured_note:
         notes.append(measured_note)
     if notes:
-        fig.text(0.01, -0.01, "\n".join(notes), fontsize=7.5, va="top", ha="left")
+        wrapped = [textwrap.fill(n, NOTE_WIDTH_CHARS, subsequent_indent="    ") for n in notes]
+        fig.text(0.01, -0.01, "\n".join(wrapped), fontsize=7.5, va="top", ha="left")
     fig.tight_layout()
     save_figure(fig, out)
 
 
-def _draw_transfers(chart: _Chart, plan: Plan, est: Estimate, graph, shown: set[int],
+def _transfer_note(est: Estimate, drawn: int) -> str:
+    """One line listing every data transfer between meshes with its time."""
+    if not est.transfer_times_s:
+        return "data transfers between meshes: none (every consumer runs on its producer's mesh)"
+    items = ", ".join(f"{k} {format_seconds(v)}" for k, v in est.transfer_times_s.items())
+    drawn_text = "" if drawn else " (each too short to draw)"
+    return f"data transfers between meshes{drawn_text}: {items}"
+
+
+def _draw_transfers(chart: _Chart, est: Estimate, graph, shown: set[int],
                     colours: dict) -> int:
-    """Thin strips in the consumer's rows: from the producer's end for the transfer time."""
+    """Thin strips in the consumer's rows, from the producer's end for the transfer time;
+    transfers shorter than the shortest drawn bar are only listed below the chart."""
     count = 0
     offset, height = chart.lane(False)
     for src, dst, attrs in graph.edges(data=True):
@@ -203,7 +241,9 @@ def _draw_transfers(chart: _Chart, plan: Plan, est: Estimate, graph, shown: set[
             continue
         key = f"{graph.nodes[src]['call']}->{graph.nodes[dst]['call']}"
         start = est.node_times[src][1]
-        width = max(est.transfer_times_s.get(key, 0.0), chart.min_width)
+        width = est.transfer_times_s.get(key, 0.0)
+        if width < chart.min_width:
+            continue
         for d in graph.nodes[dst]["devices"]:
             chart.ax.add_patch(Rectangle((start, d + offset + height * 0.8), width,
                                          height * 0.2, facecolor=colours[graph.nodes[src]
@@ -221,11 +261,12 @@ def _draw_iteration_marks(ax, ends: list[float], shown: set[int],
             ax.axvline(ends[i], color="black", linestyle="--", linewidth=0.9)
     for i in sorted(shown):
         left = max(ends[i - 1], window[0])
-        ax.annotate("", xy=(ends[i], -0.5), xytext=(left, -0.5), xycoords="data",
+        ax.annotate("", xy=(ends[i], -0.95), xytext=(left, -0.95), xycoords="data",
                     arrowprops=dict(arrowstyle="<->", linewidth=0.8),
                     annotation_clip=False)
-        ax.text((left + ends[i]) / 2, -0.62, f"iteration {i}: {ends[i] - ends[i - 1]:.1f} s",
-                ha="center", va="bottom", fontsize=8)
+        ax.text((left + ends[i]) / 2, -1.0, f"iteration {i}: {ends[i] - ends[i - 1]:.1f} s",
+                ha="center", va="bottom", fontsize=8,
+                bbox=dict(facecolor="white", edgecolor="none", pad=1))
 
 
 def _aligned_measured(nodes: list[MeasuredNode], shown: set[int],

@@ -1,0 +1,50 @@
+"""One entry point for the plan pictures of `plan viz`: estimate once, draw one kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from costmodel.plan_cost import PlanCosts
+from costmodel.simulator import DEFAULT_ITERATIONS, simulate
+from planner.augment import augmented_graph
+from planner.plan import Plan
+
+GRAPH_ITERATIONS = 2
+
+
+def plan_heading(plan: Plan, label: str) -> str:
+    """`ppo on h100x8 (...)`, prefixed by the plan's file name."""
+    return f"{label}: {plan.workflow.algorithm} on {plan.cluster.describe()}"
+
+
+def draw_plan_figure(plan: Plan, kind: str, out: Path, label: str,
+                     trace: Path | None = None) -> None:
+    """Draw `kind` (timeline, placement, memory, graph) of `plan` to `out`."""
+    costs = PlanCosts(plan.workflow, plan.cluster)
+    if kind == "graph":
+        from planner.figures.augmented import draw_augmented_graph
+        graph = augmented_graph(plan.workflow, plan.executions, GRAPH_ITERATIONS)
+        est = simulate(plan.workflow, plan.cluster, plan.executions, DEFAULT_ITERATIONS, costs)
+        draw_augmented_graph(plan, graph, est, out, plan_heading(plan, label))
+        return
+    est = simulate(plan.workflow, plan.cluster, plan.executions, DEFAULT_ITERATIONS, costs)
+    heading = plan_heading(plan, label)
+    if kind == "timeline":
+        from planner.figures.timeline import draw_timeline
+        from planner.figures.trace import load_trace
+        measured = load_trace(trace, plan) if trace else None
+        graph = augmented_graph(plan.workflow, plan.executions, DEFAULT_ITERATIONS)
+        what = "estimated (filled) and measured (hatched) timeline" if measured else \
+            "estimated timeline"
+        title = (f"{heading}\n{what} per device, steady-state iterations 1-"
+                 f"{DEFAULT_ITERATIONS - 1} of a {DEFAULT_ITERATIONS}-iteration simulation; "
+                 f"{est.iteration_s:.1f} s per iteration")
+        draw_timeline(plan, est, graph, out, title, measured)
+    elif kind == "placement":
+        from planner.figures.placement import draw_placement
+        draw_placement(plan, est, out, heading)
+    elif kind == "memory":
+        from planner.figures.memory import draw_memory
+        draw_memory(plan, est, costs, out, heading)
+    else:
+        raise AssertionError(kind)
