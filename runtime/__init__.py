@@ -10,8 +10,8 @@ What the executor calls (every rank of the world, the same calls in the same ord
     optimizer = Adam(model.params, AdamConfig(...), ctx, shard_over_dp=False)
     train_step(model, optimizer, micro_batches, loss_fn, num_minibatches) -> list[TrainStats]
 
-`model.params` maps HF names to this rank's shards; `shard_spec` (pure, no torch) says which
-slice of which full tensor each (tp_rank, pp_stage) holds, for reallocation and the cost
-model's transfer schedule. `launch.run_distributed` runs a function on N local gloo
+`model.params` maps HF names to this rank's shards; `planner.param_shards` (pure, no torch,
+shared with the cost model) says which slice of which full tensor each (tp_rank, pp_stage)
+holds, and `planner.transfer_schedule` which device sends what in a reallocation. `launch.run_distributed` runs a function on N local gloo
 processes for tests and benchmarks.
 """

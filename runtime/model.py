@@ -1,7 +1,7 @@
 """One rank's part of a LLaMA-family model: its parameter shards and its pipeline stage's forward.
 
 `params` maps HF parameter names to plain tensors in the shard format of
-`runtime.shard_spec` (the executor may replace them, e.g. after reallocation, as long as the
+`planner.param_shards` (the executor may replace them, e.g. after reallocation, as long as the
 shapes match). A stage's forward takes token ids (first stage) or the previous stage's hidden
 states and returns hidden states, or on the last stage this rank's vocabulary slice of the
 logits ("lm" head) or scalar values [batch, seq] ("value" head).
@@ -15,17 +15,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from planner.modelspec import ModelSpec
+from planner.modelspec import HeadKind, ModelSpec
+from planner.param_shards import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
+                                  VALUE_HEAD_WEIGHT)
 from planner.pipeline_partition import layer_ranges
 from runtime.device import DeviceConfig
 from runtime.layers import (AttentionInputs, LayerCache, decoder_block, rms_norm,
                             rotary_cos_sin, vocab_parallel_embedding)
 from runtime.layout import ParallelContext
 from runtime.comm import copy_to_tp
-from runtime.params import init_params, load_hf_params
-from runtime.shard_spec import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
-                                VALUE_HEAD_WEIGHT, HeadKind, check_pp_supported,
-                                check_tp_supported)
+from runtime.params import check_layout_supported, init_params, load_hf_params
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -58,8 +57,7 @@ class ParallelModel:
     def from_seed(cls, spec: ModelSpec, head: HeadKind, ctx: ParallelContext, seed: int,
                   device: DeviceConfig) -> "ParallelModel":
         """Seeded random init, identical whatever the layout."""
-        check_tp_supported(spec, ctx.tp)
-        check_pp_supported(spec, ctx.pp)
+        check_layout_supported(spec, ctx.tp, ctx.pp)
         params = init_params(spec, head, ctx.coord.tp_rank, ctx.tp, ctx.coord.pp_rank, ctx.pp,
                              seed, device)
         return cls(spec, head, ctx, device, params)
@@ -68,8 +66,7 @@ class ParallelModel:
     def from_hf(cls, directory: Path, spec: ModelSpec, head: HeadKind, ctx: ParallelContext,
                 device: DeviceConfig, seed: int = 0) -> "ParallelModel":
         """This rank's shards of a local HF checkpoint (`seed` inits a missing value head)."""
-        check_tp_supported(spec, ctx.tp)
-        check_pp_supported(spec, ctx.pp)
+        check_layout_supported(spec, ctx.tp, ctx.pp)
         params = load_hf_params(directory, spec, head, ctx.coord.tp_rank, ctx.tp,
                                 ctx.coord.pp_rank, ctx.pp, seed, device)
         return cls(spec, head, ctx, device, params)

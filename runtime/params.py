@@ -23,7 +23,10 @@ import torch
 from planner.modelspec import ModelSpec
 from runtime.device import DeviceConfig
 from runtime.safetensors_io import SafetensorsFile
-from runtime.shard_spec import HeadKind, full_shape, shard_slice, stage_param_names
+from planner.modelspec import HeadKind
+from planner.param_shards import (VALUE_HEAD_BIAS, VALUE_HEAD_WEIGHT, ParamInfo,
+                                  layout_supported_problem, model_params, shard_slice,
+                                  stage_params)
 
 INIT_STD = 0.02  # HF LlamaConfig.initializer_range default
 _SEED_STRIDE = 2 ** 32
@@ -32,6 +35,39 @@ _SEED_STRIDE = 2 ** 32
 def param_seed(seed: int, name: str) -> int:
     """Seed of the generator that draws the full parameter `name`."""
     return seed * _SEED_STRIDE + zlib.crc32(name.encode())
+
+
+def check_layout_supported(spec: ModelSpec, tp: int, pp: int) -> None:
+    """ValueError unless the runtime can run `spec` under (tp, pp).
+
+    The shard rules are planner.param_shards'; the runtime further refuses tp > num_kv_heads
+    (replicated kv heads would need their gradients summed over the ranks sharing a head).
+    """
+    problem = layout_supported_problem(spec, tp, pp)
+    if problem:
+        raise ValueError(problem)
+    if tp > spec.num_kv_heads:
+        raise ValueError(f"{spec.name}: tp {tp} exceeds num_kv_heads {spec.num_kv_heads} "
+                         f"(kv-head replication is not supported by the runtime)")
+
+
+def param_infos(spec: ModelSpec, head: HeadKind) -> dict[str, ParamInfo]:
+    """Every parameter of the model by HF name (stage numbers for pp 1)."""
+    return {p.name: p for p in model_params(spec, head, 1)}
+
+
+def is_tp_replicated(name: str) -> bool:
+    """True when every TP rank holds the whole tensor: the norm weights and the value head
+    (planner.param_shards split "replicated"; a test checks the two agree)."""
+    return name.endswith("norm.weight") or name in (VALUE_HEAD_WEIGHT, VALUE_HEAD_BIAS)
+
+
+def full_shape(spec: ModelSpec, name: str) -> tuple[int, ...]:
+    """Shape of the full (HF-shaped) parameter `name`."""
+    try:
+        return param_infos(spec, "value" if name.startswith("value_head.") else "lm")[name].shape
+    except KeyError:
+        raise ValueError(f"unknown parameter name {name!r}") from None
 
 
 def init_full_param(spec: ModelSpec, name: str, seed: int) -> torch.Tensor:
@@ -50,9 +86,9 @@ def _slice(tensor: torch.Tensor, ranges) -> torch.Tensor:
 def init_params(spec: ModelSpec, head: HeadKind, tp_rank: int, tp: int, pp_stage: int, pp: int,
                 seed: int, device: DeviceConfig) -> dict[str, torch.Tensor]:
     """This rank's shards under seeded random init."""
-    return {name: _slice(init_full_param(spec, name, seed), shard_slice(spec, name, tp_rank, tp))
+    return {p.name: _slice(init_full_param(spec, p.name, seed), shard_slice(spec, p, tp_rank, tp))
             .to(device.device, device.dtype).contiguous()
-            for name in stage_param_names(spec, head, pp_stage, pp)}
+            for p in stage_params(spec, head, pp_stage, pp)}
 
 
 class HFCheckpoint:
@@ -93,13 +129,13 @@ def load_hf_params(directory: Path, spec: ModelSpec, head: HeadKind, tp_rank: in
     """This rank's shards read from an HF checkpoint (missing value head: random init)."""
     checkpoint = HFCheckpoint(directory)
     params = {}
-    for name in stage_param_names(spec, head, pp_stage, pp):
-        ranges = shard_slice(spec, name, tp_rank, tp)
+    for param in stage_params(spec, head, pp_stage, pp):
+        name, ranges = param.name, shard_slice(spec, param, tp_rank, tp)
         if name in checkpoint:
             shape = checkpoint.shape(name)
-            if shape != full_shape(spec, name):
+            if shape != param.shape:
                 raise ValueError(f"{directory}: {name} has shape {shape}, "
-                                 f"config implies {full_shape(spec, name)}")
+                                 f"config implies {param.shape}")
             tensor = checkpoint.read(name, ranges)
         elif name.startswith("value_head."):
             tensor = _slice(init_full_param(spec, name, seed), ranges)

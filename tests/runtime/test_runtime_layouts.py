@@ -19,8 +19,8 @@ import runtime_workers as W
 from hf_writer import write_hf_checkpoint
 from reference_llama import reference_logits
 from runtime.launch import run_distributed
+from planner.param_shards import model_params, shard_slice
 from runtime.params import init_full_param
-from runtime.shard_spec import all_param_names, full_shape
 
 LOGIT_ATOL = 1e-5
 ADAM_ATOL = 1e-4  # lr 1e-3, four updates: measured up to 3.5e-5 (tp); weights move ~4e-3
@@ -36,7 +36,7 @@ def checkpoints(tmp_path_factory) -> dict[str, tuple[str, dict]]:
     out = {}
     for kind in ("biased", "tied"):
         spec = W.checkpoint_spec(kind)
-        params = {n: init_full_param(spec, n, seed=99) for n in all_param_names(spec, "lm")}
+        params = {n: init_full_param(spec, n, seed=99) for n in _names(spec)}
         directory = tmp_path_factory.mktemp("ckpt") / kind
         write_hf_checkpoint(directory, spec, {n: t.numpy() for n, t in params.items()})
         out[kind] = (str(directory), params)
@@ -53,6 +53,10 @@ def results(checkpoints):
         for key, value in rank_results.items():
             merged.setdefault(key, []).append(value)
     return merged
+
+
+def _names(spec) -> list[str]:
+    return [p.name for p in model_params(spec, "lm", 1)]
 
 
 def _first_rank_of_each_replica(ranks: list[dict]) -> list[dict]:
@@ -76,18 +80,17 @@ def _global_rows(ranks: list[dict], key: str, dp: int, num_rows: int, num_miniba
 
 def _full_params(ranks: list[dict], spec) -> dict[str, torch.Tensor]:
     """Full tensors assembled from replica 0's shards via the shard spec."""
-    from runtime.shard_spec import shard_slice
-
     tp = max(r["coord"][1] for r in ranks) + 1
+    infos = {p.name: p for head in ("lm", "value") for p in model_params(spec, head, 1)}
     full, covered = {}, {}
     for r in ranks:
         if r["coord"][0] != 0:
             continue
         for name, shard in r["params"].items():
-            shape = full_shape(spec, name)
+            shape = infos[name].shape
             full.setdefault(name, torch.zeros(shape))
             covered.setdefault(name, torch.zeros(shape, dtype=torch.int32))
-            index = tuple(slice(a, b) for a, b in shard_slice(spec, name, r["coord"][1], tp))
+            index = tuple(slice(a, b) for a, b in shard_slice(spec, infos[name], r["coord"][1], tp))
             full[name][index] = shard
             covered[name][index] += 1
     for name, count in covered.items():
@@ -113,7 +116,7 @@ def _logits_per_layout(results, case: str, degrees) -> tuple[torch.Tensor, torch
 
 def test_single_process_logits_match_dense_reference(results):
     logits, mask = _logits_per_layout(results, "lm", (1, 1, 1))
-    params = {n: init_full_param(W.SPEC, n, W.SEED) for n in all_param_names(W.SPEC, "lm")}
+    params = {n: init_full_param(W.SPEC, n, W.SEED) for n in _names(W.SPEC)}
     ids, attention_mask = W.sequences()
     expected = reference_logits(W.SPEC, params, ids, attention_mask)
     assert (logits[mask] - expected[mask]).abs().max() < LOGIT_ATOL

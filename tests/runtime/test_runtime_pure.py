@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 from planner.modelspec import PRESETS
 from runtime.layout import Group, Layout
 from runtime.safetensors_io import SafetensorsFile, write_safetensors
-from runtime.shard_spec import (all_param_names, check_pp_supported, check_tp_supported,
-                                full_shape, shard_shape, shard_slice,
-                                stage_param_names)
+from planner.param_shards import model_params, shard_slice, stage_params
+from runtime.params import check_layout_supported, is_tp_replicated
 from runtime.vocab_parallel import choose_tokens, gumbel_noise, token_logprobs
 
 TINY = PRESETS["llama-tiny"]
@@ -27,28 +26,37 @@ ONE_RANK = Group(handle=None, ranks=(0,))
 @given(tp=st.sampled_from([1, 2, 4]), bias=st.booleans(), head=st.sampled_from(["lm", "value"]))
 def test_tp_shards_tile_every_parameter_exactly_once_or_replicate(tp, bias, head):
     spec = TINY.model_copy(update={"attention_bias": bias})
-    for name in all_param_names(spec, head):
-        count = np.zeros(full_shape(spec, name), dtype=int)
+    for param in model_params(spec, head, 1):
+        count = np.zeros(param.shape, dtype=int)
         for rank in range(tp):
-            assert shard_shape(spec, name, rank, tp) == tuple(
-                b - a for a, b in shard_slice(spec, name, rank, tp))
-            count[tuple(slice(a, b) for a, b in shard_slice(spec, name, rank, tp))] += 1
-        assert count.min() == count.max() and count.max() in (1, tp), name
+            count[tuple(slice(a, b) for a, b in shard_slice(spec, param, rank, tp))] += 1
+        assert count.min() == count.max() and count.max() in (1, tp), param.name
+        assert (count.max() == tp and tp > 1) <= is_tp_replicated(param.name), param.name
+
+
+@given(head=st.sampled_from(["lm", "value"]), bias=st.booleans(), tied=st.booleans())
+def test_runtime_replication_rule_agrees_with_param_shards(head, bias, tied):
+    spec = TINY.model_copy(update={"attention_bias": bias, "tie_embeddings": tied})
+    for param in model_params(spec, head, 1):
+        assert is_tp_replicated(param.name) == (param.split == "replicated"), param.name
 
 
 @given(pp=st.integers(1, 4), head=st.sampled_from(["lm", "value"]))
 def test_pipeline_stages_partition_the_parameters(pp, head):
-    stages = [stage_param_names(TINY, head, s, pp) for s in range(pp)]
+    stages = [[p.name for p in stage_params(TINY, head, s, pp)] for s in range(pp)]
     flat = [n for names in stages for n in names]
-    assert sorted(flat) == sorted(all_param_names(TINY, head)) and len(set(flat)) == len(flat)
+    assert sorted(flat) == sorted(p.name for p in model_params(TINY, head, 1))
+    assert len(set(flat)) == len(flat)
     assert "model.embed_tokens.weight" in stages[0] and "model.norm.weight" in stages[-1]
 
 
 def test_unsupported_layouts_are_refused_with_reasons():
-    with pytest.raises(ValueError, match="tp 8 does not divide num_kv_heads 4"):
-        check_tp_supported(TINY, 8)
+    with pytest.raises(ValueError, match="tp 8 exceeds num_kv_heads 4"):
+        check_layout_supported(TINY, 8, 1)
+    with pytest.raises(ValueError, match="tp 3 does not evenly split"):
+        check_layout_supported(TINY, 3, 1)
     with pytest.raises(ValueError, match="tied embeddings need pp 1"):
-        check_pp_supported(TINY.model_copy(update={"tie_embeddings": True}), 2)
+        check_layout_supported(TINY.model_copy(update={"tie_embeddings": True}), 1, 2)
     with pytest.raises(ValueError, match=r"dp 2 x tp 2 x pp 1 = 4, mesh has 3"):
         Layout((0, 1, 2), 2, 2, 1)
 
