@@ -1,39 +1,93 @@
-"""`plan show`: print a plan as a table (or JSON)."""
+"""`plan show`: print a plan as a table (or JSON), with its estimate and critical path."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
-from planner.augment import reallocations, transfers
+from costmodel.simulator import Estimate, estimate_plan
+from planner.augment import augmented_graph, reallocations, transfers
+from planner.figures.common import format_seconds, short_realloc, split_node_id
+from planner.hardware import GIB
 from planner.mesh import mesh_text
 from planner.plan import Plan, load_plan, plan_to_mapping
 
+TEXT_WIDTH = 100
+SAVED_ESTIMATE_TOLERANCE = 0.01  # relative; beyond it the saved estimate is called stale
 
-def plan_as_text(plan: Plan) -> str:
-    """A readable table of the plan: calls, meshes, layouts, reallocations, transfers."""
-    cluster = plan.cluster
-    lines = [f"workflow {plan.workflow.algorithm} on {cluster.describe()}",
-             f"{'call':<18} {'model':<8} {'kind':<10} {'mesh':<10} {'devices':>7}  layout"]
-    for name in plan.workflow.call_order:
-        call = plan.workflow.call_by_name[name]
+
+def critical_path_lines(plan: Plan, est: Estimate) -> list[str]:
+    """The simulator's critical path, one line per iteration: node (seconds) -> ..."""
+    graph = augmented_graph(plan.workflow, plan.executions,
+                            1 + max(split_node_id(n)[0] for n in est.node_times))
+    by_iteration: dict[int, list[str]] = {}
+    for node_id in est.critical_path:
+        attrs = graph.nodes[node_id]
+        iteration = attrs["iteration"] if attrs["kind"] == "call" else \
+            graph.nodes[next(iter(graph.successors(node_id)))]["iteration"]
+        start, end = est.node_times[node_id]
+        name = split_node_id(node_id)[1]
+        text = short_realloc(name) if attrs["kind"] == "realloc" else name
+        prefix = "realloc " if attrs["kind"] == "realloc" else ""
+        by_iteration.setdefault(iteration, []).append(
+            f"{prefix}{text} ({format_seconds(end - start)})")
+    return [textwrap.fill(f"  iteration {i}: " + " -> ".join(items), TEXT_WIDTH,
+                          subsequent_indent=" " * 6, break_on_hyphens=False)
+            for i, items in by_iteration.items()]
+
+
+def plan_as_text(plan: Plan, est: Estimate) -> str:
+    """A readable table of the plan and its estimate (see `plan show --help`)."""
+    cluster, wf = plan.cluster, plan.workflow
+    lines = [f"workflow {wf.algorithm} on {cluster.describe()}",
+             f"{'call':<16} {'model':<8} {'kind':<10} {'mesh':<10} {'devices':>7}  "
+             f"{'layout':<11} {'time s':>8} {'peak GiB':>9}"]
+    for name in wf.call_order:
+        call = wf.call_by_name[name]
         ex = plan.executions[name]
-        lines.append(f"{name:<18} {call.model:<8} {call.kind:<10} "
+        lines.append(f"{name:<16} {call.model:<8} {call.kind:<10} "
                      f"{mesh_text(ex.devices, cluster):<10} {ex.num_devices:>7}  "
-                     f"{ex.layout_text()}")
-    moves = reallocations(plan.workflow, plan.executions)
+                     f"{ex.layout_text():<11} {est.call_times_s[name]:>8.2f} "
+                     f"{est.call_peak_memory_bytes[name] / GIB:>9.1f}")
+    lines.append("(layout dXtYpZmW = data x tensor x pipeline degrees, micro-batches; peak GiB"
+                 " = the call's\n highest device during the call, resident models included)")
+    moves = reallocations(wf, plan.executions)
     lines.append(f"reallocations: {len(moves)}")
     for move in moves:
-        suffix = " (next iteration)" if move.wraps else ""
-        lines.append(f"  {move.model}: {move.src_call} -> {move.dst_call}{suffix}")
-    data_moves = transfers(plan.workflow, plan.executions)
+        suffix = " (into the next iteration)" if move.wraps else ""
+        seconds = est.realloc_times_s.get(move.name)
+        timing = format_seconds(seconds) if seconds is not None else "not simulated"
+        lines.append(f"  {move.model}: {move.src_call} -> {move.dst_call}{suffix}: {timing}")
+    data_moves = transfers(wf, plan.executions)
     lines.append(f"data transfers between meshes: {len(data_moves)}")
     for move in data_moves:
-        lines.append(f"  {move.src_call} -> {move.dst_call}: {', '.join(move.keys)}")
-    if plan.estimate:
-        lines.append(f"estimate: {json.dumps(plan.estimate)}")
+        seconds = est.transfer_times_s.get(f"{move.src_call}->{move.dst_call}", 0.0)
+        lines.append(f"  {move.src_call} -> {move.dst_call} ({', '.join(move.keys)}): "
+                     f"{format_seconds(seconds)}")
+    peak = max(est.peak_memory_bytes.values()) / GIB
+    fits = "fits in device memory" if est.feasible else f"DOES NOT FIT: {est.reason}"
+    lines.append(f"estimate: {est.iteration_s:.2f} s per iteration (steady state), peak "
+                 f"memory {peak:.1f} GiB, {fits}")
+    lines.append(f"compute times from: {est.compute_source}")
+    stale = _stale_note(plan, est)
+    if stale:
+        lines.append(stale)
+    lines.append("critical path (the chain of nodes that sets the time, over the simulated "
+                 "iterations):")
+    lines.extend(critical_path_lines(plan, est))
     return "\n".join(lines)
+
+
+def _stale_note(plan: Plan, est: Estimate) -> str | None:
+    saved = (plan.estimate or {}).get("iteration_s")
+    if not isinstance(saved, (int, float)) or saved <= 0:
+        return None
+    if abs(saved - est.iteration_s) <= SAVED_ESTIMATE_TOLERANCE * saved:
+        return None
+    return (f"note: the file's saved estimate is {saved:.2f} s per iteration; the cost model "
+            f"now says {est.iteration_s:.2f} s")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,16 +95,20 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan_to_mapping(plan), indent=2))
     else:
-        print(plan_as_text(plan))
+        print(plan_as_text(plan, estimate_plan(plan)))
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "show", help="print a plan as a table",
+        "show", help="print a plan as a table with its estimate and critical path",
         description="Print a plan: each call's mesh (node:slots) and layout "
-                    "(dXtYpZmW = data x tensor x pipeline degrees, micro-batches), the "
-                    "reallocations and data transfers it implies, and its estimate if saved.")
+                    "(dXtYpZmW = data x tensor x pipeline degrees, micro-batches), its "
+                    "estimated seconds and peak memory, the reallocations and data transfers "
+                    "the plan implies with their times, the steady-state seconds per "
+                    "iteration, and the critical path of the simulated schedule. The "
+                    "estimate is recomputed with the current cost model. --json prints the "
+                    "plan file's content as JSON instead.")
     parser.add_argument("plan", metavar="PLAN.yaml", help="plan file")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(handler=run)
