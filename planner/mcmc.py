@@ -1,9 +1,10 @@
 """Markov chain Monte Carlo over plans: parallel tempering with many chains, compiled.
 
 State: one candidate index per call, for each of `chains_per_temperature x temperatures`
-chains. A step proposes one of three moves: a new random candidate for one call; another
-layout on the same mesh for one call; or giving a call the placement its model has in
-another call (which removes a reallocation). Metropolis acceptance at the chain's
+chains. A step proposes one of four moves: a new random candidate for one call; another
+layout on the same mesh for one call; the same tp, pp and micro-batches on another mesh for
+one call (moving it, with dp following the mesh size); or giving a call the placement its
+model has in another call (which removes a reallocation). Metropolis acceptance at the chain's
 temperature runs inside the compiled kernel (planner/mcmc_kernel.py); every `swap_every`
 steps, neighbouring temperatures exchange states (parallel tempering). Temperatures are set
 relative to the cost scale (the median cost of the starting plans that fit), from `0.0005x`
@@ -29,7 +30,7 @@ import numpy as np
 from planner.fast_evaluator import FastEvaluator
 from planner.mcmc_kernel import energy_of, sweep
 
-MOVE_PROBABILITIES = (0.45, 0.35, 0.20)     # random, same mesh, copy placement
+MOVE_PROBABILITIES = (0.2, 0.3, 0.3, 0.2)   # random, same mesh, same style, copy placement
 
 
 @dataclass
@@ -58,28 +59,47 @@ class MCMCResult:
     history: list[tuple[float, float]] = field(default_factory=list)  # (wall_s, best)
 
 
+def style_key(execution) -> tuple:
+    return (execution.tp, execution.pp, execution.micro_batches)
+
+
+def mesh_key(execution) -> tuple:
+    return execution.devices
+
+
+GROUPINGS = (mesh_key, style_key)   # the kernel's groupings 0 and 1
+
+
 class MoveTables:
-    """Neighbourhoods as flat arrays for the kernel: same-mesh groups and placement copies."""
+    """Neighbourhoods as flat arrays for the kernel: candidate groups and placement copies.
+
+    For grouping q and the global index i of a candidate of call k, its group's members are
+    group_perm[q, group_perm_offset[q, k] + group_start[q, i] + j], j < group_size[q, i].
+    """
 
     def __init__(self, evaluator: FastEvaluator):
         tables = evaluator.tables
         self.offset = evaluator.offset
         self.sizes = tables.sizes
-        perm, perm_offset, group_start, group_size = [], [], [], []
-        for call in tables.calls:
-            keys: dict = {}
-            group = np.array([keys.setdefault(e.devices, len(keys)) for e in call.executions])
-            order = np.argsort(group, kind="stable")
-            counts = np.bincount(group)
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            perm_offset.append(sum(len(p) for p in perm))
-            perm.append(order)
-            group_start.append(starts[group])
-            group_size.append(counts[group])
-        self.mesh_perm = np.concatenate(perm).astype(np.int64)
-        self.mesh_perm_offset = np.array(perm_offset, dtype=np.int64)
-        self.mesh_group_start = np.concatenate(group_start).astype(np.int64)
-        self.mesh_group_size = np.concatenate(group_size).astype(np.int64)
+        total = int(self.sizes.sum())
+        num_groupings = len(GROUPINGS)
+        self.group_perm = np.zeros((num_groupings, total), dtype=np.int64)
+        self.group_perm_offset = np.zeros((num_groupings, len(tables.calls)), dtype=np.int64)
+        self.group_start = np.zeros((num_groupings, total), dtype=np.int64)
+        self.group_size = np.zeros((num_groupings, total), dtype=np.int64)
+        for q, key_of in enumerate(GROUPINGS):
+            for k, call in enumerate(tables.calls):
+                keys: dict = {}
+                group = np.array([keys.setdefault(key_of(e), len(keys))
+                                  for e in call.executions])
+                counts = np.bincount(group)
+                starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+                first = self.offset[k]
+                span = slice(first, first + len(call))
+                self.group_perm_offset[q, k] = first
+                self.group_perm[q, span] = np.argsort(group, kind="stable")
+                self.group_start[q, span] = starts[group]
+                self.group_size[q, span] = counts[group]
         copy_src, copy_dst, copy_offset, copy_map = [], [], [], []
         calls = tables.calls
         for a, ca in enumerate(calls):
@@ -134,9 +154,9 @@ def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSe
         before = best_time.copy()
         sweep(state, energy, temperature, best_time, best_choice, evaluations, settings.seed,
               step, settings.swap_every, scale, cumulative, moves.offset, moves.sizes,
-              moves.mesh_perm, moves.mesh_perm_offset, moves.mesh_group_start,
-              moves.mesh_group_size, moves.copy_src, moves.copy_dst, moves.copy_map_offset,
-              moves.copy_map, evaluator.kernel)
+              moves.group_perm, moves.group_perm_offset, moves.group_start, moves.group_size,
+              moves.copy_src, moves.copy_dst, moves.copy_map_offset, moves.copy_map,
+              evaluator.kernel)
         step += settings.swap_every
         _remember(top, best_time, best_choice, best_time < before, settings.top_k)
         if top and min(top.values()) < best * (1 - 1e-9):

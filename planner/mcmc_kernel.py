@@ -14,7 +14,10 @@ import numpy as np
 
 from planner.fast_evaluator import evaluate_plan
 
-MOVE_RANDOM, MOVE_SAME_MESH, MOVE_COPY_PLACEMENT = 0, 1, 2
+# Moves: a random candidate; a candidate of the same group (grouping 0: the same mesh,
+# grouping 1: the same tp, pp and micro-batches on any mesh); a placement copied from
+# another call of the same model.
+MOVE_RANDOM, MOVE_SAME_MESH, MOVE_SAME_STYLE, MOVE_COPY_PLACEMENT = 0, 1, 2, 3
 INFEASIBLE_OVERFLOW_WEIGHT = 10.0
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -50,9 +53,8 @@ def energy_of(time_s, overflow, scale):
 
 @numba.njit(cache=True, parallel=True)
 def sweep(state, energy, temperature, best_time, best_choice, evaluations, seed, first_step,
-          num_steps, scale, move_cumulative, offset, sizes, mesh_perm, mesh_perm_offset,
-          mesh_group_start, mesh_group_size, copy_src, copy_dst, copy_map_offset, copy_map,
-          kt):
+          num_steps, scale, move_cumulative, offset, sizes, group_perm, group_perm_offset,
+          group_start, group_size, copy_src, copy_dst, copy_map_offset, copy_map, kt):
     """Advance every chain by `num_steps` Metropolis steps (arrays updated in place)."""
     num_chains, num_calls = state.shape
     num_copies = copy_src.shape[0]
@@ -64,9 +66,9 @@ def sweep(state, energy, temperature, best_time, best_choice, evaluations, seed,
             r_call = uniform(seed, n, step, 1)
             r_pick = uniform(seed, n, step, 2)
             r_accept = uniform(seed, n, step, 3)
-            kind = MOVE_RANDOM
-            if r_kind >= move_cumulative[0]:
-                kind = MOVE_SAME_MESH if r_kind < move_cumulative[1] else MOVE_COPY_PLACEMENT
+            kind = 0
+            while kind < MOVE_COPY_PLACEMENT and r_kind >= move_cumulative[kind]:
+                kind += 1
             if kind == MOVE_COPY_PLACEMENT and num_copies == 0:
                 kind = MOVE_RANDOM
             if kind == MOVE_COPY_PLACEMENT:
@@ -80,10 +82,12 @@ def sweep(state, energy, temperature, best_time, best_choice, evaluations, seed,
                 if kind == MOVE_RANDOM:
                     new = min(int(r_pick * sizes[call]), sizes[call] - 1)
                 else:
+                    grouping = kind - MOVE_SAME_MESH
                     gi = g[call]
-                    size = mesh_group_size[gi]
+                    size = group_size[grouping, gi]
                     pick = min(int(r_pick * size), size - 1)
-                    new = mesh_perm[mesh_perm_offset[call] + mesh_group_start[gi] + pick]
+                    new = group_perm[grouping, group_perm_offset[grouping, call]
+                                     + group_start[grouping, gi] + pick]
             old = state[n, call]
             if new == old:
                 continue
