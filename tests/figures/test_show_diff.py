@@ -1,0 +1,88 @@
+"""`plan show` (table, critical path) and `plan diff` (what differs, what it changes)."""
+
+from __future__ import annotations
+
+import json
+
+from costmodel.simulator import estimate_plan
+from planner.plan import load_plan
+
+
+def test_show_prints_table_times_and_critical_path(cli, plan_files):
+    code, out, err = cli("show", plan_files["searched"])
+    assert (code, err) == (0, "")
+    assert "actor_gen        actor    generate   0:0-7" in out
+    assert "d1t2p2m16" in out and "0:4-7" in out
+    est = estimate_plan(load_plan(plan_files["searched"]))
+    assert f"{est.iteration_s:.2f} s per iteration" in out
+    assert "critic: critic_train -> critic_inf (into the next iteration): 39.7 ms" in out
+    assert "actor_gen -> rew_inf (" in out
+    path_lines = out.split("critical path")[1].strip().splitlines()[1:]
+    assert path_lines[0].startswith("  iteration 0: actor_gen (31.0 s) -> ref_inf")
+    critical_calls = [n.split("/", 1)[1] for n in est.critical_path]
+    assert "critic_train" in critical_calls and "critic_train (15.2 s)" in out
+
+
+def test_show_json_is_the_plan(cli, plan_files):
+    code, out, _ = cli("show", plan_files["separate"], "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert data["executions"]["actor_gen"]["mesh"] == "0:0-1"
+    assert data["augmented"]["reallocations"][0]["model"] == "actor"
+
+
+def test_diff_of_a_plan_with_itself_reports_no_differences(cli, plan_files):
+    code, out, err = cli("diff", plan_files["searched"], plan_files["searched"])
+    assert (code, err) == (0, "")
+    assert "no differences" in out
+    assert "(+0.00 s, B/A = 1.000)" in out
+    assert "reallocation added" not in out and "reallocation removed" not in out
+    code, out, _ = cli("diff", plan_files["searched"], plan_files["searched"], "--json")
+    data = json.loads(out)
+    assert data["identical"] is True
+    assert data["calls"] == [] and data["call_times_s"] == []
+    assert data["iteration_s"]["delta"] == 0.0
+
+
+def test_diff_names_changed_calls_and_iteration_delta(cli, plan_files):
+    a, b = plan_files["searched"], plan_files["separate"]
+    est_a = estimate_plan(load_plan(a))
+    est_b = estimate_plan(load_plan(b))
+    code, out, err = cli("diff", a, b)
+    assert (code, err) == (0, "")
+    delta = est_b.iteration_s - est_a.iteration_s
+    assert f"iteration time: {est_a.iteration_s:.2f} s -> {est_b.iteration_s:.2f} s " \
+           f"({delta:+.2f} s" in out
+    assert "  actor_gen        0:0-7     d4t2p1m2    0:0-1     d1t2p1m8" in out
+    assert "reallocation added: realloc:actor:actor_gen->actor_train" in out
+    assert "reallocation removed: realloc:critic:critic_inf->critic_train" in out
+    data = json.loads(cli("diff", a, b, "--json")[1])
+    assert data["identical"] is False
+    assert {c["name"] for c in data["calls"]} == {"actor_gen", "rew_inf", "ref_inf",
+                                                   "critic_inf", "actor_train", "critic_train"}
+    assert data["iteration_s"]["delta"] == delta
+    assert data["workflow"] == [] and data["cluster"] == []
+
+
+def test_diff_reports_one_changed_call_only(cli, plan_files, tmp_path):
+    from planner.layout import Execution
+    from planner.plan import save_plan
+    plan = load_plan(plan_files["searched"])
+    executions = dict(plan.executions)
+    executions["critic_inf"] = Execution(devices=tuple(range(8)), dp=2, tp=2, pp=2,
+                                         micro_batches=16)
+    changed = tmp_path / "changed.yaml"
+    save_plan(plan.model_copy(update={"executions": executions}), changed)
+    data = json.loads(cli("diff", plan_files["searched"], changed, "--json")[1])
+    assert [c["name"] for c in data["calls"]] == ["critic_inf"]
+    assert data["calls"][0]["a"]["layout"] == "d8t1p1m1"
+    assert data["calls"][0]["b"]["layout"] == "d2t2p2m16"
+    removed = {r["name"] for r in data["reallocations"]["removed"]}
+    assert removed == {"realloc:critic:critic_inf->critic_train",
+                       "realloc:critic:critic_train->critic_inf"}
+
+
+def test_diff_bad_input_is_one_line(cli, plan_files, tmp_path):
+    code, out, err = cli("diff", plan_files["searched"], tmp_path / "missing.yaml")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "file not found" in err
