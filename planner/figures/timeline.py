@@ -28,6 +28,7 @@ HEADER_TOP = -1.35        # rows above device 0 hold the iteration spans
 MIN_BAR_FRACTION = 0.004   # shortest drawn bar, as a fraction of the time window
 LABEL_FONT_PT = 7.5
 NOTE_WIDTH_CHARS = 190
+TAG_WIDTH_PT = 14         # room one "R#" tag needs above its bar
 CHAR_WIDTH_PT = 0.62 * LABEL_FONT_PT  # mean glyph width of the default sans font
 
 
@@ -164,6 +165,7 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
     chart = _Chart(ax, window, axis_width_pt, row_in * 72, two_lanes=bool(measured_bars))
 
     realloc_tags: dict[str, str] = {}
+    tag_spots: list[tuple[float, float, str]] = []
     # calls first, reallocations on top: a reallocation is often a few milliseconds long
     for bar in sorted(shown_bars, key=lambda b: (b.name.startswith(REALLOC_PREFIX), b.start_s)):
         colour = colours[bar.model]
@@ -176,11 +178,10 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
             if is_realloc:
                 tag = realloc_tags.setdefault(bar.name, f"R{len(realloc_tags) + 1}")
                 if first == min(bar.devices):
-                    ax.annotate(tag, (box[0] + box[2] / 2, box[1]), xytext=(0, 2),
-                                textcoords="offset points", ha="center", va="bottom",
-                                fontsize=6.5, fontweight="bold", annotation_clip=False)
+                    tag_spots.append((box[0] + box[2] / 2, box[1], tag))
             else:
                 chart.label([bar.name, format_seconds(bar.end_s - bar.start_s)], *box)
+    _draw_tags(ax, tag_spots, TAG_WIDTH_PT / chart.pt_per_s)
     transfer_count = _draw_transfers(chart, est, graph, shown, colours)
     for bar in measured_bars:
         for first, last in device_runs(bar.devices, merge=False):
@@ -219,6 +220,21 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
         fig.text(0.01, -0.01, "\n".join(wrapped), fontsize=7.5, va="top", ha="left")
     fig.tight_layout()
     save_figure(fig, out)
+
+
+def _draw_tags(ax, spots: list[tuple[float, float, str]], min_gap_s: float) -> None:
+    """Write the R# tags above their bars; tags that would overlap are joined ("R3,R4")."""
+    groups: list[list] = []
+    for x, y, tag in sorted(spots):
+        last = groups[-1] if groups else None
+        if last and last[1] == y and x - last[0] < min_gap_s * len(last[2]):
+            last[2].append(tag)
+        else:
+            groups.append([x, y, [tag]])
+    for x, y, tags in groups:
+        ax.annotate(",".join(sorted(set(tags))), (x, y), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=6.5,
+                    fontweight="bold", annotation_clip=False)
 
 
 def _transfer_note(est: Estimate, drawn: int) -> str:
