@@ -39,10 +39,11 @@ class PricedPlan:
 class SearchOutcome:
     best: PricedPlan | None                       # None when no plan fits
     baselines: dict[str, PricedPlan | None]
-    mcmc: MCMCResult
+    mcmc: MCMCResult | None                       # None when some call fits nowhere
     tables: SearchTables
     build_s: float
     smallest_overflow_bytes: float                # when nothing fits: the least excess found
+    unplaceable_call: str | None = None           # a call with no candidate that fits alone
 
 
 def _remap(choice: np.ndarray | None, kept: list[np.ndarray]) -> np.ndarray | None:
@@ -73,6 +74,13 @@ def exact_judge(tables: SearchTables, workflow: Workflow, cluster: ClusterSpec,
     return BaselineJudge(FastEvaluator(tables), fits)
 
 
+def smallest_alone_shortfall_bytes(table) -> float:
+    """For a call that fits nowhere: the least excess of its state and working set over the
+    device memory, over all its candidates."""
+    own = table.state_bytes if table.kind == "train" else table.weights_bytes
+    return float(np.min(own + table.activation_bytes - table.capacity_bytes))
+
+
 def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
            progress: Callable[[int, float, float], None] | None = None,
            should_stop: Callable[[], bool] | None = None) -> SearchOutcome:
@@ -87,6 +95,13 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
             for table, index in zip(full.calls, choice):
                 keep[table.name].add(int(index))
     tables, kept = pruned_tables(full, keep)
+    for table, pruned in zip(full.calls, tables.calls):
+        if len(pruned) == 0:
+            return SearchOutcome(best=None, baselines={name: None for name in baseline_choices},
+                                 mcmc=None, tables=tables,
+                                 build_s=time.perf_counter() - start,
+                                 smallest_overflow_bytes=smallest_alone_shortfall_bytes(table),
+                                 unplaceable_call=table.name)
     evaluator = FastEvaluator(tables)
     seeds = [_remap(c, kept) for c in baseline_choices.values() if c is not None]
     build_s = time.perf_counter() - start

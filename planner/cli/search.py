@@ -63,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
         if progress:
             progress.close()
     if outcome.best is None:
-        print(f"no plan fits {cluster.describe()} for this workflow: the smallest memory "
-              f"shortfall found is {outcome.smallest_overflow_bytes / GIB:.1f} GiB on one "
-              f"device; use more or larger devices, or smaller batches", file=sys.stderr)
+        where = f" ({outcome.unplaceable_call} fits on no mesh even alone)" \
+            if outcome.unplaceable_call else ""
+        print(f"no plan fits {cluster.describe()} for this workflow{where}: the smallest "
+              f"memory shortfall found is {outcome.smallest_overflow_bytes / GIB:.1f} GiB on "
+              f"one device; use more or larger devices, or smaller batches", file=sys.stderr)
         return 1
     mcmc = outcome.mcmc
     rate = mcmc.evaluations / mcmc.wall_s if mcmc.wall_s > 0 else 0.0

@@ -1,0 +1,74 @@
+"""`plan search` and `plan baseline` through the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from planner.cli.main import main
+from planner.plan import load_plan
+
+
+def test_search_json_has_estimate_baselines_and_search_keys(tmp_path, capsys):
+    out = tmp_path / "plan.yaml"
+    code = main(["search", "--workflow", "dpo", "--time-limit", "5", "--json",
+                 "--out", str(out)])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    for key in ("iteration_s", "feasible", "reason", "calls", "baselines", "search",
+                "plan_path"):
+        assert key in data
+    assert data["feasible"] and data["plan_path"] == str(out)
+    assert set(data["baselines"]) == {"symmetric", "colocated", "separate", "realhf-heuristic"}
+    assert {"evaluations", "evaluations_per_s", "wall_s", "seed"} <= set(data["search"])
+    feasible = [s for s in data["baselines"].values() if s is not None]
+    assert feasible and data["iteration_s"] <= min(feasible) + 1e-9
+    plan = load_plan(out)
+    assert plan.provenance.created_by == "plan search"
+    assert plan.estimate["iteration_s"] == round(data["iteration_s"], 4)
+    call = data["calls"][0]
+    assert {"name", "model", "devices", "dp", "tp", "pp", "micro_batches", "time_s",
+            "peak_memory_gib"} <= set(call)
+
+
+def test_search_prints_table_and_ratios(tmp_path, capsys):
+    code = main(["search", "--workflow", "grpo", "--time-limit", "5", "--out",
+                 str(tmp_path / "p.yaml")])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "iteration:" in text and "faster" in text and "symmetric" in text
+
+
+def test_search_says_when_nothing_fits(tmp_path, capsys):
+    workflow = tmp_path / "big.yaml"
+    workflow.write_text(yaml.safe_dump({
+        "algorithm": "ppo",
+        "models": {"actor": "llama-70b", "critic": "llama-70b", "ref": "llama-70b",
+                   "reward": "llama-70b"},
+        "batch": {"n_seqs": 64, "prompt_len": 512, "gen_len": 512, "ppo_minibatches": 2}}))
+    code = main(["search", "--workflow", str(workflow), "--cluster", "h100x2",
+                 "--time-limit", "3", "--out", str(tmp_path / "p.yaml")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no plan fits" in err and "GiB" in err
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_search_rejects_bad_time_limit(capsys):
+    assert main(["search", "--time-limit", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--time-limit" in err[0]
+
+
+def test_baseline_writes_a_priced_plan(tmp_path, capsys):
+    out = tmp_path / "base.yaml"
+    code = main(["baseline", "--kind", "symmetric", "--workflow", "dpo", "--json",
+                 "--out", str(out)])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["baseline"] == "symmetric" and data["feasible"]
+    plan = load_plan(out)
+    layouts = {ex.layout_text() for ex in plan.executions.values()}
+    devices = {ex.devices for ex in plan.executions.values()}
+    assert len(layouts) == 1 and devices == {tuple(range(8))}
