@@ -12,7 +12,9 @@ read at each prompt's last real position, and rotary positions continue from eac
 own length. Sampling is Gumbel-max over the vocabulary shards with noise drawn for the full
 vocabulary from one generator per micro-batch, seeded by (seed, micro-batch index): every TP
 rank draws the same noise, so samples do not depend on tp or pp. Replicas should get
-different seeds.
+different seeds. A prompt micro-batch may instead carry `extras["sample_seeds"]` (int64
+[batch]): then each sequence draws its noise from its own generator, so its sample does not
+depend on dp or the micro-batch split either (what the executor uses).
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ class _Decode:
         self.step = 0
         self.generator = (None if config.greedy else
                           torch.Generator().manual_seed(config.seed * _SEED_STRIDE + index))
+        seeds = prompt.extras.get("sample_seeds")
+        self.row_generators = (None if config.greedy or seeds is None else
+                               [torch.Generator().manual_seed(int(s)) for s in seeds])
 
     def goes_on(self) -> bool:
         return self.step == 0 or (not bool(self.finished.all())
@@ -120,7 +125,11 @@ class _Decode:
         gumbel = None
         if self.generator is not None:
             start, local = model.vocab_start, logits.shape[-1]
-            noise = gumbel_noise(self.generator, self.batch, model.spec.vocab_size)
+            if self.row_generators is not None:
+                noise = torch.cat([gumbel_noise(g, 1, model.spec.vocab_size)
+                                   for g in self.row_generators])
+            else:
+                noise = gumbel_noise(self.generator, self.batch, model.spec.vocab_size)
             gumbel = noise[:, start:start + local].to(logits.device)
         return choose_tokens(logits, model.vocab_start, model.ctx.tp_group, gumbel,
                              self.config.temperature)

@@ -1,0 +1,59 @@
+"""Run settings of `plan run`, and the programmatic reward."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from planner.errors import InputError
+from runtime.algorithms.common import AlgoConfig
+
+REWARD_HELP = ("'model' (the workflow's reward model, a value head: its output at the last "
+               "token), or 'programmatic:target_token=N' (reward = fraction of generated "
+               "tokens equal to N; no reward model is created; for demos and tests)")
+
+
+@dataclass(frozen=True)
+class ProgrammaticReward:
+    """Reward = fraction of a sequence's generated tokens equal to `target_token`."""
+
+    target_token: int
+
+    def __call__(self, response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+        hits = ((response_ids == self.target_token) & (response_mask > 0)).sum(-1)
+        return hits.float() / response_mask.sum(-1).clamp(min=1).float()
+
+
+def parse_reward(text: str) -> ProgrammaticReward | None:
+    """None for 'model'; InputError for anything else than the two forms of REWARD_HELP."""
+    if text == "model":
+        return None
+    match = re.fullmatch(r"programmatic:target_token=(\d+)", text)
+    if not match:
+        raise InputError(f"--reward: got {text!r}; valid: {REWARD_HELP}")
+    return ProgrammaticReward(int(match.group(1)))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `plan run` needs besides the plan. lr applies to every trained model."""
+
+    iterations: int = 2
+    seed: int = 0
+    prompts: str | None = None
+    reward: str = "model"
+    lr: float = 1e-5
+    temperature: float = 1.0
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    return_weights: bool = False  # tests: return the trained models' full weights
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise InputError(f"--iterations: got {self.iterations}; give 1 or more")
+        if not self.lr > 0:
+            raise InputError(f"--lr: got {self.lr}; give a positive learning rate")
+        if not self.temperature > 0:
+            raise InputError(f"--temperature: got {self.temperature}; give a positive value")
+        parse_reward(self.reward)

@@ -1,0 +1,155 @@
+"""The executor's step list: the plan's augmented graph as one global order (pure, no torch).
+
+Every rank walks the same list and runs the steps whose devices contain it, so collectives
+and point-to-point messages are posted in one order everywhere (no deadlock, NCCL-safe) and
+calls on disjoint meshes overlap by themselves. The order is the simulator's priority order
+(costmodel.simulator rule 2): iteration by iteration, the calls in workflow.call_order, each
+preceded by the reallocations into it (a wrapping reallocation of iteration i runs before
+its destination call of iteration i + 1) and by the data transfers into it.
+
+- A reallocation moves a model's parameters from the source call's placement to the
+  destination call's (planner.augment.reallocations; placement = devices, dp, tp, pp) by
+  planner.transfer_schedule.param_schedule, the schedule the cost model prices.
+- A transfer moves the keys of one data edge between calls whose layouts differ, by
+  planner.transfer_schedule.data_schedule. Calls on the same devices with another dp split
+  still exchange rows (the cost model counts no transfer there); such a step runs when the
+  schedule has messages between devices. Dataset inputs (prompts, pairs) are never moved:
+  every rank reads its own rows.
+- Each model has a *home* placement that lives for the whole run: its (first) train call's
+  placement when trained, else its first call's. Any other placement holds a transient
+  copy, made by the reallocation into it and freed right after the reallocation out of it;
+  a model whose calls share one placement is never copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence, Union
+
+from planner.augment import Reallocation, reallocations
+from planner.layout import Execution
+from planner.transfer_schedule import MeshLayout, Schedule, data_schedule
+from planner.workflow import Workflow
+
+Placement = tuple[tuple[int, ...], int, int, int]
+
+
+def mesh_layout(execution: Execution) -> MeshLayout:
+    return MeshLayout(tuple(execution.devices), execution.dp, execution.tp, execution.pp)
+
+
+@dataclass(frozen=True)
+class CallStep:
+    iteration: int
+    call: str
+    devices: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.iteration}/{self.call}"
+
+
+@dataclass(frozen=True)
+class ReallocStep:
+    """Named as in planner.augment (a wrapping move by its source iteration); it runs in
+    `runs_in`, the iteration of its destination call."""
+
+    iteration: int
+    move: Reallocation
+    devices: tuple[int, ...]  # union of the source and destination meshes
+    runs_in: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.iteration}/{self.move.name}"
+
+
+@dataclass(frozen=True)
+class TransferStep:
+    iteration: int
+    src_call: str
+    dst_call: str
+    keys: tuple[str, ...]
+    schedule: Schedule
+    devices: tuple[int, ...]  # senders and receivers of its messages
+
+    @property
+    def edge(self) -> str:
+        return f"{self.src_call}->{self.dst_call}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.iteration}/transfer:{self.edge}"
+
+
+Step = Union[CallStep, ReallocStep, TransferStep]
+
+
+def model_homes(workflow: Workflow, executions: Mapping[str, Execution]) -> dict[str, Placement]:
+    """The placement each model keeps for the whole run (module docstring)."""
+    homes = {}
+    for role in workflow.models:
+        calls = workflow.calls_of_model(role)
+        trains = [c for c in calls if workflow.call_by_name[c].kind == "train"]
+        homes[role] = executions[(trains or calls)[0]].placement
+    return homes
+
+
+def initial_placements(workflow: Workflow, executions: Mapping[str, Execution]
+                       ) -> dict[str, list[Placement]]:
+    """Placements each model is created on at start: its home and its first call's."""
+    homes = model_homes(workflow, executions)
+    result = {}
+    for role in workflow.models:
+        first = executions[workflow.calls_of_model(role)[0]].placement
+        result[role] = [homes[role]] + ([first] if first != homes[role] else [])
+    return result
+
+
+def transfer_steps_into(workflow: Workflow, executions: Mapping[str, Execution], call: str,
+                        iteration: int, device_node: Sequence[int]) -> list[TransferStep]:
+    """Transfers of every data edge into `call` whose schedule sends between devices."""
+    steps = []
+    for src in workflow.call_order:
+        if not workflow.graph.has_edge(src, call):
+            continue
+        keys = tuple(workflow.graph.edges[src, call]["keys"])
+        schedule = data_schedule(mesh_layout(executions[src]), mesh_layout(executions[call]),
+                                 workflow.batch.n_seqs, device_node)
+        if not schedule.steps:
+            continue
+        devices = sorted({d for p in schedule.sends() for d in (p.src, p.dst)})
+        steps.append(TransferStep(iteration, src, call, keys, schedule, tuple(devices)))
+    return steps
+
+
+def build_steps(workflow: Workflow, executions: Mapping[str, Execution], num_iterations: int,
+                device_node: Sequence[int]) -> list[Step]:
+    """Every step of `num_iterations` iterations in the global order (module docstring)."""
+    moves = reallocations(workflow, executions)
+    transfers = {c: transfer_steps_into(workflow, executions, c, 0, device_node)
+                 for c in workflow.call_order}
+    steps: list[Step] = []
+    for i in range(num_iterations):
+        for call in workflow.call_order:
+            into = sorted((m for m in moves if m.dst_call == call and (i > 0 or not m.wraps)),
+                          key=lambda m: m.name)
+            for move in into:
+                union = set(executions[move.src_call].devices) | set(
+                    executions[move.dst_call].devices)
+                steps.append(ReallocStep(i - move.wraps, move, tuple(sorted(union)), i))
+            for t in transfers[call]:
+                steps.append(TransferStep(i, t.src_call, t.dst_call, t.keys, t.schedule,
+                                          t.devices))
+            steps.append(CallStep(i, call, tuple(executions[call].devices)))
+    return steps
+
+
+def distinct_layouts(workflow: Workflow, executions: Mapping[str, Execution]) -> list[Placement]:
+    """Placements of the plan in call order, each once: the process groups to create."""
+    seen: list[Placement] = []
+    for call in workflow.call_order:
+        placement = executions[call].placement
+        if placement not in seen:
+            seen.append(placement)
+    return seen

@@ -1,0 +1,102 @@
+"""The trace of a run: per-rank step records merged into the shape of `plan estimate --json`.
+
+A step's start is the latest start over its ranks (when all its devices are there, as the
+simulator starts a node when all its devices are free), its end the latest end. Keys:
+- iteration_s: (end of iteration K-1 - end of iteration 0) / (K-1), the simulator's
+  steady-state rule (one iteration: its end minus the first start);
+- calls: [{name, model, mesh, devices, dp, tp, pp, micro_batches, time_s, peak_memory_gib}]
+  with time_s the mean over iterations 1.. (all iterations when there is one), and the
+  peak over ranks and iterations;
+- reallocations / transfers: [{name, time_s, bytes}] named like the estimate's
+  (`realloc:<model>:<src>-><dst>`, `<src>-><dst>`); bytes = sent between ranks per run of it;
+- nodes: [{name: "<iteration>/<node>", start_s, end_s, devices}], seconds from the first start;
+- peak_memory_gib, memory_source (cpu_rss_sampled | cuda_max_memory_allocated), and
+  iterations: [{iteration, seconds, metrics}].
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import mean
+
+from planner.hardware import GIB
+from planner.mesh import mesh_text
+from planner.plan import Plan
+
+
+def merge_records(messages: list[dict]) -> dict[str, dict]:
+    """{node name: {kind, label, iteration, start, end, bytes, peak_bytes, devices}}."""
+    nodes: dict[str, dict] = {}
+    for message in messages:
+        for r in message["records"]:
+            node = nodes.setdefault(r["node"], {"kind": r["kind"], "label": r["label"],
+                                                "iteration": r["iteration"], "start": r["start"],
+                                                "end": r["end"], "bytes": 0, "peak_bytes": 0,
+                                                "devices": []})
+            node["start"] = max(node["start"], r["start"])
+            node["end"] = max(node["end"], r["end"])
+            node["bytes"] += r["bytes"]
+            node["peak_bytes"] = max(node["peak_bytes"], r["peak_bytes"])
+            node["devices"].append(message["rank"])
+    return nodes
+
+
+def iteration_ends(nodes: dict[str, dict], iterations: int) -> list[float]:
+    ends = [0.0] * iterations
+    for n in nodes.values():
+        ends[n["iteration"]] = max(ends[n["iteration"]], n["end"])
+    return ends
+
+
+def _steady(values_by_iteration: dict[int, float]) -> float:
+    later = [v for i, v in values_by_iteration.items() if i > 0]
+    return mean(later or list(values_by_iteration.values()))
+
+
+def build_trace(plan: Plan, messages: list[dict], iterations: int) -> dict:
+    nodes = merge_records(messages)
+    t0 = min(n["start"] for n in nodes.values())
+    ends = iteration_ends(nodes, iterations)
+    iteration_s = ((ends[-1] - ends[0]) / (iterations - 1) if iterations > 1 else ends[0] - t0)
+    by_label: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for n in nodes.values():
+        by_label[(n["kind"], n["label"])][n["iteration"]] = n
+    calls = []
+    for name in plan.workflow.call_order:
+        ex = plan.executions[name]
+        runs = by_label[("call", name)]
+        calls.append({"name": name, "model": plan.workflow.call_by_name[name].model,
+                      "mesh": mesh_text(ex.devices, plan.cluster), "devices": list(ex.devices),
+                      "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "micro_batches": ex.micro_batches,
+                      "time_s": _steady({i: n["end"] - n["start"] for i, n in runs.items()}),
+                      "peak_memory_gib": max(n["peak_bytes"] for n in runs.values()) / GIB})
+
+    def moves(kind: str) -> list[dict]:
+        return [{"name": label,
+                 "time_s": _steady({i: n["end"] - n["start"] for i, n in runs.items()}),
+                 "bytes": _steady({i: n["bytes"] for i, n in runs.items()})}
+                for (k, label), runs in sorted(by_label.items()) if k == kind]
+
+    metrics = defaultdict(dict)
+    for message in messages:
+        metrics[message["iteration"]].update(message["metrics"])
+    starts = [t0] + ends[:-1]
+    return {
+        "iteration_s": iteration_s,
+        "calls": calls,
+        "reallocations": moves("realloc"),
+        "transfers": moves("transfer"),
+        "peak_memory_gib": max(n["peak_bytes"] for n in nodes.values()) / GIB,
+        "memory_source": messages[0]["memory_source"],
+        "nodes": [{"name": name, "start_s": n["start"] - t0, "end_s": n["end"] - t0,
+                   "devices": sorted(n["devices"])}
+                  for name, n in sorted(nodes.items(), key=lambda kv: kv[1]["start"])],
+        "iterations": [{"iteration": i, "seconds": ends[i] - starts[i], "metrics": metrics[i]}
+                       for i in range(iterations)],
+    }
+
+
+def progress_line(iteration: int, iterations: int, seconds: float, metrics: dict) -> str:
+    parts = [f"iteration {iteration + 1}/{iterations}", f"{seconds:.2f} s"]
+    parts += [f"{k} {v:.4g}" for k, v in sorted(metrics.items())]
+    return "  ".join(parts)

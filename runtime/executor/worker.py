@@ -1,0 +1,208 @@
+"""One rank of `plan run`: create groups and models, then walk the plan's steps.
+
+`execute(rank, world_size, post, plan_data, config)` is what every rank runs (spawned by
+runtime.executor.launcher, or under torchrun through `python -m runtime.executor.worker`).
+It posts one message per iteration, {"rank", "iteration", "records", "metrics"}, and
+returns {"rank", "weights"} (full-tensor slices of the models' home copies when
+config.return_weights).
+
+Test hook: RLHF_PLAN_FAIL_AT="RANK:STEP" (e.g. "2:1/actor_train") makes that rank exit with
+os._exit(FAIL_EXIT_CODE) when it reaches the step, as if killed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from planner.plan import Plan, plan_from_mapping
+from planner.transfer_schedule import param_schedule
+from runtime.algorithms import ALGORITHMS
+from runtime.device import DeviceConfig, default_device_config
+from runtime.executor import calls
+from runtime.executor.config import RunConfig, parse_reward
+from runtime.executor.data import DataStore, run_transfer
+from runtime.executor.dataset import Dataset
+from runtime.executor.measure import PeakMemory
+from runtime.executor.realloc import empty_shards, holding, reallocate
+from runtime.executor.steps import (CallStep, ReallocStep, TransferStep, build_steps,
+                                    distinct_layouts, initial_placements, mesh_layout,
+                                    model_homes)
+from runtime.layout import Layout, create_contexts
+from runtime.model import ParallelModel
+from runtime.optimizer import Adam, AdamConfig
+
+FAIL_ENV = "RLHF_PLAN_FAIL_AT"
+FAIL_EXIT_CODE = 17
+_LM_SEED_OFFSET, _VALUE_SEED_OFFSET = 0, 1  # actor = ref init; critic = reward init
+
+
+def reward_roles(plan: Plan) -> set[str]:
+    return {c.model for c in plan.workflow.calls if set(c.outputs) & set(calls.REWARD_KEYS)}
+
+
+class RankState:
+    """Models, optimizers, groups and data of this rank."""
+
+    def __init__(self, plan: Plan, config: RunConfig, rank: int, device: DeviceConfig):
+        self.plan, self.config, self.rank, self.device = plan, config, rank, device
+        wf = plan.workflow
+        self.placements = distinct_layouts(wf, plan.executions)
+        layouts = [Layout(p[0], p[1], p[2], p[3]) for p in self.placements]
+        self.ctxs = dict(zip(self.placements, create_contexts(layouts, device.backend)))
+        self.homes = model_homes(wf, plan.executions)
+        self.reward = parse_reward(config.reward)
+        skip = reward_roles(plan) if self.reward is not None else set()
+        self.models: dict[str, dict[tuple, ParallelModel]] = {r: {} for r in wf.models}
+        for role, placements in initial_placements(wf, plan.executions).items():
+            if role in skip:
+                continue
+            role_spec = wf.models[role]
+            offset = _VALUE_SEED_OFFSET if role_spec.head == "value" else _LM_SEED_OFFSET
+            for placement in placements:
+                ctx = self.ctxs[placement]
+                if ctx is not None:
+                    self.models[role][placement] = ParallelModel.from_seed(
+                        role_spec.spec, role_spec.head, ctx, config.seed * 2 + offset, device)
+        self.optimizers = {}
+        for role in wf.trained_models():
+            home = self.models[role].get(self.homes[role])
+            if home is not None:
+                self.optimizers[role] = Adam(home.params, AdamConfig(lr=config.lr), home.ctx)
+        self.store = DataStore()
+        self.dataset = Dataset(wf.batch, next(iter(wf.models.values())).spec.vocab_size,
+                               config.seed, wf.algorithm == "dpo",
+                               config.prompts and os.path.abspath(config.prompts))
+        self.pending_sends: list = []
+
+    def run_call(self, step: CallStep) -> tuple[int, dict[str, float]]:
+        wf, ex = self.plan.workflow, self.plan.executions[step.call]
+        call = wf.call_by_name[step.call]
+        env = calls.CallEnv(
+            call=call, execution=ex, ctx=self.ctxs[ex.placement],
+            model=self.models[call.model].get(ex.placement), batch=wf.batch,
+            iteration=step.iteration, store=self.store, dataset=self.dataset,
+            seed=self.config.seed, temperature=self.config.temperature, reward=self.reward,
+            algorithm=ALGORITHMS[wf.algorithm], algo_config=self.config.algo,
+            optimizer=self.optimizers.get(call.model), group_size=wf.batch.group_size)
+        if env.model is None and not (self.reward is not None and call.model in
+                                      reward_roles(self.plan)):
+            raise RuntimeError(f"rank {self.rank}: no copy of {call.model} on the placement "
+                               f"of {step.call}")
+        metrics = calls.HANDLERS[call.kind](env)
+        report = self.rank == ex.devices[0]
+        return 0, metrics if report else {}
+
+    def run_realloc(self, step: ReallocStep) -> int:
+        wf, move = self.plan.workflow, step.move
+        role = wf.models[move.model]
+        src_pl = self.plan.executions[move.src_call].placement
+        dst_pl = self.plan.executions[move.dst_call].placement
+        if move.model in reward_roles(self.plan) and self.reward is not None:
+            return 0  # programmatic reward: no model to move
+        src_ml, dst_ml = mesh_layout(self.plan.executions[move.src_call]), mesh_layout(
+            self.plan.executions[move.dst_call])
+        schedule = param_schedule(role.spec, role.head, src_ml, dst_ml,
+                                  self.plan.cluster.device_node)
+        copies = self.models[move.model]
+        src = (src_ml, copies[src_pl].params) if src_pl in copies else None
+        dst = None
+        if self.ctxs[dst_pl] is not None:
+            if dst_pl not in copies:
+                params = empty_shards(role.spec, role.head, dst_ml, holding(dst_ml, self.rank),
+                                      self.device.dtype, self.device.device)
+                copies[dst_pl] = ParallelModel(role.spec, role.head, self.ctxs[dst_pl],
+                                               self.device, params)
+            dst = (dst_ml, copies[dst_pl].params)
+        sent = reallocate(schedule, role.spec, role.head, self.rank, src, dst)
+        if src_pl != self.homes[move.model]:
+            copies.pop(src_pl, None)  # a transient copy lives until it has been moved on
+        return sent
+
+    def run_step(self, step) -> tuple[int, dict[str, float]]:
+        if isinstance(step, CallStep):
+            return self.run_call(step)
+        if isinstance(step, ReallocStep):
+            return self.run_realloc(step), {}
+        return run_transfer(step, self.store, self.rank, self.plan.workflow.batch,
+                            self.device.device, self.pending_sends), {}
+
+    def finish_iteration(self, iteration: int) -> None:
+        for work, _ in self.pending_sends:
+            work.wait()
+        self.pending_sends.clear()
+        self.store.drop(iteration)
+
+    def home_weights(self) -> dict[str, dict[str, tuple]]:
+        """{role: {name: (ranges, tensor)}} of this rank's home shards, first replica only."""
+        from planner.param_shards import model_params, shard_slice
+        out = {}
+        for role, copies in self.models.items():
+            model = copies.get(self.homes[role])
+            if model is None or model.ctx.coord.dp_rank != 0:
+                continue
+            infos = {p.name: p for p in model_params(model.spec, model.head, model.ctx.pp)}
+            out[role] = {n: (shard_slice(model.spec, infos[n], model.ctx.coord.tp_rank,
+                                         model.ctx.tp), t.detach().float().cpu().clone())
+                         for n, t in model.params.items()}
+        return out
+
+
+def _step_kind(step) -> str:
+    return {CallStep: "call", ReallocStep: "realloc", TransferStep: "transfer"}[type(step)]
+
+
+def _label(step) -> str:
+    if isinstance(step, CallStep):
+        return step.call
+    if isinstance(step, ReallocStep):
+        return step.move.name
+    return step.edge
+
+
+def _maybe_fail(rank: int, step) -> None:
+    target = os.environ.get(FAIL_ENV)
+    if target and target == f"{rank}:{step.name}":
+        print(f"rank {rank}: {FAIL_ENV} reached at {step.name}; exiting", file=sys.stderr,
+              flush=True)
+        os._exit(FAIL_EXIT_CODE)
+
+
+def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data: dict,
+            config: RunConfig, local_rank: int | None = None) -> dict[str, Any]:
+    """Run the plan's iterations on this rank (module docstring)."""
+    plan = plan_from_mapping(plan_data, "plan")
+    if world_size != plan.cluster.num_devices:
+        raise RuntimeError(f"world size {world_size}, plan cluster has "
+                           f"{plan.cluster.num_devices} devices")
+    device = default_device_config(rank if local_rank is None else local_rank)
+    torch.manual_seed(config.seed)
+    state = RankState(plan, config, rank, device)
+    steps = build_steps(plan.workflow, plan.executions, config.iterations,
+                        plan.cluster.device_node)
+    dist.barrier()
+    for iteration in range(config.iterations):
+        records, metrics = [], {}
+        mine = [s for s in steps if getattr(s, "runs_in", s.iteration) == iteration]
+        for step in mine:
+            if rank not in step.devices:
+                continue
+            _maybe_fail(rank, step)
+            with PeakMemory(device.device) as memory:
+                start = time.time()
+                sent, step_metrics = state.run_step(step)
+                end = time.time()
+            metrics.update(step_metrics)
+            records.append({"node": step.name, "kind": _step_kind(step), "label": _label(step),
+                            "iteration": iteration, "start": start, "end": end,
+                            "bytes": sent, "peak_bytes": memory.peak_bytes})
+        state.finish_iteration(iteration)
+        post({"rank": rank, "iteration": iteration, "records": records, "metrics": metrics,
+              "memory_source": PeakMemory(device.device).source})
+    dist.barrier()
+    return {"rank": rank, "weights": state.home_weights() if config.return_weights else {}}
