@@ -42,21 +42,26 @@ def plan_as_text(plan: Plan, est: Estimate) -> str:
     """A readable table of the plan and its estimate (see `plan show --help`)."""
     cluster, wf = plan.cluster, plan.workflow
     lines = [f"workflow {wf.algorithm} on {cluster.describe()}",
-             f"{'call':<16} {'model':<8} {'kind':<10} {'mesh':<10} {'devices':>7}  "
-             f"{'layout':<11} {'time s':>8} {'peak GiB':>9}"]
+             f"{'call':<16} {'model':<8} {'kind':<10} {'mesh':<10} {'devices':>7}  layout"]
     for name in wf.call_order:
         call = wf.call_by_name[name]
         ex = plan.executions[name]
         lines.append(f"{name:<16} {call.model:<8} {call.kind:<10} "
                      f"{mesh_text(ex.devices, cluster):<10} {ex.num_devices:>7}  "
-                     f"{ex.layout_text():<11} {est.call_times_s[name]:>8.2f} "
-                     f"{est.call_peak_memory_bytes[name] / GIB:>9.1f}")
-    lines.append("(layout dXtYpZmW = data x tensor x pipeline degrees, micro-batches; peak GiB"
-                 " = the call's\n highest device during the call, resident models included)")
+                     f"{ex.layout_text()}")
+    lines.append("(layout dXtYpZmW = data x tensor x pipeline degrees, micro-batches)")
+    on_path = {split_node_id(n)[1] for n in est.critical_path}
+    lines.append(f"{'call':<16} {'time s':>8} {'peak GiB':>9}  on critical path")
+    for name in wf.call_order:
+        lines.append(f"{name:<16} {est.call_times_s[name]:>8.2f} "
+                     f"{est.call_peak_memory_bytes[name] / GIB:>9.1f}  "
+                     f"{'yes' if name in on_path else 'no'}")
+    lines.append("(peak GiB = the call's highest device during the call, resident models "
+                 "included)")
     moves = reallocations(wf, plan.executions)
     lines.append(f"reallocations: {len(moves)}")
     for move in moves:
-        suffix = " (into the next iteration)" if move.wraps else ""
+        suffix = " (next iteration)" if move.wraps else ""
         seconds = est.realloc_times_s.get(move.name)
         timing = format_seconds(seconds) if seconds is not None else "not simulated"
         lines.append(f"  {move.model}: {move.src_call} -> {move.dst_call}{suffix}: {timing}")

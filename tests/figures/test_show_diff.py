@@ -15,9 +15,14 @@ def test_show_prints_table_times_and_critical_path(cli, plan_files):
     assert "d1t2p2m16" in out and "0:4-7" in out
     est = estimate_plan(load_plan(plan_files["searched"]))
     assert f"{est.iteration_s:.2f} s per iteration" in out
-    assert "critic: critic_train -> critic_inf (into the next iteration): 39.7 ms" in out
+    assert "critic: critic_train -> critic_inf (next iteration): 39.7 ms" in out
     assert "actor_gen -> rew_inf (" in out
-    path_lines = out.split("critical path")[1].strip().splitlines()[1:]
+    assert out.count("  on critical path") == 1
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+            if line.endswith((" yes", " no"))}
+    assert rows["rew_inf"][-1] == "no" and rows["ref_inf"][-1] == "yes"
+    assert float(rows["actor_gen"][0]) == round(est.call_times_s["actor_gen"], 2)
+    path_lines = out.split("critical path (")[1].strip().splitlines()[1:]
     assert path_lines[0].startswith("  iteration 0: actor_gen (31.0 s) -> ref_inf")
     critical_calls = [n.split("/", 1)[1] for n in est.critical_path]
     assert "critic_train" in critical_calls and "critic_train (15.2 s)" in out
@@ -86,3 +91,14 @@ def test_diff_bad_input_is_one_line(cli, plan_files, tmp_path):
     code, out, err = cli("diff", plan_files["searched"], tmp_path / "missing.yaml")
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "file not found" in err
+
+
+def test_new_subcommands_have_help(capsys):
+    import pytest
+
+    from planner.cli.main import main
+    for command in ("viz", "diff", "show"):
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--help"])
+        assert stop.value.code == 0
+        assert "PLAN.yaml" in capsys.readouterr().out or command == "diff"
