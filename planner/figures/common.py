@@ -11,6 +11,7 @@ from planner.plan import Plan
 
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 REALLOC_PREFIX = "realloc:"
+TRANSFER_PREFIX = "transfer:"  # the runtime's trace names data transfers transfer:<src>-><dst>
 
 
 def check_picture_path(out: Path, option: str = "--out") -> Path:
@@ -41,7 +42,12 @@ def split_node_id(node_id: str) -> tuple[int, str]:
 
 
 def node_model(plan: Plan, name: str) -> str | None:
-    """The model role of a call name or `realloc:<model>:<src>-><dst>` name; None if unknown."""
+    """The model role of a call name, a `realloc:<model>:<src>-><dst>` name or (the
+    producer's model) a `transfer:<src>-><dst>` name; None if unknown."""
+    if name.startswith(TRANSFER_PREFIX):
+        src, _, dst = name[len(TRANSFER_PREFIX):].partition("->")
+        calls = plan.workflow.call_by_name
+        return calls[src].model if src in calls and dst in calls else None
     if name.startswith(REALLOC_PREFIX):
         model = name[len(REALLOC_PREFIX):].split(":", 1)[0]
         return model if model in plan.workflow.models else None

@@ -5,8 +5,10 @@ executed node; only `nodes` is read here:
 
     {"nodes": [{"name": "1/actor_gen", "start_s": 71.2, "end_s": 101.9, "devices": [0, 1]}]}
 
-`name` is `<iteration>/<node>` as in the simulator (a call name or
-`realloc:<model>:<src>-><dst>`). Other keys (bytes moved, peak memory, ...) are ignored.
+`name` is `<iteration>/<node>` as in the simulator and runtime/executor/steps.py: a call
+name, `realloc:<model>:<src>-><dst>` (numbered by its source iteration, so a move into the
+next iteration runs in iteration + 1) or `transfer:<src>-><dst>`. Other keys (bytes moved,
+peak memory, ...) are ignored.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.errors import InputError, describe_validation_error
+from planner.augment import reallocations
 from planner.figures.common import node_model, split_node_id
 from planner.plan import Plan
 
@@ -51,7 +54,7 @@ class TraceFile(BaseModel):
 class MeasuredNode:
     """A measured node resolved against the plan."""
 
-    iteration: int
+    iteration: int      # the iteration it runs in
     name: str
     model: str
     start_s: float
@@ -78,6 +81,7 @@ def load_trace(path: Path, plan: Plan) -> list[MeasuredNode]:
     except ValidationError as err:
         raise describe_validation_error(err, path, model=TraceFile) from None
     num_devices = plan.cluster.num_devices
+    wrapping = {m.name for m in reallocations(plan.workflow, plan.executions) if m.wraps}
     result = []
     for index, node in enumerate(parsed.nodes):
         field = f"{path}: nodes[{index}]"
@@ -87,13 +91,15 @@ def load_trace(path: Path, plan: Plan) -> list[MeasuredNode]:
             raise InputError(f"{field}.name: {err}") from None
         model = node_model(plan, name)
         if model is None:
-            raise InputError(f"{field}.name: {name!r} is neither a call of this plan "
-                             f"({', '.join(plan.workflow.call_order)}) nor a reallocation "
-                             f"'realloc:<model>:<src>-><dst>'; is the trace from another plan?")
+            raise InputError(f"{field}.name: {name!r} is not a call of this plan "
+                             f"({', '.join(plan.workflow.call_order)}), a reallocation "
+                             f"'realloc:<model>:<src>-><dst>' or a transfer "
+                             f"'transfer:<src>-><dst>'; is the trace from another plan?")
         bad = [d for d in node.devices if not 0 <= d < num_devices]
         if bad:
             raise InputError(f"{field}.devices: {bad} outside the cluster (devices 0-"
                              f"{num_devices - 1})")
-        result.append(MeasuredNode(iteration, name, model, node.start_s, node.end_s,
+        runs_in = iteration + 1 if name in wrapping else iteration
+        result.append(MeasuredNode(runs_in, name, model, node.start_s, node.end_s,
                                    node.devices))
     return result

@@ -53,6 +53,8 @@ def write_trace(plan_path: Path, path: Path, scale: float = 1.1) -> Path:
     nodes = [{"name": node, "start_s": 3.0 + start * scale, "end_s": 3.0 + end * scale,
               "devices": list(graph.nodes[node]["devices"]), "bytes_moved": 0}
              for node, (start, end) in est.node_times.items()]
+    nodes += [{"name": f"{i}/transfer:actor_gen->actor_train", "start_s": 1.0 + i,
+               "end_s": 1.5 + i, "devices": [0, 1, 4, 5]} for i in range(3)]
     path.write_text(json.dumps({"iteration_s": est.iteration_s * scale, "nodes": nodes}))
     return path
 
@@ -75,6 +77,10 @@ def test_trace_loader_reads_names_and_ignores_extra_keys(plan_files, tmp_path):
     names = {(n.iteration, n.name) for n in nodes}
     assert (1, "actor_gen") in names
     assert (0, "realloc:actor:actor_gen->actor_train") in names
+    # named by its source iteration 0, the move back to generation runs in iteration 1
+    assert (1, "realloc:actor:actor_train->actor_gen") in names
+    assert (0, "realloc:actor:actor_train->actor_gen") not in names
+    assert (2, "transfer:actor_gen->actor_train") in names
     assert {n.model for n in nodes} == {"actor", "critic", "ref", "reward"}
 
 
@@ -108,6 +114,8 @@ def test_trace_only_for_timeline(cli, plan_files, tmp_path):
      ["nodes[0].name", "<iteration>/<node>"]),
     ('{"nodes": [{"name": "1/policy_gen", "start_s": 0, "end_s": 1, "devices": [0]}]}',
      ["nodes[0].name", "policy_gen", "another plan"]),
+    ('{"nodes": [{"name": "1/transfer:actor_gen->judge", "start_s": 0, "end_s": 1, '
+     '"devices": [0]}]}', ["nodes[0].name", "transfer:actor_gen->judge"]),
     ('{"nodes": [{"name": "1/actor_gen", "start_s": 0, "end_s": 1, "devices": [9]}]}',
      ["nodes[0].devices", "outside the cluster"]),
     ('{"nodes": [{"name": "1/actor_gen", "start_s": 0, "end_s": 1}]}',
