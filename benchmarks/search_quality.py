@@ -1,6 +1,6 @@
 """Search quality: MCMC against the exhaustive optimum, and against today's baselines.
 
-Part 1 (enumerable spaces, up to 8 H100): the exhaustive optimum of the pruned space, then
+Part 1 (enumerable spaces: GRPO and DPO on up to 8 H100, PPO on 2 CPU processes): the exhaustive optimum of the pruned space, then
 MCMC from random starting plans (no baseline seeds) for 10 seeds with a 2 s limit each.
 Prints, per space, the worst gap to the optimum and the slowest time to get within 0.5%.
 Times exclude building the tables (pricing every candidate), which both searches share.
@@ -26,8 +26,13 @@ from planner.search_space_builder import full_tables, pruned_tables
 from planner.workflow import BatchSpec
 from planner.workflow_file import WorkflowFile, build_workflow, builtin_workflow
 
+# PPO on H100: every space of <= 8 devices with a plan that fits has more than 10^9 plans
+# after pruning, so PPO is enumerated on the CPU cluster (tiny models, a small batch), where
+# the runtime runs plans too. None means the workflow's default batch.
+CPU_BATCH = {"n_seqs": 64, "prompt_len": 128, "gen_len": 128, "ppo_minibatches": 2}
 ENUMERABLE = [
-    ("ppo", "llama-13b", "h100x4"),
+    ("ppo", "llama-tiny", "cpu2"),
+    ("ppo", "llama-small", "cpu2"),
     ("grpo", "llama-7b", "h100x4"),
     ("grpo", "llama-13b", "h100x8"),
     ("grpo", "llama3-8b", "h100x8"),
@@ -52,7 +57,8 @@ def part_one(num_seeds: int) -> None:
           f"random starts)")
     all_pass = True
     for algorithm, model, cluster_name in ENUMERABLE:
-        workflow = builtin_workflow(algorithm, model=model)
+        batch = CPU_BATCH if cluster_name.startswith("cpu") else None
+        workflow = builtin_workflow(algorithm, model=model, batch=batch)
         tables, _ = pruned_tables(full_tables(workflow, cluster_preset(cluster_name)), {})
         evaluator = FastEvaluator(tables)
         start = time.perf_counter()
