@@ -62,6 +62,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _mode_for(path: Path) -> int:
+    """Keep an existing file's permissions; a new file gets 0666 less the umask (mkstemp's
+    0600 would make plans and pictures unreadable to others)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file and rename, creating parent folders."""
     path = Path(path)
@@ -72,6 +82,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _mode_for(path))
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
