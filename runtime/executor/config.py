@@ -10,9 +10,7 @@ import torch
 from planner.errors import InputError
 from runtime.algorithms.common import AlgoConfig
 
-REWARD_HELP = ("'model' (the workflow's reward model, a value head: its output at the last "
-               "token), or 'programmatic:target_token=N' (reward = fraction of generated "
-               "tokens equal to N; no reward model is created; for demos and tests)")
+from runtime.executor.options import REWARD_HELP
 
 
 @dataclass(frozen=True)
@@ -57,3 +55,9 @@ class RunConfig:
         if not self.temperature > 0:
             raise InputError(f"--temperature: got {self.temperature}; give a positive value")
         parse_reward(self.reward)
+
+
+
+def config_from_args(args) -> RunConfig:
+    return RunConfig(iterations=args.iterations, seed=args.seed, prompts=args.prompts,
+                     reward=args.reward, lr=args.lr, temperature=args.temperature)

@@ -206,3 +206,53 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
               "memory_source": PeakMemory(device.device).source})
     dist.barrier()
     return {"rank": rank, "weights": state.home_weights() if config.return_weights else {}}
+
+
+def torchrun_main(argv: list[str] | None = None) -> int:
+    """Entry point of one rank under torchrun (multi-node); rank 0 prints and writes the trace.
+
+    Progress lines appear at the end (the ranks' messages are gathered to rank 0 then);
+    torchrun stops every worker when one fails.
+    """
+    import argparse
+    import json
+    from datetime import timedelta
+    from pathlib import Path
+
+    from planner.plan import load_plan, plan_to_mapping
+    from planner.yamlio import atomic_write_text
+    from runtime.executor.config import config_from_args
+    from runtime.executor.options import add_run_options
+    from runtime.executor.trace import build_trace, progress_line
+
+    parser = argparse.ArgumentParser(prog="python -m runtime.executor.worker")
+    add_run_options(parser)
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    plan = load_plan(Path(args.plan))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    torch.set_num_threads(1)
+    dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    messages: list[dict] = []
+    execute(rank, world, messages.append, plan_to_mapping(plan), config, local_rank)
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(messages, gathered, dst=0)
+    if rank == 0:
+        flat = [m for per_rank in gathered for m in per_rank]
+        trace = build_trace(plan, flat, config.iterations)
+        for item in trace["iterations"]:
+            print(progress_line(item["iteration"], config.iterations, item["seconds"],
+                                item["metrics"]))
+        out = Path(args.trace or Path(args.plan).with_suffix(".trace.json"))
+        atomic_write_text(out, json.dumps(trace, indent=1))
+        print(f"trace: {out}")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun_main())
