@@ -7,6 +7,8 @@ e.g. `h4096-a32-kv32-i11008-v32000`; the layer count does not matter, tables are
     device: h100-sxm-80gb          # a profiles/hardware/<name>.yaml
     torch_version: "2.13.0"
     recorded: "2025-06-01"         # date measured
+    host: node-17                  # optional: machine measured on
+    notes: "bf16 on NVIDIA H100"   # optional: how it was measured (plan profile writes it)
     model_shape: h4096-a32-kv32-i11008-v32000
     shards:                        # one entry per tensor-parallel degree measured
       - tp: 1
@@ -105,6 +107,8 @@ class ProfileTable(BaseModel):
     device: str
     torch_version: str
     recorded: str
+    host: str = ""
+    notes: str = ""
     model_shape: str
     shards: tuple[ProfileShard, ...]
 
