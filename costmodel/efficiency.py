@@ -65,7 +65,3 @@ LOGITS_BYTES_PER_ELEMENT = 4
 # Per call, per device: cuBLAS workspace, NCCL buffers and allocator slack. Assumption:
 # 1 GiB on CUDA (NCCL alone reserves a few hundred MiB per communicator set).
 WORKSPACE_BYTES = {"cuda": 1 * 1024**3, "cpu": 64 * 1024**2}
-
-# Bytes per token per data key moved between meshes (token ids as int32, per-token float32
-# logprobs, values, masks; per-sequence scalars are priced as per-token: an upper bound).
-DATA_KEY_BYTES_PER_TOKEN = 4

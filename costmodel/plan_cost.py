@@ -17,6 +17,7 @@ from costmodel.call_cost import CallMemory, CallTime, call_memory, call_time
 from costmodel.realloc_cost import ScheduleCost, realloc_cost, transfer_cost
 from planner.cluster import ClusterSpec
 from planner.layout import Execution
+from planner.data_keys import payload_bytes
 from planner.paths import PROFILES_DIR
 from planner.workflow import Workflow
 
@@ -61,10 +62,11 @@ class PlanCosts:
 
     def transfer(self, src_call: str, dst_call: str, src: Execution,
                  dst: Execution) -> ScheduleCost:
-        keys = self.workflow.graph.edges[src_call, dst_call]["keys"]
-        key = (len(keys), src, dst)
+        keys = tuple(self.workflow.graph.edges[src_call, dst_call]["keys"])
+        key = (keys, src, dst)
         if key not in self._transfers:
             batch = self.workflow.batch
-            self._transfers[key] = transfer_cost(src, dst, batch.n_seqs, batch.seq_len,
-                                                 len(keys), self.cluster)
+            per_sequence = payload_bytes(keys, batch) / batch.n_seqs
+            self._transfers[key] = transfer_cost(src, dst, batch.n_seqs, per_sequence,
+                                                 self.cluster)
         return self._transfers[key]

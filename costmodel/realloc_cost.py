@@ -96,11 +96,11 @@ def realloc_cost(spec: ModelSpec, head: HeadKind, src: Execution, dst: Execution
     return schedule_cost(schedule, dtype, cluster)
 
 
-def transfer_cost(src: Execution, dst: Execution, n_seqs: int, seq_len: int, num_keys: int,
+def transfer_cost(src: Execution, dst: Execution, n_seqs: int, bytes_per_sequence: float,
                   cluster: ClusterSpec) -> ScheduleCost:
-    """Moving `num_keys` per-token keys of `n_seqs` sequences between two executions."""
+    """Moving `n_seqs` sequences of `bytes_per_sequence` (planner.data_keys) between two
+    executions."""
     if src == dst:
         return ZERO_COST
     schedule = data_schedule(mesh_layout(src), mesh_layout(dst), n_seqs, cluster.device_node)
-    per_sequence = seq_len * num_keys * eff.DATA_KEY_BYTES_PER_TOKEN
-    return schedule_cost(schedule, per_sequence, cluster)
+    return schedule_cost(schedule, bytes_per_sequence, cluster)
