@@ -3,7 +3,9 @@
 - A *reallocation* node wherever consecutive calls of the same model place their
   parameters differently (devices or dp/tp/pp degrees; micro-batches do not count) (including from the model's last call of iteration i to its first call of
   iteration i+1). It moves the parameters from one layout to the other.
-- A *transfer* flag on every data edge whose two calls run on different meshes.
+- A *transfer* flag on every data edge whose two calls place their data differently: the
+  rows of a batch live on the devices of their data-parallel replica, so a transfer is
+  needed when the devices or the dp/tp/pp degrees differ (planner.transfer_schedule).
 - Parameter-version edges: a trained model's train call of iteration i precedes the model's
   first call of iteration i+1 (through a reallocation when the executions differ).
 
@@ -42,7 +44,7 @@ class Reallocation:
 
 @dataclass(frozen=True)
 class Transfer:
-    """Data keys moving between two calls that run on different meshes."""
+    """Data keys moving between two calls whose data placements differ."""
 
     src_call: str
     dst_call: str
@@ -72,10 +74,10 @@ def reallocations(workflow: Workflow, executions: Mapping[str, Execution]) -> li
 
 
 def transfers(workflow: Workflow, executions: Mapping[str, Execution]) -> list[Transfer]:
-    """Data edges between calls on different meshes (same devices, same order: no transfer)."""
+    """Data edges between calls whose placements differ (module docstring)."""
     result = []
     for src, dst, data in workflow.graph.edges(data=True):
-        if executions[src].devices != executions[dst].devices:
+        if executions[src].placement != executions[dst].placement:
             result.append(Transfer(src, dst, tuple(data["keys"])))
     return result
 
@@ -102,7 +104,7 @@ def augmented_graph(workflow: Workflow, executions: Mapping[str, Execution],
         for src, dst, data in workflow.graph.edges(data=True):
             graph.add_edge(call_node(i, src), call_node(i, dst), kind="data",
                            keys=tuple(data["keys"]),
-                           transfer=executions[src].devices != executions[dst].devices)
+                           transfer=executions[src].placement != executions[dst].placement)
     for i in range(num_iterations):
         for model, a, b, wraps in model_call_pairs(workflow):
             j = i + 1 if wraps else i

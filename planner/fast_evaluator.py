@@ -8,7 +8,8 @@ simulator does not:
   its whole shard, every source device sends an equal share of dp_dst full copies, over the
   intra-node link when both meshes sit in one node, else the inter-node link), not the
   per-tensor transfer schedule;
-- a data transfer costs latency + payload / dp_dst / bandwidth when the meshes differ;
+- a data transfer costs latency + payload / dp_dst / bandwidth when the placements differ
+  (an upper bound where the two meshes overlap and some rows are already local);
 - per-device memory is the largest over the mesh's pipeline stages, and a reallocation's
   receive buffer is bounded by the receiver's whole new shard (the exact simulator uses the
   largest message of the transfer schedule), so it never calls a plan feasible that the
@@ -185,7 +186,7 @@ def evaluate_plan(g, kt):
     transfer = np.empty(edge_src.shape[0])
     for e in range(edge_src.shape[0]):
         a, b = g[edge_src[e]], g[edge_dst[e]]
-        if lo[a] == lo[b] and hi[a] == hi[b]:
+        if placement[a] == placement[b]:
             transfer[e] = 0.0
         else:
             bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], kt.device_node, kt.links)
