@@ -119,6 +119,14 @@ class MoveTables:
         self.copy_map = (np.concatenate(copy_map) if copy_map else np.zeros(0)).astype(np.int64)
 
 
+def warm_up(evaluator: FastEvaluator) -> None:
+    """Compile (or load from numba's cache) the kernels with a one-step run of four chains,
+    so that the search's clock and its evaluations-per-second figure exclude the one-time
+    compilation."""
+    run_mcmc(evaluator, [], MCMCSettings(temperatures=2, chains_per_temperature=2,
+                                         max_steps=1, swap_every=1))
+
+
 def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSettings,
              progress: Callable[[int, float, float], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> MCMCResult:

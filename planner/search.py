@@ -23,7 +23,7 @@ from planner.baselines import BaselineJudge, build_baselines
 from planner.cluster import ClusterSpec
 from planner.fast_evaluator import FastEvaluator
 from planner.layout import Execution
-from planner.mcmc import MCMCResult, MCMCSettings, run_mcmc
+from planner.mcmc import MCMCResult, MCMCSettings, run_mcmc, warm_up
 from planner.search_space_builder import full_tables, pruned_tables
 from planner.search_tables import SearchTables
 from planner.workflow import Workflow
@@ -104,6 +104,7 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
                                  unplaceable_call=table.name)
     evaluator = FastEvaluator(tables)
     seeds = [_remap(c, kept) for c in baseline_choices.values() if c is not None]
+    warm_up(evaluator)
     build_s = time.perf_counter() - start
     result = run_mcmc(evaluator, seeds, settings, progress, should_stop)
 
