@@ -10,7 +10,9 @@ blocks; pipeline sends (p2p of b x tokens x h) go over the slowest pp link.
   micro-batches (ceil(m / pp) waves, so a device holds the KV cache of min(m, pp)
   micro-batches); within a wave the micro-batches rotate through the stages, each round
   advancing every one of them by a token in pp x (stage decode + send). gen_len rounds per
-  wave, the context growing from prompt_len + 1 to prompt_len + gen_len.
+  wave, the context growing from prompt_len + 1 to prompt_len + gen_len. When the call
+  outputs `logprobs`, the runtime recomputes them with one forward pass of the generated
+  sequences (runtime/executor/calls.py run_generate): phase "logprobs", priced as inference.
 - inference: one forward, (pp + m - 1) x (stage forward + send).
 - train, per minibatch: 1F1B (pp + m - 1) x (stage forward + backward [+ recomputed
   forward] + 2 sends), then the DP gradient sync and the optimizer step. Default sync with
@@ -19,6 +21,12 @@ blocks; pipeline sends (p2p of b x tokens x h) go over the slowest pp link.
 TP all-reduces per block: 2 forward (attention and MLP outputs), 2 backward, 2 more for the
 recomputed forward; 1 for the vocab-parallel embedding; the head's softmax reductions are
 3 small all-reduces of tokens x 4 bytes. Replicated-norm gradient all-reduces are ignored.
+
+Calibration (costmodel/calibration.py, optional): `call_time(..., calibration=cal)` scales
+every compute time of the call by cal's factor for the call kind (and by the core
+oversubscription of its node), replaces the latency of every collective and send by the
+measured one, and adds the fixed per-call and per-decode-step overheads as phases. Without
+one, the knobs are neutral (CostKnobs()) and the estimate is the uncalibrated model.
 """
 
 from __future__ import annotations
@@ -76,6 +84,23 @@ def geometry(execution: Execution, num_layers: int, cluster: ClusterSpec) -> Geo
 
 
 @dataclass(frozen=True)
+class CostKnobs:
+    """What a calibration changes inside one call's model: a factor on every compute time
+    and, when set, the latency of every collective step and send (seconds)."""
+
+    compute_scale: float = 1.0
+    latency_s: float | None = None
+
+    def link(self, link: comm.Link) -> comm.Link:
+        if self.latency_s is None:
+            return link
+        return comm.Link(link.name, link.bandwidth_bytes_per_s, self.latency_s)
+
+
+NEUTRAL_KNOBS = CostKnobs()
+
+
+@dataclass(frozen=True)
 class CallTime:
     """Seconds of one call, a breakdown by phase, and the compute source(s) used."""
 
@@ -87,15 +112,18 @@ class CallTime:
 class _StageTimer:
     """Stage times of one (role, execution) for one op over a micro-batch."""
 
-    def __init__(self, role: ModelRole, execution: Execution, geo: Geometry, profiles_dir: Path):
-        self.role, self.ex, self.geo = role, execution, geo
+    def __init__(self, role: ModelRole, execution: Execution, geo: Geometry, profiles_dir: Path,
+                 knobs: CostKnobs = NEUTRAL_KNOBS, call_outputs: tuple[str, ...] = ()):
+        self.role, self.ex, self.geo, self.knobs = role, execution, geo, knobs
+        self.call_outputs = call_outputs
         self.head_part = "lm_head" if role.head == "lm" else "value_head"
         self.timers = [[part_timer(role.spec, hw, profiles_dir) for hw in hws]
                        for hws in geo.stage_hardware]
         self.sources: set[str] = set()
 
     def tp_allreduces_s(self, stage: int, count: float, message_bytes) -> np.ndarray:
-        return count * comm.allreduce_time_s(message_bytes, self.ex.tp, self.geo.tp_link[stage])
+        link = self.knobs.link(self.geo.tp_link[stage])
+        return count * comm.allreduce_time_s(message_bytes, self.ex.tp, link)
 
     def stage_s(self, stage: int, op: str, b: int, length) -> np.ndarray:
         tp, spec = self.ex.tp, self.role.spec
@@ -120,7 +148,7 @@ class _StageTimer:
         comm_s = self.tp_allreduces_s(stage, count, act_bytes)
         if last and self.role.head == "lm" and op != "backward":
             comm_s = comm_s + self.tp_allreduces_s(stage, 3, tokens * 4.0)
-        return worst + comm_s
+        return worst * self.knobs.compute_scale + comm_s
 
     def max_stage_s(self, op: str, b: int, length) -> np.ndarray:
         return np.max([self.stage_s(s, op, b, length) for s in range(self.ex.pp)], axis=0)
@@ -130,7 +158,7 @@ class _StageTimer:
             return 0.0
         dtype = self.timers[0][0].hardware.compute_dtype_bytes
         message = b * np.asarray(tokens_per_seq, dtype=float) * self.role.spec.hidden_size * dtype
-        return comm.p2p_time_s(message, self.geo.pp_link)
+        return comm.p2p_time_s(message, self.knobs.link(self.geo.pp_link))
 
 
 def _generate_s(st: _StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
@@ -140,7 +168,10 @@ def _generate_s(st: _StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
     contexts = batch.prompt_len + np.arange(1, batch.gen_len + 1, dtype=float)
     waves = -(-ex.micro_batches // ex.pp)
     rounds = waves * ex.pp * (st.max_stage_s("decode", b, contexts) + st.send_s(b, 1))
-    return {"prefill": float(prefill), "decode": float(np.sum(rounds))}
+    phases = {"prefill": float(prefill), "decode": float(np.sum(rounds))}
+    if "logprobs" in st.call_outputs:
+        phases["logprobs"] = _inference_s(st, b, batch)["forward"]
+    return phases
 
 
 def _inference_s(st: _StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
@@ -163,7 +194,7 @@ def _train_s(st: _StageTimer, b: int, batch: BatchSpec, spec_elements: np.ndarra
     for stage in range(ex.pp):
         dtype = st.timers[stage][0].hardware.compute_dtype_bytes
         local_bytes = float(spec_elements[stage].max()) * dtype
-        link = st.geo.dp_link[stage]
+        link = st.knobs.link(st.geo.dp_link[stage])
         if eff.SHARD_OPTIMIZER_OVER_DP:
             stage_sync = comm.reduce_scatter_time_s(local_bytes, ex.dp, link) + \
                 comm.allgather_time_s(local_bytes, ex.dp, link)
@@ -178,7 +209,7 @@ def _train_s(st: _StageTimer, b: int, batch: BatchSpec, spec_elements: np.ndarra
             parts += [("embedding", 1)] if stage == 0 else []
             parts += [(st.head_part, 1)] if stage == ex.pp - 1 else []
             t = sum(n * float(timer.time_s("optimizer", p, ex.tp, 1, 1)) for p, n in parts)
-            stage_opt = max(stage_opt, t / shards)
+            stage_opt = max(stage_opt, t * st.knobs.compute_scale / shards)
         optimizer = max(optimizer, stage_opt)
     k = batch.ppo_minibatches
     return {"forward_backward": float(k * pipeline), "dp_sync": k * sync,
@@ -187,10 +218,26 @@ def _train_s(st: _StageTimer, b: int, batch: BatchSpec, spec_elements: np.ndarra
 
 def call_time(call: ModelFunctionCall, role: ModelRole, execution: Execution,
               batch: BatchSpec, cluster: ClusterSpec,
-              profiles_dir: Path = PROFILES_DIR) -> CallTime:
-    """Seconds of `call` on `execution` (module docstring)."""
+              profiles_dir: Path = PROFILES_DIR, calibration=None) -> CallTime:
+    """Seconds of `call` on `execution` (module docstring); `calibration` is a
+    costmodel.calibration.Calibration or None (the uncalibrated model)."""
+    if calibration is None or not calibration.applies_to(execution, cluster):
+        return call_time_with_knobs(call, role, execution, batch, cluster, profiles_dir)
+    knobs = calibration.knobs(call.kind, execution, cluster)
+    base = call_time_with_knobs(call, role, execution, batch, cluster, profiles_dir, knobs)
+    phases = {**base.phases_s, **calibration.overhead_phases_s(call, execution, batch,
+                                                                       cluster)}
+    return CallTime(time_s=sum(phases.values()), phases_s=phases,
+                    source=f"{base.source}, {calibration.source}")
+
+
+def call_time_with_knobs(call: ModelFunctionCall, role: ModelRole, execution: Execution,
+                         batch: BatchSpec, cluster: ClusterSpec,
+                         profiles_dir: Path = PROFILES_DIR,
+                         knobs: CostKnobs = NEUTRAL_KNOBS) -> CallTime:
+    """The model's phases of one call with explicit knobs (the calibration fit probes this)."""
     geo = geometry(execution, role.spec.num_layers, cluster)
-    st = _StageTimer(role, execution, geo, profiles_dir)
+    st = _StageTimer(role, execution, geo, profiles_dir, knobs, tuple(call.outputs))
     b = micro_batch_seqs(call, batch, execution)
     if call.kind == "generate":
         phases = _generate_s(st, b, batch)

@@ -7,10 +7,13 @@
     costs.transfer(src_call, dst_call, src_ex, dst_ex) -> ScheduleCost
 
 Every method is memoised on its arguments (Executions are frozen and hashable).
+With a `calibration` (costmodel/calibration.py), call times use its fitted factors and
+reallocation / transfer times its move scale and fixed overhead per move.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from costmodel.call_cost import CallMemory, CallTime, call_memory, call_time
@@ -26,10 +29,11 @@ class PlanCosts:
     """Memoised call, reallocation and transfer costs for one workflow on one cluster."""
 
     def __init__(self, workflow: Workflow, cluster: ClusterSpec,
-                 profiles_dir: Path = PROFILES_DIR):
+                 profiles_dir: Path = PROFILES_DIR, calibration=None):
         self.workflow = workflow
         self.cluster = cluster
         self.profiles_dir = Path(profiles_dir)
+        self.calibration = calibration
         self._times: dict = {}
         self._memory: dict = {}
         self._reallocs: dict = {}
@@ -41,7 +45,7 @@ class PlanCosts:
             call = self.workflow.call_by_name[call_name]
             role = self.workflow.models[call.model]
             self._times[key] = call_time(call, role, execution, self.workflow.batch,
-                                         self.cluster, self.profiles_dir)
+                                         self.cluster, self.profiles_dir, self.calibration)
         return self._times[key]
 
     def call_memory(self, call_name: str, execution: Execution) -> CallMemory:
@@ -57,8 +61,16 @@ class PlanCosts:
         key = (model, src, dst)
         if key not in self._reallocs:
             role = self.workflow.models[model]
-            self._reallocs[key] = realloc_cost(role.spec, role.head, src, dst, self.cluster)
+            self._reallocs[key] = self._calibrated(
+                realloc_cost(role.spec, role.head, src, dst, self.cluster), src, dst)
         return self._reallocs[key]
+
+    def _calibrated(self, cost: ScheduleCost, src: Execution, dst: Execution) -> ScheduleCost:
+        cal = self.calibration
+        if cal is None or cost.time_s == 0 or not (cal.applies_to(src, self.cluster)
+                                                   and cal.applies_to(dst, self.cluster)):
+            return cost
+        return replace(cost, time_s=cal.move_time_s(cost.time_s))
 
     def transfer(self, src_call: str, dst_call: str, src: Execution,
                  dst: Execution) -> ScheduleCost:
@@ -67,6 +79,6 @@ class PlanCosts:
         if key not in self._transfers:
             batch = self.workflow.batch
             per_sequence = payload_bytes(keys, batch) / batch.n_seqs
-            self._transfers[key] = transfer_cost(src, dst, batch.n_seqs, per_sequence,
-                                                 self.cluster)
+            self._transfers[key] = self._calibrated(
+                transfer_cost(src, dst, batch.n_seqs, per_sequence, self.cluster), src, dst)
         return self._transfers[key]

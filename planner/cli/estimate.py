@@ -6,12 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
+from costmodel.calibration import load_calibration
+from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import DEFAULT_ITERATIONS, Estimate, estimate_plan
 from costmodel.simulator import memory_problem as _memory_problem
 from planner.errors import InputError
 from planner.hardware import GIB
 from planner.mesh import mesh_text
 from planner.plan import Plan, load_plan
+
+
+SHORT_TRANSFER_S = 1e-3     # the text output lists transfers this long or longer
 
 
 def memory_problem(plan: Plan) -> str | None:
@@ -48,8 +53,13 @@ def estimate_as_text(plan: Plan, est: Estimate) -> str:
                      f"{c['time_s']:>9.2f} {c['peak_memory_gib']:>9.1f}")
     for r in data["reallocations"]:
         lines.append(f"  {r['name']}: {r['time_s']:.3f} s")
+    short = [t for t in data["transfers"] if t["time_s"] < SHORT_TRANSFER_S]
     for t in data["transfers"]:
-        lines.append(f"  transfer {t['name']}: {t['time_s']:.4f} s")
+        if t["time_s"] >= SHORT_TRANSFER_S:
+            lines.append(f"  transfer {t['name']}: {t['time_s']:.4f} s")
+    if short:
+        lines.append(f"  {len(short)} data transfer(s) under {SHORT_TRANSFER_S * 1e3:g} ms "
+                     f"each (see --json)")
     lines.append(f"iteration: {est.iteration_s:.2f} s  (compute source: {est.compute_source})")
     lines.append("feasible" if est.feasible else f"infeasible: {est.reason}")
     return "\n".join(lines)
@@ -59,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if args.iterations < 2:
         raise InputError(f"--iterations: got {args.iterations}; give 2 or more")
     plan = load_plan(Path(args.plan))
-    est = estimate_plan(plan, args.iterations)
+    costs = None
+    if args.profile:
+        calibration = load_calibration(Path(args.profile))
+        costs = PlanCosts(plan.workflow, plan.cluster, calibration=calibration)
+    est = estimate_plan(plan, args.iterations, costs)
     if args.json:
         print(json.dumps(estimate_as_mapping(plan, est), indent=2))
     else:
@@ -83,4 +97,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, metavar="K",
                         help=f"iterations to simulate (default {DEFAULT_ITERATIONS}, at least 2)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="calibrated profile written by `plan calibrate`: its fitted "
+                             "factors apply to the calls on its hardware (compute_source then "
+                             "names calibration:<device>)")
     parser.set_defaults(handler=run)

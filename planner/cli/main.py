@@ -10,10 +10,11 @@ import argparse
 import sys
 
 from planner import __version__
-from planner.cli import baseline, check, diff, estimate, graph, profile, run, search, show, viz
+from planner.cli import (baseline, calibrate, check, diff, estimate, graph, profile, run, search,
+                         show, viz)
 from planner.errors import InputError, one_line
 
-SUBCOMMANDS = [search, baseline, estimate, show, check, diff, viz, graph, profile, run]
+SUBCOMMANDS = [search, baseline, estimate, show, check, diff, viz, graph, profile, run, calibrate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,154 @@
+"""A calibration of the cost model: a few named factors fitted to measured traces.
+
+The per-part profile tables (costmodel/profile_table.py) time each layer alone, in one
+process owning a core. A real run adds what they cannot see; `plan calibrate` fits these
+factors to `plan run` traces by least squares (costmodel/calibration_fit.py) and writes them
+to a file that `plan estimate --profile FILE` (and `plan search --profile FILE`) loads:
+
+    format_version: 1
+    kind: calibration
+    device: cpu                  # the hardware (profiles/hardware/<name>.yaml) it applies to
+    recorded: "2025-06-01"
+    host: ci-runner              # optional
+    notes: "..."                 # optional: what it was fitted on
+    cores_per_node: 2            # CPU cores the device processes of one node share
+    compute_scale: {generate: 1.4, inference: 1.1, train: 0.9}   # x every compute time
+    call_overhead_s: {generate: 0.004, inference: 0.002, train: 0.01}  # fixed per call
+    decode_step_s: 0.0007        # fixed per decode step (sampling, Python, stop checks)
+    collective_latency_s: 0.0004 # latency of one collective step / send (replaces alpha)
+    move_scale: 1.5              # x the priced time of a reallocation or data transfer
+    move_overhead_s: 0.002       # + fixed per reallocation or data transfer
+    fit: {calls: 40, ...}        # optional: the fit's summary (written by plan calibrate)
+
+How a calibrated call is priced (costmodel/call_cost.py call_time): with
+oversubscription = max(1, devices of the call on one node / cores_per_node) (the profile
+assumes a core per device; more processes than cores share them):
+
+    time = compute_scale[kind] x oversubscription x compute
+         + communication with collective_latency_s as the latency of every step
+         + oversubscription x (call_overhead_s[kind] + decode_steps x decode_step_s)
+
+decode_steps = ceil(m / pp) x pp x gen_len (the rounds of call_cost's decoding model) for
+generate calls, 0 otherwise. A calibration applies only to executions whose devices are all
+of its `device` hardware; anything else keeps the uncalibrated model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from costmodel.call_cost import CostKnobs
+from planner.cluster import ClusterSpec
+from planner.errors import InputError, describe_validation_error
+from planner.layout import Execution
+from planner.workflow import BatchSpec, ModelFunctionCall
+from planner.yamlio import atomic_write_text, load_yaml_mapping
+
+FORMAT_VERSION = 1
+CALL_KINDS = ("generate", "inference", "train")
+
+
+class Calibration(BaseModel):
+    """Fitted efficiency factors of one hardware (module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int
+    kind: Literal["calibration"]
+    device: str
+    recorded: str
+    host: str = ""
+    notes: str = ""
+    cores_per_node: int = Field(ge=1)
+    compute_scale: dict[str, float]
+    call_overhead_s: dict[str, float]
+    decode_step_s: float = Field(ge=0)
+    collective_latency_s: float | None = Field(default=None, ge=0)
+    move_scale: float = Field(ge=0)
+    move_overhead_s: float = Field(ge=0)
+    fit: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Calibration":
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"format_version {self.format_version}; this tool reads "
+                             f"{FORMAT_VERSION}")
+        for name in ("compute_scale", "call_overhead_s"):
+            table = getattr(self, name)
+            if sorted(table) != sorted(CALL_KINDS):
+                raise ValueError(f"{name} has keys {sorted(table)}; needs exactly "
+                                 f"{list(CALL_KINDS)}")
+            if any(v < 0 for v in table.values()):
+                raise ValueError(f"{name} {table}: values must be >= 0")
+        return self
+
+    @property
+    def source(self) -> str:
+        return f"calibration:{self.device}"
+
+    def applies_to(self, execution: Execution, cluster: ClusterSpec) -> bool:
+        return all(cluster.hardware_of(d).name == self.device for d in execution.devices)
+
+    def oversubscription(self, execution: Execution, cluster: ClusterSpec) -> float:
+        """max(1, the call's device processes on its busiest node / cores of a node)."""
+        per_node: dict[int, int] = {}
+        for d in execution.devices:
+            node = cluster.device_node[d]
+            per_node[node] = per_node.get(node, 0) + 1
+        return max(1.0, max(per_node.values()) / self.cores_per_node)
+
+    def knobs(self, kind: str, execution: Execution, cluster: ClusterSpec) -> CostKnobs:
+        scale = self.compute_scale[kind] * self.oversubscription(execution, cluster)
+        return CostKnobs(compute_scale=scale, latency_s=self.collective_latency_s)
+
+    def overhead_phases_s(self, call: ModelFunctionCall, execution: Execution,
+                          batch: BatchSpec, cluster: ClusterSpec) -> dict[str, float]:
+        slow = self.oversubscription(execution, cluster)
+        phases = {"overhead": slow * self.call_overhead_s[call.kind]}
+        steps = decode_steps(call, execution, batch)
+        if steps:
+            phases["decode_steps"] = slow * steps * self.decode_step_s
+        return phases
+
+    def move_time_s(self, priced_s: float) -> float:
+        """A reallocation's or data transfer's time from its uncalibrated price."""
+        return self.move_scale * priced_s + self.move_overhead_s
+
+    def describe(self) -> str:
+        scale = " ".join(f"{k} {self.compute_scale[k]:.2f}" for k in CALL_KINDS)
+        over = " ".join(f"{k} {self.call_overhead_s[k] * 1e3:.1f}" for k in CALL_KINDS)
+        latency = ("unchanged" if self.collective_latency_s is None
+                   else f"{self.collective_latency_s * 1e6:.0f} us")
+        return (f"compute x [{scale}]; overhead ms [{over}]; decode step "
+                f"{self.decode_step_s * 1e3:.2f} ms; collective latency {latency}; moves x"
+                f"{self.move_scale:.2f} + {self.move_overhead_s * 1e3:.1f} ms; "
+                f"{self.cores_per_node} cores per node")
+
+
+def decode_steps(call: ModelFunctionCall, execution: Execution, batch: BatchSpec) -> int:
+    """Decode rounds of a generate call in call_cost's model (module docstring); else 0."""
+    if call.kind != "generate":
+        return 0
+    waves = -(-execution.micro_batches // execution.pp)
+    return waves * execution.pp * batch.gen_len
+
+
+def load_calibration(path: Path) -> Calibration:
+    """Read and validate a calibration file; InputError naming the file and field."""
+    data = load_yaml_mapping(Path(path))
+    try:
+        return Calibration(**data)
+    except ValidationError as err:
+        raise describe_validation_error(err, Path(path)) from None
+    except TypeError as err:
+        raise InputError(f"{path}: {err}") from None
+
+
+def save_calibration(calibration: Calibration, path: Path) -> None:
+    """Write atomically, in the key order of the module docstring."""
+    import yaml
+    data = calibration.model_dump()
+    atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))

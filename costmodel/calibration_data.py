@@ -1,0 +1,176 @@
+"""Measured plans for the calibration: a plan with its `plan run` trace, read and checked,
+the features each call's time is linear in, and the (calibrated) estimate of a plan.
+
+Features of one call (costmodel/calibration.py gives the model they feed):
+    compute_s     compute seconds of the call, oversubscription included (compute_scale 1)
+    latency_steps collective steps and sends on the call's critical path (s per 1 s latency)
+    bandwidth_s   the bytes-over-bandwidth part of its communication
+    oversubscription, decode_steps
+They are read off call_cost by probing its knobs: with compute scale 0 and latency 0 only
+the bandwidth part is left; the rest are differences. (Stage maxima make the model only
+piecewise linear in the knobs; the probes measure it at the knob values of interest.)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from costmodel.call_cost import CostKnobs, call_time_with_knobs
+from costmodel.calibration import Calibration, decode_steps
+from costmodel.plan_cost import PlanCosts
+from costmodel.simulator import Estimate, simulate
+from planner.errors import InputError
+from planner.plan import Plan, load_plan
+
+
+@dataclass(frozen=True)
+class MeasuredPlan:
+    """One plan and what `plan run` measured for it."""
+
+    name: str
+    plan: Plan
+    iteration_s: float
+    call_times_s: dict[str, float]
+    move_times_s: dict[str, float]  # reallocation and transfer names as in the estimate
+
+
+@dataclass(frozen=True)
+class CallFeatures:
+    plan: str
+    call: str
+    kind: str
+    measured_s: float
+    compute_s: float
+    latency_steps: float
+    bandwidth_s: float
+    oversubscription: float
+    decode_steps: int
+
+
+def _positive_seconds(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InputError(f"{where}: got {value!r}; expected positive seconds")
+    return float(value)
+
+
+def load_trace(path: Path) -> dict:
+    """The trace JSON as a mapping; InputError for a missing or non-JSON file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not JSON ({err.msg} at line {err.lineno}); expected a "
+                         "trace written by plan run --trace") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: top level is {type(data).__name__}; expected a trace "
+                         "mapping written by plan run --trace")
+    return data
+
+
+def measured_plan(plan: Plan, trace: dict, source: str, name: str = "") -> MeasuredPlan:
+    """Check the trace against the plan (same calls, positive times); InputError if not."""
+    iteration_s = _positive_seconds(trace.get("iteration_s"), f"{source}: iteration_s")
+    calls = trace.get("calls")
+    if not isinstance(calls, list):
+        raise InputError(f"{source}: calls: missing or not a list; expected the calls of "
+                         "plan run --trace")
+    times = {}
+    for i, entry in enumerate(calls):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise InputError(f"{source}: calls[{i}]: expected a mapping with name and time_s")
+        times[entry["name"]] = _positive_seconds(entry.get("time_s"),
+                                                 f"{source}: calls[{i}].time_s")
+    expected = list(plan.workflow.call_order)
+    if sorted(times) != sorted(expected):
+        raise InputError(f"{source}: calls: has {sorted(times)}, the plan has {sorted(expected)} "
+                         "(a trace of another plan?)")
+    for call in calls:
+        ex = plan.executions[call["name"]]
+        layout = (call.get("dp"), call.get("tp"), call.get("pp"), call.get("micro_batches"))
+        if layout != (ex.dp, ex.tp, ex.pp, ex.micro_batches):
+            raise InputError(f"{source}: calls: {call['name']} ran d{layout[0]}t{layout[1]}"
+                             f"p{layout[2]}m{layout[3]}, the plan says {ex.layout_text()} "
+                             "(a trace of another plan?)")
+    moves = {}
+    for key in ("reallocations", "transfers"):
+        for entry in trace.get(key) or []:
+            if isinstance(entry, dict) and isinstance(entry.get("time_s"), (int, float)):
+                moves[str(entry.get("name"))] = float(entry["time_s"])
+    return MeasuredPlan(name or source, plan, iteration_s, times, moves)
+
+
+def median_plan(cases: list[MeasuredPlan], name: str) -> MeasuredPlan:
+    """Repeated runs of one plan as one: the median of each time over the runs."""
+    if not cases:
+        raise InputError(f"{name}: no traces")
+
+    def med(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    moves = {k: med([c.move_times_s[k] for c in cases if k in c.move_times_s])
+             for k in cases[0].move_times_s}
+    return MeasuredPlan(name, cases[0].plan, med([c.iteration_s for c in cases]),
+                        {k: med([c.call_times_s[k] for c in cases]) for k in cases[0].call_times_s},
+                        moves)
+
+
+def load_measured_plan(plan_path: Path, trace_path: Path) -> MeasuredPlan:
+    plan = load_plan(Path(plan_path))
+    return measured_plan(plan, load_trace(trace_path), str(trace_path),
+                         Path(trace_path).name.removesuffix(".json").removesuffix(".trace"))
+
+
+def plan_path_for(trace_path: Path) -> Path:
+    """`plan run`'s naming: X.trace.json is the trace of X.yaml."""
+    name = Path(trace_path).name
+    if not name.endswith(".trace.json"):
+        raise InputError(f"{trace_path}: cannot tell its plan; name traces X.trace.json next "
+                         "to X.yaml (plan run's default) or give PLAN.yaml=TRACE.json")
+    return Path(trace_path).with_name(name.removesuffix(".trace.json") + ".yaml")
+
+
+def call_features(case: MeasuredPlan, cores_per_node: int) -> list[CallFeatures]:
+    """Features of every call of the plan (module docstring)."""
+    plan, rows = case.plan, []
+    probe = Calibration(format_version=1, kind="calibration", device="", recorded="",
+                        cores_per_node=cores_per_node,
+                        compute_scale={"generate": 1, "inference": 1, "train": 1},
+                        call_overhead_s={"generate": 0, "inference": 0, "train": 0},
+                        decode_step_s=0, move_scale=1, move_overhead_s=0)
+    for name in plan.workflow.call_order:
+        call = plan.workflow.call_by_name[name]
+        role, ex = plan.workflow.models[call.model], plan.executions[name]
+        slow = probe.oversubscription(ex, plan.cluster)
+
+        def seconds(scale: float, latency: float) -> float:
+            return call_time_with_knobs(call, role, ex, plan.workflow.batch, plan.cluster,
+                                        knobs=CostKnobs(scale, latency)).time_s
+
+        bandwidth = seconds(0.0, 0.0)
+        rows.append(CallFeatures(
+            plan=case.name, call=name, kind=call.kind, measured_s=case.call_times_s[name],
+            compute_s=seconds(slow, 0.0) - bandwidth, latency_steps=seconds(0.0, 1.0) - bandwidth,
+            bandwidth_s=bandwidth, oversubscription=slow,
+            decode_steps=decode_steps(call, ex, plan.workflow.batch)))
+    return rows
+
+
+def predict_plan(case: MeasuredPlan, calibration: Calibration | None) -> Estimate:
+    """The simulator's estimate of the plan, calibrated or not."""
+    plan = case.plan
+    costs = PlanCosts(plan.workflow, plan.cluster, calibration=calibration)
+    return simulate(plan.workflow, plan.cluster, plan.executions, costs=costs)
+
+
+def move_rows(case: MeasuredPlan) -> list[tuple[str, float, float]]:
+    """(name, uncalibrated price, measured) of every move both the trace and estimate have."""
+    est = predict_plan(case, None)
+    priced = {**est.realloc_times_s, **est.transfer_times_s}
+    return [(f"{case.name}:{n}", priced[n], case.move_times_s[n])
+            for n in sorted(priced) if n in case.move_times_s and priced[n] > 0]
