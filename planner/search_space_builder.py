@@ -47,11 +47,26 @@ class CallPricer:
         self.workflow = workflow
         self.cluster = cluster
         self.cache: dict[tuple, tuple[float, float, float, float]] = {}
+        self.shapes: dict[tuple[int, ...], tuple] = {}
+        self.capacities: dict[tuple[int, ...], float] = {}
+
+    def shape_of(self, devices: tuple[int, ...]) -> tuple:
+        if devices not in self.shapes:
+            self.shapes[devices] = mesh_shape(devices, self.cluster)
+        return self.shapes[devices]
+
+    def capacity_bytes(self, devices: tuple[int, ...]) -> float:
+        """The smallest device memory over the mesh."""
+        if devices not in self.capacities:
+            nodes = {self.cluster.device_node[d] for d in devices}
+            self.capacities[devices] = min(self.cluster.node_hardware[n].memory_bytes
+                                           for n in nodes)
+        return self.capacities[devices]
 
     def price(self, call: ModelFunctionCall, execution: Execution) -> tuple[float, ...]:
         """(time_s, weights_bytes, state_bytes, working_bytes), bytes per device (max)."""
         key = (call.name, execution.dp, execution.tp, execution.pp, execution.micro_batches,
-               mesh_shape(execution.devices, self.cluster))
+               self.shape_of(execution.devices))
         if key not in self.cache:
             role: ModelRole = self.workflow.models[call.model]
             batch = self.workflow.batch
@@ -64,14 +79,12 @@ class CallPricer:
 
 
 def _call_table(call: ModelFunctionCall, executions: list[Execution], pricer: CallPricer,
-                cluster: ClusterSpec, placement_ids: dict) -> CallTable:
+                placement_ids: dict) -> CallTable:
     prices = np.array([pricer.price(call, e) for e in executions], dtype=np.float64)
     prices = prices.reshape(len(executions), 4)
-    capacity = np.array([min(cluster.hardware_of(d).memory_bytes for d in e.devices)
-                         for e in executions])
-    placement = np.array([placement_ids.setdefault((e.devices, e.dp, e.tp, e.pp),
-                                                   len(placement_ids)) for e in executions],
-                         dtype=np.int64)
+    capacity = np.array([pricer.capacity_bytes(e.devices) for e in executions])
+    placement = np.array([placement_ids.setdefault(e.placement, len(placement_ids))
+                          for e in executions], dtype=np.int64)
     return CallTable(name=call.name, model=call.model, kind=call.kind, executions=executions,
                      time_s=prices[:, 0], weights_bytes=prices[:, 1], state_bytes=prices[:, 2],
                      activation_bytes=prices[:, 3], capacity_bytes=capacity,
@@ -115,7 +128,7 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec,
         call = workflow.call_by_name[name]
         role = workflow.models[call.model]
         executions = candidate_executions(call, role.spec, cluster, workflow.batch, meshes)
-        calls.append(_call_table(call, executions, pricer, cluster, placement_ids))
+        calls.append(_call_table(call, executions, pricer, placement_ids))
     index = {name: k for k, name in enumerate(workflow.call_order)}
     edges = [DataEdge(index[s], index[d], payload_bytes(keys, workflow.batch))
              for s, d, keys in workflow.graph.edges(data="keys")]
