@@ -135,6 +135,66 @@ def measure(directory: Path, names: list[str], remeasure: bool, repeats: int) ->
                   flush=True)
 
 
+TIMELINE_PLAN = "ppo-tiny-cpu4-split"
+
+
+def draw_figures(out: Path, rows: list[dict], call_rows: list[dict], directory: Path,
+                 calibration) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 6.0))
+    measured = [r["measured_s"] for r in call_rows]
+    ax.scatter(measured, [r["raw_s"] for r in call_rows], marker="x", color="tab:red",
+               label="uncalibrated")
+    ax.scatter(measured, [r["calibrated_s"] for r in call_rows], marker="o", facecolor="none",
+               edgecolor="tab:blue", label="calibrated (plan held out of the fit)")
+    low, high = min(measured) / 2, max(measured) * 2
+    ax.plot([low, high], [low, high], color="grey", lw=1, label="estimate = measured")
+    ax.fill_between([low, high], [low * 0.85, high * 0.85], [low * 1.15, high * 1.15],
+                    color="grey", alpha=0.15, label="+-15%")
+    ax.set(xscale="log", yscale="log", xlabel="measured call time (s)",
+           ylabel="estimated call time (s)",
+           title=f"Per call: {len(call_rows)} calls of {len(rows)} plans, CPU gloo cluster")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_scatter.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9.0, 4.5))
+    x = range(len(rows))
+    width = 0.27
+    ax.bar([i - width for i in x], [r["measured_s"] for r in rows], width, label="measured",
+           color="black")
+    ax.bar(list(x), [r["raw_s"] for r in rows], width, label="uncalibrated estimate",
+           color="tab:red")
+    ax.bar([i + width for i in x], [r["calibrated_s"] for r in rows], width,
+           label="calibrated, held out", color="tab:blue")
+    ax.set_xticks(list(x), [r["plan"] for r in rows], rotation=35, ha="right", fontsize=8)
+    ax.set(yscale="log", ylabel="seconds per iteration (steady state)",
+           title="Per iteration: measured vs estimated (leave-one-plan-out calibration)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_iterations.png", dpi=120)
+    plt.close(fig)
+
+    from costmodel.calibration_data import load_measured_plan, predict_plan
+    from planner.augment import augmented_graph
+    from planner.figures.timeline import draw_timeline
+    from planner.figures.trace import load_trace
+    trace = trace_paths(directory, TIMELINE_PLAN)[0]
+    case = load_measured_plan(directory / f"{TIMELINE_PLAN}.yaml", trace)
+    est = predict_plan(case, calibration)
+    graph = augmented_graph(case.plan.workflow, case.plan.executions, 3)
+    title = (f"{TIMELINE_PLAN}: calibrated estimate (filled, fitted without this plan) and "
+             f"measured run (hatched)\nestimate {est.iteration_s:.2f} s per iteration, "
+             f"measured {case.iteration_s:.2f} s")
+    draw_timeline(case.plan, est, graph, out / "accuracy_timeline.png", title,
+                  load_trace(trace, case.plan))
+
+
 def relative_error(estimated: float, measured: float) -> float:
     return abs(estimated - measured) / measured
 
@@ -151,6 +211,10 @@ def main() -> None:
                         help="also fit on every plan and write --out")
     parser.add_argument("--out", default="profiles/cpu/calibration.yaml")
     parser.add_argument("--json", metavar="FILE", help="write per-plan / per-call rows here")
+    parser.add_argument("--figures", metavar="DIR",
+                        help="draw accuracy_scatter.png, accuracy_iterations.png and "
+                             "accuracy_timeline.png (TIMELINE_PLAN, held-out calibrated "
+                             "estimate over its measured trace) into DIR")
     args = parser.parse_args()
     names = args.plans.split(",")
     directory = Path(args.dir)
@@ -161,7 +225,8 @@ def main() -> None:
 def report(directory: Path, names: list[str], args) -> None:
     from scipy.stats import kendalltau
 
-    from costmodel.calibration import fit_calibration, save_calibration
+    from costmodel.calibration import save_calibration
+    from costmodel.calibration_fit import fit_calibration
     from costmodel.calibration_data import load_measured_plan, median_plan, predict_plan
     measured = {n: median_plan([load_measured_plan(directory / f"{n}.yaml", t)
                                 for t in trace_paths(directory, n)], n) for n in names}
@@ -200,6 +265,9 @@ def report(directory: Path, names: list[str], args) -> None:
               f"{s['kendall_tau']:.2f} over {len(rows)} plans")
     if args.json:
         Path(args.json).write_text(json.dumps({"plans": rows, "calls": call_rows}, indent=1))
+    if args.figures:
+        fit = fit_calibration([measured[n] for n in names if n != TIMELINE_PLAN])
+        draw_figures(Path(args.figures), rows, call_rows, directory, fit.calibration)
     if args.fit_all:
         fit = fit_calibration(list(measured.values()))
         save_calibration(fit.calibration, Path(args.out))

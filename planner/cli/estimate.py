@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--iterations: got {args.iterations}; give 2 or more")
     plan = load_plan(Path(args.plan))
     costs = None
-    if args.profile:
+    if getattr(args, "profile", None):
         calibration = load_calibration(Path(args.profile))
         costs = PlanCosts(plan.workflow, plan.cluster, calibration=calibration)
     est = estimate_plan(plan, args.iterations, costs)

@@ -1,0 +1,187 @@
+"""Calibration: the fit recovers known factors, the profile round-trips and changes estimates
+as the model says, and bad input is one line with exit 2. Pure logic, no runtime runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from costmodel.calibration import Calibration, load_calibration, save_calibration
+from costmodel.calibration_data import MeasuredPlan, predict_plan
+from costmodel.calibration_fit import fit_calibration
+from planner.cli.main import main
+from planner.cluster import cluster_preset
+from planner.layout import Execution
+from planner.plan import Plan, Provenance, save_plan
+from planner.workflow_file import builtin_workflow
+
+BATCH_A = {"n_seqs": 8, "prompt_len": 16, "gen_len": 8, "ppo_minibatches": 2}
+BATCH_B = {"n_seqs": 16, "prompt_len": 24, "gen_len": 16, "ppo_minibatches": 2}
+
+# (algorithm, cluster, batch, one layout for every call: devices, dp, tp, pp, micro-batches)
+PLANS = [
+    ("ppo", "cpu1", BATCH_A, ((0,), 1, 1, 1, 1)),
+    ("grpo", "cpu1", {**BATCH_B, "group_size": 4}, ((0,), 1, 1, 1, 2)),
+    ("ppo", "cpu2", BATCH_B, ((0, 1), 2, 1, 1, 1)),
+    ("ppo", "cpu2", BATCH_A, ((0, 1), 1, 2, 1, 1)),
+    ("grpo", "cpu4", {**BATCH_A, "group_size": 4}, ((0, 1, 2, 3), 2, 2, 1, 1)),
+    ("ppo", "cpu4", BATCH_B, ((0, 1, 2, 3), 1, 1, 4, 4)),
+]
+
+KNOWN = Calibration(
+    format_version=1, kind="calibration", device="cpu", recorded="2025-01-01",
+    cores_per_node=2, compute_scale={"generate": 1.3, "inference": 0.9, "train": 1.6},
+    call_overhead_s={"generate": 0.004, "inference": 0.002, "train": 0.02},
+    decode_step_s=0.0012, collective_latency_s=0.0008, move_scale=2.0, move_overhead_s=0.003)
+
+
+def make_plan(algorithm: str, cluster: str, batch: dict, layout: tuple) -> Plan:
+    workflow = builtin_workflow(algorithm, "llama-tiny", batch)
+    devices, dp, tp, pp, m = layout
+    ex = Execution(devices=devices, dp=dp, tp=tp, pp=pp, micro_batches=m)
+    return Plan(workflow=workflow, cluster=cluster_preset(cluster),
+                executions={c: ex for c in workflow.call_order},
+                provenance=Provenance(created_by="tests/calibration"))
+
+
+def synthetic_case(i: int, plan: Plan, truth: Calibration) -> MeasuredPlan:
+    """A 'measurement' that is exactly what the model with `truth` predicts."""
+    probe = MeasuredPlan(f"p{i}", plan, 1.0, {c: 1.0 for c in plan.workflow.call_order}, {})
+    est = predict_plan(probe, truth)
+    raw = predict_plan(probe, None)
+    moves = {n: truth.move_time_s(t) for n, t in {**raw.realloc_times_s,
+                                                  **raw.transfer_times_s}.items() if t > 0}
+    return MeasuredPlan(f"p{i}", plan, est.iteration_s, dict(est.call_times_s), moves)
+
+
+@pytest.fixture(scope="module")
+def plans() -> list[Plan]:
+    return [make_plan(*p) for p in PLANS]
+
+
+def test_fit_recovers_known_factors(plans):
+    cases = [synthetic_case(i, p, KNOWN) for i, p in enumerate(plans)]
+    fit = fit_calibration(cases, cores_per_node=2).calibration
+    for kind in ("generate", "inference", "train"):
+        assert fit.compute_scale[kind] == pytest.approx(KNOWN.compute_scale[kind], rel=0.05)
+        assert fit.call_overhead_s[kind] == pytest.approx(KNOWN.call_overhead_s[kind],
+                                                          rel=0.15, abs=5e-4)
+    assert fit.decode_step_s == pytest.approx(KNOWN.decode_step_s, rel=0.1)
+    assert fit.collective_latency_s == pytest.approx(KNOWN.collective_latency_s, rel=0.1)
+    assert fit.fit["call_rel_error_median_after"] < 0.01
+
+
+def test_fit_of_uncalibrated_measurements_is_neutral(plans):
+    neutral = KNOWN.model_copy(update={
+        "compute_scale": {"generate": 1.0, "inference": 1.0, "train": 1.0},
+        "call_overhead_s": {"generate": 0.0, "inference": 0.0, "train": 0.0},
+        "decode_step_s": 0.0, "collective_latency_s": 500e-6, "cores_per_node": 8})
+    cases = [synthetic_case(i, p, neutral) for i, p in enumerate(plans[:4])]
+    fit = fit_calibration(cases, cores_per_node=8).calibration
+    assert fit.compute_scale["train"] == pytest.approx(1.0, rel=0.02)
+    assert fit.collective_latency_s == pytest.approx(500e-6, rel=0.05)
+
+
+def test_profile_round_trips_and_scales_estimates(tmp_path, plans):
+    path = tmp_path / "cal.yaml"
+    save_calibration(KNOWN, path)
+    assert load_calibration(path) == KNOWN
+    plan = plans[0]  # cpu1: no communication, one process per core
+    doubled = KNOWN.model_copy(update={
+        "compute_scale": {"generate": 2.0, "inference": 2.0, "train": 2.0},
+        "call_overhead_s": {"generate": 0.0, "inference": 0.0, "train": 0.0},
+        "decode_step_s": 0.0, "collective_latency_s": None})
+    case = MeasuredPlan("p", plan, 1.0, {c: 1.0 for c in plan.workflow.call_order}, {})
+    raw, cal = predict_plan(case, None), predict_plan(case, doubled)
+    for call, seconds in raw.call_times_s.items():
+        assert cal.call_times_s[call] == pytest.approx(2 * seconds, rel=1e-9)
+    assert cal.iteration_s == pytest.approx(2 * raw.iteration_s, rel=1e-6)
+
+
+def test_oversubscription_slows_calls_on_more_devices_than_cores(plans):
+    plan = plans[4]  # 4 devices on one node
+    one_core_each = KNOWN.model_copy(update={"cores_per_node": 4})
+    two_cores = KNOWN.model_copy(update={"cores_per_node": 2})
+    ex = plan.executions["actor_gen"]
+    assert one_core_each.oversubscription(ex, plan.cluster) == 1.0
+    assert two_cores.oversubscription(ex, plan.cluster) == 2.0
+    case = MeasuredPlan("p", plan, 1.0, {c: 1.0 for c in plan.workflow.call_order}, {})
+    assert (predict_plan(case, two_cores).call_times_s["actor_train"]
+            > predict_plan(case, one_core_each).call_times_s["actor_train"])
+
+
+def test_calibration_ignores_other_hardware(plans):
+    other = KNOWN.model_copy(update={"device": "h100-sxm-80gb"})
+    case = MeasuredPlan("p", plans[2], 1.0, {c: 1.0 for c in plans[2].workflow.call_order}, {})
+    assert predict_plan(case, other).call_times_s == predict_plan(case, None).call_times_s
+
+
+def write_case(tmp_path: Path, plan: Plan, truth: Calibration) -> Path:
+    save_plan(plan, tmp_path / "run.yaml")
+    case = synthetic_case(0, plan, truth)
+    calls = [{"name": n, "dp": ex.dp, "tp": ex.tp, "pp": ex.pp,
+              "micro_batches": ex.micro_batches, "time_s": case.call_times_s[n]}
+             for n, ex in plan.executions.items()]
+    trace = {"iteration_s": case.iteration_s, "calls": calls, "reallocations": [],
+             "transfers": [{"name": n, "time_s": t} for n, t in case.move_times_s.items()]}
+    path = tmp_path / "run.trace.json"
+    path.write_text(json.dumps(trace))
+    return path
+
+
+def test_cli_calibrate_then_estimate_with_profile(tmp_path, plans, capsys):
+    trace = write_case(tmp_path, plans[3], KNOWN)
+    out = tmp_path / "cal.yaml"
+    assert main(["calibrate", str(trace), "--out", str(out), "--cores", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "factors:" in printed and "run:actor_train" in printed
+    assert main(["estimate", str(tmp_path / "run.yaml"), "--json"]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    assert main(["estimate", str(tmp_path / "run.yaml"), "--json", "--profile", str(out)]) == 0
+    calibrated = json.loads(capsys.readouterr().out)
+    assert "calibration:cpu" in calibrated["compute_source"]
+    assert calibrated["iteration_s"] != raw["iteration_s"]
+    measured = json.loads(trace.read_text())["iteration_s"]
+    assert abs(calibrated["iteration_s"] - measured) < abs(raw["iteration_s"] - measured)
+
+
+def _one_line_exit_2(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error" in err
+    return err
+
+
+def test_bad_trace_input_is_one_line_exit_2(tmp_path, plans, capsys):
+    trace = write_case(tmp_path, plans[0], KNOWN)
+    out = str(tmp_path / "cal.yaml")
+    bad = tmp_path / "bad.trace.json"
+    bad.write_text("{not json")
+    assert "not JSON" in _one_line_exit_2(["calibrate", f"{tmp_path / 'run.yaml'}={bad}",
+                                           "--out", out], capsys)
+    assert "file not found" in _one_line_exit_2(["calibrate", str(tmp_path / "nope.trace.json"),
+                                                 "--out", out], capsys)
+    assert "cannot tell its plan" in _one_line_exit_2(["calibrate", str(tmp_path / "x.json"),
+                                                       "--out", out], capsys)
+    data = json.loads(trace.read_text())
+    data["calls"][0]["time_s"] = -1
+    bad.write_text(json.dumps(data))
+    assert "time_s" in _one_line_exit_2(["calibrate", f"{tmp_path / 'run.yaml'}={bad}",
+                                         "--out", out], capsys)
+    other = make_plan("grpo", "cpu1", {**BATCH_A, "group_size": 4}, ((0,), 1, 1, 1, 1))
+    save_plan(other, tmp_path / "other.yaml")
+    assert "another plan" in _one_line_exit_2(["calibrate", f"{tmp_path / 'other.yaml'}={trace}",
+                                               "--out", out], capsys)
+    assert not Path(out).exists()
+
+
+def test_bad_profile_for_estimate_is_one_line_exit_2(tmp_path, plans, capsys):
+    save_plan(plans[0], tmp_path / "run.yaml")
+    bad = tmp_path / "cal.yaml"
+    save_calibration(KNOWN, bad)
+    bad.write_text(bad.read_text().replace("train: 1.6", "train: -1.6"))
+    err = _one_line_exit_2(["estimate", str(tmp_path / "run.yaml"), "--profile", str(bad)],
+                           capsys)
+    assert "compute_scale" in err
