@@ -15,6 +15,8 @@ simulator does not:
   largest message of the transfer schedule), so it never calls a plan feasible that the
   exact memory rule rejects for that reason.
 The search therefore re-prices its best plans with the exact simulator before choosing.
+With a calibration, moves cost move_overhead_s + move_scale x the closed form, as in
+costmodel.calibration.
 
 Schedule semantics (list scheduling in a fixed priority order): iteration by iteration; in
 each, the calls in workflow order, each preceded by the reallocation nodes into it (one node
@@ -53,7 +55,7 @@ KernelTables = namedtuple("KernelTables", [
     "time_s", "weights", "state", "activation", "capacity", "dp", "tp", "pp", "lo", "hi",
     "placement", "order", "edge_src", "edge_dst", "edge_bytes", "pair_src", "pair_dst",
     "pair_wraps", "pair_weights", "memory_role", "train_call_of", "model_id", "links",
-    "device_node", "num_iterations"])
+    "device_node", "num_iterations", "move_scale", "move_overhead_s"])
 
 
 @dataclass
@@ -110,7 +112,8 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
                         tables.inter_node_bandwidth_bytes_per_s, tables.inter_node_latency_s],
                        dtype=np.float64),
         device_node=np.asarray(tables.device_node, dtype=np.int64),
-        num_iterations=int(tables.num_iterations))
+        num_iterations=int(tables.num_iterations),
+        move_scale=float(tables.move_scale), move_overhead_s=float(tables.move_overhead_s))
 
 
 class FastEvaluator:
@@ -182,7 +185,8 @@ def evaluate_plan(g, kt):
             bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], kt.device_node, kt.links)
             recv = kt.pair_weights[p] / (kt.tp[b] * kt.pp[b])
             send = kt.pair_weights[p] * kt.dp[b] / (hi[a] - lo[a])
-            duration[x] = latency + max(recv, send) / bandwidth
+            duration[x] = kt.move_overhead_s + kt.move_scale * (
+                latency + max(recv, send) / bandwidth)
     transfer = np.empty(edge_src.shape[0])
     for e in range(edge_src.shape[0]):
         a, b = g[edge_src[e]], g[edge_dst[e]]
@@ -190,7 +194,8 @@ def evaluate_plan(g, kt):
             transfer[e] = 0.0
         else:
             bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], kt.device_node, kt.links)
-            transfer[e] = latency + kt.edge_bytes[e] / kt.dp[b] / bandwidth
+            transfer[e] = kt.move_overhead_s + kt.move_scale * (
+                latency + kt.edge_bytes[e] / kt.dp[b] / bandwidth)
     latest_end = np.zeros(num_types)
     end = np.zeros(num_types)
     previous_end = np.zeros(num_types)

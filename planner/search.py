@@ -83,10 +83,12 @@ def smallest_alone_shortfall_bytes(table) -> float:
 
 def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
            progress: Callable[[int, float, float], None] | None = None,
-           should_stop: Callable[[], bool] | None = None) -> SearchOutcome:
+           should_stop: Callable[[], bool] | None = None, calibration=None) -> SearchOutcome:
+    """Search (module docstring); `calibration` (costmodel.calibration) prices everything
+    with fitted factors, as `plan estimate --profile` does."""
     start = time.perf_counter()
-    full = full_tables(workflow, cluster)
-    costs = PlanCosts(workflow, cluster)
+    full = full_tables(workflow, cluster, calibration=calibration)
+    costs = PlanCosts(workflow, cluster, calibration=calibration)
     judge = exact_judge(full, workflow, cluster, costs)
     baseline_choices = build_baselines(full, judge, cluster, workflow)
     keep = {t.name: set() for t in full.calls}

@@ -43,9 +43,10 @@ def mesh_shape(devices: tuple[int, ...], cluster: ClusterSpec) -> tuple:
 class CallPricer:
     """Time and memory of (call, execution), cached by mesh shape on alike nodes."""
 
-    def __init__(self, workflow: Workflow, cluster: ClusterSpec):
+    def __init__(self, workflow: Workflow, cluster: ClusterSpec, calibration=None):
         self.workflow = workflow
         self.cluster = cluster
+        self.calibration = calibration
         self.cache: dict[tuple, tuple[float, float, float, float]] = {}
         self.shapes: dict[tuple[int, ...], tuple] = {}
         self.capacities: dict[tuple[int, ...], float] = {}
@@ -70,7 +71,8 @@ class CallPricer:
         if key not in self.cache:
             role: ModelRole = self.workflow.models[call.model]
             batch = self.workflow.batch
-            seconds = call_time(call, role, execution, batch, self.cluster).time_s
+            seconds = call_time(call, role, execution, batch, self.cluster,
+                                calibration=self.calibration).time_s
             memory = call_memory(call, role, execution, batch, self.cluster)
             self.cache[key] = (seconds, float(memory.weights_bytes.max()),
                                float(memory.train_state_bytes.max()),
@@ -117,10 +119,22 @@ def undominated(table: CallTable, keep: set[int]) -> np.ndarray:
     return mask
 
 
-def full_tables(workflow: Workflow, cluster: ClusterSpec,
-                num_iterations: int = 3) -> SearchTables:
-    """Every valid candidate of every call, priced, not yet pruned."""
-    pricer = CallPricer(workflow, cluster)
+def move_factors(calibration, cluster: ClusterSpec) -> tuple[float, float]:
+    """(scale, overhead_s) of calibrated reallocation and transfer times (an affine map of
+    the priced time); (1, 0) without a calibration or when it does not cover the cluster."""
+    everything = Execution(devices=tuple(range(cluster.num_devices)), dp=cluster.num_devices,
+                           tp=1, pp=1)
+    if calibration is None or not calibration.applies_to(everything, cluster):
+        return 1.0, 0.0
+    overhead = calibration.move_time_s(0.0)
+    return calibration.move_time_s(1.0) - overhead, overhead
+
+
+def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 3,
+                calibration=None) -> SearchTables:
+    """Every valid candidate of every call, priced, not yet pruned. `calibration` is a
+    costmodel.calibration.Calibration (from `plan calibrate`) or None."""
+    pricer = CallPricer(workflow, cluster, calibration)
     meshes = allowed_meshes(cluster)
     placement_ids: dict = {}
     calls = []
@@ -139,6 +153,7 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec,
         pairs.append(ModelPair(model, index[a], index[b], wraps,
                                float(role.spec.num_params(role.head) * dtype_bytes)))
     first = cluster.node_hardware[0]
+    move_scale, move_overhead_s = move_factors(calibration, cluster)
     return SearchTables(
         calls=calls, edges=edges, pairs=pairs,
         trained_models=frozenset(workflow.trained_models()),
@@ -148,7 +163,7 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec,
         intra_node_latency_s=first.intra_node_latency_us * US,
         inter_node_bandwidth_bytes_per_s=cluster.inter_node_bandwidth_gb_per_s * GB,
         inter_node_latency_s=cluster.inter_node_latency_us * US,
-        num_iterations=num_iterations)
+        num_iterations=num_iterations, move_scale=move_scale, move_overhead_s=move_overhead_s)
 
 
 def pruned_tables(tables: SearchTables, keep: dict[str, set[int]]) -> tuple[SearchTables,

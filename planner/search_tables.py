@@ -95,6 +95,8 @@ class SearchTables:
     inter_node_bandwidth_bytes_per_s: float
     inter_node_latency_s: float
     num_iterations: int = 3
+    move_scale: float = 1.0             # calibrated reallocation / transfer time:
+    move_overhead_s: float = 0.0        #   move_overhead_s + move_scale x priced time
 
     @property
     def sizes(self) -> np.ndarray:

@@ -9,7 +9,8 @@ from pathlib import Path
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import simulate
 from planner.baselines import BASELINES
-from planner.cli.estimate import estimate_as_mapping, estimate_as_text
+from costmodel.calibration import load_calibration
+from planner.cli.estimate import add_profile_option, estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
 from planner.cli.search import DEFAULT_CLUSTER, DEFAULT_WORKFLOW
 from planner.cluster import resolve_cluster
@@ -22,14 +23,16 @@ from planner.workflow_file import resolve_workflow
 def run(args: argparse.Namespace) -> int:
     workflow = resolve_workflow(args.workflow)
     cluster = resolve_cluster(args.cluster)
-    tables = full_tables(workflow, cluster)
-    judge = exact_judge(tables, workflow, cluster, PlanCosts(workflow, cluster))
+    calibration = load_calibration(Path(args.profile)) if args.profile else None
+    tables = full_tables(workflow, cluster, calibration=calibration)
+    costs = PlanCosts(workflow, cluster, calibration=calibration)
+    judge = exact_judge(tables, workflow, cluster, costs)
     choice = BASELINES[args.kind](tables, judge, cluster, workflow)
     if choice is None:
         print(f"baseline {args.kind}: no such plan fits {cluster.describe()}")
         return 1
     executions = tables.executions_of(choice)
-    estimate = simulate(workflow, cluster, executions)
+    estimate = simulate(workflow, cluster, executions, costs=costs)
     plan = priced_plan(workflow, cluster, executions, estimate, f"plan baseline {args.kind}")
     if args.out:
         save_plan(plan, Path(args.out))
@@ -62,5 +65,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME|FILE",
                         help=f"built-in workflow or YAML file (default {DEFAULT_WORKFLOW})")
     parser.add_argument("--out", metavar="FILE", help="write the plan to this file")
+    add_profile_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)

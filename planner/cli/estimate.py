@@ -97,8 +97,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, metavar="K",
                         help=f"iterations to simulate (default {DEFAULT_ITERATIONS}, at least 2)")
+    add_profile_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_profile_option(parser: argparse.ArgumentParser) -> None:
+    """`--profile FILE`, shared by estimate, search and baseline."""
     parser.add_argument("--profile", metavar="FILE",
                         help="calibrated profile written by `plan calibrate`: its fitted "
                              "factors apply to the calls on its hardware (compute_source then "
                              "names calibration:<device>)")
-    parser.set_defaults(handler=run)

@@ -8,7 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from planner.cli.estimate import estimate_as_mapping, estimate_as_text
+from costmodel.calibration import load_calibration
+from planner.cli.estimate import add_profile_option, estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
 from planner.cluster import resolve_cluster
 from planner.errors import InputError
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
                          f"seconds")
     workflow = resolve_workflow(args.workflow)
     cluster = resolve_cluster(args.cluster)
+    calibration = load_calibration(Path(args.profile)) if args.profile else None
     out = Path(args.out) if args.out else default_out_path(args.workflow, args.cluster)
     settings = MCMCSettings(seed=args.seed, time_limit_s=args.time_limit)
     progress = None if args.json else ProgressLine("searching", args.time_limit)
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         outcome = search(workflow, cluster, settings,
                          progress=progress.update if progress else None,
-                         should_stop=lambda: interrupted["flag"])
+                         should_stop=lambda: interrupted["flag"], calibration=calibration)
     finally:
         signal.signal(signal.SIGINT, previous)
         if progress:
@@ -117,5 +119,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", metavar="FILE",
                         help="plan file to write (default plans/<workflow>-<cluster>.yaml)")
+    add_profile_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)

@@ -107,3 +107,35 @@ def test_interrupted_search_keeps_best_so_far():
     assert outcome.mcmc.stopped_by == "interrupted"
     assert outcome.mcmc.steps == 5 * settings.swap_every
     assert outcome.best is not None and outcome.best.estimate.feasible
+
+
+def test_calibrated_search_prices_with_the_profile_and_matches_the_simulator():
+    """With `plan calibrate`'s profile the fast evaluator and the exact simulator still agree
+    (calls, reallocations and transfers all carry the fitted factors)."""
+    from pathlib import Path
+
+    from costmodel.calibration import load_calibration
+    from planner.paths import PROFILES_DIR
+
+    calibration = load_calibration(Path(PROFILES_DIR) / "cpu" / "calibration.yaml")
+    workflow = builtin_workflow("ppo", model="llama-tiny",
+                                batch={"n_seqs": 16, "prompt_len": 32, "gen_len": 16,
+                                       "ppo_minibatches": 2})
+    cluster = cluster_preset("cpu4")
+    tables = full_tables(workflow, cluster, calibration=calibration)
+    plain = full_tables(workflow, cluster)      # same candidates, uncalibrated prices
+    assert tables.move_scale != 1.0 or tables.move_overhead_s != 0.0
+    evaluator = FastEvaluator(tables)
+    rng = np.random.default_rng(3)
+    choices = np.stack([rng.integers(0, len(t), 200) for t in tables.calls], axis=1)
+    result = evaluator.evaluate(choices)
+    costs = PlanCosts(workflow, cluster, calibration=calibration)
+    checked = 0
+    for i in np.flatnonzero(result.feasible)[:15]:
+        exact = simulate(workflow, cluster, tables.executions_of(choices[i]), costs=costs)
+        assert "calibration:cpu" in exact.compute_source
+        assert exact.iteration_s == pytest.approx(result.iteration_s[i], rel=0.05)
+        checked += 1
+    assert checked >= 5
+    uncalibrated = FastEvaluator(plain).evaluate(choices)
+    assert not np.allclose(uncalibrated.iteration_s, result.iteration_s)
