@@ -9,6 +9,7 @@ What the executor calls (every rank of the world, the same calls in the same ord
     inference(model, micro_batches, with_entropy=False) -> list[ModelOutputs]
     optimizer = Adam(model.params, AdamConfig(...), ctx, shard_over_dp=False)
     train_step(model, optimizer, micro_batches, loss_fn, num_minibatches) -> list[TrainStats]
+        (recomputes each decoder block's activations in backward, as the cost model prices)
 
 `model.params` maps HF names to this rank's shards; `planner.param_shards` (pure, no torch,
 shared with the cost model) says which slice of which full tensor each (tp_rank, pp_stage)

@@ -5,6 +5,11 @@
 shapes match). A stage's forward takes token ids (first stage) or the previous stage's hidden
 states and returns hidden states, or on the last stage this rank's vocabulary slice of the
 logits ("lm" head) or scalar values [batch, seq] ("value" head).
+
+Train calls recompute activations (`recompute=True`, what the cost model prices with
+`costmodel.efficiency.RECOMPUTE_ACTIVATIONS`): each decoder block keeps only its input and
+runs its forward again in backward (torch.utils.checkpoint, non-reentrant). The block's TP
+all-reduces run again in the same order on every TP rank, since all run the same graph.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from planner.modelspec import HeadKind, ModelSpec
 from planner.param_shards import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
@@ -94,26 +100,37 @@ class ParallelModel:
         return AttentionInputs(cos=cos, sin=sin, mask=mask, cache_start=cache_start)
 
     def stage_forward(self, stage_input: torch.Tensor, inputs: AttentionInputs,
-                      caches: list[LayerCache] | None = None) -> torch.Tensor:
-        """Embedding (first stage), this stage's blocks, and the head (last stage)."""
+                      caches: list[LayerCache] | None = None, recompute: bool = False
+                      ) -> torch.Tensor:
+        """Embedding (first stage), this stage's blocks, and the head (last stage).
+
+        recompute: keep only each block's input for backward and run the block again there
+        (module docstring); not with caches.
+        """
+        assert not (recompute and caches is not None), "recompute is for cache-less passes"
         x = stage_input
         if self.ctx.is_first_stage:
             x = vocab_parallel_embedding(x, self.params[EMBEDDING], self.vocab_start,
                                          self.ctx.tp_group)
         for i, layer in enumerate(self.layers):
-            x = decoder_block(x, self.params, layer, self.spec.head_dim, self.spec.norm_eps,
-                              inputs, self.ctx.tp_group, None if caches is None else caches[i])
+            block_args = (self.params, layer, self.spec.head_dim, self.spec.norm_eps, inputs,
+                          self.ctx.tp_group, None if caches is None else caches[i])
+            if recompute:
+                x = checkpoint(decoder_block, x, *block_args, use_reentrant=False)
+            else:
+                x = decoder_block(x, *block_args)
         if self.ctx.is_last_stage:
             x = self._head(x)
         return x
 
-    def forward_sequences(self, stage_input: torch.Tensor, attention_mask: torch.Tensor
-                          ) -> torch.Tensor:
+    def forward_sequences(self, stage_input: torch.Tensor, attention_mask: torch.Tensor,
+                          recompute: bool = False) -> torch.Tensor:
         """`stage_forward` over whole (padded) sequences without a cache."""
         positions = positions_from_mask(attention_mask)
         slots = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         mask = attention_mask_4d(attention_mask.bool(), slots)
-        return self.stage_forward(stage_input, self.attention_inputs(positions, mask))
+        return self.stage_forward(stage_input, self.attention_inputs(positions, mask),
+                                  recompute=recompute)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = rms_norm(x, self.params[FINAL_NORM], self.spec.norm_eps)

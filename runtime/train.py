@@ -4,7 +4,9 @@ A train step runs `num_minibatches` optimizer updates, each over a contiguous gr
 given micro-batches (PPO-style several minibatches per step). Within a minibatch, stage s of
 pp runs min(pp - s - 1, M) warm-up forwards, then alternates one forward and one backward,
 then drains the remaining backwards (Megatron's non-interleaved 1F1B), so at most pp - s
-micro-batches' activations are alive.
+micro-batches' activations are alive. Each decoder block keeps only its input and recomputes
+its activations in backward (runtime/model.py; the cost model prices the same,
+costmodel.efficiency.RECOMPUTE_ACTIVATIONS).
 
 The loss: `loss_fn(outputs, micro_batch)` returns the SUM of the loss over the items weighted
 by `micro_batch.loss_mask`; the engine divides by the total loss_mask weight of the minibatch
@@ -68,7 +70,7 @@ class _Schedule:
         else:
             x = self.link.recv_prev((batch, seq, model.spec.hidden_size), dev.dtype)
             x.requires_grad_(True)
-        out = model.forward_sequences(x, mb.attention_mask.to(dev.device))
+        out = model.forward_sequences(x, mb.attention_mask.to(dev.device), recompute=True)
         if ctx.is_last_stage:
             outputs = outputs_from_head(model, out, ids, self.with_entropy)
             out = self.loss_fn(outputs, mb) / self.normaliser
