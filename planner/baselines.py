@@ -29,17 +29,11 @@ POOL_WEIGHT = {"train": 3.0, "generate": 2.0, "inference": 1.0}
 MAX_COMBINATIONS = 200_000
 
 
-def _fits(table: CallTable) -> np.ndarray:
-    state = table.state_bytes if table.kind == "train" else table.weights_bytes
-    return state + table.activation_bytes <= table.capacity_bytes
-
-
 def layout_options(table: CallTable, devices: tuple[int, ...], count: int) -> list[int]:
     """Up to `count` candidates on exactly `devices` that fit alone, from the fastest to the
     leanest: points spread along the time / memory Pareto front, as a user trading speed for
     memory would try them."""
-    own = table.state_bytes if table.kind == "train" else table.weights_bytes
-    memory = own + table.activation_bytes
+    memory = table.alone_bytes()
     found = [i for i, ex in enumerate(table.executions)
              if ex.devices == devices and memory[i] <= table.capacity_bytes[i]
              # generation engines (vLLM, SGLang) use tensor and data parallelism only

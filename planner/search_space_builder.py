@@ -93,12 +93,6 @@ def _call_table(call: ModelFunctionCall, executions: list[Execution], pricer: Ca
                      placement=placement)
 
 
-def fits_alone(table: CallTable) -> np.ndarray:
-    """Candidates whose own state and working set fit on their devices."""
-    state = table.state_bytes if table.kind == "train" else table.weights_bytes
-    return state + table.activation_bytes <= table.capacity_bytes
-
-
 def undominated(table: CallTable, keep: set[int]) -> np.ndarray:
     """Mask of candidates not dominated within their placement (module docstring, step 2)."""
     mask = np.ones(len(table), dtype=bool)
@@ -172,7 +166,7 @@ def pruned_tables(tables: SearchTables, keep: dict[str, set[int]]) -> tuple[Sear
     new_calls, kept = [], []
     for table in tables.calls:
         protected = keep.get(table.name, set())
-        alive = fits_alone(table)
+        alive = table.fits_alone()
         alive &= undominated(table, protected) | np.isin(np.arange(len(table)),
                                                          list(protected))
         index = np.flatnonzero(alive)

@@ -46,6 +46,15 @@ class CallTable:
     def __len__(self) -> int:
         return len(self.executions)
 
+    def alone_bytes(self) -> np.ndarray:
+        """Memory per device of each candidate alone on its mesh: its own state (train state
+        for a train call, weights otherwise) plus its working set."""
+        own = self.state_bytes if self.kind == "train" else self.weights_bytes
+        return own + self.activation_bytes
+
+    def fits_alone(self) -> np.ndarray:
+        return self.alone_bytes() <= self.capacity_bytes
+
     def subset(self, keep: np.ndarray) -> "CallTable":
         """The table restricted to candidates where `keep` is True (or at the given indices)."""
         index = np.flatnonzero(keep) if keep.dtype == bool else keep
