@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -130,9 +131,10 @@ def measure(directory: Path, names: list[str], remeasure: bool, repeats: int) ->
             start = time.perf_counter()
             trace, _ = run_plan(plan, RunConfig(iterations=ITERATIONS), emit=lambda line: None)
             atomic_write_text(trace_path, json.dumps(trace, indent=1))
+            load = os.getloadavg()[0]
             print(f"measured {name} r{r}: {trace['iteration_s']:.3f} s/iteration "
-                  f"({time.perf_counter() - start:.0f} s run; CPU {busy:.0%} busy before)",
-                  flush=True)
+                  f"({time.perf_counter() - start:.0f} s run; CPU {busy:.0%} busy before, "
+                  f"load average {load:.2f} after)", flush=True)
 
 
 TIMELINE_PLAN = "ppo-tiny-cpu4-split"

@@ -12,6 +12,7 @@ to a file that `plan estimate --profile FILE` (and `plan search --profile FILE`)
     host: ci-runner              # optional
     notes: "..."                 # optional: what it was fitted on
     cores_per_node: 2            # CPU cores the device processes of one node share
+    process_slowdown: 0.2        # x compute per extra co-running process on a node (fitted)
     compute_scale: {generate: 1.4, inference: 1.1, train: 0.9}   # x every compute time
     call_overhead_s: {generate: 0.004, inference: 0.002, train: 0.01}  # fixed per call
     decode_step_s: 0.0007        # fixed per decode step (sampling, Python, stop checks)
@@ -20,13 +21,15 @@ to a file that `plan estimate --profile FILE` (and `plan search --profile FILE`)
     move_overhead_s: 0.002       # + fixed per reallocation or data transfer
     fit: {calls: 40, ...}        # optional: the fit's summary (written by plan calibrate)
 
-How a calibrated call is priced (costmodel/call_cost.py call_time): with
-oversubscription = max(1, devices of the call on one node / cores_per_node) (the profile
-assumes a core per device; more processes than cores share them):
+How a calibrated call is priced (costmodel/call_cost.py call_time): with n the call's
+device processes on its busiest node (the profile times one process alone on a core),
 
-    time = compute_scale[kind] x oversubscription x compute
+    slowdown = max(1, n / cores_per_node)                      # more processes than cores
+             x (1 + process_slowdown x (min(n, cores_per_node) - 1))   # shared caches and
+                                                               # memory bandwidth, fitted
+    time = compute_scale[kind] x slowdown x compute
          + communication with collective_latency_s as the latency of every step
-         + oversubscription x (call_overhead_s[kind] + decode_steps x decode_step_s)
+         + slowdown x (call_overhead_s[kind] + decode_steps x decode_step_s)
 
 decode_steps = ceil(m / pp) x pp x gen_len (the rounds of call_cost's decoding model) for
 generate calls, 0 otherwise. A calibration applies only to executions whose devices are all
@@ -63,6 +66,7 @@ class Calibration(BaseModel):
     host: str = ""
     notes: str = ""
     cores_per_node: int = Field(ge=1)
+    process_slowdown: float = Field(default=0.0, ge=0)
     compute_scale: dict[str, float]
     call_overhead_s: dict[str, float]
     decode_step_s: float = Field(ge=0)
@@ -94,19 +98,24 @@ class Calibration(BaseModel):
 
     def oversubscription(self, execution: Execution, cluster: ClusterSpec) -> float:
         """max(1, the call's device processes on its busiest node / cores of a node)."""
-        per_node: dict[int, int] = {}
-        for d in execution.devices:
-            node = cluster.device_node[d]
-            per_node[node] = per_node.get(node, 0) + 1
-        return max(1.0, max(per_node.values()) / self.cores_per_node)
+        return max(1.0, busiest_node_processes(execution, cluster) / self.cores_per_node)
+
+    def co_running(self, execution: Execution, cluster: ClusterSpec) -> int:
+        """Other processes of the call sharing its busiest node's cores, at most cores - 1."""
+        return min(busiest_node_processes(execution, cluster), self.cores_per_node) - 1
+
+    def slowdown(self, execution: Execution, cluster: ClusterSpec) -> float:
+        """Compute and overhead multiplier of a call from its processes per node."""
+        return (self.oversubscription(execution, cluster)
+                * (1.0 + self.process_slowdown * self.co_running(execution, cluster)))
 
     def knobs(self, kind: str, execution: Execution, cluster: ClusterSpec) -> CostKnobs:
-        scale = self.compute_scale[kind] * self.oversubscription(execution, cluster)
+        scale = self.compute_scale[kind] * self.slowdown(execution, cluster)
         return CostKnobs(compute_scale=scale, latency_s=self.collective_latency_s)
 
     def overhead_phases_s(self, call: ModelFunctionCall, execution: Execution,
                           batch: BatchSpec, cluster: ClusterSpec) -> dict[str, float]:
-        slow = self.oversubscription(execution, cluster)
+        slow = self.slowdown(execution, cluster)
         phases = {"overhead": slow * self.call_overhead_s[call.kind]}
         steps = decode_steps(call, execution, batch)
         if steps:
@@ -125,7 +134,17 @@ class Calibration(BaseModel):
         return (f"compute x [{scale}]; overhead ms [{over}]; decode step "
                 f"{self.decode_step_s * 1e3:.2f} ms; collective latency {latency}; moves x"
                 f"{self.move_scale:.2f} + {self.move_overhead_s * 1e3:.1f} ms; "
-                f"{self.cores_per_node} cores per node")
+                f"{self.cores_per_node} cores per node, +{self.process_slowdown:.0%} per "
+                f"co-running process")
+
+
+def busiest_node_processes(execution: Execution, cluster: ClusterSpec) -> int:
+    """Device processes of the execution on the node that holds most of them."""
+    per_node: dict[int, int] = {}
+    for d in execution.devices:
+        node = cluster.device_node[d]
+        per_node[node] = per_node.get(node, 0) + 1
+    return max(per_node.values())
 
 
 def decode_steps(call: ModelFunctionCall, execution: Execution, batch: BatchSpec) -> int:

@@ -5,7 +5,7 @@ Features of one call (costmodel/calibration.py gives the model they feed):
     compute_s     compute seconds of the call, oversubscription included (compute_scale 1)
     latency_steps collective steps and sends on the call's critical path (s per 1 s latency)
     bandwidth_s   the bytes-over-bandwidth part of its communication
-    oversubscription, decode_steps
+    oversubscription, co_running (the calibration's terms), decode_steps
 They are read off call_cost by probing its knobs: with compute scale 0 and latency 0 only
 the bandwidth part is left; the rest are differences. (Stage maxima make the model only
 piecewise linear in the knobs; the probes measure it at the knob values of interest.)
@@ -47,6 +47,7 @@ class CallFeatures:
     latency_steps: float
     bandwidth_s: float
     oversubscription: float
+    co_running: int
     decode_steps: int
 
 
@@ -157,6 +158,7 @@ def call_features(case: MeasuredPlan, cores_per_node: int) -> list[CallFeatures]
             plan=case.name, call=name, kind=call.kind, measured_s=case.call_times_s[name],
             compute_s=seconds(slow, 0.0) - bandwidth, latency_steps=seconds(0.0, 1.0) - bandwidth,
             bandwidth_s=bandwidth, oversubscription=slow,
+            co_running=probe.co_running(ex, plan.cluster),
             decode_steps=decode_steps(call, ex, plan.workflow.batch)))
     return rows
 

@@ -2,9 +2,15 @@
 
 Each call time is linear in the factors (costmodel/calibration_data.py features):
 
-    measured = compute_scale[kind] x compute_s + collective_latency_s x latency_steps
-             + bandwidth_s + oversubscription x (call_overhead_s[kind]
-                                                 + decode_step_s x decode_steps)
+    measured = contention x compute_scale[kind] x compute_s
+             + collective_latency_s x latency_steps + bandwidth_s
+             + contention x oversubscription x (call_overhead_s[kind]
+                                                + decode_step_s x decode_steps)
+    contention = 1 + process_slowdown x co_running
+
+for a given process_slowdown; that one factor is found by a bounded scalar search over the
+loss of the linear fit (MAX_PROCESS_SLOWDOWN: a co-running process can at most double the
+time, beyond which something else is wrong).
 
 and each reallocation / transfer time is move_scale x priced + move_overhead_s. Rows are
 divided by the measured time, so the fit minimises relative errors (a 5 ms call counts as
@@ -23,7 +29,7 @@ import platform
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, minimize_scalar
 
 from costmodel.calibration import CALL_KINDS, FORMAT_VERSION, Calibration
 from costmodel.calibration_data import (CallFeatures, MeasuredPlan, call_features, move_rows)
@@ -31,6 +37,7 @@ from planner.errors import InputError
 
 # Relative error at which the soft-L1 loss turns from quadratic to linear.
 ROBUST_SCALE = 0.2
+MAX_PROCESS_SLOWDOWN = 1.0
 
 CALL_FACTORS = ([f"compute_scale.{k}" for k in CALL_KINDS]
                 + [f"call_overhead_s.{k}" for k in CALL_KINDS]
@@ -55,20 +62,22 @@ class FitResult:
     moves: list[Residual]
 
 
-def design_row(f: CallFeatures) -> np.ndarray:
+def design_row(f: CallFeatures, process_slowdown: float = 0.0) -> np.ndarray:
     """Coefficients of CALL_FACTORS in one call's time (module docstring)."""
+    contention = 1.0 + process_slowdown * f.co_running
     row = np.zeros(len(CALL_FACTORS))
-    row[CALL_FACTORS.index(f"compute_scale.{f.kind}")] = f.compute_s
-    row[CALL_FACTORS.index(f"call_overhead_s.{f.kind}")] = f.oversubscription
-    row[CALL_FACTORS.index("decode_step_s")] = f.oversubscription * f.decode_steps
+    row[CALL_FACTORS.index(f"compute_scale.{f.kind}")] = contention * f.compute_s
+    row[CALL_FACTORS.index(f"call_overhead_s.{f.kind}")] = contention * f.oversubscription
+    row[CALL_FACTORS.index("decode_step_s")] = contention * f.oversubscription * f.decode_steps
     row[CALL_FACTORS.index("collective_latency_s")] = f.latency_steps
     return row
 
 
-def _solve(matrix: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-negative relative least squares over the columns some row uses; (x, used)."""
+def _solve(matrix: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Non-negative relative least squares over the columns some row uses; (x, used, loss)."""
     used = np.any(matrix > 0, axis=0)
     x = np.zeros(matrix.shape[1])
+    loss = 0.0
     if used.any():
         a = matrix[:, used]
         # Columns differ by orders of magnitude (a scale vs an overhead in seconds): solve
@@ -78,17 +87,31 @@ def _solve(matrix: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
         fit = least_squares(lambda y: (a / norm) @ y - target, start, bounds=(0.0, np.inf),
                             loss="soft_l1", f_scale=ROBUST_SCALE)
         x[used] = fit.x / norm
-    return x, used
+        loss = float(fit.cost)
+    return x, used, loss
+
+
+def _fit_linear(features: list[CallFeatures], process_slowdown: float
+                ) -> tuple[np.ndarray, np.ndarray, float]:
+    measured = np.array([f.measured_s for f in features])
+    matrix = np.array([design_row(f, process_slowdown) for f in features]) / measured[:, None]
+    target = (measured - np.array([f.bandwidth_s for f in features])) / measured
+    return _solve(matrix, target)
 
 
 def fit_factors(features: list[CallFeatures]) -> dict[str, float | None]:
-    """Factor values by name; neutral ones for factors no row constrains."""
-    measured = np.array([f.measured_s for f in features])
-    matrix = np.array([design_row(f) for f in features]) / measured[:, None]
-    target = (measured - np.array([f.bandwidth_s for f in features])) / measured
-    x, used = _solve(matrix, target)
-    return {name: (float(x[i]) if used[i] else NEUTRAL[name])
-            for i, name in enumerate(CALL_FACTORS)}
+    """Factor values by name (CALL_FACTORS and process_slowdown); neutral ones for factors
+    no row constrains (process_slowdown 0 without a call of several processes on a node)."""
+    slowdown = 0.0
+    if any(f.co_running for f in features):
+        search = minimize_scalar(lambda s: _fit_linear(features, s)[2],
+                                 bounds=(0.0, MAX_PROCESS_SLOWDOWN), method="bounded",
+                                 options={"xatol": 1e-3})
+        slowdown = float(search.x)
+    x, used, _ = _fit_linear(features, slowdown)
+    factors = {name: (float(x[i]) if used[i] else NEUTRAL[name])
+               for i, name in enumerate(CALL_FACTORS)}
+    return {**factors, "process_slowdown": slowdown}
 
 
 def fit_moves(rows: list[tuple[str, float, float]]) -> tuple[float, float]:
@@ -98,7 +121,7 @@ def fit_moves(rows: list[tuple[str, float, float]]) -> tuple[float, float]:
     priced = np.array([r[1] for r in rows])
     measured = np.array([r[2] for r in rows])
     matrix = np.stack([priced, np.ones_like(priced)], axis=1) / measured[:, None]
-    x, _ = _solve(matrix, np.ones_like(measured))
+    x, _, _ = _solve(matrix, np.ones_like(measured))
     return float(x[0]), float(x[1])
 
 
@@ -121,7 +144,7 @@ def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None
         recorded=datetime.date.today().isoformat(), host=platform.node(),
         notes=notes or f"fitted by plan calibrate on {len(cases)} traces: "
                        + ", ".join(c.name for c in cases),
-        cores_per_node=cores,
+        cores_per_node=cores, process_slowdown=factors["process_slowdown"],
         compute_scale={k: factors[f"compute_scale.{k}"] for k in CALL_KINDS},
         call_overhead_s={k: factors[f"call_overhead_s.{k}"] for k in CALL_KINDS},
         decode_step_s=factors["decode_step_s"],

@@ -14,12 +14,12 @@ blocks; pipeline sends (p2p of b x tokens x h) go over the slowest pp link.
   outputs `logprobs`, the runtime recomputes them with one forward pass of the generated
   sequences (runtime/executor/calls.py run_generate): phase "logprobs", priced as inference.
 - inference: one forward, (pp + m - 1) x (stage forward + send).
-- train, per minibatch: 1F1B (pp + m - 1) x (stage forward + backward [+ recomputed
-  forward] + 2 sends), then the DP gradient sync and the optimizer step. Default sync with
+- train, per minibatch: 1F1B (pp + m - 1) x (stage forward + backward [+ the blocks'
+  recomputed forward, efficiency.RECOMPUTE_ACTIVATIONS] + 2 sends), then the DP gradient sync and the optimizer step. Default sync with
   ZeRO-1: reduce-scatter of gradients + all-gather of weights over the dp group (compute
   dtype), the optimizer step on 1/dp of the stage's shard. Not overlapped with compute.
-TP all-reduces per block: 2 forward (attention and MLP outputs), 2 backward, 2 more for the
-recomputed forward; 1 for the vocab-parallel embedding; the head's softmax reductions are
+TP all-reduces per block: 2 forward (attention and MLP outputs), 2 backward,
+efficiency.RECOMPUTED_TP_ALLREDUCES_PER_BLOCK more for the recomputed forward; 1 for the vocab-parallel embedding; the head's softmax reductions are
 3 small all-reduces of tokens x 4 bytes. Replicated-norm gradient all-reduces are ignored.
 
 Calibration (costmodel/calibration.py, optional): `call_time(..., calibration=cal)` scales
@@ -150,6 +150,16 @@ class _StageTimer:
             comm_s = comm_s + self.tp_allreduces_s(stage, 3, tokens * 4.0)
         return worst * self.knobs.compute_scale + comm_s
 
+    def recompute_s(self, stage: int, b: int, length) -> np.ndarray:
+        """The recomputed forward of a train step: the stage's blocks only."""
+        layers = self.geo.stage_layers[stage]
+        worst = max(layers * timer.time_s("forward", "block", self.ex.tp, b, length)
+                    for timer in self.timers[stage])
+        dtype = self.timers[stage][0].hardware.compute_dtype_bytes
+        act_bytes = b * float(length) * self.role.spec.hidden_size * dtype
+        count = eff.RECOMPUTED_TP_ALLREDUCES_PER_BLOCK * layers
+        return worst * self.knobs.compute_scale + self.tp_allreduces_s(stage, count, act_bytes)
+
     def max_stage_s(self, op: str, b: int, length) -> np.ndarray:
         return np.max([self.stage_s(s, op, b, length) for s in range(self.ex.pp)], axis=0)
 
@@ -183,11 +193,11 @@ def _inference_s(st: _StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
 def _train_s(st: _StageTimer, b: int, batch: BatchSpec, spec_elements: np.ndarray
              ) -> dict[str, float]:
     ex, s = st.ex, batch.seq_len
-    forward_passes = 2 if eff.RECOMPUTE_ACTIVATIONS else 1
     stage_steps = []
     for stage in range(ex.pp):
-        step = forward_passes * st.stage_s(stage, "forward", b, s) + \
-            st.stage_s(stage, "backward", b, s)
+        step = st.stage_s(stage, "forward", b, s) + st.stage_s(stage, "backward", b, s)
+        if eff.RECOMPUTE_ACTIVATIONS:
+            step = step + st.recompute_s(stage, b, s)
         stage_steps.append(step)
     pipeline = (ex.pp + ex.micro_batches - 1) * (max(stage_steps) + 2 * st.send_s(b, s))
     sync, optimizer = 0.0, 0.0

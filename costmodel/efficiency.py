@@ -58,6 +58,13 @@ SHARD_OPTIMIZER_OVER_DP = True
 # forward pass runs twice.
 RECOMPUTE_ACTIVATIONS = True
 
+# What the recomputation reruns: the decoder blocks only (embedding and head keep their
+# activations; runtime/model.py checkpoints each block). PyTorch's non-reentrant checkpoint
+# stops recomputing a block once the tensors its backward needs are back (early stop,
+# torch.utils.checkpoint docs), so the block's last op, the MLP's row-parallel all-reduce,
+# is not rerun: one of the block's two forward TP all-reduces is.
+RECOMPUTED_TP_ALLREDUCES_PER_BLOCK = 1
+
 # Logits are materialised in fp32 for the log-softmax (runtime/vocab_parallel.py), and the
 # backward of the log-softmax holds one more copy.
 LOGITS_BYTES_PER_ELEMENT = 4

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from costmodel import efficiency as eff
 from planner.plan import Plan, plan_from_mapping
 from planner.transfer_schedule import param_schedule
 from runtime.algorithms import ALGORITHMS
@@ -73,7 +74,9 @@ class RankState:
         for role in wf.trained_models():
             home = self.models[role].get(self.homes[role])
             if home is not None:
-                self.optimizers[role] = Adam(home.params, AdamConfig(lr=config.lr), home.ctx)
+                # ZeRO-1 when the cost model prices it (what we price is what we run)
+                self.optimizers[role] = Adam(home.params, AdamConfig(lr=config.lr), home.ctx,
+                                             shard_over_dp=eff.SHARD_OPTIMIZER_OVER_DP)
         self.store = DataStore()
         self.dataset = Dataset(wf.batch, next(iter(wf.models.values())).spec.vocab_size,
                                config.seed, wf.algorithm == "dpo",

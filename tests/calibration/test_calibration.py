@@ -32,7 +32,7 @@ PLANS = [
 
 KNOWN = Calibration(
     format_version=1, kind="calibration", device="cpu", recorded="2025-01-01",
-    cores_per_node=2, compute_scale={"generate": 1.3, "inference": 0.9, "train": 1.6},
+    cores_per_node=2, process_slowdown=0.3, compute_scale={"generate": 1.3, "inference": 0.9, "train": 1.6},
     call_overhead_s={"generate": 0.004, "inference": 0.002, "train": 0.02},
     decode_step_s=0.0012, collective_latency_s=0.0008, move_scale=2.0, move_overhead_s=0.003)
 
@@ -70,6 +70,7 @@ def test_fit_recovers_known_factors(plans):
                                                           rel=0.15, abs=5e-4)
     assert fit.decode_step_s == pytest.approx(KNOWN.decode_step_s, rel=0.1)
     assert fit.collective_latency_s == pytest.approx(KNOWN.collective_latency_s, rel=0.1)
+    assert fit.process_slowdown == pytest.approx(KNOWN.process_slowdown, abs=0.03)
     assert fit.fit["call_rel_error_median_after"] < 0.01
 
 
@@ -77,7 +78,8 @@ def test_fit_of_uncalibrated_measurements_is_neutral(plans):
     neutral = KNOWN.model_copy(update={
         "compute_scale": {"generate": 1.0, "inference": 1.0, "train": 1.0},
         "call_overhead_s": {"generate": 0.0, "inference": 0.0, "train": 0.0},
-        "decode_step_s": 0.0, "collective_latency_s": 500e-6, "cores_per_node": 8})
+        "decode_step_s": 0.0, "collective_latency_s": 500e-6, "cores_per_node": 8,
+        "process_slowdown": 0.0})
     cases = [synthetic_case(i, p, neutral) for i, p in enumerate(plans[:4])]
     fit = fit_calibration(cases, cores_per_node=8).calibration
     assert fit.compute_scale["train"] == pytest.approx(1.0, rel=0.02)
@@ -110,6 +112,15 @@ def test_oversubscription_slows_calls_on_more_devices_than_cores(plans):
     case = MeasuredPlan("p", plan, 1.0, {c: 1.0 for c in plan.workflow.call_order}, {})
     assert (predict_plan(case, two_cores).call_times_s["actor_train"]
             > predict_plan(case, one_core_each).call_times_s["actor_train"])
+
+
+def test_slowdown_adds_per_co_running_process_up_to_the_cores(plans):
+    cal = KNOWN.model_copy(update={"cores_per_node": 2, "process_slowdown": 0.25})
+    one, two, four = (plans[i].executions["actor_train"] for i in (0, 2, 4))
+    assert cal.slowdown(one, plans[0].cluster) == 1.0
+    assert cal.slowdown(two, plans[2].cluster) == pytest.approx(1.25)
+    # 4 processes on 2 cores: time-sliced (x2) and each shares with one co-running process
+    assert cal.slowdown(four, plans[4].cluster) == pytest.approx(2 * 1.25)
 
 
 def test_calibration_ignores_other_hardware(plans):
