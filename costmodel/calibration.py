@@ -16,7 +16,8 @@ to a file that `plan estimate --profile FILE` (and `plan search --profile FILE`)
     compute_scale: {generate: 1.4, inference: 1.1, train: 0.9}   # x every compute time
     call_overhead_s: {generate: 0.004, inference: 0.002, train: 0.01}  # fixed per call
     decode_step_s: 0.0007        # fixed per decode step (sampling, Python, stop checks)
-    collective_latency_s: 0.0004 # latency of one collective step / send (replaces alpha)
+    collective_latency_s: 0.0004 # latency of one collective step / send (replaces alpha),
+                                 # x oversubscription
     move_scale: 1.5              # x the priced time of a reallocation or data transfer
     move_overhead_s: 0.002       # + fixed per reallocation or data transfer
     fit: {calls: 40, ...}        # optional: the fit's summary (written by plan calibrate)
@@ -28,7 +29,9 @@ device processes on its busiest node (the profile times one process alone on a c
              x (1 + process_slowdown x (min(n, cores_per_node) - 1))   # shared caches and
                                                                # memory bandwidth, fitted
     time = compute_scale[kind] x slowdown x compute
-         + communication with collective_latency_s as the latency of every step
+         + communication with collective_latency_s x max(1, n / cores_per_node) as the
+           latency of every step (a step waits for every member to be scheduled; with more
+           processes than cores a member is often descheduled)
          + slowdown x (call_overhead_s[kind] + decode_steps x decode_step_s)
 
 decode_steps = ceil(m / pp) x pp x gen_len (the rounds of call_cost's decoding model) for
@@ -111,7 +114,10 @@ class Calibration(BaseModel):
 
     def knobs(self, kind: str, execution: Execution, cluster: ClusterSpec) -> CostKnobs:
         scale = self.compute_scale[kind] * self.slowdown(execution, cluster)
-        return CostKnobs(compute_scale=scale, latency_s=self.collective_latency_s)
+        latency = self.collective_latency_s
+        if latency is not None:
+            latency *= self.oversubscription(execution, cluster)
+        return CostKnobs(compute_scale=scale, latency_s=latency)
 
     def overhead_phases_s(self, call: ModelFunctionCall, execution: Execution,
                           batch: BatchSpec, cluster: ClusterSpec) -> dict[str, float]:

@@ -3,7 +3,8 @@ the features each call's time is linear in, and the (calibrated) estimate of a p
 
 Features of one call (costmodel/calibration.py gives the model they feed):
     compute_s     compute seconds of the call, oversubscription included (compute_scale 1)
-    latency_steps collective steps and sends on the call's critical path (s per 1 s latency)
+    latency_steps collective steps and sends on the call's critical path, x oversubscription
+                  (seconds per 1 s of collective_latency_s)
     bandwidth_s   the bytes-over-bandwidth part of its communication
     oversubscription, co_running (the calibration's terms), decode_steps
 They are read off call_cost by probing its knobs: with compute scale 0 and latency 0 only
@@ -156,7 +157,7 @@ def call_features(case: MeasuredPlan, cores_per_node: int) -> list[CallFeatures]
         bandwidth = seconds(0.0, 0.0)
         rows.append(CallFeatures(
             plan=case.name, call=name, kind=call.kind, measured_s=case.call_times_s[name],
-            compute_s=seconds(slow, 0.0) - bandwidth, latency_steps=seconds(0.0, 1.0) - bandwidth,
+            compute_s=seconds(slow, 0.0) - bandwidth, latency_steps=seconds(0.0, slow) - bandwidth,
             bandwidth_s=bandwidth, oversubscription=slow,
             co_running=probe.co_running(ex, plan.cluster),
             decode_steps=decode_steps(call, ex, plan.workflow.batch)))
