@@ -18,9 +18,12 @@ Each TRACE is a `plan run --trace` output; its plan is X.yaml for a trace named 
 on one hardware kind (e.g. the cpu gloo cluster). The factors (costmodel/calibration.py):
 per call kind (generate, inference, train) a compute multiplier and a fixed per-call
 overhead; a fixed overhead per decode step; the latency of one collective step or send;
-a multiplier and a fixed overhead for reallocations and data transfers. The oversubscription
-of CPU cores (more device processes on a node than --cores) is applied, not fitted. They are
-fitted by non-negative least squares on relative errors of every call's measured time.
+a multiplier and a fixed overhead for reallocations and data transfers; a slowdown per
+other process of the call sharing a node's cores (process_slowdown). The oversubscription of
+CPU cores (more device processes on a node than --cores) is applied, not fitted: it scales
+compute and the collective latency (a collective step waits for every member to be
+scheduled). The factors are fitted by non-negative least squares on relative errors of
+every call's measured time.
 
 Prints the factors and, per call, the measured time and the estimate before and after the
 fit. Use the output with `plan estimate --profile FILE` (or `plan search --profile FILE`).
