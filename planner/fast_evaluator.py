@@ -55,7 +55,8 @@ KernelTables = namedtuple("KernelTables", [
     "time_s", "weights", "state", "activation", "capacity", "dp", "tp", "pp", "lo", "hi",
     "placement", "order", "edge_src", "edge_dst", "edge_bytes", "pair_src", "pair_dst",
     "pair_wraps", "pair_weights", "memory_role", "train_call_of", "model_id", "links",
-    "device_node", "num_iterations", "move_scale", "move_overhead_s"])
+    "device_node", "num_iterations", "move_scale", "move_overhead_s", "edges_into_offset",
+    "edges_into", "pair_into"])
 
 
 @dataclass
@@ -83,18 +84,19 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
         order.append(k)
     train_call = {c.model: k for k, c in enumerate(calls) if c.kind == "train"}
     models = sorted({c.model for c in calls})
+    assert all(sum(p.dst == k for p in pairs) <= 1 for k in range(len(calls))), pairs
+    # A candidate's fields side by side in memory (one row each), so that the random
+    # candidate lookups of an evaluation touch one cache line per call rather than one per
+    # field: the per-field arrays below are column views of these rows.
+    floats = np.stack([_concat(tables, name, np.float64) for name in (
+        "time_s", "weights_bytes", "state_bytes", "activation_bytes", "capacity_bytes", "dp",
+        "tp", "pp")], axis=1)
+    ints = np.stack([_concat(tables, name, np.int64) for name in ("lo", "hi", "placement")],
+                    axis=1)
     return KernelTables(
-        time_s=_concat(tables, "time_s", np.float64),
-        weights=_concat(tables, "weights_bytes", np.float64),
-        state=_concat(tables, "state_bytes", np.float64),
-        activation=_concat(tables, "activation_bytes", np.float64),
-        capacity=_concat(tables, "capacity_bytes", np.float64),
-        dp=_concat(tables, "dp", np.float64),
-        tp=_concat(tables, "tp", np.float64),
-        pp=_concat(tables, "pp", np.float64),
-        lo=_concat(tables, "lo", np.int64),
-        hi=_concat(tables, "hi", np.int64),
-        placement=_concat(tables, "placement", np.int64),
+        time_s=floats[:, 0], weights=floats[:, 1], state=floats[:, 2], activation=floats[:, 3],
+        capacity=floats[:, 4], dp=floats[:, 5], tp=floats[:, 6], pp=floats[:, 7],
+        lo=ints[:, 0], hi=ints[:, 1], placement=ints[:, 2],
         order=np.array(order, dtype=np.int64),
         edge_src=np.array([e.src for e in edges], dtype=np.int64),
         edge_dst=np.array([e.dst for e in edges], dtype=np.int64),
@@ -113,7 +115,15 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
                        dtype=np.float64),
         device_node=np.asarray(tables.device_node, dtype=np.int64),
         num_iterations=int(tables.num_iterations),
-        move_scale=float(tables.move_scale), move_overhead_s=float(tables.move_overhead_s))
+        move_scale=float(tables.move_scale), move_overhead_s=float(tables.move_overhead_s),
+        # data edges into each call: edges_into[edges_into_offset[k]:edges_into_offset[k+1]]
+        edges_into_offset=np.cumsum([0] + [sum(e.dst == k for e in edges)
+                                           for k in range(len(calls))]).astype(np.int64),
+        edges_into=np.array([i for k in range(len(calls)) for i, e in enumerate(edges)
+                             if e.dst == k], dtype=np.int64),
+        # the reallocation node into each call (a call follows at most one call of its model)
+        pair_into=np.array([next((p for p, pair in enumerate(pairs) if pair.dst == k), -1)
+                            for k in range(len(calls))], dtype=np.int64))
 
 
 class FastEvaluator:
@@ -149,28 +159,47 @@ def _ranges_overlap(lo_a, hi_a, lo_b, hi_b):
 @numba.njit(cache=True, parallel=True)
 def _evaluate_many(index, kt):
     """Evaluate every row of `index` (global candidate indices, one per call)."""
-    num_plans = index.shape[0]
+    num_plans, num_calls = index.shape
     out_time = np.empty(num_plans)
     out_overflow = np.empty(num_plans)
     for n in numba.prange(num_plans):
-        out_time[n], out_overflow[n] = evaluate_plan(index[n], kt)
+        int_scratch, float_scratch = new_scratch(num_calls, kt)
+        out_time[n], out_overflow[n] = evaluate_plan(index[n], kt, int_scratch, float_scratch)
     return out_time, out_overflow
 
 
 @numba.njit(cache=True)
-def evaluate_plan(g, kt):
-    """(iteration seconds, worst relative memory overflow) of one plan (module docstring)."""
+def new_scratch(num_calls, kt):
+    """Work arrays of `evaluate_plan`, allocated once per chain (not once per evaluation:
+    the allocations cost about a third of an evaluation)."""
+    num_types = num_calls + kt.pair_src.shape[0]
+    return (np.empty(4 * num_types, np.int64),
+            np.empty(4 * num_types + kt.edge_src.shape[0] + 2 * num_calls))
+
+
+@numba.njit(cache=True)
+def evaluate_plan(g, kt, int_scratch, float_scratch):
+    """(iteration seconds, worst relative memory overflow) of one plan (module docstring).
+
+    `int_scratch`, `float_scratch`: work arrays from `new_scratch` (overwritten)."""
     num_calls = g.shape[0]
     lo, hi, placement = kt.lo, kt.hi, kt.placement
     pair_src, pair_dst, edge_src, edge_dst = kt.pair_src, kt.pair_dst, kt.edge_src, kt.edge_dst
     num_pairs = pair_src.shape[0]
     num_types = num_calls + num_pairs
+    num_edges = edge_src.shape[0]
     # Device ranges of every node type: a call has one, a reallocation two.
-    lo1 = np.empty(num_types, np.int64)
-    hi1 = np.empty(num_types, np.int64)
-    lo2 = np.empty(num_types, np.int64)
-    hi2 = np.empty(num_types, np.int64)
-    duration = np.empty(num_types)
+    lo1 = int_scratch[0:num_types]
+    hi1 = int_scratch[num_types:2 * num_types]
+    lo2 = int_scratch[2 * num_types:3 * num_types]
+    hi2 = int_scratch[3 * num_types:4 * num_types]
+    duration = float_scratch[0:num_types]
+    latest_end = float_scratch[num_types:2 * num_types]
+    end = float_scratch[2 * num_types:3 * num_types]
+    previous_end = float_scratch[3 * num_types:4 * num_types]
+    transfer = float_scratch[4 * num_types:4 * num_types + num_edges]
+    persistent = float_scratch[4 * num_types + num_edges:4 * num_types + num_edges + num_calls]
+    extra = float_scratch[4 * num_types + num_edges + num_calls:]
     for k in range(num_calls):
         lo1[k] = lo2[k] = lo[g[k]]
         hi1[k] = hi2[k] = hi[g[k]]
@@ -187,8 +216,7 @@ def evaluate_plan(g, kt):
             send = kt.pair_weights[p] * kt.dp[b] / (hi[a] - lo[a])
             duration[x] = kt.move_overhead_s + kt.move_scale * (
                 latency + max(recv, send) / bandwidth)
-    transfer = np.empty(edge_src.shape[0])
-    for e in range(edge_src.shape[0]):
+    for e in range(num_edges):
         a, b = g[edge_src[e]], g[edge_dst[e]]
         if placement[a] == placement[b]:
             transfer[e] = 0.0
@@ -196,9 +224,8 @@ def evaluate_plan(g, kt):
             bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], kt.device_node, kt.links)
             transfer[e] = kt.move_overhead_s + kt.move_scale * (
                 latency + kt.edge_bytes[e] / kt.dp[b] / bandwidth)
-    latest_end = np.zeros(num_types)
-    end = np.zeros(num_types)
-    previous_end = np.zeros(num_types)
+    latest_end[:] = 0.0
+    end[:] = 0.0
     first_iteration_end = 0.0
     iteration_end = 0.0
     for i in range(kt.num_iterations):
@@ -216,12 +243,12 @@ def evaluate_plan(g, kt):
                 else:
                     ready = end[pair_src[p]]
             else:
-                for e in range(edge_src.shape[0]):
-                    if edge_dst[e] == x:
-                        ready = max(ready, end[edge_src[e]] + transfer[e])
-                for p in range(num_pairs):
-                    if pair_dst[p] == x and not (kt.pair_wraps[p] and i == 0):
-                        ready = max(ready, end[num_calls + p])
+                for j in range(kt.edges_into_offset[x], kt.edges_into_offset[x + 1]):
+                    e = kt.edges_into[j]
+                    ready = max(ready, end[edge_src[e]] + transfer[e])
+                p = kt.pair_into[x]
+                if p >= 0 and not (kt.pair_wraps[p] and i == 0):
+                    ready = max(ready, end[num_calls + p])
             free = 0.0
             for y in range(num_types):
                 if latest_end[y] > free and (
@@ -239,8 +266,7 @@ def evaluate_plan(g, kt):
             first_iteration_end = iteration_end
     iteration_s = (iteration_end - first_iteration_end) / (kt.num_iterations - 1)
     # Memory: persistent terms, then each call's and each reallocation's worst device.
-    persistent = np.zeros(num_calls)
-    extra = np.empty(num_calls)
+    persistent[:] = 0.0
     for k in range(num_calls):
         extra[k] = kt.activation[g[k]]
         role = kt.memory_role[k]
@@ -277,12 +303,14 @@ def evaluate_plan(g, kt):
         # range's first device or at the first device of a term inside the range.
         level_max = 0.0
         for q in range(-1, num_calls):
+            if q >= 0 and persistent[q] == 0.0:
+                continue      # persistent(d) only rises where a non-zero term starts
             point = check_lo if q < 0 else lo1[q]
             if point < check_lo or point >= check_hi:
                 continue
             level = 0.0
             for t in range(num_calls):
-                if lo1[t] <= point < hi1[t]:
+                if persistent[t] != 0.0 and lo1[t] <= point < hi1[t]:
                     level += persistent[t]
             level_max = max(level_max, level)
         worst = max(worst, (level_max + need - cap) / cap)

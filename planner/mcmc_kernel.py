@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from planner.fast_evaluator import evaluate_plan
+from planner.fast_evaluator import evaluate_plan, new_scratch
 
 # Moves: a random candidate; a candidate of the same group (grouping 0: the same mesh,
 # grouping 1: the same tp, pp and micro-batches on any mesh); a placement copied from
@@ -60,6 +60,7 @@ def sweep(state, energy, temperature, best_time, best_choice, evaluations, seed,
     num_copies = copy_src.shape[0]
     for n in numba.prange(num_chains):
         g = state[n] + offset
+        int_scratch, float_scratch = new_scratch(num_calls, kt)
         for s in range(num_steps):
             step = first_step + s
             r_kind = uniform(seed, n, step, 0)
@@ -92,7 +93,7 @@ def sweep(state, energy, temperature, best_time, best_choice, evaluations, seed,
             if new == old:
                 continue
             g[call] = offset[call] + new
-            time_s, overflow = evaluate_plan(g, kt)
+            time_s, overflow = evaluate_plan(g, kt, int_scratch, float_scratch)
             evaluations[n] += 1
             proposed = energy_of(time_s, overflow, scale)
             if overflow <= 0.0 and time_s < best_time[n]:
