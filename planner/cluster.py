@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from planner.errors import InputError, describe_validation_error
 from planner.hardware import HardwareSpec, hardware_by_name
-from planner.yamlio import load_yaml_mapping
+from planner.yamlio import load_yaml_mapping, resolve_preset_or_file
 
 
 class NodeGroup(BaseModel):
@@ -199,10 +199,6 @@ def load_cluster_file(path: Path) -> ClusterSpec:
 
 def resolve_cluster(name_or_path: str) -> ClusterSpec:
     """A preset by name, or a cluster YAML file; InputError otherwise."""
-    if name_or_path in PRESETS:
-        return cluster_preset(name_or_path)
-    path = Path(name_or_path)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
-        return load_cluster_file(path)
-    raise InputError(f"--cluster: unknown cluster {name_or_path!r}; valid: a preset "
-                     f"{sorted(PRESETS)} or a cluster YAML file")
+    presets = {name: (lambda name=name: cluster_preset(name)) for name in PRESETS}
+    return resolve_preset_or_file(name_or_path, presets, load_cluster_file, "--cluster",
+                                  "cluster")

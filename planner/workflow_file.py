@@ -22,7 +22,7 @@ from planner.builtin_workflows import (BUILTIN_CALLS, BUILTIN_INPUTS, DEFAULT_BA
 from planner.errors import InputError, describe_validation_error
 from planner.modelspec import HeadKind, resolve_model
 from planner.workflow import (Algorithm, BatchSpec, ModelFunctionCall, ModelRole, Workflow)
-from planner.yamlio import load_yaml_mapping
+from planner.yamlio import load_yaml_mapping, resolve_preset_or_file
 
 
 class ModelEntry(BaseModel):
@@ -116,10 +116,6 @@ def builtin_workflow(name: str, model: str = DEFAULT_MODEL, batch: dict | None =
 
 def resolve_workflow(name_or_path: str) -> Workflow:
     """A built-in by name or a workflow YAML file; InputError otherwise."""
-    if name_or_path in BUILTIN_CALLS:
-        return builtin_workflow(name_or_path)
-    path = Path(name_or_path)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
-        return load_workflow_file(path)
-    raise InputError(f"--workflow: unknown workflow {name_or_path!r}; valid: "
-                     f"{sorted(BUILTIN_CALLS)} or a workflow YAML file")
+    presets = {name: (lambda name=name: builtin_workflow(name)) for name in BUILTIN_CALLS}
+    return resolve_preset_or_file(name_or_path, presets, load_workflow_file, "--workflow",
+                                  "workflow")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 
 from planner.errors import InputError
+
+T = TypeVar("T")
 
 
 def load_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -60,6 +62,19 @@ def dump_yaml(data: Any) -> str:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temporary file and rename, creating parent folders."""
     atomic_write_bytes(path, text.encode())
+
+
+def resolve_preset_or_file(name_or_path: str, presets: Mapping[str, Callable[[], T]],
+                           load_file: Callable[[Path], T], flag: str, kind: str) -> T:
+    """A preset by name, else a YAML file (a .yaml/.yml name or an existing path); otherwise
+    InputError naming the flag and the valid presets."""
+    if name_or_path in presets:
+        return presets[name_or_path]()
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        return load_file(path)
+    raise InputError(f"{flag}: unknown {kind} {name_or_path!r}; valid: a preset "
+                     f"{sorted(presets)} or a {kind} YAML file")
 
 
 def _mode_for(path: Path) -> int:
