@@ -57,9 +57,12 @@ def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
                 f"mesh has {ex.num_devices} devices")
     if spec.num_heads % ex.tp:
         return f"tp {ex.tp} does not divide the {spec.num_heads} attention heads of {spec.name}"
-    if spec.num_kv_heads % ex.tp and ex.tp % spec.num_kv_heads:
-        return (f"tp {ex.tp} neither divides nor is a multiple of the {spec.num_kv_heads} kv "
-                f"heads of {spec.name}")
+    if spec.num_kv_heads % ex.tp:
+        # The runtime gives each tensor-parallel rank whole kv heads; it does not replicate
+        # a kv head over several ranks (that would need their gradients summed), so neither
+        # do the plans we search: what we price is what we run.
+        return (f"tp {ex.tp} does not divide the {spec.num_kv_heads} kv heads of {spec.name}; "
+                f"valid tp: {[t for t in range(1, spec.num_kv_heads + 1) if spec.num_kv_heads % t == 0]}")
     if ex.pp > spec.num_layers:
         return f"pp {ex.pp} is above the {spec.num_layers} layers of {spec.name}"
     nodes = {cluster.device_node[d] for d in ex.devices}

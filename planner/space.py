@@ -2,8 +2,8 @@
 
 For every allowed mesh of the cluster (power-of-two aligned slices inside a node, including
 1- and 2-device slices, and ranges of whole nodes) every layout dp x tp x pp of the mesh size
-with tp a power of two that divides the attention heads (and divides or is a multiple of the
-kv heads), tp inside a node, pp at most the layer count, and micro-batch counts from
+with tp a power of two that divides the attention heads (and the kv heads: the runtime
+does not replicate kv heads), tp inside a node, pp at most the layer count, and micro-batch counts from
 {1, 2, 4, 8, 16, pp, 2pp, 4pp} that the batch allows. Candidates that do not fit in device memory even
 alone are dropped later, once the cost model has priced them.
 """

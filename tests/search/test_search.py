@@ -139,3 +139,20 @@ def test_calibrated_search_prices_with_the_profile_and_matches_the_simulator():
     assert checked >= 5
     uncalibrated = FastEvaluator(plain).evaluate(choices)
     assert not np.allclose(uncalibrated.iteration_s, result.iteration_s)
+
+
+def test_candidates_only_use_layouts_the_runtime_runs():
+    """llama-tiny has 8 heads but 4 kv heads: no candidate may use tp 8 (the runtime would
+    refuse it)."""
+    from planner.layout import Execution, layout_problem
+    from planner.space import candidate_executions
+
+    workflow = builtin_workflow("grpo", model="llama-tiny")
+    cluster = cluster_preset("h100x8")
+    call = workflow.call_by_name["actor_gen"]
+    spec = workflow.models["actor"].spec
+    candidates = candidate_executions(call, spec, cluster, workflow.batch)
+    assert candidates and max(e.tp for e in candidates) == 4
+    problem = layout_problem(Execution(devices=tuple(range(8)), dp=1, tp=8, pp=1), spec,
+                             cluster, call, workflow.batch)
+    assert "does not divide the 4 kv heads" in problem and "[1, 2, 4]" in problem
