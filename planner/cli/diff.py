@@ -148,7 +148,7 @@ def differences_as_text(diff: dict, name_a: str, name_b: str) -> str:
             lines.append(f"reallocation {kind}: {r['name']}{seconds}")
     for kind in ("added", "removed"):
         if diff["transfers"][kind]:
-            lines.append(f"data transfers between meshes {kind}: "
+            lines.append(f"data transfers {kind}: "
                          f"{', '.join(diff['transfers'][kind])}")
     return "\n".join(lines)
 

@@ -66,7 +66,7 @@ def plan_as_text(plan: Plan, est: Estimate) -> str:
         timing = format_seconds(seconds) if seconds is not None else "not simulated"
         lines.append(f"  {move.model}: {move.src_call} -> {move.dst_call}{suffix}: {timing}")
     data_moves = transfers(wf, plan.executions)
-    lines.append(f"data transfers between meshes: {len(data_moves)}")
+    lines.append(f"data transfers (between placements): {len(data_moves)}")
     for move in data_moves:
         seconds = est.transfer_times_s.get(f"{move.src_call}->{move.dst_call}", 0.0)
         lines.append(f"  {move.src_call} -> {move.dst_call} ({', '.join(move.keys)}): "

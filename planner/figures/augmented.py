@@ -3,7 +3,7 @@
 One row per model; columns by dependency depth (longest path from the start), so time runs
 left to right. Calls are drawn with the marker of their kind, reallocation nodes as small
 hatched squares in their model's row. Edges: data (grey; orange dashed where the data moves
-between meshes, i.e. a transfer), order between consecutive calls of one model (dotted), and
+between placements, i.e. a transfer), order between consecutive calls of one model (dotted), and
 parameter version (blue: the train call of iteration i before the model's first call of
 iteration i+1).
 """
@@ -32,7 +32,7 @@ EDGE_STYLES = {
     "order": dict(edge_color="#444444", style="dotted", width=1.0),
     "version": dict(edge_color="#1f4fbf", style="solid", width=1.8),
 }
-EDGE_TEXT = {"data": "data on the same mesh", "transfer": "data moved between meshes",
+EDGE_TEXT = {"data": "data already in place", "transfer": "data moved (other devices or dp/tp/pp split)",
              "order": "same model, next call (order)",
              "version": "parameter version (train -> next iteration)"}
 CALL_SIZE, REALLOC_SIZE = 1500, 420

@@ -238,12 +238,12 @@ def _draw_tags(ax, spots: list[tuple[float, float, str]], min_gap_s: float) -> N
 
 
 def _transfer_note(est: Estimate, drawn: int) -> str:
-    """One line listing every data transfer between meshes with its time."""
+    """One line listing every data transfer (between placements) with its time."""
     if not est.transfer_times_s:
-        return "data transfers between meshes: none (every consumer runs on its producer's mesh)"
+        return "data transfers: none (every consumer runs on its producer's placement)"
     items = ", ".join(f"{k} {format_seconds(v)}" for k, v in est.transfer_times_s.items())
     drawn_text = "" if drawn else " (each too short to draw)"
-    return f"data transfers between meshes{drawn_text}: {items}"
+    return f"data transfers{drawn_text}: {items}"
 
 
 def _draw_transfers(chart: _Chart, est: Estimate, graph, shown: set[int],
