@@ -159,7 +159,7 @@ def memory_per_device(workflow: Workflow, cluster: ClusterSpec,
 def memory_reason(cluster: ClusterSpec, persistent: np.ndarray, peak: np.ndarray,
                   extra_node: list[str | None]) -> str | None:
     """None when every device fits; else one line naming the worst device (rule 6)."""
-    capacity = np.array([cluster.hardware_of(d).memory_bytes for d in range(cluster.num_devices)])
+    capacity = np.array([cluster.usable_memory_bytes(d) for d in range(cluster.num_devices)])
     excess = peak - capacity
     worst = int(np.argmax(excess))
     if excess[worst] <= 0:
@@ -168,7 +168,9 @@ def memory_reason(cluster: ClusterSpec, persistent: np.ndarray, peak: np.ndarray
     during = f" during {extra_node[worst]}" if extra_node[worst] else ""
     return (f"device {where} needs {peak[worst] / GIB:.1f} GiB{during} (resident models "
             f"{persistent[worst] / GIB:.1f} GiB + {(peak[worst] - persistent[worst]) / GIB:.1f} "
-            f"GiB working set), has {capacity[worst] / GIB:.1f} GiB")
+            f"GiB working set), has {capacity[worst] / GIB:.1f} GiB"
+            + (f" after the {cluster.memory_headroom_gib:g} GiB headroom"
+               if cluster.memory_headroom_gib else ""))
 
 
 def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, Execution],

@@ -24,7 +24,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.errors import InputError, describe_validation_error
-from planner.hardware import HardwareSpec, hardware_by_name
+from planner.hardware import GIB, HardwareSpec, hardware_by_name
 from planner.yamlio import load_yaml_mapping, resolve_preset_or_file
 
 
@@ -47,6 +47,13 @@ class ClusterSpec(BaseModel):
     node_groups: tuple[NodeGroup, ...] = Field(min_length=1)
     inter_node_bandwidth_gb_per_s: float = Field(gt=0)
     inter_node_latency_us: float = Field(ge=0)
+    memory_headroom_gib: float = Field(default=0.0, ge=0, description=(
+        "memory kept free on every device (allocator fragmentation, other processes): plans "
+        "must fit in the device's memory minus this"))
+
+    def usable_memory_bytes(self, device: int) -> float:
+        """What a plan may use on `device`: its memory less the headroom."""
+        return self.hardware_of(device).memory_bytes - self.memory_headroom_gib * GIB
 
     @cached_property
     def node_devices_per_node(self) -> tuple[int, ...]:
@@ -118,6 +125,7 @@ class ClusterFile(BaseModel):
     node_groups: Optional[list[NodeGroupFile]] = None
     inter_node_bandwidth_gb_per_s: Optional[float] = Field(default=None, gt=0)
     inter_node_latency_us: Optional[float] = Field(default=None, ge=0)
+    memory_headroom_gib: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _one_form(self) -> "ClusterFile":
@@ -190,11 +198,22 @@ def load_cluster_file(path: Path) -> ClusterSpec:
     except ValidationError as err:
         raise describe_validation_error(err, path, model=ClusterFile) from None
     try:
-        return build_cluster(spec.name or Path(path).stem, spec.groups(),
-                             spec.inter_node_bandwidth_gb_per_s, spec.inter_node_latency_us)
+        cluster = build_cluster(spec.name or Path(path).stem, spec.groups(),
+                                spec.inter_node_bandwidth_gb_per_s, spec.inter_node_latency_us)
     except ValueError as err:
         field = "node_groups" if spec.node_groups is not None else "device"
         raise InputError(f"{path}: {field}: {err}") from None
+    return with_memory_headroom(cluster, spec.memory_headroom_gib, f"{path}: memory_headroom_gib")
+
+
+def with_memory_headroom(cluster: ClusterSpec, headroom_gib: float, field: str) -> ClusterSpec:
+    """The cluster with `headroom_gib` kept free on every device; InputError (naming
+    `field`) when that leaves a device no memory."""
+    smallest = min(h.memory_gib for h in cluster.node_hardware)
+    if not 0 <= headroom_gib < smallest:
+        raise InputError(f"{field}: got {headroom_gib} GiB; give at least 0 and less than the "
+                         f"smallest device memory, {smallest} GiB")
+    return cluster.model_copy(update={"memory_headroom_gib": float(headroom_gib)})
 
 
 def resolve_cluster(name_or_path: str) -> ClusterSpec:

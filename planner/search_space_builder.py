@@ -57,11 +57,11 @@ class CallPricer:
         return self.shapes[devices]
 
     def capacity_bytes(self, devices: tuple[int, ...]) -> float:
-        """The smallest device memory over the mesh."""
+        """The smallest usable device memory over the mesh (memory less the headroom)."""
         if devices not in self.capacities:
-            nodes = {self.cluster.device_node[d] for d in devices}
-            self.capacities[devices] = min(self.cluster.node_hardware[n].memory_bytes
-                                           for n in nodes)
+            firsts = {self.cluster.node_first_device[self.cluster.device_node[d]]
+                      for d in devices}
+            self.capacities[devices] = min(self.cluster.usable_memory_bytes(d) for d in firsts)
         return self.capacities[devices]
 
     def price(self, call: ModelFunctionCall, execution: Execution) -> tuple[float, ...]:

@@ -13,7 +13,7 @@ from costmodel.calibration import load_calibration
 from planner.cli.estimate import add_profile_option, estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
 from planner.cli.search import DEFAULT_CLUSTER, DEFAULT_WORKFLOW
-from planner.cluster import resolve_cluster
+from planner.cluster import resolve_cluster, with_memory_headroom
 from planner.plan import save_plan
 from planner.search import exact_judge
 from planner.search_space_builder import full_tables
@@ -23,6 +23,8 @@ from planner.workflow_file import resolve_workflow
 def run(args: argparse.Namespace) -> int:
     workflow = resolve_workflow(args.workflow)
     cluster = resolve_cluster(args.cluster)
+    if args.memory_headroom is not None:
+        cluster = with_memory_headroom(cluster, args.memory_headroom, "--memory-headroom")
     calibration = load_calibration(Path(args.profile)) if args.profile else None
     tables = full_tables(workflow, cluster, calibration=calibration)
     costs = PlanCosts(workflow, cluster, calibration=calibration)
@@ -66,5 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f"built-in workflow or YAML file (default {DEFAULT_WORKFLOW})")
     parser.add_argument("--out", metavar="FILE", help="write the plan to this file")
     add_profile_option(parser)
+    parser.add_argument("--memory-headroom", type=float, metavar="GIB",
+                        help="keep this much memory free on every device (allocator "
+                             "fragmentation, other processes); default: the cluster file's "
+                             "memory_headroom_gib, else 0")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)

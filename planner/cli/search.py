@@ -11,7 +11,7 @@ from pathlib import Path
 from costmodel.calibration import load_calibration
 from planner.cli.estimate import add_profile_option, estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
-from planner.cluster import resolve_cluster
+from planner.cluster import resolve_cluster, with_memory_headroom
 from planner.errors import InputError
 from planner.hardware import GIB
 from planner.mcmc import MCMCSettings
@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
                          f"seconds")
     workflow = resolve_workflow(args.workflow)
     cluster = resolve_cluster(args.cluster)
+    if args.memory_headroom is not None:
+        cluster = with_memory_headroom(cluster, args.memory_headroom, "--memory-headroom")
     calibration = load_calibration(Path(args.profile)) if args.profile else None
     out = Path(args.out) if args.out else default_out_path(args.workflow, args.cluster)
     settings = MCMCSettings(seed=args.seed, time_limit_s=args.time_limit)
@@ -120,5 +122,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="FILE",
                         help="plan file to write (default plans/<workflow>-<cluster>.yaml)")
     add_profile_option(parser)
+    parser.add_argument("--memory-headroom", type=float, metavar="GIB",
+                        help="keep this much memory free on every device (allocator "
+                             "fragmentation, other processes); default: the cluster file's "
+                             "memory_headroom_gib, else 0")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)

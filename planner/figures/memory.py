@@ -104,7 +104,7 @@ def draw_memory(plan: Plan, est: Estimate, costs: PlanCosts, out: Path, heading:
     parts, peak_node = memory_parts(plan, costs)
     fig, ax = plt.subplots(figsize=(max(8.0, 3.5 + 0.85 * n), 5.2))
     kinds_used = set()
-    capacities = [cluster.hardware_of(d).memory_bytes / GIB for d in range(n)]
+    capacities = [cluster.usable_memory_bytes(d) / GIB for d in range(n)]
     top = max(max(capacities), max(est.peak_memory_bytes.values()) / GIB)
     for d in range(n):
         bottom = 0.0

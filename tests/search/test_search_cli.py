@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from planner.cli.main import main
@@ -72,3 +73,29 @@ def test_baseline_writes_a_priced_plan(tmp_path, capsys):
     layouts = {ex.layout_text() for ex in plan.executions.values()}
     devices = {ex.devices for ex in plan.executions.values()}
     assert len(layouts) == 1 and devices == {tuple(range(8))}
+
+
+def test_memory_headroom_is_kept_free_and_recorded(tmp_path, capsys):
+    out = tmp_path / "plan.yaml"
+    code = main(["search", "--workflow", "dpo", "--memory-headroom", "20", "--time-limit", "5",
+                 "--json", "--out", str(out)])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    plan = load_plan(out)
+    assert plan.cluster.memory_headroom_gib == 20.0
+    usable_gib = plan.cluster.usable_memory_bytes(0) / 2**30
+    assert usable_gib == pytest.approx(79.6 - 20.0)
+    assert data["peak_memory_gib"] <= usable_gib
+    assert max(c["peak_memory_gib"] for c in data["calls"]) <= usable_gib
+
+
+def test_memory_headroom_bad_values_are_one_line(tmp_path, capsys):
+    assert main(["search", "--memory-headroom", "100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--memory-headroom" in err[0] and "79.6 GiB" in err[0]
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("nodes: 1\ndevices_per_node: 8\ndevice: h100-sxm-80gb\n"
+                       "memory_headroom_gib: -1\n")
+    assert main(["search", "--cluster", str(cluster)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "memory_headroom_gib" in err[0]
