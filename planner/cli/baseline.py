@@ -9,23 +9,17 @@ from pathlib import Path
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import simulate
 from planner.baselines import BASELINES
-from costmodel.calibration import load_calibration
-from planner.cli.estimate import add_profile_option, estimate_as_mapping, estimate_as_text
+from planner.cli.estimate import estimate_as_mapping, estimate_as_text
+from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
 from planner.cli.plan_output import priced_plan
-from planner.cli.search import DEFAULT_CLUSTER, DEFAULT_WORKFLOW
-from planner.cluster import resolve_cluster, with_memory_headroom
 from planner.plan import save_plan
 from planner.search import exact_judge
 from planner.search_space_builder import full_tables
-from planner.workflow_file import resolve_workflow
 
 
 def run(args: argparse.Namespace) -> int:
-    workflow = resolve_workflow(args.workflow)
-    cluster = resolve_cluster(args.cluster)
-    if args.memory_headroom is not None:
-        cluster = with_memory_headroom(cluster, args.memory_headroom, "--memory-headroom")
-    calibration = load_calibration(Path(args.profile)) if args.profile else None
+    inputs = resolve_planning_inputs(args)
+    workflow, cluster, calibration = inputs.workflow, inputs.cluster, inputs.calibration
     tables = full_tables(workflow, cluster, calibration=calibration)
     costs = PlanCosts(workflow, cluster, calibration=calibration)
     judge = exact_judge(tables, workflow, cluster, costs)
@@ -62,15 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "models on all devices with reallocation, inference side by side).")
     parser.add_argument("--kind", required=True, choices=sorted(BASELINES),
                         help="which baseline")
-    parser.add_argument("--cluster", default=DEFAULT_CLUSTER, metavar="NAME|FILE",
-                        help=f"cluster preset or YAML file (default {DEFAULT_CLUSTER})")
-    parser.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME|FILE",
-                        help=f"built-in workflow or YAML file (default {DEFAULT_WORKFLOW})")
+    add_planning_options(parser)
     parser.add_argument("--out", metavar="FILE", help="write the plan to this file")
-    add_profile_option(parser)
-    parser.add_argument("--memory-headroom", type=float, metavar="GIB",
-                        help="keep this much memory free on every device (allocator "
-                             "fragmentation, other processes); default: the cluster file's "
-                             "memory_headroom_gib, else 0")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)

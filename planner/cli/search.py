@@ -8,10 +8,9 @@ import signal
 import sys
 from pathlib import Path
 
-from costmodel.calibration import load_calibration
-from planner.cli.estimate import add_profile_option, estimate_as_mapping, estimate_as_text
+from planner.cli.estimate import estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
-from planner.cluster import resolve_cluster, with_memory_headroom
+from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
 from planner.errors import InputError
 from planner.hardware import GIB
 from planner.mcmc import MCMCSettings
@@ -19,10 +18,7 @@ from planner.paths import PLANS_DIR
 from planner.plan import save_plan
 from planner.progress import ProgressLine
 from planner.search import SearchOutcome, search
-from planner.workflow_file import resolve_workflow
 
-DEFAULT_CLUSTER = "h100x8"
-DEFAULT_WORKFLOW = "ppo"
 
 
 def default_out_path(workflow_name: str, cluster_name: str) -> Path:
@@ -44,11 +40,8 @@ def run(args: argparse.Namespace) -> int:
     if args.time_limit <= 0:
         raise InputError(f"--time-limit: got {args.time_limit}; give a positive number of "
                          f"seconds")
-    workflow = resolve_workflow(args.workflow)
-    cluster = resolve_cluster(args.cluster)
-    if args.memory_headroom is not None:
-        cluster = with_memory_headroom(cluster, args.memory_headroom, "--memory-headroom")
-    calibration = load_calibration(Path(args.profile)) if args.profile else None
+    inputs = resolve_planning_inputs(args)
+    workflow, cluster, calibration = inputs.workflow, inputs.cluster, inputs.calibration
     out = Path(args.out) if args.out else default_out_path(args.workflow, args.cluster)
     settings = MCMCSettings(seed=args.seed, time_limit_s=args.time_limit)
     progress = None if args.json else ProgressLine("searching", args.time_limit)
@@ -111,20 +104,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "With no arguments: PPO with four LLaMA-7B models on one node of eight "
                     "H100. Ctrl-C stops the search and writes the best plan found so far. "
                     "Exit 1 when no plan fits the cluster.")
-    parser.add_argument("--cluster", default=DEFAULT_CLUSTER, metavar="NAME|FILE",
-                        help=f"cluster preset or YAML file (default {DEFAULT_CLUSTER})")
-    parser.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME|FILE",
-                        help=f"built-in workflow or YAML file (default {DEFAULT_WORKFLOW})")
+    add_planning_options(parser)
     parser.add_argument("--time-limit", type=float, default=60.0, metavar="S",
                         help="stop the search after S seconds (default 60; it usually stops "
                              "earlier, when the best plan stops improving)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", metavar="FILE",
                         help="plan file to write (default plans/<workflow>-<cluster>.yaml)")
-    add_profile_option(parser)
-    parser.add_argument("--memory-headroom", type=float, metavar="GIB",
-                        help="keep this much memory free on every device (allocator "
-                             "fragmentation, other processes); default: the cluster file's "
-                             "memory_headroom_gib, else 0")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
