@@ -190,11 +190,15 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
     sources: set[str] = set()
     timeline: dict[int, list[tuple[float, float, str]]] = {}
     order = priority_order(graph, workflow, num_iterations)
+    # Rule 5: a node counts in the iteration of the first call at or after it in the order
+    # (a reallocation runs right before its destination call). The order ends with a call.
     iteration_group = {}
+    group = num_iterations - 1
     for node in reversed(order):
         attrs = graph.nodes[node]
-        iteration_group[node] = attrs["iteration"] if attrs["kind"] == "call" else group
-        group = iteration_group[node]
+        if attrs["kind"] == "call":
+            group = attrs["iteration"]
+        iteration_group[node] = group
     for node in order:
         attrs = graph.nodes[node]
         if attrs["kind"] == "call":

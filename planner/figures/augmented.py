@@ -101,7 +101,6 @@ def draw_augmented_graph(plan: Plan, graph: nx.DiGraph, est: Estimate, out: Path
                 f"{format_seconds(est.call_times_s[call])}", ha="center", va="top",
                 fontsize=7, bbox=LABEL_BOX)
     for node in moves:
-        attrs = graph.nodes[node]
         x, y = pos[node]
         seconds = est.realloc_times_s[node.split("/", 1)[1]]
         ax.text(x, y - 0.2, f"realloc\n{format_seconds(seconds)}", ha="center", va="top",

@@ -28,7 +28,6 @@ import pytest
 import torch
 
 import executor_workers as W
-from planner.param_shards import model_params
 from planner.plan import save_plan
 from planner.transfer_schedule import param_schedule
 from runtime.executor.config import RunConfig
