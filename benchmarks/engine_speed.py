@@ -41,7 +41,7 @@ def measure(rank: int, world_size: int, options: dict) -> list[tuple]:
     import torch
     import torch.distributed as dist
 
-    from planner.modelspec import resolve_model
+    from planner.domain.modelspec import resolve_model
     from runtime.batch import MicroBatch
     from runtime.device import CPU_FP32
     from runtime.generate import GenerationConfig, generate

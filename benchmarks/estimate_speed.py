@@ -12,10 +12,10 @@ import time
 
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import memory_problem, simulate
-from planner.cluster import cluster_preset
-from planner.layout import Execution
-from planner.plan import Plan, Provenance
-from planner.workflow_file import builtin_workflow
+from planner.domain.cluster import cluster_preset
+from planner.domain.layout import Execution
+from planner.domain.plan import Plan, Provenance
+from planner.domain.workflow_file import builtin_workflow
 
 
 def fitting_plan(workflow, cluster) -> Plan:

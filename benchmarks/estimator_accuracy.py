@@ -61,7 +61,7 @@ PLANS = {
 
 
 def parse_layout(text: str):
-    from planner.layout import Execution
+    from planner.domain.layout import Execution
     layout, devices = text.split("@")
     first, last = (int(x) for x in devices.split("-"))
     d, rest = layout[1:].split("t")
@@ -72,9 +72,9 @@ def parse_layout(text: str):
 
 
 def build_plan(name: str):
-    from planner.cluster import cluster_preset
-    from planner.plan import Plan, Provenance
-    from planner.workflow_file import builtin_workflow
+    from planner.domain.cluster import cluster_preset
+    from planner.domain.plan import Plan, Provenance
+    from planner.domain.workflow_file import builtin_workflow
     algorithm, model, cluster, batch, layouts = PLANS[name]
     workflow = builtin_workflow(algorithm, model, batch)
     executions = {c: parse_layout(layouts.get(c, layouts.get("*", ""))) for c in
@@ -115,8 +115,8 @@ def trace_paths(directory: Path, name: str) -> list[Path]:
 def measure(directory: Path, names: list[str], remeasure: bool, repeats: int) -> None:
     """Rounds over all plans (a slow spell of the machine then hits one repeat of many
     plans, not every repeat of one); each run waits for a quiet CPU first."""
-    from planner.plan import save_plan
-    from planner.yamlio import atomic_write_text
+    from planner.domain.plan import save_plan
+    from planner.domain.yamlio import atomic_write_text
     from runtime.executor.config import RunConfig
     from runtime.executor.launcher import run_plan
     directory.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,7 @@ def draw_figures(out: Path, rows: list[dict], call_rows: list[dict], directory: 
     plt.close(fig)
 
     from costmodel.calibration_data import load_measured_plan, predict_plan
-    from planner.augment import augmented_graph
+    from planner.domain.augment import augmented_graph
     from planner.figures.timeline import draw_timeline
     from planner.figures.trace import load_trace
     trace = trace_paths(directory, TIMELINE_PLAN)[0]

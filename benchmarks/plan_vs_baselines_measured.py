@@ -1,6 +1,6 @@
 """Searched plan vs the baselines, measured: tiny PPO (llama-tiny) on the cpu4 cluster.
 
-Searches a plan (planner.search, a short MCMC), takes the baselines the search builds
+Searches a plan (planner.search.pipeline, a short MCMC), takes the baselines the search builds
 (symmetric, colocated, separate pools, ReaLHF heuristic), runs each with `plan run`'s
 executor for ITERATIONS iterations and prints, per plan, the estimated and the measured
 seconds per iteration (steady state, the simulator's rule) side by side. By default the
@@ -21,12 +21,12 @@ def main() -> None:
     from pathlib import Path
 
     from costmodel.calibration import load_calibration
-    from planner.cluster import cluster_preset
-    from planner.paths import PROFILES_DIR
-    from planner.mcmc import MCMCSettings
-    from planner.plan import Plan, Provenance
-    from planner.search import search
-    from planner.workflow_file import builtin_workflow
+    from planner.domain.cluster import cluster_preset
+    from planner.domain.paths import PROFILES_DIR
+    from planner.search.mcmc import MCMCSettings
+    from planner.domain.plan import Plan, Provenance
+    from planner.search.pipeline import search
+    from planner.domain.workflow_file import builtin_workflow
     from runtime.executor.config import RunConfig
     from runtime.executor.launcher import run_plan
 

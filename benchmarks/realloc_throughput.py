@@ -3,7 +3,7 @@
 Measures, in one run: (1) point-to-point bandwidth between two processes (rank 0 -> rank 2,
 64 MiB fp32, best of REPEATS); (2) reallocating llama-small's parameters (fp32) from tp 2 on
 ranks {0, 1} to dp 2 on ranks {2, 3} (a disjoint move: both destinations receive the whole
-model) by runtime.executor.realloc executing planner.transfer_schedule.param_schedule,
+model) by runtime.executor.realloc executing planner.sharding.transfer_schedule.param_schedule,
 best of REPEATS. Prints one line: bytes moved, seconds, bytes/s, and the fraction of the
 point-to-point bandwidth (each receiver has one incoming link; two receive at once, so the
 ideal is 2 x p2p when links do not share the two cores).
@@ -23,8 +23,8 @@ def _worker(rank: int, world_size: int) -> dict:
     import torch
     import torch.distributed as dist
 
-    from planner.modelspec import PRESETS
-    from planner.transfer_schedule import MeshLayout, param_schedule
+    from planner.domain.modelspec import PRESETS
+    from planner.sharding.transfer_schedule import MeshLayout, param_schedule
     from runtime.executor.realloc import empty_shards, holding, reallocate
     from runtime.params import init_params
     from runtime.device import CPU_FP32

@@ -47,11 +47,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from costmodel.call_cost import CostKnobs
-from planner.cluster import ClusterSpec
-from planner.errors import InputError, describe_validation_error
-from planner.layout import Execution
-from planner.workflow import BatchSpec, ModelFunctionCall
-from planner.yamlio import atomic_write_text, load_yaml_mapping
+from planner.domain.cluster import ClusterSpec
+from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.layout import Execution
+from planner.domain.workflow import BatchSpec, ModelFunctionCall
+from planner.domain.yamlio import atomic_write_text, load_yaml_mapping
 
 FORMAT_VERSION = 1
 CALL_KINDS = ("generate", "inference", "train")

@@ -23,8 +23,8 @@ from costmodel.call_cost import CostKnobs, call_time_with_knobs
 from costmodel.calibration import Calibration, decode_steps
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import Estimate, simulate
-from planner.errors import InputError
-from planner.plan import Plan, load_plan
+from planner.domain.errors import InputError
+from planner.domain.plan import Plan, load_plan
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from scipy.optimize import least_squares, minimize_scalar
 
 from costmodel.calibration import CALL_KINDS, FORMAT_VERSION, Calibration
 from costmodel.calibration_data import (CallFeatures, MeasuredPlan, call_features, move_rows)
-from planner.errors import InputError
+from planner.domain.errors import InputError
 
 # Relative error at which the soft-L1 loss turns from quadratic to linear.
 ROBUST_SCALE = 0.2

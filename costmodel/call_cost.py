@@ -41,14 +41,14 @@ from costmodel import efficiency as eff
 from costmodel.compute import part_timer
 from costmodel.memory import (call_working_bytes_per_stage, micro_batch_seqs, per_position,
                               train_state_bytes_per_device, weight_bytes_per_device)
-from planner.cluster import ClusterSpec
-from planner.hardware import HardwareSpec
-from planner.layout import Execution
-from planner.param_shards import shard_elements
-from planner.paths import PROFILES_DIR
-from planner.pipeline_partition import stage_layer_counts
-from planner.rank_groups import rank_groups
-from planner.workflow import BatchSpec, ModelFunctionCall, ModelRole
+from planner.domain.cluster import ClusterSpec
+from planner.domain.hardware import HardwareSpec
+from planner.domain.layout import Execution
+from planner.sharding.param_shards import shard_elements
+from planner.domain.paths import PROFILES_DIR
+from planner.sharding.pipeline_partition import stage_layer_counts
+from planner.sharding.rank_groups import rank_groups
+from planner.domain.workflow import BatchSpec, ModelFunctionCall, ModelRole
 
 
 @dataclass(frozen=True)

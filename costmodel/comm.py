@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from planner.cluster import ClusterSpec
+from planner.domain.cluster import ClusterSpec
 
 US = 1e-6
 GB = 1e9

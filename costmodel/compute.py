@@ -12,9 +12,9 @@ from pathlib import Path
 
 from costmodel.profile_table import ProfileLookup, find_profile
 from costmodel.roofline import part_time_s_roofline
-from planner.hardware import HardwareSpec
-from planner.modelspec import ModelSpec
-from planner.paths import PROFILES_DIR
+from planner.domain.hardware import HardwareSpec
+from planner.domain.modelspec import ModelSpec
+from planner.domain.paths import PROFILES_DIR
 
 
 class PartTimer:

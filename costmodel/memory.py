@@ -1,9 +1,9 @@
 """Memory per device: static model state and the working set of one call.
 
 Arrays are per mesh position (the execution's device order); position p sits on pipeline
-stage p // (dp * tp) and tp rank p % tp (planner.rank_groups).
+stage p // (dp * tp) and tp rank p % tp (planner.sharding.rank_groups).
 
-- Weights: the exact tp/pp shard sizes of planner.param_shards x the compute dtype.
+- Weights: the exact tp/pp shard sizes of planner.sharding.param_shards x the compute dtype.
 - Train state: weights + gradients (compute dtype each) + optimizer states (fp32 master and
   two moments, 12 bytes per parameter in bf16, 8 in fp32), the optimizer states sharded over
   DP (ZeRO-1, efficiency.SHARD_OPTIMIZER_OVER_DP). With dp = 1 and bf16: 16 bytes/param.
@@ -25,11 +25,11 @@ import numpy as np
 
 from costmodel import efficiency as eff
 from costmodel.roofline import kv_heads_per_rank
-from planner.layout import Execution
-from planner.modelspec import HeadKind, ModelSpec
-from planner.param_shards import shard_elements
-from planner.pipeline_partition import stage_layer_counts
-from planner.workflow import BatchSpec, ModelFunctionCall
+from planner.domain.layout import Execution
+from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.sharding.param_shards import shard_elements
+from planner.sharding.pipeline_partition import stage_layer_counts
+from planner.domain.workflow import BatchSpec, ModelFunctionCall
 
 
 def per_position(stage_tp_values: np.ndarray, execution: Execution) -> np.ndarray:

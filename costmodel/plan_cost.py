@@ -18,11 +18,11 @@ from pathlib import Path
 
 from costmodel.call_cost import CallMemory, CallTime, call_memory, call_time
 from costmodel.realloc_cost import ScheduleCost, realloc_cost, transfer_cost
-from planner.cluster import ClusterSpec
-from planner.layout import Execution
-from planner.data_keys import payload_bytes
-from planner.paths import PROFILES_DIR
-from planner.workflow import Workflow
+from planner.domain.cluster import ClusterSpec
+from planner.domain.layout import Execution
+from planner.domain.data_keys import payload_bytes
+from planner.domain.paths import PROFILES_DIR
+from planner.domain.workflow import Workflow
 
 
 class PlanCosts:

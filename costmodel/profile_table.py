@@ -40,9 +40,9 @@ from typing import Optional, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner.errors import describe_validation_error
-from planner.modelspec import ModelSpec
-from planner.yamlio import load_yaml_mapping
+from planner.domain.errors import describe_validation_error
+from planner.domain.modelspec import ModelSpec
+from planner.domain.yamlio import load_yaml_mapping
 
 FORMAT_VERSION = 1
 OpName = str

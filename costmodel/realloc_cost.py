@@ -1,6 +1,6 @@
 """Reallocation and data-transfer time, priced from the shared transfer schedules.
 
-A schedule (planner.transfer_schedule) runs its steps one after another. Within a step
+A schedule (planner.sharding.transfer_schedule) runs its steps one after another. Within a step
 every device sends at most one message and receives at most one, so the step lasts as long
 as its slowest message: alpha + bytes / bw of the message's link (intra-node when sender
 and receiver share a node, else the inter-node link; each device has its own NIC, so
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from costmodel import comm
 from costmodel import efficiency as eff
-from planner.cluster import ClusterSpec
-from planner.layout import Execution
-from planner.modelspec import HeadKind, ModelSpec
-from planner.transfer_schedule import (MeshLayout, Schedule, data_schedule, param_schedule)
+from planner.domain.cluster import ClusterSpec
+from planner.domain.layout import Execution
+from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.sharding.transfer_schedule import (MeshLayout, Schedule, data_schedule, param_schedule)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def realloc_cost(spec: ModelSpec, head: HeadKind, src: Execution, dst: Execution
 
 def transfer_cost(src: Execution, dst: Execution, n_seqs: int, bytes_per_sequence: float,
                   cluster: ClusterSpec) -> ScheduleCost:
-    """Moving `n_seqs` sequences of `bytes_per_sequence` (planner.data_keys) between two
+    """Moving `n_seqs` sequences of `bytes_per_sequence` (planner.domain.data_keys) between two
     executions."""
     if src == dst:
         return ZERO_COST

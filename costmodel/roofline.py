@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from costmodel import efficiency as eff
-from planner.hardware import HardwareSpec
-from planner.modelspec import ModelSpec
+from planner.domain.hardware import HardwareSpec
+from planner.domain.modelspec import ModelSpec
 
 PARTS = ("embedding", "block", "lm_head", "value_head")
 OPS = ("forward", "backward", "prefill", "decode", "optimizer")
@@ -48,7 +48,7 @@ def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: 
 
     Prefill/forward tokens attend on average to length/2 earlier tokens (causal mask);
     a decode token attends to `length`. Source: Kaplan et al. 2020 (2N per token) plus
-    the attention term of planner.modelspec.
+    the attention term of planner.domain.modelspec.
     """
     tokens = batch if decode else batch * length
     context = length if decode else length / 2.0

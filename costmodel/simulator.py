@@ -2,7 +2,7 @@
 
 Semantics (a vectorised re-implementation must reproduce exactly these):
 
-1. Graph: planner.augment.augmented_graph(workflow, executions, K), K = 3 by default.
+1. Graph: planner.domain.augment.augmented_graph(workflow, executions, K), K = 3 by default.
 2. Priority order: iteration by iteration; within an iteration the calls in
    workflow.call_order, each reallocation node placed immediately before its destination
    call (a wrapping reallocation of iteration i goes right before its destination call in
@@ -44,12 +44,12 @@ from typing import Mapping
 import numpy as np
 
 from costmodel.plan_cost import PlanCosts
-from planner.augment import augmented_graph
-from planner.cluster import ClusterSpec
-from planner.hardware import GIB
-from planner.layout import Execution
-from planner.paths import PROFILES_DIR
-from planner.workflow import Workflow
+from planner.domain.augment import augmented_graph
+from planner.domain.cluster import ClusterSpec
+from planner.domain.hardware import GIB
+from planner.domain.layout import Execution
+from planner.domain.paths import PROFILES_DIR
+from planner.domain.workflow import Workflow
 
 DEFAULT_ITERATIONS = 3
 
@@ -139,7 +139,7 @@ def memory_per_device(workflow: Workflow, cluster: ClusterSpec,
             workflow, executions, trained, name) else 0.0)
         call_extra[name] = amount
         add(name, list(ex.devices), amount)
-    from planner.augment import reallocations
+    from planner.domain.augment import reallocations
     for move in reallocations(workflow, executions):
         src, dst = executions[move.src_call], executions[move.dst_call]
         cost = costs.realloc(move.model, src, dst)
@@ -253,7 +253,7 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
 
 def estimate_plan(plan, num_iterations: int = DEFAULT_ITERATIONS,
                   costs: PlanCosts | None = None) -> Estimate:
-    """`simulate` for a planner.plan.Plan."""
+    """`simulate` for a planner.domain.plan.Plan."""
     return simulate(plan.workflow, plan.cluster, plan.executions, num_iterations, costs)
 
 

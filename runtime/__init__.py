@@ -11,8 +11,8 @@ What the executor calls (every rank of the world, the same calls in the same ord
     train_step(model, optimizer, micro_batches, loss_fn, num_minibatches) -> list[TrainStats]
         (recomputes each decoder block's activations in backward, as the cost model prices)
 
-`model.params` maps HF names to this rank's shards; `planner.param_shards` (pure, no torch,
+`model.params` maps HF names to this rank's shards; `planner.sharding.param_shards` (pure, no torch,
 shared with the cost model) says which slice of which full tensor each (tp_rank, pp_stage)
-holds, and `planner.transfer_schedule` which device sends what in a reallocation. `launch.run_distributed` runs a function on N local gloo
+holds, and `planner.sharding.transfer_schedule` which device sends what in a reallocation. `launch.run_distributed` runs a function on N local gloo
 processes for tests and benchmarks.
 """

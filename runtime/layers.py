@@ -1,6 +1,6 @@
 """Tensor-parallel LLaMA building blocks as functions of plain parameter tensors.
 
-Parameters are the per-rank shards of `planner.param_shards`; activations between blocks are
+Parameters are the per-rank shards of `planner.sharding.param_shards`; activations between blocks are
 replicated over the TP group ([batch, seq, hidden] on every TP rank). Conventions follow HF
 `LlamaForCausalLM` so HF checkpoints give the same logits: RMSNorm computed in fp32, rotary
 embeddings in the rotate-half layout (first and second half of each head dim form the pairs),

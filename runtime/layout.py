@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from planner.rank_groups import Coordinate, coordinate_of, rank_groups
+from planner.sharding.rank_groups import Coordinate, coordinate_of, rank_groups
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """One rank's part of a LLaMA-family model: its parameter shards and its pipeline stage's forward.
 
 `params` maps HF parameter names to plain tensors in the shard format of
-`planner.param_shards` (the executor may replace them, e.g. after reallocation, as long as the
+`planner.sharding.param_shards` (the executor may replace them, e.g. after reallocation, as long as the
 shapes match). A stage's forward takes token ids (first stage) or the previous stage's hidden
 states and returns hidden states, or on the last stage this rank's vocabulary slice of the
 logits ("lm" head) or scalar values [batch, seq] ("value" head).
@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from planner.modelspec import HeadKind, ModelSpec
-from planner.param_shards import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
+from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.sharding.param_shards import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
                                   VALUE_HEAD_WEIGHT)
-from planner.pipeline_partition import layer_ranges
+from planner.sharding.pipeline_partition import layer_ranges
 from runtime.device import DeviceConfig
 from runtime.layers import (AttentionInputs, LayerCache, decoder_block, rms_norm,
                             rotary_cos_sin, vocab_parallel_embedding)

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planner.modelspec import ModelSpec
+from planner.domain.modelspec import ModelSpec
 from runtime.device import DeviceConfig
 from runtime.safetensors_io import SafetensorsFile
-from planner.modelspec import HeadKind
-from planner.param_shards import (VALUE_HEAD_BIAS, VALUE_HEAD_WEIGHT, ParamInfo,
+from planner.domain.modelspec import HeadKind
+from planner.sharding.param_shards import (VALUE_HEAD_BIAS, VALUE_HEAD_WEIGHT, ParamInfo,
                                   layout_supported_problem, model_params, shard_slice,
                                   stage_params)
 
@@ -40,7 +40,7 @@ def param_seed(seed: int, name: str) -> int:
 def check_layout_supported(spec: ModelSpec, tp: int, pp: int) -> None:
     """ValueError unless the runtime can run `spec` under (tp, pp).
 
-    The shard rules are planner.param_shards'; the runtime further refuses tp > num_kv_heads
+    The shard rules are planner.sharding.param_shards'; the runtime further refuses tp > num_kv_heads
     (replicated kv heads would need their gradients summed over the ranks sharing a head).
     """
     problem = layout_supported_problem(spec, tp, pp)
@@ -58,7 +58,7 @@ def param_infos(spec: ModelSpec, head: HeadKind) -> dict[str, ParamInfo]:
 
 def is_tp_replicated(name: str) -> bool:
     """True when every TP rank holds the whole tensor: the norm weights and the value head
-    (planner.param_shards split "replicated"; a test checks the two agree)."""
+    (planner.sharding.param_shards split "replicated"; a test checks the two agree)."""
     return name.endswith("norm.weight") or name in (VALUE_HEAD_WEIGHT, VALUE_HEAD_BIAS)
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import simulate
-from planner.baselines import BASELINES
+from planner.search.baselines import BASELINES
 from planner.cli.estimate import estimate_as_mapping, estimate_as_text
 from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
 from planner.cli.plan_output import priced_plan
-from planner.plan import save_plan
-from planner.search import exact_judge
-from planner.search_space_builder import full_tables
+from planner.domain.plan import save_plan
+from planner.search.pipeline import exact_judge
+from planner.search.builder import full_tables
 
 
 def run(args: argparse.Namespace) -> int:

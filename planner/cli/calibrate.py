@@ -8,7 +8,7 @@ from pathlib import Path
 from costmodel.calibration import save_calibration
 from costmodel.calibration_data import load_measured_plan, plan_path_for
 from costmodel.calibration_fit import FitResult, Residual, fit_calibration
-from planner.errors import InputError
+from planner.domain.errors import InputError
 
 DESCRIPTION = """\
 Fit the cost model's efficiency factors to measured traces and write a calibrated profile.

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from planner.cli.estimate import memory_problem
-from planner.cluster import resolve_cluster
-from planner.plan import check_same_cluster, load_plan
+from planner.domain.cluster import resolve_cluster
+from planner.domain.plan import check_same_cluster, load_plan
 
 
 def run(args: argparse.Namespace) -> int:

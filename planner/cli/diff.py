@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from costmodel.simulator import Estimate, estimate_plan
-from planner.augment import reallocations, transfers
-from planner.hardware import GIB
-from planner.mesh import mesh_text
-from planner.plan import Plan, load_plan
+from planner.domain.augment import reallocations, transfers
+from planner.domain.hardware import GIB
+from planner.domain.mesh import mesh_text
+from planner.domain.plan import Plan, load_plan
 
 MAX_LISTED_FIELDS = 12
 TIME_EPSILON_S = 1e-9

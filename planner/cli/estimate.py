@@ -10,10 +10,10 @@ from costmodel.calibration import load_calibration
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import DEFAULT_ITERATIONS, Estimate, estimate_plan
 from costmodel.simulator import memory_problem as _memory_problem
-from planner.errors import InputError
-from planner.hardware import GIB
-from planner.mesh import mesh_text
-from planner.plan import Plan, load_plan
+from planner.domain.errors import InputError
+from planner.domain.hardware import GIB
+from planner.domain.mesh import mesh_text
+from planner.domain.plan import Plan, load_plan
 
 
 SHORT_TRANSFER_S = 1e-3     # the text output lists transfers this long or longer

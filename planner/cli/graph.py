@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from planner.errors import InputError
-from planner.workflow import Workflow
-from planner.workflow_file import resolve_workflow
+from planner.domain.errors import InputError
+from planner.domain.workflow import Workflow
+from planner.domain.workflow_file import resolve_workflow
 
 
 def graph_as_data(workflow: Workflow) -> dict:

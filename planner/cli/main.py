@@ -12,7 +12,7 @@ import sys
 from planner import __version__
 from planner.cli import (baseline, calibrate, check, diff, estimate, graph, profile, run, search,
                          show, viz)
-from planner.errors import InputError, one_line
+from planner.domain.errors import InputError, one_line
 
 SUBCOMMANDS = [search, baseline, estimate, show, check, diff, viz, graph, profile, run, calibrate]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from costmodel.simulator import Estimate
-from planner.hardware import GIB
-from planner.plan import Plan, Provenance
+from planner.domain.hardware import GIB
+from planner.domain.plan import Plan, Provenance
 
 
 def estimate_summary(estimate: Estimate) -> dict:

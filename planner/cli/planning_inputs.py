@@ -9,9 +9,9 @@ from pathlib import Path
 
 from costmodel.calibration import Calibration, load_calibration
 from planner.cli.estimate import add_profile_option
-from planner.cluster import ClusterSpec, resolve_cluster, with_memory_headroom
-from planner.workflow import Workflow
-from planner.workflow_file import resolve_workflow
+from planner.domain.cluster import ClusterSpec, resolve_cluster, with_memory_headroom
+from planner.domain.workflow import Workflow
+from planner.domain.workflow_file import resolve_workflow
 
 DEFAULT_CLUSTER = "h100x8"
 DEFAULT_WORKFLOW = "ppo"

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from costmodel.profile_table import model_shape_key
-from costmodel.profiler import (GRIDS, check_tp_degrees, default_tp_degrees, device_setup,
+from runtime.profiling.profiler import (GRIDS, check_tp_degrees, default_tp_degrees, device_setup,
                                 measure_profile, save_profile)
-from planner.errors import InputError
-from planner.modelspec import resolve_model
-from planner.paths import PROFILES_DIR
+from planner.domain.errors import InputError
+from planner.domain.modelspec import resolve_model
+from planner.domain.paths import PROFILES_DIR
 
 
 def parse_tp_degrees(text: str) -> list[int]:

@@ -7,15 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from planner.plan import load_plan
-from planner.yamlio import atomic_write_text
+from planner.domain.plan import load_plan
+from planner.domain.yamlio import atomic_write_text
 
 DESCRIPTION = """\
 Run a plan: one process per device of the plan's cluster on this machine (gloo on CPU, NCCL
 with one GPU per rank on CUDA). Every rank creates the process groups of every execution of
 the plan, creates the models (seeded random init), then runs the iterations call by call in
 the plan's order: parameter reallocations and data transfers follow the same schedules the
-cost model prices (planner.transfer_schedule); calls on disjoint meshes run at the same time.
+cost model prices (planner.sharding.transfer_schedule); calls on disjoint meshes run at the same time.
 Prints one progress line per iteration (time, reward mean, losses, KL) and writes a JSON
 trace in the shape of `plan estimate --json` (iteration_s, calls, reallocations, transfers)
 plus nodes [{name, start_s, end_s, devices}] and per-iteration metrics. Peak memory: CUDA

@@ -11,13 +11,13 @@ from pathlib import Path
 from planner.cli.estimate import estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
 from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
-from planner.errors import InputError
-from planner.hardware import GIB
-from planner.mcmc import MCMCSettings
-from planner.paths import PLANS_DIR
-from planner.plan import save_plan
-from planner.progress import ProgressLine
-from planner.search import SearchOutcome, search
+from planner.domain.errors import InputError
+from planner.domain.hardware import GIB
+from planner.search.mcmc import MCMCSettings
+from planner.domain.paths import PLANS_DIR
+from planner.domain.plan import save_plan
+from planner.cli.progress import ProgressLine
+from planner.search.pipeline import SearchOutcome, search
 
 
 

@@ -8,11 +8,11 @@ import textwrap
 from pathlib import Path
 
 from costmodel.simulator import Estimate, estimate_plan
-from planner.augment import augmented_graph, reallocations, transfers
+from planner.domain.augment import augmented_graph, reallocations, transfers
 from planner.figures.common import format_seconds, short_realloc, split_node_id
-from planner.hardware import GIB
-from planner.mesh import mesh_text
-from planner.plan import Plan, load_plan, plan_to_mapping
+from planner.domain.hardware import GIB
+from planner.domain.mesh import mesh_text
+from planner.domain.plan import Plan, load_plan, plan_to_mapping
 
 TEXT_WIDTH = 100
 SAVED_ESTIMATE_TOLERANCE = 0.01  # relative; beyond it the saved estimate is called stale

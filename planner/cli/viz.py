@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from planner.errors import InputError
-from planner.plan import load_plan
+from planner.domain.errors import InputError
+from planner.domain.plan import load_plan
 
 KINDS = ("timeline", "placement", "memory", "graph")
 

@@ -24,7 +24,7 @@ from costmodel.simulator import Estimate  # noqa: E402
 from planner.figures.common import format_seconds, plan_colours, save_figure  # noqa: E402
 from planner.figures.dataflow import KIND_MARKERS  # noqa: E402
 from planner.figures.timeline import runs_iteration  # noqa: E402
-from planner.plan import Plan  # noqa: E402
+from planner.domain.plan import Plan  # noqa: E402
 
 EDGE_STYLES = {
     "data": dict(edge_color="#888888", style="solid", width=1.0),
@@ -60,7 +60,7 @@ def depth_positions(graph: nx.DiGraph, rows: dict[str, int]) -> dict[str, tuple[
 
 def draw_augmented_graph(plan: Plan, graph: nx.DiGraph, est: Estimate, out: Path,
                          heading: str) -> None:
-    """Draw `graph` (planner.augment.augmented_graph of the plan) as in the module docstring."""
+    """Draw `graph` (planner.domain.augment.augmented_graph of the plan) as in the module docstring."""
     colours = plan_colours(plan)
     rows = {model: i for i, model in enumerate(plan.workflow.models)}
     pos = depth_positions(graph, rows)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from planner.cluster import ClusterSpec
-from planner.errors import InputError
+from planner.domain.cluster import ClusterSpec
+from planner.domain.errors import InputError
 from planner.figures.dataflow import model_colours, save_figure  # noqa: F401 (re-exported)
-from planner.plan import Plan
+from planner.domain.plan import Plan
 
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 REALLOC_PREFIX = "realloc:"

@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 
-from planner.workflow import Workflow  # noqa: E402
-from planner.yamlio import atomic_write_bytes  # noqa: E402
+from planner.domain.workflow import Workflow  # noqa: E402
+from planner.domain.yamlio import atomic_write_bytes  # noqa: E402
 
 KIND_MARKERS = {"generate": "o", "inference": "s", "train": "D"}
 

@@ -22,11 +22,11 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from costmodel.plan_cost import PlanCosts  # noqa: E402
 from costmodel.simulator import Estimate, memory_per_device, trained_executions  # noqa: E402
-from planner.augment import reallocations  # noqa: E402
+from planner.domain.augment import reallocations  # noqa: E402
 from planner.figures.common import (device_label, plan_colours, save_figure,  # noqa: E402
                                     short_realloc)
-from planner.hardware import GIB  # noqa: E402
-from planner.plan import Plan  # noqa: E402
+from planner.domain.hardware import GIB  # noqa: E402
+from planner.domain.plan import Plan  # noqa: E402
 
 KIND_HATCH = {"resident": None, "working": "////", "weights copy": "xxx", "buffer": "...."}
 KIND_TEXT = {"resident": "resident state (train state or weights)",

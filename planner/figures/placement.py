@@ -19,9 +19,9 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from costmodel.simulator import Estimate  # noqa: E402
 from planner.figures.common import (device_label, format_seconds, plan_colours,  # noqa: E402
                                     save_figure)
-from planner.mesh import mesh_text  # noqa: E402
-from planner.plan import Plan  # noqa: E402
-from planner.rank_groups import coordinate_of  # noqa: E402
+from planner.domain.mesh import mesh_text  # noqa: E402
+from planner.domain.plan import Plan  # noqa: E402
+from planner.sharding.rank_groups import coordinate_of  # noqa: E402
 
 MAX_DEVICES_WITH_COORDINATES = 16
 

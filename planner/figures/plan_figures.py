@@ -6,8 +6,8 @@ from pathlib import Path
 
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import DEFAULT_ITERATIONS, simulate
-from planner.augment import augmented_graph
-from planner.plan import Plan
+from planner.domain.augment import augmented_graph
+from planner.domain.plan import Plan
 
 GRAPH_ITERATIONS = 2
 

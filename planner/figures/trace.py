@@ -19,10 +19,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner.errors import InputError, describe_validation_error
-from planner.augment import reallocations
+from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.augment import reallocations
 from planner.figures.common import node_model, split_node_id
-from planner.plan import Plan
+from planner.domain.plan import Plan
 
 
 class TraceNode(BaseModel):

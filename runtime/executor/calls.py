@@ -24,9 +24,9 @@ from types import ModuleType
 import torch
 import torch.distributed as dist
 
-from planner.layout import Execution
-from planner.transfer_schedule import sequence_range
-from planner.workflow import BatchSpec, ModelFunctionCall
+from planner.domain.layout import Execution
+from planner.sharding.transfer_schedule import sequence_range
+from planner.domain.workflow import BatchSpec, ModelFunctionCall
 from runtime.algorithms import AlgoConfig, Rollout
 from runtime.batch import MicroBatch
 from runtime.comm import all_reduce

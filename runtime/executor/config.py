@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from planner.errors import InputError
+from planner.domain.errors import InputError
 from runtime.algorithms.common import AlgoConfig
 
 from runtime.executor.options import REWARD_HELP

@@ -1,12 +1,12 @@
 """Data keys on a rank: their tensor formats, the per-rank store, and data transfers.
 
-Formats follow planner.data_keys (what the cost model counts): token ids int32 and masks
+Formats follow planner.domain.data_keys (what the cost model counts): token ids int32 and masks
 uint8 over the whole sequence (prompt left-padded to prompt_len, response right-padded to
 gen_len), per-token floats fp32 over the response, per-sequence rewards one fp32.
 
 Every rank of a call's data-parallel replica holds the replica's rows (global sequences
 `sequence_range(n_seqs, dp, dp_rank)`) of each key the call writes. A transfer executes
-planner.transfer_schedule.data_schedule: per message (sender, receiver) the pieces' rows of
+planner.sharding.transfer_schedule.data_schedule: per message (sender, receiver) the pieces' rows of
 every key of the edge, packed into one byte buffer. Senders post their sends without waiting
 (waited at the end of the iteration); receivers post theirs step by step and wait.
 """
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from planner.data_keys import (MASK_KEYS, PER_GENERATED_TOKEN_KEYS, PER_SEQUENCE_KEYS,
+from planner.domain.data_keys import (MASK_KEYS, PER_GENERATED_TOKEN_KEYS, PER_SEQUENCE_KEYS,
                                TOKEN_KEYS)
-from planner.errors import InputError
-from planner.workflow import BatchSpec
+from planner.domain.errors import InputError
+from planner.domain.workflow import BatchSpec
 from runtime.executor.steps import TransferStep
 
 RUNTIME_KEYS = PER_SEQUENCE_KEYS | PER_GENERATED_TOKEN_KEYS | TOKEN_KEYS | MASK_KEYS

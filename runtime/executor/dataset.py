@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from planner.errors import InputError
-from planner.workflow import BatchSpec
+from planner.domain.errors import InputError
+from planner.domain.workflow import BatchSpec
 
 PAD_TOKEN_ID = 0
 _SEED_STRIDE = 1_000_003

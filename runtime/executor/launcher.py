@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from planner.errors import InputError
-from planner.plan import Plan, plan_to_mapping
+from planner.domain.errors import InputError
+from planner.domain.plan import Plan, plan_to_mapping
 from runtime.algorithms import ALGORITHMS
 from runtime.executor.config import RunConfig, parse_reward
 from runtime.executor.data import DATASET_KEYS, key_format

@@ -1,4 +1,4 @@
-"""Parameter reallocation: execute planner.transfer_schedule.param_schedule on this rank.
+"""Parameter reallocation: execute planner.sharding.transfer_schedule.param_schedule on this rank.
 
 The schedule lists local copies and steps of messages; within a step a device sends at most
 one message and receives at most one. A message is the pieces (slices of full parameters)
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from planner.modelspec import HeadKind, ModelSpec
-from planner.param_shards import ShardSlice, model_params, shard_slice
-from planner.rank_groups import coordinate_of
-from planner.transfer_schedule import MeshLayout, Piece, Schedule
+from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.sharding.param_shards import ShardSlice, model_params, shard_slice
+from planner.sharding.rank_groups import coordinate_of
+from planner.sharding.transfer_schedule import MeshLayout, Piece, Schedule
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ preceded by the reallocations into it (a wrapping reallocation of iteration i ru
 its destination call of iteration i + 1) and by the data transfers into it.
 
 - A reallocation moves a model's parameters from the source call's placement to the
-  destination call's (planner.augment.reallocations; placement = devices, dp, tp, pp) by
-  planner.transfer_schedule.param_schedule, the schedule the cost model prices.
+  destination call's (planner.domain.augment.reallocations; placement = devices, dp, tp, pp) by
+  planner.sharding.transfer_schedule.param_schedule, the schedule the cost model prices.
 - A transfer moves the keys of one data edge between calls whose layouts differ, by
-  planner.transfer_schedule.data_schedule. Calls on the same devices with another dp split
+  planner.sharding.transfer_schedule.data_schedule. Calls on the same devices with another dp split
   still exchange rows (the cost model counts no transfer there); such a step runs when the
   schedule has messages between devices. Dataset inputs (prompts, pairs) are never moved:
   every rank reads its own rows.
@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
-from planner.augment import Reallocation, reallocations
-from planner.layout import Execution
-from planner.transfer_schedule import MeshLayout, Schedule, data_schedule
-from planner.workflow import Workflow
+from planner.domain.augment import Reallocation, reallocations
+from planner.domain.layout import Execution
+from planner.sharding.transfer_schedule import MeshLayout, Schedule, data_schedule
+from planner.domain.workflow import Workflow
 
 Placement = tuple[tuple[int, ...], int, int, int]
 
@@ -51,7 +51,7 @@ class CallStep:
 
 @dataclass(frozen=True)
 class ReallocStep:
-    """Named as in planner.augment (a wrapping move by its source iteration); it runs in
+    """Named as in planner.domain.augment (a wrapping move by its source iteration); it runs in
     `runs_in`, the iteration of its destination call."""
 
     iteration: int

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections import defaultdict
 from statistics import mean
 
-from planner.hardware import GIB
-from planner.mesh import mesh_text
-from planner.plan import Plan
+from planner.domain.hardware import GIB
+from planner.domain.mesh import mesh_text
+from planner.domain.plan import Plan
 
 
 def merge_records(messages: list[dict]) -> dict[str, dict]:

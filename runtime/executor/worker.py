@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from costmodel import efficiency as eff
-from planner.plan import Plan, plan_from_mapping
-from planner.transfer_schedule import param_schedule
+from planner.domain.plan import Plan, plan_from_mapping
+from planner.sharding.transfer_schedule import param_schedule
 from runtime.algorithms import ALGORITHMS
 from runtime.device import DeviceConfig, default_device_config
 from runtime.executor import calls
@@ -143,7 +143,7 @@ class RankState:
 
     def home_weights(self) -> dict[str, dict[str, tuple]]:
         """{role: {name: (ranges, tensor)}} of this rank's home shards, first replica only."""
-        from planner.param_shards import model_params, shard_slice
+        from planner.sharding.param_shards import model_params, shard_slice
         out = {}
         for role, copies in self.models.items():
             model = copies.get(self.homes[role])
@@ -222,8 +222,8 @@ def torchrun_main(argv: list[str] | None = None) -> int:
     from datetime import timedelta
     from pathlib import Path
 
-    from planner.plan import load_plan, plan_to_mapping
-    from planner.yamlio import atomic_write_text
+    from planner.domain.plan import load_plan, plan_to_mapping
+    from planner.domain.yamlio import atomic_write_text
     from runtime.executor.config import config_from_args
     from runtime.executor.options import add_run_options
     from runtime.executor.trace import build_trace, progress_line

@@ -12,10 +12,10 @@ from costmodel.calibration import Calibration, load_calibration, save_calibratio
 from costmodel.calibration_data import MeasuredPlan, predict_plan
 from costmodel.calibration_fit import fit_calibration
 from planner.cli.main import main
-from planner.cluster import cluster_preset
-from planner.layout import Execution
-from planner.plan import Plan, Provenance, save_plan
-from planner.workflow_file import builtin_workflow
+from planner.domain.cluster import cluster_preset
+from planner.domain.layout import Execution
+from planner.domain.plan import Plan, Provenance, save_plan
+from planner.domain.workflow_file import builtin_workflow
 
 BATCH_A = {"n_seqs": 8, "prompt_len": 16, "gen_len": 8, "ppo_minibatches": 2}
 BATCH_B = {"n_seqs": 16, "prompt_len": 24, "gen_len": 16, "ppo_minibatches": 2}

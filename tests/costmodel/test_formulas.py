@@ -5,8 +5,8 @@ import pytest
 from costmodel.comm import Link, allgather_time_s, allreduce_time_s, p2p_time_s
 from costmodel.memory import kv_cache_bytes, train_state_bytes_per_device
 from costmodel.roofline import forward_flops_part
-from planner.modelspec import PRESETS
-from planner.param_shards import shard_elements
+from planner.domain.modelspec import PRESETS
+from planner.sharding.param_shards import shard_elements
 
 
 @pytest.mark.parametrize("name,billions", [("llama-7b", 6.74), ("llama-13b", 13.0),

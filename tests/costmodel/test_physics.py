@@ -6,10 +6,10 @@ from costmodel.call_cost import call_time
 from costmodel.comm import allreduce_time_s, group_link
 from costmodel.plan_cost import PlanCosts
 from costmodel.realloc_cost import realloc_cost
-from planner.augment import augmented_graph
-from planner.cluster import cluster_preset
-from planner.layout import Execution
-from planner.workflow_file import builtin_workflow
+from planner.domain.augment import augmented_graph
+from planner.domain.cluster import cluster_preset
+from planner.domain.layout import Execution
+from planner.domain.workflow_file import builtin_workflow
 
 WORKFLOW = builtin_workflow("ppo")
 H100X8 = cluster_preset("h100x8")

@@ -11,12 +11,12 @@ from costmodel.call_cost import call_time
 from costmodel.profile_table import find_profile, model_shape_key
 from costmodel.simulator import memory_problem, simulate
 from planner.cli import estimate as estimate_cli
-from planner.cluster import cluster_preset
-from planner.errors import InputError
-from planner.layout import Execution
-from planner.modelspec import PRESETS
-from planner.plan import Plan, Provenance, save_plan
-from planner.workflow_file import builtin_workflow
+from planner.domain.cluster import cluster_preset
+from planner.domain.errors import InputError
+from planner.domain.layout import Execution
+from planner.domain.modelspec import PRESETS
+from planner.domain.plan import Plan, Provenance, save_plan
+from planner.domain.workflow_file import builtin_workflow
 
 SPEC = PRESETS["llama-7b"]
 GRID = {"op": "forward", "part": "block", "batch": [1, 4], "length": [100, 400],

@@ -1,14 +1,14 @@
-"""Property tests of the shared transfer schedules (planner/transfer_schedule.py)."""
+"""Property tests of the shared transfer schedules (planner/sharding/transfer_schedule.py)."""
 
 from collections import defaultdict
 
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from planner.cluster import cluster_preset
-from planner.modelspec import ModelSpec
-from planner.param_shards import model_params, shard_slice
-from planner.transfer_schedule import MeshLayout, data_schedule, param_schedule
+from planner.domain.cluster import cluster_preset
+from planner.domain.modelspec import ModelSpec
+from planner.sharding.param_shards import model_params, shard_slice
+from planner.sharding.transfer_schedule import MeshLayout, data_schedule, param_schedule
 
 # Tiny shape exercising biases and kv-head replication (2 kv heads, tp up to 8).
 SPEC = ModelSpec(name="micro", num_layers=3, hidden_size=32, num_heads=8, num_kv_heads=2,

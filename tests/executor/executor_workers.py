@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from planner.cluster import cluster_preset
-from planner.layout import Execution
-from planner.modelspec import ModelSpec
-from planner.plan import Plan, Provenance, plan_to_mapping
-from planner.workflow import Workflow
-from planner.workflow_file import builtin_workflow
+from planner.domain.cluster import cluster_preset
+from planner.domain.layout import Execution
+from planner.domain.modelspec import ModelSpec
+from planner.domain.plan import Plan, Provenance, plan_to_mapping
+from planner.domain.workflow import Workflow
+from planner.domain.workflow_file import builtin_workflow
 from runtime.executor.config import RunConfig
 from runtime.executor.worker import execute
 

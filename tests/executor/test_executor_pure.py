@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import executor_workers as W
-from planner.errors import InputError
-from planner.plan import save_plan
+from planner.domain.errors import InputError
+from planner.domain.plan import save_plan
 from runtime.algorithms import dpo, grpo, ppo, rloo
 from runtime.executor.calls import split_rows
 from runtime.executor.config import RunConfig, parse_reward
@@ -90,7 +90,7 @@ def test_prompts_file_is_padded_grouped_and_validated(tmp_path):
     good = tmp_path / "p.jsonl"
     good.write_text('{"prompt": [5, 6]}\n{"prompt": [1, 2, 3, 4, 5]}\n')
     batch = W.LEARNING_BATCH["grpo"]
-    from planner.workflow import BatchSpec
+    from planner.domain.workflow import BatchSpec
     data = Dataset(BatchSpec(**batch), 32, 0, False, good)
     rows = data.prompts(0)
     assert rows.ids.shape == (16, 4) and rows.ids[0].tolist() == [0, 0, 5, 6]

@@ -28,8 +28,8 @@ import pytest
 import torch
 
 import executor_workers as W
-from planner.plan import save_plan
-from planner.transfer_schedule import param_schedule
+from planner.domain.plan import save_plan
+from planner.sharding.transfer_schedule import param_schedule
 from runtime.executor.config import RunConfig
 from runtime.executor.steps import mesh_layout
 from runtime.executor.trace import build_trace

@@ -13,10 +13,10 @@ from typing import Callable
 import pytest
 
 from planner.cli.main import main
-from planner.cluster import cluster_preset
-from planner.layout import Execution
-from planner.plan import Plan, Provenance, save_plan
-from planner.workflow_file import builtin_workflow
+from planner.domain.cluster import cluster_preset
+from planner.domain.layout import Execution
+from planner.domain.plan import Plan, Provenance, save_plan
+from planner.domain.workflow_file import builtin_workflow
 
 
 def _ex(devices: range, dp: int, tp: int, pp: int, micro_batches: int) -> Execution:

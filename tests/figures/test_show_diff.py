@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from costmodel.simulator import estimate_plan
-from planner.plan import load_plan
+from planner.domain.plan import load_plan
 
 
 def test_show_prints_table_times_and_critical_path(cli, plan_files):
@@ -73,8 +73,8 @@ def test_diff_names_changed_calls_and_iteration_delta(cli, plan_files):
 
 
 def test_diff_reports_one_changed_call_only(cli, plan_files, tmp_path):
-    from planner.layout import Execution
-    from planner.plan import save_plan
+    from planner.domain.layout import Execution
+    from planner.domain.plan import save_plan
     plan = load_plan(plan_files["searched"])
     executions = dict(plan.executions)
     executions["critic_inf"] = Execution(devices=tuple(range(8)), dp=2, tp=2, pp=2,

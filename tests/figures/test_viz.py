@@ -9,10 +9,10 @@ import pytest
 
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import estimate_plan
-from planner.augment import augmented_graph
+from planner.domain.augment import augmented_graph
 from planner.figures.memory import memory_parts
 from planner.figures.trace import load_trace
-from planner.plan import load_plan
+from planner.domain.plan import load_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ import yaml
 
 from foundation_support import make_plan
 from planner.cli.main import main
-from planner.plan import save_plan
+from planner.domain.plan import save_plan
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from planner.cluster import cluster_preset
-from planner.layout import Execution
-from planner.plan import Plan, Provenance
-from planner.workflow_file import builtin_workflow
+from planner.domain.cluster import cluster_preset
+from planner.domain.layout import Execution
+from planner.domain.plan import Plan, Provenance
+from planner.domain.workflow_file import builtin_workflow
 
 # Small enough that any dp x micro_batches up to 16 fits (train steps see 64 / 2 = 32).
 SMALL_BATCH = {"n_seqs": 64, "prompt_len": 16, "gen_len": 16, "ppo_minibatches": 2}

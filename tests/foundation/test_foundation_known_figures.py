@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.modelspec import PRESETS
+from planner.domain.modelspec import PRESETS
 
 # (preset, published count, source). Tolerance 0.5% as the figures are rounded.
 PUBLISHED = [

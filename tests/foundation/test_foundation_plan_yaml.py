@@ -7,11 +7,11 @@ import os
 import pytest
 
 from foundation_support import make_plan
-from planner.cluster import NodeGroupFile, build_cluster
-from planner.layout import Execution
-from planner.mesh import mesh_text, parse_mesh_text
-from planner.plan import Plan, Provenance, load_plan, plan_to_yaml, save_plan
-from planner.workflow_file import builtin_workflow
+from planner.domain.cluster import NodeGroupFile, build_cluster
+from planner.domain.layout import Execution
+from planner.domain.mesh import mesh_text, parse_mesh_text
+from planner.domain.plan import Plan, Provenance, load_plan, plan_to_yaml, save_plan
+from planner.domain.workflow_file import builtin_workflow
 
 
 def _ppo_with_reallocations() -> Plan:

@@ -11,14 +11,14 @@ import yaml
 
 from foundation_support import SMALL_BATCH, make_plan
 from planner.cli.main import main
-from planner.cluster import PRESETS as CLUSTER_PRESETS
-from planner.cluster import cluster_preset, load_cluster_file, resolve_cluster
-from planner.layout import Execution
-from planner.mesh import allowed_meshes, mesh_problem, mesh_text
-from planner.modelspec import PRESETS as MODEL_PRESETS
-from planner.modelspec import resolve_model
-from planner.plan import plan_to_mapping, save_plan
-from planner.workflow_file import builtin_workflow, load_workflow_file
+from planner.domain.cluster import PRESETS as CLUSTER_PRESETS
+from planner.domain.cluster import cluster_preset, load_cluster_file, resolve_cluster
+from planner.domain.layout import Execution
+from planner.domain.mesh import allowed_meshes, mesh_problem, mesh_text
+from planner.domain.modelspec import PRESETS as MODEL_PRESETS
+from planner.domain.modelspec import resolve_model
+from planner.domain.plan import plan_to_mapping, save_plan
+from planner.domain.workflow_file import builtin_workflow, load_workflow_file
 
 ROLLOUT = ["seqs", "logprobs", "masks"]
 

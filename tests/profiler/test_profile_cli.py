@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from costmodel.profile_table import load_profile, model_shape_key
-from costmodel.profiler import GRIDS, device_setup, time_trials_s
-from costmodel.profiler_parts import PART_OPS, ShardBench
+from runtime.profiling.profiler import GRIDS, device_setup, time_trials_s
+from runtime.profiling.parts import PART_OPS, ShardBench
 from planner.cli import estimate as estimate_cli
 from planner.cli.main import main
-from planner.cluster import cluster_preset
-from planner.layout import Execution
-from planner.modelspec import PRESETS
-from planner.paths import PROFILES_DIR
-from planner.plan import Plan, Provenance, save_plan
-from planner.workflow_file import builtin_workflow
+from planner.domain.cluster import cluster_preset
+from planner.domain.layout import Execution
+from planner.domain.modelspec import PRESETS
+from planner.domain.paths import PROFILES_DIR
+from planner.domain.plan import Plan, Provenance, save_plan
+from planner.domain.workflow_file import builtin_workflow
 
 TINY = PRESETS["llama-tiny"]
 # Ops whose time must clearly grow with tokens even on the quick grid (16 -> 1024 tokens).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.modelspec import ModelSpec
+from planner.domain.modelspec import ModelSpec
 from runtime.safetensors_io import write_safetensors
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from planner.modelspec import ModelSpec
+from planner.domain.modelspec import ModelSpec
 
 
 def _rms(x, w, eps):

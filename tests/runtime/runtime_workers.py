@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import torch
 
-from planner.modelspec import PRESETS, ModelSpec, resolve_model
+from planner.domain.modelspec import PRESETS, ModelSpec, resolve_model
 from runtime.batch import MicroBatch, ModelOutputs
 from runtime.device import CPU_FP32
 from runtime.generate import GenerationConfig, generate

@@ -19,7 +19,7 @@ import runtime_workers as W
 from hf_writer import write_hf_checkpoint
 from reference_llama import reference_logits
 from runtime.launch import run_distributed
-from planner.param_shards import model_params, shard_slice
+from planner.sharding.param_shards import model_params, shard_slice
 from runtime.params import init_full_param
 
 LOGIT_ATOL = 1e-5

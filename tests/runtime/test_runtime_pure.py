@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.modelspec import PRESETS
+from planner.domain.modelspec import PRESETS
 from runtime.layout import Group, Layout
 from runtime.safetensors_io import SafetensorsFile, write_safetensors
-from planner.param_shards import model_params, shard_slice, stage_params
+from planner.sharding.param_shards import model_params, shard_slice, stage_params
 from runtime.params import check_layout_supported, is_tp_replicated
 from runtime.vocab_parallel import choose_tokens, gumbel_noise, token_logprobs
 

@@ -8,13 +8,13 @@ import pytest
 
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import simulate
-from planner.cluster import cluster_preset
-from planner.exhaustive import exhaustive_search
-from planner.fast_evaluator import FastEvaluator
-from planner.mcmc import MCMCSettings, run_mcmc
-from planner.search import search
-from planner.search_space_builder import full_tables, pruned_tables
-from planner.workflow_file import builtin_workflow
+from planner.domain.cluster import cluster_preset
+from planner.search.exhaustive import exhaustive_search
+from planner.search.fast_evaluator import FastEvaluator
+from planner.search.mcmc import MCMCSettings, run_mcmc
+from planner.search.pipeline import search
+from planner.search.builder import full_tables, pruned_tables
+from planner.domain.workflow_file import builtin_workflow
 
 # Enumerable spaces with feasible plans (PPO spaces this small have none that fit; the
 # benchmark benchmarks/search_quality.py covers PPO on 4 devices).
@@ -115,7 +115,7 @@ def test_calibrated_search_prices_with_the_profile_and_matches_the_simulator():
     from pathlib import Path
 
     from costmodel.calibration import load_calibration
-    from planner.paths import PROFILES_DIR
+    from planner.domain.paths import PROFILES_DIR
 
     calibration = load_calibration(Path(PROFILES_DIR) / "cpu" / "calibration.yaml")
     workflow = builtin_workflow("ppo", model="llama-tiny",
@@ -144,8 +144,8 @@ def test_calibrated_search_prices_with_the_profile_and_matches_the_simulator():
 def test_candidates_only_use_layouts_the_runtime_runs():
     """llama-tiny has 8 heads but 4 kv heads: no candidate may use tp 8 (the runtime would
     refuse it)."""
-    from planner.layout import Execution, layout_problem
-    from planner.space import candidate_executions
+    from planner.domain.layout import Execution, layout_problem
+    from planner.search.space import candidate_executions
 
     workflow = builtin_workflow("grpo", model="llama-tiny")
     cluster = cluster_preset("h100x8")

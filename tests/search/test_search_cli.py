@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from planner.cli.main import main
-from planner.plan import load_plan
+from planner.domain.plan import load_plan
 
 
 def test_search_json_has_estimate_baselines_and_search_keys(tmp_path, capsys):

@@ -8,7 +8,7 @@ workflows are assumed to be per-token fp32 over the whole sequence (the largest 
 
 from __future__ import annotations
 
-from planner.workflow import BatchSpec
+from planner.domain.workflow import BatchSpec
 
 TOKEN_ID_BYTES = 4
 MASK_BYTES = 1

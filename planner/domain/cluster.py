@@ -23,9 +23,9 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner.errors import InputError, describe_validation_error
-from planner.hardware import GIB, HardwareSpec, hardware_by_name
-from planner.yamlio import load_yaml_mapping, resolve_preset_or_file
+from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.hardware import GIB, HardwareSpec, hardware_by_name
+from planner.domain.yamlio import load_yaml_mapping, resolve_preset_or_file
 
 
 class NodeGroup(BaseModel):

@@ -2,8 +2,8 @@
 
 Random numbers come from a counter-based generator (splitmix64 of seed, chain, step and
 slot), so a chain's path depends only on the seed, never on which thread ran it: same seed,
-same result. Each step proposes one move (see planner/mcmc.py), evaluates the plan with
-planner.fast_evaluator.evaluate_plan, accepts by the Metropolis rule at the chain's
+same result. Each step proposes one move (see planner/search/mcmc.py), evaluates the plan with
+planner.search.fast_evaluator.evaluate_plan, accepts by the Metropolis rule at the chain's
 temperature, and remembers the chain's best feasible plan.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from planner.fast_evaluator import evaluate_plan, new_scratch
+from planner.search.fast_evaluator import evaluate_plan, new_scratch
 
 # Moves: a random candidate; a candidate of the same group (grouping 0: the same mesh,
 # grouping 1: the same tp, pp and micro-batches on any mesh); a placement copied from

@@ -1,9 +1,9 @@
 """`search`: from a workflow and a cluster to the best plan found, with its baselines.
 
-1. Price every candidate execution of every call (planner.search_space_builder).
-2. Build the baselines (planner.baselines) on the full tables, then prune the tables
+1. Price every candidate execution of every call (planner.search.builder).
+2. Build the baselines (planner.search.baselines) on the full tables, then prune the tables
    (keeping the baselines' candidates) so the search space is smaller but holds the optimum.
-3. Run the MCMC search (planner.mcmc) seeded with the baselines, on the fast evaluator.
+3. Run the MCMC search (planner.search.mcmc) seeded with the baselines, on the fast evaluator.
 4. Re-price the best distinct plans found and the baselines with the exact simulator
    (costmodel.simulator) and keep the best feasible one. The result is therefore never worse
    than a baseline under the exact cost model.
@@ -19,14 +19,14 @@ import numpy as np
 
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import Estimate, executions_memory_problem, simulate
-from planner.baselines import BaselineJudge, build_baselines
-from planner.cluster import ClusterSpec
-from planner.fast_evaluator import FastEvaluator
-from planner.layout import Execution
-from planner.mcmc import MCMCResult, MCMCSettings, run_mcmc, warm_up
-from planner.search_space_builder import full_tables, pruned_tables
-from planner.search_tables import SearchTables
-from planner.workflow import Workflow
+from planner.search.baselines import BaselineJudge, build_baselines
+from planner.domain.cluster import ClusterSpec
+from planner.search.fast_evaluator import FastEvaluator
+from planner.domain.layout import Execution
+from planner.search.mcmc import MCMCResult, MCMCSettings, run_mcmc, warm_up
+from planner.search.builder import full_tables, pruned_tables
+from planner.search.tables import SearchTables
+from planner.domain.workflow import Workflow
 
 
 @dataclass

@@ -5,7 +5,7 @@
   iteration i+1). It moves the parameters from one layout to the other.
 - A *transfer* flag on every data edge whose two calls place their data differently: the
   rows of a batch live on the devices of their data-parallel replica, so a transfer is
-  needed when the devices or the dp/tp/pp degrees differ (planner.transfer_schedule).
+  needed when the devices or the dp/tp/pp degrees differ (planner.sharding.transfer_schedule).
 - Parameter-version edges: a trained model's train call of iteration i precedes the model's
   first call of iteration i+1 (through a reallocation when the executions differ).
 
@@ -20,8 +20,8 @@ from typing import Mapping
 
 import networkx as nx
 
-from planner.layout import Execution
-from planner.workflow import Workflow
+from planner.domain.layout import Execution
+from planner.domain.workflow import Workflow
 
 
 @dataclass(frozen=True)

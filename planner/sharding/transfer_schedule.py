@@ -4,7 +4,7 @@ The cost model prices these schedules and the runtime executes exactly them.
 
 **Parameter reallocation** from a source layout on a mesh to a destination layout (for one
 model): every destination device (dp_rank, tp_rank, stage) needs, for each parameter of its
-stage, the slice `planner.param_shards.shard_slice` gives it. That slice is cut where it
+stage, the slice `planner.sharding.param_shards.shard_slice` gives it. That slice is cut where it
 meets the source TP shards; each piece comes from one source replica holding it, chosen in
 this order:
 1. the destination device itself (a local copy, zero link cost);
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
-from planner.modelspec import HeadKind, ModelSpec
-from planner.param_shards import (ParamInfo, ShardSlice, model_params, shard_slice,
+from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.sharding.param_shards import (ParamInfo, ShardSlice, model_params, shard_slice,
                                   slice_elements)
-from planner.rank_groups import mesh_position
+from planner.sharding.rank_groups import mesh_position
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ chains. A step proposes one of four moves: a new random candidate for one call; 
 layout on the same mesh for one call; the same tp, pp and micro-batches on another mesh for
 one call (moving it, with dp following the mesh size); or giving a call the placement its
 model has in another call (which removes a reallocation). Metropolis acceptance at the chain's
-temperature runs inside the compiled kernel (planner/mcmc_kernel.py); every `swap_every`
+temperature runs inside the compiled kernel (planner/search/mcmc_kernel.py); every `swap_every`
 steps, neighbouring temperatures exchange states (parallel tempering). Temperatures are set
 relative to the cost scale (the median cost of the starting plans that fit), from `0.0005x`
 to `0.05x`, so a 0.5% worse plan is accepted often at the top of the ladder and rarely at the
@@ -27,8 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from planner.fast_evaluator import FastEvaluator
-from planner.mcmc_kernel import energy_of, sweep
+from planner.search.fast_evaluator import FastEvaluator
+from planner.search.mcmc_kernel import energy_of, sweep
 
 MOVE_PROBABILITIES = (0.2, 0.3, 0.3, 0.2)   # random, same mesh, same style, copy placement
 

@@ -15,13 +15,13 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planner import __version__
-from planner.augment import reallocations, transfers
-from planner.cluster import ClusterSpec
-from planner.errors import InputError, describe_validation_error
-from planner.layout import Execution, execution_problem
-from planner.mesh import mesh_text, parse_mesh_text
-from planner.workflow import Workflow
-from planner.yamlio import atomic_write_text, dump_yaml, load_yaml_mapping
+from planner.domain.augment import reallocations, transfers
+from planner.domain.cluster import ClusterSpec
+from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.layout import Execution, execution_problem
+from planner.domain.mesh import mesh_text, parse_mesh_text
+from planner.domain.workflow import Workflow
+from planner.domain.yamlio import atomic_write_text, dump_yaml, load_yaml_mapping
 
 SCHEMA_VERSION = 1
 

@@ -18,7 +18,7 @@ from typing import Literal
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from planner.modelspec import HeadKind, ModelSpec
+from planner.domain.modelspec import HeadKind, ModelSpec
 
 CallKind = Literal["generate", "inference", "train"]
 Algorithm = Literal["ppo", "grpo", "remax", "dpo", "rloo", "custom"]

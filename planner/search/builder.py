@@ -19,14 +19,14 @@ from collections import defaultdict
 import numpy as np
 
 from costmodel.call_cost import call_memory, call_time
-from planner.augment import model_call_pairs
-from planner.cluster import ClusterSpec
-from planner.data_keys import payload_bytes
-from planner.layout import Execution
-from planner.mesh import allowed_meshes
-from planner.search_tables import CallTable, DataEdge, ModelPair, SearchTables
-from planner.space import candidate_executions
-from planner.workflow import ModelFunctionCall, ModelRole, Workflow
+from planner.domain.augment import model_call_pairs
+from planner.domain.cluster import ClusterSpec
+from planner.domain.data_keys import payload_bytes
+from planner.domain.layout import Execution
+from planner.domain.mesh import allowed_meshes
+from planner.search.tables import CallTable, DataEdge, ModelPair, SearchTables
+from planner.search.space import candidate_executions
+from planner.domain.workflow import ModelFunctionCall, ModelRole, Workflow
 
 US = 1e-6
 GB = 1e9

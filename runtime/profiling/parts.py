@@ -1,7 +1,7 @@
 """What `plan profile` times: the runtime's own layers at one tensor-parallel shard shape.
 
 One process emulates one tp rank: every parameter is allocated with the shape of tp rank 0's
-shard (`planner.param_shards.shard_slice`: heads/tp, kv_heads/tp (at least one),
+shard (`planner.sharding.param_shards.shard_slice`: heads/tp, kv_heads/tp (at least one),
 intermediate/tp, vocab/tp)
 and the layers of `runtime.layers` run with a single-rank group, so the tp all-reduces are
 no-ops (communication is priced separately, costmodel/comm.py). Values are random; only
@@ -24,10 +24,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from planner.modelspec import ModelSpec
-from planner.param_shards import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
+from planner.domain.modelspec import ModelSpec
+from planner.sharding.param_shards import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
                                   VALUE_HEAD_WEIGHT, ParamInfo, model_params, shard_slice)
-from planner.rank_groups import Coordinate
+from planner.sharding.rank_groups import Coordinate
 from runtime.device import DeviceConfig
 from runtime.layers import (AttentionInputs, LayerCache, decoder_block, rms_norm,
                             rotary_cos_sin, vocab_parallel_embedding)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from planner.search_tables import SearchTables
+from planner.search.tables import SearchTables
 
 # Memory role of a call in the rule above.
 TRAIN_CALL, TRAINED_MODEL_CALL, UNTRAINED_MODEL_CALL = 0, 1, 2

@@ -26,13 +26,13 @@ from typing import Callable
 import torch
 
 from costmodel.profile_table import FORMAT_VERSION, ProfileTable, model_shape_key
-from costmodel.profiler_parts import PART_OPS, ShardBench, Trial
-from planner.errors import InputError
-from planner.hardware import known_hardware
-from planner.modelspec import ModelSpec
-from planner.yamlio import atomic_write_text, dump_yaml
+from runtime.profiling.parts import PART_OPS, ShardBench, Trial
+from planner.domain.errors import InputError
+from planner.domain.hardware import known_hardware
+from planner.domain.modelspec import ModelSpec
+from planner.domain.yamlio import atomic_write_text, dump_yaml
 from runtime.device import DeviceConfig
-from planner.param_shards import layout_supported_problem
+from planner.sharding.param_shards import layout_supported_problem
 
 MIN_REPEATS = 3
 CPU_THREADS = 1  # one gloo process per core: each process computes on one thread
@@ -110,7 +110,7 @@ def device_setup(device: str, hardware: str | None = None) -> DeviceSetup:
 
 
 def default_tp_degrees(spec: ModelSpec) -> list[int]:
-    """The degrees of CANDIDATE_TP that shard `spec` (planner.param_shards rules)."""
+    """The degrees of CANDIDATE_TP that shard `spec` (planner.sharding.param_shards rules)."""
     return [tp for tp in CANDIDATE_TP if layout_supported_problem(spec, tp, 1) is None]
 
 

@@ -17,12 +17,12 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from planner.builtin_workflows import (BUILTIN_CALLS, BUILTIN_INPUTS, DEFAULT_BATCH,
+from planner.domain.builtin_workflows import (BUILTIN_CALLS, BUILTIN_INPUTS, DEFAULT_BATCH,
                                        DEFAULT_MODEL, VALUE_HEAD_ROLES)
-from planner.errors import InputError, describe_validation_error
-from planner.modelspec import HeadKind, resolve_model
-from planner.workflow import (Algorithm, BatchSpec, ModelFunctionCall, ModelRole, Workflow)
-from planner.yamlio import load_yaml_mapping, resolve_preset_or_file
+from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.modelspec import HeadKind, resolve_model
+from planner.domain.workflow import (Algorithm, BatchSpec, ModelFunctionCall, ModelRole, Workflow)
+from planner.domain.yamlio import load_yaml_mapping, resolve_preset_or_file
 
 
 class ModelEntry(BaseModel):

@@ -16,7 +16,7 @@ Names and full shapes follow HF `LlamaForCausalLM`:
 - `value_head.weight` [1, h], `value_head.bias` [1] (head "value")   last stage, replicated
 
 Rules:
-- Blocks sit on the stage given by `planner.pipeline_partition.layer_ranges`.
+- Blocks sit on the stage given by `planner.sharding.pipeline_partition.layer_ranges`.
 - Every split is even: tp must divide num_heads, intermediate_size and vocab_size (no vocab
   padding, no remainder rank); `layout_supported_problem` says which factor fails.
 - k/v projections: when tp <= num_kv_heads, tp must divide num_kv_heads and each rank holds
@@ -37,8 +37,8 @@ from typing import Literal
 
 import numpy as np
 
-from planner.modelspec import HeadKind, ModelSpec
-from planner.pipeline_partition import layer_ranges
+from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.sharding.pipeline_partition import layer_ranges
 
 # One half-open (start, stop) range per dimension of the full tensor.
 ShardSlice = tuple[tuple[int, int], ...]

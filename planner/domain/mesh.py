@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from planner.cluster import ClusterSpec
+from planner.domain.cluster import ClusterSpec
 
 _TEXT = re.compile(r"^(\d+)(?:-(\d+))?:(\d+)(?:-(\d+))?$")
 

@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from planner.errors import InputError, describe_validation_error
-from planner.paths import HARDWARE_DIR
-from planner.yamlio import load_yaml_mapping
+from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.paths import HARDWARE_DIR
+from planner.domain.yamlio import load_yaml_mapping
 
 GIB = 1024**3
 GB = 1e9

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planner.cluster import ClusterSpec
-from planner.mesh import mesh_problem
-from planner.modelspec import ModelSpec
-from planner.workflow import BatchSpec, ModelFunctionCall
+from planner.domain.cluster import ClusterSpec
+from planner.domain.mesh import mesh_problem
+from planner.domain.modelspec import ModelSpec
+from planner.domain.workflow import BatchSpec, ModelFunctionCall
 
 
 class Execution(BaseModel):

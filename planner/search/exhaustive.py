@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.fast_evaluator import FastEvaluator
+from planner.search.fast_evaluator import FastEvaluator
 
 DEFAULT_MAX_PLANS = 50_000_000
 BLOCK_PLANS = 1 << 16

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner.errors import describe_validation_error
+from planner.domain.errors import describe_validation_error
 
 HeadKind = Literal["lm", "value"]
 

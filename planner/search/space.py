@@ -10,11 +10,11 @@ alone are dropped later, once the cost model has priced them.
 
 from __future__ import annotations
 
-from planner.cluster import ClusterSpec
-from planner.layout import Execution, layout_problem
-from planner.mesh import allowed_meshes
-from planner.modelspec import ModelSpec
-from planner.workflow import BatchSpec, ModelFunctionCall
+from planner.domain.cluster import ClusterSpec
+from planner.domain.layout import Execution, layout_problem
+from planner.domain.mesh import allowed_meshes
+from planner.domain.modelspec import ModelSpec
+from planner.domain.workflow import BatchSpec, ModelFunctionCall
 
 
 def divisors(n: int) -> list[int]:

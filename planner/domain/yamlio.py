@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 
-from planner.errors import InputError
+from planner.domain.errors import InputError
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from planner.layout import Execution
+from planner.domain.layout import Execution
 
 
 @dataclass

@@ -6,7 +6,7 @@ their default heads (critic and reward models carry a scalar value head) follow 
 
 from __future__ import annotations
 
-from planner.workflow import ModelFunctionCall as Call
+from planner.domain.workflow import ModelFunctionCall as Call
 
 _ROLLOUT = ("seqs", "logprobs", "masks")
 
