@@ -46,7 +46,8 @@ def measure(rank: int, world_size: int, options: dict) -> list[tuple]:
     from runtime.device import CPU_FP32
     from runtime.generate import GenerationConfig, generate
     from runtime.inference import inference
-    from runtime.layout import Layout, create_contexts
+    from planner.domain.placement import Placement
+    from runtime.layout import create_contexts
     from runtime.model import ParallelModel
     from runtime.optimizer import Adam, AdamConfig
     from runtime.train import train_step
@@ -54,7 +55,7 @@ def measure(rank: int, world_size: int, options: dict) -> list[tuple]:
     spec = resolve_model(options["model"])
     batch, seq, new, micro = (options["batch"], options["seq_len"], options["new_tokens"],
                               options["micro_batch"])
-    layouts = [Layout(tuple(range(d * t * p)), d, t, p) for d, t, p in LAYOUTS]
+    layouts = [Placement(tuple(range(d * t * p)), d, t, p) for d, t, p in LAYOUTS]
     contexts = create_contexts(layouts)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, spec.vocab_size, (batch, seq), generator=g)

@@ -24,7 +24,8 @@ def _worker(rank: int, world_size: int) -> dict:
     import torch.distributed as dist
 
     from planner.domain.modelspec import PRESETS
-    from planner.sharding.transfer_schedule import MeshLayout, param_schedule
+    from planner.domain.placement import Placement
+    from planner.sharding.transfer_schedule import param_schedule
     from runtime.executor.realloc import empty_shards, holding, reallocate
     from runtime.params import init_params
     from runtime.device import CPU_FP32
@@ -41,7 +42,7 @@ def _worker(rank: int, world_size: int) -> dict:
         dist.barrier()
         p2p.append(time.perf_counter() - start)
     spec = PRESETS["llama-small"]
-    src, dst = MeshLayout((0, 1), 1, 2, 1), MeshLayout((2, 3), 2, 1, 1)
+    src, dst = Placement((0, 1), 1, 2, 1), Placement((2, 3), 2, 1, 1)
     schedule = param_schedule(spec, "lm", src, dst, (0, 0, 0, 0))
     mine_src = holding(src, rank)
     params = (init_params(spec, "lm", mine_src.tp_rank, 2, 0, 1, 0, CPU_FP32)

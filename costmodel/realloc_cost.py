@@ -22,7 +22,7 @@ from costmodel import efficiency as eff
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.modelspec import HeadKind, ModelSpec
-from planner.sharding.transfer_schedule import (MeshLayout, Schedule, data_schedule, param_schedule)
+from planner.sharding.transfer_schedule import (Schedule, data_schedule, param_schedule)
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,6 @@ class ScheduleCost:
 
 
 ZERO_COST = ScheduleCost(time_s=0.0)
-
-
-def mesh_layout(execution: Execution) -> MeshLayout:
-    ex = execution
-    return MeshLayout(tuple(ex.devices), ex.dp, ex.tp, ex.pp)
 
 
 def local_copy_time_s(schedule: Schedule, bytes_per_element: float,
@@ -90,7 +85,7 @@ def realloc_cost(spec: ModelSpec, head: HeadKind, src: Execution, dst: Execution
     """Moving the parameters of (spec, head) from `src` to `dst`, in the compute dtype."""
     if src == dst:
         return ZERO_COST
-    schedule = param_schedule(spec, head, mesh_layout(src), mesh_layout(dst),
+    schedule = param_schedule(spec, head, src.placement, dst.placement,
                               cluster.device_node)
     dtype = cluster.hardware_of(dst.devices[0]).compute_dtype_bytes
     return schedule_cost(schedule, dtype, cluster)
@@ -102,5 +97,5 @@ def transfer_cost(src: Execution, dst: Execution, n_seqs: int, bytes_per_sequenc
     executions."""
     if src == dst:
         return ZERO_COST
-    schedule = data_schedule(mesh_layout(src), mesh_layout(dst), n_seqs, cluster.device_node)
+    schedule = data_schedule(src.placement, dst.placement, n_seqs, cluster.device_node)
     return schedule_cost(schedule, bytes_per_sequence, cluster)

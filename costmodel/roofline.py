@@ -25,8 +25,9 @@ OPS = ("forward", "backward", "prefill", "decode", "optimizer")
 
 
 def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
-    """KV heads each tp rank holds (one replicated head when tp > num_kv_heads)."""
-    return max(spec.num_kv_heads // tp, 1)
+    """KV heads each tp rank holds (tp divides them: planner.domain.layout's rule)."""
+    assert spec.num_kv_heads % tp == 0, (spec.name, spec.num_kv_heads, tp)
+    return spec.num_kv_heads // tp
 
 
 def part_params_per_rank(spec: ModelSpec, part: str, tp: int) -> float:

@@ -2,7 +2,7 @@
 
 What the executor calls (every rank of the world, the same calls in the same order):
 
-    ctxs = layout.create_contexts([Layout(mesh, dp, tp, pp), ...])  # all groups, all ranks
+    ctxs = layout.create_contexts([Placement(devices, dp, tp, pp), ...])  # all groups, all ranks
     model = ParallelModel.from_seed(spec, "lm" | "value", ctx, seed, device)
     model = ParallelModel.from_hf(directory, spec, head, ctx, device)
     generate(model, prompts: list[MicroBatch], GenerationConfig) -> list[Generation]

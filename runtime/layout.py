@@ -1,9 +1,9 @@
-"""Layouts (mesh x dp x tp x pp) and the per-rank parallel context with explicit groups.
+"""The per-rank parallel context of a placement, with explicit process groups.
 
-A `Layout` is a pure description: the ordered global ranks of its mesh and the degrees. A
-`ParallelContext` is what one member rank needs to run a model under that layout: its
-coordinate and its TP, DP and PP process groups (with their global ranks). Nothing is
-module-global, so one process can hold contexts of several layouts at once.
+A placement (planner.domain.placement: ordered mesh devices = global ranks, dp, tp, pp) is a
+pure description; a `ParallelContext` is what one member rank needs to run a model under it:
+its coordinate and its TP, DP and PP process groups (with their global ranks). Nothing is
+module-global, so one process can hold contexts of several placements at once.
 
 Trap (see runtime-notes): every process group must be created by all ranks of the world in
 the same order, members or not. `create_contexts` does that for a list of layouts: groups are
@@ -16,30 +16,8 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from planner.sharding.rank_groups import Coordinate, coordinate_of, rank_groups
-
-
-@dataclass(frozen=True)
-class Layout:
-    """A dp x tp x pp layout on `mesh`, the ordered global ranks it runs on."""
-
-    mesh: tuple[int, ...]
-    dp: int
-    tp: int
-    pp: int
-
-    def __post_init__(self):
-        if min(self.dp, self.tp, self.pp) < 1:
-            raise ValueError(f"dp {self.dp}, tp {self.tp}, pp {self.pp} must all be >= 1")
-        if len(self.mesh) != self.dp * self.tp * self.pp:
-            raise ValueError(f"dp {self.dp} x tp {self.tp} x pp {self.pp} = "
-                             f"{self.dp * self.tp * self.pp}, mesh has {len(self.mesh)} ranks")
-        if len(set(self.mesh)) != len(self.mesh):
-            raise ValueError(f"mesh {self.mesh} repeats a rank")
-
-    def coordinate(self, global_rank: int) -> Coordinate:
-        """Coordinate of a member rank."""
-        return coordinate_of(self.mesh.index(global_rank), self.dp, self.tp, self.pp)
+from planner.domain.placement import Placement
+from planner.sharding.rank_groups import Coordinate, placement_coordinate, rank_groups
 
 
 @dataclass(frozen=True)
@@ -58,7 +36,7 @@ class Group:
 class ParallelContext:
     """What one member rank of a layout needs to run: coordinate and its three groups."""
 
-    layout: Layout
+    layout: Placement
     global_rank: int
     coord: Coordinate
     tp_group: Group
@@ -97,7 +75,7 @@ def _new_group(ranks: tuple[int, ...], backend: str | None) -> object:
     return dist.new_group(ranks=list(ranks), backend=backend)
 
 
-def create_contexts(layouts: list[Layout], backend: str | None = None
+def create_contexts(layouts: list[Placement], backend: str | None = None
                     ) -> list[ParallelContext | None]:
     """Create all groups of `layouts` on every rank; this rank's context per layout.
 
@@ -107,7 +85,7 @@ def create_contexts(layouts: list[Layout], backend: str | None = None
     me = dist.get_rank()
     contexts: list[ParallelContext | None] = []
     for layout in layouts:
-        groups = rank_groups(layout.mesh, layout.dp, layout.tp, layout.pp)
+        groups = rank_groups(layout.devices, layout.dp, layout.tp, layout.pp)
         mine: dict[str, Group] = {}
         for kind, members in (("tp", groups.tp_groups), ("dp", groups.dp_groups),
                               ("pp", groups.pp_groups)):
@@ -115,9 +93,9 @@ def create_contexts(layouts: list[Layout], backend: str | None = None
                 handle = _new_group(ranks, backend)
                 if me in ranks:
                     mine[kind] = Group(handle=handle, ranks=ranks)
-        if me in layout.mesh:
+        if me in layout.devices:
             contexts.append(ParallelContext(layout=layout, global_rank=me,
-                                            coord=layout.coordinate(me), tp_group=mine["tp"],
+                                            coord=placement_coordinate(layout, me), tp_group=mine["tp"],
                                             dp_group=mine["dp"], pp_group=mine["pp"]))
         else:
             contexts.append(None)

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from planner.domain.layout import parallel_degrees_problem
 from planner.domain.modelspec import ModelSpec
 from runtime.device import DeviceConfig
 from runtime.safetensors_io import SafetensorsFile
 from planner.domain.modelspec import HeadKind
 from planner.sharding.param_shards import (VALUE_HEAD_BIAS, VALUE_HEAD_WEIGHT, ParamInfo,
-                                  layout_supported_problem, model_params, shard_slice,
+                                  model_params, shard_slice,
                                   stage_params)
 
 INIT_STD = 0.02  # HF LlamaConfig.initializer_range default
@@ -38,17 +39,11 @@ def param_seed(seed: int, name: str) -> int:
 
 
 def check_layout_supported(spec: ModelSpec, tp: int, pp: int) -> None:
-    """ValueError unless the runtime can run `spec` under (tp, pp).
-
-    The shard rules are planner.sharding.param_shards'; the runtime further refuses tp > num_kv_heads
-    (replicated kv heads would need their gradients summed over the ranks sharing a head).
-    """
-    problem = layout_supported_problem(spec, tp, pp)
+    """ValueError unless the runtime can run `spec` under (tp, pp): the one rule of
+    planner.domain.layout.parallel_degrees_problem, which the search and cost model use."""
+    problem = parallel_degrees_problem(spec, tp, pp)
     if problem:
         raise ValueError(problem)
-    if tp > spec.num_kv_heads:
-        raise ValueError(f"{spec.name}: tp {tp} exceeds num_kv_heads {spec.num_kv_heads} "
-                         f"(kv-head replication is not supported by the runtime)")
 
 
 def param_infos(spec: ModelSpec, head: HeadKind) -> dict[str, ParamInfo]:

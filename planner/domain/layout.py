@@ -1,8 +1,12 @@
 """Layouts and executions: how one call runs on its mesh.
 
 A layout is data x tensor x pipeline degrees plus the number of micro-batches; an execution
-is a mesh plus a layout. `execution_problem` checks an execution against the model, the batch
-and the cluster and says, with every factor, what is wrong.
+is a mesh plus a layout plus the run policy of a train call (ZeRO-1 over dp, activation
+recomputation), which the cost model prices and the runtime follows. Its placement (mesh and
+degrees, planner.domain.placement) is what parameter and data movement depend on.
+`execution_problem` checks an execution against the model, the batch and the cluster and
+says, with every factor, what is wrong; `parallel_degrees_problem` is the one rule of which
+tp / pp degrees a model can run, used by the search space, the cost model and the runtime.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.domain.cluster import ClusterSpec
 from planner.domain.mesh import mesh_problem
 from planner.domain.modelspec import ModelSpec
+from planner.domain.placement import Placement
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
 
 
@@ -25,16 +30,23 @@ class Execution(BaseModel):
     tp: int = Field(ge=1)
     pp: int = Field(ge=1)
     micro_batches: int = Field(default=1, ge=1)
+    shard_optimizer_over_dp: bool = Field(default=True, description=(
+        "train calls: ZeRO-1, the Adam states sharded over the dp group (gradients "
+        "reduce-scattered, updated weights all-gathered); false keeps full states per replica "
+        "and all-reduces gradients"))
+    recompute_activations: bool = Field(default=True, description=(
+        "train calls: keep only each decoder block's input and run the block again in "
+        "backward (torch.utils.checkpoint); false keeps every block's activations"))
 
     @property
     def num_devices(self) -> int:
         return len(self.devices)
 
     @property
-    def placement(self) -> tuple[tuple[int, ...], int, int, int]:
-        """Where the parameters live: devices and degrees. Two executions that differ only
-        in micro-batches hold the parameters identically, so no reallocation is needed."""
-        return (self.devices, self.dp, self.tp, self.pp)
+    def placement(self) -> Placement:
+        """Where the parameters and data rows live (planner.domain.placement). Executions
+        that differ only in micro-batches or policy hold the parameters identically."""
+        return Placement(self.devices, self.dp, self.tp, self.pp)
 
     def layout_text(self) -> str:
         """Megatron-style short form, e.g. d2t4p1m2."""
@@ -48,6 +60,32 @@ def sequences_per_micro_batch_step(call: ModelFunctionCall, batch: BatchSpec) ->
     return batch.n_seqs
 
 
+def parallel_degrees_problem(spec: ModelSpec, tp: int, pp: int) -> str | None:
+    """Why model `spec` cannot be sharded over tp ranks and pp stages, or None.
+
+    The one rule for the search space, the cost model and the runtime (what we price is what
+    we run): every tensor-parallel split is even, so tp divides the attention heads, the kv
+    heads (each rank holds whole kv heads; the runtime does not replicate a kv head, which
+    would need its gradients summed over the ranks sharing it), the MLP's intermediate size
+    and the vocabulary (no padding rows); pp is between 1 and the layer count; tied
+    embeddings (one tensor for the embedding and the LM head) need pp 1, since the two
+    ends of the model sit on different stages otherwise.
+    """
+    sizes = {"attention heads": spec.num_heads, "kv heads": spec.num_kv_heads,
+             "intermediate_size": spec.intermediate_size, "vocab_size": spec.vocab_size}
+    uneven = [f"{value} {name}" for name, value in sizes.items() if value % tp]
+    if uneven:
+        valid = [t for t in range(1, spec.num_kv_heads + 1)
+                 if all(v % t == 0 for v in sizes.values())]
+        return (f"tp {tp} does not evenly split the {', '.join(uneven)} of {spec.name}; "
+                f"valid tp: {valid}")
+    if not 1 <= pp <= spec.num_layers:
+        return f"pp {pp} must be between 1 and the {spec.num_layers} layers of {spec.name}"
+    if spec.tie_embeddings and pp > 1:
+        return f"{spec.name} ties its embeddings to the LM head, which needs pp 1 (got pp {pp})"
+    return None
+
+
 def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
                    call: ModelFunctionCall, batch: BatchSpec) -> str | None:
     """Why the layout cannot run `call` of model `spec` on its mesh, or None."""
@@ -55,16 +93,12 @@ def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
     if ex.dp * ex.tp * ex.pp != ex.num_devices:
         return (f"dp {ex.dp} x tp {ex.tp} x pp {ex.pp} = {ex.dp * ex.tp * ex.pp}, "
                 f"mesh has {ex.num_devices} devices")
-    if spec.num_heads % ex.tp:
-        return f"tp {ex.tp} does not divide the {spec.num_heads} attention heads of {spec.name}"
-    if spec.num_kv_heads % ex.tp:
-        # The runtime gives each tensor-parallel rank whole kv heads; it does not replicate
-        # a kv head over several ranks (that would need their gradients summed), so neither
-        # do the plans we search: what we price is what we run.
-        return (f"tp {ex.tp} does not divide the {spec.num_kv_heads} kv heads of {spec.name}; "
-                f"valid tp: {[t for t in range(1, spec.num_kv_heads + 1) if spec.num_kv_heads % t == 0]}")
-    if ex.pp > spec.num_layers:
-        return f"pp {ex.pp} is above the {spec.num_layers} layers of {spec.name}"
+    problem = parallel_degrees_problem(spec, ex.tp, ex.pp)
+    if problem:
+        return problem
+    if call.kind != "train" and not (ex.shard_optimizer_over_dp and ex.recompute_activations):
+        return ("shard_optimizer_over_dp and recompute_activations apply to train calls only; "
+                f"{call.name} is a {call.kind} call (leave them out)")
     nodes = {cluster.device_node[d] for d in ex.devices}
     node_sizes = {cluster.node_devices_per_node[n] for n in nodes}
     # TP groups are adjacent mesh positions: inside one node they always fit; across whole

@@ -1,4 +1,4 @@
-"""Model specs of the LLaMA family: architecture, parameter counts and FLOPs per token.
+"""Model specs of the LLaMA family: architecture and parameter counts.
 
 Sources: the HF `config.json` of each published checkpoint (LLaMA-2, Code Llama 34B,
 Llama 3, Qwen2.5). Parameter counts follow the module shapes of HF `LlamaForCausalLM`:
@@ -89,26 +89,6 @@ class ModelSpec(BaseModel):
         """Parameters of one block that take part in matrix multiplies (no norms, no biases)."""
         h = self.hidden_size
         return 2 * h * h + 2 * h * self.kv_dim + self.mlp_params_per_layer()
-
-    def forward_flops_per_token_per_layer(self, context_len: float) -> float:
-        """Forward FLOPs of one block for one token attending to `context_len` tokens.
-
-        2 FLOPs per multiply-accumulate on every weight, plus QK^T and AV: 2 * 2 * h * context.
-        For a causally masked sequence of length s, pass context_len = s / 2 (mean context).
-        """
-        return 2.0 * self.matmul_params_per_layer() + 4.0 * self.hidden_size * context_len
-
-    def head_forward_flops_per_token(self, head: HeadKind = "lm") -> float:
-        return 2.0 * (self.vocab_size * self.hidden_size if head == "lm" else self.hidden_size)
-
-    def forward_flops_per_token(self, context_len: float, head: HeadKind = "lm") -> float:
-        """Forward FLOPs of the whole model per token (embedding lookup is free)."""
-        return (self.num_layers * self.forward_flops_per_token_per_layer(context_len)
-                + self.head_forward_flops_per_token(head))
-
-    def kv_cache_bytes_per_token(self, bytes_per_element: int = 2) -> int:
-        """KV-cache bytes of one token over all layers: K and V of kv_dim each per layer."""
-        return 2 * self.num_layers * self.kv_dim * bytes_per_element
 
 
 def _llama2(name: str, layers: int, hidden: int, heads: int, kv_heads: int, inter: int,

@@ -17,16 +17,14 @@ Names and full shapes follow HF `LlamaForCausalLM`:
 
 Rules:
 - Blocks sit on the stage given by `planner.sharding.pipeline_partition.layer_ranges`.
-- Every split is even: tp must divide num_heads, intermediate_size and vocab_size (no vocab
-  padding, no remainder rank); `layout_supported_problem` says which factor fails.
-- k/v projections: when tp <= num_kv_heads, tp must divide num_kv_heads and each rank holds
-  num_kv_heads / tp heads; when tp > num_kv_heads (tp a multiple of it), rank r holds the
-  single kv head r * num_kv_heads // tp (replicated over tp / num_kv_heads ranks).
-- Tied embeddings (no `lm_head.weight` tensor) need pp = 1.
+- Every split is even, and tied embeddings (no `lm_head.weight` tensor) need pp = 1: the
+  degrees a model can run are those planner.domain.layout.parallel_degrees_problem accepts
+  (tp divides the heads, the kv heads, intermediate_size and vocab_size), the rule the
+  search space and the runtime use too. k/v projections split like q by whole kv heads.
 
-Example, llama-tiny (h 256, 8 heads, 4 kv heads, head_dim 32), tp=8, tp_rank=5:
+Example, llama-tiny (h 256, 8 heads, 4 kv heads, head_dim 32), tp=4, tp_rank=2:
     model.layers.0.self_attn.k_proj.weight  full (128, 256) -> rows [64, 96) (kv head 2)
-    model.layers.0.self_attn.o_proj.weight  full (256, 256) -> all rows, columns [160, 192)
+    model.layers.0.self_attn.o_proj.weight  full (256, 256) -> all rows, columns [128, 192)
 """
 
 from __future__ import annotations
@@ -37,12 +35,13 @@ from typing import Literal
 
 import numpy as np
 
+from planner.domain.layout import parallel_degrees_problem
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.sharding.pipeline_partition import layer_ranges
 
 # One half-open (start, stop) range per dimension of the full tensor.
 ShardSlice = tuple[tuple[int, int], ...]
-SplitKind = Literal["column", "row", "kv", "replicated"]
+SplitKind = Literal["column", "row", "replicated"]
 
 EMBEDDING = "model.embed_tokens.weight"
 FINAL_NORM = "model.norm.weight"
@@ -65,35 +64,19 @@ class ParamInfo:
         return int(np.prod(self.shape))
 
 
-def layout_supported_problem(spec: ModelSpec, tp: int, pp: int) -> str | None:
-    """Why (tp, pp) cannot shard `spec` under the rules above, or None."""
-    sizes = {"num_heads": spec.num_heads, "intermediate_size": spec.intermediate_size,
-             "vocab_size": spec.vocab_size}
-    bad = [f"{name} {value}" for name, value in sizes.items() if value % tp]
-    if spec.num_kv_heads % tp and tp % spec.num_kv_heads:
-        bad.append(f"num_kv_heads {spec.num_kv_heads} (neither divides nor divided by tp)")
-    if bad:
-        return f"{spec.name}: tp {tp} does not evenly split {', '.join(bad)}"
-    if not 1 <= pp <= spec.num_layers:
-        return f"{spec.name}: pp {pp} must be between 1 and num_layers {spec.num_layers}"
-    if spec.tie_embeddings and pp > 1:
-        return f"{spec.name}: tied embeddings need pp 1, got pp {pp}"
-    return None
-
-
 def _block_params(spec: ModelSpec, layer: int, stage: int) -> list[ParamInfo]:
     h, kv, inter = spec.hidden_size, spec.kv_dim, spec.intermediate_size
     p = f"model.layers.{layer}."
     params = [ParamInfo(f"{p}input_layernorm.weight", (h,), stage, "replicated"),
               ParamInfo(f"{p}post_attention_layernorm.weight", (h,), stage, "replicated"),
               ParamInfo(f"{p}self_attn.q_proj.weight", (h, h), stage, "column"),
-              ParamInfo(f"{p}self_attn.k_proj.weight", (kv, h), stage, "kv"),
-              ParamInfo(f"{p}self_attn.v_proj.weight", (kv, h), stage, "kv"),
+              ParamInfo(f"{p}self_attn.k_proj.weight", (kv, h), stage, "column"),
+              ParamInfo(f"{p}self_attn.v_proj.weight", (kv, h), stage, "column"),
               ParamInfo(f"{p}self_attn.o_proj.weight", (h, h), stage, "row")]
     if spec.attention_bias:
         params += [ParamInfo(f"{p}self_attn.q_proj.bias", (h,), stage, "column"),
-                   ParamInfo(f"{p}self_attn.k_proj.bias", (kv,), stage, "kv"),
-                   ParamInfo(f"{p}self_attn.v_proj.bias", (kv,), stage, "kv")]
+                   ParamInfo(f"{p}self_attn.k_proj.bias", (kv,), stage, "column"),
+                   ParamInfo(f"{p}self_attn.v_proj.bias", (kv,), stage, "column")]
     params += [ParamInfo(f"{p}mlp.gate_proj.weight", (inter, h), stage, "column"),
                ParamInfo(f"{p}mlp.up_proj.weight", (inter, h), stage, "column"),
                ParamInfo(f"{p}mlp.down_proj.weight", (h, inter), stage, "row")]
@@ -103,7 +86,7 @@ def _block_params(spec: ModelSpec, layer: int, stage: int) -> list[ParamInfo]:
 @lru_cache(maxsize=256)
 def model_params(spec: ModelSpec, head: HeadKind, pp: int) -> tuple[ParamInfo, ...]:
     """Every parameter of the model in HF order with its stage under `pp` stages."""
-    problem = layout_supported_problem(spec, 1, pp)
+    problem = parallel_degrees_problem(spec, 1, pp)
     if problem:
         raise ValueError(problem)
     last = pp - 1
@@ -126,10 +109,6 @@ def shard_slice(spec: ModelSpec, param: ParamInfo, tp_rank: int, tp: int) -> Sha
     full = tuple((0, n) for n in param.shape)
     if tp == 1 or param.split == "replicated":
         return full
-    if param.split == "kv" and tp > spec.num_kv_heads:
-        head = tp_rank * spec.num_kv_heads // tp
-        rows = (head * spec.head_dim, (head + 1) * spec.head_dim)
-        return (rows,) + full[1:]
     dim = 1 if param.split == "row" else 0
     size = param.shape[dim]
     assert size % tp == 0, (param.name, size, tp)
@@ -151,7 +130,7 @@ def stage_params(spec: ModelSpec, head: HeadKind, stage: int, pp: int) -> list[P
 @lru_cache(maxsize=1024)
 def shard_elements(spec: ModelSpec, head: HeadKind, tp: int, pp: int) -> np.ndarray:
     """Parameter elements held by each device: array [pp, tp] (read-only)."""
-    problem = layout_supported_problem(spec, tp, pp)
+    problem = parallel_degrees_problem(spec, tp, pp)
     if problem:
         raise ValueError(problem)
     counts = np.zeros((pp, tp), dtype=np.int64)

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from planner.domain.placement import Placement
+
 
 @dataclass(frozen=True)
 class Coordinate:
@@ -57,6 +59,17 @@ def device_at(device_ids: Sequence[int], dp: int, tp: int, pp: int,
     """Device id at a layout coordinate on a mesh given by its ordered device ids."""
     assert len(device_ids) == dp * tp * pp, (len(device_ids), dp, tp, pp)
     return device_ids[mesh_position(dp_rank, tp_rank, pp_rank, dp, tp)]
+
+
+def placement_device(placement: Placement, dp_rank: int, tp_rank: int, pp_rank: int) -> int:
+    """Device id at a layout coordinate of a placement."""
+    return placement.devices[mesh_position(dp_rank, tp_rank, pp_rank, placement.dp, placement.tp)]
+
+
+def placement_coordinate(placement: Placement, device: int) -> Coordinate:
+    """Layout coordinate of a member device of a placement."""
+    return coordinate_of(placement.devices.index(device), placement.dp, placement.tp,
+                         placement.pp)
 
 
 def rank_groups(device_ids: Sequence[int], dp: int, tp: int, pp: int) -> RankGroups:

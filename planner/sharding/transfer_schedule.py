@@ -33,20 +33,8 @@ from typing import Sequence
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.sharding.param_shards import (ParamInfo, ShardSlice, model_params, shard_slice,
                                   slice_elements)
-from planner.sharding.rank_groups import mesh_position
-
-
-@dataclass(frozen=True)
-class MeshLayout:
-    """Where a layout sits: ordered mesh devices and the dp / tp / pp degrees."""
-
-    devices: tuple[int, ...]
-    dp: int
-    tp: int
-    pp: int
-
-    def device(self, dp_rank: int, tp_rank: int, pp_rank: int) -> int:
-        return self.devices[mesh_position(dp_rank, tp_rank, pp_rank, self.dp, self.tp)]
+from planner.domain.placement import Placement
+from planner.sharding.rank_groups import placement_device
 
 
 @dataclass(frozen=True)
@@ -145,7 +133,7 @@ def _tp_pieces(spec: ModelSpec, split: str, shape: tuple[int, ...], src_tp: int,
     return tuple(per_dst)
 
 
-def param_schedule(spec: ModelSpec, head: HeadKind, src: MeshLayout, dst: MeshLayout,
+def param_schedule(spec: ModelSpec, head: HeadKind, src: Placement, dst: Placement,
                    device_node: Sequence[int]) -> Schedule:
     """The reallocation schedule of model (spec, head) from `src` to `dst` (module docstring)."""
     if src == dst:
@@ -159,10 +147,10 @@ def param_schedule(spec: ModelSpec, head: HeadKind, src: MeshLayout, dst: MeshLa
         tp_pieces = _tp_pieces(spec, param.split, param.shape, src.tp, dst.tp)
         for dst_tp_rank in range(dst.tp):
             wanted = [(piece, slice_elements(piece),
-                       [src.device(d, r, stage) for r in ranks for d in range(src.dp)])
+                       [placement_device(src, d, r, stage) for r in ranks for d in range(src.dp)])
                       for piece, ranks in tp_pieces[dst_tp_rank]]
             for dst_dp_rank in range(dst.dp):
-                target = dst.device(dst_dp_rank, dst_tp_rank, param.stage)
+                target = placement_device(dst, dst_dp_rank, dst_tp_rank, param.stage)
                 for piece, size, candidates in wanted:
                     source = picker.pick(candidates, target, size)
                     item = Piece(param.name, source, target, piece, size)
@@ -175,11 +163,11 @@ def sequence_range(n_seqs: int, dp: int, dp_rank: int) -> tuple[int, int]:
     return dp_rank * n_seqs // dp, (dp_rank + 1) * n_seqs // dp
 
 
-def replica_devices(layout: MeshLayout, dp_rank: int) -> list[int]:
-    return [layout.device(dp_rank, t, p) for p in range(layout.pp) for t in range(layout.tp)]
+def replica_devices(layout: Placement, dp_rank: int) -> list[int]:
+    return [placement_device(layout, dp_rank, t, p) for p in range(layout.pp) for t in range(layout.tp)]
 
 
-def data_schedule(src: MeshLayout, dst: MeshLayout, n_seqs: int,
+def data_schedule(src: Placement, dst: Placement, n_seqs: int,
                   device_node: Sequence[int]) -> Schedule:
     """Which device sends which sequence range to which device (module docstring)."""
     if src == dst:

@@ -20,8 +20,9 @@ import torch.distributed as dist
 
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.sharding.param_shards import ShardSlice, model_params, shard_slice
-from planner.sharding.rank_groups import coordinate_of
-from planner.sharding.transfer_schedule import MeshLayout, Piece, Schedule
+from planner.sharding.rank_groups import placement_coordinate
+from planner.domain.placement import Placement
+from planner.sharding.transfer_schedule import Piece, Schedule
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ class Holding:
     stage: int
 
 
-def holding(layout: MeshLayout, rank: int) -> Holding | None:
+def holding(layout: Placement, rank: int) -> Holding | None:
     if rank not in layout.devices:
         return None
-    c = coordinate_of(layout.devices.index(rank), layout.dp, layout.tp, layout.pp)
+    c = placement_coordinate(layout, rank)
     return Holding(c.tp_rank, c.pp_rank)
 
 
@@ -46,7 +47,7 @@ def _local_index(ranges: ShardSlice, shard: ShardSlice) -> tuple[slice, ...]:
 class _Shards:
     """Index pieces into one rank's shards of one layout."""
 
-    def __init__(self, spec: ModelSpec, head: HeadKind, layout: MeshLayout, where: Holding,
+    def __init__(self, spec: ModelSpec, head: HeadKind, layout: Placement, where: Holding,
                  params: dict[str, torch.Tensor]):
         infos = {p.name: p for p in model_params(spec, head, layout.pp)}
         self.params = params
@@ -57,7 +58,7 @@ class _Shards:
         return self.params[piece.name][_local_index(piece.ranges, self.start[piece.name])]
 
 
-def empty_shards(spec: ModelSpec, head: HeadKind, layout: MeshLayout, where: Holding,
+def empty_shards(spec: ModelSpec, head: HeadKind, layout: Placement, where: Holding,
                  dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
     """Uninitialised shards of this rank's stage under `layout` (in stage order)."""
     out = {}
@@ -70,8 +71,8 @@ def empty_shards(spec: ModelSpec, head: HeadKind, layout: MeshLayout, where: Hol
 
 @torch.no_grad()
 def reallocate(schedule: Schedule, spec: ModelSpec, head: HeadKind, me: int,
-               src: tuple[MeshLayout, dict[str, torch.Tensor]] | None,
-               dst: tuple[MeshLayout, dict[str, torch.Tensor]] | None) -> int:
+               src: tuple[Placement, dict[str, torch.Tensor]] | None,
+               dst: tuple[Placement, dict[str, torch.Tensor]] | None) -> int:
     """Fill this rank's destination shards (`dst` params, written in place) from the source
     shards (`src` params) of every rank; None for a layout this rank is not in. Returns the
     bytes this rank sent to other ranks."""

@@ -28,15 +28,9 @@ from typing import Mapping, Sequence, Union
 
 from planner.domain.augment import Reallocation, reallocations
 from planner.domain.layout import Execution
-from planner.sharding.transfer_schedule import MeshLayout, Schedule, data_schedule
+from planner.domain.placement import Placement
+from planner.sharding.transfer_schedule import Schedule, data_schedule
 from planner.domain.workflow import Workflow
-
-Placement = tuple[tuple[int, ...], int, int, int]
-
-
-def mesh_layout(execution: Execution) -> MeshLayout:
-    return MeshLayout(tuple(execution.devices), execution.dp, execution.tp, execution.pp)
-
 
 @dataclass(frozen=True)
 class CallStep:
@@ -114,7 +108,7 @@ def transfer_steps_into(workflow: Workflow, executions: Mapping[str, Execution],
         if not workflow.graph.has_edge(src, call):
             continue
         keys = tuple(workflow.graph.edges[src, call]["keys"])
-        schedule = data_schedule(mesh_layout(executions[src]), mesh_layout(executions[call]),
+        schedule = data_schedule(executions[src].placement, executions[call].placement,
                                  workflow.batch.n_seqs, device_node)
         if not schedule.steps:
             continue

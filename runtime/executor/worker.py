@@ -32,9 +32,8 @@ from runtime.executor.dataset import Dataset
 from runtime.executor.measure import PeakMemory
 from runtime.executor.realloc import empty_shards, holding, reallocate
 from runtime.executor.steps import (CallStep, ReallocStep, TransferStep, build_steps,
-                                    distinct_layouts, initial_placements, mesh_layout,
-                                    model_homes)
-from runtime.layout import Layout, create_contexts
+                                    distinct_layouts, initial_placements, model_homes)
+from runtime.layout import create_contexts
 from runtime.model import ParallelModel
 from runtime.optimizer import Adam, AdamConfig
 
@@ -54,8 +53,7 @@ class RankState:
         self.plan, self.config, self.rank, self.device = plan, config, rank, device
         wf = plan.workflow
         self.placements = distinct_layouts(wf, plan.executions)
-        layouts = [Layout(p[0], p[1], p[2], p[3]) for p in self.placements]
-        self.ctxs = dict(zip(self.placements, create_contexts(layouts, device.backend)))
+        self.ctxs = dict(zip(self.placements, create_contexts(self.placements, device.backend)))
         self.homes = model_homes(wf, plan.executions)
         self.reward = parse_reward(config.reward)
         skip = reward_roles(plan) if self.reward is not None else set()
@@ -108,20 +106,18 @@ class RankState:
         dst_pl = self.plan.executions[move.dst_call].placement
         if move.model in reward_roles(self.plan) and self.reward is not None:
             return 0  # programmatic reward: no model to move
-        src_ml, dst_ml = mesh_layout(self.plan.executions[move.src_call]), mesh_layout(
-            self.plan.executions[move.dst_call])
-        schedule = param_schedule(role.spec, role.head, src_ml, dst_ml,
+        schedule = param_schedule(role.spec, role.head, src_pl, dst_pl,
                                   self.plan.cluster.device_node)
         copies = self.models[move.model]
-        src = (src_ml, copies[src_pl].params) if src_pl in copies else None
+        src = (src_pl, copies[src_pl].params) if src_pl in copies else None
         dst = None
         if self.ctxs[dst_pl] is not None:
             if dst_pl not in copies:
-                params = empty_shards(role.spec, role.head, dst_ml, holding(dst_ml, self.rank),
+                params = empty_shards(role.spec, role.head, dst_pl, holding(dst_pl, self.rank),
                                       self.device.dtype, self.device.device)
                 copies[dst_pl] = ParallelModel(role.spec, role.head, self.ctxs[dst_pl],
                                                self.device, params)
-            dst = (dst_ml, copies[dst_pl].params)
+            dst = (dst_pl, copies[dst_pl].params)
         sent = reallocate(schedule, role.spec, role.head, self.rank, src, dst)
         if src_pl != self.homes[move.model]:
             copies.pop(src_pl, None)  # a transient copy lives until it has been moved on

@@ -31,7 +31,8 @@ from planner.sharding.rank_groups import Coordinate
 from runtime.device import DeviceConfig
 from runtime.layers import (AttentionInputs, LayerCache, decoder_block, rms_norm,
                             rotary_cos_sin, vocab_parallel_embedding)
-from runtime.layout import Group, Layout, ParallelContext
+from planner.domain.placement import Placement
+from runtime.layout import Group, ParallelContext
 from runtime.model import attention_mask_4d
 from runtime.optimizer import Adam, AdamConfig
 from runtime.params import INIT_STD
@@ -64,7 +65,7 @@ class Trial:
 
 def single_rank_context() -> ParallelContext:
     """A one-process context whose groups all have one rank (no communication)."""
-    layout = Layout(mesh=(0,), dp=1, tp=1, pp=1)
+    layout = Placement(devices=(0,), dp=1, tp=1, pp=1)
     return ParallelContext(layout=layout, global_rank=0, coord=Coordinate(0, 0, 0),
                            tp_group=SINGLE_RANK, dp_group=SINGLE_RANK, pp_group=SINGLE_RANK)
 

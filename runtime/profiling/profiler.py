@@ -32,7 +32,7 @@ from planner.domain.hardware import known_hardware
 from planner.domain.modelspec import ModelSpec
 from planner.domain.yamlio import atomic_write_text, dump_yaml
 from runtime.device import DeviceConfig
-from planner.sharding.param_shards import layout_supported_problem
+from planner.domain.layout import parallel_degrees_problem
 
 MIN_REPEATS = 3
 CPU_THREADS = 1  # one gloo process per core: each process computes on one thread
@@ -111,7 +111,7 @@ def device_setup(device: str, hardware: str | None = None) -> DeviceSetup:
 
 def default_tp_degrees(spec: ModelSpec) -> list[int]:
     """The degrees of CANDIDATE_TP that shard `spec` (planner.sharding.param_shards rules)."""
-    return [tp for tp in CANDIDATE_TP if layout_supported_problem(spec, tp, 1) is None]
+    return [tp for tp in CANDIDATE_TP if parallel_degrees_problem(spec, tp, 1) is None]
 
 
 def check_tp_degrees(spec: ModelSpec, degrees: list[int]) -> None:
@@ -119,7 +119,7 @@ def check_tp_degrees(spec: ModelSpec, degrees: list[int]) -> None:
     for tp in degrees:
         if tp < 1:
             raise InputError(f"--tp: degree {tp} must be >= 1")
-        problem = layout_supported_problem(spec, tp, 1)
+        problem = parallel_degrees_problem(spec, tp, 1)
         if problem:
             raise InputError(f"--tp: {problem}")
 

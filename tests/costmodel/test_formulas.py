@@ -48,7 +48,7 @@ def test_kv_cache_size_by_hand():
     spec = PRESETS["llama-7b"]
     # 4 seqs x 1000 tokens x 2 (K, V) x 32 layers x 4096 x 2 bytes
     assert kv_cache_bytes(spec, 1, 32, 4, 1000, 2) == 4 * 1000 * 2 * 32 * 4096 * 2
-    # tp 2 halves it; llama-70b (8 kv heads) at tp 16 keeps one replicated head per rank
+    # tp 2 halves it; llama-70b (8 kv heads of 128) at tp 8 keeps one head per rank
     assert kv_cache_bytes(spec, 2, 32, 4, 1000, 2) == 4 * 1000 * 2 * 32 * 2048 * 2
     big = PRESETS["llama-70b"]
-    assert kv_cache_bytes(big, 16, 80, 1, 100, 2) == 100 * 2 * 80 * 128 * 2
+    assert kv_cache_bytes(big, 8, 80, 1, 100, 2) == 100 * 2 * 80 * 128 * 2

@@ -8,7 +8,9 @@ from hypothesis import given, settings, strategies as st
 from planner.domain.cluster import cluster_preset
 from planner.domain.modelspec import ModelSpec
 from planner.sharding.param_shards import model_params, shard_slice
-from planner.sharding.transfer_schedule import MeshLayout, data_schedule, param_schedule
+from planner.domain.placement import Placement
+from planner.sharding.rank_groups import placement_device
+from planner.sharding.transfer_schedule import data_schedule, param_schedule
 
 # Tiny shape exercising biases and kv-head replication (2 kv heads, tp up to 8).
 SPEC = ModelSpec(name="micro", num_layers=3, hidden_size=32, num_heads=8, num_kv_heads=2,
@@ -23,7 +25,7 @@ def layouts(draw):
                                  or [0]))
     tp = draw(st.sampled_from([t for t in (1, 2, 4, 8) if size % t == 0]))
     pp = draw(st.sampled_from([p for p in (1, 3) if size % (tp * p) == 0]))
-    return MeshLayout(tuple(range(start, start + size)), size // (tp * pp), tp, pp)
+    return Placement(tuple(range(start, start + size)), size // (tp * pp), tp, pp)
 
 
 def _check_steps(schedule):
@@ -61,7 +63,7 @@ def test_every_parameter_element_reaches_every_destination_shard_once(src, dst, 
     for param in params.values():
         for d in range(dst.dp):
             for t in range(dst.tp):
-                device = dst.device(d, t, param.stage)
+                device = placement_device(dst, d, t, param.stage)
                 want = np.zeros(param.shape, dtype=int)
                 want[tuple(slice(a, b) for a, b in shard_slice(SPEC, param, t, dst.tp))] = 1
                 assert np.array_equal(received.pop((device, param.name)), want)
@@ -86,17 +88,10 @@ def test_every_destination_device_receives_its_sequences_once(src, dst, n_seqs):
             for p in range(dst.pp):
                 want = np.zeros(n_seqs, dtype=int)
                 want[lo:hi] = 1
-                assert np.array_equal(got[dst.device(r, t, p)], want)
+                assert np.array_equal(got[placement_device(dst, r, t, p)], want)
 
 
 def test_identical_layouts_give_empty_schedules():
-    layout = MeshLayout(tuple(range(8)), 2, 2, 2)
+    layout = Placement(tuple(range(8)), 2, 2, 2)
     assert param_schedule(SPEC, "lm", layout, layout, CLUSTER.device_node).is_empty
     assert data_schedule(layout, layout, 32, CLUSTER.device_node).is_empty
-
-
-def test_kv_heads_replicate_when_tp_exceeds_them():
-    k_proj = [p for p in model_params(SPEC, "lm", 1) if p.name.endswith("k_proj.weight")][0]
-    # 2 kv heads of head_dim 4, tp 8: ranks 0-3 hold head 0, ranks 4-7 head 1
-    assert [shard_slice(SPEC, k_proj, r, 8)[0] for r in range(8)] == \
-        [(0, 4)] * 4 + [(4, 8)] * 4

@@ -31,7 +31,6 @@ import executor_workers as W
 from planner.domain.plan import save_plan
 from planner.sharding.transfer_schedule import param_schedule
 from runtime.executor.config import RunConfig
-from runtime.executor.steps import mesh_layout
 from runtime.executor.trace import build_trace
 from runtime.executor.worker import FAIL_ENV, FAIL_EXIT_CODE
 from runtime.launch import run_distributed
@@ -116,8 +115,8 @@ def test_reallocations_move_exactly_the_priced_bytes(invariance_runs):
             role, edge = move["name"].split(":")[1:]
             src, dst = edge.split("->")
             spec = plan.workflow.models[role]
-            schedule = param_schedule(spec.spec, spec.head, mesh_layout(plan.executions[src]),
-                                      mesh_layout(plan.executions[dst]),
+            schedule = param_schedule(spec.spec, spec.head, plan.executions[src].placement,
+                                      plan.executions[dst].placement,
                                       plan.cluster.device_node)
             priced = sum(p.num_elements for p in schedule.sends()) * 4  # fp32 on CPU
             assert move["bytes"] == priced, (name, move)

@@ -209,7 +209,7 @@ def degrees_do_not_multiply(tmp, plan_file):
 def tp_not_dividing_heads(tmp, plan_file):
     path = plan_file(_set_execution("actor_train", dp=1, tp=8, pp=1), model="qwen2.5-7b")
     return Expect(["check", path], str(path), ["executions.actor_train", "tp 8"],
-                  ["does not divide", "28 attention heads"])
+                  ["does not evenly split", "28 attention heads"])
 
 
 def tp_spanning_nodes(tmp, plan_file):

@@ -15,7 +15,8 @@ from runtime.batch import MicroBatch, ModelOutputs
 from runtime.device import CPU_FP32
 from runtime.generate import GenerationConfig, generate
 from runtime.inference import full_logits, inference
-from runtime.layout import Layout, create_contexts
+from planner.domain.placement import Placement
+from runtime.layout import create_contexts
 from runtime.model import ParallelModel
 from runtime.optimizer import Adam, AdamConfig
 from runtime.train import train_step
@@ -42,9 +43,9 @@ SAMPLING = GenerationConfig(max_new_tokens=8, pad_token_id=0, greedy=False, temp
                             seed=11)
 
 
-def layout_of(degrees: tuple[int, int, int]) -> Layout:
+def layout_of(degrees: tuple[int, int, int]) -> Placement:
     dp, tp, pp = degrees
-    return Layout(tuple(range(dp * tp * pp)), dp, tp, pp)
+    return Placement(tuple(range(dp * tp * pp)), dp, tp, pp)
 
 
 def sequences() -> tuple[torch.Tensor, torch.Tensor]:

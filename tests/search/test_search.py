@@ -155,4 +155,4 @@ def test_candidates_only_use_layouts_the_runtime_runs():
     assert candidates and max(e.tp for e in candidates) == 4
     problem = layout_problem(Execution(devices=tuple(range(8)), dp=1, tp=8, pp=1), spec,
                              cluster, call, workflow.batch)
-    assert "does not divide the 4 kv heads" in problem and "[1, 2, 4]" in problem
+    assert "does not evenly split the 4 kv heads" in problem and "[1, 2, 4]" in problem
