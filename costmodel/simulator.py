@@ -3,10 +3,11 @@
 Semantics (a vectorised re-implementation must reproduce exactly these):
 
 1. Graph: planner.domain.augment.augmented_graph(workflow, executions, K), K = 3 by default.
-2. Priority order: iteration by iteration; within an iteration the calls in
+2. Priority order: planner.domain.augment.scheduled_nodes (shared with the fast evaluator
+   and the executor): iteration by iteration; within an iteration the calls in
    workflow.call_order, each reallocation node placed immediately before its destination
    call (a wrapping reallocation of iteration i goes right before its destination call in
-   iteration i+1). Several reallocations into one call: by node name.
+   iteration i+1).
 3. Durations: a call node takes PlanCosts.call_time; a realloc node PlanCosts.realloc
    (its model, source call's execution -> destination call's execution).
 4. A node starts at max(end of every predecessor, plus the transfer time on a data edge
@@ -44,7 +45,7 @@ from typing import Mapping
 import numpy as np
 
 from costmodel.plan_cost import PlanCosts
-from planner.domain.augment import augmented_graph
+from planner.domain.augment import augmented_graph, scheduled_nodes
 from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import GIB
 from planner.domain.layout import Execution
@@ -70,22 +71,6 @@ class Estimate:
     critical_path: list[str]
     compute_source: str
     node_times: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-
-def priority_order(graph, workflow: Workflow, num_iterations: int) -> list[str]:
-    """Node ids in the fixed priority order of rule 2."""
-    before: dict[str, list[str]] = {}
-    for node, attrs in graph.nodes(data=True):
-        if attrs["kind"] == "realloc":
-            (dst,) = [s for s in graph.successors(node)]
-            before.setdefault(dst, []).append(node)
-    order = []
-    for i in range(num_iterations):
-        for call in workflow.call_order:
-            node = f"{i}/{call}"
-            order.extend(sorted(before.get(node, [])))
-            order.append(node)
-    return order
 
 
 def trained_executions(workflow: Workflow, executions: Mapping[str, Execution]
@@ -189,16 +174,11 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
     call_times, realloc_times, transfer_times = {}, {}, {}
     sources: set[str] = set()
     timeline: dict[int, list[tuple[float, float, str]]] = {}
-    order = priority_order(graph, workflow, num_iterations)
-    # Rule 5: a node counts in the iteration of the first call at or after it in the order
-    # (a reallocation runs right before its destination call). The order ends with a call.
-    iteration_group = {}
-    group = num_iterations - 1
-    for node in reversed(order):
-        attrs = graph.nodes[node]
-        if attrs["kind"] == "call":
-            group = attrs["iteration"]
-        iteration_group[node] = group
+    scheduled = scheduled_nodes(workflow, executions, num_iterations)
+    order = [node.name for node in scheduled]
+    # Rule 5: a node counts in the iteration it runs in (a wrapping reallocation out of
+    # iteration i runs, and counts, in i + 1, right before its destination call).
+    iteration_group = {node.name: node.iteration for node in scheduled}
     for node in order:
         attrs = graph.nodes[node]
         if attrs["kind"] == "call":

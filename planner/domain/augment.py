@@ -11,6 +11,12 @@
 
 Consecutive calls of one model are always ordered (edge kind `order`, or `version` when the
 earlier call is a train call), because they share the model's parameters.
+
+The priority order (`priority_order`, `scheduled_nodes`) is the one order in which the exact
+simulator list-schedules the graph, the fast evaluator schedules its node types and the
+executor posts its steps on every rank: iteration by iteration, the calls in
+workflow.call_order, each preceded by the reallocation into it (a wrapping reallocation out
+of iteration i runs right before its destination call in iteration i + 1).
 """
 
 from __future__ import annotations
@@ -65,6 +71,51 @@ def model_call_pairs(workflow: Workflow) -> list[tuple[str, str, str, bool]]:
         if len(calls) > 1 or role in trained:
             pairs.append((role, calls[-1], calls[0], True))
     return pairs
+
+
+def priority_order(workflow: Workflow) -> list[tuple[tuple[str, str, str, bool] | None, str]]:
+    """One iteration's node types in priority order: (the model pair into the call or None,
+    the call), for each call in workflow.call_order.
+
+    A call follows at most one call of its own model (its predecessor in the model's call
+    order, or for the model's first call the wrap from its last call), so at most one pair
+    leads into each call.
+    """
+    into = {b: (model, a, b, wraps) for model, a, b, wraps in model_call_pairs(workflow)}
+    return [(into.get(call), call) for call in workflow.call_order]
+
+
+@dataclass(frozen=True)
+class ScheduledNode:
+    """One node of the augmented graph in priority order: the call `call` of iteration
+    `iteration`, or (when `move` is set) the reallocation into that call, which runs in
+    `iteration` and is named by the iteration it leaves (`iteration - 1` when it wraps)."""
+
+    iteration: int
+    call: str
+    move: Reallocation | None = None
+
+    @property
+    def name(self) -> str:
+        """The node id in `augmented_graph`."""
+        if self.move is None:
+            return call_node(self.iteration, self.call)
+        return f"{self.iteration - self.move.wraps}/{self.move.name}"
+
+
+def scheduled_nodes(workflow: Workflow, executions: Mapping[str, Execution],
+                    num_iterations: int) -> list[ScheduledNode]:
+    """Every call and reallocation node of `num_iterations` iterations in priority order
+    (module docstring); iteration 0 has no wrapping reallocation into it."""
+    moves = {(r.src_call, r.dst_call): r for r in reallocations(workflow, executions)}
+    nodes = []
+    for i in range(num_iterations):
+        for pair, call in priority_order(workflow):
+            move = moves.get(pair[1:3]) if pair is not None else None
+            if move is not None and not (move.wraps and i == 0):
+                nodes.append(ScheduledNode(i, call, move))
+            nodes.append(ScheduledNode(i, call))
+    return nodes
 
 
 def reallocations(workflow: Workflow, executions: Mapping[str, Execution]) -> list[Reallocation]:

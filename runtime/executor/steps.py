@@ -2,10 +2,11 @@
 
 Every rank walks the same list and runs the steps whose devices contain it, so collectives
 and point-to-point messages are posted in one order everywhere (no deadlock, NCCL-safe) and
-calls on disjoint meshes overlap by themselves. The order is the simulator's priority order
-(costmodel.simulator rule 2): iteration by iteration, the calls in workflow.call_order, each
-preceded by the reallocations into it (a wrapping reallocation of iteration i runs before
-its destination call of iteration i + 1) and by the data transfers into it.
+calls on disjoint meshes overlap by themselves. The order is the priority order the
+simulator and the fast evaluator use (planner.domain.augment.scheduled_nodes): iteration by
+iteration, the calls in workflow.call_order, each preceded by the reallocation into it (a
+wrapping reallocation of iteration i runs before its destination call of iteration i + 1)
+and by the data transfers into it.
 
 - A reallocation moves a model's parameters from the source call's placement to the
   destination call's (planner.domain.augment.reallocations; placement = devices, dp, tp, pp) by
@@ -26,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
-from planner.domain.augment import Reallocation, reallocations
+from planner.domain.augment import Reallocation, scheduled_nodes
 from planner.domain.layout import Execution
 from planner.domain.placement import Placement
 from planner.sharding.transfer_schedule import Schedule, data_schedule
@@ -119,23 +120,23 @@ def transfer_steps_into(workflow: Workflow, executions: Mapping[str, Execution],
 
 def build_steps(workflow: Workflow, executions: Mapping[str, Execution], num_iterations: int,
                 device_node: Sequence[int]) -> list[Step]:
-    """Every step of `num_iterations` iterations in the global order (module docstring)."""
-    moves = reallocations(workflow, executions)
+    """Every step of `num_iterations` iterations in the global order: the shared priority
+    order (planner.domain.augment.scheduled_nodes), with each call's data transfers right
+    before it."""
     transfers = {c: transfer_steps_into(workflow, executions, c, 0, device_node)
                  for c in workflow.call_order}
     steps: list[Step] = []
-    for i in range(num_iterations):
-        for call in workflow.call_order:
-            into = sorted((m for m in moves if m.dst_call == call and (i > 0 or not m.wraps)),
-                          key=lambda m: m.name)
-            for move in into:
-                union = set(executions[move.src_call].devices) | set(
-                    executions[move.dst_call].devices)
-                steps.append(ReallocStep(i - move.wraps, move, tuple(sorted(union)), i))
-            for t in transfers[call]:
-                steps.append(TransferStep(i, t.src_call, t.dst_call, t.keys, t.schedule,
-                                          t.devices))
-            steps.append(CallStep(i, call, tuple(executions[call].devices)))
+    for node in scheduled_nodes(workflow, executions, num_iterations):
+        i, call, move = node.iteration, node.call, node.move
+        if move is not None:
+            union = set(executions[move.src_call].devices) | set(
+                executions[move.dst_call].devices)
+            steps.append(ReallocStep(i - move.wraps, move, tuple(sorted(union)), i))
+            continue
+        for t in transfers[call]:
+            steps.append(TransferStep(i, t.src_call, t.dst_call, t.keys, t.schedule,
+                                      t.devices))
+        steps.append(CallStep(i, call, tuple(executions[call].devices)))
     return steps
 
 
