@@ -42,7 +42,7 @@ of its `device` hardware; anything else keeps the uncalibrated model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -56,11 +56,28 @@ from planner.domain.yamlio import atomic_write_text, load_yaml_mapping
 FORMAT_VERSION = 1
 CALL_KINDS = ("generate", "inference", "train")
 
+# Bounds of the factors, so a broken fit or a hand-edited typo is refused rather than
+# applied to every estimate.
+# A multiplier of the priced compute or move time: a real run 1000x slower than its
+# profile means a broken profile or trace, not an efficiency to model.
+MAX_SCALE_FACTOR = 1_000.0
+# A fixed cost (per call, decode step, collective step or move): these are micro- to
+# milliseconds; an hour is a unit slip.
+MAX_FIXED_SECONDS = 3_600.0
+# A co-running process can at most double a call's time; beyond that something else is
+# wrong (the fit searches process_slowdown up to this).
+MAX_PROCESS_SLOWDOWN = 1.0
+# The largest CPU hosts have a few hundred cores.
+MAX_CORES_PER_NODE = 16_384
+
+ScaleFactor = Annotated[float, Field(ge=0, le=MAX_SCALE_FACTOR)]
+FixedSeconds = Annotated[float, Field(ge=0, le=MAX_FIXED_SECONDS)]
+
 
 class Calibration(BaseModel):
     """Fitted efficiency factors of one hardware (module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     format_version: int
     kind: Literal["calibration"]
@@ -68,14 +85,14 @@ class Calibration(BaseModel):
     recorded: str
     host: str = ""
     notes: str = ""
-    cores_per_node: int = Field(ge=1)
-    process_slowdown: float = Field(default=0.0, ge=0)
-    compute_scale: dict[str, float]
-    call_overhead_s: dict[str, float]
-    decode_step_s: float = Field(ge=0)
-    collective_latency_s: float | None = Field(default=None, ge=0)
-    move_scale: float = Field(ge=0)
-    move_overhead_s: float = Field(ge=0)
+    cores_per_node: int = Field(ge=1, le=MAX_CORES_PER_NODE)
+    process_slowdown: float = Field(default=0.0, ge=0, le=MAX_PROCESS_SLOWDOWN)
+    compute_scale: dict[str, ScaleFactor]
+    call_overhead_s: dict[str, FixedSeconds]
+    decode_step_s: FixedSeconds
+    collective_latency_s: FixedSeconds | None = None
+    move_scale: ScaleFactor
+    move_overhead_s: FixedSeconds
     fit: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -88,8 +105,6 @@ class Calibration(BaseModel):
             if sorted(table) != sorted(CALL_KINDS):
                 raise ValueError(f"{name} has keys {sorted(table)}; needs exactly "
                                  f"{list(CALL_KINDS)}")
-            if any(v < 0 for v in table.values()):
-                raise ValueError(f"{name} {table}: values must be >= 0")
         return self
 
     @property
@@ -167,7 +182,7 @@ def load_calibration(path: Path) -> Calibration:
     try:
         return Calibration(**data)
     except ValidationError as err:
-        raise describe_validation_error(err, Path(path)) from None
+        raise describe_validation_error(err, Path(path), model=Calibration) from None
     except TypeError as err:
         raise InputError(f"{path}: {err}") from None
 

@@ -14,7 +14,6 @@ piecewise linear in the knobs; the probes measure it at the knob values of inter
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,11 @@ from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import Estimate, simulate
 from planner.domain.errors import InputError
 from planner.domain.plan import Plan, load_plan
+from planner.domain.yamlio import JSONSyntaxError, load_json_input
+
+# A measured call or iteration of a week is a broken trace (or a unit slip), not a time to
+# fit factors to.
+MAX_MEASURED_SECONDS = 604_800.0
 
 
 @dataclass(frozen=True)
@@ -53,22 +57,27 @@ class CallFeatures:
 
 
 def _positive_seconds(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InputError(f"{where}: got {value!r}; expected positive seconds")
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 < value <= MAX_MEASURED_SECONDS):
+        raise InputError(f"{where}: got {value!r}; expected positive seconds, at most "
+                         f"{MAX_MEASURED_SECONDS:,.0f}")
     return float(value)
 
 
+def _non_negative_seconds(value: float, where: str) -> float:
+    """A measured move time: a fast move may read 0 s, so only negative or absurd ones are
+    refused."""
+    return 0.0 if value == 0 else _positive_seconds(value, where)
+
+
 def load_trace(path: Path) -> dict:
-    """The trace JSON as a mapping; InputError for a missing or non-JSON file."""
+    """The trace JSON as a mapping; InputError for a missing, non-JSON or non-finite file
+    (yamlio.load_json_input)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not JSON ({err.msg} at line {err.lineno}); expected a "
-                         "trace written by plan run --trace") from None
+        data = load_json_input(Path(path))
+    except JSONSyntaxError as err:
+        raise InputError(f"{path}: not JSON ({err.where}); expected a trace written by plan "
+                         "run --trace") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: top level is {type(data).__name__}; expected a trace "
                          "mapping written by plan run --trace")
@@ -84,8 +93,9 @@ def measured_plan(plan: Plan, trace: dict, source: str, name: str = "") -> Measu
                          "plan run --trace")
     times = {}
     for i, entry in enumerate(calls):
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise InputError(f"{source}: calls[{i}]: expected a mapping with name and time_s")
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InputError(f"{source}: calls[{i}]: expected a mapping with a name (text) "
+                             "and time_s")
         times[entry["name"]] = _positive_seconds(entry.get("time_s"),
                                                  f"{source}: calls[{i}].time_s")
     expected = list(plan.workflow.call_order)
@@ -99,12 +109,23 @@ def measured_plan(plan: Plan, trace: dict, source: str, name: str = "") -> Measu
             raise InputError(f"{source}: calls: {call['name']} ran d{layout[0]}t{layout[1]}"
                              f"p{layout[2]}m{layout[3]}, the plan says {ex.layout_text()} "
                              "(a trace of another plan?)")
+    return MeasuredPlan(name or source, plan, iteration_s, times, _move_times(trace, source))
+
+
+def _move_times(trace: dict, source: str) -> dict[str, float]:
+    """Measured seconds of each reallocation and transfer by name (entries without a time
+    are skipped: the fit uses the moves both trace and estimate have)."""
     moves = {}
     for key in ("reallocations", "transfers"):
-        for entry in trace.get(key) or []:
+        entries = trace.get(key) or []
+        if not isinstance(entries, list):
+            raise InputError(f"{source}: {key}: expected a list of {{name, time_s}} written by "
+                             "plan run --trace")
+        for i, entry in enumerate(entries):
             if isinstance(entry, dict) and isinstance(entry.get("time_s"), (int, float)):
-                moves[str(entry.get("name"))] = float(entry["time_s"])
-    return MeasuredPlan(name or source, plan, iteration_s, times, moves)
+                moves[str(entry.get("name"))] = _non_negative_seconds(
+                    entry["time_s"], f"{source}: {key}[{i}].time_s")
+    return moves
 
 
 def median_plan(cases: list[MeasuredPlan], name: str) -> MeasuredPlan:
@@ -175,5 +196,8 @@ def move_rows(case: MeasuredPlan) -> list[tuple[str, float, float]]:
     """(name, uncalibrated price, measured) of every move both the trace and estimate have."""
     est = predict_plan(case, None)
     priced = {**est.realloc_times_s, **est.transfer_times_s}
+    # A move measured at 0 s says nothing to a fit of relative errors (and would divide by
+    # zero there).
     return [(f"{case.name}:{n}", priced[n], case.move_times_s[n])
-            for n in sorted(priced) if n in case.move_times_s and priced[n] > 0]
+            for n in sorted(priced)
+            if n in case.move_times_s and priced[n] > 0 and case.move_times_s[n] > 0]

@@ -9,8 +9,8 @@ Each call time is linear in the factors (costmodel/calibration_data.py features)
     contention = 1 + process_slowdown x co_running
 
 for a given process_slowdown; that one factor is found by a bounded scalar search over the
-loss of the linear fit (MAX_PROCESS_SLOWDOWN: a co-running process can at most double the
-time, beyond which something else is wrong).
+loss of the linear fit (up to costmodel.calibration.MAX_PROCESS_SLOWDOWN: a co-running
+process can at most double the time, beyond which something else is wrong).
 
 and each reallocation / transfer time is move_scale x priced + move_overhead_s. Rows are
 divided by the measured time, so the fit minimises relative errors (a 5 ms call counts as
@@ -29,15 +29,15 @@ import platform
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import ValidationError
 from scipy.optimize import least_squares, minimize_scalar
 
-from costmodel.calibration import CALL_KINDS, FORMAT_VERSION, Calibration
+from costmodel.calibration import CALL_KINDS, FORMAT_VERSION, MAX_PROCESS_SLOWDOWN, Calibration
 from costmodel.calibration_data import (CallFeatures, MeasuredPlan, call_features, move_rows)
-from planner.domain.errors import InputError
+from planner.domain.errors import InputError, describe_validation_error
 
 # Relative error at which the soft-L1 loss turns from quadratic to linear.
 ROBUST_SCALE = 0.2
-MAX_PROCESS_SLOWDOWN = 1.0
 
 CALL_FACTORS = ([f"compute_scale.{k}" for k in CALL_KINDS]
                 + [f"call_overhead_s.{k}" for k in CALL_KINDS]
@@ -139,7 +139,7 @@ def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None
     factors = fit_factors(features)
     moves = [r for case in cases for r in move_rows(case)]
     move_scale, move_overhead = fit_moves(moves)
-    calibration = Calibration(
+    calibration = _checked_calibration(
         format_version=FORMAT_VERSION, kind="calibration", device=devices.pop(),
         recorded=datetime.date.today().isoformat(), host=platform.node(),
         notes=notes or f"fitted by plan calibrate on {len(cases)} traces: "
@@ -156,6 +156,17 @@ def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None
                "call_rel_error_median_before": _median_rel(call_res, "before_s"),
                "call_rel_error_median_after": _median_rel(call_res, "after_s")}
     return FitResult(calibration.model_copy(update={"fit": summary}), call_res, move_res)
+
+
+def _checked_calibration(**factors) -> Calibration:
+    """The fitted Calibration; InputError when a factor is outside its bounds (the traces,
+    not the fit, are then suspect: a call measured far slower than any model of it)."""
+    try:
+        return Calibration(**factors)
+    except ValidationError as err:
+        raise describe_validation_error(
+            err, "plan calibrate: the factors fitted to these traces", model=Calibration
+        ) from None
 
 
 def call_residuals(cases: list[MeasuredPlan], calibration: Calibration) -> list[Residual]:

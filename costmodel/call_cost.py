@@ -15,12 +15,15 @@ blocks; pipeline sends (p2p of b x tokens x h) go over the slowest pp link.
   sequences (runtime/executor/calls.py run_generate): phase "logprobs", priced as inference.
 - inference: one forward, (pp + m - 1) x (stage forward + send).
 - train, per minibatch: 1F1B (pp + m - 1) x (stage forward + backward [+ the blocks'
-  recomputed forward, efficiency.RECOMPUTE_ACTIVATIONS] + 2 sends), then the DP gradient sync and the optimizer step. Default sync with
-  ZeRO-1: reduce-scatter of gradients + all-gather of weights over the dp group (compute
-  dtype), the optimizer step on 1/dp of the stage's shard. Not overlapped with compute.
+  recomputed forward when Execution.recompute_activations] + 2 sends), then the DP gradient
+  sync and the optimizer step. With Execution.shard_optimizer_over_dp (ZeRO-1):
+  reduce-scatter of gradients + all-gather of weights over the dp group (compute dtype),
+  the optimizer step on 1/dp of the stage's shard; without, an all-reduce of the gradients
+  and the whole step on every replica. Not overlapped with compute.
 TP all-reduces per block: 2 forward (attention and MLP outputs), 2 backward,
-efficiency.RECOMPUTED_TP_ALLREDUCES_PER_BLOCK more for the recomputed forward; 1 for the vocab-parallel embedding; the head's softmax reductions are
-3 small all-reduces of tokens x 4 bytes. Replicated-norm gradient all-reduces are ignored.
+efficiency.RECOMPUTED_TP_ALLREDUCES_PER_BLOCK more for the recomputed forward; 1 for the
+vocab-parallel embedding; the head's softmax reductions are 3 small all-reduces of
+tokens x 4 bytes. Replicated-norm gradient all-reduces are ignored.
 
 Calibration (costmodel/calibration.py, optional): `call_time(..., calibration=cal)` scales
 every compute time of the call by cal's factor for the call kind (and by the core
@@ -39,8 +42,7 @@ import numpy as np
 from costmodel import comm
 from costmodel import efficiency as eff
 from costmodel.compute import part_timer
-from costmodel.memory import (call_working_bytes_per_stage, micro_batch_seqs, per_position,
-                              train_state_bytes_per_device, weight_bytes_per_device)
+from costmodel.memory import CallMemory, call_memory_parts, micro_batch_seqs, optimizer_shards
 from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import HardwareSpec
 from planner.domain.layout import Execution
@@ -196,7 +198,7 @@ def _train_s(st: _StageTimer, b: int, batch: BatchSpec, spec_elements: np.ndarra
     stage_steps = []
     for stage in range(ex.pp):
         step = st.stage_s(stage, "forward", b, s) + st.stage_s(stage, "backward", b, s)
-        if eff.RECOMPUTE_ACTIVATIONS:
+        if ex.recompute_activations:
             step = step + st.recompute_s(stage, b, s)
         stage_steps.append(step)
     pipeline = (ex.pp + ex.micro_batches - 1) * (max(stage_steps) + 2 * st.send_s(b, s))
@@ -205,13 +207,12 @@ def _train_s(st: _StageTimer, b: int, batch: BatchSpec, spec_elements: np.ndarra
         dtype = st.timers[stage][0].hardware.compute_dtype_bytes
         local_bytes = float(spec_elements[stage].max()) * dtype
         link = st.knobs.link(st.geo.dp_link[stage])
-        if eff.SHARD_OPTIMIZER_OVER_DP:
+        if ex.shard_optimizer_over_dp:
             stage_sync = comm.reduce_scatter_time_s(local_bytes, ex.dp, link) + \
                 comm.allgather_time_s(local_bytes, ex.dp, link)
-            shards = ex.dp
         else:
             stage_sync = comm.allreduce_time_s(local_bytes, ex.dp, link)
-            shards = 1
+        shards = optimizer_shards(ex)
         sync = max(sync, stage_sync)
         stage_opt = 0.0
         for timer in st.timers[stage]:
@@ -260,32 +261,10 @@ def call_time_with_knobs(call: ModelFunctionCall, role: ModelRole, execution: Ex
                     source=", ".join(sorted(st.sources)))
 
 
-@dataclass(frozen=True)
-class CallMemory:
-    """Bytes per mesh position: the model state a call needs and its working set."""
-
-    weights_bytes: np.ndarray      # weights in the compute dtype
-    train_state_bytes: np.ndarray  # weights + grads + optimizer states (train calls), else 0
-    working_bytes: np.ndarray      # activations / KV cache / logits / workspace
-
-    @property
-    def peak_bytes(self) -> np.ndarray:
-        """Alone on its devices: its state (train state or weights) plus its working set."""
-        state = np.maximum(self.weights_bytes, self.train_state_bytes)
-        return state + self.working_bytes
-
-
 def call_memory(call: ModelFunctionCall, role: ModelRole, execution: Execution,
                 batch: BatchSpec, cluster: ClusterSpec) -> CallMemory:
-    """Memory per device of `call` on `execution` (costmodel/memory.py)."""
-    ex, spec = execution, role.spec
-    hw = cluster.hardware_of(ex.devices[0])
-    dtype = hw.compute_dtype_bytes
-    weights = per_position(weight_bytes_per_device(spec, role.head, ex.tp, ex.pp, dtype), ex)
-    if call.kind == "train":
-        state = per_position(train_state_bytes_per_device(spec, role.head, ex.tp, ex.pp, ex.dp,
-                                                          dtype), ex)
-    else:
-        state = np.zeros_like(weights)
-    work = call_working_bytes_per_stage(call, spec, role.head, ex, batch, dtype, hw.kind)
-    return CallMemory(weights, state, per_position(work[:, None], ex))
+    """Memory per device of `call` on `execution`, by part (costmodel/memory.py); the
+    compute dtype and workspace of the mesh's first device."""
+    hw = cluster.hardware_of(execution.devices[0])
+    return CallMemory(call_memory_parts(call, role.spec, role.head, execution, batch,
+                                        hw.compute_dtype_bytes, hw.kind))

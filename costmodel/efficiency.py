@@ -1,6 +1,8 @@
 """Named constants of the analytic cost model, each with its assumption and source.
 
 Change a figure here, never inline: every formula in costmodel/ reads them from this module.
+Efficiencies and formula constants only: the run policy of a train call (ZeRO-1 over dp,
+activation recomputation) is a field of its Execution (planner/domain/layout.py).
 """
 
 from __future__ import annotations
@@ -48,18 +50,9 @@ ADAM_TRAFFIC_BYTES_PER_PARAM = 28.0
 # fp32 compute dtype there is no master copy: 8 bytes of moments.
 OPTIMIZER_STATE_BYTES_PER_PARAM = {2: 12, 4: 8}
 
-# Default: ZeRO-1 (distributed optimizer): optimizer states are sharded over the DP group,
-# gradients are reduce-scattered and updated weights all-gathered (Megatron distributed
-# optimizer). Weights and gradients themselves are not sharded.
-SHARD_OPTIMIZER_OVER_DP = True
-
-# Default: full activation recomputation per block in train calls (ReaLHF and DeepSpeed-Chat
-# train RLHF models with gradient checkpointing): only each block's input is kept, and the
-# forward pass runs twice.
-RECOMPUTE_ACTIVATIONS = True
-
-# What the recomputation reruns: the decoder blocks only (embedding and head keep their
-# activations; runtime/model.py checkpoints each block). PyTorch's non-reentrant checkpoint
+# What the recomputation of a train call (Execution.recompute_activations) reruns: the
+# decoder blocks only (embedding and head keep their activations; runtime/model.py
+# checkpoints each block). PyTorch's non-reentrant checkpoint
 # stops recomputing a block once the tensors its backward needs are back (early stop,
 # torch.utils.checkpoint docs), so the block's last op, the MLP's row-parallel all-reduce,
 # is not rerun: one of the block's two forward TP all-reduces is.

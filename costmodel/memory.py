@@ -1,25 +1,35 @@
-"""Memory per device: static model state and the working set of one call.
+"""Memory per device of one call, by part: the model state it keeps and its working set.
 
 Arrays are per mesh position (the execution's device order); position p sits on pipeline
 stage p // (dp * tp) and tp rank p % tp (planner.sharding.rank_groups).
 
-- Weights: the exact tp/pp shard sizes of planner.sharding.param_shards x the compute dtype.
-- Train state: weights + gradients (compute dtype each) + optimizer states (fp32 master and
-  two moments, 12 bytes per parameter in bf16, 8 in fp32), the optimizer states sharded over
-  DP (ZeRO-1, efficiency.SHARD_OPTIMIZER_OVER_DP). With dp = 1 and bf16: 16 bytes/param.
-- Activations of train calls (1F1B keeps min(m, pp - stage) micro-batches in flight on a
-  stage): with recomputation each block keeps its input (b s h) plus one block's full
-  working set; without, every block keeps h (10 + 24/t) bytes per token (16-bit).
-- KV cache during generation: the min(m, pp) micro-batches of one decoding wave
+The parts (PART_KINDS) and their formulas:
+- weights: the exact tp/pp shard sizes of planner.sharding.param_shards x the compute dtype.
+- gradients (train calls): one per weight, in the compute dtype.
+- optimizer (train calls): mixed-precision Adam's fp32 master and two moments, 12 bytes per
+  parameter in bf16, 8 in fp32 (efficiency.OPTIMIZER_STATE_BYTES_PER_PARAM), divided over
+  dp when the execution shards them (ZeRO-1, Execution.shard_optimizer_over_dp). With
+  dp = 1 and bf16, weights + gradients + optimizer = 16 bytes/param.
+- activations: train calls keep min(m, pp - stage) micro-batches in flight on a stage (1F1B):
+  with recomputation (Execution.recompute_activations) each block keeps its input (b s h)
+  plus one block's full working set and its gradients; without, every block keeps
+  h (10 + 24/t) bytes per token (16-bit). Inference holds one block's working set;
+  generation one block's working set of the prompt (prefill).
+- kv_cache (generate calls): the min(m, pp) micro-batches of one decoding wave
   (call_cost.py), at their full context prompt + gen, 2 (K and V) x layers of the stage x
   kv width per tp rank.
-- Logits in fp32 on the last stage (twice: values and the log-softmax / its gradient).
-- A fixed workspace per call (efficiency.WORKSPACE_BYTES).
+- logits: fp32 on the last stage, twice (values and the log-softmax / its gradient).
+- workspace: a fixed amount per call (efficiency.WORKSPACE_BYTES).
+
+A call's resident parts (RESIDENT_KINDS) stay on its devices between calls when its placement
+is the model's home: weights, gradients and optimizer states for a train call (train state),
+the weights otherwise. Its working parts (WORKING_KINDS) live only during the call.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -27,9 +37,72 @@ from costmodel import efficiency as eff
 from costmodel.roofline import kv_heads_per_rank
 from planner.domain.layout import Execution
 from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.domain.workflow import BatchSpec, ModelFunctionCall
 from planner.sharding.param_shards import shard_elements
 from planner.sharding.pipeline_partition import stage_layer_counts
-from planner.domain.workflow import BatchSpec, ModelFunctionCall
+
+
+@dataclass(frozen=True)
+class MemoryParts:
+    """Bytes per mesh position of each part of one call's memory (module docstring); a
+    non-train call has zero gradients and optimizer states."""
+
+    weights: np.ndarray
+    gradients: np.ndarray
+    optimizer: np.ndarray
+    activations: np.ndarray
+    kv_cache: np.ndarray
+    logits: np.ndarray
+    workspace: np.ndarray
+
+    def of(self, kinds: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
+        """(kind, bytes per position) of each of `kinds`."""
+        return [(kind, getattr(self, kind)) for kind in kinds]
+
+    def sum_of(self, kinds: tuple[str, ...]) -> np.ndarray:
+        return np.sum([getattr(self, kind) for kind in kinds], axis=0)
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.sum_of(PART_KINDS)
+
+
+PART_KINDS = tuple(f.name for f in fields(MemoryParts))
+RESIDENT_KINDS = ("weights", "gradients", "optimizer")
+WORKING_KINDS = tuple(kind for kind in PART_KINDS if kind not in RESIDENT_KINDS)
+
+
+@dataclass(frozen=True)
+class CallMemory:
+    """One call's memory per mesh position: resident parts (what stays between calls) and
+    working parts (what lives only during the call), module docstring."""
+
+    parts: MemoryParts
+
+    @property
+    def weights_bytes(self) -> np.ndarray:
+        return self.parts.weights
+
+    def resident_parts(self) -> list[tuple[str, np.ndarray]]:
+        return self.parts.of(RESIDENT_KINDS)
+
+    def working_parts(self) -> list[tuple[str, np.ndarray]]:
+        return self.parts.of(WORKING_KINDS)
+
+    @property
+    def resident_bytes(self) -> np.ndarray:
+        """Train state (weights + gradients + optimizer states) of a train call, else the
+        weights."""
+        return self.parts.sum_of(RESIDENT_KINDS)
+
+    @property
+    def working_bytes(self) -> np.ndarray:
+        return self.parts.sum_of(WORKING_KINDS)
+
+    def alone_bytes(self) -> np.ndarray:
+        """What the call needs on each device when nothing else is there: its resident and
+        working parts (a lower bound of the device's peak in any plan with this call)."""
+        return self.parts.total
 
 
 def per_position(stage_tp_values: np.ndarray, execution: Execution) -> np.ndarray:
@@ -41,21 +114,25 @@ def per_position(stage_tp_values: np.ndarray, execution: Execution) -> np.ndarra
 
 def weight_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp: int,
                             dtype_bytes: int) -> np.ndarray:
-    """Weights of each (stage, tp rank) in the compute dtype: array [pp, tp]."""
+    """Weights of each (stage, tp rank) in the compute dtype: array [pp, tp]. Gradients
+    take the same bytes (one per weight, compute dtype)."""
     return shard_elements(spec, head, tp, pp) * float(dtype_bytes)
 
 
-def train_state_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp: int, dp: int,
-                                 dtype_bytes: int) -> np.ndarray:
-    """Weights + gradients + optimizer states of each (stage, tp rank): array [pp, tp].
+def optimizer_shards(execution: Execution) -> int:
+    """Ranks the optimizer states are divided over: dp under ZeRO-1, else 1."""
+    return execution.dp if execution.shard_optimizer_over_dp else 1
 
-    Mixed-precision Adam (ZeRO paper, Rajbhandari et al. 2020): 2 + 2 + 12 bytes per
-    parameter for bf16; the 12 bytes of optimizer state divided over dp under ZeRO-1.
+
+def optimizer_state_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp: int,
+                                     shards: int, dtype_bytes: int) -> np.ndarray:
+    """Adam states of each (stage, tp rank), divided over `shards` ranks: array [pp, tp].
+
+    Mixed-precision Adam (ZeRO paper, Rajbhandari et al. 2020, section 3.1): 12 bytes per
+    parameter beside the bf16 weight and gradient; ZeRO-1 divides them over dp.
     """
     elements = shard_elements(spec, head, tp, pp).astype(float)
-    shards = dp if eff.SHARD_OPTIMIZER_OVER_DP else 1
-    optimizer = eff.OPTIMIZER_STATE_BYTES_PER_PARAM[dtype_bytes] / shards
-    return elements * (2 * dtype_bytes + optimizer)
+    return elements * (eff.OPTIMIZER_STATE_BYTES_PER_PARAM[dtype_bytes] / shards)
 
 
 def block_working_bytes(spec: ModelSpec, tp: int, tokens: float, dtype_bytes: int) -> float:
@@ -79,23 +156,19 @@ def kv_cache_bytes(spec: ModelSpec, tp: int, num_layers: int, num_seqs: float,
     return num_seqs * context_len * 2.0 * num_layers * kv_width * dtype_bytes
 
 
-def activation_bytes_train_stage(spec: ModelSpec, head: HeadKind, execution: Execution,
-                                 stage: int, micro_seqs: int, seq_len: int, dtype_bytes: int,
-                                 recompute: bool = eff.RECOMPUTE_ACTIVATIONS) -> float:
-    """Activations one device of `stage` holds at the peak of a 1F1B train step."""
+def activation_bytes_train_stage(spec: ModelSpec, execution: Execution, stage: int,
+                                 micro_seqs: int, seq_len: int, dtype_bytes: int) -> float:
+    """Block activations one device of `stage` holds at the peak of a 1F1B train step
+    (logits apart), with or without recomputation as the execution says."""
     ex = execution
     layers = stage_layer_counts(spec.num_layers, ex.pp)[stage]
     tokens = micro_seqs * seq_len
     in_flight = min(ex.micro_batches, ex.pp - stage)
     one_block = block_working_bytes(spec, ex.tp, tokens, dtype_bytes)
-    if recompute:
+    if ex.recompute_activations:
         kept = in_flight * layers * tokens * spec.hidden_size * dtype_bytes
-        stored = kept + 2.0 * one_block  # recomputed block and its gradients
-    else:
-        stored = in_flight * layers * one_block
-    if stage == ex.pp - 1:
-        stored += logits_bytes(spec, head, ex.tp, tokens)
-    return stored
+        return kept + 2.0 * one_block  # the recomputed block and its gradients
+    return in_flight * layers * one_block
 
 
 def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execution) -> int:
@@ -104,28 +177,50 @@ def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execu
     return math.ceil(seqs / (execution.dp * execution.micro_batches))
 
 
-def call_working_bytes_per_stage(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
-                                 execution: Execution, batch: BatchSpec, dtype_bytes: int,
-                                 device_kind: str) -> np.ndarray:
-    """Working set of a call on one device of each stage (array [pp]), workspace included."""
+def _stage_activation_and_kv_bytes(call: ModelFunctionCall, spec: ModelSpec,
+                                   execution: Execution, batch: BatchSpec, stage: int,
+                                   dtype_bytes: int) -> tuple[float, float]:
+    """(activations, KV cache) of one device of `stage` during the call."""
     ex = execution
     b = micro_batch_seqs(call, batch, ex)
-    layers = stage_layer_counts(spec.num_layers, ex.pp)
-    out = np.zeros(ex.pp)
-    for stage in range(ex.pp):
-        last = stage == ex.pp - 1
-        if call.kind == "train":
-            work = activation_bytes_train_stage(spec, head, ex, stage, b, batch.seq_len,
-                                                dtype_bytes)
-        elif call.kind == "inference":
-            tokens = b * batch.seq_len
-            work = block_working_bytes(spec, ex.tp, tokens, dtype_bytes) + \
-                (logits_bytes(spec, head, ex.tp, tokens) if last else 0.0)
-        else:
-            wave_seqs = b * min(ex.micro_batches, ex.pp)
-            work = kv_cache_bytes(spec, ex.tp, layers[stage], wave_seqs, batch.seq_len,
-                                  dtype_bytes)
-            work += block_working_bytes(spec, ex.tp, b * batch.prompt_len, dtype_bytes)
-            work += logits_bytes(spec, head, ex.tp, b) if last else 0.0
-        out[stage] = work + eff.WORKSPACE_BYTES[device_kind]
-    return out
+    if call.kind == "train":
+        return activation_bytes_train_stage(spec, ex, stage, b, batch.seq_len,
+                                            dtype_bytes), 0.0
+    if call.kind == "inference":
+        return block_working_bytes(spec, ex.tp, b * batch.seq_len, dtype_bytes), 0.0
+    layers = stage_layer_counts(spec.num_layers, ex.pp)[stage]
+    wave_seqs = b * min(ex.micro_batches, ex.pp)
+    kv = kv_cache_bytes(spec, ex.tp, layers, wave_seqs, batch.seq_len, dtype_bytes)
+    return block_working_bytes(spec, ex.tp, b * batch.prompt_len, dtype_bytes), kv
+
+
+def _logits_tokens(call: ModelFunctionCall, batch: BatchSpec, micro_seqs: int) -> int:
+    """Tokens whose logits the last stage holds at once: a decoding step's one per sequence
+    when generating, every token of the micro-batch otherwise."""
+    return micro_seqs if call.kind == "generate" else micro_seqs * batch.seq_len
+
+
+def call_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
+                      execution: Execution, batch: BatchSpec, dtype_bytes: int,
+                      device_kind: str) -> MemoryParts:
+    """Every part of `call`'s memory on `execution`, per mesh position (module docstring)."""
+    ex = execution
+    weights = per_position(weight_bytes_per_device(spec, head, ex.tp, ex.pp, dtype_bytes), ex)
+    zeros = np.zeros_like(weights)
+    if call.kind == "train":
+        gradients = weights.copy()
+        optimizer = per_position(optimizer_state_bytes_per_device(
+            spec, head, ex.tp, ex.pp, optimizer_shards(ex), dtype_bytes), ex)
+    else:
+        gradients, optimizer = zeros, zeros
+    stages = [_stage_activation_and_kv_bytes(call, spec, ex, batch, s, dtype_bytes)
+              for s in range(ex.pp)]
+    logits = np.zeros(ex.pp)
+    logits[-1] = logits_bytes(spec, head, ex.tp,
+                              _logits_tokens(call, batch, micro_batch_seqs(call, batch, ex)))
+    return MemoryParts(
+        weights=weights, gradients=gradients, optimizer=optimizer,
+        activations=per_position(np.array([a for a, _ in stages])[:, None], ex),
+        kv_cache=per_position(np.array([kv for _, kv in stages])[:, None], ex),
+        logits=per_position(logits[:, None], ex),
+        workspace=np.full_like(weights, float(eff.WORKSPACE_BYTES[device_kind])))

@@ -2,7 +2,7 @@
 
     costs = PlanCosts(workflow, cluster)
     costs.call_time(call_name, execution)      -> CallTime   (seconds, phases, source)
-    costs.call_memory(call_name, execution)    -> CallMemory (bytes per mesh position)
+    costs.call_memory(call_name, execution)    -> CallMemory (bytes per mesh position, by part)
     costs.realloc(model_role, src_ex, dst_ex)  -> ScheduleCost (time_s, receive buffers)
     costs.transfer(src_call, dst_call, src_ex, dst_ex) -> ScheduleCost
 
@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from costmodel.call_cost import CallMemory, CallTime, call_memory, call_time
+from costmodel.call_cost import CallTime, call_memory, call_time
+from costmodel.memory import CallMemory
 from costmodel.realloc_cost import ScheduleCost, realloc_cost, transfer_cost
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution

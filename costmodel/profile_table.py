@@ -40,11 +40,18 @@ from typing import Optional, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from planner.domain.cluster import MAX_DEVICES_PER_NODE
 from planner.domain.errors import describe_validation_error
-from planner.domain.modelspec import ModelSpec
+from planner.domain.modelspec import MAX_POSITIONS, ModelSpec
+from planner.domain.workflow import MAX_SEQS_PER_ITERATION
 from planner.domain.yamlio import load_yaml_mapping
 
 FORMAT_VERSION = 1
+# One op of one layer part: the slowest point of a CPU grid takes seconds, so a day is a
+# broken measurement or a unit slip, not a time to price a plan with.
+MAX_PROFILED_SECONDS = 86_400.0
+# Largest grid point of each axis: a batch of sequences, a sequence length.
+MAX_AXIS = {"batch": MAX_SEQS_PER_ITERATION, "length": MAX_POSITIONS}
 OpName = str
 
 
@@ -58,7 +65,7 @@ def model_shape_key(spec: ModelSpec) -> str:
 class ProfileEntry(BaseModel):
     """Times of one op of one part over a (batch, length) grid, or one scalar for optimizer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     op: str
     part: str
@@ -74,27 +81,36 @@ class ProfileEntry(BaseModel):
         if self.part not in PARTS:
             raise ValueError(f"part {self.part!r} is not one of {list(PARTS)}")
         if isinstance(self.seconds, float):
-            if self.seconds <= 0:
-                raise ValueError(f"seconds {self.seconds} must be positive")
+            _check_seconds([self.seconds])
             return self
         if self.batch is None or self.length is None:
             raise ValueError("a grid entry needs batch and length lists")
         for name, axis in (("batch", self.batch), ("length", self.length)):
             if not axis or any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] <= 0:
                 raise ValueError(f"{name} {list(axis)} must be positive and strictly ascending")
+            if axis[-1] > MAX_AXIS[name]:
+                raise ValueError(f"{name} {axis[-1]:g} is above the largest valid grid point, "
+                                 f"{MAX_AXIS[name]:,}")
         rows, cols = len(self.seconds), {len(r) for r in self.seconds}
         if rows != len(self.batch) or cols != {len(self.length)}:
             raise ValueError(f"seconds is {rows} x {sorted(cols)}, grid is {len(self.batch)} "
                              f"batch x {len(self.length)} length")
-        if any(v <= 0 for row in self.seconds for v in row):
-            raise ValueError("seconds must all be positive")
+        _check_seconds([v for row in self.seconds for v in row])
         return self
+
+
+def _check_seconds(values: list[float]) -> None:
+    """ValueError unless every measured time is in (0, MAX_PROFILED_SECONDS]."""
+    bad = next((v for v in values if not 0 < v <= MAX_PROFILED_SECONDS), None)
+    if bad is not None:
+        raise ValueError(f"seconds {bad} must be positive and at most {MAX_PROFILED_SECONDS:g}")
 
 
 class ProfileShard(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tp: int = Field(ge=1)
+    tp: int = Field(ge=1, le=MAX_DEVICES_PER_NODE, description="tensor parallelism stays "
+                    "inside a node")
     entries: tuple[ProfileEntry, ...]
 
 
@@ -174,7 +190,7 @@ def load_profile(path: Path) -> ProfileLookup:
     try:
         table = ProfileTable(**data)
     except ValidationError as err:
-        raise describe_validation_error(err, path) from None
+        raise describe_validation_error(err, path, model=ProfileTable) from None
     return ProfileLookup(table, path)
 
 

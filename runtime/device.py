@@ -1,7 +1,17 @@
-"""Device, dtype and backend of a runtime process.
+"""Device, dtype and backend of a runtime process, as the plan's hardware says.
 
-CPU runs gloo in fp32 (exact comparisons between layouts); CUDA runs NCCL with bf16 weights
-and activations (the optimizer keeps fp32 master weights, see runtime.optimizer).
+A plan's cluster names each node's hardware (profiles/hardware/*.yaml) with its `kind`
+(cuda or cpu) and `compute_dtype` (bf16 or fp32): the dtype of weights and activations the
+cost model priced. The runtime runs exactly that, so what we price is what we run: cuda ->
+NCCL on GPU `local_rank`, cpu -> gloo, whatever else the machine has (a cpu plan runs on
+CPU even where CUDA exists). The optimizer keeps fp32 master weights either way
+(runtime.optimizer).
+
+bf16 on CPU is refused although torch computes it: our CPU hardware spec, profile tables
+and calibration are fp32 measurements (profiles/hardware/cpu.yaml, `plan profile --device
+cpu`), torch emulates bf16 matmuls on CPUs without native bf16 units (several times slower
+than fp32), and the executor tests compare layouts exactly in fp32. A cpu plan with bf16
+would run at a speed no estimate describes.
 """
 
 from __future__ import annotations
@@ -9,6 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from planner.domain.cluster import ClusterSpec
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+BACKENDS = {"cuda": "nccl", "cpu": "gloo"}
+RUNNABLE_DTYPES = {"cuda": ("bf16", "fp32"), "cpu": ("fp32",)}   # module docstring: why
 
 
 @dataclass(frozen=True)
@@ -18,11 +35,69 @@ class DeviceConfig:
     backend: str
 
 
-def default_device_config(local_rank: int) -> DeviceConfig:
-    """CUDA device `local_rank` with NCCL and bf16 when CUDA is available, else CPU/gloo/fp32."""
-    if torch.cuda.is_available():
-        return DeviceConfig(torch.device("cuda", local_rank), torch.bfloat16, "nccl")
-    return DeviceConfig(torch.device("cpu"), torch.float32, "gloo")
+def device_config(kind: str, compute_dtype: str, local_rank: int = 0) -> DeviceConfig:
+    """GPU `local_rank` with NCCL for cuda, the CPU with gloo for cpu, in `compute_dtype`.
+
+    Assumes the pair passed `cluster_device_problem` (the launchers check before starting).
+    """
+    device = torch.device("cuda", local_rank) if kind == "cuda" else torch.device("cpu")
+    return DeviceConfig(device, TORCH_DTYPES[compute_dtype], BACKENDS[kind])
 
 
-CPU_FP32 = DeviceConfig(torch.device("cpu"), torch.float32, "gloo")
+def rank_device_config(cluster: ClusterSpec, rank: int, local_rank: int) -> DeviceConfig:
+    """The DeviceConfig of global `rank` (its node's hardware) on local device `local_rank`."""
+    hardware = cluster.hardware_of(rank)
+    return device_config(hardware.kind, hardware.compute_dtype, local_rank)
+
+
+def cluster_backend(cluster: ClusterSpec) -> str:
+    """torch.distributed backend of a run of the cluster (one kind: cluster_device_problem)."""
+    return BACKENDS[cluster.node_hardware[0].kind]
+
+
+def cluster_device_problem(cluster: ClusterSpec, ranks_here: int) -> str | None:
+    """Why this machine cannot run `ranks_here` ranks of the cluster's devices, or None.
+
+    One run uses one backend and moves parameters between every pair of devices, so every
+    node must have the same kind and compute dtype. cuda needs a GPU per rank here.
+    """
+    kinds = sorted({(h.kind, h.compute_dtype) for h in cluster.node_hardware})
+    if len(kinds) > 1:
+        found = ", ".join(f"{kind} {dtype}" for kind, dtype in kinds)
+        return (f"the nodes mix device kinds or compute dtypes ({found}); the runtime runs "
+                f"one kind and dtype per run")
+    kind, dtype = kinds[0]
+    names = ", ".join(sorted({h.name for h in cluster.node_hardware}))
+    if dtype not in RUNNABLE_DTYPES[kind]:
+        return (f"hardware {names}: compute_dtype {dtype} on {kind} is not run (valid on "
+                f"{kind}: {', '.join(RUNNABLE_DTYPES[kind])}; see runtime/device.py)")
+    if kind == "cuda":
+        return _cuda_problem(names, dtype, ranks_here)
+    return None
+
+
+def _cuda_problem(names: str, dtype: str, ranks_here: int) -> str | None:
+    if not torch.cuda.is_available():
+        return (f"the plan runs on cuda devices ({names}), but torch sees no CUDA GPU on "
+                f"this machine (torch.cuda.is_available() is False); run it where the "
+                f"plan's GPUs are, or plan for a cpu cluster (e.g. --cluster cpu4)")
+    count = torch.cuda.device_count()
+    if count < ranks_here:
+        return (f"the plan runs {ranks_here} ranks on this machine, one GPU each, and it has "
+                f"{count} GPU(s)")
+    if dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        return f"compute_dtype bf16: GPU 0 ({torch.cuda.get_device_name(0)}) has no bf16"
+    return None
+
+
+def local_device_memory_bytes(cluster: ClusterSpec, ranks_here: int) -> float | None:
+    """The smallest memory of the GPUs the `ranks_here` local ranks use (GPU 0 .. n-1), or
+    None on CPU, where the hardware spec's memory_gib is already the per-process share of
+    the machine (profiles/hardware/cpu.yaml)."""
+    if cluster.node_hardware[0].kind != "cuda":
+        return None
+    return float(min(torch.cuda.get_device_properties(i).total_memory
+                     for i in range(ranks_here)))
+
+
+CPU_FP32 = device_config("cpu", "fp32")

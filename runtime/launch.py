@@ -12,6 +12,15 @@ picklable object to the parent, which calls `on_message(obj)` as it arrives (pro
 Root cause: when one rank dies, its peers usually fail too (connection reset in gloo). The
 parent waits ROOT_CAUSE_GRACE_S after the first failure and names a rank that exited without
 reporting (killed, os._exit, segfault) before one that raised, then the earliest report.
+
+Nothing listens beyond this machine. The parent serves the rendezvous store on 127.0.0.1
+only (`serve_rendezvous_store`): torch's TCPStore server listens on every interface
+whatever host name it is given (torch 2.13: `ss -ltn` shows `*:PORT`) unless it is handed a
+socket already bound, which we do. The ranks' gloo (and NCCL bootstrap) sockets use the
+loopback interface (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME, unless already set).
+
+Ctrl-C: the ranks start with SIGINT blocked, so a Ctrl-C in the terminal reaches only the
+parent (KeyboardInterrupt), which terminates them at once; they print no traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import signal
 import socket
 import time
 import traceback
@@ -29,16 +39,46 @@ from typing import Any, Callable
 POLL_S = 0.05
 TERMINATE_GRACE_S = 2.0
 ROOT_CAUSE_GRACE_S = 1.0
+LOOPBACK_HOST = "127.0.0.1"
+LOOPBACK_INTERFACES = ("lo", "lo0")   # Linux, macOS
 
 
 class WorkerError(RuntimeError):
     """A rank failed or the run timed out."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def loopback_listener() -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 at a port the kernel picks, held from now on (no
+    other process can take the port between choosing and serving it)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((LOOPBACK_HOST, 0))
+    sock.listen()
+    return sock
+
+
+def serve_rendezvous_store(timeout_s: float):
+    """(store, port): a TCPStore server of a local run, listening on 127.0.0.1 only (module
+    docstring). Keep the store alive while the ranks run: they are its clients."""
+    import torch.distributed as dist
+
+    sock = loopback_listener()
+    port = sock.getsockname()[1]
+    store = dist.TCPStore(LOOPBACK_HOST, port, None, True, timeout=timedelta(seconds=timeout_s),
+                          wait_for_workers=False, master_listen_fd=sock.detach())  # owns the fd
+    return store, port
+
+
+def _loopback_interface() -> str | None:
+    names = {name for _, name in socket.if_nameindex()}
+    return next((name for name in LOOPBACK_INTERFACES if name in names), None)
+
+
+def _use_loopback_sockets() -> None:
+    """Make gloo and NCCL open their sockets on the loopback interface (all ranks are here)."""
+    interface = _loopback_interface()
+    if interface:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
 
 
 def _worker(rank: int, world_size: int, port: int, backend: str, timeout_s: float,
@@ -49,9 +89,11 @@ def _worker(rank: int, world_size: int, port: int, backend: str, timeout_s: floa
     torch.set_num_threads(1)
     if backend == "nccl":
         torch.cuda.set_device(rank)  # one GPU per rank; NCCL refuses two ranks on one GPU
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _use_loopback_sockets()
     try:
-        dist.init_process_group(backend, rank=rank, world_size=world_size,
+        store = dist.TCPStore(LOOPBACK_HOST, port, world_size, False,
+                              timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
         if with_post:
             def post(obj: Any) -> None:
@@ -77,39 +119,60 @@ def run_distributed(fn: Callable, world_size: int, args: tuple = (),
     """
     context = mp.get_context("spawn")
     results: mp.Queue = context.Queue()
-    port = free_port()
     group_timeout = group_timeout_s or timeout_s or 1800.0
+    store, port = serve_rendezvous_store(group_timeout)
     procs = [context.Process(target=_worker, daemon=True,
                              args=(rank, world_size, port, backend, group_timeout, fn, args,
                                    results, on_message is not None))
              for rank in range(world_size)]
-    for p in procs:
-        p.start()
-    values: dict[int, Any] = {}
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
-        while len(values) < world_size:
-            try:
-                rank, ok, payload = results.get(timeout=POLL_S)
-            except queue.Empty:
-                if deadline is not None and time.monotonic() > deadline:
-                    missing = sorted(set(range(world_size)) - set(values))
-                    raise WorkerError(f"timed out after {timeout_s:.0f} s; ranks {missing} "
-                                      f"did not finish") from None
-                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)
-                        and r not in values]
-                if dead and results.empty():
-                    raise _root_cause(procs, results, values, None)
-                continue
-            if ok == "message":
-                on_message(pickle.loads(payload))
-                continue
-            if not ok:
-                raise _root_cause(procs, results, values, (rank, payload))
-            values[rank] = pickle.loads(payload)
+        _start_with_sigint_blocked(procs)
+        values = _collect(procs, results, world_size, timeout_s, on_message)
+    except BaseException:   # a failed rank, a timeout or Ctrl-C: nothing left to wait for
+        _terminate(procs)
+        raise
     finally:
         _stop(procs)
+        del store   # closes the rendezvous server once no rank needs it
     return [values[r] for r in range(world_size)]
+
+
+def _start_with_sigint_blocked(procs: list) -> None:
+    """Start the processes with SIGINT blocked, a mask they keep across exec: a terminal's
+    Ctrl-C then interrupts only the parent. A Ctrl-C meanwhile waits for the unblock."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _collect(procs: list, results: mp.Queue, world_size: int, timeout_s: float | None,
+             on_message: Callable[[Any], None] | None) -> dict[int, Any]:
+    """The ranks' results by rank; WorkerError when one fails or the run times out."""
+    values: dict[int, Any] = {}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while len(values) < world_size:
+        try:
+            rank, ok, payload = results.get(timeout=POLL_S)
+        except queue.Empty:
+            if deadline is not None and time.monotonic() > deadline:
+                missing = sorted(set(range(world_size)) - set(values))
+                raise WorkerError(f"timed out after {timeout_s:.0f} s; ranks {missing} "
+                                  f"did not finish") from None
+            dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)
+                    and r not in values]
+            if dead and results.empty():
+                raise _root_cause(procs, results, values, None)
+            continue
+        if ok == "message":
+            on_message(pickle.loads(payload))
+            continue
+        if not ok:
+            raise _root_cause(procs, results, values, (rank, payload))
+        values[rank] = pickle.loads(payload)
+    return values
 
 
 def _root_cause(procs: list, results: mp.Queue, values: dict,
@@ -134,6 +197,13 @@ def _root_cause(procs: list, results: mp.Queue, values: dict,
         return WorkerError(f"rank {r} exited with code {procs[r].exitcode} without a result")
     rank, payload = errors[0]
     return WorkerError(f"rank {rank} failed:\n{payload}")
+
+
+def _terminate(procs: list) -> None:
+    """Terminate every rank still running (SIGTERM); `_stop` then reaps them."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
 
 
 def _stop(procs: list) -> None:

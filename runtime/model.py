@@ -6,8 +6,8 @@ shapes match). A stage's forward takes token ids (first stage) or the previous s
 states and returns hidden states, or on the last stage this rank's vocabulary slice of the
 logits ("lm" head) or scalar values [batch, seq] ("value" head).
 
-Train calls recompute activations (`recompute=True`, what the cost model prices with
-`costmodel.efficiency.RECOMPUTE_ACTIVATIONS`): each decoder block keeps only its input and
+Train calls recompute activations when their execution says so (`recompute=True`, from
+`Execution.recompute_activations`, which the cost model prices too): each decoder block keeps only its input and
 runs its forward again in backward (torch.utils.checkpoint, non-reentrant). The block's TP
 all-reduces run again in the same order on every TP rank, since all run the same graph.
 """

@@ -30,12 +30,16 @@ from planner.sharding.param_shards import (VALUE_HEAD_BIAS, VALUE_HEAD_WEIGHT, P
                                   stage_params)
 
 INIT_STD = 0.02  # HF LlamaConfig.initializer_range default
-_SEED_STRIDE = 2 ** 32
 
 
 def param_seed(seed: int, name: str) -> int:
-    """Seed of the generator that draws the full parameter `name`."""
-    return seed * _SEED_STRIDE + zlib.crc32(name.encode())
+    """Seed of the generator that draws the full parameter `name`: a 32-bit hash of both.
+
+    torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so the seed must
+    be mixed into those bits: `seed * 2**32 + crc32(name)` (what we did first) made every
+    seed draw the same weights.
+    """
+    return zlib.crc32(f"{seed}/{name}".encode())
 
 
 def check_layout_supported(spec: ModelSpec, tp: int, pp: int) -> None:

@@ -4,9 +4,10 @@ A train step runs `num_minibatches` optimizer updates, each over a contiguous gr
 given micro-batches (PPO-style several minibatches per step). Within a minibatch, stage s of
 pp runs min(pp - s - 1, M) warm-up forwards, then alternates one forward and one backward,
 then drains the remaining backwards (Megatron's non-interleaved 1F1B), so at most pp - s
-micro-batches' activations are alive. Each decoder block keeps only its input and recomputes
-its activations in backward (runtime/model.py; the cost model prices the same,
-costmodel.efficiency.RECOMPUTE_ACTIVATIONS).
+micro-batches' activations are alive. With `recompute_activations` (the train call's
+Execution.recompute_activations, which the cost model prices) each decoder block keeps only
+its input and recomputes its activations in backward (runtime/model.py); without, every
+block keeps its activations.
 
 The loss: `loss_fn(outputs, micro_batch)` returns the SUM of the loss over the items weighted
 by `micro_batch.loss_mask`; the engine divides by the total loss_mask weight of the minibatch
@@ -53,9 +54,10 @@ class _Schedule:
     """Forward and backward of each micro-batch of one minibatch on this stage."""
 
     def __init__(self, model: ParallelModel, micro_batches: list[MicroBatch], loss_fn: LossFn,
-                 normaliser: float, with_entropy: bool):
+                 normaliser: float, with_entropy: bool, recompute_activations: bool):
         self.model, self.micro_batches, self.loss_fn = model, micro_batches, loss_fn
         self.normaliser, self.with_entropy = normaliser, with_entropy
+        self.recompute_activations = recompute_activations
         self.link = StageLink(model.ctx, model.device.device)
         self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.loss_sum = 0.0
@@ -70,7 +72,8 @@ class _Schedule:
         else:
             x = self.link.recv_prev((batch, seq, model.spec.hidden_size), dev.dtype)
             x.requires_grad_(True)
-        out = model.forward_sequences(x, mb.attention_mask.to(dev.device), recompute=True)
+        out = model.forward_sequences(x, mb.attention_mask.to(dev.device),
+                                      recompute=self.recompute_activations)
         if ctx.is_last_stage:
             outputs = outputs_from_head(model, out, ids, self.with_entropy)
             out = self.loss_fn(outputs, mb) / self.normaliser
@@ -119,16 +122,20 @@ def _loss_normaliser(model: ParallelModel, micro_batches: list[MicroBatch]) -> f
 
 
 def train_step(model: ParallelModel, optimizer: Adam, micro_batches: list[MicroBatch],
-               loss_fn: LossFn, num_minibatches: int = 1, with_entropy: bool = False
-               ) -> list[TrainStats]:
-    """Run `num_minibatches` updates; every rank of the layout returns the same stats."""
+               loss_fn: LossFn, num_minibatches: int = 1, with_entropy: bool = False,
+               recompute_activations: bool = True) -> list[TrainStats]:
+    """Run `num_minibatches` updates; every rank of the layout returns the same stats.
+
+    `recompute_activations`: the train call's Execution.recompute_activations (whose default
+    this mirrors); the result is the same either way, only memory and time differ."""
     for p in model.params.values():
         p.requires_grad_(True)
     ctx = model.ctx
     stats = []
     for minibatch in _minibatches(micro_batches, num_minibatches):
         normaliser = _loss_normaliser(model, minibatch)
-        loss = _Schedule(model, minibatch, loss_fn, normaliser, with_entropy).run()
+        loss = _Schedule(model, minibatch, loss_fn, normaliser, with_entropy,
+                         recompute_activations).run()
         norm = optimizer.step()
         optimizer.zero_grad()
         total = torch.tensor(loss, dtype=torch.float64, device=model.device.device)

@@ -13,11 +13,13 @@ from planner.cli.estimate import estimate_as_mapping, estimate_as_text
 from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
 from planner.cli.plan_output import priced_plan
 from planner.domain.plan import save_plan
+from planner.domain.yamlio import check_writable_path
 from planner.search.pipeline import exact_judge
 from planner.search.builder import full_tables
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable_path(args.out, "--out")
     inputs = resolve_planning_inputs(args)
     workflow, cluster, calibration = inputs.workflow, inputs.cluster, inputs.calibration
     tables = full_tables(workflow, cluster, calibration=calibration)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from costmodel.calibration import save_calibration
+from costmodel.calibration import MAX_CORES_PER_NODE, save_calibration
 from costmodel.calibration_data import load_measured_plan, plan_path_for
 from costmodel.calibration_fit import FitResult, Residual, fit_calibration
-from planner.domain.errors import InputError
+from planner.cli.arguments import integer_in_range
+from planner.domain.yamlio import check_writable_path
 
 DESCRIPTION = """\
 Fit the cost model's efficiency factors to measured traces and write a calibrated profile.
@@ -62,8 +63,7 @@ def report(fit: FitResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.cores is not None and args.cores < 1:
-        raise InputError(f"--cores: got {args.cores}; give 1 or more")
+    check_writable_path(args.out, "--out")
     cases = []
     for text in args.traces:
         plan_path, trace_path = parse_pair(text)
@@ -83,7 +83,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="plan run traces (X.trace.json next to X.yaml, or PLAN=TRACE)")
     parser.add_argument("--out", required=True, metavar="PROFILE",
                         help="calibrated profile to write (e.g. profiles/cpu/calibration.yaml)")
-    parser.add_argument("--cores", type=int, default=None, metavar="N",
+    parser.add_argument("--cores", type=integer_in_range(1, MAX_CORES_PER_NODE), default=None,
+                        metavar="N",
                         help="CPU cores the device processes of one node share (default: "
                              "this machine's count)")
     parser.set_defaults(handler=run)

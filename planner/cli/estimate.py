@@ -10,13 +10,16 @@ from costmodel.calibration import load_calibration
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import DEFAULT_ITERATIONS, Estimate, estimate_plan
 from costmodel.simulator import memory_problem as _memory_problem
-from planner.domain.errors import InputError
+from planner.cli.arguments import integer_in_range
 from planner.domain.hardware import GIB
 from planner.domain.mesh import mesh_text
 from planner.domain.plan import Plan, load_plan
 
 
 SHORT_TRANSFER_S = 1e-3     # the text output lists transfers this long or longer
+# The estimate is the steady state, reached within a few iterations (the default is
+# DEFAULT_ITERATIONS); more only cost simulation time, and a thousand is far beyond need.
+MAX_ITERATIONS = 1_000
 
 
 def memory_problem(plan: Plan) -> str | None:
@@ -39,7 +42,18 @@ def estimate_as_mapping(plan: Plan, est: Estimate) -> dict:
             "reallocations": [{"name": n, "time_s": t} for n, t in est.realloc_times_s.items()],
             "transfers": [{"name": n, "time_s": t} for n, t in est.transfer_times_s.items()],
             "peak_memory_gib": max(est.peak_memory_bytes.values()) / GIB,
+            "memory_by_device": memory_by_device(plan, est),
             "critical_path": est.critical_path, "compute_source": est.compute_source}
+
+
+def memory_by_device(plan: Plan, est: Estimate) -> list[dict]:
+    """Per device: its peak, the node during which it occurs, and its parts (the
+    simulator's breakdown, costmodel.simulator.PlanMemory), in GiB."""
+    return [{"device": d, "mesh": mesh_text((d,), plan.cluster),
+             "peak_gib": est.peak_memory_bytes[d] / GIB, "during": est.memory.peak_node(d),
+             "parts": [{"kind": kind, "model": model, "gib": amount / GIB}
+                       for kind, model, amount in est.memory.device_parts[d]]}
+            for d in range(plan.cluster.num_devices)]
 
 
 def estimate_as_text(plan: Plan, est: Estimate) -> str:
@@ -66,8 +80,6 @@ def estimate_as_text(plan: Plan, est: Estimate) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.iterations < 2:
-        raise InputError(f"--iterations: got {args.iterations}; give 2 or more")
     plan = load_plan(Path(args.plan))
     costs = None
     if getattr(args, "profile", None):
@@ -92,11 +104,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "which). Exit 0 when feasible, 1 when it does not fit (reason printed), "
                     "2 on bad input. JSON keys: iteration_s, feasible, reason, calls "
                     "(name, model, devices, dp, tp, pp, micro_batches, time_s, "
-                    "peak_memory_gib), reallocations, transfers, compute_source.")
+                    "peak_memory_gib), reallocations, transfers, compute_source, "
+                    "memory_by_device (device, mesh, peak_gib, during, parts: kind, model, "
+                    "gib).")
     parser.add_argument("plan", metavar="PLAN.yaml", help="plan file")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
-    parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, metavar="K",
-                        help=f"iterations to simulate (default {DEFAULT_ITERATIONS}, at least 2)")
+    parser.add_argument("--iterations", type=integer_in_range(2, MAX_ITERATIONS),
+                        default=DEFAULT_ITERATIONS, metavar="K",
+                        help=f"iterations to simulate (default {DEFAULT_ITERATIONS}, from 2 to "
+                             f"{MAX_ITERATIONS:,})")
     add_profile_option(parser)
     parser.set_defaults(handler=run)
 

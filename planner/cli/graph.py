@@ -35,13 +35,10 @@ def graph_as_text(workflow: Workflow) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = _picture_path(args.out) if args.out else None
     workflow = resolve_workflow(args.workflow)
-    if args.out:
+    if out:
         from planner.figures.dataflow import draw_workflow
-        out = Path(args.out)
-        if out.suffix.lower() not in {".png", ".svg", ".pdf"}:
-            raise InputError(f"--out: {out}: unsupported picture type {out.suffix!r}; "
-                             f"valid: .png, .svg, .pdf")
         try:
             draw_workflow(workflow, out)
         except OSError as err:
@@ -52,6 +49,13 @@ def run(args: argparse.Namespace) -> int:
     elif not args.out:
         print(graph_as_text(workflow))
     return 0
+
+
+def _picture_path(out: str) -> Path:
+    """--out checked before any work (the figures package, and matplotlib with it, is only
+    imported when a picture is asked for)."""
+    from planner.figures.common import check_picture_path
+    return check_picture_path(Path(out))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costmodel.calibration import Calibration, load_calibration
+from planner.cli.arguments import non_negative_gib
 from planner.cli.estimate import add_profile_option
 from planner.domain.cluster import ClusterSpec, resolve_cluster, with_memory_headroom
 from planner.domain.workflow import Workflow
@@ -30,7 +31,7 @@ def add_planning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME|FILE",
                         help=f"built-in workflow or YAML file (default {DEFAULT_WORKFLOW})")
     add_profile_option(parser)
-    parser.add_argument("--memory-headroom", type=float, metavar="GIB",
+    parser.add_argument("--memory-headroom", type=non_negative_gib, metavar="GIB",
                         help="keep this much memory free on every device (allocator "
                              "fragmentation, other processes); default: the cluster file's "
                              "memory_headroom_gib, else 0")

@@ -10,11 +10,12 @@ class ProgressLine:
 
     WIDTH = 30
 
-    def __init__(self, label: str, total_s: float, stream=sys.stderr):
+    def __init__(self, label: str, total_s: float, stream=None):
         self.label = label
         self.total_s = total_s
-        self.stream = stream
-        self.enabled = stream.isatty()
+        # sys.stderr at call time, not at import (tests and tools replace it)
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = self.stream.isatty()
         self.drawn = False
 
     def update(self, evaluations: int, elapsed_s: float, best_s: float) -> None:

@@ -8,14 +8,19 @@ import sys
 from pathlib import Path
 
 from planner.domain.plan import load_plan
-from planner.domain.yamlio import atomic_write_text
+from planner.domain.yamlio import atomic_write_text, check_writable_path
 
 DESCRIPTION = """\
-Run a plan: one process per device of the plan's cluster on this machine (gloo on CPU, NCCL
-with one GPU per rank on CUDA). Every rank creates the process groups of every execution of
-the plan, creates the models (seeded random init), then runs the iterations call by call in
-the plan's order: parameter reallocations and data transfers follow the same schedules the
-cost model prices (planner.sharding.transfer_schedule); calls on disjoint meshes run at the same time.
+Run a plan: one process per device of the plan's cluster on this machine, on the plan's
+device kind and compute dtype (a cpu plan: gloo on CPU, fp32; a cuda plan: NCCL with one GPU
+per rank, in its hardware's dtype). Before any process starts, the plan is checked: the
+runtime must support it, this machine must have its device kind (and a GPU per rank), and
+it must fit in the memory of the devices at hand (the check of `plan check`).
+
+Every rank creates the process groups of every execution of the plan, creates the models
+(seeded random init), then runs the iterations call by call in the plan's order: parameter
+reallocations and data transfers follow the same schedules the cost model prices
+(planner.sharding.transfer_schedule); calls on disjoint meshes run at the same time.
 Prints one progress line per iteration (time, reward mean, losses, KL) and writes a JSON
 trace in the shape of `plan estimate --json` (iteration_s, calls, reallocations, transfers)
 plus nodes [{name, start_s, end_s, devices}] and per-iteration metrics. Peak memory: CUDA
@@ -27,28 +32,42 @@ model; learning is visible on tiny models within minutes of CPU time).
 
 Multi-node: run the worker under torchrun on every node, e.g.
   torchrun --nnodes 2 --nproc-per-node 8 --node-rank 0 --master-addr HOST --master-port 29500 \\
-      -m runtime.executor.worker PLAN.yaml --iterations 10 --trace run.json
+      -m planner.cli.torchrun_rank PLAN.yaml --iterations 10 --trace run.json
 (same options as here; --node-rank 1 on the second node; or --rdzv-backend c10d
 --rdzv-endpoint HOST:29500 --rdzv-id JOB). Rank 0 prints and writes the trace at the end.
 
-Exit codes: 0 done; 1 a rank failed (its rank and error are printed; every other rank is
-stopped at once); 2 bad input (one line)."""
+The trace's default name, PLAN.trace.json next to the plan, is in .gitignore, so a run of a
+shipped example in plans/ leaves the checkout clean. Under torchrun every node checks its
+own part (the node structure must be the plan's: nodes, processes per node, ranks
+node-major); a bad input is one line from each node's local rank 0, prefixed with its rank.
+
+Exit codes: 0 done; 1 the plan does not fit (the reason is printed, nothing is started) or a
+rank failed (its rank and error are printed; every other rank is stopped at once); 2 bad
+input (one line); 130 interrupted."""
 
 
 def run(args: argparse.Namespace) -> int:
+    from planner.cli.run_checks import PlanDoesNotFit, check_plan_fits_here
     from runtime.executor.config import config_from_args
-    from runtime.executor.launcher import run_plan
+    from runtime.executor.launcher import check_before_start, run_plan
     from runtime.launch import WorkerError
 
+    out = Path(args.trace) if args.trace else Path(args.plan).with_suffix(".trace.json")
+    check_writable_path(out, "--trace")
     config = config_from_args(args)
     plan = load_plan(Path(args.plan))
+    world = plan.cluster.num_devices
     try:
+        check_before_start(plan, config, args.plan, world)
+        check_plan_fits_here(plan, args.plan, world, {h.name for h in plan.cluster.node_hardware})
         trace, _ = run_plan(plan, config, emit=lambda line: print(line, flush=True),
                             source=args.plan)
+    except PlanDoesNotFit as err:
+        print(f"plan run: {err}; nothing was started", file=sys.stderr)
+        return 1
     except WorkerError as err:
         print(f"plan run: error: {err}", file=sys.stderr)
         return 1
-    out = Path(args.trace) if args.trace else Path(args.plan).with_suffix(".trace.json")
     atomic_write_text(out, json.dumps(trace, indent=1))
     print(f"iteration {trace['iteration_s']:.3f} s (steady state); trace: {out}")
     return 0

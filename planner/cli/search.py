@@ -8,21 +8,70 @@ import signal
 import sys
 from pathlib import Path
 
+from planner.cli.arguments import positive_seconds
 from planner.cli.estimate import estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
 from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
-from planner.domain.errors import InputError
 from planner.domain.hardware import GIB
 from planner.search.mcmc import MCMCSettings
-from planner.domain.paths import PLANS_DIR
 from planner.domain.plan import save_plan
+from planner.domain.yamlio import check_writable_path
 from planner.cli.progress import ProgressLine
 from planner.search.pipeline import SearchOutcome, search
 
+INTERRUPTED_EXIT_CODE = 130   # as planner.cli.main: 128 + SIGINT
+DEFAULT_OUT_SUFFIX = ".plan.yaml"   # .gitignore lists *.plan.yaml
 
 
 def default_out_path(workflow_name: str, cluster_name: str) -> Path:
-    return PLANS_DIR / f"{Path(workflow_name).stem}-{Path(cluster_name).stem}.yaml"
+    """`<workflow>-<cluster>.plan.yaml` in the current directory (a file name's stem), not in
+    the source tree: running the README's `plan search` in the checkout leaves it clean."""
+    return Path(f"{Path(workflow_name).stem}-{Path(cluster_name).stem}{DEFAULT_OUT_SUFFIX}")
+
+
+class StopChainsOnInterrupt:
+    """Ctrl-C handling of `plan search`, installed once the MCMC chains run.
+
+    Before the chains run (table building, numba warm-up, baselines) nothing is worth
+    saving, so SIGINT keeps Python's handler: KeyboardInterrupt, which `plan` reports as
+    `interrupted` with exit 130. The first progress report of the chains calls
+    `chains_started`; from then on the first Ctrl-C only asks the chains to stop
+    (`requested`), so the best plan so far is re-priced and written, and it puts Python's
+    handler back so a second Ctrl-C aborts at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous_handler = None
+
+    def chains_started(self) -> None:
+        if self._previous_handler is None:
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_first_interrupt)
+
+    def _on_first_interrupt(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous_handler)
+
+    def restore(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+
+
+def run_search(workflow, cluster, settings: MCMCSettings, progress: ProgressLine | None,
+               interrupt: StopChainsOnInterrupt, calibration) -> SearchOutcome:
+    """`search` with the progress line and Ctrl-C handling of `plan search`."""
+    def on_progress(evaluations: int, elapsed_s: float, best_s: float) -> None:
+        interrupt.chains_started()
+        if progress:
+            progress.update(evaluations, elapsed_s, best_s)
+
+    try:
+        return search(workflow, cluster, settings, progress=on_progress,
+                      should_stop=lambda: interrupt.requested, calibration=calibration)
+    finally:
+        interrupt.restore()
+        if progress:
+            progress.close()
 
 
 def search_stats(outcome: SearchOutcome, evaluations_per_s: float) -> dict:
@@ -37,28 +86,14 @@ def search_stats(outcome: SearchOutcome, evaluations_per_s: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.time_limit <= 0:
-        raise InputError(f"--time-limit: got {args.time_limit}; give a positive number of "
-                         f"seconds")
+    out = Path(args.out) if args.out else default_out_path(args.workflow, args.cluster)
+    check_writable_path(out, "--out")
     inputs = resolve_planning_inputs(args)
     workflow, cluster, calibration = inputs.workflow, inputs.cluster, inputs.calibration
-    out = Path(args.out) if args.out else default_out_path(args.workflow, args.cluster)
     settings = MCMCSettings(seed=args.seed, time_limit_s=args.time_limit)
     progress = None if args.json else ProgressLine("searching", args.time_limit)
-    interrupted = {"flag": False}
-
-    def on_interrupt(signum, frame):   # Ctrl-C: stop the chains, keep the best so far
-        interrupted["flag"] = True
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        outcome = search(workflow, cluster, settings,
-                         progress=progress.update if progress else None,
-                         should_stop=lambda: interrupted["flag"], calibration=calibration)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if progress:
-            progress.close()
+    interrupt = StopChainsOnInterrupt()
+    outcome = run_search(workflow, cluster, settings, progress, interrupt, calibration)
     if outcome.best is None:
         where = f" ({outcome.unplaceable_call} fits on no mesh even alone)" \
             if outcome.unplaceable_call else ""
@@ -82,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                           "stopped_by": mcmc.stopped_by, "table_build_s": outcome.build_s}
         data["plan_path"] = str(out)
         print(json.dumps(data, indent=2))
-        return 0
+        return exit_code_after_writing(interrupt, out)
     print(estimate_as_text(plan, outcome.best.estimate))
     print(f"search: {mcmc.evaluations:,} plan evaluations in {mcmc.wall_s:.1f} s "
           f"({rate:,.0f}/s), stopped by {mcmc.stopped_by}, seed {args.seed}")
@@ -92,7 +127,17 @@ def run(args: argparse.Namespace) -> int:
             f"{seconds:9.2f} s  -> searched plan is {seconds / best_s:.2f}x faster"
         print(f"  {name:<18} {text}")
     print(f"wrote {out}")
-    return 0
+    return exit_code_after_writing(interrupt, out)
+
+
+def exit_code_after_writing(interrupt: StopChainsOnInterrupt, out: Path) -> int:
+    """Exit code once the plan is written: 130 after a Ctrl-C (so a script that runs
+    `plan search && plan run` stops there too), else 0."""
+    if not interrupt.requested:
+        return 0
+    print(f"plan search: interrupted; wrote the best plan found so far to {out}",
+          file=sys.stderr)
+    return INTERRUPTED_EXIT_CODE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -102,14 +147,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "parameter reallocation between them) for the plan with the shortest "
                     "estimated iteration time, and compare it with today's heuristic plans. "
                     "With no arguments: PPO with four LLaMA-7B models on one node of eight "
-                    "H100. Ctrl-C stops the search and writes the best plan found so far. "
-                    "Exit 1 when no plan fits the cluster.")
+                    "H100. Ctrl-C stops the search and writes the best plan found so far "
+                    "(while it is still pricing candidates, before the chains run, it just "
+                    "stops). Exit 1 when no plan fits the cluster, 130 when interrupted.")
     add_planning_options(parser)
-    parser.add_argument("--time-limit", type=float, default=60.0, metavar="S",
+    parser.add_argument("--time-limit", type=positive_seconds, default=60.0, metavar="S",
                         help="stop the search after S seconds (default 60; it usually stops "
                              "earlier, when the best plan stops improving)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", metavar="FILE",
-                        help="plan file to write (default plans/<workflow>-<cluster>.yaml)")
+                        help="plan file to write (default <workflow>-<cluster>.plan.yaml "
+                             "in the current directory)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from costmodel.simulator import Estimate, estimate_plan
 from planner.domain.augment import augmented_graph, reallocations, transfers
-from planner.figures.common import format_seconds, short_realloc, split_node_id
+from planner.figures.common import device_label, format_seconds, short_realloc, split_node_id
 from planner.domain.hardware import GIB
 from planner.domain.mesh import mesh_text
 from planner.domain.plan import Plan, load_plan, plan_to_mapping
@@ -36,6 +36,20 @@ def critical_path_lines(plan: Plan, est: Estimate) -> list[str]:
     return [textwrap.fill(f"  iteration {i}: " + " -> ".join(items), TEXT_WIDTH,
                           subsequent_indent=" " * 6, break_on_hyphens=False)
             for i, items in by_iteration.items()]
+
+
+def peak_device_lines(plan: Plan, est: Estimate) -> list[str]:
+    """The highest device's peak memory, part by part (the simulator's breakdown)."""
+    device = max(est.peak_memory_bytes, key=est.peak_memory_bytes.get)
+    node = est.memory.peak_node(device)
+    during = f" during {short_realloc(node)}" if node else ""
+    capacity = plan.cluster.usable_memory_bytes(device) / GIB
+    lines = [f"memory of the peak device {device_label(plan.cluster, device)}: "
+             f"{est.peak_memory_bytes[device] / GIB:.1f} GiB{during}, "
+             f"capacity {capacity:.1f} GiB"]
+    for kind, model, amount in est.memory.device_parts[device]:
+        lines.append(f"  {model:<8} {kind.replace('_', ' '):<16} {amount / GIB:>8.2f} GiB")
+    return lines
 
 
 def plan_as_text(plan: Plan, est: Estimate) -> str:
@@ -75,6 +89,7 @@ def plan_as_text(plan: Plan, est: Estimate) -> str:
     fits = "fits in device memory" if est.feasible else f"DOES NOT FIT: {est.reason}"
     lines.append(f"estimate: {est.iteration_s:.2f} s per iteration (steady state), peak "
                  f"memory {peak:.1f} GiB, {fits}")
+    lines.extend(peak_device_lines(plan, est))
     lines.append(f"compute times from: {est.compute_source}")
     stale = _stale_note(plan, est)
     if stale:
@@ -111,7 +126,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "(dXtYpZmW = data x tensor x pipeline degrees, micro-batches), its "
                     "estimated seconds and peak memory, the reallocations and data transfers "
                     "the plan implies with their times, the steady-state seconds per "
-                    "iteration, and the critical path of the simulated schedule. The "
+                    "iteration, the memory of the device with the highest peak part by part "
+                    "(weights, gradients, optimizer states, activations, KV cache, logits, "
+                    "workspace, weights copy, receive buffer; per model), and the critical "
+                    "path of the simulated schedule. The "
                     "estimate is recomputed with the current cost model. --json prints the "
                     "plan file's content as JSON instead.")
     parser.add_argument("plan", metavar="PLAN.yaml", help="plan file")

@@ -24,8 +24,32 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.domain.errors import InputError, describe_validation_error
-from planner.domain.hardware import GIB, HardwareSpec, hardware_by_name
+from planner.domain.hardware import (GIB, MAX_BANDWIDTH_GB_PER_S, MAX_DEVICE_MEMORY_GIB,
+                                     MAX_LATENCY_US, HardwareSpec, hardware_by_name)
 from planner.domain.yamlio import load_yaml_mapping, resolve_preset_or_file
+
+# Size limits of a cluster. The largest training clusters today have of the order of
+# 100,000 accelerators on some 12,500 nodes, so these leave a wide margin for real clusters
+# while a stray digit (nodes: 10000000) is refused instead of building tables for millions
+# of nodes.
+MAX_NODES = 65_536
+# GPU nodes hold 8 devices (72 when an NVL72 rack is one node); a CPU node runs one process
+# per core, a few hundred at most.
+MAX_DEVICES_PER_NODE = 1_024
+# Every node group together: the planner keeps per-device tuples and tables.
+MAX_DEVICES = 1_048_576
+
+
+def cluster_size_problem(groups: list[tuple[int, int]]) -> str | None:
+    """Why (nodes, devices_per_node) groups exceed MAX_NODES or MAX_DEVICES together, or
+    None."""
+    nodes = sum(n for n, _ in groups)
+    devices = sum(n * d for n, d in groups)
+    if nodes > MAX_NODES:
+        return f"{nodes:,} nodes in all; a cluster may have at most {MAX_NODES:,}"
+    if devices > MAX_DEVICES:
+        return f"{devices:,} devices in all; a cluster may have at most {MAX_DEVICES:,}"
+    return None
 
 
 class NodeGroup(BaseModel):
@@ -33,23 +57,34 @@ class NodeGroup(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    nodes: int = Field(ge=1)
-    devices_per_node: int = Field(ge=1)
+    nodes: int = Field(ge=1, le=MAX_NODES)
+    devices_per_node: int = Field(ge=1, le=MAX_DEVICES_PER_NODE)
     hardware: HardwareSpec
 
 
 class ClusterSpec(BaseModel):
     """A resolved cluster: what plans store and what the cost model reads."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     node_groups: tuple[NodeGroup, ...] = Field(min_length=1)
-    inter_node_bandwidth_gb_per_s: float = Field(gt=0)
-    inter_node_latency_us: float = Field(ge=0)
+    inter_node_bandwidth_gb_per_s: float = Field(gt=0, le=MAX_BANDWIDTH_GB_PER_S)
+    inter_node_latency_us: float = Field(ge=0, le=MAX_LATENCY_US)
     memory_headroom_gib: float = Field(default=0.0, ge=0, description=(
         "memory kept free on every device (allocator fragmentation, other processes): plans "
         "must fit in the device's memory minus this"))
+
+    @model_validator(mode="after")
+    def _check_size_and_headroom(self) -> "ClusterSpec":
+        problem = cluster_size_problem([(g.nodes, g.devices_per_node) for g in self.node_groups])
+        if problem:
+            raise ValueError(f"node_groups: {problem}")
+        smallest = min(g.hardware.memory_gib for g in self.node_groups)
+        if self.memory_headroom_gib >= smallest:
+            raise ValueError(f"memory_headroom_gib {self.memory_headroom_gib} GiB leaves no "
+                             f"memory; give less than the smallest device memory, {smallest} GiB")
+        return self
 
     def usable_memory_bytes(self, device: int) -> float:
         """What a plan may use on `device`: its memory less the headroom."""
@@ -108,24 +143,27 @@ class NodeGroupFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    nodes: int = Field(ge=1)
-    devices_per_node: int = Field(ge=1)
+    nodes: int = Field(ge=1, le=MAX_NODES)
+    devices_per_node: int = Field(ge=1, le=MAX_DEVICES_PER_NODE)
     device: str
 
 
 class ClusterFile(BaseModel):
     """The cluster YAML a user writes (short form or node groups)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: Optional[str] = Field(default=None, description="defaults to the file's stem")
-    nodes: Optional[int] = Field(default=None, ge=1)
-    devices_per_node: Optional[int] = Field(default=None, ge=1)
+    nodes: Optional[int] = Field(default=None, ge=1, le=MAX_NODES)
+    devices_per_node: Optional[int] = Field(default=None, ge=1, le=MAX_DEVICES_PER_NODE)
     device: Optional[str] = None
     node_groups: Optional[list[NodeGroupFile]] = None
-    inter_node_bandwidth_gb_per_s: Optional[float] = Field(default=None, gt=0)
-    inter_node_latency_us: Optional[float] = Field(default=None, ge=0)
-    memory_headroom_gib: float = Field(default=0.0, ge=0)
+    inter_node_bandwidth_gb_per_s: Optional[float] = Field(default=None, gt=0,
+                                                           le=MAX_BANDWIDTH_GB_PER_S)
+    inter_node_latency_us: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_US)
+    memory_headroom_gib: float = Field(default=0.0, ge=0, le=MAX_DEVICE_MEMORY_GIB,
+                                       description="checked against the devices' memory "
+                                                   "once they are known (with_memory_headroom)")
 
     @model_validator(mode="after")
     def _one_form(self) -> "ClusterFile":
@@ -138,6 +176,15 @@ class ClusterFile(BaseModel):
                 raise ValueError("node_groups is empty; list at least one group")
         elif any(v is None for v in short):
             raise ValueError("give nodes, devices_per_node and device (or node_groups)")
+        return self
+
+    @model_validator(mode="after")
+    def _within_size_limits(self) -> "ClusterFile":
+        """Runs after _one_form (pydantic keeps their order), so groups() is defined."""
+        problem = cluster_size_problem([(g.nodes, g.devices_per_node) for g in self.groups()])
+        if problem:
+            form = "node_groups" if self.node_groups is not None else "nodes x devices_per_node"
+            raise ValueError(f"{form}: {problem}")
         return self
 
     def groups(self) -> list[NodeGroupFile]:

@@ -98,7 +98,8 @@ def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
         return problem
     if call.kind != "train" and not (ex.shard_optimizer_over_dp and ex.recompute_activations):
         return ("shard_optimizer_over_dp and recompute_activations apply to train calls only; "
-                f"{call.name} is a {call.kind} call (leave them out)")
+                f"{call.name} is {'an' if call.kind == 'inference' else 'a'} {call.kind} call "
+                f"(leave them out)")
     nodes = {cluster.device_node[d] for d in ex.devices}
     node_sizes = {cluster.node_devices_per_node[n] for n in nodes}
     # TP groups are adjacent mesh positions: inside one node they always fit; across whole

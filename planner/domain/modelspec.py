@@ -9,32 +9,47 @@ tied. A critic or reward model replaces the head with a scalar value head of h (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner.domain.errors import describe_validation_error
+from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.yamlio import load_json_input
 
 HeadKind = Literal["lm", "value"]
+
+# Upper bounds of the architecture numbers: several times the largest published model
+# (Llama 3.1 405B: 126 layers, hidden 16,384, 128 heads, MLP 53,248; vocabularies up to
+# 262,144 (Gemma 3); contexts up to 10M tokens (Llama 4 Scout)), so a real config always
+# fits and a stray digit is refused before it becomes a memory estimate in exabytes.
+MAX_LAYERS = 1_024
+MAX_HIDDEN_SIZE = 131_072
+MAX_HEADS = 4_096
+MAX_INTERMEDIATE_SIZE = 1_048_576
+MAX_VOCAB_SIZE = 4_194_304
+MAX_POSITIONS = 16_777_216
+# Published RoPE bases run from 1e4 to about 1e9 (long-context variants).
+MAX_ROPE_THETA = 1e12
+# RMSNorm epsilons are 1e-5 or 1e-6; one near 1 would swamp the activations it normalises.
+MAX_NORM_EPS = 1.0
 
 
 class ModelSpec(BaseModel):
     """Architecture of one decoder-only model of the LLaMA family."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
-    num_layers: int = Field(ge=1)
-    hidden_size: int = Field(ge=1)
-    num_heads: int = Field(ge=1)
-    num_kv_heads: int = Field(ge=1)
-    intermediate_size: int = Field(ge=1)
-    vocab_size: int = Field(ge=2)
-    max_positions: int = Field(ge=1)
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
+    num_layers: int = Field(ge=1, le=MAX_LAYERS)
+    hidden_size: int = Field(ge=1, le=MAX_HIDDEN_SIZE)
+    num_heads: int = Field(ge=1, le=MAX_HEADS)
+    num_kv_heads: int = Field(ge=1, le=MAX_HEADS)
+    intermediate_size: int = Field(ge=1, le=MAX_INTERMEDIATE_SIZE)
+    vocab_size: int = Field(ge=2, le=MAX_VOCAB_SIZE)
+    max_positions: int = Field(ge=1, le=MAX_POSITIONS)
+    rope_theta: float = Field(default=10000.0, gt=0, le=MAX_ROPE_THETA)
+    norm_eps: float = Field(default=1e-5, gt=0, le=MAX_NORM_EPS)
     attention_bias: bool = False
     tie_embeddings: bool = False
 
@@ -146,14 +161,18 @@ _SUPPORTED_HF_TYPES = {"llama", "qwen2", "mistral"}
 def spec_from_hf_config(config_path: Path) -> ModelSpec:
     """Read a ModelSpec from a local HF `config.json` (LLaMA, Qwen2 or Mistral type).
 
-    Raises ValueError with the file and field when the config is not of a supported kind.
+    Raises ValueError with the file and field when the config cannot be read (not a regular
+    file, not UTF-8 JSON, NaN or infinite numbers) or is not of a supported kind.
     """
     try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{config_path}: cannot read HF config ({err})") from None
+        config = load_json_input(config_path)
+    except InputError as err:
+        raise ValueError(str(err)) from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: (top level): expected an HF config object, got "
+                         f"{type(config).__name__}")
     model_type = config.get("model_type")
-    if model_type not in _SUPPORTED_HF_TYPES:
+    if not isinstance(model_type, str) or model_type not in _SUPPORTED_HF_TYPES:
         raise ValueError(f"{config_path}: model_type {model_type!r} is not supported; "
                          f"valid: {sorted(_SUPPORTED_HF_TYPES)}")
     fields: dict = {"name": config_path.parent.name}
@@ -161,7 +180,11 @@ def spec_from_hf_config(config_path: Path) -> ModelSpec:
         if hf_key in config and config[hf_key] is not None:
             fields[field] = config[hf_key]
     fields.setdefault("num_kv_heads", fields.get("num_heads"))
-    fields["attention_bias"] = bool(config.get("attention_bias", model_type == "qwen2"))
+    attention_bias = config.get("attention_bias", model_type == "qwen2")
+    if not isinstance(attention_bias, bool):
+        raise ValueError(f"{config_path}: attention_bias: got {attention_bias!r}; give true or "
+                         f"false")
+    fields["attention_bias"] = attention_bias
     missing = [hf for hf, f in _HF_KEYS.items() if f not in fields
                and f in {"num_layers", "hidden_size", "num_heads", "intermediate_size",
                          "vocab_size", "max_positions"}]
@@ -181,7 +204,10 @@ def resolve_model(name_or_path: str, base_dir: Path | None = None) -> ModelSpec:
     path = Path(name_or_path)
     if base_dir is not None and not path.is_absolute():
         path = base_dir / path
-    if path.is_dir() and (path / "config.json").is_file():
-        return spec_from_hf_config(path / "config.json")
+    config = path / "config.json"
+    # exists(), not is_file(): a FIFO or a folder named config.json is refused by the reader
+    # with its reason rather than reported as an unknown model.
+    if path.is_dir() and config.exists():
+        return spec_from_hf_config(config)
     raise ValueError(f"unknown model {name_or_path!r}; valid: {sorted(PRESETS)} "
                      f"or a directory with an HF config.json")

@@ -2,7 +2,8 @@
 
 The file is self-contained enough to re-estimate and to run: schema version, the resolved
 workflow (model specs and batch), the resolved cluster, one execution per call (mesh as
-device ids and as `node:slots` text, dp, tp, pp, micro-batches), the augmented steps
+device ids and as `node:slots` text, dp, tp, pp, micro-batches, and for a train call its run
+policy: shard_optimizer_over_dp, recompute_activations), the augmented steps
 (reallocations and transfers; derived, rewritten on save), the estimate when one was made,
 and provenance. Saving, loading and saving again gives byte-identical text.
 """
@@ -81,6 +82,10 @@ class ExecutionEntry(BaseModel):
     tp: int = Field(ge=1)
     pp: int = Field(ge=1)
     micro_batches: int = Field(default=1, ge=1)
+    # Train calls only (planner.domain.layout.Execution says what each does, and holds the
+    # defaults); the file of a train call always has them, other calls leave them out.
+    shard_optimizer_over_dp: bool = Execution.model_fields["shard_optimizer_over_dp"].default
+    recompute_activations: bool = Execution.model_fields["recompute_activations"].default
 
 
 class PlanFile(BaseModel):
@@ -113,7 +118,9 @@ def _resolve_execution(name: str, entry: ExecutionEntry, cluster: ClusterSpec,
                              f"but devices says {list(devices)}")
         devices = from_text
     return Execution(devices=tuple(devices), dp=entry.dp, tp=entry.tp, pp=entry.pp,
-                     micro_batches=entry.micro_batches)
+                     micro_batches=entry.micro_batches,
+                     shard_optimizer_over_dp=entry.shard_optimizer_over_dp,
+                     recompute_activations=entry.recompute_activations)
 
 
 def plan_from_mapping(data: dict[str, Any], source: str) -> Plan:
@@ -147,9 +154,12 @@ def plan_to_mapping(plan: Plan) -> dict[str, Any]:
     executions = {}
     for name in order:
         ex = plan.executions[name]
-        executions[name] = {"mesh": mesh_text(ex.devices, plan.cluster),
-                            "devices": list(ex.devices), "dp": ex.dp, "tp": ex.tp,
-                            "pp": ex.pp, "micro_batches": ex.micro_batches}
+        entry = {"mesh": mesh_text(ex.devices, plan.cluster), "devices": list(ex.devices),
+                 "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "micro_batches": ex.micro_batches}
+        if plan.workflow.call_by_name[name].kind == "train":
+            entry["shard_optimizer_over_dp"] = ex.shard_optimizer_over_dp
+            entry["recompute_activations"] = ex.recompute_activations
+        executions[name] = entry
     augmented = {
         "reallocations": [{"model": r.model, "from": r.src_call, "to": r.dst_call,
                            "next_iteration": r.wraps}

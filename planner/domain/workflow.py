@@ -21,6 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from planner.domain.modelspec import HeadKind, ModelSpec
 
 CallKind = Literal["generate", "inference", "train"]
+
+# Batch limits: RLHF iterations process hundreds to a few thousand sequences of up to some
+# 100k tokens, so these leave a wide margin while a stray digit is refused before it
+# turns into an estimate of years.
+MAX_SEQS_PER_ITERATION = 1_048_576
+MAX_TOKENS_PER_SEQUENCE = 1_048_576
 Algorithm = Literal["ppo", "grpo", "remax", "dpo", "rloo", "custom"]
 
 
@@ -57,11 +63,11 @@ class BatchSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    n_seqs: int = Field(ge=1)
-    prompt_len: int = Field(ge=1)
-    gen_len: int = Field(ge=1)
-    ppo_minibatches: int = Field(default=1, ge=1)
-    group_size: int = Field(default=1, ge=1)
+    n_seqs: int = Field(ge=1, le=MAX_SEQS_PER_ITERATION)
+    prompt_len: int = Field(ge=1, le=MAX_TOKENS_PER_SEQUENCE)
+    gen_len: int = Field(ge=1, le=MAX_TOKENS_PER_SEQUENCE)
+    ppo_minibatches: int = Field(default=1, ge=1, le=MAX_SEQS_PER_ITERATION)
+    group_size: int = Field(default=1, ge=1, le=MAX_SEQS_PER_ITERATION)
 
     @model_validator(mode="after")
     def _check(self) -> "BatchSpec":

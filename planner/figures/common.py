@@ -1,4 +1,5 @@
-"""Helpers shared by the plan figures: colours, device labels, node names, output checks."""
+"""Helpers shared by the plan figures and `plan show` (no matplotlib): device labels, node
+names, output checks."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from pathlib import Path
 
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError
-from planner.figures.dataflow import model_colours, save_figure  # noqa: F401 (re-exported)
 from planner.domain.plan import Plan
+from planner.domain.yamlio import check_writable_path
 
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 REALLOC_PREFIX = "realloc:"
@@ -15,22 +16,19 @@ TRANSFER_PREFIX = "transfer:"  # the runtime's trace names data transfers transf
 
 
 def check_picture_path(out: Path, option: str = "--out") -> Path:
-    """The output path, or InputError when its suffix is not a picture type we write."""
+    """The output path, or InputError when its suffix is not a picture type we write or a
+    file cannot be written there (yamlio.check_writable_path)."""
     out = Path(out)
     if out.suffix.lower() not in PICTURE_SUFFIXES:
         raise InputError(f"{option}: {out}: unsupported picture type {out.suffix or '(none)'!r};"
                          f" valid: {', '.join(PICTURE_SUFFIXES)}")
+    check_writable_path(out, option)
     return out
 
 
 def device_label(cluster: ClusterSpec, device: int) -> str:
     """`node:slot` of one device, the form `plan show` uses for meshes."""
     return f"{cluster.device_node[device]}:{cluster.slot_of(device)}"
-
-
-def plan_colours(plan: Plan) -> dict[str, tuple]:
-    """One colour per model role of the plan's workflow (same as `plan graph`)."""
-    return model_colours(list(plan.workflow.models))
 
 
 def split_node_id(node_id: str) -> tuple[int, str]:

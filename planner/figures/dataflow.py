@@ -11,15 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 
 from planner.domain.workflow import Workflow  # noqa: E402
-from planner.domain.yamlio import atomic_write_bytes  # noqa: E402
+from planner.figures.canvas import model_colours, save_figure  # noqa: E402
 
 KIND_MARKERS = {"generate": "o", "inference": "s", "train": "D"}
-
-
-def model_colours(roles: list[str]) -> dict[str, tuple]:
-    """One colour per model role, stable for a given role list."""
-    palette = plt.get_cmap("tab10")
-    return {role: palette(i % 10) for i, role in enumerate(roles)}
 
 
 def layered_positions(graph: nx.DiGraph, order: tuple[str, ...]) -> dict[str, tuple[float, float]]:
@@ -66,13 +60,3 @@ def draw_workflow(workflow: Workflow, out: Path) -> None:
     ax.axis("off")
     fig.tight_layout()
     save_figure(fig, out)
-
-
-def save_figure(fig: plt.Figure, out: Path) -> None:
-    """Render to memory, then write atomically, and close the figure."""
-    import io
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=Path(out).suffix.lstrip(".").lower(), dpi=130,
-                bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(Path(out), buffer.getvalue())

@@ -45,6 +45,6 @@ def draw_plan_figure(plan: Plan, kind: str, out: Path, label: str,
         draw_placement(plan, est, out, heading)
     elif kind == "memory":
         from planner.figures.memory import draw_memory
-        draw_memory(plan, est, costs, out, heading)
+        draw_memory(plan, est, out, heading)
     else:
         raise AssertionError(kind)

@@ -19,8 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from costmodel.simulator import Estimate  # noqa: E402
+from planner.figures.canvas import plan_colours, save_figure  # noqa: E402
 from planner.figures.common import (REALLOC_PREFIX, device_label, format_seconds,  # noqa: E402
-                                    plan_colours, save_figure, short_realloc, split_node_id)
+                                    short_realloc, split_node_id)
 from planner.figures.trace import MeasuredNode  # noqa: E402
 from planner.domain.plan import Plan  # noqa: E402
 

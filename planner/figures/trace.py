@@ -13,7 +13,6 @@ peak memory, ...) are ignored.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +22,13 @@ from planner.domain.errors import InputError, describe_validation_error
 from planner.domain.augment import reallocations
 from planner.figures.common import node_model, split_node_id
 from planner.domain.plan import Plan
+from planner.domain.yamlio import load_json_input
 
 
 class TraceNode(BaseModel):
     """One measured node; extra keys written by the runtime are allowed and ignored."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     start_s: float
@@ -65,14 +65,7 @@ class MeasuredNode:
 def load_trace(path: Path, plan: Plan) -> list[MeasuredNode]:
     """The trace's nodes, checked against the plan; InputError (one line) on any problem."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read ({err.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
+    data = load_json_input(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: (top level): expected an object with a 'nodes' list, got "
                          f"{type(data).__name__}")

@@ -1,8 +1,9 @@
 """Building the search tables: candidates of every call, priced by the cost model, pruned.
 
 Pricing uses costmodel.call_cost (time and memory of a call on an execution). On clusters
-whose nodes are alike, a call's cost depends on its layout and on how many devices of which
-nodes its mesh spans, not on which node: prices are cached by that shape.
+whose nodes are alike, a call's cost depends on its layout, its run policy (ZeRO-1,
+recomputation) and on how many devices of which nodes its mesh spans, not on which node:
+prices are cached by that shape.
 
 Pruning (neither step can remove the optimum):
 1. candidates that do not fit in memory even alone on their devices are dropped;
@@ -19,7 +20,7 @@ from collections import defaultdict
 import numpy as np
 
 from costmodel.call_cost import call_memory, call_time
-from planner.domain.augment import model_call_pairs
+from planner.domain.augment import model_call_pairs, priority_order
 from planner.domain.cluster import ClusterSpec
 from planner.domain.data_keys import payload_bytes
 from planner.domain.layout import Execution
@@ -40,6 +41,11 @@ def mesh_shape(devices: tuple[int, ...], cluster: ClusterSpec) -> tuple:
     return tuple((cluster.node_hardware[n].name, c) for n, c in sorted(counts.items()))
 
 
+# What CallPricer.price returns, in order: the CallTable columns it fills.
+PRICE_COLUMNS = ("time_s", "weights_bytes", "state_bytes", "activation_bytes",
+                 "alone_peak_bytes")
+
+
 class CallPricer:
     """Time and memory of (call, execution), cached by mesh shape on alike nodes."""
 
@@ -47,7 +53,7 @@ class CallPricer:
         self.workflow = workflow
         self.cluster = cluster
         self.calibration = calibration
-        self.cache: dict[tuple, tuple[float, float, float, float]] = {}
+        self.cache: dict[tuple, tuple[float, ...]] = {}
         self.shapes: dict[tuple[int, ...], tuple] = {}
         self.capacities: dict[tuple[int, ...], float] = {}
 
@@ -65,32 +71,35 @@ class CallPricer:
         return self.capacities[devices]
 
     def price(self, call: ModelFunctionCall, execution: Execution) -> tuple[float, ...]:
-        """(time_s, weights_bytes, state_bytes, working_bytes), bytes per device (max)."""
-        key = (call.name, execution.dp, execution.tp, execution.pp, execution.micro_batches,
-               self.shape_of(execution.devices))
+        """PRICE_COLUMNS of (call, execution): seconds, and bytes per device (the largest
+        over the mesh) read from its CallMemory."""
+        ex = execution
+        # Everything the price depends on but the devices themselves (module docstring).
+        key = (call.name, ex.dp, ex.tp, ex.pp, ex.micro_batches, ex.shard_optimizer_over_dp,
+               ex.recompute_activations, self.shape_of(ex.devices))
         if key not in self.cache:
             role: ModelRole = self.workflow.models[call.model]
             batch = self.workflow.batch
-            seconds = call_time(call, role, execution, batch, self.cluster,
+            seconds = call_time(call, role, ex, batch, self.cluster,
                                 calibration=self.calibration).time_s
-            memory = call_memory(call, role, execution, batch, self.cluster)
+            memory = call_memory(call, role, ex, batch, self.cluster)
             self.cache[key] = (seconds, float(memory.weights_bytes.max()),
-                               float(memory.train_state_bytes.max()),
-                               float(memory.working_bytes.max()))
+                               float(memory.resident_bytes.max()),
+                               float(memory.working_bytes.max()),
+                               float(memory.alone_bytes().max()))
         return self.cache[key]
 
 
 def _call_table(call: ModelFunctionCall, executions: list[Execution], pricer: CallPricer,
                 placement_ids: dict) -> CallTable:
     prices = np.array([pricer.price(call, e) for e in executions], dtype=np.float64)
-    prices = prices.reshape(len(executions), 4)
+    prices = prices.reshape(len(executions), len(PRICE_COLUMNS))
     capacity = np.array([pricer.capacity_bytes(e.devices) for e in executions])
     placement = np.array([placement_ids.setdefault(e.placement, len(placement_ids))
                           for e in executions], dtype=np.int64)
+    columns = {name: prices[:, i] for i, name in enumerate(PRICE_COLUMNS)}
     return CallTable(name=call.name, model=call.model, kind=call.kind, executions=executions,
-                     time_s=prices[:, 0], weights_bytes=prices[:, 1], state_bytes=prices[:, 2],
-                     activation_bytes=prices[:, 3], capacity_bytes=capacity,
-                     placement=placement)
+                     capacity_bytes=capacity, placement=placement, **columns)
 
 
 def undominated(table: CallTable, keep: set[int]) -> np.ndarray:
@@ -140,12 +149,18 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
     index = {name: k for k, name in enumerate(workflow.call_order)}
     edges = [DataEdge(index[s], index[d], payload_bytes(keys, workflow.batch))
              for s, d, keys in workflow.graph.edges(data="keys")]
-    pairs = []
-    for model, a, b, wraps in model_call_pairs(workflow):
+    pairs, pair_index = [], {}
+    for pair in model_call_pairs(workflow):
+        model, a, b, wraps = pair
         role = workflow.models[model]
         dtype_bytes = cluster.hardware_of(0).compute_dtype_bytes
+        pair_index[pair] = len(calls) + len(pairs)
         pairs.append(ModelPair(model, index[a], index[b], wraps,
                                float(role.spec.num_params(role.head) * dtype_bytes)))
+    priority = []
+    for pair, call in priority_order(workflow):
+        priority += [pair_index[pair]] if pair is not None else []
+        priority.append(index[call])
     first = cluster.node_hardware[0]
     move_scale, move_overhead_s = move_factors(calibration, cluster)
     return SearchTables(
@@ -157,7 +172,8 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
         intra_node_latency_s=first.intra_node_latency_us * US,
         inter_node_bandwidth_bytes_per_s=cluster.inter_node_bandwidth_gb_per_s * GB,
         inter_node_latency_s=cluster.inter_node_latency_us * US,
-        num_iterations=num_iterations, move_scale=move_scale, move_overhead_s=move_overhead_s)
+        num_iterations=num_iterations, move_scale=move_scale, move_overhead_s=move_overhead_s,
+        priority=tuple(priority))
 
 
 def pruned_tables(tables: SearchTables, keep: dict[str, set[int]]) -> tuple[SearchTables,

@@ -34,6 +34,11 @@ call of a trained model placed differently from its train call. Feasible iff for
 c and device d of its mesh, persistent(d) + extra(c) <= capacity, and likewise for every
 reallocation on its receiving devices (receive buffer, plus the new weights when the
 destination call is a transient copy).
+
+In code: `evaluate_plan` runs `_node_ranges_and_durations`, `_transfer_times`,
+`_list_schedule` (the schedule above), `_memory_terms` and `_memory_overflow` (the memory
+rule); `FastEvaluator.call_peak_bytes` returns the per-call peaks that rule compares with
+the capacity, from the same compiled piece (`_call_peak_bytes`).
 """
 
 from __future__ import annotations
@@ -78,10 +83,7 @@ def _concat(tables: SearchTables, field: str, dtype) -> np.ndarray:
 def kernel_tables(tables: SearchTables) -> KernelTables:
     """Flatten `tables` into the arrays the kernels read."""
     calls, pairs, edges = tables.calls, tables.pairs, tables.edges
-    order = []
-    for k in range(len(calls)):
-        order += [len(calls) + p for p, pair in enumerate(pairs) if pair.dst == k]
-        order.append(k)
+    order = list(tables.priority)
     train_call = {c.model: k for k, c in enumerate(calls) if c.kind == "train"}
     models = sorted({c.model for c in calls})
     assert all(sum(p.dst == k for p in pairs) <= 1 for k in range(len(calls))), pairs
@@ -140,6 +142,103 @@ class FastEvaluator:
         time_s, overflow = _evaluate_many(choice + self.offset[None, :], self.kernel)
         return Evaluation(iteration_s=time_s, overflow=overflow)
 
+    def call_peak_bytes(self, choice: np.ndarray) -> np.ndarray:
+        """Bytes per device at the peak of each call of one plan (array [num_calls]).
+
+        `choice`: one candidate index per call. A call's peak is the persistent level over
+        its mesh plus the call's extra, each term the largest over the mesh's pipeline
+        stages: the quantity the memory rule compares with the call's capacity (module
+        docstring), computed by the same compiled piece as `evaluate`'s overflow."""
+        choice = np.asarray(choice, dtype=np.int64)
+        sizes = self.tables.sizes
+        if choice.shape != sizes.shape or (choice < 0).any() or (choice >= sizes).any():
+            raise ValueError(f"choice {choice.tolist()} is not one candidate index per call "
+                             f"(0 <= index < {sizes.tolist()})")
+        peaks = np.empty(len(sizes))
+        _call_peaks(choice + self.offset, self.kernel, peaks)
+        return peaks
+
+
+# Work arrays of one evaluation, reused from one evaluation to the next. Node types: call k
+# is type k, the reallocation of pair p is type num_calls + p.
+Scratch = namedtuple("Scratch", [
+    "lo1", "hi1", "lo2", "hi2",   # device ranges of each node type: a call's mesh twice, a
+    #                               reallocation's source mesh then destination mesh
+    "duration",                   # seconds of each node type
+    "end",                        # end of each node type's instance in this iteration
+    "previous_end",               # ... and in the previous iteration
+    "latest_end",                 # end of each node type's latest scheduled instance
+    "transfer",                   # seconds of each data edge
+    "persistent",                 # per call: the persistent memory term it starts on its mesh
+    "extra"])                     # per call: bytes it adds on its mesh while it runs
+
+# Plans `_evaluate_many` evaluates with one scratch allocation (allocating per plan costs
+# about a third of an evaluation; chunks this size still spread over all threads).
+PLANS_PER_SCRATCH = 256
+
+
+@numba.njit(cache=True, parallel=True)
+def _evaluate_many(index, kt):
+    """Evaluate every row of `index` (global candidate indices, one per call)."""
+    num_plans = index.shape[0]
+    out_time = np.empty(num_plans)
+    out_overflow = np.empty(num_plans)
+    num_chunks = (num_plans + PLANS_PER_SCRATCH - 1) // PLANS_PER_SCRATCH
+    for chunk in numba.prange(num_chunks):
+        scratch = new_scratch(kt)
+        for n in range(chunk * PLANS_PER_SCRATCH,
+                       min(num_plans, (chunk + 1) * PLANS_PER_SCRATCH)):
+            out_time[n], out_overflow[n] = evaluate_plan(index[n], kt, scratch)
+    return out_time, out_overflow
+
+
+@numba.njit(cache=True)
+def _call_peaks(g, kt, out):
+    """`out[k]`: bytes per device at the peak of call k of plan `g` (global indices)."""
+    scratch = new_scratch(kt)
+    _node_ranges_and_durations(g, kt, scratch)
+    _memory_terms(g, kt, scratch.persistent, scratch.extra)
+    persistent, extra, lo1, hi1 = scratch.persistent, scratch.extra, scratch.lo1, scratch.hi1
+    for k in range(g.shape[0]):
+        out[k] = _call_peak_bytes(k, persistent, extra, lo1, hi1)
+
+
+@numba.njit(cache=True)
+def new_scratch(kt):
+    """The work arrays of `evaluate_plan` (a `Scratch`), allocated once per chain or chunk of
+    plans, not once per evaluation: two allocations, cut into named views."""
+    num_calls = kt.memory_role.shape[0]
+    num_types = num_calls + kt.pair_src.shape[0]
+    num_edges = kt.edge_src.shape[0]
+    ints = np.empty(4 * num_types, np.int64)
+    floats = np.empty(4 * num_types + num_edges + 2 * num_calls)
+    t, e = num_types, 4 * num_types + num_edges
+    return Scratch(ints[0:t], ints[t:2 * t], ints[2 * t:3 * t], ints[3 * t:4 * t],
+                   floats[0:t], floats[t:2 * t], floats[2 * t:3 * t], floats[3 * t:4 * t],
+                   floats[4 * t:e], floats[e:e + num_calls], floats[e + num_calls:])
+
+
+# Compiled without numba's runtime (`_nrt=False`), so without reference counting: numba
+# counts references to arrays, and each piece below that takes the KernelTables or the
+# Scratch namedtuple would count once per field per evaluation (atomic updates its pruning
+# mostly leaves in place, shared by the threads: 15-20% of an evaluation). That is what
+# lets the evaluation be split into pieces at no cost. The rules that follow:
+# `evaluate_plan` allocates nothing (numba refuses to compile an allocation there), and its
+# pieces are `inline="always"`, so they are compiled as part of it, not as functions of
+# their own with reference counting.
+@numba.njit(cache=True, _nrt=False)
+def evaluate_plan(g, kt, scratch):
+    """(iteration seconds, worst relative memory overflow) of one plan (module docstring).
+
+    `g`: the global candidate index of every call; `scratch`: work arrays from `new_scratch`
+    (overwritten). The schedule needs the node ranges, durations and transfer times; the
+    memory rule needs the call ranges."""
+    _node_ranges_and_durations(g, kt, scratch)
+    _transfer_times(g, kt, scratch.transfer)
+    iteration_s = _list_schedule(kt, scratch)
+    _memory_terms(g, kt, scratch.persistent, scratch.extra)
+    return iteration_s, _memory_overflow(g, kt, scratch)
+
 
 @numba.njit(cache=True, inline="always")
 def _link(lo_a, hi_a, lo_b, hi_b, device_node, links):
@@ -156,107 +255,102 @@ def _ranges_overlap(lo_a, hi_a, lo_b, hi_b):
     return lo_a < hi_b and lo_b < hi_a
 
 
-@numba.njit(cache=True, parallel=True)
-def _evaluate_many(index, kt):
-    """Evaluate every row of `index` (global candidate indices, one per call)."""
-    num_plans, num_calls = index.shape
-    out_time = np.empty(num_plans)
-    out_overflow = np.empty(num_plans)
-    for n in numba.prange(num_plans):
-        int_scratch, float_scratch = new_scratch(num_calls, kt)
-        out_time[n], out_overflow[n] = evaluate_plan(index[n], kt, int_scratch, float_scratch)
-    return out_time, out_overflow
+@numba.njit(cache=True, inline="always")
+def _reallocation_s(model_bytes, src_devices, dst_dp, dst_tp, dst_pp, bandwidth, latency):
+    """Seconds to move a model of `model_bytes` (all its weights) between two placements,
+    uncalibrated: every receiver gets its whole new shard (model / (tp pp)) and every sender
+    sends an equal share of dp_dst full copies, over one link."""
+    receive_bytes = model_bytes / (dst_tp * dst_pp)
+    send_bytes = model_bytes * dst_dp / src_devices
+    return latency + max(receive_bytes, send_bytes) / bandwidth
 
 
-@numba.njit(cache=True)
-def new_scratch(num_calls, kt):
-    """Work arrays of `evaluate_plan`, allocated once per chain (not once per evaluation:
-    the allocations cost about a third of an evaluation)."""
-    num_types = num_calls + kt.pair_src.shape[0]
-    return (np.empty(4 * num_types, np.int64),
-            np.empty(4 * num_types + kt.edge_src.shape[0] + 2 * num_calls))
-
-
-@numba.njit(cache=True)
-def evaluate_plan(g, kt, int_scratch, float_scratch):
-    """(iteration seconds, worst relative memory overflow) of one plan (module docstring).
-
-    `int_scratch`, `float_scratch`: work arrays from `new_scratch` (overwritten)."""
+@numba.njit(cache=True, inline="always")
+def _node_ranges_and_durations(g, kt, scratch):
+    """Fill the device ranges and the duration of every node type of plan `g`. A
+    reallocation between equal placements takes no time."""
     num_calls = g.shape[0]
-    lo, hi, placement = kt.lo, kt.hi, kt.placement
-    pair_src, pair_dst, edge_src, edge_dst = kt.pair_src, kt.pair_dst, kt.edge_src, kt.edge_dst
-    num_pairs = pair_src.shape[0]
-    num_types = num_calls + num_pairs
-    num_edges = edge_src.shape[0]
-    # Device ranges of every node type: a call has one, a reallocation two.
-    lo1 = int_scratch[0:num_types]
-    hi1 = int_scratch[num_types:2 * num_types]
-    lo2 = int_scratch[2 * num_types:3 * num_types]
-    hi2 = int_scratch[3 * num_types:4 * num_types]
-    duration = float_scratch[0:num_types]
-    latest_end = float_scratch[num_types:2 * num_types]
-    end = float_scratch[2 * num_types:3 * num_types]
-    previous_end = float_scratch[3 * num_types:4 * num_types]
-    transfer = float_scratch[4 * num_types:4 * num_types + num_edges]
-    persistent = float_scratch[4 * num_types + num_edges:4 * num_types + num_edges + num_calls]
-    extra = float_scratch[4 * num_types + num_edges + num_calls:]
+    lo, hi, placement, dp, tp, pp = kt.lo, kt.hi, kt.placement, kt.dp, kt.tp, kt.pp
+    pair_src, pair_dst, pair_weights = kt.pair_src, kt.pair_dst, kt.pair_weights
+    device_node, links, time_s = kt.device_node, kt.links, kt.time_s
+    overhead_s, scale = kt.move_overhead_s, kt.move_scale
+    lo1, hi1, lo2, hi2 = scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2
+    duration = scratch.duration
     for k in range(num_calls):
         lo1[k] = lo2[k] = lo[g[k]]
         hi1[k] = hi2[k] = hi[g[k]]
-        duration[k] = kt.time_s[g[k]]
-    for p in range(num_pairs):
+        duration[k] = time_s[g[k]]
+    for p in range(pair_src.shape[0]):
         a, b = g[pair_src[p]], g[pair_dst[p]]
         x = num_calls + p
         lo1[x], hi1[x], lo2[x], hi2[x] = lo[a], hi[a], lo[b], hi[b]
         if placement[a] == placement[b]:
             duration[x] = 0.0
         else:
-            bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], kt.device_node, kt.links)
-            recv = kt.pair_weights[p] / (kt.tp[b] * kt.pp[b])
-            send = kt.pair_weights[p] * kt.dp[b] / (hi[a] - lo[a])
-            duration[x] = kt.move_overhead_s + kt.move_scale * (
-                latency + max(recv, send) / bandwidth)
-    for e in range(num_edges):
+            bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], device_node, links)
+            duration[x] = overhead_s + scale * _reallocation_s(
+                pair_weights[p], hi[a] - lo[a], dp[b], tp[b], pp[b], bandwidth, latency)
+
+
+@numba.njit(cache=True, inline="always")
+def _transfer_times(g, kt, transfer):
+    """`transfer[e]`: seconds data edge e delays its consumer in plan `g`. Zero on the same
+    placement, else latency + payload / dp of the consumer / bandwidth (each replica
+    receives its rows; an upper bound where the meshes overlap), calibrated."""
+    lo, hi, placement, dp = kt.lo, kt.hi, kt.placement, kt.dp
+    edge_src, edge_dst, edge_bytes = kt.edge_src, kt.edge_dst, kt.edge_bytes
+    device_node, links = kt.device_node, kt.links
+    overhead_s, scale = kt.move_overhead_s, kt.move_scale
+    for e in range(edge_src.shape[0]):
         a, b = g[edge_src[e]], g[edge_dst[e]]
         if placement[a] == placement[b]:
             transfer[e] = 0.0
         else:
-            bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], kt.device_node, kt.links)
-            transfer[e] = kt.move_overhead_s + kt.move_scale * (
-                latency + kt.edge_bytes[e] / kt.dp[b] / bandwidth)
+            bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], device_node, links)
+            transfer[e] = overhead_s + scale * (latency + edge_bytes[e] / dp[b] / bandwidth)
+
+
+@numba.njit(cache=True, inline="always")
+def _list_schedule(kt, scratch):
+    """Seconds per iteration of the list schedule (module docstring), from the ranges,
+    durations and transfer times in `scratch`; overwrites its end times."""
+    num_calls = scratch.persistent.shape[0]
+    num_types = scratch.duration.shape[0]
+    order, num_iterations = kt.order, kt.num_iterations
+    pair_src, pair_wraps, pair_into = kt.pair_src, kt.pair_wraps, kt.pair_into
+    edge_src, edges_into, edges_into_offset = kt.edge_src, kt.edges_into, kt.edges_into_offset
+    lo1, hi1, lo2, hi2 = scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2
+    duration, transfer = scratch.duration, scratch.transfer
+    end, previous_end, latest_end = scratch.end, scratch.previous_end, scratch.latest_end
     latest_end[:] = 0.0
     end[:] = 0.0
     first_iteration_end = 0.0
     iteration_end = 0.0
-    for i in range(kt.num_iterations):
+    for i in range(num_iterations):
         for t in range(num_types):
             previous_end[t] = end[t]
             end[t] = 0.0
-        for x in kt.order:
+        for x in order:
             ready = 0.0
             if x >= num_calls:
+                # A reallocation waits for its source call; a wrapping one moves the model
+                # of the previous iteration's call, so it first runs in iteration 1.
                 p = x - num_calls
-                if kt.pair_wraps[p]:
+                if pair_wraps[p]:
                     if i == 0:
                         continue
                     ready = previous_end[pair_src[p]]
                 else:
                     ready = end[pair_src[p]]
             else:
-                for j in range(kt.edges_into_offset[x], kt.edges_into_offset[x + 1]):
-                    e = kt.edges_into[j]
+                # A call waits for its data (each edge plus its transfer) and its model.
+                for j in range(edges_into_offset[x], edges_into_offset[x + 1]):
+                    e = edges_into[j]
                     ready = max(ready, end[edge_src[e]] + transfer[e])
-                p = kt.pair_into[x]
-                if p >= 0 and not (kt.pair_wraps[p] and i == 0):
+                p = pair_into[x]
+                if p >= 0 and not (pair_wraps[p] and i == 0):
                     ready = max(ready, end[num_calls + p])
-            free = 0.0
-            for y in range(num_types):
-                if latest_end[y] > free and (
-                        _ranges_overlap(lo1[x], hi1[x], lo1[y], hi1[y])
-                        or _ranges_overlap(lo1[x], hi1[x], lo2[y], hi2[y])
-                        or _ranges_overlap(lo2[x], hi2[x], lo1[y], hi1[y])
-                        or _ranges_overlap(lo2[x], hi2[x], lo2[y], hi2[y])):
-                    free = latest_end[y]
+            free = _devices_free_s(x, lo1, hi1, lo2, hi2, latest_end)
             end[x] = max(ready, free) + duration[x]
             latest_end[x] = end[x]
         iteration_end = 0.0
@@ -264,54 +358,111 @@ def evaluate_plan(g, kt, int_scratch, float_scratch):
             iteration_end = max(iteration_end, end[k])
         if i == 0:
             first_iteration_end = iteration_end
-    iteration_s = (iteration_end - first_iteration_end) / (kt.num_iterations - 1)
-    # Memory: persistent terms, then each call's and each reallocation's worst device.
-    persistent[:] = 0.0
-    for k in range(num_calls):
-        extra[k] = kt.activation[g[k]]
-        role = kt.memory_role[k]
+    return (iteration_end - first_iteration_end) / (num_iterations - 1)
+
+
+@numba.njit(cache=True, inline="always")
+def _devices_free_s(x, lo1, hi1, lo2, hi2, latest_end):
+    """When all devices of node type x are free: the latest end of any node type sharing a
+    device with it (meshes are contiguous ranges, so overlapping ranges share devices)."""
+    free = 0.0
+    for y in range(latest_end.shape[0]):
+        if latest_end[y] > free and (
+                _ranges_overlap(lo1[x], hi1[x], lo1[y], hi1[y])
+                or _ranges_overlap(lo1[x], hi1[x], lo2[y], hi2[y])
+                or _ranges_overlap(lo2[x], hi2[x], lo1[y], hi1[y])
+                or _ranges_overlap(lo2[x], hi2[x], lo2[y], hi2[y])):
+            free = latest_end[y]
+    return free
+
+
+@numba.njit(cache=True, inline="always")
+def _is_transient_copy(k, g, memory_role, placement, train_call_of):
+    """Call k is a non-train call of a trained model placed differently from its train
+    call: its weights live on its mesh only while it runs."""
+    return memory_role[k] == TRAINED_MODEL_CALL and \
+        placement[g[k]] != placement[g[train_call_of[k]]]
+
+
+@numba.njit(cache=True, inline="always")
+def _memory_terms(g, kt, persistent, extra):
+    """Per call k of plan `g` (memory rule of the module docstring): `persistent[k]`, the
+    bytes per device its placement keeps resident on its mesh (a train call's train state;
+    an untrained model's weights on the first call of each distinct placement; else 0),
+    and `extra[k]`, the bytes it adds while it runs (working set, plus its weights when it
+    is a transient copy). Every value is the largest over the mesh's pipeline stages."""
+    placement, memory_role, train_call_of, model_id = (kt.placement, kt.memory_role,
+                                                       kt.train_call_of, kt.model_id)
+    state, weights, activation = kt.state, kt.weights, kt.activation
+    for k in range(g.shape[0]):
+        c = g[k]
+        persistent[k] = 0.0
+        extra[k] = activation[c]
+        role = memory_role[k]
         if role == TRAIN_CALL:
-            persistent[k] = kt.state[g[k]]
+            persistent[k] = state[c]
         elif role == TRAINED_MODEL_CALL:
-            if placement[g[k]] != placement[g[kt.train_call_of[k]]]:
-                extra[k] += kt.weights[g[k]]
+            if _is_transient_copy(k, g, memory_role, placement, train_call_of):
+                extra[k] += weights[c]
         else:
             repeat = False
             for j in range(k):
-                if kt.model_id[j] == kt.model_id[k] and placement[g[j]] == placement[g[k]]:
+                if model_id[j] == model_id[k] and placement[g[j]] == placement[c]:
                     repeat = True
             if not repeat:
-                persistent[k] = kt.weights[g[k]]
+                persistent[k] = weights[c]
+
+
+@numba.njit(cache=True, inline="always")
+def _persistent_peak_bytes(check_lo, check_hi, persistent, lo1, hi1):
+    """The largest persistent level over devices [check_lo, check_hi): the sum of the
+    persistent terms whose call mesh [lo1, hi1) covers a device. The level is piecewise
+    constant and only rises where a non-zero term starts, so its maximum over a range is
+    reached at the range's first device or at the first device of a term inside it."""
+    num_calls = persistent.shape[0]
+    level_max = 0.0
+    for q in range(-1, num_calls):
+        if q >= 0 and persistent[q] == 0.0:
+            continue
+        point = check_lo if q < 0 else lo1[q]
+        if point < check_lo or point >= check_hi:
+            continue
+        level = 0.0
+        for t in range(num_calls):
+            if persistent[t] != 0.0 and lo1[t] <= point < hi1[t]:
+                level += persistent[t]
+        level_max = max(level_max, level)
+    return level_max
+
+
+@numba.njit(cache=True, inline="always")
+def _call_peak_bytes(k, persistent, extra, lo1, hi1):
+    """Bytes per device at the peak of call k: persistent level over its mesh + its extra."""
+    return _persistent_peak_bytes(lo1[k], hi1[k], persistent, lo1, hi1) + extra[k]
+
+
+@numba.njit(cache=True, inline="always")
+def _memory_overflow(g, kt, scratch):
+    """Worst (peak - capacity) / capacity over the calls and reallocations of plan `g`
+    (<= 0 when the plan fits); needs `_memory_terms` and the call ranges in `scratch`."""
+    placement, capacity, weights = kt.placement, kt.capacity, kt.weights
+    pair_src, pair_dst, lo, hi = kt.pair_src, kt.pair_dst, kt.lo, kt.hi
+    memory_role, train_call_of = kt.memory_role, kt.train_call_of
+    persistent, extra, lo1, hi1 = scratch.persistent, scratch.extra, scratch.lo1, scratch.hi1
     worst = -np.inf
-    for c in range(num_calls + num_pairs):
-        if c < num_calls:
-            check_lo, check_hi, need, cap = lo1[c], hi1[c], extra[c], kt.capacity[g[c]]
-        else:
-            # A reallocation's receivers hold a receive buffer (at most their whole new
-            # shard) and, when the destination is a transient copy, its weights.
-            p = c - num_calls
-            b = g[pair_dst[p]]
-            if placement[g[pair_src[p]]] == placement[b]:
-                continue
-            check_lo, check_hi, cap = lo[b], hi[b], kt.capacity[b]
-            need = kt.weights[b]
-            k = pair_dst[p]
-            if kt.memory_role[k] == TRAINED_MODEL_CALL and \
-                    placement[b] != placement[g[kt.train_call_of[k]]]:
-                need += kt.weights[b]
-        # persistent(d) is piecewise constant: its maximum over a range is reached at the
-        # range's first device or at the first device of a term inside the range.
-        level_max = 0.0
-        for q in range(-1, num_calls):
-            if q >= 0 and persistent[q] == 0.0:
-                continue      # persistent(d) only rises where a non-zero term starts
-            point = check_lo if q < 0 else lo1[q]
-            if point < check_lo or point >= check_hi:
-                continue
-            level = 0.0
-            for t in range(num_calls):
-                if persistent[t] != 0.0 and lo1[t] <= point < hi1[t]:
-                    level += persistent[t]
-            level_max = max(level_max, level)
-        worst = max(worst, (level_max + need - cap) / cap)
-    return iteration_s, worst
+    for k in range(g.shape[0]):
+        peak = _call_peak_bytes(k, persistent, extra, lo1, hi1)
+        worst = max(worst, (peak - capacity[g[k]]) / capacity[g[k]])
+    for p in range(pair_src.shape[0]):
+        k = pair_dst[p]
+        b = g[k]
+        if placement[g[pair_src[p]]] == placement[b]:
+            continue          # the model stays where it is: nothing is received
+        # The receivers hold a receive buffer (at most their whole new shard) and, when
+        # the destination call is a transient copy, its weights.
+        need = weights[b]
+        if _is_transient_copy(k, g, memory_role, placement, train_call_of):
+            need += weights[b]
+        peak = _persistent_peak_bytes(lo[b], hi[b], persistent, lo1, hi1) + need
+        worst = max(worst, (peak - capacity[b]) / capacity[b])
+    return worst

@@ -28,7 +28,8 @@ from typing import Callable
 import numpy as np
 
 from planner.search.fast_evaluator import FastEvaluator
-from planner.search.mcmc_kernel import energy_of, sweep
+from planner.search.mcmc_kernel import Chains, MoveTables, StepSettings, energy_of, sweep
+from planner.search.tables import SearchTables
 
 MOVE_PROBABILITIES = (0.2, 0.3, 0.3, 0.2)   # random, same mesh, same style, copy placement
 
@@ -70,53 +71,62 @@ def mesh_key(execution) -> tuple:
 GROUPINGS = (mesh_key, style_key)   # the kernel's groupings 0 and 1
 
 
-class MoveTables:
-    """Neighbourhoods as flat arrays for the kernel: candidate groups and placement copies.
+def move_tables(evaluator: FastEvaluator) -> MoveTables:
+    """The kernel's move neighbourhoods for `evaluator`'s tables (MoveTables in
+    planner/search/mcmc_kernel.py says how to read them)."""
+    tables = evaluator.tables
+    group_perm, group_perm_offset, group_start, group_size = _group_arrays(
+        tables, evaluator.offset)
+    copy_src, copy_dst, copy_map_offset, copy_map = _copy_arrays(tables)
+    return MoveTables(offset=evaluator.offset, sizes=tables.sizes, group_perm=group_perm,
+                      group_perm_offset=group_perm_offset, group_start=group_start,
+                      group_size=group_size, copy_src=copy_src, copy_dst=copy_dst,
+                      copy_map_offset=copy_map_offset, copy_map=copy_map)
 
-    For grouping q and the global index i of a candidate of call k, its group's members are
-    group_perm[q, group_perm_offset[q, k] + group_start[q, i] + j], j < group_size[q, i].
-    """
 
-    def __init__(self, evaluator: FastEvaluator):
-        tables = evaluator.tables
-        self.offset = evaluator.offset
-        self.sizes = tables.sizes
-        total = int(self.sizes.sum())
-        num_groupings = len(GROUPINGS)
-        self.group_perm = np.zeros((num_groupings, total), dtype=np.int64)
-        self.group_perm_offset = np.zeros((num_groupings, len(tables.calls)), dtype=np.int64)
-        self.group_start = np.zeros((num_groupings, total), dtype=np.int64)
-        self.group_size = np.zeros((num_groupings, total), dtype=np.int64)
-        for q, key_of in enumerate(GROUPINGS):
-            for k, call in enumerate(tables.calls):
-                keys: dict = {}
-                group = np.array([keys.setdefault(key_of(e), len(keys))
-                                  for e in call.executions])
-                counts = np.bincount(group)
-                starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-                first = self.offset[k]
-                span = slice(first, first + len(call))
-                self.group_perm_offset[q, k] = first
-                self.group_perm[q, span] = np.argsort(group, kind="stable")
-                self.group_start[q, span] = starts[group]
-                self.group_size[q, span] = counts[group]
-        copy_src, copy_dst, copy_offset, copy_map = [], [], [], []
-        calls = tables.calls
-        for a, ca in enumerate(calls):
-            for b, cb in enumerate(calls):
-                if a == b or ca.model != cb.model:
-                    continue
-                where: dict[int, int] = {}
-                for j, p in enumerate(cb.placement):
-                    where.setdefault(int(p), j)
-                copy_src.append(a)
-                copy_dst.append(b)
-                copy_offset.append(sum(len(m) for m in copy_map))
-                copy_map.append(np.array([where.get(int(p), -1) for p in ca.placement]))
-        self.copy_src = np.array(copy_src, dtype=np.int64)
-        self.copy_dst = np.array(copy_dst, dtype=np.int64)
-        self.copy_map_offset = np.array(copy_offset, dtype=np.int64)
-        self.copy_map = (np.concatenate(copy_map) if copy_map else np.zeros(0)).astype(np.int64)
+def _group_arrays(tables: SearchTables, offset: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(group_perm, group_perm_offset, group_start, group_size): per grouping of GROUPINGS,
+    the candidates of every call sorted by group (stably), and per candidate where its
+    group starts in that order and how many members it has."""
+    total = int(tables.sizes.sum())
+    shape = (len(GROUPINGS), total)
+    group_perm, group_start, group_size = (np.zeros(shape, dtype=np.int64) for _ in range(3))
+    group_perm_offset = np.zeros((len(GROUPINGS), len(tables.calls)), dtype=np.int64)
+    for q, key_of in enumerate(GROUPINGS):
+        for k, call in enumerate(tables.calls):
+            keys: dict = {}
+            group = np.array([keys.setdefault(key_of(e), len(keys)) for e in call.executions])
+            counts = np.bincount(group)
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            first = offset[k]
+            span = slice(first, first + len(call))
+            group_perm_offset[q, k] = first
+            group_perm[q, span] = np.argsort(group, kind="stable")
+            group_start[q, span] = starts[group]
+            group_size[q, span] = counts[group]
+    return group_perm, group_perm_offset, group_start, group_size
+
+
+def _copy_arrays(tables: SearchTables) -> tuple[np.ndarray, ...]:
+    """(copy_src, copy_dst, copy_map_offset, copy_map): one placement copy per ordered pair
+    of distinct calls of one model, mapping each candidate of the source call to the first
+    candidate of the destination call with the same placement (-1 when there is none)."""
+    copy_src, copy_dst, copy_offset, copy_map = [], [], [], []
+    calls = tables.calls
+    for a, ca in enumerate(calls):
+        for b, cb in enumerate(calls):
+            if a == b or ca.model != cb.model:
+                continue
+            where: dict[int, int] = {}
+            for j, p in enumerate(cb.placement):
+                where.setdefault(int(p), j)
+            copy_src.append(a)
+            copy_dst.append(b)
+            copy_offset.append(sum(len(m) for m in copy_map))
+            copy_map.append(np.array([where.get(int(p), -1) for p in ca.placement]))
+    return (np.array(copy_src, dtype=np.int64), np.array(copy_dst, dtype=np.int64),
+            np.array(copy_offset, dtype=np.int64),
+            (np.concatenate(copy_map) if copy_map else np.zeros(0)).astype(np.int64))
 
 
 def warm_up(evaluator: FastEvaluator) -> None:
@@ -133,7 +143,7 @@ def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSe
     """Parallel-tempering MCMC from `seeds` (feasible plans) plus random plans."""
     start = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
-    moves = MoveTables(evaluator)
+    moves = move_tables(evaluator)
     temps, per = settings.temperatures, settings.chains_per_temperature
     n = temps * per
     state = np.stack([(rng.random(n) * size).astype(np.int64) for size in moves.sizes], axis=1)
@@ -152,6 +162,8 @@ def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSe
     best_time = np.where(feasible, first.iteration_s, np.inf)
     best_choice = state.copy()
     evaluations = np.zeros(n, dtype=np.int64)
+    chains = Chains(state=state, energy=energy, temperature=temperature, best_time=best_time,
+                    best_choice=best_choice, evaluations=evaluations)
     top: dict[tuple, float] = {}
     _remember(top, best_time, best_choice, np.ones(n, dtype=bool), settings.top_k)
     best = min(top.values()) if top else np.inf
@@ -160,11 +172,9 @@ def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSe
     step, last_improvement, stopped_by = 0, 0, "max_steps"
     while step < settings.max_steps:
         before = best_time.copy()
-        sweep(state, energy, temperature, best_time, best_choice, evaluations, settings.seed,
-              step, settings.swap_every, scale, cumulative, moves.offset, moves.sizes,
-              moves.group_perm, moves.group_perm_offset, moves.group_start, moves.group_size,
-              moves.copy_src, moves.copy_dst, moves.copy_map_offset, moves.copy_map,
-              evaluator.kernel)
+        sweep(chains, moves, StepSettings(seed=settings.seed, first_step=step,
+                                          num_steps=settings.swap_every, scale=scale,
+                                          move_cumulative=cumulative), evaluator.kernel)
         step += settings.swap_every
         _remember(top, best_time, best_choice, best_time < before, settings.top_k)
         if top and min(top.values()) < best * (1 - 1e-9):

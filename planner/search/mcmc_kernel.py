@@ -5,9 +5,16 @@ slot), so a chain's path depends only on the seed, never on which thread ran it:
 same result. Each step proposes one move (see planner/search/mcmc.py), evaluates the plan with
 planner.search.fast_evaluator.evaluate_plan, accepts by the Metropolis rule at the chain's
 temperature, and remembers the chain's best feasible plan.
+
+`sweep` takes three bundles besides the evaluator's tables: `Chains` (the chains' state,
+updated in place), `MoveTables` (the neighbourhoods, planner.search.mcmc.move_tables) and
+`StepSettings`; a step is `_propose`, `evaluate_plan`, `_remember_if_best` and
+`_metropolis_accepts`.
 """
 
 from __future__ import annotations
+
+from collections import namedtuple
 
 import numba
 import numpy as np
@@ -51,58 +58,131 @@ def energy_of(time_s, overflow, scale):
     return time_s + scale * (1.0 + INFEASIBLE_OVERFLOW_WEIGHT * overflow)
 
 
+# The chains, updated in place by `sweep`; row n of each array belongs to chain n:
+# state [chains, calls] (local candidate index per call), energy, temperature, best_time (best
+# feasible iteration seconds so far, inf when none), best_choice [chains, calls] (that plan),
+# evaluations (count of plans evaluated).
+Chains = namedtuple("Chains", ["state", "energy", "temperature", "best_time", "best_choice",
+                               "evaluations"])
+
+# Move neighbourhoods as flat arrays (built by planner.search.mcmc.move_tables):
+# - offset, sizes: global index of each call's first candidate, and its candidate count;
+# - grouping q of the global candidate i of call k has the members
+#   group_perm[q, group_perm_offset[q, k] + group_start[q, i] + j], j < group_size[q, i];
+# - placement copy w gives call copy_dst[w] the placement call copy_src[w] has: candidate
+#   copy_map[copy_map_offset[w] + local index of copy_src[w]] of copy_dst[w], -1 if none.
+MoveTables = namedtuple("MoveTables", [
+    "offset", "sizes", "group_perm", "group_perm_offset", "group_start", "group_size",
+    "copy_src", "copy_dst", "copy_map_offset", "copy_map"])
+
+# One sweep's settings: the random seed, the first step's number (the random numbers are a
+# function of seed, chain and step), the number of steps, the cost scale of the infeasible
+# penalty (energy_of), and the cumulative probabilities of the moves MOVE_RANDOM,
+# MOVE_SAME_MESH and MOVE_SAME_STYLE (MOVE_COPY_PLACEMENT has the rest).
+StepSettings = namedtuple("StepSettings", ["seed", "first_step", "num_steps", "scale",
+                                           "move_cumulative"])
+
+# Slots of the four random numbers of a step (`uniform`).
+SLOT_KIND, SLOT_CALL, SLOT_PICK, SLOT_ACCEPT = 0, 1, 2, 3
+
+
 @numba.njit(cache=True, parallel=True)
-def sweep(state, energy, temperature, best_time, best_choice, evaluations, seed, first_step,
-          num_steps, scale, move_cumulative, offset, sizes, group_perm, group_perm_offset,
-          group_start, group_size, copy_src, copy_dst, copy_map_offset, copy_map, kt):
-    """Advance every chain by `num_steps` Metropolis steps (arrays updated in place)."""
-    num_chains, num_calls = state.shape
-    num_copies = copy_src.shape[0]
-    for n in numba.prange(num_chains):
-        g = state[n] + offset
-        int_scratch, float_scratch = new_scratch(num_calls, kt)
-        for s in range(num_steps):
-            step = first_step + s
-            r_kind = uniform(seed, n, step, 0)
-            r_call = uniform(seed, n, step, 1)
-            r_pick = uniform(seed, n, step, 2)
-            r_accept = uniform(seed, n, step, 3)
-            kind = 0
-            while kind < MOVE_COPY_PLACEMENT and r_kind >= move_cumulative[kind]:
-                kind += 1
-            if kind == MOVE_COPY_PLACEMENT and num_copies == 0:
-                kind = MOVE_RANDOM
-            if kind == MOVE_COPY_PLACEMENT:
-                w = min(int(r_call * num_copies), num_copies - 1)
-                call = copy_dst[w]
-                new = copy_map[copy_map_offset[w] + state[n, copy_src[w]]]
-                if new < 0:
-                    continue
-            else:
-                call = min(int(r_call * num_calls), num_calls - 1)
-                if kind == MOVE_RANDOM:
-                    new = min(int(r_pick * sizes[call]), sizes[call] - 1)
-                else:
-                    grouping = kind - MOVE_SAME_MESH
-                    gi = g[call]
-                    size = group_size[grouping, gi]
-                    pick = min(int(r_pick * size), size - 1)
-                    new = group_perm[grouping, group_perm_offset[grouping, call]
-                                     + group_start[grouping, gi] + pick]
-            old = state[n, call]
-            if new == old:
-                continue
-            g[call] = offset[call] + new
-            time_s, overflow = evaluate_plan(g, kt, int_scratch, float_scratch)
-            evaluations[n] += 1
-            proposed = energy_of(time_s, overflow, scale)
-            if overflow <= 0.0 and time_s < best_time[n]:
-                best_time[n] = time_s
-                for k in range(num_calls):
-                    best_choice[n, k] = g[k] - offset[k]
-            delta = (energy[n] - proposed) / temperature[n]
-            if delta >= 0.0 or r_accept < np.exp(delta):
-                state[n, call] = new
-                energy[n] = proposed
-            else:
-                g[call] = offset[call] + old
+def sweep(chains, moves, steps, kt):
+    """Advance every chain by `steps.num_steps` Metropolis steps (`chains` updated in place).
+
+    `chains`: a Chains, `moves`: a MoveTables, `steps`: a StepSettings, `kt`: the evaluator's
+    KernelTables."""
+    for n in numba.prange(chains.state.shape[0]):
+        plan = chains.state[n] + moves.offset      # global candidate indices
+        _advance_chain(n, plan, new_scratch(kt), chains, moves, steps, kt)
+
+
+# Without reference counting, like fast_evaluator.evaluate_plan (see the note there): the
+# step loop hands the namedtuples to its pieces once per step.
+@numba.njit(cache=True, _nrt=False)
+def _advance_chain(n, plan, scratch, chains, moves, steps, kt):
+    """Chain n's steps from `plan` (its state as global candidate indices, kept in step with
+    it): propose a move, evaluate it, remember the plan when it is the chain's best that
+    fits, and keep or undo the move by the Metropolis rule. `scratch`: from new_scratch."""
+    state, offset = chains.state, moves.offset
+    for s in range(steps.num_steps):
+        step = steps.first_step + s
+        call, new = _propose(n, step, plan, state[n], moves, steps)
+        old = state[n, call]
+        if new < 0 or new == old:
+            continue                      # no move: nothing to evaluate
+        plan[call] = offset[call] + new
+        time_s, overflow = evaluate_plan(plan, kt, scratch)
+        chains.evaluations[n] += 1
+        _remember_if_best(n, plan, time_s, overflow, chains, offset)
+        proposed = energy_of(time_s, overflow, steps.scale)
+        if _metropolis_accepts(chains.energy[n], proposed, chains.temperature[n],
+                               uniform(steps.seed, n, step, SLOT_ACCEPT)):
+            state[n, call] = new
+            chains.energy[n] = proposed
+        else:
+            plan[call] = offset[call] + old
+
+
+@numba.njit(cache=True, inline="always")
+def _propose(n, step, plan, local, moves, steps):
+    """(call, new local candidate index) of chain n's move at `step`, from its plan (global
+    indices `plan`, local indices `local`); the index is -1 when a placement copy finds no
+    candidate with that placement."""
+    r_kind = uniform(steps.seed, n, step, SLOT_KIND)
+    r_call = uniform(steps.seed, n, step, SLOT_CALL)
+    r_pick = uniform(steps.seed, n, step, SLOT_PICK)
+    num_calls, num_copies = plan.shape[0], moves.copy_src.shape[0]
+    kind = _move_kind(r_kind, steps.move_cumulative, num_copies)
+    if kind == MOVE_COPY_PLACEMENT:
+        w = _pick(r_call, num_copies)
+        return moves.copy_dst[w], moves.copy_map[moves.copy_map_offset[w]
+                                                 + local[moves.copy_src[w]]]
+    call = _pick(r_call, num_calls)
+    if kind == MOVE_RANDOM:
+        return call, _pick(r_pick, moves.sizes[call])
+    return call, _group_member(kind - MOVE_SAME_MESH, call, plan[call], r_pick, moves)
+
+
+@numba.njit(cache=True, inline="always")
+def _move_kind(r_kind, move_cumulative, num_copies):
+    """The move drawn by `r_kind`; a random candidate instead of a placement copy when the
+    workflow has no two calls of one model."""
+    kind = 0
+    while kind < MOVE_COPY_PLACEMENT and r_kind >= move_cumulative[kind]:
+        kind += 1
+    if kind == MOVE_COPY_PLACEMENT and num_copies == 0:
+        return MOVE_RANDOM
+    return kind
+
+
+@numba.njit(cache=True, inline="always")
+def _pick(r, count):
+    """An index in [0, count) drawn by the uniform number `r`."""
+    return min(int(r * count), count - 1)
+
+
+@numba.njit(cache=True, inline="always")
+def _group_member(grouping, call, current, r_pick, moves):
+    """A local index of `call` drawn by `r_pick` from the group (of `grouping`) of its
+    current candidate (global index `current`), itself included (MoveTables comment)."""
+    pick = _pick(r_pick, moves.group_size[grouping, current])
+    return moves.group_perm[grouping, moves.group_perm_offset[grouping, call]
+                            + moves.group_start[grouping, current] + pick]
+
+
+@numba.njit(cache=True, inline="always")
+def _metropolis_accepts(energy, proposed, temperature, r_accept):
+    """Accept a move from `energy` to `proposed` with probability
+    min(1, exp((energy - proposed) / temperature)) (Metropolis et al. 1953)."""
+    delta = (energy - proposed) / temperature
+    return delta >= 0.0 or r_accept < np.exp(delta)
+
+
+@numba.njit(cache=True, inline="always")
+def _remember_if_best(n, plan, time_s, overflow, chains, offset):
+    """Keep `plan` (global indices) as chain n's best when it fits and beats its best time."""
+    if overflow <= 0.0 and time_s < chains.best_time[n]:
+        chains.best_time[n] = time_s
+        for k in range(plan.shape[0]):
+            chains.best_choice[n, k] = plan[k] - offset[k]

@@ -24,9 +24,14 @@ class CallTable:
     kind: str
     executions: list[Execution]
     time_s: np.ndarray
-    weights_bytes: np.ndarray          # model weights per device in this layout
-    state_bytes: np.ndarray            # weights + gradients + optimizer states (train calls)
+    # Bytes per device, each the largest over the mesh, from costmodel.memory.CallMemory:
+    weights_bytes: np.ndarray          # model weights in this layout
+    state_bytes: np.ndarray            # resident: weights + gradients + optimizer states of
+                                       #   a train call (the fast evaluator reads it for
+                                       #   train calls only), the weights otherwise
     activation_bytes: np.ndarray       # working memory of the call (activations, KV cache, ...)
+    alone_peak_bytes: np.ndarray       # resident + working at its highest device, what it
+                                       #   needs alone on its mesh (CallMemory.alone_bytes)
     capacity_bytes: np.ndarray         # smallest device memory over the mesh
     placement: np.ndarray              # id of (devices, dp, tp, pp), shared by all calls
     lo: np.ndarray = field(init=False)  # first device of the mesh
@@ -47,10 +52,9 @@ class CallTable:
         return len(self.executions)
 
     def alone_bytes(self) -> np.ndarray:
-        """Memory per device of each candidate alone on its mesh: its own state (train state
-        for a train call, weights otherwise) plus its working set."""
-        own = self.state_bytes if self.kind == "train" else self.weights_bytes
-        return own + self.activation_bytes
+        """Memory per device of each candidate alone on its mesh: its resident state plus its
+        working set, at its highest device."""
+        return self.alone_peak_bytes
 
     def fits_alone(self) -> np.ndarray:
         return self.alone_bytes() <= self.capacity_bytes
@@ -63,6 +67,7 @@ class CallTable:
                          time_s=self.time_s[index], weights_bytes=self.weights_bytes[index],
                          state_bytes=self.state_bytes[index],
                          activation_bytes=self.activation_bytes[index],
+                         alone_peak_bytes=self.alone_peak_bytes[index],
                          capacity_bytes=self.capacity_bytes[index],
                          placement=self.placement[index])
 
@@ -106,6 +111,9 @@ class SearchTables:
     num_iterations: int = 3
     move_scale: float = 1.0             # calibrated reallocation / transfer time:
     move_overhead_s: float = 0.0        #   move_overhead_s + move_scale x priced time
+    # Node types in the shared priority order (planner.domain.augment.priority_order): call k
+    # as k, pair p (the reallocation slot into its dst call) as len(calls) + p.
+    priority: tuple[int, ...] = ()
 
     @property
     def sizes(self) -> np.ndarray:

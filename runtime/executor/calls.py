@@ -212,7 +212,8 @@ def run_train(env: CallEnv) -> dict[str, float]:
     def loss_fn(outputs, mb):
         return loss(outputs, mb, env.algo_config)
 
-    stats = train_step(env.model, env.optimizer, mbs, loss_fn, b.ppo_minibatches)
+    stats = train_step(env.model, env.optimizer, mbs, loss_fn, b.ppo_minibatches,
+                       recompute_activations=env.execution.recompute_activations)
     name = "critic_loss" if critic else "actor_loss"
     metrics = {name: sum(s.loss for s in stats) / len(stats)}
     if not critic and "sequence_kl" in rollout.global_keys:

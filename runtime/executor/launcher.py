@@ -1,10 +1,15 @@
 """Start one process per device of the plan's cluster on this machine and run the plan.
 
-The parent checks the inputs first (one InputError line, nothing spawned), spawns the ranks
-(gloo on CPU, NCCL when CUDA is available; one GPU per rank), prints a progress line when
-every rank has finished an iteration, and builds the trace. When a rank fails, the others
-are terminated at once and WorkerError names the failing rank with its error (see
-runtime.launch). Multi-node runs use torchrun instead (runtime.executor.worker).
+The parent checks first, and spawns nothing when a check fails (`check_before_start`): what
+the runtime cannot run or this machine cannot host is an InputError (one line, exit 2); the
+memory check on the devices at hand is done before, by `plan run` (planner/cli/run_checks.py,
+the cost model's rule). Then it
+spawns the ranks on the plan's device kind (gloo for cpu, even where CUDA exists; NCCL with
+one GPU per rank for cuda), prints a progress line when every rank has finished an
+iteration, and builds the trace. When a rank fails, the others are terminated at once and
+WorkerError names the failing rank with its error (see runtime.launch). Multi-node runs use
+torchrun instead (planner/cli/torchrun_rank.py, runtime/executor/torchrun.py), with the same
+checks on every node.
 """
 
 from __future__ import annotations
@@ -12,11 +17,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable
 
-import torch
-
 from planner.domain.errors import InputError
 from planner.domain.plan import Plan, plan_to_mapping
 from runtime.algorithms import ALGORITHMS
+from runtime.device import cluster_backend, cluster_device_problem
 from runtime.executor.config import RunConfig, parse_reward
 from runtime.executor.data import DATASET_KEYS, key_format
 from runtime.executor.dataset import load_records
@@ -73,6 +77,18 @@ def check_runnable(plan: Plan, config: RunConfig, source: str) -> None:
         load_records(config.prompts, plan.workflow.algorithm == "dpo", vocab)
 
 
+def check_before_start(plan: Plan, config: RunConfig, source: str, ranks_here: int) -> None:
+    """What the runtime checks before any rank starts, for the `ranks_here` ranks this
+    machine runs: InputError when the runtime cannot run the plan or this machine cannot
+    host it (its device kind, count and dtype). The memory check against the devices at
+    hand is the cost model's, done by the command line before this (planner/cli/run_checks.py).
+    """
+    check_runnable(plan, config, source)
+    problem = cluster_device_problem(plan.cluster, ranks_here)
+    if problem:
+        raise InputError(f"{source}: cluster: {problem}")
+
+
 def _entry(rank: int, world_size: int, post, plan_data: dict, config: RunConfig):
     return execute(rank, world_size, post, plan_data, config)
 
@@ -108,16 +124,11 @@ class Progress:
 
 def run_plan(plan: Plan, config: RunConfig, emit: Callable[[str], None] = print,
              source: str = "plan") -> tuple[dict, list[dict]]:
-    """Run the plan on local processes; (trace, per-rank results)."""
-    check_runnable(plan, config, source)
+    """Run the plan on local processes, every device of its cluster on this machine (checked
+    first, module docstring); (trace, per-rank results)."""
     world = plan.cluster.num_devices
-    backend = "gloo"
-    if torch.cuda.is_available():
-        if torch.cuda.device_count() < world:
-            raise InputError(f"{source}: cluster: the plan needs {world} devices, this machine "
-                             f"has {torch.cuda.device_count()} GPUs")
-        backend = "nccl"
+    check_before_start(plan, config, source, world)
     progress = Progress(world, config.iterations, emit)
     results = run_distributed(_entry, world, (plan_to_mapping(plan), config), timeout_s=None,
-                              backend=backend, on_message=progress)
+                              backend=cluster_backend(plan.cluster), on_message=progress)
     return build_trace(plan, progress.messages, config.iterations), results

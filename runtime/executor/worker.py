@@ -1,7 +1,7 @@
 """One rank of `plan run`: create groups and models, then walk the plan's steps.
 
 `execute(rank, world_size, post, plan_data, config)` is what every rank runs (spawned by
-runtime.executor.launcher, or under torchrun through `python -m runtime.executor.worker`).
+runtime.executor.launcher, or under torchrun through runtime.executor.torchrun).
 It posts one message per iteration, {"rank", "iteration", "records", "metrics"}, and
 returns {"rank", "weights"} (full-tensor slices of the models' home copies when
 config.return_weights).
@@ -20,11 +20,11 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from costmodel import efficiency as eff
+from planner.domain.layout import Execution
 from planner.domain.plan import Plan, plan_from_mapping
 from planner.sharding.transfer_schedule import param_schedule
 from runtime.algorithms import ALGORITHMS
-from runtime.device import DeviceConfig, default_device_config
+from runtime.device import DeviceConfig, rank_device_config
 from runtime.executor import calls
 from runtime.executor.config import RunConfig, parse_reward
 from runtime.executor.data import DataStore, run_transfer
@@ -72,14 +72,23 @@ class RankState:
         for role in wf.trained_models():
             home = self.models[role].get(self.homes[role])
             if home is not None:
-                # ZeRO-1 when the cost model prices it (what we price is what we run)
-                self.optimizers[role] = Adam(home.params, AdamConfig(lr=config.lr), home.ctx,
-                                             shard_over_dp=eff.SHARD_OPTIMIZER_OVER_DP)
+                # ZeRO-1 when the train call's execution says so, as the cost model prices it
+                self.optimizers[role] = Adam(
+                    home.params, AdamConfig(lr=config.lr), home.ctx,
+                    shard_over_dp=self.first_train_execution(role).shard_optimizer_over_dp)
         self.store = DataStore()
         self.dataset = Dataset(wf.batch, next(iter(wf.models.values())).spec.vocab_size,
                                config.seed, wf.algorithm == "dpo",
                                config.prompts and os.path.abspath(config.prompts))
         self.pending_sends: list = []
+
+    def first_train_execution(self, role: str) -> Execution:
+        """The execution of `role`'s first train call: where its home copy and optimizer
+        live (steps.model_homes) and the optimizer's policy (ZeRO-1 or not)."""
+        wf = self.plan.workflow
+        first = next(name for name in wf.calls_of_model(role)
+                     if wf.call_by_name[name].kind == "train")
+        return self.plan.executions[first]
 
     def run_call(self, step: CallStep) -> tuple[int, dict[str, float]]:
         wf, ex = self.plan.workflow, self.plan.executions[step.call]
@@ -174,12 +183,17 @@ def _maybe_fail(rank: int, step) -> None:
 
 def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data: dict,
             config: RunConfig, local_rank: int | None = None) -> dict[str, Any]:
-    """Run the plan's iterations on this rank (module docstring)."""
+    """Run the plan's iterations on this rank (module docstring).
+
+    The launchers have checked the plan and this machine (launcher.check_before_start), so a
+    mismatch here is a bug, not bad input. The device, dtype and backend are the plan's
+    (runtime.device); `local_rank` (default: `rank`, a local run) picks the GPU.
+    """
     plan = plan_from_mapping(plan_data, "plan")
     if world_size != plan.cluster.num_devices:
         raise RuntimeError(f"world size {world_size}, plan cluster has "
                            f"{plan.cluster.num_devices} devices")
-    device = default_device_config(rank if local_rank is None else local_rank)
+    device = rank_device_config(plan.cluster, rank, rank if local_rank is None else local_rank)
     torch.manual_seed(config.seed)
     state = RankState(plan, config, rank, device)
     steps = build_steps(plan.workflow, plan.executions, config.iterations,
@@ -205,53 +219,3 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
               "memory_source": PeakMemory(device.device).source})
     dist.barrier()
     return {"rank": rank, "weights": state.home_weights() if config.return_weights else {}}
-
-
-def torchrun_main(argv: list[str] | None = None) -> int:
-    """Entry point of one rank under torchrun (multi-node); rank 0 prints and writes the trace.
-
-    Progress lines appear at the end (the ranks' messages are gathered to rank 0 then);
-    torchrun stops every worker when one fails.
-    """
-    import argparse
-    import json
-    from datetime import timedelta
-    from pathlib import Path
-
-    from planner.domain.plan import load_plan, plan_to_mapping
-    from planner.domain.yamlio import atomic_write_text
-    from runtime.executor.config import config_from_args
-    from runtime.executor.options import add_run_options
-    from runtime.executor.trace import build_trace, progress_line
-
-    parser = argparse.ArgumentParser(prog="python -m runtime.executor.worker")
-    add_run_options(parser)
-    args = parser.parse_args(argv)
-    config = config_from_args(args)
-    plan = load_plan(Path(args.plan))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    torch.set_num_threads(1)
-    dist.init_process_group(backend, timeout=timedelta(minutes=30))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    messages: list[dict] = []
-    execute(rank, world, messages.append, plan_to_mapping(plan), config, local_rank)
-    gathered = [None] * world if rank == 0 else None
-    dist.gather_object(messages, gathered, dst=0)
-    if rank == 0:
-        flat = [m for per_rank in gathered for m in per_rank]
-        trace = build_trace(plan, flat, config.iterations)
-        for item in trace["iterations"]:
-            print(progress_line(item["iteration"], config.iterations, item["seconds"],
-                                item["metrics"]))
-        out = Path(args.trace or Path(args.plan).with_suffix(".trace.json"))
-        atomic_write_text(out, json.dumps(trace, indent=1))
-        print(f"trace: {out}")
-    dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(torchrun_main())

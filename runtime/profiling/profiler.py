@@ -28,10 +28,10 @@ import torch
 from costmodel.profile_table import FORMAT_VERSION, ProfileTable, model_shape_key
 from runtime.profiling.parts import PART_OPS, ShardBench, Trial
 from planner.domain.errors import InputError
-from planner.domain.hardware import known_hardware
+from planner.domain.hardware import hardware_by_name, known_hardware
 from planner.domain.modelspec import ModelSpec
 from planner.domain.yamlio import atomic_write_text, dump_yaml
-from runtime.device import DeviceConfig
+from runtime.device import DTYPE_NAMES, RUNNABLE_DTYPES, DeviceConfig, device_config
 from planner.domain.layout import parallel_degrees_problem
 
 MIN_REPEATS = 3
@@ -85,15 +85,27 @@ def _no_sync() -> None:
     return None
 
 
+def measured_device_config(device: str, hardware: str) -> DeviceConfig:
+    """The runtime's DeviceConfig for `hardware` (its compute dtype, as `plan run` uses it)
+    on `device`, device 0; InputError when that hardware is not of this kind or dtype."""
+    spec = hardware_by_name(hardware)
+    if spec.kind != device or spec.compute_dtype not in RUNNABLE_DTYPES[device]:
+        raise InputError(f"--hardware: {hardware} is a {spec.kind} device computing in "
+                         f"{spec.compute_dtype}; --device {device} measures "
+                         f"{'/'.join(RUNNABLE_DTYPES[device])} on {device}")
+    return device_config(device, spec.compute_dtype, 0)
+
+
 def device_setup(device: str, hardware: str | None = None) -> DeviceSetup:
-    """`cpu` (fp32, one thread) or `cuda` (bf16, device 0); InputError if not available."""
+    """`cpu` (one thread) or `cuda` (device 0), in the hardware's compute dtype (cpu: fp32,
+    the GPUs: bf16); InputError if not available."""
     if hardware is not None and hardware not in known_hardware():
         raise InputError(f"--hardware: unknown device {hardware!r}; valid: {known_hardware()}")
     if device == "cpu":
-        return DeviceSetup(DeviceConfig(torch.device("cpu"), torch.float32, "gloo"),
-                           hardware or "cpu", _no_sync,
-                           f"fp32 on {CPU_THREADS} CPU thread (torch.set_num_threads"
-                           f"({CPU_THREADS}), one gloo process per core)")
+        config = measured_device_config(device, hardware or "cpu")
+        return DeviceSetup(config, hardware or "cpu", _no_sync,
+                           f"{DTYPE_NAMES[config.dtype]} on {CPU_THREADS} CPU thread "
+                           f"(torch.set_num_threads({CPU_THREADS}), one gloo process per core)")
     if device != "cuda":
         raise InputError(f"--device: unknown device {device!r}; valid: cpu, cuda")
     if not torch.cuda.is_available():
@@ -105,8 +117,9 @@ def device_setup(device: str, hardware: str | None = None) -> DeviceSetup:
         if hardware is None:
             raise InputError(f"--device cuda: no hardware spec matches GPU {name!r}; "
                              f"give --hardware, one of {known_hardware()}")
-    return DeviceSetup(DeviceConfig(torch.device("cuda", 0), torch.bfloat16, "nccl"),
-                       hardware, torch.cuda.synchronize, f"bf16 on {name}")
+    config = measured_device_config(device, hardware)
+    return DeviceSetup(config, hardware, torch.cuda.synchronize,
+                       f"{DTYPE_NAMES[config.dtype]} on {name}")
 
 
 def default_tp_degrees(spec: ModelSpec) -> list[int]:

@@ -3,7 +3,8 @@
 import pytest
 
 from costmodel.comm import Link, allgather_time_s, allreduce_time_s, p2p_time_s
-from costmodel.memory import kv_cache_bytes, train_state_bytes_per_device
+from costmodel.memory import (kv_cache_bytes, optimizer_state_bytes_per_device,
+                              weight_bytes_per_device)
 from costmodel.roofline import forward_flops_part
 from planner.domain.modelspec import PRESETS
 from planner.sharding.param_shards import shard_elements
@@ -29,10 +30,14 @@ def test_training_flops_are_six_params_per_token_within_five_percent():
 
 def test_mixed_precision_adam_is_sixteen_bytes_per_parameter():
     spec = PRESETS["llama-7b"]
-    state = train_state_bytes_per_device(spec, "lm", tp=1, pp=1, dp=1, dtype_bytes=2)
-    assert state.sum() == pytest.approx(16 * spec.num_params())
-    sharded = train_state_bytes_per_device(spec, "lm", tp=1, pp=1, dp=4, dtype_bytes=2)
-    assert sharded.sum() == pytest.approx((4 + 12 / 4) * spec.num_params())
+    weights = weight_bytes_per_device(spec, "lm", tp=1, pp=1, dtype_bytes=2)
+    optimizer = optimizer_state_bytes_per_device(spec, "lm", tp=1, pp=1, shards=1,
+                                                 dtype_bytes=2)
+    # weights + gradients (2 + 2 bytes) + fp32 master and moments (12 bytes)
+    assert (2 * weights + optimizer).sum() == pytest.approx(16 * spec.num_params())
+    sharded = optimizer_state_bytes_per_device(spec, "lm", tp=1, pp=1, shards=4,
+                                               dtype_bytes=2)
+    assert (2 * weights + sharded).sum() == pytest.approx((4 + 12 / 4) * spec.num_params())
 
 
 def test_ring_allreduce_of_one_gb_on_eight_devices_by_hand():

@@ -106,6 +106,13 @@ def test_estimate_cli_json_and_exit_codes(tmp_path, capsys):
     assert {"name", "model", "devices", "dp", "tp", "pp", "micro_batches", "time_s",
             "peak_memory_gib"} <= set(first)
     assert math.isfinite(data["iteration_s"])
+    by_device = data["memory_by_device"]
+    assert [d["device"] for d in by_device] == list(range(8))
+    for entry in by_device:
+        assert sum(p["gib"] for p in entry["parts"]) == pytest.approx(entry["peak_gib"])
+        assert entry["during"] in {c["name"] for c in data["calls"]} | \
+            {r["name"] for r in data["reallocations"]}
+    assert max(d["peak_gib"] for d in by_device) == pytest.approx(data["peak_memory_gib"])
     bad = tmp_path / "bad.yaml"
     save_plan(ppo_plan(gen_m=1), bad)
     assert _run_cli(bad, json_out=False) == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from costmodel.simulator import estimate_plan
 from planner.domain.plan import load_plan
 
@@ -29,6 +31,24 @@ def test_show_prints_table_times_and_critical_path(cli, plan_files):
     critical_calls = [n.split("/", 1)[1] for n in est.critical_path]
     train_s = est.call_times_s["critic_train"]
     assert "critic_train" in critical_calls and f"critic_train ({train_s:.1f} s)" in out
+
+
+def test_show_prints_the_peak_device_part_by_part(cli, plan_files):
+    code, out, err = cli("show", plan_files["separate"])
+    assert (code, err) == (0, "")
+    est = estimate_plan(load_plan(plan_files["separate"]))
+    device = max(est.peak_memory_bytes, key=est.peak_memory_bytes.get)
+    lines = out.split("memory of the peak device ")[1].splitlines()
+    assert lines[0].startswith(f"0:{device}: {est.peak_memory_bytes[device] / 2**30:.1f} GiB")
+    node = est.memory.peak_node(device)
+    assert f"during {node}" in lines[0]
+    parts = est.memory.device_parts[device]
+    rows = [line.split() for line in lines[1:1 + len(parts)]]
+    assert [(r[0], " ".join(r[1:-2])) for r in rows] == \
+        [(model, kind.replace("_", " ")) for kind, model, _ in parts]
+    assert sum(float(r[-2]) for r in rows) == pytest.approx(
+        est.peak_memory_bytes[device] / 2**30, abs=0.005 * len(rows))
+    assert lines[1 + len(parts)].startswith("compute times from:")
 
 
 def test_show_json_is_the_plan(cli, plan_files):
@@ -100,8 +120,9 @@ def test_new_subcommands_have_help(capsys):
     import pytest
 
     from planner.cli.main import main
-    for command in ("viz", "diff", "show"):
+    for command, operands in (("viz", "PLAN.yaml"), ("diff", "A.yaml B.yaml"),
+                              ("show", "PLAN.yaml")):
         with pytest.raises(SystemExit) as stop:
             main([command, "--help"])
         assert stop.value.code == 0
-        assert "PLAN.yaml" in capsys.readouterr().out or command == "diff"
+        assert operands in capsys.readouterr().out, command

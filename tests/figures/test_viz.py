@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import estimate_plan
 from planner.domain.augment import augmented_graph
-from planner.figures.memory import memory_parts
+from planner.figures.memory import KIND_STYLE, bar_segments
 from planner.figures.trace import load_trace
 from planner.domain.plan import load_plan
 
@@ -133,12 +132,17 @@ def test_bad_trace_is_one_line(cli, plan_files, tmp_path, content, words):
 
 
 @pytest.mark.parametrize("name", ["searched", "separate"])
-def test_memory_parts_add_up_to_the_simulated_peak(plan_files, name):
+def test_memory_bars_stack_to_the_simulated_peak(plan_files, name):
     plan = load_plan(plan_files[name])
-    costs = PlanCosts(plan.workflow, plan.cluster)
-    est = estimate_plan(plan, costs=costs)
-    parts, peak_node = memory_parts(plan, costs)
-    for device, device_parts in enumerate(parts):
-        total = sum(p.bytes for p in device_parts)
-        assert total == pytest.approx(est.peak_memory_bytes[device], rel=1e-9), device
-        assert {p.kind for p in device_parts} >= {"working"} or peak_node[device] is None
+    est = estimate_plan(plan)
+    bars = bar_segments(est, plan.cluster.num_devices)
+    for device, segments in enumerate(bars):
+        top = segments[-1].bottom_gib + segments[-1].height_gib
+        assert top * 2**30 == pytest.approx(est.peak_memory_bytes[device], rel=1e-9), device
+        for below, above in zip(segments, segments[1:]):
+            assert above.bottom_gib == pytest.approx(below.bottom_gib + below.height_gib)
+        assert {s.kind for s in segments} <= set(KIND_STYLE)
+        assert all(s.height_gib > 0 and s.model in plan.workflow.models for s in segments)
+        # every device runs a call, so its peak includes a call's working set
+        assert {"activations", "workspace"} & {s.kind for s in segments} or \
+            "receive_buffer" in {s.kind for s in segments}, device

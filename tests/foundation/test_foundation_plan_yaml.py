@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+import yaml
 
 from foundation_support import make_plan
+from planner.cli.main import main
 from planner.domain.cluster import NodeGroupFile, build_cluster
 from planner.domain.layout import Execution
 from planner.domain.mesh import mesh_text, parse_mesh_text
@@ -62,8 +64,18 @@ def _mixed_cluster_across_nodes() -> Plan:
     return plan
 
 
+def _ppo_with_train_policies() -> Plan:
+    """Train calls off the defaults: the actor without ZeRO-1, the critic without ZeRO-1 or
+    activation recomputation."""
+    base = Execution(devices=tuple(range(8)), dp=8, tp=1, pp=1)
+    return make_plan(executions={
+        "actor_train": base.model_copy(update={"shard_optimizer_over_dp": False}),
+        "critic_train": base.model_copy(update={"recompute_activations": False,
+                                                "shard_optimizer_over_dp": False})})
+
+
 PLANS = [_ppo_with_reallocations, _grpo_across_nodes, _remax_with_estimate,
-         _dpo_single_devices, _mixed_cluster_across_nodes, make_plan]
+         _dpo_single_devices, _mixed_cluster_across_nodes, _ppo_with_train_policies, make_plan]
 
 
 @pytest.mark.parametrize("build", PLANS, ids=[b.__name__ for b in PLANS])
@@ -76,6 +88,45 @@ def test_save_load_save_is_byte_identical(build, tmp_path):
     save_plan(loaded, second)
     assert first.read_bytes() == second.read_bytes()
     assert plan_to_yaml(plan) == first.read_text()
+
+
+def test_train_policy_is_written_for_train_calls_only(tmp_path):
+    path = tmp_path / "plan.yaml"
+    save_plan(_ppo_with_train_policies(), path)
+    data = yaml.safe_load(path.read_text())["executions"]
+    assert data["actor_train"]["shard_optimizer_over_dp"] is False
+    assert data["actor_train"]["recompute_activations"] is True
+    assert data["critic_train"]["recompute_activations"] is False
+    for name in ("actor_gen", "rew_inf", "ref_inf", "critic_inf"):
+        assert not {"shard_optimizer_over_dp", "recompute_activations"} & set(data[name])
+    loaded = load_plan(path)
+    assert loaded.executions["critic_train"].recompute_activations is False
+    assert loaded.executions["actor_train"].shard_optimizer_over_dp is False
+
+
+def test_a_train_entry_without_policy_fields_loads_with_the_defaults(tmp_path):
+    path = tmp_path / "plan.yaml"
+    save_plan(make_plan(), path)
+    lines = [line for line in path.read_text().splitlines(keepends=True)
+             if "shard_optimizer_over_dp" not in line and "recompute_activations" not in line]
+    path.write_text("".join(lines))
+    ex = load_plan(path).executions["actor_train"]
+    assert ex.shard_optimizer_over_dp is True and ex.recompute_activations is True
+
+
+@pytest.mark.parametrize("field", ["shard_optimizer_over_dp", "recompute_activations"])
+def test_plan_check_refuses_a_policy_field_on_a_non_train_call(field, tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    data = yaml.safe_load(plan_to_yaml(make_plan()))
+    data["executions"]["critic_inf"][field] = False
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    capsys.readouterr()
+    assert main(["check", str(path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in captured.err, captured.err
+    for word in (str(path), "executions.critic_inf", field, "train calls only"):
+        assert word in err[0], (word, err[0])
 
 
 def test_augmented_section_lists_the_reallocations(tmp_path):

@@ -1,14 +1,18 @@
-"""`plan profile`: a quick table on llama-tiny loads, grows with work, and is found by the
-estimator; bad input exits 2 with one line."""
+"""`plan profile`: a quick table on llama-tiny loads and is found by the estimator, the work
+each grid point times grows with its batch and length, and bad input exits 2 with one line.
+No timing is asserted (the machine is shared): benchmarks/profile_agreement.py prints how
+the shipped table compares with a fresh measurement."""
 
+import argparse
 import json
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from costmodel.profile_table import load_profile, model_shape_key
-from runtime.profiling.profiler import GRIDS, device_setup, time_trials_s
 from runtime.profiling.parts import PART_OPS, ShardBench
+from runtime.profiling.profiler import GRIDS, device_setup
 from planner.cli import estimate as estimate_cli
 from planner.cli.main import main
 from planner.domain.cluster import cluster_preset
@@ -19,7 +23,8 @@ from planner.domain.plan import Plan, Provenance, save_plan
 from planner.domain.workflow_file import builtin_workflow
 
 TINY = PRESETS["llama-tiny"]
-# Ops whose time must clearly grow with tokens even on the quick grid (16 -> 1024 tokens).
+# Parts and ops whose matmul FLOPs grow with the batch x length of a grid point (decode
+# runs one new token per sequence whatever the cached length; embedding is a lookup).
 GROWING = [("block", "forward"), ("block", "backward"), ("block", "prefill"),
            ("lm_head", "forward"), ("lm_head", "backward")]
 
@@ -49,14 +54,26 @@ def test_quick_table_loads_with_every_part_op_and_positive_times(quick_table):
 
 
 @pytest.mark.parametrize("part,op", GROWING)
-def test_times_grow_with_batch_and_length(quick_table, part, op):
-    for shard in load_profile(quick_table).table.shards:
-        [entry] = [e for e in shard.entries if (e.part, e.op) == (part, op)]
-        t = entry.seconds
-        # the far corner (8 x 128 tokens) against each axis at its small end
-        assert t[-1][-1] > 1.5 * t[0][-1], (shard.tp, t)
-        assert t[-1][-1] > 1.5 * t[-1][0], (shard.tp, t)
-        assert t[-1][-1] > 4 * t[0][0], (shard.tp, t)
+@pytest.mark.parametrize("tp", [1, 2])
+def test_timed_work_grows_with_batch_and_length(part, op, tp):
+    """What a grid point times grows at least in proportion to its batch and its length.
+    Counted FLOPs, not seconds: timings swing with the load of a shared machine (the shipped
+    table against a fresh measurement: benchmarks/profile_agreement.py)."""
+    bench = ShardBench(TINY, tp, device_setup("cpu").config)
+    (small_b, large_b), (short, long) = GRIDS["quick"].batch, GRIDS["quick"].length
+    flops = {}
+    for batch in (small_b, large_b):
+        for length in (short, long):
+            trial = bench.trial(part, op, batch, length)
+            trial.prepare()
+            with FlopCounterMode(display=False) as counter:
+                trial.run()
+            flops[batch, length] = counter.get_total_flops()
+    assert flops[small_b, short] > 0
+    for length in (short, long):
+        assert flops[large_b, length] >= large_b / small_b * flops[small_b, length], flops
+    for batch in (small_b, large_b):
+        assert flops[batch, long] >= long / short * flops[batch, short], flops
 
 
 def test_lookup_reproduces_every_measured_grid_point(quick_table):
@@ -87,36 +104,16 @@ def tiny_ppo_plan() -> Plan:
 
 
 def test_estimate_uses_the_shipped_cpu_table(tmp_path, capsys):
+    """The tiny PPO plan fits cpu4 (about 0.1 GiB of 5 GiB per device), so the estimate is
+    feasible (exit 0) and priced from the shipped table, not the roofline."""
     shipped = PROFILES_DIR / "cpu" / f"{model_shape_key(TINY)}.yaml"
     assert shipped.is_file(), "profiles/cpu/ should ship a llama-tiny table"
     path = tmp_path / "plan.yaml"
     save_plan(tiny_ppo_plan(), path)
-    code = estimate_cli.run(__import__("argparse").Namespace(plan=str(path), json=True,
-                                                             iterations=2))
+    code = estimate_cli.run(argparse.Namespace(plan=str(path), json=True, iterations=2))
     data = json.loads(capsys.readouterr().out)
-    assert code in (0, 1)
+    assert code == 0 and data["feasible"] is True, data["reason"]
     assert data["compute_source"] == f"profile:{shipped}", data["compute_source"]
-
-
-def test_shipped_table_agrees_with_a_fresh_measurement():
-    """Block forward at one grid point measured again now: within 3x of the shipped value
-    (the machines are shared; the ratio is printed for the record)."""
-    lookup = load_profile(PROFILES_DIR / "cpu" / f"{model_shape_key(TINY)}.yaml")
-    batch, length = 4, 128
-    shipped = float(lookup.time_s("forward", "block", 1, batch, length))
-    setup = device_setup("cpu")
-    bench = ShardBench(TINY, 1, setup.config)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        [fresh] = time_trials_s([bench.trial("block", "forward", batch, length)],
-                                GRIDS["cpu"], setup.sync)
-    finally:
-        torch.set_num_threads(before)
-    ratio = fresh / shipped
-    print(f"block forward tp 1 b{batch} l{length}: shipped {shipped * 1e3:.3f} ms, "
-          f"fresh {fresh * 1e3:.3f} ms, ratio {ratio:.2f}")
-    assert 1 / 3 < ratio < 3
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -36,6 +36,7 @@ def test_tp_shards_tile_every_parameter_exactly_once_or_replicate(tp, bias, head
         assert (count.max() == tp and tp > 1) <= is_tp_replicated(param.name), param.name
 
 
+@settings(deadline=None)
 @given(head=st.sampled_from(["lm", "value"]), bias=st.booleans(), tied=st.booleans())
 def test_runtime_replication_rule_agrees_with_param_shards(head, bias, tied):
     spec = TINY.model_copy(update={"attention_bias": bias, "tie_embeddings": tied})
@@ -43,6 +44,7 @@ def test_runtime_replication_rule_agrees_with_param_shards(head, bias, tied):
         assert is_tp_replicated(param.name) == (param.split == "replicated"), param.name
 
 
+@settings(deadline=None)
 @given(pp=st.integers(1, 4), head=st.sampled_from(["lm", "value"]))
 def test_pipeline_stages_partition_the_parameters(pp, head):
     stages = [[p.name for p in stage_params(TINY, head, s, pp)] for s in range(pp)]

@@ -57,9 +57,11 @@ def test_search_says_when_nothing_fits(tmp_path, capsys):
 
 
 def test_search_rejects_bad_time_limit(capsys):
-    assert main(["search", "--time-limit", "-1"]) == 2
+    with pytest.raises(SystemExit) as stop:     # argparse's own error, in one line
+        main(["search", "--time-limit", "-1"])
+    assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--time-limit" in err[0]
+    assert len(err) == 1 and err[0].startswith("plan search: error: argument --time-limit")
 
 
 def test_baseline_writes_a_priced_plan(tmp_path, capsys):

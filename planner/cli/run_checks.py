@@ -1,0 +1,60 @@
+"""What `plan run` (and its torchrun entry point) checks with the cost model before any rank
+starts: that the plan fits in the memory of the devices at hand.
+
+The rule is the one `plan check` applies (costmodel.simulator, rule 6); on a GPU machine it is
+applied a second time with each GPU's memory capped at what the local GPUs really have, so a
+plan made for 80 GiB GPUs is refused on 24 GiB ones before it starts. It lives here, in the
+command-line layer, because the runtime imports nothing of the cost model.
+"""
+
+from __future__ import annotations
+
+from costmodel.simulator import executions_memory_problem
+from planner.domain.cluster import ClusterSpec
+from planner.domain.hardware import GIB
+from planner.domain.plan import Plan
+from runtime.device import local_device_memory_bytes
+
+
+class PlanDoesNotFit(Exception):
+    """A valid plan whose memory check fails on the devices at hand (`plan run` exits 1)."""
+
+
+def with_device_memory_at_most(cluster: ClusterSpec, hardware_names: set[str],
+                               memory_bytes: float) -> ClusterSpec:
+    """The cluster with the memory of the devices of `hardware_names` capped at
+    `memory_bytes` (what the GPUs at hand have); others as they are."""
+    data = cluster.model_dump()
+    for group in data["node_groups"]:
+        hardware = group["hardware"]
+        if hardware["name"] in hardware_names:
+            hardware["memory_gib"] = min(hardware["memory_gib"], memory_bytes / GIB)
+    return ClusterSpec.model_validate(data)
+
+
+def memory_problem_here(plan: Plan, hardware_here: set[str],
+                        device_memory_bytes: float | None) -> str | None:
+    """The plan's memory check (costmodel.simulator, the rule `plan check` applies), with the
+    devices of `hardware_here` holding at most `device_memory_bytes` (None: as the plan's
+    hardware says). A plan for 80 GiB GPUs is refused on 24 GiB ones before it starts."""
+    problem = executions_memory_problem(plan.workflow, plan.cluster, plan.executions)
+    if problem or device_memory_bytes is None:
+        return problem
+    capped = with_device_memory_at_most(plan.cluster, hardware_here, device_memory_bytes)
+    problem = executions_memory_problem(plan.workflow, capped, plan.executions)
+    if problem:
+        planned_gib = max(h.memory_gib for h in plan.cluster.node_hardware
+                          if h.name in hardware_here)
+        return (f"{problem} (the GPUs here have {device_memory_bytes / GIB:.1f} GiB each, the "
+                f"plan's hardware {planned_gib:g} GiB)")
+    return None
+
+
+def check_plan_fits_here(plan: Plan, source: str, ranks_here: int,
+                         hardware_here: set[str]) -> None:
+    """PlanDoesNotFit unless the plan fits in the memory of the `ranks_here` devices this
+    machine runs, of hardware `hardware_here` (run after the runtime's device checks)."""
+    memory = local_device_memory_bytes(plan.cluster, ranks_here)
+    problem = memory_problem_here(plan, hardware_here, memory)
+    if problem:
+        raise PlanDoesNotFit(f"{source}: infeasible: {problem}")
