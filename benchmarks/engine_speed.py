@@ -42,14 +42,14 @@ def measure(rank: int, world_size: int, options: dict) -> list[tuple]:
     import torch.distributed as dist
 
     from planner.domain.modelspec import resolve_model
+    from planner.domain.placement import Placement
     from runtime.batch import MicroBatch
     from runtime.device import CPU_FP32
     from runtime.generate import GenerationConfig, generate
     from runtime.inference import inference
-    from planner.domain.placement import Placement
-    from runtime.layout import create_contexts
     from runtime.model import ParallelModel
     from runtime.optimizer import Adam, AdamConfig
+    from runtime.parallel_context import create_contexts
     from runtime.train import train_step
 
     spec = resolve_model(options["model"])

@@ -115,8 +115,8 @@ def trace_paths(directory: Path, name: str) -> list[Path]:
 def measure(directory: Path, names: list[str], remeasure: bool, repeats: int) -> None:
     """Rounds over all plans (a slow spell of the machine then hits one repeat of many
     plans, not every repeat of one); each run waits for a quiet CPU first."""
+    from planner.domain.output_files import atomic_write_text
     from planner.domain.plan import save_plan
-    from planner.domain.yamlio import atomic_write_text
     from runtime.executor.config import RunConfig
     from runtime.executor.launcher import run_plan
     directory.mkdir(parents=True, exist_ok=True)
@@ -228,8 +228,8 @@ def report(directory: Path, names: list[str], args) -> None:
     from scipy.stats import kendalltau
 
     from costmodel.calibration import save_calibration
-    from costmodel.calibration_fit import fit_calibration
     from costmodel.calibration_data import load_measured_plan, median_plan, predict_plan
+    from costmodel.calibration_fit import fit_calibration
     measured = {n: median_plan([load_measured_plan(directory / f"{n}.yaml", t)
                                 for t in trace_paths(directory, n)], n) for n in names}
     rows, call_rows = [], []

@@ -23,10 +23,10 @@ def main() -> None:
     from costmodel.calibration import load_calibration
     from planner.domain.cluster import cluster_preset
     from planner.domain.paths import PROFILES_DIR
-    from planner.search.mcmc import MCMCSettings
     from planner.domain.plan import Plan, Provenance
-    from planner.search.pipeline import search
     from planner.domain.workflow_file import builtin_workflow
+    from planner.search.mcmc import MCMCSettings
+    from planner.search.pipeline import search
     from runtime.executor.config import RunConfig
     from runtime.executor.launcher import run_plan
 

@@ -30,8 +30,13 @@ from costmodel.profile_table import load_profile, model_shape_key  # noqa: E402
 from planner.domain.modelspec import PRESETS  # noqa: E402
 from planner.domain.paths import PROFILES_DIR  # noqa: E402
 from runtime.profiling.parts import ShardBench  # noqa: E402
-from runtime.profiling.profiler import (CPU_THREADS, GRIDS, cpu_threads,  # noqa: E402
-                                        device_setup, time_trials_s)
+from runtime.profiling.profiler import (  # noqa: E402
+    CPU_THREADS,
+    GRIDS,
+    cpu_threads,
+    device_setup,
+    time_trials_s,
+)
 
 MODEL = "llama-tiny"
 TP_DEGREES = (1, 2)

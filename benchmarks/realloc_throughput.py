@@ -26,9 +26,9 @@ def _worker(rank: int, world_size: int) -> dict:
     from planner.domain.modelspec import PRESETS
     from planner.domain.placement import Placement
     from planner.sharding.transfer_schedule import param_schedule
+    from runtime.device import CPU_FP32
     from runtime.executor.realloc import empty_shards, holding, reallocate
     from runtime.params import init_params
-    from runtime.device import CPU_FP32
 
     buffer = torch.ones(P2P_BYTES // 4)
     p2p = []

@@ -18,13 +18,13 @@ import argparse
 import time
 
 from planner.domain.cluster import cluster_preset
+from planner.domain.workflow import BatchSpec
+from planner.domain.workflow_file import WorkflowFile, build_workflow, builtin_workflow
+from planner.search.builder import full_tables, pruned_tables
 from planner.search.exhaustive import exhaustive_search
 from planner.search.fast_evaluator import FastEvaluator
 from planner.search.mcmc import MCMCSettings, run_mcmc
 from planner.search.pipeline import search
-from planner.search.builder import full_tables, pruned_tables
-from planner.domain.workflow import BatchSpec
-from planner.domain.workflow_file import WorkflowFile, build_workflow, builtin_workflow
 
 # PPO on H100: every space of <= 8 devices with a plan that fits has more than 10^9 plans
 # after pruning, so PPO is enumerated on the CPU cluster (tiny models, a small batch), where

@@ -15,10 +15,10 @@ import time
 import numpy as np
 
 from planner.domain.cluster import cluster_preset
+from planner.domain.workflow_file import builtin_workflow
+from planner.search.builder import full_tables, pruned_tables
 from planner.search.fast_evaluator import FastEvaluator
 from planner.search.mcmc import MCMCSettings, run_mcmc
-from planner.search.builder import full_tables, pruned_tables
-from planner.domain.workflow_file import builtin_workflow
 
 BATCH_PLANS = 1 << 16
 

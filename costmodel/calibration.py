@@ -50,8 +50,9 @@ from costmodel.call_cost import CostKnobs
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError, describe_validation_error
 from planner.domain.layout import Execution
+from planner.domain.output_files import atomic_write_text
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
-from planner.domain.yamlio import atomic_write_text, load_yaml_mapping
+from planner.domain.yamlio import load_yaml_mapping
 
 FORMAT_VERSION = 1
 CALL_KINDS = ("generate", "inference", "train")

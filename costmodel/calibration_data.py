@@ -18,13 +18,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from costmodel.call_cost import CostKnobs, call_time_with_knobs
 from costmodel.calibration import Calibration, decode_steps
+from costmodel.call_cost import CostKnobs, call_time_with_knobs
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import Estimate, simulate
 from planner.domain.errors import InputError
+from planner.domain.input_files import JSONSyntaxError, load_json_input
 from planner.domain.plan import Plan, load_plan
-from planner.domain.yamlio import JSONSyntaxError, load_json_input
 
 # A measured call or iteration of a week is a broken trace (or a unit slip), not a time to
 # fit factors to.
@@ -72,7 +72,7 @@ def _non_negative_seconds(value: float, where: str) -> float:
 
 def load_trace(path: Path) -> dict:
     """The trace JSON as a mapping; InputError for a missing, non-JSON or non-finite file
-    (yamlio.load_json_input)."""
+    (input_files.load_json_input)."""
     try:
         data = load_json_input(Path(path))
     except JSONSyntaxError as err:

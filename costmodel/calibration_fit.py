@@ -32,8 +32,18 @@ import numpy as np
 from pydantic import ValidationError
 from scipy.optimize import least_squares, minimize_scalar
 
-from costmodel.calibration import CALL_KINDS, FORMAT_VERSION, MAX_PROCESS_SLOWDOWN, Calibration
-from costmodel.calibration_data import (CallFeatures, MeasuredPlan, call_features, move_rows)
+from costmodel.calibration import (
+    CALL_KINDS,
+    FORMAT_VERSION,
+    MAX_PROCESS_SLOWDOWN,
+    Calibration,
+)
+from costmodel.calibration_data import (
+    CallFeatures,
+    MeasuredPlan,
+    call_features,
+    move_rows,
+)
 from planner.domain.errors import InputError, describe_validation_error
 
 # Relative error at which the soft-L1 loss turns from quadratic to linear.

@@ -42,15 +42,20 @@ import numpy as np
 from costmodel import comm
 from costmodel import efficiency as eff
 from costmodel.compute import part_timer
-from costmodel.memory import CallMemory, call_memory_parts, micro_batch_seqs, optimizer_shards
+from costmodel.memory import (
+    CallMemory,
+    call_memory_parts,
+    micro_batch_seqs,
+    optimizer_shards,
+)
 from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import HardwareSpec
 from planner.domain.layout import Execution
-from planner.sharding.param_shards import shard_elements
 from planner.domain.paths import PROFILES_DIR
+from planner.domain.workflow import BatchSpec, ModelFunctionCall, ModelRole
+from planner.sharding.param_shards import shard_elements
 from planner.sharding.pipeline_partition import stage_layer_counts
 from planner.sharding.rank_groups import rank_groups
-from planner.domain.workflow import BatchSpec, ModelFunctionCall, ModelRole
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from costmodel.call_cost import CallTime, call_memory, call_time
 from costmodel.memory import CallMemory
 from costmodel.realloc_cost import ScheduleCost, realloc_cost, transfer_cost
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import Execution
 from planner.domain.data_keys import payload_bytes
+from planner.domain.layout import Execution
 from planner.domain.paths import PROFILES_DIR
 from planner.domain.workflow import Workflow
 

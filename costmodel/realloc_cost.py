@@ -22,7 +22,7 @@ from costmodel import efficiency as eff
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.modelspec import HeadKind, ModelSpec
-from planner.sharding.transfer_schedule import (Schedule, data_schedule, param_schedule)
+from planner.sharding.transfer_schedule import Schedule, data_schedule, param_schedule
 
 
 @dataclass(frozen=True)

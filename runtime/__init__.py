@@ -2,14 +2,15 @@
 
 What the executor calls (every rank of the world, the same calls in the same order):
 
-    ctxs = layout.create_contexts([Placement(devices, dp, tp, pp), ...])  # all groups, all ranks
+    ctxs = parallel_context.create_contexts([Placement(devices, dp, tp, pp), ...])  # all ranks
     model = ParallelModel.from_seed(spec, "lm" | "value", ctx, seed, device)
     model = ParallelModel.from_hf(directory, spec, head, ctx, device)
     generate(model, prompts: list[MicroBatch], GenerationConfig) -> list[Generation]
     inference(model, micro_batches, with_entropy=False) -> list[ModelOutputs]
     optimizer = Adam(model.params, AdamConfig(...), ctx, shard_over_dp=False)
-    train_step(model, optimizer, micro_batches, loss_fn, num_minibatches) -> list[TrainStats]
-        (recomputes each decoder block's activations in backward, as the cost model prices)
+    train_step(model, optimizer, micro_batches, loss_fn, num_minibatches,
+               recompute_activations) -> list[TrainStats]
+        (the execution's policy: recompute each decoder block in backward, as priced)
 
 `model.params` maps HF names to this rank's shards; `planner.sharding.param_shards` (pure, no torch,
 shared with the cost model) says which slice of which full tensor each (tp_rank, pp_stage)

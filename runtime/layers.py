@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime.comm import copy_to_tp, reduce_from_tp
-from runtime.layout import Group
+from runtime.parallel_context import Group
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

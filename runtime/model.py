@@ -22,14 +22,25 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from planner.domain.modelspec import HeadKind, ModelSpec
-from planner.sharding.param_shards import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
-                                  VALUE_HEAD_WEIGHT)
+from planner.sharding.param_shards import (
+    EMBEDDING,
+    FINAL_NORM,
+    LM_HEAD,
+    VALUE_HEAD_BIAS,
+    VALUE_HEAD_WEIGHT,
+)
 from planner.sharding.pipeline_partition import layer_ranges
-from runtime.device import DeviceConfig
-from runtime.layers import (AttentionInputs, LayerCache, decoder_block, rms_norm,
-                            rotary_cos_sin, vocab_parallel_embedding)
-from runtime.layout import ParallelContext
 from runtime.comm import copy_to_tp
+from runtime.device import DeviceConfig
+from runtime.layers import (
+    AttentionInputs,
+    LayerCache,
+    decoder_block,
+    rms_norm,
+    rotary_cos_sin,
+    vocab_parallel_embedding,
+)
+from runtime.parallel_context import ParallelContext
 from runtime.params import check_layout_supported, init_params, load_hf_params
 
 

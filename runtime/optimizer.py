@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from runtime.comm import all_reduce
-from runtime.layout import ParallelContext
+from runtime.parallel_context import ParallelContext
 from runtime.params import is_tp_replicated
 
 NORM_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_

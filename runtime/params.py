@@ -21,13 +21,17 @@ import numpy as np
 import torch
 
 from planner.domain.layout import parallel_degrees_problem
-from planner.domain.modelspec import ModelSpec
+from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.sharding.param_shards import (
+    VALUE_HEAD_BIAS,
+    VALUE_HEAD_WEIGHT,
+    ParamInfo,
+    model_params,
+    shard_slice,
+    stage_params,
+)
 from runtime.device import DeviceConfig
 from runtime.safetensors_io import SafetensorsFile
-from planner.domain.modelspec import HeadKind
-from planner.sharding.param_shards import (VALUE_HEAD_BIAS, VALUE_HEAD_WEIGHT, ParamInfo,
-                                  model_params, shard_slice,
-                                  stage_params)
 
 INIT_STD = 0.02  # HF LlamaConfig.initializer_range default
 

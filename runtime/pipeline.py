@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from runtime.layout import ParallelContext
+from runtime.parallel_context import ParallelContext
 
 
 class StageLink:

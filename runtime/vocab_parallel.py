@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from runtime.comm import all_reduce, reduce_from_tp
-from runtime.layout import Group
+from runtime.parallel_context import Group
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, tp: Group,

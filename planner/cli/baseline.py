@@ -8,14 +8,14 @@ from pathlib import Path
 
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import simulate
-from planner.search.baselines import BASELINES
 from planner.cli.estimate import estimate_as_mapping, estimate_as_text
-from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
 from planner.cli.plan_output import priced_plan
+from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
+from planner.domain.output_files import check_writable_path
 from planner.domain.plan import save_plan
-from planner.domain.yamlio import check_writable_path
-from planner.search.pipeline import exact_judge
+from planner.search.baselines import BASELINES
 from planner.search.builder import full_tables
+from planner.search.pipeline import exact_judge
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from costmodel.calibration import MAX_CORES_PER_NODE, save_calibration
 from costmodel.calibration_data import load_measured_plan, plan_path_for
 from costmodel.calibration_fit import FitResult, Residual, fit_calibration
 from planner.cli.arguments import integer_in_range
-from planner.domain.yamlio import check_writable_path
+from planner.domain.output_files import check_writable_path
 
 DESCRIPTION = """\
 Fit the cost model's efficiency factors to measured traces and write a calibrated profile.

@@ -15,7 +15,6 @@ from planner.domain.hardware import GIB
 from planner.domain.mesh import mesh_text
 from planner.domain.plan import Plan, load_plan
 
-
 SHORT_TRANSFER_S = 1e-3     # the text output lists transfers this long or longer
 # The estimate is the steady state, reached within a few iterations (the default is
 # DEFAULT_ITERATIONS); more only cost simulation time, and a thousand is far beyond need.

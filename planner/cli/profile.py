@@ -9,8 +9,8 @@ from pathlib import Path
 
 from planner.domain.errors import InputError
 from planner.domain.modelspec import resolve_model
+from planner.domain.output_files import check_writable_path
 from planner.domain.paths import PROFILES_DIR
-from planner.domain.yamlio import check_writable_path
 
 
 def parse_tp_degrees(text: str) -> list[int]:
@@ -29,8 +29,14 @@ def run(args: argparse.Namespace) -> int:
     check_writable_path(args.out, "--out")
     # torch comes with the profiler: imported here so the other commands start quickly
     from costmodel.profile_table import model_shape_key
-    from runtime.profiling.profiler import (GRIDS, check_tp_degrees, default_tp_degrees,
-                                            device_setup, measure_profile, save_profile)
+    from runtime.profiling.profiler import (
+        GRIDS,
+        check_tp_degrees,
+        default_tp_degrees,
+        device_setup,
+        measure_profile,
+        save_profile,
+    )
 
     try:
         spec = resolve_model(args.model)

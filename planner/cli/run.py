@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from planner.domain.output_files import atomic_write_text, check_writable_path
 from planner.domain.plan import load_plan
-from planner.domain.yamlio import atomic_write_text, check_writable_path
 
 DESCRIPTION = """\
 Run a plan: one process per device of the plan's cluster on this machine, on the plan's

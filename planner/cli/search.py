@@ -12,11 +12,11 @@ from planner.cli.arguments import positive_seconds
 from planner.cli.estimate import estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
 from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
-from planner.domain.hardware import GIB
-from planner.search.mcmc import MCMCSettings
-from planner.domain.plan import save_plan
-from planner.domain.yamlio import check_writable_path
 from planner.cli.progress import ProgressLine
+from planner.domain.hardware import GIB
+from planner.domain.output_files import check_writable_path
+from planner.domain.plan import save_plan
+from planner.search.mcmc import MCMCSettings
 from planner.search.pipeline import SearchOutcome, search
 
 INTERRUPTED_EXIT_CODE = 130   # as planner.cli.main: 128 + SIGINT

@@ -9,10 +9,15 @@ from pathlib import Path
 
 from costmodel.simulator import Estimate, estimate_plan
 from planner.domain.augment import augmented_graph, reallocations, transfers
-from planner.figures.common import device_label, format_seconds, short_realloc, split_node_id
 from planner.domain.hardware import GIB
 from planner.domain.mesh import mesh_text
 from planner.domain.plan import Plan, load_plan, plan_to_mapping
+from planner.figures.common import (
+    device_label,
+    format_seconds,
+    short_realloc,
+    split_node_id,
+)
 
 TEXT_WIDTH = 100
 SAVED_ESTIMATE_TOLERANCE = 0.01  # relative; beyond it the saved estimate is called stale

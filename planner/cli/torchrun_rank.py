@@ -25,8 +25,12 @@ from planner.domain.plan import load_plan
 from runtime.executor.config import config_from_args
 from runtime.executor.launcher import check_before_start
 from runtime.executor.options import add_run_options
-from runtime.executor.torchrun import (TorchrunPlace, node_structure_problem,
-                                       run_under_torchrun, torchrun_place)
+from runtime.executor.torchrun import (
+    TorchrunPlace,
+    node_structure_problem,
+    run_under_torchrun,
+    torchrun_place,
+)
 
 TORCHRUN_PROG = "python -m planner.cli.torchrun_rank"
 

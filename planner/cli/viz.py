@@ -12,8 +12,8 @@ KINDS = ("timeline", "placement", "memory", "graph")
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.figures.plan_figures import draw_plan_figure
     from planner.figures.common import check_picture_path
+    from planner.figures.plan_figures import draw_plan_figure
     if args.kind not in KINDS:
         raise InputError(f"--kind: got {args.kind!r}; valid: {', '.join(KINDS)}")
     out = check_picture_path(Path(args.out))

@@ -24,8 +24,14 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.domain.errors import InputError, describe_validation_error
-from planner.domain.hardware import (GIB, MAX_BANDWIDTH_GB_PER_S, MAX_DEVICE_MEMORY_GIB,
-                                     MAX_LATENCY_US, HardwareSpec, hardware_by_name)
+from planner.domain.hardware import (
+    GIB,
+    MAX_BANDWIDTH_GB_PER_S,
+    MAX_DEVICE_MEMORY_GIB,
+    MAX_LATENCY_US,
+    HardwareSpec,
+    hardware_by_name,
+)
 from planner.domain.yamlio import load_yaml_mapping, resolve_preset_or_file
 
 # Size limits of a cluster. The largest training clusters today have of the order of

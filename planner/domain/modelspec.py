@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.domain.errors import InputError, describe_validation_error
-from planner.domain.yamlio import load_json_input
+from planner.domain.input_files import load_json_input
 
 HeadKind = Literal["lm", "value"]
 

@@ -21,8 +21,9 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError, describe_validation_error
 from planner.domain.layout import Execution, execution_problem
 from planner.domain.mesh import mesh_text, parse_mesh_text
+from planner.domain.output_files import atomic_write_text
 from planner.domain.workflow import Workflow
-from planner.domain.yamlio import atomic_write_text, dump_yaml, load_yaml_mapping
+from planner.domain.yamlio import dump_yaml, load_yaml_mapping
 
 SCHEMA_VERSION = 1
 

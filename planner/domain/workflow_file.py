@@ -17,11 +17,22 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from planner.domain.builtin_workflows import (BUILTIN_CALLS, BUILTIN_INPUTS, DEFAULT_BATCH,
-                                       DEFAULT_MODEL, VALUE_HEAD_ROLES)
+from planner.domain.builtin_workflows import (
+    BUILTIN_CALLS,
+    BUILTIN_INPUTS,
+    DEFAULT_BATCH,
+    DEFAULT_MODEL,
+    VALUE_HEAD_ROLES,
+)
 from planner.domain.errors import InputError, describe_validation_error
 from planner.domain.modelspec import HeadKind, resolve_model
-from planner.domain.workflow import (Algorithm, BatchSpec, ModelFunctionCall, ModelRole, Workflow)
+from planner.domain.workflow import (
+    Algorithm,
+    BatchSpec,
+    ModelFunctionCall,
+    ModelRole,
+    Workflow,
+)
 from planner.domain.yamlio import load_yaml_mapping, resolve_preset_or_file
 
 

@@ -21,11 +21,11 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from costmodel.simulator import Estimate  # noqa: E402
+from planner.domain.plan import Plan  # noqa: E402
 from planner.figures.canvas import plan_colours, save_figure  # noqa: E402
 from planner.figures.common import format_seconds  # noqa: E402
 from planner.figures.dataflow import KIND_MARKERS  # noqa: E402
 from planner.figures.timeline import runs_iteration  # noqa: E402
-from planner.domain.plan import Plan  # noqa: E402
 
 EDGE_STYLES = {
     "data": dict(edge_color="#888888", style="solid", width=1.0),

@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from planner.domain.output_files import atomic_write_bytes  # noqa: E402
 from planner.domain.plan import Plan  # noqa: E402
-from planner.domain.yamlio import atomic_write_bytes  # noqa: E402
 
 
 def model_colours(roles: list[str]) -> dict[str, tuple]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError
+from planner.domain.output_files import check_writable_path
 from planner.domain.plan import Plan
-from planner.domain.yamlio import check_writable_path
 
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 REALLOC_PREFIX = "realloc:"
@@ -17,7 +17,7 @@ TRANSFER_PREFIX = "transfer:"  # the runtime's trace names data transfers transf
 
 def check_picture_path(out: Path, option: str = "--out") -> Path:
     """The output path, or InputError when its suffix is not a picture type we write or a
-    file cannot be written there (yamlio.check_writable_path)."""
+    file cannot be written there (output_files.check_writable_path)."""
     out = Path(out)
     if out.suffix.lower() not in PICTURE_SUFFIXES:
         raise InputError(f"{option}: {out}: unsupported picture type {out.suffix or '(none)'!r};"

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from costmodel.plan_memory import RECEIVE_BUFFER, WEIGHTS_COPY  # noqa: E402
 from costmodel.simulator import Estimate  # noqa: E402
 from planner.domain.hardware import GIB  # noqa: E402
 from planner.domain.plan import Plan  # noqa: E402
@@ -36,8 +37,8 @@ KIND_STYLE = {
     "kv_cache": ("\\\\", "KV cache (generation)"),
     "logits": ("--", "logits (last stage)"),
     "workspace": ("||", "workspace"),
-    "weights_copy": ("xx", "temporary weights copy (call placed unlike its train call)"),
-    "receive_buffer": ("++", "reallocation receive buffer"),
+    WEIGHTS_COPY: ("xx", "temporary weights copy (call placed unlike its train call)"),
+    RECEIVE_BUFFER: ("++", "reallocation receive buffer"),
 }
 LEGEND_PART_COLOUR = "#8c8c8c"  # dark enough for the white hatching to show
 MAX_DEVICES_WITH_NOTES = 16

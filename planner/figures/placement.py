@@ -17,10 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from costmodel.simulator import Estimate  # noqa: E402
-from planner.figures.canvas import plan_colours, save_figure  # noqa: E402
-from planner.figures.common import device_label, format_seconds  # noqa: E402
 from planner.domain.mesh import mesh_text  # noqa: E402
 from planner.domain.plan import Plan  # noqa: E402
+from planner.figures.canvas import plan_colours, save_figure  # noqa: E402
+from planner.figures.common import device_label, format_seconds  # noqa: E402
 from planner.sharding.rank_groups import coordinate_of  # noqa: E402
 
 MAX_DEVICES_WITH_COORDINATES = 16

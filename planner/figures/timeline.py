@@ -19,11 +19,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from costmodel.simulator import Estimate  # noqa: E402
-from planner.figures.canvas import plan_colours, save_figure  # noqa: E402
-from planner.figures.common import (REALLOC_PREFIX, device_label, format_seconds,  # noqa: E402
-                                    short_realloc, split_node_id)
-from planner.figures.trace import MeasuredNode  # noqa: E402
 from planner.domain.plan import Plan  # noqa: E402
+from planner.figures.canvas import plan_colours, save_figure  # noqa: E402
+from planner.figures.common import (  # noqa: E402
+    REALLOC_PREFIX,
+    device_label,
+    format_seconds,
+    short_realloc,
+    split_node_id,
+)
+from planner.figures.trace import MeasuredNode  # noqa: E402
 
 HEADER_TOP = -1.35        # rows above device 0 hold the iteration spans
 MIN_BAR_FRACTION = 0.004   # shortest drawn bar, as a fraction of the time window

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner.domain.errors import InputError, describe_validation_error
 from planner.domain.augment import reallocations
-from planner.figures.common import node_model, split_node_id
+from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.input_files import load_json_input
 from planner.domain.plan import Plan
-from planner.domain.yamlio import load_json_input
+from planner.figures.common import node_model, split_node_id
 
 
 class TraceNode(BaseModel):

@@ -20,10 +20,10 @@ from typing import Callable
 import numpy as np
 
 from planner.domain.cluster import ClusterSpec
-from planner.search.fast_evaluator import FastEvaluator
 from planner.domain.layout import Execution
-from planner.search.tables import CallTable, SearchTables
 from planner.domain.workflow import Workflow
+from planner.search.fast_evaluator import FastEvaluator
+from planner.search.tables import CallTable, SearchTables
 
 POOL_WEIGHT = {"train": 3.0, "generate": 2.0, "inference": 1.0}
 MAX_COMBINATIONS = 200_000

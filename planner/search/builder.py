@@ -25,9 +25,9 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.data_keys import payload_bytes
 from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes
-from planner.search.tables import CallTable, DataEdge, ModelPair, SearchTables
-from planner.search.space import candidate_executions
 from planner.domain.workflow import ModelFunctionCall, ModelRole, Workflow
+from planner.search.space import candidate_executions
+from planner.search.tables import CallTable, DataEdge, ModelPair, SearchTables
 
 US = 1e-6
 GB = 1e9

@@ -28,7 +28,13 @@ from typing import Callable
 import numpy as np
 
 from planner.search.fast_evaluator import FastEvaluator
-from planner.search.mcmc_kernel import Chains, MoveTables, StepSettings, energy_of, sweep
+from planner.search.mcmc_kernel import (
+    Chains,
+    MoveTables,
+    StepSettings,
+    energy_of,
+    sweep,
+)
 from planner.search.tables import SearchTables
 
 MOVE_PROBABILITIES = (0.2, 0.3, 0.3, 0.2)   # random, same mesh, same style, copy placement

@@ -19,14 +19,14 @@ import numpy as np
 
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import Estimate, executions_memory_problem, simulate
-from planner.search.baselines import BaselineJudge, build_baselines
 from planner.domain.cluster import ClusterSpec
-from planner.search.fast_evaluator import FastEvaluator
 from planner.domain.layout import Execution
-from planner.search.mcmc import MCMCResult, MCMCSettings, run_mcmc, warm_up
-from planner.search.builder import full_tables, pruned_tables
-from planner.search.tables import SearchTables
 from planner.domain.workflow import Workflow
+from planner.search.baselines import BaselineJudge, build_baselines
+from planner.search.builder import full_tables, pruned_tables
+from planner.search.fast_evaluator import FastEvaluator
+from planner.search.mcmc import MCMCResult, MCMCSettings, run_mcmc, warm_up
+from planner.search.tables import SearchTables
 
 
 @dataclass

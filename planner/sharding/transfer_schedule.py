@@ -31,9 +31,14 @@ from functools import lru_cache
 from typing import Sequence
 
 from planner.domain.modelspec import HeadKind, ModelSpec
-from planner.sharding.param_shards import (ParamInfo, ShardSlice, model_params, shard_slice,
-                                  slice_elements)
 from planner.domain.placement import Placement
+from planner.sharding.param_shards import (
+    ParamInfo,
+    ShardSlice,
+    model_params,
+    shard_slice,
+    slice_elements,
+)
 from planner.sharding.rank_groups import placement_device
 
 

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from runtime.algorithms.common import (AlgoConfig, Rollout, clipped_policy_loss, group_view,
-                                       k3_kl, local_rows, response)
+from runtime.algorithms.common import (
+    AlgoConfig,
+    Rollout,
+    clipped_policy_loss,
+    group_view,
+    k3_kl,
+    local_rows,
+    response,
+)
 from runtime.batch import MicroBatch, ModelOutputs
 
 STD_EPS = 1e-6

@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from planner.domain.layout import Execution
-from planner.sharding.transfer_schedule import sequence_range
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
+from planner.sharding.transfer_schedule import sequence_range
 from runtime.algorithms import AlgoConfig, Rollout
 from runtime.batch import MicroBatch
 from runtime.comm import all_reduce
@@ -35,9 +35,9 @@ from runtime.executor.data import DataStore, key_format
 from runtime.executor.dataset import PAD_TOKEN_ID, Dataset
 from runtime.generate import GenerationConfig, generate
 from runtime.inference import inference
-from runtime.layout import ParallelContext
 from runtime.model import ParallelModel
 from runtime.optimizer import Adam
+from runtime.parallel_context import ParallelContext
 from runtime.train import train_step
 
 REWARD_KEYS = ("rewards", "greedy_rewards")

@@ -9,7 +9,6 @@ import torch
 
 from planner.domain.errors import InputError
 from runtime.algorithms.common import AlgoConfig
-
 from runtime.executor.options import REWARD_HELP
 
 

@@ -18,8 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from planner.domain.data_keys import (MASK_KEYS, PER_GENERATED_TOKEN_KEYS, PER_SEQUENCE_KEYS,
-                               TOKEN_KEYS)
+from planner.domain.data_keys import (
+    MASK_KEYS,
+    PER_GENERATED_TOKEN_KEYS,
+    PER_SEQUENCE_KEYS,
+    TOKEN_KEYS,
+)
 from planner.domain.errors import InputError
 from planner.domain.workflow import BatchSpec
 from runtime.executor.steps import TransferStep

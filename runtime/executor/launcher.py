@@ -24,7 +24,12 @@ from runtime.device import cluster_backend, cluster_device_problem
 from runtime.executor.config import RunConfig, parse_reward
 from runtime.executor.data import DATASET_KEYS, key_format
 from runtime.executor.dataset import load_records
-from runtime.executor.trace import build_trace, iteration_ends, merge_records, progress_line
+from runtime.executor.trace import (
+    build_trace,
+    iteration_ends,
+    merge_records,
+    progress_line,
+)
 from runtime.executor.worker import execute, reward_roles
 from runtime.launch import run_distributed
 from runtime.params import check_layout_supported

@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 
 from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.domain.placement import Placement
 from planner.sharding.param_shards import ShardSlice, model_params, shard_slice
 from planner.sharding.rank_groups import placement_coordinate
-from planner.domain.placement import Placement
 from planner.sharding.transfer_schedule import Piece, Schedule
 
 

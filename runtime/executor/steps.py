@@ -30,8 +30,9 @@ from typing import Mapping, Sequence, Union
 from planner.domain.augment import Reallocation, scheduled_nodes
 from planner.domain.layout import Execution
 from planner.domain.placement import Placement
-from planner.sharding.transfer_schedule import Schedule, data_schedule
 from planner.domain.workflow import Workflow
+from planner.sharding.transfer_schedule import Schedule, data_schedule
+
 
 @dataclass(frozen=True)
 class CallStep:

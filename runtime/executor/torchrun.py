@@ -89,8 +89,8 @@ def run_under_torchrun(plan: Plan, config: RunConfig, place: TorchrunPlace,
     import json
     from datetime import timedelta
 
+    from planner.domain.output_files import atomic_write_text
     from planner.domain.plan import plan_to_mapping
-    from planner.domain.yamlio import atomic_write_text
     from runtime.executor.trace import build_trace, progress_line
 
     device = rank_device_config(plan.cluster, place.rank, place.local_rank)

@@ -31,11 +31,18 @@ from runtime.executor.data import DataStore, run_transfer
 from runtime.executor.dataset import Dataset
 from runtime.executor.measure import PeakMemory
 from runtime.executor.realloc import empty_shards, holding, reallocate
-from runtime.executor.steps import (CallStep, ReallocStep, TransferStep, build_steps,
-                                    distinct_layouts, initial_placements, model_homes)
-from runtime.layout import create_contexts
+from runtime.executor.steps import (
+    CallStep,
+    ReallocStep,
+    TransferStep,
+    build_steps,
+    distinct_layouts,
+    initial_placements,
+    model_homes,
+)
 from runtime.model import ParallelModel
 from runtime.optimizer import Adam, AdamConfig
+from runtime.parallel_context import create_contexts
 
 FAIL_ENV = "RLHF_PLAN_FAIL_AT"
 FAIL_EXIT_CODE = 17

@@ -25,16 +25,30 @@ import torch
 import torch.nn.functional as F
 
 from planner.domain.modelspec import ModelSpec
-from planner.sharding.param_shards import (EMBEDDING, FINAL_NORM, LM_HEAD, VALUE_HEAD_BIAS,
-                                  VALUE_HEAD_WEIGHT, ParamInfo, model_params, shard_slice)
+from planner.domain.placement import Placement
+from planner.sharding.param_shards import (
+    EMBEDDING,
+    FINAL_NORM,
+    LM_HEAD,
+    VALUE_HEAD_BIAS,
+    VALUE_HEAD_WEIGHT,
+    ParamInfo,
+    model_params,
+    shard_slice,
+)
 from planner.sharding.rank_groups import Coordinate
 from runtime.device import DeviceConfig
-from runtime.layers import (AttentionInputs, LayerCache, decoder_block, rms_norm,
-                            rotary_cos_sin, vocab_parallel_embedding)
-from planner.domain.placement import Placement
-from runtime.layout import Group, ParallelContext
+from runtime.layers import (
+    AttentionInputs,
+    LayerCache,
+    decoder_block,
+    rms_norm,
+    rotary_cos_sin,
+    vocab_parallel_embedding,
+)
 from runtime.model import attention_mask_4d
 from runtime.optimizer import Adam, AdamConfig
+from runtime.parallel_context import Group, ParallelContext
 from runtime.params import INIT_STD
 from runtime.vocab_parallel import choose_tokens, token_logprobs
 

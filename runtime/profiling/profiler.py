@@ -26,13 +26,14 @@ from typing import Callable
 import torch
 
 from costmodel.profile_table import FORMAT_VERSION, ProfileTable, model_shape_key
-from runtime.profiling.parts import PART_OPS, ShardBench, Trial
 from planner.domain.errors import InputError
 from planner.domain.hardware import hardware_by_name, known_hardware
-from planner.domain.modelspec import ModelSpec
-from planner.domain.yamlio import atomic_write_text, dump_yaml
-from runtime.device import DTYPE_NAMES, RUNNABLE_DTYPES, DeviceConfig, device_config
 from planner.domain.layout import parallel_degrees_problem
+from planner.domain.modelspec import ModelSpec
+from planner.domain.output_files import atomic_write_text
+from planner.domain.yamlio import dump_yaml
+from runtime.device import DTYPE_NAMES, RUNNABLE_DTYPES, DeviceConfig, device_config
+from runtime.profiling.parts import PART_OPS, ShardBench, Trial
 
 MIN_REPEATS = 3
 CPU_THREADS = 1  # one gloo process per core: each process computes on one thread

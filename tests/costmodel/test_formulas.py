@@ -3,8 +3,11 @@
 import pytest
 
 from costmodel.comm import Link, allgather_time_s, allreduce_time_s, p2p_time_s
-from costmodel.memory import (kv_cache_bytes, optimizer_state_bytes_per_device,
-                              weight_bytes_per_device)
+from costmodel.memory import (
+    kv_cache_bytes,
+    optimizer_state_bytes_per_device,
+    weight_bytes_per_device,
+)
 from costmodel.roofline import forward_flops_part
 from planner.domain.modelspec import PRESETS
 from planner.sharding.param_shards import shard_elements

@@ -12,7 +12,8 @@ from costmodel.call_cost import call_memory, call_time, geometry
 from costmodel.compute import part_timer
 from costmodel.memory import PART_KINDS
 from costmodel.plan_cost import PlanCosts
-from costmodel.simulator import RECEIVE_BUFFER, WEIGHTS_COPY, simulate
+from costmodel.plan_memory import RECEIVE_BUFFER, WEIGHTS_COPY
+from costmodel.simulator import simulate
 from planner.domain.cluster import cluster_preset
 from planner.domain.hardware import GIB
 from planner.domain.layout import Execution

@@ -3,12 +3,13 @@
 from collections import defaultdict
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from planner.domain.cluster import cluster_preset
 from planner.domain.modelspec import ModelSpec
-from planner.sharding.param_shards import model_params, shard_slice
 from planner.domain.placement import Placement
+from planner.sharding.param_shards import model_params, shard_slice
 from planner.sharding.rank_groups import placement_device
 from planner.sharding.transfer_schedule import data_schedule, param_schedule
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 
+import executor_workers as W
 import pytest
 
-import executor_workers as W
 from runtime.executor.config import RunConfig
 from runtime.executor.launcher import run_plan
 

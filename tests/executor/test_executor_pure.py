@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import executor_workers as W
 import pytest
 import torch
 
-import executor_workers as W
 from planner.domain.errors import InputError
 from planner.domain.plan import save_plan
 from runtime.algorithms import dpo, grpo, ppo, rloo
@@ -17,8 +17,14 @@ from runtime.executor.config import RunConfig, parse_reward
 from runtime.executor.data import DataStore
 from runtime.executor.dataset import Dataset, load_records
 from runtime.executor.launcher import runnable_problem
-from runtime.executor.steps import (CallStep, ReallocStep, TransferStep, build_steps,
-                                    initial_placements, model_homes)
+from runtime.executor.steps import (
+    CallStep,
+    ReallocStep,
+    TransferStep,
+    build_steps,
+    initial_placements,
+    model_homes,
+)
 
 
 def test_steps_follow_call_order_with_reallocations_and_transfers_before_their_call():

@@ -22,10 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import executor_workers as W
 import pytest
 import torch
 
-import executor_workers as W
 from costmodel.plan_cost import PlanCosts
 from costmodel.realloc_cost import realloc_cost
 from planner.domain.augment import reallocations, transfers

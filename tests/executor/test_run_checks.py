@@ -17,15 +17,15 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from planner.cli import run_checks
 from planner.cli.main import main
+from planner.cli.run_checks import memory_problem_here
+from planner.cli.torchrun_rank import main as torchrun_main
 from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import GIB, hardware_by_name
 from planner.domain.plan import load_plan
 from runtime.device import cluster_backend, cluster_device_problem, rank_device_config
 from runtime.executor import launcher
-from planner.cli import run_checks
-from planner.cli.run_checks import memory_problem_here
-from planner.cli.torchrun_rank import main as torchrun_main
 from runtime.executor.torchrun import TorchrunPlace, node_structure_problem
 from runtime.launch import run_distributed, serve_rendezvous_store
 

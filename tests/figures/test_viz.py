@@ -9,9 +9,9 @@ import pytest
 
 from costmodel.simulator import estimate_plan
 from planner.domain.augment import augmented_graph
+from planner.domain.plan import load_plan
 from planner.figures.memory import KIND_STYLE, bar_segments
 from planner.figures.trace import load_trace
-from planner.domain.plan import load_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

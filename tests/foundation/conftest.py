@@ -7,8 +7,8 @@ from typing import Callable
 
 import pytest
 import yaml
-
 from foundation_support import make_plan
+
 from planner.cli.main import main
 from planner.domain.plan import save_plan
 

@@ -15,7 +15,6 @@ from typing import Callable
 
 import pytest
 import yaml
-
 from foundation_support import SMALL_BATCH
 
 TINY_PPO = {"algorithm": "ppo",

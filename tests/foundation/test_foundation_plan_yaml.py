@@ -6,8 +6,8 @@ import os
 
 import pytest
 import yaml
-
 from foundation_support import make_plan
+
 from planner.cli.main import main
 from planner.domain.cluster import NodeGroupFile, build_cluster
 from planner.domain.layout import Execution

@@ -9,19 +9,28 @@ from pathlib import Path
 import networkx as nx
 import pytest
 import yaml
+from foundation_support import make_plan
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from foundation_support import make_plan
-from planner.domain.augment import augmented_graph, reallocations
 from planner.cli.main import main
+from planner.domain.augment import augmented_graph, reallocations
 from planner.domain.cluster import NodeGroupFile, build_cluster, cluster_preset
 from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes, mesh_problem, mesh_text, parse_mesh_text
-from planner.sharding.pipeline_partition import layer_ranges, stage_layer_counts, stage_of_layer
 from planner.domain.plan import save_plan
-from planner.sharding.rank_groups import coordinate_of, device_at, mesh_position, rank_groups
 from planner.domain.workflow_file import builtin_workflow
+from planner.sharding.pipeline_partition import (
+    layer_ranges,
+    stage_layer_counts,
+    stage_of_layer,
+)
+from planner.sharding.rank_groups import (
+    coordinate_of,
+    device_at,
+    mesh_position,
+    rank_groups,
+)
 
 FAST = settings(max_examples=150, deadline=None)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from foundation_support import SMALL_BATCH, make_plan
+
 from planner.cli.main import main
 from planner.domain.cluster import PRESETS as CLUSTER_PRESETS
 from planner.domain.cluster import cluster_preset, load_cluster_file, resolve_cluster

@@ -15,18 +15,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from foundation_support import SMALL_BATCH
 
 from costmodel.calibration import save_calibration
 from costmodel.profile_table import load_profile
-from foundation_support import SMALL_BATCH
 from planner.cli.main import main
-from planner.domain import yamlio
+from planner.domain import output_files
 from planner.domain.cluster import load_cluster_file
 from planner.domain.errors import InputError
 from planner.domain.hardware import hardware_by_name, load_hardware_file
+from planner.domain.input_files import MAX_INPUT_FILE_BYTES
+from planner.domain.output_files import atomic_write_text, check_writable_path
 from planner.domain.paths import HARDWARE_DIR, PROFILES_DIR
-from planner.domain.yamlio import (MAX_INPUT_FILE_BYTES, atomic_write_text, check_writable_path,
-                                   load_yaml_mapping)
+from planner.domain.yamlio import load_yaml_mapping
 
 TINY_PPO = {"algorithm": "ppo",
             "models": {role: "llama-tiny" for role in ("actor", "critic", "ref", "reward")},
@@ -510,7 +511,7 @@ def test_out_in_an_unwritable_folder_is_refused_before_the_work(command, tmp_pat
     folder.mkdir()
     folder.chmod(0o500)
     if os.access(folder, os.W_OK):     # root ignores permission bits: stand in the refusal
-        monkeypatch.setattr(yamlio, "directory_is_writable", lambda path: path != folder)
+        monkeypatch.setattr(output_files, "directory_is_writable", lambda path: path != folder)
     out = folder / f"out{WRITERS[command][1]}"
     args = _writer_args(command, out, plan_file, monkeypatch)
     try:

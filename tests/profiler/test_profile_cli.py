@@ -11,8 +11,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from costmodel.profile_table import load_profile, model_shape_key
-from runtime.profiling.parts import PART_OPS, ShardBench
-from runtime.profiling.profiler import GRIDS, device_setup
 from planner.cli import estimate as estimate_cli
 from planner.cli.main import main
 from planner.domain.cluster import cluster_preset
@@ -21,6 +19,8 @@ from planner.domain.modelspec import PRESETS
 from planner.domain.paths import PROFILES_DIR
 from planner.domain.plan import Plan, Provenance, save_plan
 from planner.domain.workflow_file import builtin_workflow
+from runtime.profiling.parts import PART_OPS, ShardBench
+from runtime.profiling.profiler import GRIDS, device_setup
 
 TINY = PRESETS["llama-tiny"]
 # Parts and ops whose matmul FLOPs grow with the batch x length of a grid point (decode

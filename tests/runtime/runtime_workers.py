@@ -11,14 +11,14 @@ from dataclasses import replace
 import torch
 
 from planner.domain.modelspec import PRESETS, ModelSpec, resolve_model
+from planner.domain.placement import Placement
 from runtime.batch import MicroBatch, ModelOutputs
 from runtime.device import CPU_FP32
 from runtime.generate import GenerationConfig, generate
 from runtime.inference import full_logits, inference
-from planner.domain.placement import Placement
-from runtime.layout import create_contexts
 from runtime.model import ParallelModel
 from runtime.optimizer import Adam, AdamConfig
+from runtime.parallel_context import create_contexts
 from runtime.train import train_step
 
 SPEC: ModelSpec = PRESETS["llama-tiny"]

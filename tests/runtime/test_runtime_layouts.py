@@ -13,13 +13,13 @@ tp 2 with the dense reference's logits.
 from __future__ import annotations
 
 import pytest
-import torch
-
 import runtime_workers as W
+import torch
 from hf_writer import write_hf_checkpoint
 from reference_llama import reference_logits
-from runtime.launch import run_distributed
+
 from planner.sharding.param_shards import model_params, shard_slice
+from runtime.launch import run_distributed
 from runtime.params import init_full_param
 
 LOGIT_ATOL = 1e-5

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from planner.domain.modelspec import PRESETS
 from planner.domain.placement import Placement
-from planner.sharding.rank_groups import placement_coordinate
-from runtime.layout import Group
-from runtime.safetensors_io import SafetensorsFile, write_safetensors
 from planner.sharding.param_shards import model_params, shard_slice, stage_params
+from planner.sharding.rank_groups import placement_coordinate
+from runtime.parallel_context import Group
 from runtime.params import check_layout_supported, is_tp_replicated
+from runtime.safetensors_io import SafetensorsFile, write_safetensors
 from runtime.vocab_parallel import choose_tokens, gumbel_noise, token_logprobs
 
 TINY = PRESETS["llama-tiny"]
@@ -117,8 +117,8 @@ def test_gumbel_max_samples_follow_the_softmax():
 
 def _one_rank_model(seed: int = 3):
     from runtime.device import CPU_FP32
-    from runtime.layout import ParallelContext
     from runtime.model import ParallelModel
+    from runtime.parallel_context import ParallelContext
     layout = Placement(devices=(0,), dp=1, tp=1, pp=1)
     ctx = ParallelContext(layout=layout, global_rank=0, coord=placement_coordinate(layout, 0),
                           tp_group=ONE_RANK, dp_group=ONE_RANK, pp_group=ONE_RANK)

@@ -9,9 +9,9 @@ from planner.domain.placement import Placement
 from planner.sharding.rank_groups import placement_coordinate
 from runtime.batch import MicroBatch
 from runtime.device import CPU_FP32
-from runtime.layout import Group, ParallelContext
 from runtime.model import ParallelModel
 from runtime.optimizer import Adam, AdamConfig
+from runtime.parallel_context import Group, ParallelContext
 from runtime.train import train_step
 
 TINY = PRESETS["llama-tiny"]

@@ -9,12 +9,12 @@ import pytest
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import simulate
 from planner.domain.cluster import cluster_preset
+from planner.domain.workflow_file import builtin_workflow
+from planner.search.builder import full_tables, pruned_tables
 from planner.search.exhaustive import exhaustive_search
 from planner.search.fast_evaluator import FastEvaluator
 from planner.search.mcmc import MCMCSettings, run_mcmc
 from planner.search.pipeline import search
-from planner.search.builder import full_tables, pruned_tables
-from planner.domain.workflow_file import builtin_workflow
 
 # Enumerable spaces with feasible plans (PPO spaces this small have none that fit; the
 # benchmark benchmarks/search_quality.py covers PPO on 4 devices).

@@ -1,0 +1,231 @@
+"""Memory of a plan per device and per call, by part: the simulator's rule 6.
+
+The compiled copy of this rule in planner/search/fast_evaluator.py bounds it from above and
+equals it where no call is pipelined (tests/search/test_fast_memory.py). Per device d:
+
+persistent(d) = sum over models: a trained model (one with a train call; its first train
+call if several) adds its train state (weights + grads + optimizer states) on d when d is
+in the train mesh; an untrained model adds the weights of each distinct placement of its
+calls that covers d.
+extra(c, d) for a call c covering d = its working set (activations / KV cache / logits /
+workspace), plus c's weights on d when c is a non-train call of a trained model whose
+placement (devices, dp, tp, pp) differs from the train call's (that copy lives only
+during the call).
+extra(r, d) for a realloc node r = the receive buffer of d (its largest received message
+in one step), plus the destination weights on d when the destination call is such a
+transient copy.
+peak(d) = persistent(d) + max over call and realloc nodes covering d of extra(., d)
+(ties: the earlier node in call order, then the reallocations).
+The estimate keeps this by part (PlanMemory): each resident part (weights, gradients,
+optimizer states per model), each working part of a call (activations, KV cache, logits,
+workspace; costmodel/memory.py), transient weights copies and receive buffers.
+Feasible iff peak(d) <= device memory for every d; otherwise the reason names the device
+with the largest excess (node:slot), the bytes needed and available, and the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Mapping
+
+import numpy as np
+
+from costmodel.plan_cost import PlanCosts
+from planner.domain.augment import reallocations
+from planner.domain.cluster import ClusterSpec
+from planner.domain.hardware import GIB
+from planner.domain.layout import Execution
+from planner.domain.workflow import Workflow
+
+
+def trained_executions(workflow: Workflow, executions: Mapping[str, Execution]
+                       ) -> dict[str, tuple[str, Execution]]:
+    """Model role -> (its first train call, that call's execution)."""
+    result = {}
+    for name in workflow.call_order:
+        call = workflow.call_by_name[name]
+        if call.kind == "train" and call.model not in result:
+            result[call.model] = (name, executions[name])
+    return result
+
+
+def _is_transient(workflow, executions, trained, call_name: str) -> bool:
+    call = workflow.call_by_name[call_name]
+    return (call.kind != "train" and call.model in trained
+            and executions[call_name].placement != trained[call.model][1].placement)
+
+
+# Kinds of memory beside a call's parts (costmodel.memory.PART_KINDS), rule 6.
+WEIGHTS_COPY = "weights_copy"        # a transient copy of a trained model's weights
+RECEIVE_BUFFER = "receive_buffer"    # a reallocation's largest received message
+MemoryItem = tuple[str, str, float]  # (kind, model, bytes)
+
+
+@dataclass(frozen=True)
+class NodeMemory:
+    """What one call or reallocation node adds on its devices while it runs (rule 6's
+    extra), by part: (kind, model, bytes per device of `devices`)."""
+
+    name: str
+    devices: np.ndarray
+    parts: tuple[tuple[str, str, np.ndarray], ...]
+
+    @cached_property
+    def total_bytes(self) -> np.ndarray:
+        return sum(amount for _, _, amount in self.parts)
+
+    def items_at(self, position: int) -> list[MemoryItem]:
+        return [(kind, model, float(amount[position])) for kind, model, amount in self.parts
+                if amount[position] > 0]
+
+
+@dataclass(eq=False)
+class PlanMemory:
+    """Rule 6 by part. Each device's peak is its resident parts (per model, on every device
+    of the cluster) plus the parts of the node that sets its peak; each call's peak is the
+    same at the call's highest device. The breakdowns are built when first read."""
+
+    resident: list[tuple[str, str, np.ndarray]]   # (kind, model, bytes per cluster device)
+    nodes: list[NodeMemory]                        # calls in call order, then reallocations
+    persistent_bytes: np.ndarray                   # per device: the resident parts' sum
+    peak_bytes: np.ndarray                         # per device
+    peak_node_index: np.ndarray                    # per device: index into nodes, -1: none
+    peak_position: np.ndarray                      # per device: its position in that node
+    call_peak_device: dict[str, int]
+    call_peak_bytes: dict[str, float]
+
+    def peak_node(self, device: int) -> str | None:
+        """The call or reallocation during which `device` reaches its peak."""
+        k = int(self.peak_node_index[device])
+        return None if k < 0 else self.nodes[k].name
+
+    def resident_items(self, device: int) -> list[MemoryItem]:
+        return [(kind, model, float(layer[device])) for kind, model, layer in self.resident
+                if layer[device] > 0]
+
+    @cached_property
+    def device_parts(self) -> dict[int, list[MemoryItem]]:
+        """Device -> the parts of its peak; they add up to peak_bytes[device]."""
+        parts = {}
+        for d in range(len(self.peak_bytes)):
+            k = int(self.peak_node_index[d])
+            node = [] if k < 0 else self.nodes[k].items_at(int(self.peak_position[d]))
+            parts[d] = self.resident_items(d) + node
+        return parts
+
+    @cached_property
+    def call_parts(self) -> dict[str, list[MemoryItem]]:
+        """Call -> the parts at its highest device; they add up to call_peak_bytes[call]."""
+        nodes = {node.name: node for node in self.nodes[:len(self.call_peak_device)]}
+        parts = {}
+        for call, device in self.call_peak_device.items():
+            node = nodes[call]
+            position = int(np.flatnonzero(node.devices == device)[0])
+            parts[call] = self.resident_items(device) + node.items_at(position)
+        return parts
+
+
+def _resident_layers(workflow: Workflow, executions: Mapping[str, Execution],
+                     costs: PlanCosts, trained: dict, num_devices: int
+                     ) -> list[tuple[str, str, np.ndarray]]:
+    """(kind, model, bytes per cluster device) of every resident part (rule 6)."""
+    layers = []
+    for model, (train_call, ex) in trained.items():
+        for kind, amount in costs.call_memory(train_call, ex).resident_parts():
+            layer = np.zeros(num_devices)
+            layer[list(ex.devices)] = amount
+            layers.append((kind, model, layer))
+    for model in workflow.models:
+        if model in trained:
+            continue
+        layer, seen = np.zeros(num_devices), set()
+        for name in workflow.calls_of_model(model):
+            ex = executions[name]
+            if ex.placement not in seen:
+                seen.add(ex.placement)
+                layer[list(ex.devices)] += costs.call_memory(name, ex).weights_bytes
+        layers.append(("weights", model, layer))
+    return layers
+
+
+def _call_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
+                trained: dict) -> list[NodeMemory]:
+    """Each call's working parts, plus its weights when it is a transient copy."""
+    nodes = []
+    for name in workflow.call_order:
+        ex, model = executions[name], workflow.call_by_name[name].model
+        mem = costs.call_memory(name, ex)
+        parts = [(kind, model, amount) for kind, amount in mem.working_parts()]
+        if _is_transient(workflow, executions, trained, name):
+            parts.append((WEIGHTS_COPY, model, mem.weights_bytes))
+        nodes.append(NodeMemory(name, np.array(ex.devices), tuple(parts)))
+    return nodes
+
+
+def _realloc_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
+                   trained: dict) -> list[NodeMemory]:
+    """Each reallocation's receive buffers, plus the destination weights on the receivers
+    when the destination call is a transient copy."""
+    nodes = []
+    for move in reallocations(workflow, executions):
+        src, dst = executions[move.src_call], executions[move.dst_call]
+        buffers = costs.realloc(move.model, src, dst).receive_buffer_bytes
+        copy = {}
+        if _is_transient(workflow, executions, trained, move.dst_call):
+            weights = costs.call_memory(move.dst_call, dst).weights_bytes
+            copy = dict(zip(dst.devices, weights))
+        devices = np.array(sorted(set(buffers) | set(copy)), dtype=np.int64)
+        parts = [(RECEIVE_BUFFER, move.model,
+                  np.array([buffers.get(d, 0.0) for d in devices], dtype=float))]
+        if copy:
+            parts.append((WEIGHTS_COPY, move.model,
+                          np.array([copy.get(d, 0.0) for d in devices], dtype=float)))
+        nodes.append(NodeMemory(move.name, devices, tuple(parts)))
+    return nodes
+
+
+def plan_memory(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, Execution],
+                costs: PlanCosts) -> PlanMemory:
+    """Rule 6: persistent(d), peak(d), the node setting it and each call's peak, by part."""
+    n = cluster.num_devices
+    trained = trained_executions(workflow, executions)
+    resident = _resident_layers(workflow, executions, costs, trained, n)
+    call_nodes = _call_nodes(workflow, executions, costs, trained)
+    nodes = call_nodes + _realloc_nodes(workflow, executions, costs, trained)
+    persistent = sum((layer for _, _, layer in resident), np.zeros(n))
+    extra, owner, position = np.zeros(n), np.full(n, -1), np.zeros(n, dtype=np.int64)
+    for k, node in enumerate(nodes):
+        amount = node.total_bytes
+        higher = amount > extra[node.devices]   # ties: the earlier node keeps the peak
+        devices = node.devices[higher]
+        extra[devices], owner[devices] = amount[higher], k
+        position[devices] = np.flatnonzero(higher)
+    call_device, call_peak = {}, {}
+    for node in call_nodes:
+        totals = persistent[node.devices] + node.total_bytes
+        best = int(np.argmax(totals))
+        call_device[node.name] = int(node.devices[best])
+        call_peak[node.name] = float(totals[best])
+    return PlanMemory(resident=resident, nodes=nodes, persistent_bytes=persistent,
+                      peak_bytes=persistent + extra, peak_node_index=owner,
+                      peak_position=position, call_peak_device=call_device,
+                      call_peak_bytes=call_peak)
+
+
+def memory_reason(cluster: ClusterSpec, memory: PlanMemory) -> str | None:
+    """None when every device fits; else one line naming the worst device (rule 6)."""
+    capacity = np.array([cluster.usable_memory_bytes(d) for d in range(cluster.num_devices)])
+    peak, persistent = memory.peak_bytes, memory.persistent_bytes
+    excess = peak - capacity
+    worst = int(np.argmax(excess))
+    if excess[worst] <= 0:
+        return None
+    where = f"{cluster.device_node[worst]}:{cluster.slot_of(worst)}"
+    node = memory.peak_node(worst)
+    during = f" during {node}" if node else ""
+    return (f"device {where} needs {peak[worst] / GIB:.1f} GiB{during} (resident models "
+            f"{persistent[worst] / GIB:.1f} GiB + {(peak[worst] - persistent[worst]) / GIB:.1f} "
+            f"GiB working set), has {capacity[worst] / GIB:.1f} GiB"
+            + (f" after the {cluster.memory_headroom_gib:g} GiB headroom"
+               if cluster.memory_headroom_gib else ""))
