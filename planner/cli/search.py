@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from planner.cli.arguments import positive_seconds
+from planner.cli.arguments import integer_in_range, positive_seconds
 from planner.cli.estimate import estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
 from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
@@ -21,6 +21,7 @@ from planner.search.pipeline import SearchOutcome, search
 
 INTERRUPTED_EXIT_CODE = 130   # as planner.cli.main: 128 + SIGINT
 DEFAULT_OUT_SUFFIX = ".plan.yaml"   # .gitignore lists *.plan.yaml
+MAX_SEED = 2**63 - 1   # the compiled chains take the seed as a signed 64-bit integer
 
 
 def default_out_path(workflow_name: str, cluster_name: str) -> Path:
@@ -154,7 +155,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--time-limit", type=positive_seconds, default=60.0, metavar="S",
                         help="stop the search after S seconds (default 60; it usually stops "
                              "earlier, when the best plan stops improving)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=integer_in_range(0, MAX_SEED), default=0,
+                        help=f"random seed, 0 to {MAX_SEED:,} (default 0)")
     parser.add_argument("--out", metavar="FILE",
                         help="plan file to write (default <workflow>-<cluster>.plan.yaml "
                              "in the current directory)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -33,6 +34,13 @@ def parse_reward(text: str) -> ProgrammaticReward | None:
     return ProgrammaticReward(int(match.group(1)))
 
 
+# Bounds of the run options: beyond them a value is a typo, not a run to start.
+MAX_ITERATIONS = 1_000_000
+MAX_SEED = 2**32 - 1          # torch's CPU generator keeps 32 bits of a seed (runtime/params.py)
+MAX_LEARNING_RATE = 1.0       # Adam steps of a whole unit per parameter already diverge
+MAX_TEMPERATURE = 100.0       # sampling is uniform long before this
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What `plan run` needs besides the plan. lr applies to every trained model."""
@@ -47,12 +55,18 @@ class RunConfig:
     return_weights: bool = False  # tests: return the trained models' full weights
 
     def __post_init__(self):
-        if self.iterations < 1:
-            raise InputError(f"--iterations: got {self.iterations}; give 1 or more")
-        if not self.lr > 0:
-            raise InputError(f"--lr: got {self.lr}; give a positive learning rate")
-        if not self.temperature > 0:
-            raise InputError(f"--temperature: got {self.temperature}; give a positive value")
+        if not 1 <= self.iterations <= MAX_ITERATIONS:
+            raise InputError(f"--iterations: got {self.iterations}; give 1 to "
+                             f"{MAX_ITERATIONS:,}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"--seed: got {self.seed}; give a whole number from 0 to "
+                             f"{MAX_SEED:,}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LEARNING_RATE):
+            raise InputError(f"--lr: got {self.lr}; give a learning rate above 0 and at most "
+                             f"{MAX_LEARNING_RATE:g}")
+        if not (math.isfinite(self.temperature) and 0 < self.temperature <= MAX_TEMPERATURE):
+            raise InputError(f"--temperature: got {self.temperature}; give a value above 0 "
+                             f"and at most {MAX_TEMPERATURE:g}")
         parse_reward(self.reward)
 
 
