@@ -35,7 +35,8 @@ def estimate_as_mapping(plan: Plan, est: Estimate) -> dict:
                       "mesh": mesh_text(ex.devices, plan.cluster), "devices": list(ex.devices),
                       "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "micro_batches": ex.micro_batches,
                       "time_s": est.call_times_s[name],
-                      "peak_memory_gib": est.call_peak_memory_bytes[name] / GIB})
+                      "peak_memory_gib": est.call_peak_memory_bytes[name] / GIB,
+                      "peak_memory_parts": _parts_gib(est.memory.call_parts[name])})
     return {"iteration_s": est.iteration_s, "feasible": est.feasible, "reason": est.reason,
             "calls": calls,
             "reallocations": [{"name": n, "time_s": t} for n, t in est.realloc_times_s.items()],
@@ -47,12 +48,15 @@ def estimate_as_mapping(plan: Plan, est: Estimate) -> dict:
 
 def memory_by_device(plan: Plan, est: Estimate) -> list[dict]:
     """Per device: its peak, the node during which it occurs, and its parts (the
-    simulator's breakdown, costmodel.simulator.PlanMemory), in GiB."""
+    simulator's breakdown, costmodel.plan_memory.PlanMemory), in GiB."""
     return [{"device": d, "mesh": mesh_text((d,), plan.cluster),
              "peak_gib": est.peak_memory_bytes[d] / GIB, "during": est.memory.peak_node(d),
-             "parts": [{"kind": kind, "model": model, "gib": amount / GIB}
-                       for kind, model, amount in est.memory.device_parts[d]]}
+             "parts": _parts_gib(est.memory.device_parts[d])}
             for d in range(plan.cluster.num_devices)]
+
+
+def _parts_gib(parts) -> list[dict]:
+    return [{"kind": kind, "model": model, "gib": amount / GIB} for kind, model, amount in parts]
 
 
 def estimate_as_text(plan: Plan, est: Estimate) -> str:
@@ -103,8 +107,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "which). Exit 0 when feasible, 1 when it does not fit (reason printed), "
                     "2 on bad input. JSON keys: iteration_s, feasible, reason, calls "
                     "(name, model, devices, dp, tp, pp, micro_batches, time_s, "
-                    "peak_memory_gib), reallocations, transfers, compute_source, "
-                    "memory_by_device (device, mesh, peak_gib, during, parts: kind, model, "
+                    "peak_memory_gib, peak_memory_parts at the call's highest device), "
+                    "reallocations, transfers, compute_source, memory_by_device (device, mesh, peak_gib, during, parts: kind, model, "
                     "gib).")
     parser.add_argument("plan", metavar="PLAN.yaml", help="plan file")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")

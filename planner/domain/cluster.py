@@ -135,10 +135,6 @@ class ClusterSpec(BaseModel):
     def device_id(self, node: int, slot: int) -> int:
         return self.node_first_device[node] + slot
 
-    def is_homogeneous(self) -> bool:
-        return len({g.hardware.name for g in self.node_groups}) == 1 and \
-            len(set(self.node_devices_per_node)) == 1
-
     def describe(self) -> str:
         parts = [f"{g.nodes}x{g.devices_per_node} {g.hardware.name}" for g in self.node_groups]
         return f"{self.name} ({' + '.join(parts)}, {self.num_devices} devices)"

@@ -125,6 +125,3 @@ class SearchTables:
     def executions_of(self, choice: np.ndarray) -> dict[str, Execution]:
         """The plan (call name -> execution) of one choice vector."""
         return {c.name: c.executions[int(i)] for c, i in zip(self.calls, choice)}
-
-    def choice_of(self, executions: dict[str, Execution]) -> np.ndarray:
-        return np.array([c.index_of(executions[c.name]) for c in self.calls], dtype=np.int64)

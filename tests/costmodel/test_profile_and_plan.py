@@ -113,6 +113,9 @@ def test_estimate_cli_json_and_exit_codes(tmp_path, capsys):
         assert entry["during"] in {c["name"] for c in data["calls"]} | \
             {r["name"] for r in data["reallocations"]}
     assert max(d["peak_gib"] for d in by_device) == pytest.approx(data["peak_memory_gib"])
+    for call in data["calls"]:
+        assert sum(p["gib"] for p in call["peak_memory_parts"]) == \
+            pytest.approx(call["peak_memory_gib"])
     bad = tmp_path / "bad.yaml"
     save_plan(ppo_plan(gen_m=1), bad)
     assert _run_cli(bad, json_out=False) == 1

@@ -273,7 +273,8 @@ def test_heterogeneous_cluster_file(tmp_path):
             {"nodes": 2, "devices_per_node": 4, "device": "a100-sxm-80gb"}]}))
     cluster = resolve_cluster(str(path))
     assert cluster.node_devices_per_node == (8, 4, 4)
-    assert cluster.num_devices == 16 and not cluster.is_homogeneous()
+    assert cluster.num_devices == 16
+    assert {h.name for h in cluster.node_hardware} == {"h100-sxm-80gb", "a100-sxm-80gb"}
     assert cluster.hardware_of(7).name == "h100-sxm-80gb"
     assert cluster.hardware_of(8).name == "a100-sxm-80gb"
     assert (cluster.device_node[11], cluster.slot_of(11)) == (1, 3)
@@ -296,7 +297,7 @@ def test_cluster_presets(name, nodes, devices, kind):
     cluster = resolve_cluster(name)
     assert (cluster.num_nodes, cluster.num_devices) == (nodes, devices)
     assert {h.kind for h in cluster.node_hardware} == {kind}
-    assert cluster.is_homogeneous()
+    assert len({h.name for h in cluster.node_hardware}) == 1
 
 
 def test_plan_check_against_a_cluster_file_of_the_same_cluster(cli, tmp_path):
