@@ -52,6 +52,15 @@ def test_default_plan_file_is_in_the_current_directory(tmp_path, monkeypatch, ca
     assert not (PLANS_DIR / "tiny-cpu2.yaml").exists()
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default disposition. A shell starts
+    background jobs with SIGINT ignored, the test runner may run in one (CI scripts do), and
+    Python keeps an inherited SIG_IGN instead of installing its KeyboardInterrupt handler,
+    as a program started in the background should: `plan` then ignores Ctrl-C like every
+    other background program, which is not what these tests are about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_command_imports(proc: subprocess.Popen) -> None:
     maps = Path(f"/proc/{proc.pid}/maps")
     deadline = time.monotonic() + TIMEOUT_S
@@ -64,7 +73,8 @@ def _wait_for_command_imports(proc: subprocess.Popen) -> None:
 def test_ctrl_c_before_the_chains_run_exits_130_without_traceback(tmp_path):
     out = tmp_path / "plan.yaml"
     proc = subprocess.Popen(PLAN_COMMAND + SLOW_SEARCH + ["--out", str(out)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     _wait_for_command_imports(proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
@@ -101,7 +111,8 @@ def test_ctrl_c_while_the_chains_run_writes_the_best_plan_so_far(tmp_path):
     out = tmp_path / "plan.yaml"
     master, terminal = pty.openpty()
     proc = subprocess.Popen(PLAN_COMMAND + SLOW_SEARCH + ["--out", str(out)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=terminal, text=True)
+                            stdout=subprocess.PIPE, stderr=terminal, text=True,
+                            preexec_fn=_default_sigint)
     os.close(terminal)
     try:
         before = _read_until(master, proc, b"searching: [")
