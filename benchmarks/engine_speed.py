@@ -41,7 +41,7 @@ def measure(rank: int, world_size: int, options: dict) -> list[tuple]:
     import torch
     import torch.distributed as dist
 
-    from planner.domain.modelspec import resolve_model
+    from planner.domain.model_files import resolve_model
     from planner.domain.placement import Placement
     from runtime.batch import MicroBatch
     from runtime.device import CPU_FP32

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from planner.domain.errors import InputError
-from planner.domain.modelspec import resolve_model
+from planner.domain.model_files import resolve_model
 from planner.domain.output_files import check_writable_path
 from planner.domain.paths import PROFILES_DIR
 

@@ -9,13 +9,9 @@ tied. A critic or reward model replaces the head with a scalar value head of h (
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from planner.domain.errors import InputError, describe_validation_error
-from planner.domain.input_files import load_json_input
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 HeadKind = Literal["lm", "value"]
 
@@ -141,73 +137,3 @@ PRESETS: dict[str, ModelSpec] = {
                   intermediate_size=1376, vocab_size=4096, max_positions=1024),
     ]
 }
-
-# HF config.json keys -> ModelSpec fields.
-_HF_KEYS = {
-    "num_hidden_layers": "num_layers",
-    "hidden_size": "hidden_size",
-    "num_attention_heads": "num_heads",
-    "num_key_value_heads": "num_kv_heads",
-    "intermediate_size": "intermediate_size",
-    "vocab_size": "vocab_size",
-    "max_position_embeddings": "max_positions",
-    "rope_theta": "rope_theta",
-    "rms_norm_eps": "norm_eps",
-    "tie_word_embeddings": "tie_embeddings",
-}
-_SUPPORTED_HF_TYPES = {"llama", "qwen2", "mistral"}
-
-
-def spec_from_hf_config(config_path: Path) -> ModelSpec:
-    """Read a ModelSpec from a local HF `config.json` (LLaMA, Qwen2 or Mistral type).
-
-    Raises ValueError with the file and field when the config cannot be read (not a regular
-    file, not UTF-8 JSON, NaN or infinite numbers) or is not of a supported kind.
-    """
-    try:
-        config = load_json_input(config_path)
-    except InputError as err:
-        raise ValueError(str(err)) from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: (top level): expected an HF config object, got "
-                         f"{type(config).__name__}")
-    model_type = config.get("model_type")
-    if not isinstance(model_type, str) or model_type not in _SUPPORTED_HF_TYPES:
-        raise ValueError(f"{config_path}: model_type {model_type!r} is not supported; "
-                         f"valid: {sorted(_SUPPORTED_HF_TYPES)}")
-    fields: dict = {"name": config_path.parent.name}
-    for hf_key, field in _HF_KEYS.items():
-        if hf_key in config and config[hf_key] is not None:
-            fields[field] = config[hf_key]
-    fields.setdefault("num_kv_heads", fields.get("num_heads"))
-    attention_bias = config.get("attention_bias", model_type == "qwen2")
-    if not isinstance(attention_bias, bool):
-        raise ValueError(f"{config_path}: attention_bias: got {attention_bias!r}; give true or "
-                         f"false")
-    fields["attention_bias"] = attention_bias
-    missing = [hf for hf, f in _HF_KEYS.items() if f not in fields
-               and f in {"num_layers", "hidden_size", "num_heads", "intermediate_size",
-                         "vocab_size", "max_positions"}]
-    if missing:
-        raise ValueError(f"{config_path}: missing field(s) {missing}")
-    try:
-        return ModelSpec(**fields)
-    except ValidationError as err:
-        # A plain ValueError with one line, not pydantic's multi-line report.
-        raise ValueError(str(describe_validation_error(err, config_path))) from None
-
-
-def resolve_model(name_or_path: str, base_dir: Path | None = None) -> ModelSpec:
-    """A preset by name, or a directory holding an HF `config.json` (relative to base_dir)."""
-    if name_or_path in PRESETS:
-        return PRESETS[name_or_path]
-    path = Path(name_or_path)
-    if base_dir is not None and not path.is_absolute():
-        path = base_dir / path
-    config = path / "config.json"
-    # exists(), not is_file(): a FIFO or a folder named config.json is refused by the reader
-    # with its reason rather than reported as an unknown model.
-    if path.is_dir() and config.exists():
-        return spec_from_hf_config(config)
-    raise ValueError(f"unknown model {name_or_path!r}; valid: {sorted(PRESETS)} "
-                     f"or a directory with an HF config.json")

@@ -25,7 +25,8 @@ from planner.domain.builtin_workflows import (
     VALUE_HEAD_ROLES,
 )
 from planner.domain.errors import InputError, describe_validation_error
-from planner.domain.modelspec import HeadKind, resolve_model
+from planner.domain.model_files import resolve_model
+from planner.domain.modelspec import HeadKind
 from planner.domain.workflow import (
     Algorithm,
     BatchSpec,

@@ -15,8 +15,8 @@ from planner.domain.cluster import PRESETS as CLUSTER_PRESETS
 from planner.domain.cluster import cluster_preset, load_cluster_file, resolve_cluster
 from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes, mesh_problem, mesh_text
+from planner.domain.model_files import resolve_model
 from planner.domain.modelspec import PRESETS as MODEL_PRESETS
-from planner.domain.modelspec import resolve_model
 from planner.domain.plan import plan_to_mapping, save_plan
 from planner.domain.workflow_file import builtin_workflow, load_workflow_file
 

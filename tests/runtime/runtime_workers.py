@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import torch
 
-from planner.domain.modelspec import PRESETS, ModelSpec, resolve_model
+from planner.domain.model_files import resolve_model
+from planner.domain.modelspec import PRESETS, ModelSpec
 from planner.domain.placement import Placement
 from runtime.batch import MicroBatch, ModelOutputs
 from runtime.device import CPU_FP32

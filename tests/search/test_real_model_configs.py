@@ -11,7 +11,7 @@ import pytest
 
 from planner.cli.main import main
 from planner.domain.layout import parallel_degrees_problem
-from planner.domain.modelspec import spec_from_hf_config
+from planner.domain.model_files import spec_from_hf_config
 from planner.domain.plan import load_plan
 
 # Qwen2.5-0.5B's published config.json (the fields we read): tied embeddings, 14 attention
