@@ -4,7 +4,11 @@ Each process is spawned fresh, uses one CPU thread, initialises the default grou
 told otherwise) and calls `fn(rank, world_size, *args)`. Results come back pickled, in rank
 order. If any rank raises, the others are terminated at once and `WorkerError` carries the
 failing rank's traceback; if the whole run exceeds `timeout_s`, every process is terminated
-and `WorkerError` says which ranks had not finished. Nothing hangs.
+and `WorkerError` says which ranks had not finished. Nothing hangs: a rank that stops
+answering (SIGSTOPped, frozen) is found by its heartbeat, a thread that stamps the time
+every HEARTBEAT_S into shared memory; silent for `silent_rank_timeout_s`, it fails the run
+with that rank named and every rank is stopped (a stopped process by SIGKILL). A
+collective's own timeout would come only after torch.distributed's group timeout (30 min).
 
 With `on_message`, `fn` is called as `fn(rank, world_size, post, *args)`: `post(obj)` sends a
 picklable object to the parent, which calls `on_message(obj)` as it arrives (progress lines).
@@ -31,6 +35,7 @@ import pickle
 import queue
 import signal
 import socket
+import threading
 import time
 import traceback
 from datetime import timedelta
@@ -39,6 +44,11 @@ from typing import Any, Callable
 POLL_S = 0.05
 TERMINATE_GRACE_S = 2.0
 ROOT_CAUSE_GRACE_S = 1.0
+HEARTBEAT_S = 1.0               # how often a rank stamps that it is alive
+SILENT_RANK_TIMEOUT_S = 30.0    # so a hung run ends within the minute (30 heartbeats missed)
+# Before its first heartbeat a rank starts an interpreter and unpickles its function, which
+# imports its module (torch: seconds, more on a busy machine): a longer grace than a hang.
+STARTUP_GRACE_S = 120.0
 LOOPBACK_HOST = "127.0.0.1"
 LOOPBACK_INTERFACES = ("lo", "lo0")   # Linux, macOS
 
@@ -81,8 +91,18 @@ def _use_loopback_sockets() -> None:
         os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
 
 
+def _beat(beats, rank: int) -> None:
+    """Stamp `beats[rank]` with the time every HEARTBEAT_S, for as long as the process lives
+    (a daemon thread: the GIL is free while the main thread waits in a collective)."""
+    while True:
+        beats[rank] = time.monotonic()
+        time.sleep(HEARTBEAT_S)
+
+
 def _worker(rank: int, world_size: int, port: int, backend: str, timeout_s: float,
-            fn: Callable, args: tuple, results: mp.Queue, with_post: bool = False) -> None:
+            fn: Callable, args: tuple, results: mp.Queue, beats,
+            with_post: bool = False) -> None:
+    threading.Thread(target=_beat, args=(beats, rank), daemon=True).start()
     import torch
     import torch.distributed as dist
 
@@ -110,24 +130,28 @@ def _worker(rank: int, world_size: int, port: int, backend: str, timeout_s: floa
 def run_distributed(fn: Callable, world_size: int, args: tuple = (),
                     timeout_s: float | None = 120.0, backend: str = "gloo",
                     on_message: Callable[[Any], None] | None = None,
-                    group_timeout_s: float | None = None) -> list[Any]:
+                    group_timeout_s: float | None = None,
+                    silent_rank_timeout_s: float = SILENT_RANK_TIMEOUT_S) -> list[Any]:
     """`fn(rank, world_size, *args)` on `world_size` fresh processes; their results by rank.
 
     `fn` and `args` must be picklable (a module-level function). timeout_s None: no limit on
     the whole run. group_timeout_s: torch.distributed's per-operation timeout (default
-    timeout_s, or 30 minutes without one).
+    timeout_s, or 30 minutes without one). silent_rank_timeout_s: how long a rank may go
+    without a heartbeat (module docstring).
     """
     context = mp.get_context("spawn")
     results: mp.Queue = context.Queue()
+    beats = context.Array("d", world_size, lock=False)   # monotonic time of each heartbeat
     group_timeout = group_timeout_s or timeout_s or 1800.0
     store, port = serve_rendezvous_store(group_timeout)
     procs = [context.Process(target=_worker, daemon=True,
                              args=(rank, world_size, port, backend, group_timeout, fn, args,
-                                   results, on_message is not None))
+                                   results, beats, on_message is not None))
              for rank in range(world_size)]
     try:
         _start_with_sigint_blocked(procs)
-        values = _collect(procs, results, world_size, timeout_s, on_message)
+        watch = HeartbeatWatch(beats, silent_rank_timeout_s)
+        values = _collect(procs, results, world_size, timeout_s, on_message, watch)
     except BaseException:   # a failed rank, a timeout or Ctrl-C: nothing left to wait for
         _terminate(procs)
         raise
@@ -148,12 +172,39 @@ def _start_with_sigint_blocked(procs: list) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+class HeartbeatWatch:
+    """Which running rank has gone silent: no heartbeat for `timeout_s`, or none at all
+    STARTUP_GRACE_S after the start."""
+
+    def __init__(self, beats, timeout_s: float):
+        self.beats, self.timeout_s = beats, timeout_s
+        self.started = time.monotonic()
+
+    def silent_rank(self, procs: list, finished: dict[int, Any]) -> int | None:
+        now = time.monotonic()
+        for rank, process in enumerate(procs):
+            if rank in finished or not process.is_alive():
+                continue
+            last = self.beats[rank]
+            if (last == 0.0 and now - self.started > STARTUP_GRACE_S) or \
+                    (last > 0.0 and now - last > self.timeout_s):
+                return rank
+        return None
+
+
 def _collect(procs: list, results: mp.Queue, world_size: int, timeout_s: float | None,
-             on_message: Callable[[Any], None] | None) -> dict[int, Any]:
-    """The ranks' results by rank; WorkerError when one fails or the run times out."""
+             on_message: Callable[[Any], None] | None,
+             watch: HeartbeatWatch) -> dict[int, Any]:
+    """The ranks' results by rank; WorkerError when one fails, stops answering, or the run
+    times out."""
     values: dict[int, Any] = {}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while len(values) < world_size:
+        silent = watch.silent_rank(procs, values)
+        if silent is not None:
+            raise WorkerError(f"rank {silent} stopped answering: no heartbeat for "
+                              f"{watch.timeout_s:.0f} s (a stopped or frozen process); every "
+                              f"rank was stopped")
         try:
             rank, ok, payload = results.get(timeout=POLL_S)
         except queue.Empty:

@@ -40,3 +40,25 @@ def test_failing_rank_is_reported_and_others_stopped():
 def test_stuck_rank_times_out():
     with pytest.raises(WorkerError, match=r"timed out after 20 s; ranks \[1\]"):
         run_distributed(rank_one_hangs, 2, timeout_s=20)
+
+
+def rank_two_stops_itself(rank: int, world_size: int) -> int:
+    import os
+    import signal
+
+    import torch
+    import torch.distributed as dist
+
+    dist.barrier()
+    if rank == 2:
+        os.kill(os.getpid(), signal.SIGSTOP)   # frozen, as by a debugger or a bad driver
+    dist.all_reduce(torch.ones(1))             # the others wait for rank 2 for ever
+    return rank
+
+
+def test_a_stopped_rank_is_named_and_every_rank_stops():
+    import multiprocessing
+
+    with pytest.raises(WorkerError, match=r"rank 2 stopped answering: no heartbeat for 5 s"):
+        run_distributed(rank_two_stops_itself, 4, timeout_s=None, silent_rank_timeout_s=5)
+    assert multiprocessing.active_children() == []   # no orphans, the stopped rank included
