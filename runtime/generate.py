@@ -111,17 +111,16 @@ class _Decode:
                                      torch.tensor([slot], device=x.device))
             positions = (self.prompt_lengths + self.step - 1)[:, None]
             inputs = model.attention_inputs(positions, mask, slot)
-        out = model.stage_forward(x, inputs, self.caches)
+        head_positions = self.last_index if self.step == 0 else None
+        out = model.stage_forward(x, inputs, self.caches, head_positions=head_positions)
         self.step += 1
         return out
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """Next tokens from the last stage's local logits of the step just run."""
+        """Next tokens from the last stage's local logits of the step just run (one
+        position per row: the prompt's last real token in the prefill, the new token after)."""
         model = self.model
-        if self.step == 1:
-            logits = logits[torch.arange(self.batch, device=logits.device), self.last_index]
-        else:
-            logits = logits[:, -1]
+        logits = logits[:, -1]
         gumbel = None
         if self.generator is not None:
             start, local = model.vocab_start, logits.shape[-1]
@@ -170,12 +169,24 @@ def _decode_step(state: _Decode, model: ParallelModel, link: StageLink) -> bool:
 @torch.no_grad()
 def generate(model: ParallelModel, prompts: list[MicroBatch], config: GenerationConfig
              ) -> list[Generation]:
-    """Decode every prompt micro-batch; every rank of the replica returns the generations."""
-    states = [_Decode(model, prompt, config, i) for i, prompt in enumerate(prompts)]
+    """Decode every prompt micro-batch; every rank of the replica returns the generations.
+
+    Micro-batches decode in waves of pp (the last wave may be smaller): within a wave they
+    rotate through the stages, and a wave's KV caches are freed before the next one starts,
+    so a device holds the caches of min(micro-batches, pp) of them, as the cost model
+    prices (costmodel/call_cost.py and memory.py).
+    """
     link = StageLink(model.ctx, model.device.device)
-    active = list(range(len(states)))
-    while active:
-        active = [i for i in active if _decode_step(states[i], model, link)]
+    states = []
+    for first in range(0, len(prompts), model.ctx.pp):
+        wave = [_Decode(model, prompt, config, first + i)
+                for i, prompt in enumerate(prompts[first:first + model.ctx.pp])]
+        active = list(range(len(wave)))
+        while active:
+            active = [i for i in active if _decode_step(wave[i], model, link)]
+        for state in wave:
+            state.caches = None      # the tokens stay; the wave's KV cache goes
+        states.extend(wave)
     link.wait_sends()
     results = []
     for state in states:

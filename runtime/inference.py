@@ -7,6 +7,8 @@ over the pipeline group, so every rank of the replica returns them.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 
 from runtime.batch import MicroBatch, ModelOutputs
@@ -26,11 +28,14 @@ def outputs_from_head(model: ParallelModel, head_out: torch.Tensor, input_ids: t
     return ModelOutputs(logprobs=logprobs, entropy=entropy)
 
 
-def run_stages(model: ParallelModel, micro_batches: list[MicroBatch]) -> list[torch.Tensor]:
-    """Forward every micro-batch through the pipeline; the head outputs on the last stage."""
+def run_stages(model: ParallelModel, micro_batches: list[MicroBatch],
+               reduce: Callable[[torch.Tensor, MicroBatch], Any]) -> list[Any]:
+    """Forward every micro-batch through the pipeline; on the last stage, `reduce(head
+    output, micro-batch)` of each, taken as soon as the micro-batch is through, so only one
+    micro-batch's logits are alive at a time (what the cost model prices)."""
     ctx, dev = model.ctx, model.device
     link = StageLink(ctx, dev.device)
-    head_outputs = []
+    reduced = []
     for mb in micro_batches:
         ids = mb.input_ids.to(dev.device)
         batch, seq = ids.shape
@@ -38,11 +43,11 @@ def run_stages(model: ParallelModel, micro_batches: list[MicroBatch]) -> list[to
             (batch, seq, model.spec.hidden_size), dev.dtype)
         out = model.forward_sequences(x, mb.attention_mask.to(dev.device))
         if ctx.is_last_stage:
-            head_outputs.append(out)
+            reduced.append(reduce(out, mb))
         else:
             link.send_next(out)
     link.wait_sends()
-    return head_outputs
+    return reduced
 
 
 def _from_last_stage(model: ParallelModel, tensor: torch.Tensor | None, shape: tuple[int, ...]
@@ -56,13 +61,12 @@ def _from_last_stage(model: ParallelModel, tensor: torch.Tensor | None, shape: t
 def inference(model: ParallelModel, micro_batches: list[MicroBatch],
               with_entropy: bool = False) -> list[ModelOutputs]:
     """Token logprobs (LM head; entropy too if asked) or values (value head), per micro-batch."""
-    head_outputs = run_stages(model, micro_batches)
+    outputs = run_stages(model, micro_batches, lambda out, mb: outputs_from_head(
+        model, out, mb.input_ids.to(model.device.device), with_entropy))
     results = []
     for i, mb in enumerate(micro_batches):
         batch, seq = mb.shape
-        mine = (outputs_from_head(model, head_outputs[i], mb.input_ids.to(model.device.device),
-                                  with_entropy)
-                if model.ctx.is_last_stage else ModelOutputs())
+        mine = outputs[i] if model.ctx.is_last_stage else ModelOutputs()
         if model.head == "value":
             results.append(ModelOutputs(values=_from_last_stage(model, mine.values, (batch, seq))))
             continue
@@ -77,11 +81,11 @@ def inference(model: ParallelModel, micro_batches: list[MicroBatch],
 def full_logits(model: ParallelModel, micro_batches: list[MicroBatch]) -> list[torch.Tensor]:
     """Full-vocabulary fp32 logits [batch, seq, vocab] on every rank (tests and debugging:
     this gathers the vocabulary, which the engine's own operations never do)."""
-    head_outputs = run_stages(model, micro_batches)
+    gathered = run_stages(model, micro_batches,
+                          lambda out, mb: gather_last_dim(out.float(), model.ctx.tp_group))
     results = []
     for i, mb in enumerate(micro_batches):
         batch, seq = mb.shape
-        mine = (gather_last_dim(head_outputs[i].float(), model.ctx.tp_group)
-                if model.ctx.is_last_stage else None)
+        mine = gathered[i] if model.ctx.is_last_stage else None
         results.append(_from_last_stage(model, mine, (batch, seq, model.spec.vocab_size)))
     return results

@@ -111,12 +111,14 @@ class ParallelModel:
         return AttentionInputs(cos=cos, sin=sin, mask=mask, cache_start=cache_start)
 
     def stage_forward(self, stage_input: torch.Tensor, inputs: AttentionInputs,
-                      caches: list[LayerCache] | None = None, recompute: bool = False
-                      ) -> torch.Tensor:
+                      caches: list[LayerCache] | None = None, recompute: bool = False,
+                      head_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Embedding (first stage), this stage's blocks, and the head (last stage).
 
         recompute: keep only each block's input for backward and run the block again there
-        (module docstring); not with caches.
+        (module docstring); not with caches. head_positions (int64 [batch]): run the head on
+        that one position of each row only, giving [batch, 1, ...] (a prefill needs the
+        logits of each prompt's last token, not of every prompt position).
         """
         assert not (recompute and caches is not None), "recompute is for cache-less passes"
         x = stage_input
@@ -131,6 +133,9 @@ class ParallelModel:
             else:
                 x = decoder_block(x, *block_args)
         if self.ctx.is_last_stage:
+            if head_positions is not None:
+                rows = torch.arange(x.shape[0], device=x.device)
+                x = x[rows, head_positions][:, None]
             x = self._head(x)
         return x
 

@@ -1,0 +1,102 @@
+"""The engine keeps alive what the cost model prices (costmodel/memory.py), on one rank:
+generation holds the KV caches of one wave of min(micro-batches, pp) micro-batches, the
+prefill runs the LM head on each prompt's last token only, and inference holds one
+micro-batch's logits at a time."""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from planner.domain.modelspec import PRESETS
+from planner.domain.placement import Placement
+from planner.sharding.rank_groups import placement_coordinate
+from runtime import inference as inference_module
+from runtime.batch import MicroBatch
+from runtime.device import CPU_FP32
+from runtime.generate import GenerationConfig, generate
+from runtime.inference import inference
+from runtime.model import ParallelModel
+from runtime.parallel_context import Group, ParallelContext
+
+TINY = PRESETS["llama-tiny"]
+ONE_RANK = Group(handle=None, ranks=(0,))
+
+
+def _one_rank_model() -> ParallelModel:
+    layout = Placement(devices=(0,), dp=1, tp=1, pp=1)
+    ctx = ParallelContext(layout=layout, global_rank=0, coord=placement_coordinate(layout, 0),
+                          tp_group=ONE_RANK, dp_group=ONE_RANK, pp_group=ONE_RANK)
+    return ParallelModel.from_seed(TINY, "lm", ctx, 5, CPU_FP32)
+
+
+def _prompts(count: int, length: int = 6) -> list[MicroBatch]:
+    generator = torch.Generator().manual_seed(1)
+    return [MicroBatch(torch.randint(0, TINY.vocab_size, (2, length), generator=generator),
+                       torch.ones(2, length, dtype=torch.long)) for _ in range(count)]
+
+
+def test_generation_keeps_one_wave_of_kv_caches(monkeypatch):
+    model = _one_rank_model()
+    alive, most = [], [0]
+    new_caches = ParallelModel.new_caches
+
+    def counted(self, batch, slots):
+        caches = new_caches(self, batch, slots)
+        alive[:] = [ref for ref in alive if ref() is not None]
+        alive.append(weakref.ref(caches[0].k))
+        most[0] = max(most[0], len(alive))
+        return caches
+
+    monkeypatch.setattr(ParallelModel, "new_caches", counted)
+    config = GenerationConfig(max_new_tokens=4, pad_token_id=0)
+    generate(model, _prompts(4), config)
+    assert most[0] == 1            # pp 1: one micro-batch's cache at a time, of four
+
+
+def test_prefill_logits_are_the_last_prompt_token_only(monkeypatch):
+    model = _one_rank_model()
+    shapes = []
+    head = ParallelModel._head
+
+    def recorded(self, x):
+        shapes.append(tuple(x.shape))
+        return head(self, x)
+
+    monkeypatch.setattr(ParallelModel, "_head", recorded)
+    generate(model, _prompts(1, length=6), GenerationConfig(max_new_tokens=3, pad_token_id=0))
+    assert shapes[0] == (2, 1, TINY.hidden_size) and len(shapes) == 3
+
+
+def test_waves_and_the_last_token_head_give_the_same_tokens_as_one_batch():
+    """Splitting into micro-batches (waves) changes nothing in greedy decoding."""
+    model = _one_rank_model()
+    config = GenerationConfig(max_new_tokens=5, pad_token_id=0)
+    prompts = _prompts(3)
+    split = torch.cat([g.tokens for g in generate(model, prompts, config)])
+    whole = generate(model, [MicroBatch(torch.cat([p.input_ids for p in prompts]),
+                                        torch.cat([p.attention_mask for p in prompts]))],
+                     config)[0].tokens
+    assert torch.equal(split, whole)
+
+
+def test_inference_holds_one_micro_batch_of_logits(monkeypatch):
+    model = _one_rank_model()
+    alive, most = [], [0]
+    reduce_calls = []
+    run_stages = inference_module.run_stages
+
+    def watched(model_, micro_batches, reduce):
+        def tracking(out, mb):
+            alive[:] = [ref for ref in alive if ref() is not None]
+            alive.append(weakref.ref(out))
+            most[0] = max(most[0], len(alive))
+            reduce_calls.append(tuple(out.shape))
+            return reduce(out, mb)
+        return run_stages(model_, micro_batches, tracking)
+
+    monkeypatch.setattr(inference_module, "run_stages", watched)
+    outputs = inference(model, _prompts(4, length=8))
+    assert len(outputs) == 4 and outputs[0].logprobs.shape == (2, 7)
+    assert len(reduce_calls) == 4 and most[0] == 1
