@@ -1,19 +1,26 @@
 """Data-parallel gradient reduction, global-norm clipping and Adam(W), optionally ZeRO-1.
 
-The optimizer sees one rank's parameter shards as one flat fp32 vector (in `params` order):
-gradients are flattened into one bucket, reduced over the DP group, clipped and applied by an
-elementwise Adam to an fp32 master copy, which is then copied back into the (possibly bf16)
-parameters. Elementwise Adam means every layout computes the same update from the same
-gradients; layouts differ only by the order of float sums in gradients and norm.
+Memory is what the cost model prices (costmodel/memory.py): weights and gradients in the
+compute dtype, plus Adam's states. The optimizer moves one rank's parameter shards into one
+flat buffer (each parameter becomes a view of it) and preallocates one flat gradient buffer
+the same way (each parameter's `.grad` is a view; backward accumulates into it in place), as
+Megatron's distributed optimizer does, so the DP reduction and the update need no flat
+copies. Adam keeps an fp32 master copy only where the weights are not fp32 themselves
+(12 bytes per parameter with bf16 weights: master + two moments; 8 with fp32: the moments,
+the weights being the master), of this rank's part. Elementwise Adam means every layout
+computes the same update from the same gradients; layouts differ only by the order of float
+sums in gradients and norm.
 
-ZeRO-1 (`shard_over_dp=True`): the gradient bucket is reduce-scattered instead of
-all-reduced, each DP rank keeps master weights and Adam moments of its 1/dp chunk only,
-updates it, and the chunks are all-gathered back into every replica's parameters.
+ZeRO-1 (`shard_over_dp=True`): the gradient buffer is reduce-scattered instead of
+all-reduced, each DP rank keeps the master weights and moments of its 1/dp chunk only,
+updates it, and the chunks are all-gathered, in the compute dtype, back into every replica's
+parameter buffer.
 
 Gradient norm: TP-sharded parameters contribute their shard's squares on every TP rank;
-TP-replicated ones (norm weights, value head) only on TP rank 0, so they count once. The sum
-is all-reduced over the TP and PP groups (and over DP for ZeRO-1, whose ranks each hold a
-different chunk); replicas hold equal reduced gradients otherwise, so DP is not summed then.
+TP-replicated ones (norm weights, value head) only on TP rank 0, so they count once (the
+`counted` spans of this rank's part). The sum is all-reduced over the TP and PP groups (and
+over DP for ZeRO-1, whose ranks each hold a different chunk); replicas hold equal reduced
+gradients otherwise, so DP is not summed then.
 """
 
 from __future__ import annotations
@@ -51,53 +58,86 @@ def clip_factor(norm: float, max_norm: float | None) -> float:
 
 
 class Adam:
-    """Adam(W) over one rank's parameter shards, with the DP gradient reduction built in."""
+    """Adam(W) over one rank's parameter shards, with the DP gradient reduction built in
+    (module docstring). Takes over the storage of `params` and their gradients."""
 
     def __init__(self, params: dict[str, torch.Tensor], config: AdamConfig,
                  ctx: ParallelContext, shard_over_dp: bool = False):
         self.params, self.config, self.ctx = params, config, ctx
         self.zero1 = shard_over_dp and ctx.dp > 1
         self.step_count = 0
-        flat = torch.cat([p.detach().reshape(-1).float() for p in params.values()])
-        counted = torch.cat([torch.full((p.numel(),), float(
-            ctx.coord.tp_rank == 0 or not is_tp_replicated(n)), device=flat.device)
-            for n, p in params.items()])
-        self.numel = flat.numel()
-        if self.zero1:
-            chunk = -(-self.numel // ctx.dp)
-            self.padded = chunk * ctx.dp
-            mine = slice(ctx.coord.dp_rank * chunk, (ctx.coord.dp_rank + 1) * chunk)
-            flat = torch.nn.functional.pad(flat, (0, self.padded - self.numel))[mine].clone()
-            counted = torch.nn.functional.pad(counted, (0, self.padded - self.numel))[mine]
-        self.master, self.counted = flat, counted
-        self.m = torch.zeros_like(flat)
-        self.v = torch.zeros_like(flat)
+        tensors = list(params.values())
+        self.numel = sum(p.numel() for p in tensors)
+        shards = ctx.dp if self.zero1 else 1
+        chunk = -(-self.numel // shards)
+        self.padded = chunk * shards
+        first = ctx.coord.dp_rank * chunk if self.zero1 else 0
+        self.mine = slice(first, first + chunk)
+        self.flat_params, self.flat_grads = self._flat_buffers(tensors)
+        self.counted = self._counted_spans(params, first, chunk)
+        own = self.flat_params[self.mine]
+        # fp32 weights are their own master (updated in place); others get an fp32 copy
+        self.master = own if own.dtype == torch.float32 else own.float()
+        self.m = torch.zeros_like(self.master)
+        self.v = torch.zeros_like(self.master)
+
+    def _flat_buffers(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The parameter and gradient buffers (padded to dp chunks), every parameter and its
+        `.grad` made views of them."""
+        dtype, device = tensors[0].dtype, tensors[0].device
+        flat_params = torch.zeros(self.padded, dtype=dtype, device=device)
+        flat_grads = torch.zeros(self.padded, dtype=dtype, device=device)
+        offset = 0
+        for p in tensors:
+            n = p.numel()
+            view = flat_params[offset:offset + n].view_as(p)
+            view.copy_(p.detach())
+            p.data = view
+            p.grad = flat_grads[offset:offset + n].view_as(p)
+            offset += n
+        return flat_params, flat_grads
+
+    def _counted_spans(self, params: dict[str, torch.Tensor], first: int, chunk: int
+                       ) -> list[tuple[int, int]]:
+        """(start, stop) within this rank's part of the parameters whose squares it adds to
+        the gradient norm (module docstring)."""
+        spans, offset = [], 0
+        for name, p in params.items():
+            lo, hi = offset, offset + p.numel()
+            offset = hi
+            if self.ctx.coord.tp_rank != 0 and is_tp_replicated(name):
+                continue
+            lo, hi = max(lo, first), min(hi, first + chunk)
+            if lo < hi:
+                spans.append((lo - first, hi - first))
+        return spans
 
     @torch.no_grad()
     def step(self) -> float:
         """Reduce gradients over DP, clip by global norm, update; returns the norm."""
         grad = self._reduced_gradient()
-        squares = (grad.pow(2) * self.counted).sum()
+        squares = sum((grad[lo:hi].float().pow(2).sum() for lo, hi in self.counted),
+                      torch.zeros((), device=grad.device))
         if self.zero1:
             all_reduce(squares, self.ctx.dp_group)
         all_reduce(squares, self.ctx.tp_group)
         all_reduce(squares, self.ctx.pp_group)
         norm = math.sqrt(float(squares))
-        self._adam(grad * clip_factor(norm, self.config.max_grad_norm))
+        self._adam(grad.float() * clip_factor(norm, self.config.max_grad_norm))
         self._write_back()
         return norm
 
     def zero_grad(self) -> None:
-        for p in self.params.values():
-            p.grad = None
+        """Zero the gradient buffer; the parameters' `.grad` views stay."""
+        self.flat_grads.zero_()
 
     def _reduced_gradient(self) -> torch.Tensor:
-        flat = torch.cat([p.grad.reshape(-1).float() for p in self.params.values()])
+        """This rank's part of the DP-summed gradients, in the compute dtype."""
         if not self.zero1:
-            return all_reduce(flat, self.ctx.dp_group)
-        flat = torch.nn.functional.pad(flat, (0, self.padded - self.numel))
-        mine = torch.empty(self.padded // self.ctx.dp, device=flat.device)
-        dist.reduce_scatter_single(mine, flat, group=self.ctx.dp_group.handle)
+            return all_reduce(self.flat_grads, self.ctx.dp_group)
+        mine = torch.empty(self.padded // self.ctx.dp, dtype=self.flat_grads.dtype,
+                           device=self.flat_grads.device)
+        dist.reduce_scatter_single(mine, self.flat_grads, group=self.ctx.dp_group.handle)
         return mine
 
     def _adam(self, grad: torch.Tensor) -> None:
@@ -111,11 +151,11 @@ class Adam:
         self.master.addcdiv_(self.m, denom, value=-c.lr / (1 - c.beta1 ** self.step_count))
 
     def _write_back(self) -> None:
-        flat = self.master
+        """The updated part into the parameter buffer (a no-op for fp32 weights, their own
+        master), then, under ZeRO-1, every replica's parts gathered into it."""
+        own = self.flat_params[self.mine]
+        if self.master.data_ptr() != own.data_ptr():
+            own.copy_(self.master)
         if self.zero1:
-            flat = torch.empty(self.padded, device=flat.device)
-            dist.all_gather_single(flat, self.master, group=self.ctx.dp_group.handle)
-        offset = 0
-        for p in self.params.values():
-            p.data.copy_(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
+            dist.all_gather_single(self.flat_params, own.clone(),
+                                   group=self.ctx.dp_group.handle)

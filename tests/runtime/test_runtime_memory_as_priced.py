@@ -100,3 +100,43 @@ def test_inference_holds_one_micro_batch_of_logits(monkeypatch):
     outputs = inference(model, _prompts(4, length=8))
     assert len(outputs) == 4 and outputs[0].logprobs.shape == (2, 7)
     assert len(reduce_calls) == 4 and most[0] == 1
+
+
+def _adam_bytes(adam) -> int:
+    """Bytes the optimizer owns beside the weights and their gradient buffer."""
+    owned = [adam.m, adam.v]
+    if adam.master.data_ptr() != adam.flat_params.data_ptr():
+        owned.append(adam.master)
+    return sum(t.numel() * t.element_size() for t in owned)
+
+
+def test_adam_keeps_the_priced_bytes_and_gradients_live_in_one_buffer():
+    from costmodel.memory import optimizer_state_bytes_per_device
+    from runtime.optimizer import Adam, AdamConfig
+
+    model = _one_rank_model()
+    numel = sum(p.numel() for p in model.params.values())
+    adam = Adam(model.params, AdamConfig(lr=1e-3), model.ctx)
+    priced = float(optimizer_state_bytes_per_device(TINY, "lm", 1, 1, 1, 4).sum())
+    assert _adam_bytes(adam) == priced == 8 * numel     # fp32: the weights are the master
+    grads = [p.grad for p in model.params.values()]
+    assert all(g.data_ptr() >= adam.flat_grads.data_ptr() for g in grads)
+    assert adam.flat_grads.numel() * adam.flat_grads.element_size() == 4 * numel
+
+
+def test_adam_with_bf16_weights_keeps_an_fp32_master_of_twelve_bytes_in_all():
+    from costmodel.memory import optimizer_state_bytes_per_device
+    from runtime.optimizer import Adam, AdamConfig
+
+    model = _one_rank_model()
+    params = {n: p.detach().to(torch.bfloat16) for n, p in model.params.items()}
+    numel = sum(p.numel() for p in params.values())
+    adam = Adam(params, AdamConfig(lr=1e-3), model.ctx)
+    priced = float(optimizer_state_bytes_per_device(TINY, "lm", 1, 1, 1, 2).sum())
+    assert _adam_bytes(adam) == priced == 12 * numel
+    before = adam.master.clone()
+    for p in params.values():
+        p.grad.fill_(1e-3)
+    adam.step()
+    assert not torch.equal(adam.master, before)           # the fp32 master moved, and the
+    assert torch.equal(adam.flat_params, adam.master.to(torch.bfloat16))   # weights follow it
