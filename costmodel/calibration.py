@@ -44,11 +44,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from costmodel.call_cost import CostKnobs
 from planner.domain.cluster import ClusterSpec
-from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.errors import validated
 from planner.domain.layout import Execution
 from planner.domain.output_files import atomic_write_text
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
@@ -180,12 +180,7 @@ def decode_steps(call: ModelFunctionCall, execution: Execution, batch: BatchSpec
 def load_calibration(path: Path) -> Calibration:
     """Read and validate a calibration file; InputError naming the file and field."""
     data = load_yaml_mapping(Path(path))
-    try:
-        return Calibration(**data)
-    except ValidationError as err:
-        raise describe_validation_error(err, Path(path), model=Calibration) from None
-    except TypeError as err:
-        raise InputError(f"{path}: {err}") from None
+    return validated(Calibration, data, Path(path))
 
 
 def save_calibration(calibration: Calibration, path: Path) -> None:

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner.domain.cluster import MAX_DEVICES_PER_NODE
-from planner.domain.errors import describe_validation_error
+from planner.domain.errors import validated
 from planner.domain.modelspec import MAX_POSITIONS, ModelSpec
 from planner.domain.workflow import MAX_SEQS_PER_ITERATION
 from planner.domain.yamlio import load_yaml_mapping
@@ -187,10 +187,7 @@ def grid_time_s(entry: ProfileEntry, batch: float, length):
 def load_profile(path: Path) -> ProfileLookup:
     """Read and validate one table; InputError naming the file and field."""
     data = load_yaml_mapping(path)
-    try:
-        table = ProfileTable(**data)
-    except ValidationError as err:
-        raise describe_validation_error(err, path, model=ProfileTable) from None
+    table = validated(ProfileTable, data, path)
     return ProfileLookup(table, path)
 
 

@@ -21,9 +21,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.errors import InputError, validated
 from planner.domain.hardware import (
     GIB,
     MAX_BANDWIDTH_GB_PER_S,
@@ -242,10 +242,7 @@ def cluster_preset(name: str) -> ClusterSpec:
 
 def load_cluster_file(path: Path) -> ClusterSpec:
     data = load_yaml_mapping(path)
-    try:
-        spec = ClusterFile(**data)
-    except ValidationError as err:
-        raise describe_validation_error(err, path, model=ClusterFile) from None
+    spec = validated(ClusterFile, data, path)
     try:
         cluster = build_cluster(spec.name or Path(path).stem, spec.groups(),
                                 spec.inter_node_bandwidth_gb_per_s, spec.inter_node_latency_us)

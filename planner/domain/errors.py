@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -86,6 +86,21 @@ def describe_validation_error(err: ValidationError, source: Path | str,
     location = field_path(prefix + tuple(first.get("loc", ())))
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return InputError(f"{source}: {location}: {_describe_one(first, model)}{more}")
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validated(model: type[ModelT], data: dict, source: Path | str) -> ModelT:
+    """`model(**data)`, or the InputError line of its first validation problem, naming
+    `source` and the field (an unknown key lists the valid ones; a key that is not a
+    string, which `**` cannot pass, is named too)."""
+    try:
+        return model(**data)
+    except ValidationError as err:
+        raise describe_validation_error(err, source, model=model) from None
+    except TypeError as err:
+        raise InputError(f"{source}: {err}") from None
 
 
 def one_line(text: str) -> str:

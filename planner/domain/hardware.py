@@ -11,9 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.errors import InputError, validated
 from planner.domain.paths import HARDWARE_DIR
 from planner.domain.yamlio import load_yaml_mapping
 
@@ -83,10 +83,7 @@ def known_hardware() -> list[str]:
 @lru_cache(maxsize=None)
 def load_hardware_file(path: Path) -> HardwareSpec:
     data = load_yaml_mapping(path)
-    try:
-        return HardwareSpec(**data)
-    except ValidationError as err:
-        raise describe_validation_error(err, path, model=HardwareSpec) from None
+    return validated(HardwareSpec, data, path)
 
 
 def hardware_by_name(name: str) -> HardwareSpec:

@@ -13,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from planner import __version__
 from planner.domain.augment import reallocations, transfers
 from planner.domain.cluster import ClusterSpec
-from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.errors import InputError, validated
 from planner.domain.layout import Execution, execution_problem
 from planner.domain.mesh import mesh_text, parse_mesh_text
 from planner.domain.output_files import atomic_write_text
@@ -130,10 +130,7 @@ def plan_from_mapping(data: dict[str, Any], source: str) -> Plan:
     if version != SCHEMA_VERSION:
         raise InputError(f"{source}: schema_version: got {version!r}; this tool reads "
                          f"schema_version {SCHEMA_VERSION}")
-    try:
-        parsed = PlanFile(**data)
-    except ValidationError as err:
-        raise describe_validation_error(err, source, model=PlanFile) from None
+    parsed = validated(PlanFile, data, source)
     executions = {name: _resolve_execution(name, entry, parsed.cluster, source)
                   for name, entry in parsed.executions.items()}
     plan = Plan(workflow=parsed.workflow, cluster=parsed.cluster, executions=executions,

@@ -24,7 +24,7 @@ from planner.domain.builtin_workflows import (
     DEFAULT_MODEL,
     VALUE_HEAD_ROLES,
 )
-from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.errors import InputError, describe_validation_error, validated
 from planner.domain.model_files import resolve_model
 from planner.domain.modelspec import HeadKind
 from planner.domain.workflow import (
@@ -111,10 +111,7 @@ def build_workflow(spec: WorkflowFile, source: str, base_dir: Path | None = None
 
 def load_workflow_file(path: Path) -> Workflow:
     data = load_yaml_mapping(path)
-    try:
-        spec = WorkflowFile(**data)
-    except ValidationError as err:
-        raise describe_validation_error(err, path, model=WorkflowFile) from None
+    spec = validated(WorkflowFile, data, path)
     return build_workflow(spec, str(path), Path(path).parent)
 
 

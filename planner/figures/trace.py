@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner.domain.augment import reallocations
-from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.errors import InputError, validated
 from planner.domain.input_files import load_json_input
 from planner.domain.plan import Plan
 from planner.figures.common import node_model, split_node_id
@@ -69,10 +69,7 @@ def load_trace(path: Path, plan: Plan) -> list[MeasuredNode]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: (top level): expected an object with a 'nodes' list, got "
                          f"{type(data).__name__}")
-    try:
-        parsed = TraceFile(**data)
-    except ValidationError as err:
-        raise describe_validation_error(err, path, model=TraceFile) from None
+    parsed = validated(TraceFile, data, path)
     num_devices = plan.cluster.num_devices
     wrapping = {m.name for m in reallocations(plan.workflow, plan.executions) if m.wraps}
     result = []
