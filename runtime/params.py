@@ -7,19 +7,21 @@ memory and time proportional to the full parameter, acceptable for the model siz
 on CPU; checkpoints are the path for large models.
 
 HF checkpoints are a directory with `model.safetensors`, or shards listed in
-`model.safetensors.index.json`; each rank reads only the byte ranges of its slices. A value
+`model.safetensors.index.json`, read with the `safetensors` library; each rank reads only the
+byte ranges of its slices. A value
 head absent from the checkpoint (a critic started from an LM) is randomly initialised.
 """
 
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
+from planner.domain.errors import InputError
+from planner.domain.input_files import load_json_input
 from planner.domain.layout import parallel_degrees_problem
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.sharding.param_shards import (
@@ -31,7 +33,6 @@ from planner.sharding.param_shards import (
     stage_params,
 )
 from runtime.device import DeviceConfig
-from runtime.safetensors_io import SafetensorsFile
 
 INIT_STD = 0.02  # HF LlamaConfig.initializer_range default
 
@@ -95,18 +96,25 @@ def init_params(spec: ModelSpec, head: HeadKind, tp_rank: int, tp: int, pp_stage
 
 
 class HFCheckpoint:
-    """A local HF checkpoint directory: which file holds each tensor, read by slices."""
+    """A local HF checkpoint directory: which file holds each tensor, read by slices through
+    the `safetensors` library (memory-mapped; a rank reads only its shard's bytes; bf16 as
+    stored).
+
+    Only files inside the directory are opened: an index naming `../x.safetensors` or an
+    absolute path is refused, as is anything that is not a regular file. A damaged file (a
+    header length beyond the file, bad JSON) is one ValueError line, not a MemoryError.
+    """
 
     def __init__(self, directory: Path):
         directory = Path(directory)
         index = directory / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = {f: SafetensorsFile(directory / f) for f in sorted(set(weight_map.values()))}
-            self._where = {name: files[f] for name, f in weight_map.items()}
+            files = sorted(set(_weight_map(index).values()))
+            handles = {f: _open_inside(directory, f) for f in files}
+            self._where = {name: handles[f] for name, f in _weight_map(index).items()}
         elif (directory / "model.safetensors").is_file():
-            single = SafetensorsFile(directory / "model.safetensors")
-            self._where = {name: single for name in single.names()}
+            single = _open_inside(directory, "model.safetensors")
+            self._where = {name: single for name in single.keys()}
         else:
             raise ValueError(f"{directory}: no model.safetensors or model.safetensors.index.json")
         self.directory = directory
@@ -115,15 +123,39 @@ class HFCheckpoint:
         return name in self._where
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._where[name].shape(name)
+        return tuple(self._where[name].get_slice(name).get_shape())
 
     def read(self, name: str, ranges) -> torch.Tensor:
         """The slice `ranges` of tensor `name` as a torch tensor of its stored dtype."""
-        file = self._where[name]
-        array = file.read(name, ranges)
-        if file.is_bf16(name):
-            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(array)
+        return self._where[name].get_slice(name)[tuple(slice(a, b) for a, b in ranges)]
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """The index's tensor -> file map; ValueError naming the file when it is not one."""
+    try:
+        weight_map = load_json_input(index).get("weight_map")
+    except (InputError, AttributeError) as err:
+        raise ValueError(f"{index}: not a safetensors index ({err})") from None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise ValueError(f"{index}: weight_map: expected tensor names mapped to file names")
+    return weight_map
+
+
+def _open_inside(directory: Path, file: str):
+    """safetensors' handle of `file`, which must be a regular file inside `directory`."""
+    root = directory.resolve()
+    path = (directory / file).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ValueError(f"{directory}: the checkpoint names {file!r}, outside its directory; "
+                         f"give file names inside it")
+    if not path.is_file():
+        raise ValueError(f"{directory / file}: not a file")
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{directory / file}: not a readable safetensors file "
+                         f"({' '.join(str(err).split())})") from None
 
 
 def load_hf_params(directory: Path, spec: ModelSpec, head: HeadKind, tp_rank: int, tp: int,

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from planner.domain.modelspec import ModelSpec
-from runtime.safetensors_io import write_safetensors
 
 
 def write_hf_checkpoint(directory: Path, spec: ModelSpec, params: dict[str, np.ndarray],
@@ -28,7 +28,7 @@ def write_hf_checkpoint(directory: Path, spec: ModelSpec, params: dict[str, np.n
     for i in range(num_files):
         file = f"model-{i + 1:05d}-of-{num_files:05d}.safetensors"
         chunk = names[i::num_files]
-        write_safetensors(directory / file, {n: params[n] for n in chunk})
+        save_file({n: np.ascontiguousarray(params[n]) for n in chunk}, str(directory / file))
         weight_map.update({n: file for n in chunk})
     (directory / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": weight_map}))

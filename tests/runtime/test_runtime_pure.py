@@ -10,14 +10,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import save_file as save_torch
 
 from planner.domain.modelspec import PRESETS
 from planner.domain.placement import Placement
 from planner.sharding.param_shards import model_params, shard_slice, stage_params
 from planner.sharding.rank_groups import placement_coordinate
 from runtime.parallel_context import Group
-from runtime.params import check_layout_supported, is_tp_replicated
-from runtime.safetensors_io import SafetensorsFile, write_safetensors
+from runtime.params import HFCheckpoint, check_layout_supported, is_tp_replicated
 from runtime.vocab_parallel import choose_tokens, gumbel_noise, token_logprobs
 
 TINY = PRESETS["llama-tiny"]
@@ -71,29 +72,44 @@ def test_layout_coordinates_follow_rank_groups_order():
     assert (c.dp_rank, c.tp_rank, c.pp_rank) == (1, 0, 1)
 
 
-def test_safetensors_roundtrip_and_slice_reads(tmp_path):
+def test_checkpoint_reads_slices_of_every_dtype(tmp_path):
     rng = np.random.default_rng(0)
     tensors = {"a": rng.standard_normal((6, 4)).astype(np.float32),
                "b": rng.integers(0, 9, (3,)).astype(np.int64),
                "c": rng.standard_normal((2, 3, 5)).astype(np.float16)}
-    write_safetensors(tmp_path / "x.safetensors", tensors)
-    f = SafetensorsFile(tmp_path / "x.safetensors")
+    save_numpy(tensors, str(tmp_path / "model.safetensors"))
+    checkpoint = HFCheckpoint(tmp_path)
     for name, array in tensors.items():
-        np.testing.assert_array_equal(f.read(name), array)
-    np.testing.assert_array_equal(f.read("a", ((2, 4), (1, 3))), tensors["a"][2:4, 1:3])
-    assert f.shape("c") == (2, 3, 5)
+        got = checkpoint.read(name, tuple((0, n) for n in array.shape))
+        np.testing.assert_array_equal(got.numpy(), array)
+    np.testing.assert_array_equal(checkpoint.read("a", ((2, 4), (1, 3))).numpy(),
+                                  tensors["a"][2:4, 1:3])
+    assert checkpoint.shape("c") == (2, 3, 5)
 
 
-def test_safetensors_reads_bf16_bit_patterns(tmp_path):
+def test_checkpoint_reads_bf16_as_stored(tmp_path):
     values = torch.tensor([[1.5, -2.0], [0.25, 3.0]], dtype=torch.bfloat16)
-    raw = values.view(torch.int16).numpy().tobytes()
-    header = json.dumps({"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
-                         "__metadata__": {"format": "pt"}}).encode()
-    (tmp_path / "b.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw)
-    f = SafetensorsFile(tmp_path / "b.safetensors")
-    assert f.is_bf16("w")
-    got = torch.from_numpy(f.read("w", ((1, 2), (0, 2))).view(np.int16)).view(torch.bfloat16)
-    assert torch.equal(got, values[1:2])
+    save_torch({"w": values}, str(tmp_path / "model.safetensors"))
+    got = HFCheckpoint(tmp_path).read("w", ((1, 2), (0, 2)))
+    assert got.dtype == torch.bfloat16 and torch.equal(got, values[1:2])
+
+
+@pytest.mark.parametrize("file", ["../outside.safetensors", "/etc/hostname"])
+def test_checkpoint_index_never_reads_outside_its_directory(tmp_path, file):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_numpy({"w": np.zeros(2, np.float32)}, str(tmp_path / "outside.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": file}}))
+    with pytest.raises(ValueError, match="outside its directory"):
+        HFCheckpoint(folder)
+
+
+def test_a_corrupt_checkpoint_header_is_one_line(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    with pytest.raises(ValueError) as refused:
+        HFCheckpoint(tmp_path)
+    assert "not a readable safetensors file" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 def test_logprobs_and_entropy_match_log_softmax_on_one_rank():
