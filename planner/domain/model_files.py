@@ -116,9 +116,11 @@ def spec_from_hf_config(config_path: Path) -> ModelSpec:
         raise ValueError(f"{config_path}: model_type {model_type!r} is not supported; "
                          f"valid: {list(SUPPORTED_MODEL_TYPES)}")
     problem = _refusal(config, model_type)
-    rope_theta, theta_problem = _rope_theta(config)
-    if problem or theta_problem:
-        raise ValueError(f"{config_path}: {problem or theta_problem}")
+    if problem:
+        raise ValueError(f"{config_path}: {problem}")
+    rope_theta, problem = _rope_theta(config)    # rope_parameters is an object by now
+    if problem:
+        raise ValueError(f"{config_path}: {problem}")
     missing = [key for key in REQUIRED_KEYS if config.get(key) is None]
     if missing:
         raise ValueError(f"{config_path}: missing field(s) {missing}")

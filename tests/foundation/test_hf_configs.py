@@ -54,6 +54,7 @@ def test_qwen2_has_qkv_biases_and_its_unused_window_is_no_window(tmp_path):
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 500000.0}},
      "rope_parameters.rope_type"),
     ({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}, "rope_theta"),
+    ({"rope_parameters": [500000.0]}, "rope_parameters"),
     ({"model_type": "mistral", "sliding_window": 128}, "sliding_window"),
     ({"model_type": "qwen2", "sliding_window": 128, "use_sliding_window": True},
      "sliding_window"),
