@@ -47,9 +47,9 @@ input (one line); 130 interrupted."""
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.cli.run_checks import PlanDoesNotFit, check_plan_fits_here
+    from planner.cli.run_checks import PlanDoesNotFit, check_plan_can_start
     from runtime.executor.config import config_from_args
-    from runtime.executor.launcher import check_before_start, run_plan
+    from runtime.executor.launcher import start_plan
     from runtime.launch import WorkerError
 
     out = Path(args.trace) if args.trace else Path(args.plan).with_suffix(".trace.json")
@@ -58,10 +58,9 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(Path(args.plan))
     world = plan.cluster.num_devices
     try:
-        check_before_start(plan, config, args.plan, world)
-        check_plan_fits_here(plan, args.plan, world, {h.name for h in plan.cluster.node_hardware})
-        trace, _ = run_plan(plan, config, emit=lambda line: print(line, flush=True),
-                            source=args.plan)
+        check_plan_can_start(plan, config, args.plan, world,
+                             {h.name for h in plan.cluster.node_hardware})
+        trace, _ = start_plan(plan, config, emit=lambda line: print(line, flush=True))
     except PlanDoesNotFit as err:
         print(f"plan run: {err}; nothing was started", file=sys.stderr)
         return 1

@@ -1,10 +1,12 @@
-"""What `plan run` (and its torchrun entry point) checks with the cost model before any rank
-starts: that the plan fits in the memory of the devices at hand.
+"""What `plan run` (and its torchrun entry point) checks before any rank starts: the
+runtime's own checks, then, with the cost model, that the plan fits in the memory of the
+devices at hand.
 
-The rule is the one `plan check` applies (costmodel.simulator, rule 6); on a GPU machine it is
-applied a second time with each GPU's memory capped at what the local GPUs really have, so a
-plan made for 80 GiB GPUs is refused on 24 GiB ones before it starts. It lives here, in the
-command-line layer, because the runtime imports nothing of the cost model.
+The memory rule is the one `plan check` applies (costmodel.simulator, rule 6); on a GPU
+machine whose GPUs are smaller than the plan's hardware it is applied with each GPU's memory
+capped at what the local GPUs really have, so a plan made for 80 GiB GPUs is refused on 24
+GiB ones before it starts. It lives here, in the command-line layer, because the runtime
+imports nothing of the cost model.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import GIB
 from planner.domain.plan import Plan
 from runtime.device import local_device_memory_bytes
+from runtime.executor.config import RunConfig
+from runtime.executor.launcher import check_before_start
 
 
 class PlanDoesNotFit(Exception):
@@ -36,24 +40,29 @@ def memory_problem_here(plan: Plan, hardware_here: set[str],
                         device_memory_bytes: float | None) -> str | None:
     """The plan's memory check (costmodel.simulator, the rule `plan check` applies), with the
     devices of `hardware_here` holding at most `device_memory_bytes` (None: as the plan's
-    hardware says). A plan for 80 GiB GPUs is refused on 24 GiB ones before it starts."""
-    problem = executions_memory_problem(plan.workflow, plan.cluster, plan.executions)
-    if problem or device_memory_bytes is None:
-        return problem
-    capped = with_device_memory_at_most(plan.cluster, hardware_here, device_memory_bytes)
-    problem = executions_memory_problem(plan.workflow, capped, plan.executions)
-    if problem:
-        planned_gib = max(h.memory_gib for h in plan.cluster.node_hardware
-                          if h.name in hardware_here)
+    hardware says). A plan for 80 GiB GPUs is refused on 24 GiB ones before it starts.
+
+    Capping only lowers memory, so the one check on the capped cluster covers the plan's own
+    hardware too."""
+    planned_gib = max((h.memory_gib for h in plan.cluster.node_hardware
+                       if h.name in hardware_here), default=0.0)
+    smaller_here = device_memory_bytes is not None and device_memory_bytes / GIB < planned_gib
+    cluster = (with_device_memory_at_most(plan.cluster, hardware_here, device_memory_bytes)
+               if smaller_here else plan.cluster)
+    problem = executions_memory_problem(plan.workflow, cluster, plan.executions)
+    if problem and smaller_here:
         return (f"{problem} (the GPUs here have {device_memory_bytes / GIB:.1f} GiB each, the "
                 f"plan's hardware {planned_gib:g} GiB)")
-    return None
+    return problem
 
 
-def check_plan_fits_here(plan: Plan, source: str, ranks_here: int,
+def check_plan_can_start(plan: Plan, config: RunConfig, source: str, ranks_here: int,
                          hardware_here: set[str]) -> None:
-    """PlanDoesNotFit unless the plan fits in the memory of the `ranks_here` devices this
-    machine runs, of hardware `hardware_here` (run after the runtime's device checks)."""
+    """Everything checked before a rank of `plan run` (or of its torchrun entry point)
+    starts, for the `ranks_here` ranks this machine runs on hardware `hardware_here`: the
+    runtime's checks (InputError: what it cannot run or this machine cannot host), then the
+    memory of the devices at hand (PlanDoesNotFit)."""
+    check_before_start(plan, config, source, ranks_here)
     memory = local_device_memory_bytes(plan.cluster, ranks_here)
     problem = memory_problem_here(plan, hardware_here, memory)
     if problem:

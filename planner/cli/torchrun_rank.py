@@ -19,11 +19,10 @@ import os
 import sys
 from pathlib import Path
 
-from planner.cli.run_checks import PlanDoesNotFit, check_plan_fits_here
+from planner.cli.run_checks import PlanDoesNotFit, check_plan_can_start
 from planner.domain.errors import InputError, one_line
 from planner.domain.plan import load_plan
 from runtime.executor.config import config_from_args
-from runtime.executor.launcher import check_before_start
 from runtime.executor.options import add_run_options
 from runtime.executor.torchrun import (
     TorchrunPlace,
@@ -57,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = node_structure_problem(plan.cluster, place)
         if problem:
             raise InputError(f"{args.plan}: cluster: {problem}")
-        check_before_start(plan, config, args.plan, place.local_world_size)
         hardware = plan.cluster.node_hardware[place.node]
-        check_plan_fits_here(plan, args.plan, place.local_world_size, {hardware.name})
+        check_plan_can_start(plan, config, args.plan, place.local_world_size, {hardware.name})
     except InputError as err:
         report(place, f"error: {err}")
         return 2

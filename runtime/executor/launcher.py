@@ -1,12 +1,12 @@
 """Start one process per device of the plan's cluster on this machine and run the plan.
 
-The parent checks first, and spawns nothing when a check fails (`check_before_start`): what
-the runtime cannot run or this machine cannot host is an InputError (one line, exit 2); the
-memory check on the devices at hand is done before, by `plan run` (planner/cli/run_checks.py,
-the cost model's rule). Then it
-spawns the ranks on the plan's device kind (gloo for cpu, even where CUDA exists; NCCL with
-one GPU per rank for cuda), prints a progress line when every rank has finished an
-iteration, and builds the trace. When a rank fails, the others are terminated at once and
+`run_plan` checks first, and spawns nothing when a check fails (`check_before_start`): what
+the runtime cannot run or this machine cannot host is an InputError (one line, exit 2).
+`plan run` runs the same checks plus the memory check on the devices at hand (the cost
+model's rule, planner/cli/run_checks.py) and then `start_plan`. That spawns the ranks on
+the plan's device kind (gloo for cpu, even where CUDA exists; NCCL with one GPU per rank for
+cuda), prints a progress line when every rank has finished an iteration, and builds the
+trace. When a rank fails, the others are terminated at once and
 WorkerError names the failing rank with its error (see runtime.launch). Multi-node runs use
 torchrun instead (planner/cli/torchrun_rank.py, runtime/executor/torchrun.py), with the same
 checks on every node.
@@ -86,7 +86,7 @@ def check_before_start(plan: Plan, config: RunConfig, source: str, ranks_here: i
     """What the runtime checks before any rank starts, for the `ranks_here` ranks this
     machine runs: InputError when the runtime cannot run the plan or this machine cannot
     host it (its device kind, count and dtype). The memory check against the devices at
-    hand is the cost model's, done by the command line before this (planner/cli/run_checks.py).
+    hand is the cost model's, done by the command line after this (planner/cli/run_checks.py).
     """
     check_runnable(plan, config, source)
     problem = cluster_device_problem(plan.cluster, ranks_here)
@@ -131,8 +131,15 @@ def run_plan(plan: Plan, config: RunConfig, emit: Callable[[str], None] = print,
              source: str = "plan") -> tuple[dict, list[dict]]:
     """Run the plan on local processes, every device of its cluster on this machine (checked
     first, module docstring); (trace, per-rank results)."""
+    check_before_start(plan, config, source, plan.cluster.num_devices)
+    return start_plan(plan, config, emit)
+
+
+def start_plan(plan: Plan, config: RunConfig, emit: Callable[[str], None] = print
+               ) -> tuple[dict, list[dict]]:
+    """`run_plan` for a caller that has run `check_before_start` itself (`plan run`, which
+    adds the memory check in between)."""
     world = plan.cluster.num_devices
-    check_before_start(plan, config, source, world)
     progress = Progress(world, config.iterations, emit)
     results = run_distributed(_entry, world, (plan_to_mapping(plan), config), timeout_s=None,
                               backend=cluster_backend(plan.cluster), on_message=progress)
