@@ -33,7 +33,7 @@ def layout_options(table: CallTable, devices: tuple[int, ...], count: int) -> li
     """Up to `count` candidates on exactly `devices` that fit alone, from the fastest to the
     leanest: points spread along the time / memory Pareto front, as a user trading speed for
     memory would try them."""
-    memory = table.alone_bytes()
+    memory = table.alone_peak_bytes
     found = [i for i, ex in enumerate(table.executions)
              if ex.devices == devices and memory[i] <= table.capacity_bytes[i]
              # generation engines (vLLM, SGLang) use tensor and data parallelism only

@@ -77,7 +77,7 @@ def exact_judge(tables: SearchTables, workflow: Workflow, cluster: ClusterSpec,
 def smallest_alone_shortfall_bytes(table) -> float:
     """For a call that fits nowhere: the least excess of its state and working set over the
     device memory, over all its candidates."""
-    return float(np.min(table.alone_bytes() - table.capacity_bytes))
+    return float(np.min(table.alone_peak_bytes - table.capacity_bytes))
 
 
 def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,

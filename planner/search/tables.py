@@ -51,13 +51,8 @@ class CallTable:
     def __len__(self) -> int:
         return len(self.executions)
 
-    def alone_bytes(self) -> np.ndarray:
-        """Memory per device of each candidate alone on its mesh: its resident state plus its
-        working set, at its highest device."""
-        return self.alone_peak_bytes
-
     def fits_alone(self) -> np.ndarray:
-        return self.alone_bytes() <= self.capacity_bytes
+        return self.alone_peak_bytes <= self.capacity_bytes
 
     def subset(self, keep: np.ndarray) -> "CallTable":
         """The table restricted to candidates where `keep` is True (or at the given indices)."""
