@@ -29,7 +29,6 @@ import platform
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import ValidationError
 from scipy.optimize import least_squares, minimize_scalar
 
 from costmodel.calibration import (
@@ -44,7 +43,7 @@ from costmodel.calibration_data import (
     call_features,
     move_rows,
 )
-from planner.domain.errors import InputError, describe_validation_error
+from planner.domain.errors import InputError, validated
 
 # Relative error at which the soft-L1 loss turns from quadratic to linear.
 ROBUST_SCALE = 0.2
@@ -149,7 +148,9 @@ def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None
     factors = fit_factors(features)
     moves = [r for case in cases for r in move_rows(case)]
     move_scale, move_overhead = fit_moves(moves)
-    calibration = _checked_calibration(
+    # A factor outside its bounds is an InputError: the traces, not the fit, are then
+    # suspect (a call measured far slower than any model of it).
+    calibration = validated(Calibration, dict(
         format_version=FORMAT_VERSION, kind="calibration", device=devices.pop(),
         recorded=datetime.date.today().isoformat(), host=platform.node(),
         notes=notes or f"fitted by plan calibrate on {len(cases)} traces: "
@@ -159,24 +160,14 @@ def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None
         call_overhead_s={k: factors[f"call_overhead_s.{k}"] for k in CALL_KINDS},
         decode_step_s=factors["decode_step_s"],
         collective_latency_s=factors["collective_latency_s"],
-        move_scale=move_scale, move_overhead_s=move_overhead)
+        move_scale=move_scale, move_overhead_s=move_overhead),
+        "plan calibrate: the factors fitted to these traces")
     call_res = call_residuals(cases, calibration)
     move_res = [Residual(name, m, p, calibration.move_time_s(p)) for name, p, m in moves]
     summary = {"calls": float(len(call_res)), "moves": float(len(move_res)),
                "call_rel_error_median_before": _median_rel(call_res, "before_s"),
                "call_rel_error_median_after": _median_rel(call_res, "after_s")}
     return FitResult(calibration.model_copy(update={"fit": summary}), call_res, move_res)
-
-
-def _checked_calibration(**factors) -> Calibration:
-    """The fitted Calibration; InputError when a factor is outside its bounds (the traces,
-    not the fit, are then suspect: a call measured far slower than any model of it)."""
-    try:
-        return Calibration(**factors)
-    except ValidationError as err:
-        raise describe_validation_error(
-            err, "plan calibrate: the factors fitted to these traces", model=Calibration
-        ) from None
 
 
 def call_residuals(cases: list[MeasuredPlan], calibration: Calibration) -> list[Residual]:
