@@ -58,6 +58,16 @@ def cluster_size_problem(groups: list[tuple[int, int]]) -> str | None:
     return None
 
 
+def headroom_problem(headroom_gib: float, memory_gibs: list[float]) -> str | None:
+    """Why keeping `headroom_gib` free on devices of `memory_gibs` leaves one no memory (or
+    is negative), or None."""
+    smallest = min(memory_gibs)
+    if not 0 <= headroom_gib < smallest:
+        return (f"got {headroom_gib} GiB; give at least 0 and less than the smallest device "
+                f"memory, {smallest} GiB")
+    return None
+
+
 class NodeGroup(BaseModel):
     """`nodes` identical nodes with `devices_per_node` devices of one hardware spec."""
 
@@ -86,10 +96,10 @@ class ClusterSpec(BaseModel):
         problem = cluster_size_problem([(g.nodes, g.devices_per_node) for g in self.node_groups])
         if problem:
             raise ValueError(f"node_groups: {problem}")
-        smallest = min(g.hardware.memory_gib for g in self.node_groups)
-        if self.memory_headroom_gib >= smallest:
-            raise ValueError(f"memory_headroom_gib {self.memory_headroom_gib} GiB leaves no "
-                             f"memory; give less than the smallest device memory, {smallest} GiB")
+        problem = headroom_problem(self.memory_headroom_gib,
+                                   [g.hardware.memory_gib for g in self.node_groups])
+        if problem:
+            raise ValueError(f"memory_headroom_gib: {problem}")
         return self
 
     def usable_memory_bytes(self, device: int) -> float:
@@ -255,10 +265,9 @@ def load_cluster_file(path: Path) -> ClusterSpec:
 def with_memory_headroom(cluster: ClusterSpec, headroom_gib: float, field: str) -> ClusterSpec:
     """The cluster with `headroom_gib` kept free on every device; InputError (naming
     `field`) when that leaves a device no memory."""
-    smallest = min(h.memory_gib for h in cluster.node_hardware)
-    if not 0 <= headroom_gib < smallest:
-        raise InputError(f"{field}: got {headroom_gib} GiB; give at least 0 and less than the "
-                         f"smallest device memory, {smallest} GiB")
+    problem = headroom_problem(headroom_gib, [h.memory_gib for h in cluster.node_hardware])
+    if problem:
+        raise InputError(f"{field}: {problem}")
     return cluster.model_copy(update={"memory_headroom_gib": float(headroom_gib)})
 
 
