@@ -81,14 +81,17 @@ class TransferStep:
 Step = Union[CallStep, ReallocStep, TransferStep]
 
 
+def home_call(workflow: Workflow, role: str) -> str:
+    """The call whose placement is `role`'s home (module docstring): its first train call
+    when trained, else its first call."""
+    calls = workflow.calls_of_model(role)
+    trains = [c for c in calls if workflow.call_by_name[c].kind == "train"]
+    return (trains or calls)[0]
+
+
 def model_homes(workflow: Workflow, executions: Mapping[str, Execution]) -> dict[str, Placement]:
     """The placement each model keeps for the whole run (module docstring)."""
-    homes = {}
-    for role in workflow.models:
-        calls = workflow.calls_of_model(role)
-        trains = [c for c in calls if workflow.call_by_name[c].kind == "train"]
-        homes[role] = executions[(trains or calls)[0]].placement
-    return homes
+    return {role: executions[home_call(workflow, role)].placement for role in workflow.models}
 
 
 def initial_placements(workflow: Workflow, executions: Mapping[str, Execution]

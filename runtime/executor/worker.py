@@ -20,7 +20,6 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from planner.domain.layout import Execution
 from planner.domain.plan import Plan, plan_from_mapping
 from planner.sharding.transfer_schedule import param_schedule
 from runtime.algorithms import ALGORITHMS
@@ -37,6 +36,7 @@ from runtime.executor.steps import (
     TransferStep,
     build_steps,
     distinct_layouts,
+    home_call,
     initial_placements,
     model_homes,
 )
@@ -79,23 +79,15 @@ class RankState:
         for role in wf.trained_models():
             home = self.models[role].get(self.homes[role])
             if home is not None:
-                # ZeRO-1 when the train call's execution says so, as the cost model prices it
-                self.optimizers[role] = Adam(
-                    home.params, AdamConfig(lr=config.lr), home.ctx,
-                    shard_over_dp=self.first_train_execution(role).shard_optimizer_over_dp)
+                # ZeRO-1 when the home (train) call's execution says so, as it is priced
+                train = plan.executions[home_call(wf, role)]
+                self.optimizers[role] = Adam(home.params, AdamConfig(lr=config.lr), home.ctx,
+                                             shard_over_dp=train.shard_optimizer_over_dp)
         self.store = DataStore()
         self.dataset = Dataset(wf.batch, next(iter(wf.models.values())).spec.vocab_size,
                                config.seed, wf.algorithm == "dpo",
                                config.prompts and os.path.abspath(config.prompts))
         self.pending_sends: list = []
-
-    def first_train_execution(self, role: str) -> Execution:
-        """The execution of `role`'s first train call: where its home copy and optimizer
-        live (steps.model_homes) and the optimizer's policy (ZeRO-1 or not)."""
-        wf = self.plan.workflow
-        first = next(name for name in wf.calls_of_model(role)
-                     if wf.call_by_name[name].kind == "train")
-        return self.plan.executions[first]
 
     def run_call(self, step: CallStep) -> tuple[int, dict[str, float]]:
         wf, ex = self.plan.workflow, self.plan.executions[step.call]
