@@ -108,8 +108,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "2 on bad input. JSON keys: iteration_s, feasible, reason, calls "
                     "(name, model, devices, dp, tp, pp, micro_batches, time_s, "
                     "peak_memory_gib, peak_memory_parts at the call's highest device), "
-                    "reallocations, transfers, compute_source, memory_by_device (device, mesh, peak_gib, during, parts: kind, model, "
-                    "gib).")
+                    "reallocations, transfers, compute_source, memory_by_device (device, "
+                    "mesh, peak_gib, during, parts: kind, model, gib).")
     parser.add_argument("plan", metavar="PLAN.yaml", help="plan file")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--iterations", type=integer_in_range(2, MAX_ITERATIONS),

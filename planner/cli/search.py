@@ -10,6 +10,7 @@ from pathlib import Path
 
 from planner.cli.arguments import integer_in_range, positive_seconds
 from planner.cli.estimate import estimate_as_mapping, estimate_as_text
+from planner.cli.main import INTERRUPTED_EXIT_CODE
 from planner.cli.plan_output import priced_plan
 from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
 from planner.cli.progress import ProgressLine
@@ -19,7 +20,6 @@ from planner.domain.plan import save_plan
 from planner.search.mcmc import MCMCSettings
 from planner.search.pipeline import SearchOutcome, search
 
-INTERRUPTED_EXIT_CODE = 130   # as planner.cli.main: 128 + SIGINT
 DEFAULT_OUT_SUFFIX = ".plan.yaml"   # .gitignore lists *.plan.yaml
 MAX_SEED = 2**63 - 1   # the compiled chains take the seed as a signed 64-bit integer
 
