@@ -46,7 +46,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from costmodel.call_cost import CostKnobs
+from costmodel.call_geometry import CostKnobs
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import validated
 from planner.domain.layout import Execution

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costmodel.calibration import Calibration, decode_steps
-from costmodel.call_cost import CostKnobs, call_time_with_knobs
+from costmodel.call_cost import call_time_with_knobs
+from costmodel.call_geometry import CostKnobs
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import Estimate, simulate
 from planner.domain.errors import InputError

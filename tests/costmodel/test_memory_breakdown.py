@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from costmodel import comm
-from costmodel.call_cost import call_memory, call_time, geometry
+from costmodel.call_cost import call_memory, call_time
+from costmodel.call_geometry import geometry
 from costmodel.compute import part_timer
 from costmodel.memory import PART_KINDS
 from costmodel.plan_cost import PlanCosts

@@ -1,0 +1,67 @@
+"""Where one execution's stages and groups are, and the knobs a calibration turns.
+
+`geometry` gives, per pipeline stage, its layer count, the hardware among its devices and
+the link of its tp and dp groups (the slowest over the groups that run at once), and the
+link of the pp sends. `CostKnobs` is what a calibration (costmodel/calibration.py) changes
+inside one call's model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from costmodel import comm
+from planner.domain.cluster import ClusterSpec
+from planner.domain.hardware import HardwareSpec
+from planner.domain.layout import Execution
+from planner.sharding.pipeline_partition import stage_layer_counts
+from planner.sharding.rank_groups import rank_groups
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an execution's stages and groups are: hardware and links per stage."""
+
+    stage_layers: tuple[int, ...]
+    stage_hardware: tuple[tuple[HardwareSpec, ...], ...]
+    tp_link: tuple[comm.Link, ...]
+    dp_link: tuple[comm.Link, ...]
+    pp_link: comm.Link | None
+
+
+def geometry(execution: Execution, num_layers: int, cluster: ClusterSpec) -> Geometry:
+    ex = execution
+    groups = rank_groups(ex.devices, ex.dp, ex.tp, ex.pp)
+    per_stage = ex.dp * ex.tp
+    hardware, tp_links, dp_links = [], [], []
+    for stage in range(ex.pp):
+        devices = ex.devices[stage * per_stage:(stage + 1) * per_stage]
+        names = {}
+        for d in devices:
+            hw = cluster.hardware_of(d)
+            names.setdefault(hw.name, hw)
+        hardware.append(tuple(names.values()))
+        tp_links.append(comm.slowest_link(groups.tp_groups[stage * ex.dp:(stage + 1) * ex.dp],
+                                          cluster))
+        dp_links.append(comm.slowest_link(groups.dp_groups[stage * ex.tp:(stage + 1) * ex.tp],
+                                          cluster))
+    pp_link = comm.slowest_link(groups.pp_groups, cluster) if ex.pp > 1 else None
+    return Geometry(tuple(stage_layer_counts(num_layers, ex.pp)), tuple(hardware),
+                    tuple(tp_links), tuple(dp_links), pp_link)
+
+
+@dataclass(frozen=True)
+class CostKnobs:
+    """What a calibration changes inside one call's model: a factor on every compute time
+    and, when set, the latency of every collective step and send (seconds)."""
+
+    compute_scale: float = 1.0
+    latency_s: float | None = None
+
+    def link(self, link: comm.Link) -> comm.Link:
+        if self.latency_s is None:
+            return link
+        return comm.Link(link.name, link.bandwidth_bytes_per_s, self.latency_s)
+
+
+NEUTRAL_KNOBS = CostKnobs()

@@ -1,0 +1,85 @@
+"""Stage times of one (role, execution): compute of the stage's parts plus its TP
+all-reduces, the recomputed forward of a train step, and the pipeline sends.
+
+A stage's time is the slowest hardware among its devices: its blocks (+ the embedding on
+stage 0, the head on the last) plus the TP all-reduces of its blocks; pipeline sends (p2p of
+b x tokens x h) go over the slowest pp link. TP all-reduces per block: 2 forward (attention
+and MLP outputs), 2 backward, efficiency.RECOMPUTED_TP_ALLREDUCES_PER_BLOCK more for the
+recomputed forward; 1 for the vocab-parallel embedding; the head's softmax reductions are 3
+small all-reduces of tokens x 4 bytes. Replicated-norm gradient all-reduces are ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from costmodel import comm
+from costmodel import efficiency as eff
+from costmodel.call_geometry import NEUTRAL_KNOBS, CostKnobs, Geometry
+from costmodel.compute import part_timer
+from planner.domain.layout import Execution
+from planner.domain.workflow import ModelRole
+
+
+class StageTimer:
+    """Stage times of one (role, execution) for one op over a micro-batch."""
+
+    def __init__(self, role: ModelRole, execution: Execution, geo: Geometry, profiles_dir: Path,
+                 knobs: CostKnobs = NEUTRAL_KNOBS, call_outputs: tuple[str, ...] = ()):
+        self.role, self.ex, self.geo, self.knobs = role, execution, geo, knobs
+        self.call_outputs = call_outputs
+        self.head_part = "lm_head" if role.head == "lm" else "value_head"
+        self.timers = [[part_timer(role.spec, hw, profiles_dir) for hw in hws]
+                       for hws in geo.stage_hardware]
+        self.sources: set[str] = set()
+
+    def tp_allreduces_s(self, stage: int, count: float, message_bytes) -> np.ndarray:
+        link = self.knobs.link(self.geo.tp_link[stage])
+        return count * comm.allreduce_time_s(message_bytes, self.ex.tp, link)
+
+    def stage_s(self, stage: int, op: str, b: int, length) -> np.ndarray:
+        tp, spec = self.ex.tp, self.role.spec
+        last = stage == self.ex.pp - 1
+        worst = None
+        for timer in self.timers[stage]:
+            parts = [("block", self.geo.stage_layers[stage])]
+            if stage == 0:
+                parts.append(("embedding", 1))
+            if last:
+                parts.append((self.head_part, 1))
+            total = 0.0
+            for part, count in parts:
+                self.sources.add(timer.source_for(op, part, tp))
+                total = total + count * timer.time_s(op, part, tp, b, length)
+            worst = total if worst is None else np.maximum(worst, total)
+        tokens = b * (1 if op == "decode" else np.asarray(length, dtype=float))
+        dtype = self.timers[stage][0].hardware.compute_dtype_bytes
+        act_bytes = tokens * spec.hidden_size * dtype
+        per_block = {"forward": 2, "prefill": 2, "decode": 2, "backward": 2}[op]
+        count = per_block * self.geo.stage_layers[stage] + (1 if stage == 0 else 0)
+        comm_s = self.tp_allreduces_s(stage, count, act_bytes)
+        if last and self.role.head == "lm" and op != "backward":
+            comm_s = comm_s + self.tp_allreduces_s(stage, 3, tokens * 4.0)
+        return worst * self.knobs.compute_scale + comm_s
+
+    def recompute_s(self, stage: int, b: int, length) -> np.ndarray:
+        """The recomputed forward of a train step: the stage's blocks only."""
+        layers = self.geo.stage_layers[stage]
+        worst = max(layers * timer.time_s("forward", "block", self.ex.tp, b, length)
+                    for timer in self.timers[stage])
+        dtype = self.timers[stage][0].hardware.compute_dtype_bytes
+        act_bytes = b * float(length) * self.role.spec.hidden_size * dtype
+        count = eff.RECOMPUTED_TP_ALLREDUCES_PER_BLOCK * layers
+        return worst * self.knobs.compute_scale + self.tp_allreduces_s(stage, count, act_bytes)
+
+    def max_stage_s(self, op: str, b: int, length) -> np.ndarray:
+        return np.max([self.stage_s(s, op, b, length) for s in range(self.ex.pp)], axis=0)
+
+    def send_s(self, b: int, tokens_per_seq) -> np.ndarray:
+        if self.geo.pp_link is None:
+            return 0.0
+        dtype = self.timers[0][0].hardware.compute_dtype_bytes
+        message = b * np.asarray(tokens_per_seq, dtype=float) * self.role.spec.hidden_size * dtype
+        return comm.p2p_time_s(message, self.knobs.link(self.geo.pp_link))
