@@ -10,10 +10,19 @@ iteration, before and after calibration, with the fit's plans held out (leave-on
 3. Prints, per plan, the measured, uncalibrated and held-out calibrated seconds per
    iteration; the per-call median / worst relative error; Kendall tau of the plans'
    iteration times (estimate vs measurement); and one summary line. Each plan runs
-   --repeats times (rounds over all plans); its times are the medians over the repeats. --fit-all also writes
-   the calibration fitted on every plan (--out, default profiles/cpu/calibration.yaml).
+   --repeats times (rounds over all plans); its times are the medians over the repeats.
+   --fit-all also writes the calibration fitted on every plan (--out, default
+   profiles/cpu/calibration.yaml; DIR/calibration.yaml with --reprofile).
+
+--reprofile first measures, on this machine, the profile tables of the model shapes and
+tensor-parallel degrees the plans use (`plan profile`, benchmarks/reprofile.py) into
+DIR/profiles/ (over the shipped profiles/ only with --into-shipped-profiles), and fits and
+estimates with them, as a user on a new machine would; it also writes the calibration fitted
+on every plan. The report names this machine's processor and the one each table was
+measured on.
 
     .venv/bin/python benchmarks/estimator_accuracy.py [--dir DIR] [--remeasure] [--fit-all]
+        [--reprofile [--into-shipped-profiles]]
 """
 
 from __future__ import annotations
@@ -24,6 +33,16 @@ import os
 import statistics
 import time
 from pathlib import Path
+
+from reprofile import (
+    add_reprofile_options,
+    plan_degrees,
+    reprofile_dir,
+    reprofile_tables,
+    tables_processors,
+)
+
+from planner.domain.paths import PROFILES_DIR
 
 ITERATIONS = 4
 REPEATS = 3
@@ -141,7 +160,7 @@ TIMELINE_PLAN = "ppo-tiny-cpu4-split"
 
 
 def draw_figures(out: Path, rows: list[dict], call_rows: list[dict], directory: Path,
-                 calibration) -> None:
+                 calibration, profiles_dir: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -188,7 +207,7 @@ def draw_figures(out: Path, rows: list[dict], call_rows: list[dict], directory: 
     from planner.figures.trace import load_trace
     trace = trace_paths(directory, TIMELINE_PLAN)[0]
     case = load_measured_plan(directory / f"{TIMELINE_PLAN}.yaml", trace)
-    est = predict_plan(case, calibration)
+    est = predict_plan(case, calibration, profiles_dir)
     graph = augmented_graph(case.plan.workflow, case.plan.executions, 3)
     title = (f"{TIMELINE_PLAN}: calibrated estimate (filled, fitted without this plan) and "
              f"measured run (hatched)\nestimate {est.iteration_s:.2f} s per iteration, "
@@ -211,7 +230,10 @@ def main() -> None:
     parser.add_argument("--plans", default=",".join(PLANS), help="comma-separated subset")
     parser.add_argument("--fit-all", action="store_true",
                         help="also fit on every plan and write --out")
-    parser.add_argument("--out", default="profiles/cpu/calibration.yaml")
+    parser.add_argument("--out", help="where --fit-all writes (default "
+                                      "profiles/cpu/calibration.yaml; DIR/calibration.yaml "
+                                      "with --reprofile)")
+    add_reprofile_options(parser)
     parser.add_argument("--json", metavar="FILE", help="write per-plan / per-call rows here")
     parser.add_argument("--figures", metavar="DIR",
                         help="draw accuracy_scatter.png, accuracy_iterations.png and "
@@ -220,24 +242,46 @@ def main() -> None:
     args = parser.parse_args()
     names = args.plans.split(",")
     directory = Path(args.dir)
+    profiles_dir = PROFILES_DIR
+    if args.reprofile:
+        profiles_dir = reprofile_tables(plan_degrees([build_plan(n) for n in names]),
+                                        reprofile_dir(directory, args.into_shipped_profiles))
+        args.fit_all = True
+    args.out = Path(args.out) if args.out else default_calibration_path(args, directory)
     measure(directory, names, args.remeasure, args.repeats)
-    report(directory, names, args)
+    report(directory, names, args, profiles_dir)
 
 
-def report(directory: Path, names: list[str], args) -> None:
+def default_calibration_path(args, directory: Path) -> Path:
+    """Next to the tables it is fitted over: the shipped one unless re-profiled into DIR."""
+    if args.reprofile and not args.into_shipped_profiles:
+        return directory / "calibration.yaml"
+    return PROFILES_DIR / "cpu" / "calibration.yaml"
+
+
+def report(directory: Path, names: list[str], args, profiles_dir: Path = PROFILES_DIR) -> None:
     from scipy.stats import kendalltau
 
     from costmodel.calibration import save_calibration
     from costmodel.calibration_data import load_measured_plan, median_plan, predict_plan
     from costmodel.calibration_fit import fit_calibration
+    from runtime.machine import cpu_processor
+    processor = cpu_processor()
+    models = sorted(plan_degrees([build_plan(n) for n in names]))
+    print(f"machine: {processor.describe()}; profile tables {profiles_dir}: "
+          f"{tables_processors(profiles_dir, models)}")
+
+    def fit(cases):
+        return fit_calibration(cases, processor=processor, profiles_dir=profiles_dir)
+
     measured = {n: median_plan([load_measured_plan(directory / f"{n}.yaml", t)
                                 for t in trace_paths(directory, n)], n) for n in names}
     rows, call_rows = [], []
     for held_out in names:
-        fit = fit_calibration([measured[n] for n in names if n != held_out])
+        held_out_fit = fit([measured[n] for n in names if n != held_out])
         case = measured[held_out]
-        raw = predict_plan(case, None)
-        cal = predict_plan(case, fit.calibration)
+        raw = predict_plan(case, None, profiles_dir)
+        cal = predict_plan(case, held_out_fit.calibration, profiles_dir)
         rows.append({"plan": held_out, "measured_s": case.iteration_s,
                      "raw_s": raw.iteration_s, "calibrated_s": cal.iteration_s})
         for call, seconds in case.call_times_s.items():
@@ -266,14 +310,18 @@ def report(directory: Path, names: list[str], args) -> None:
               f"error median {s['call_median']:.1%} max {s['call_max']:.1%}; Kendall tau "
               f"{s['kendall_tau']:.2f} over {len(rows)} plans")
     if args.json:
-        Path(args.json).write_text(json.dumps({"plans": rows, "calls": call_rows}, indent=1))
+        Path(args.json).write_text(json.dumps(
+            {"machine": processor.as_mapping(), "profiles_dir": str(profiles_dir),
+             "plans": rows, "calls": call_rows}, indent=1))
     if args.figures:
-        fit = fit_calibration([measured[n] for n in names if n != TIMELINE_PLAN])
-        draw_figures(Path(args.figures), rows, call_rows, directory, fit.calibration)
+        timeline_fit = fit([measured[n] for n in names if n != TIMELINE_PLAN])
+        draw_figures(Path(args.figures), rows, call_rows, directory,
+                     timeline_fit.calibration, profiles_dir)
     if args.fit_all:
-        fit = fit_calibration(list(measured.values()))
-        save_calibration(fit.calibration, Path(args.out))
-        print(f"fitted on all {len(names)} plans: {fit.calibration.describe()}; wrote {args.out}")
+        all_fit = fit(list(measured.values()))
+        save_calibration(all_fit.calibration, Path(args.out))
+        print(f"fitted on all {len(names)} plans: {all_fit.calibration.describe()}; wrote "
+              f"{args.out}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ to a file that `plan estimate --profile FILE` (and `plan search --profile FILE`)
     device: cpu                  # the hardware (profiles/hardware/<name>.yaml) it applies to
     recorded: "2025-06-01"
     host: ci-runner              # optional
+    processor:                   # optional: what the traces ran on (planner/domain/
+      kind: cpu                  # processor.py; plan calibrate writes the machine's own;
+      name: Intel(R) Xeon(R) CPU @ 2.20GHz   # absent in older files: unknown)
+      logical_cores: 2
+      threads: 1
     notes: "..."                 # optional: what it was fitted on
     cores_per_node: 2            # CPU cores the device processes of one node share
     process_slowdown: 0.2        # x compute per extra co-running process on a node (fitted)
@@ -47,10 +52,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from costmodel.call_geometry import CostKnobs
+from costmodel.generate_cost import wave_rows
+from costmodel.memory import micro_batch_seqs
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import validated
 from planner.domain.layout import Execution
 from planner.domain.output_files import atomic_write_text
+from planner.domain.processor import Processor
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
 from planner.domain.yamlio import load_yaml_mapping
 
@@ -85,6 +93,7 @@ class Calibration(BaseModel):
     device: str
     recorded: str
     host: str = ""
+    processor: Processor | None = None   # None: a file from before it was recorded
     notes: str = ""
     cores_per_node: int = Field(ge=1, le=MAX_CORES_PER_NODE)
     process_slowdown: float = Field(default=0.0, ge=0, le=MAX_PROCESS_SLOWDOWN)
@@ -169,12 +178,14 @@ def busiest_node_processes(execution: Execution, cluster: ClusterSpec) -> int:
     return max(per_node.values())
 
 
-def decode_steps(call: ModelFunctionCall, execution: Execution, batch: BatchSpec) -> int:
-    """Decode rounds of a generate call in call_cost's model (module docstring); else 0."""
+def decode_steps(call: ModelFunctionCall, execution: Execution, batch: BatchSpec) -> float:
+    """Expected decode steps of a generate call: per wave of micro-batches, pp x the longest
+    response of the wave's rows over all replicas (costmodel/generate_cost.py), i.e.
+    waves x pp x gen_len for a fixed length; 0 for other calls."""
     if call.kind != "generate":
-        return 0
-    waves = -(-execution.micro_batches // execution.pp)
-    return waves * execution.pp * batch.gen_len
+        return 0.0
+    rows = wave_rows(execution, micro_batch_seqs(call, batch, execution))
+    return execution.pp * float(batch.gen_lengths.expected_longest(rows).sum())
 
 
 def load_calibration(path: Path) -> Calibration:
@@ -187,4 +198,8 @@ def save_calibration(calibration: Calibration, path: Path) -> None:
     """Write atomically, in the key order of the module docstring."""
     import yaml
     data = calibration.model_dump()
+    if calibration.processor is None:
+        del data["processor"]
+    else:
+        data["processor"] = calibration.processor.as_mapping()
     atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))

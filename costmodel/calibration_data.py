@@ -10,6 +10,9 @@ Features of one call (costmodel/calibration.py gives the model they feed):
 They are read off call_cost by probing its knobs: with compute scale 0 and latency 0 only
 the bandwidth part is left; the rest are differences. (Stage maxima make the model only
 piecewise linear in the knobs; the probes measure it at the knob values of interest.)
+`profiles_dir` is where the compute times come from (the profile tables under
+<dir>/<device>/, default profiles/): a calibration is fitted to, and only valid with, the
+tables it was fitted with.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import Estimate, simulate
 from planner.domain.errors import InputError
 from planner.domain.input_files import JSONSyntaxError, load_json_input
+from planner.domain.paths import PROFILES_DIR
 from planner.domain.plan import Plan, load_plan
 
 # A measured call or iteration of a week is a broken trace (or a unit slip), not a time to
@@ -54,7 +58,7 @@ class CallFeatures:
     bandwidth_s: float
     oversubscription: float
     co_running: int
-    decode_steps: int
+    decode_steps: float
 
 
 def _positive_seconds(value, where: str) -> float:
@@ -159,7 +163,8 @@ def plan_path_for(trace_path: Path) -> Path:
     return Path(trace_path).with_name(name.removesuffix(".trace.json") + ".yaml")
 
 
-def call_features(case: MeasuredPlan, cores_per_node: int) -> list[CallFeatures]:
+def call_features(case: MeasuredPlan, cores_per_node: int,
+                  profiles_dir: Path = PROFILES_DIR) -> list[CallFeatures]:
     """Features of every call of the plan (module docstring)."""
     plan, rows = case.plan, []
     probe = Calibration(format_version=1, kind="calibration", device="", recorded="",
@@ -174,7 +179,7 @@ def call_features(case: MeasuredPlan, cores_per_node: int) -> list[CallFeatures]
 
         def seconds(scale: float, latency: float) -> float:
             return call_time_with_knobs(call, role, ex, plan.workflow.batch, plan.cluster,
-                                        knobs=CostKnobs(scale, latency)).time_s
+                                        profiles_dir, knobs=CostKnobs(scale, latency)).time_s
 
         bandwidth = seconds(0.0, 0.0)
         rows.append(CallFeatures(
@@ -186,16 +191,18 @@ def call_features(case: MeasuredPlan, cores_per_node: int) -> list[CallFeatures]
     return rows
 
 
-def predict_plan(case: MeasuredPlan, calibration: Calibration | None) -> Estimate:
+def predict_plan(case: MeasuredPlan, calibration: Calibration | None,
+                 profiles_dir: Path = PROFILES_DIR) -> Estimate:
     """The simulator's estimate of the plan, calibrated or not."""
     plan = case.plan
-    costs = PlanCosts(plan.workflow, plan.cluster, calibration=calibration)
+    costs = PlanCosts(plan.workflow, plan.cluster, profiles_dir, calibration=calibration)
     return simulate(plan.workflow, plan.cluster, plan.executions, costs=costs)
 
 
-def move_rows(case: MeasuredPlan) -> list[tuple[str, float, float]]:
+def move_rows(case: MeasuredPlan, profiles_dir: Path = PROFILES_DIR
+              ) -> list[tuple[str, float, float]]:
     """(name, uncalibrated price, measured) of every move both the trace and estimate have."""
-    est = predict_plan(case, None)
+    est = predict_plan(case, None, profiles_dir)
     priced = {**est.realloc_times_s, **est.transfer_times_s}
     # A move measured at 0 s says nothing to a fit of relative errors (and would divide by
     # zero there).

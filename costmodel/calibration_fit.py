@@ -27,6 +27,7 @@ import datetime
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import least_squares, minimize_scalar
@@ -44,6 +45,8 @@ from costmodel.calibration_data import (
     move_rows,
 )
 from planner.domain.errors import InputError, validated
+from planner.domain.paths import PROFILES_DIR
+from planner.domain.processor import Processor
 
 # Relative error at which the soft-L1 loss turns from quadratic to linear.
 ROBUST_SCALE = 0.2
@@ -135,8 +138,11 @@ def fit_moves(rows: list[tuple[str, float, float]]) -> tuple[float, float]:
 
 
 def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None,
-                    notes: str = "") -> FitResult:
-    """Fit every factor to the measured plans; all plans must be on one hardware."""
+                    notes: str = "", processor: Processor | None = None,
+                    profiles_dir: Path = PROFILES_DIR) -> FitResult:
+    """Fit every factor to the measured plans; all plans must be on one hardware.
+    `processor` is what the traces ran on (recorded in the calibration; None: unknown);
+    `profiles_dir` holds the profile tables the factors are fitted over."""
     if not cases:
         raise InputError("plan calibrate: no traces given")
     devices = {hw.name for c in cases for hw in c.plan.cluster.node_hardware}
@@ -144,15 +150,15 @@ def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None
         raise InputError(f"traces are of plans on {sorted(devices)}; calibrate one hardware "
                          "at a time")
     cores = cores_per_node or os.cpu_count() or 1
-    features = [f for case in cases for f in call_features(case, cores)]
+    features = [f for case in cases for f in call_features(case, cores, profiles_dir)]
     factors = fit_factors(features)
-    moves = [r for case in cases for r in move_rows(case)]
+    moves = [r for case in cases for r in move_rows(case, profiles_dir)]
     move_scale, move_overhead = fit_moves(moves)
     # A factor outside its bounds is an InputError: the traces, not the fit, are then
     # suspect (a call measured far slower than any model of it).
     calibration = validated(Calibration, dict(
         format_version=FORMAT_VERSION, kind="calibration", device=devices.pop(),
-        recorded=datetime.date.today().isoformat(), host=platform.node(),
+        recorded=datetime.date.today().isoformat(), host=platform.node(), processor=processor,
         notes=notes or f"fitted by plan calibrate on {len(cases)} traces: "
                        + ", ".join(c.name for c in cases),
         cores_per_node=cores, process_slowdown=factors["process_slowdown"],
@@ -162,7 +168,7 @@ def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None
         collective_latency_s=factors["collective_latency_s"],
         move_scale=move_scale, move_overhead_s=move_overhead),
         "plan calibrate: the factors fitted to these traces")
-    call_res = call_residuals(cases, calibration)
+    call_res = call_residuals(cases, calibration, profiles_dir)
     move_res = [Residual(name, m, p, calibration.move_time_s(p)) for name, p, m in moves]
     summary = {"calls": float(len(call_res)), "moves": float(len(move_res)),
                "call_rel_error_median_before": _median_rel(call_res, "before_s"),
@@ -170,12 +176,13 @@ def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None
     return FitResult(calibration.model_copy(update={"fit": summary}), call_res, move_res)
 
 
-def call_residuals(cases: list[MeasuredPlan], calibration: Calibration) -> list[Residual]:
+def call_residuals(cases: list[MeasuredPlan], calibration: Calibration,
+                   profiles_dir: Path = PROFILES_DIR) -> list[Residual]:
     from costmodel.calibration_data import predict_plan
     rows = []
     for case in cases:
-        before = predict_plan(case, None).call_times_s
-        after = predict_plan(case, calibration).call_times_s
+        before = predict_plan(case, None, profiles_dir).call_times_s
+        after = predict_plan(case, calibration, profiles_dir).call_times_s
         rows += [Residual(f"{case.name}:{c}", m, before[c], after[c])
                  for c, m in case.call_times_s.items()]
     return rows

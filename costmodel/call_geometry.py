@@ -1,8 +1,9 @@
 """Where one execution's stages and groups are, and the knobs a calibration turns.
 
 `geometry` gives, per pipeline stage, its layer count, the hardware among its devices and
-the link of its tp and dp groups (the slowest over the groups that run at once), and the
-link of the pp sends. `CostKnobs` is what a calibration (costmodel/calibration.py) changes
+the link of its tp and dp groups (the slowest over the groups that run at once: their
+point-to-point figures and, on cuda, NCCL's fabric of nodes, ranks per node, NVLink and the
+NICs of their rails, costmodel.comm), and the link of the pp sends. `CostKnobs` is what a calibration (costmodel/calibration.py) changes
 inside one call's model.
 """
 
@@ -53,7 +54,8 @@ def geometry(execution: Execution, num_layers: int, cluster: ClusterSpec) -> Geo
 @dataclass(frozen=True)
 class CostKnobs:
     """What a calibration changes inside one call's model: a factor on every compute time
-    and, when set, the latency of every collective step and send (seconds)."""
+    and, when set, the latency of every collective step and send (seconds; comm.Link's
+    step_latency_s)."""
 
     compute_scale: float = 1.0
     latency_s: float | None = None
@@ -61,7 +63,7 @@ class CostKnobs:
     def link(self, link: comm.Link) -> comm.Link:
         if self.latency_s is None:
             return link
-        return comm.Link(link.name, link.bandwidth_bytes_per_s, self.latency_s)
+        return link.with_step_latency(self.latency_s)
 
 
 NEUTRAL_KNOBS = CostKnobs()

@@ -9,25 +9,101 @@ from __future__ import annotations
 
 # --- Roofline efficiencies -------------------------------------------------------------
 
-# Fraction of dense peak a large bf16 GEMM reaches end to end in a transformer block
-# (including softmax, norms, rotary). Megatron-LM reaches 52% of A100 peak on GPT-3-size
-# models (Narayanan et al., SC'21, table 1); H100 MFU reports for LLaMA-7B training sit at
-# 40-55% (torchtitan / NVIDIA NeMo performance tables). We take 0.55 for the compute part.
-MATMUL_EFFICIENCY_MAX = 0.55
+# GEMM on CUDA: the ceiling is the device's measured maximum achievable matmul throughput
+# (HardwareSpec.max_achievable_matmul_flops, MAMF table of stas00/ml-engineering), reached by
+# large GEMMs; below it the tile quantisation of the output (NVIDIA "Matrix Multiplication
+# Background User's Guide", section "Dimension Quantization Effects": an M x N output is
+# computed in tiles, here the guide's 128 x 256 example, and a partial tile costs a whole
+# one). Wave quantisation (the guide's next section) applies only while the GEMM has fewer
+# (tile x K-slice) work units than SMs: cuBLAS splits the K dimension (split-K) and Hopper's
+# stream-K kernels spread the iteration space evenly over the SMs, removing the partial last
+# wave of large GEMMs (Osama et al., "Stream-K", PPoPP 2023). K slices are the tile's K depth.
+GEMM_TILE_ROWS = 128
+GEMM_TILE_COLS = 256
+GEMM_TILE_DEPTH = 64
+# Streaming multiprocessors per device (NVIDIA A100 / H100 whitepapers: 108 SMs on A100 SXM,
+# 132 on H100 SXM5; H200 uses the H100 die). A datasheet figure: belongs in
+# profiles/hardware/*.yaml (asked of the lead); a device not listed gets no wave term.
+STREAMING_MULTIPROCESSORS = {"a100-sxm-80gb": 108, "h100-sxm-80gb": 132, "h200-sxm-141gb": 132}
 
-# Rows (tokens) of the GEMM at which efficiency is half its maximum: efficiency(tokens) =
-# MAX * tokens / (tokens + HALF). Assumption from tile and wave quantisation (NVIDIA "Matrix
-# Multiplication Background" user guide): skinny GEMMs of a few dozen rows fill few tiles.
-MATMUL_HALF_EFFICIENCY_TOKENS = 32.0
+# GEMM on CPU (no tensor-core tiles): fraction of peak = MAX x rows / (rows + HALF). The
+# former assumption for every device, kept for CPU where measured profile tables
+# (profiles/cpu/) price every part and the roofline is only a fallback.
+CPU_MATMUL_EFFICIENCY_MAX = 0.55
+CPU_MATMUL_HALF_EFFICIENCY_TOKENS = 32.0
+
+# Attention (one fused SDPA kernel) reaches this fraction of the device's MAMF. FlashAttention-2
+# on A100 (Dao 2023, Fig. 4d and 5d: causal, head dim 128, 2k-16k tokens): forward up to ~200
+# TFLOP/s = 0.75 of A100's 267.9 MAMF; forward + backward up to ~189 TFLOP/s, which with the
+# paper's backward = 2.5 x forward FLOPs leaves ~185 TFLOP/s = 0.69 for the backward. We
+# assume the same fraction of MAMF on H100 (FlashAttention-3 reaches 740 TFLOP/s forward,
+# 0.93 of H100's MAMF; FlashAttention-2 without Hopper instructions 335 TFLOP/s, 0.42).
+ATTENTION_EFFICIENCY_OF_MAMF = {"forward": 0.75, "backward": 0.69}
+# Backward of attention: 5 matmuls against 2 forward (recomputation of S and P), FA2 sec. 4.1.
+ATTENTION_BACKWARD_FLOPS_FACTOR = 2.5
 
 # Fraction of datasheet HBM bandwidth a streaming kernel reaches: 80-90% for STREAM-like
 # copies on A100/H100 (NVIDIA "CUDA C++ Best Practices", BabelStream results). We take 0.8.
 MEMORY_BANDWIDTH_EFFICIENCY = 0.8
 
-# Fixed launch cost of one transformer block per pass (about 8 fused kernels x 5 us on CUDA
-# without CUDA graphs, PyTorch profiler order of magnitude); the embedding and head cost
-# a quarter of it. On CPU the Python/gloo overheads dominate (runtime-notes order).
-BLOCK_LAUNCH_OVERHEAD_S = {"cuda": 40e-6, "cpu": 300e-6}
+# --- Element-wise traffic of the runtime's block (runtime/layers.py, eager PyTorch) -------
+# Bytes each element passes through HBM (read + write) in the unfused ops of one block.
+# RMSNorm (rms_norm): x.float() (read dtype, write 4), pow (4 + 4), mean (read 4),
+# x32 * rsqrt (4 + 4), .to(dtype) (read 4, write dtype), weight * (dtype + dtype): 28 fp32
+# bytes plus 4 passes of the compute dtype, per element of h, twice per block.
+RMSNORM_FP32_BYTES_PER_ELEMENT = 28
+RMSNORM_DTYPE_PASSES = 4
+# Rotary (apply_rotary) on q and k: neg of half (1), cat (2), x * cos (2), rotated * sin (2),
+# sum (3) = 10 passes per element.
+ROTARY_PASSES = 10
+# repeat_interleave of K and V to all query heads (read kv width, write q width, per key), the
+# transpose-reshape copy of the attention output (2), each residual add (3, two per block),
+# SwiGLU silu(gate) * up (silu 2 + mul 3 = 5 per element of the intermediate width), and the
+# KV-cache write of the new tokens (read + write, 2 per element of K and of V).
+ATTENTION_OUTPUT_COPY_PASSES = 2
+RESIDUAL_ADD_PASSES = 3
+SWIGLU_PASSES = 5
+KV_CACHE_WRITE_PASSES = 2
+# Backward of the element-wise ops: autograd reads the saved inputs and the output gradient
+# and writes the input gradient, about twice the forward traffic (as for GEMMs: dgrad + wgrad).
+ELEMENTWISE_BACKWARD_FACTOR = 2.0
+
+# --- Host (CPU-side) cost of launching work on CUDA ------------------------------------------
+
+# Host time of one eager PyTorch op issued from Python on CUDA (Python, dispatcher, allocator,
+# cudaLaunchKernel). Derived from the gpt-fast eager baseline (PyTorch blog "Accelerating
+# Generative AI with PyTorch II: GPT, Fast", 2023): LLaMA-7B decoding at batch 1 on A100 ran
+# at 25.5 tok/s = 39 ms per token, ~5x its 8 ms weight-read time, i.e. host-bound at about
+# 32 blocks x ~50 ops: ~24 us per op. The dispatch chain alone is 5-25 us per op. We take 20 us.
+EAGER_OP_HOST_S = 20e-6
+# Host time per kernel autograd launches in backward (C++ engine, no Python): dispatcher +
+# cudaLaunchKernel, ~5 us (CUDA launch overhead order, NVIDIA CUDA C++ Best Practices).
+AUTOGRAD_KERNEL_HOST_S = 5e-6
+# Eager ops the runtime issues per forward of a part (counted in runtime/layers.py and
+# runtime/model.py): block = 2 RMSNorm x 8 + q/k/v/o linears 4 + rotary 2 x 5 + KV-cache
+# writes 2 + repeat_interleave 2 + SDPA 1 + output copy 1 + SwiGLU 5 + residual adds 2
+# = 43; embedding lookup with its vocabulary mask 5; lm head final norm 8 + linear 1 +
+# log-softmax gather ~8 = 17; value head norm 8 + linear 1 + squeeze 1 = 10.
+EAGER_OPS_PER_PART = {"block": 43, "embedding": 5, "lm_head": 17, "value_head": 10}
+# The K and V repeat_interleave of grouped-query attention, skipped when kv heads = heads.
+KV_REPEAT_OPS = 2
+# Backward launches about two kernels per forward op (input and weight gradients).
+BACKWARD_KERNELS_PER_FORWARD_OP = 2
+# One host-device synchronisation (a .item()/bool() on a CUDA tensor, a copy to host): the
+# round trip of cudaStreamSynchronize on a drained stream, ~10 us (order of a launch).
+HOST_SYNC_S = 10e-6
+# Eager ops of one decode step outside the parts (runtime/generate.py): goes_on's finished.all()
+# (a sync), the key-valid update, attention_mask_4d and positions (~8), rotary cos/sin of the
+# new positions (~8), choose_tokens' float/max/where (~5), record's where/isin/add (~6).
+DECODE_STEP_HOST_OPS = 28
+# Host syncs of one call: the outputs' copy to host; a train call adds one per optimizer step
+# (the global grad norm read with float(), runtime/optimizer.py).
+CALL_HOST_SYNCS = 1
+
+# Fixed launch cost of one transformer block per pass on CPU (Python/gloo overheads dominate,
+# runtime-notes order); the embedding and head cost a quarter of it. CUDA uses the host-op
+# model above instead.
+BLOCK_LAUNCH_OVERHEAD_S = {"cpu": 300e-6}
 SMALL_PART_OVERHEAD_FRACTION = 0.25
 
 # --- Memory traffic per token -------------------------------------------------------------
@@ -50,7 +126,7 @@ ADAM_TRAFFIC_BYTES_PER_PARAM = 28.0
 # fp32 compute dtype there is no master copy: 8 bytes of moments.
 OPTIMIZER_STATE_BYTES_PER_PARAM = {2: 12, 4: 8}
 
-# What the recomputation of a train call (Execution.recompute_activations) reruns: the
+# What the full recomputation of a train call (Execution.recompute "full") reruns: the
 # decoder blocks only (embedding and head keep their activations; runtime/model.py
 # checkpoints each block). PyTorch's non-reentrant checkpoint
 # stops recomputing a block once the tensors its backward needs are back (early stop,
@@ -62,6 +138,9 @@ RECOMPUTED_TP_ALLREDUCES_PER_BLOCK = 1
 # backward of the log-softmax holds one more copy.
 LOGITS_BYTES_PER_ELEMENT = 4
 
-# Per call, per device: cuBLAS workspace, NCCL buffers and allocator slack. Assumption:
-# 1 GiB on CUDA (NCCL alone reserves a few hundred MiB per communicator set).
-WORKSPACE_BYTES = {"cuda": 1 * 1024**3, "cpu": 64 * 1024**2}
+# Per call, per device, the kernels' scratch space: cuBLAS / cuBLASLt workspaces (PyTorch
+# sizes cuBLAS's by CUBLAS_WORKSPACE_CONFIG, default ":4096:8" on Hopper = 8 x 4 MiB, c10/cuda
+# CublasHandlePool.cpp) and SDPA's; 64 MiB. The CUDA context, NCCL buffers and allocator
+# fragmentation are the device's reserve (planner/domain/device_reserve.py), not per call.
+# On CPU: gloo and the allocator's per-call scratch, 64 MiB.
+WORKSPACE_BYTES = {"cuda": 64 * 1024**2, "cpu": 64 * 1024**2}

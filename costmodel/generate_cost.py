@@ -1,13 +1,31 @@
-"""Phases of generate and inference calls, from a StageTimer.
+"""Phases of generate and inference calls, from a StageTimer, as the runtime runs them.
 
-- generate: prefill (pp + m - 1) x (stage prefill + send), then decoding in waves of pp
-  micro-batches (ceil(m / pp) waves, so a device holds the KV cache of min(m, pp)
-  micro-batches); within a wave the micro-batches rotate through the stages, each round
-  advancing every one of them by a token in pp x (stage decode + send). gen_len rounds per
-  wave, the context growing from prompt_len + 1 to prompt_len + gen_len. When the call
-  outputs `logprobs`, the runtime recomputes them with one forward pass of the generated
-  sequences (runtime/executor/calls.py run_generate): phase "logprobs", priced as inference.
-- inference: one forward, (pp + m - 1) x (stage forward + send).
+generate (runtime/generate.py, runtime/executor/calls.py run_generate):
+- prefill: (pp + m - 1) x (stage prefill + send) over a micro-batch of b prompts padded to
+  the longest of them, the expectation over P(longest of b prompts = l) = F(l)^b - F(l-)^b
+  (planner/domain/length_distribution.py); it also makes each row's first token.
+- decode: in waves of pp micro-batches (ceil(m / pp) waves, so a device holds the KV cache of
+  min(m, pp) micro-batches). Within a wave the micro-batches rotate through the stages; a
+  token of one micro-batch passes all pp stages and comes back before its next step, so a
+  round is pp x (stage decode + send) however many of the wave's micro-batches still run,
+  and a static micro-batch computes all b rows every step until its longest row ends (a
+  stop token, or gen_len = max_new_tokens). Step s (1, 2, ...) makes token s + 1 over a
+  context of prompt + s, so a wave whose longest response has L tokens runs L - 1 rounds.
+  The call ends when its slowest dp replica does, so wave w runs until the longest of the
+  n_w = dp x (micro-batches in w) x b rows of that wave over all replicas:
+      decode = sum_w sum_{s >= 1} P(longest of n_w > s) x round(s),
+      P(longest of n_w > s) = 1 - F_gen(s)^n_w.
+  This is exact when every replica decodes one wave (m <= pp); with several waves it is an
+  upper bound (replicas drift apart between waves instead of meeting at each wave's end),
+  close when the waves run to gen_len anyway (long tails with large b). The context uses the
+  expected longest prompt of b rows, exact where a decode step's time is linear in the
+  context (the roofline's KV reads and attention FLOPs are). Under a long tail smaller
+  micro-batches and more dp pay off through the cheaper round, not fewer rounds.
+  When the call outputs `logprobs`, the runtime recomputes them with one forward pass of the
+  generated sequences (run_generate): phase "logprobs", priced as inference.
+- inference: one forward, (pp + m - 1) x (stage forward + send). The executor pads every
+  sequence to prompt_len + gen_len (the maxima; runtime/executor/data.py), so inference,
+  logprobs and train are priced at that length whatever the length distributions.
 """
 
 from __future__ import annotations
@@ -15,17 +33,37 @@ from __future__ import annotations
 import numpy as np
 
 from costmodel.stage_timer import StageTimer
+from planner.domain.layout import Execution
 from planner.domain.workflow import BatchSpec
 
 
-def generate_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
-    ex = st.ex
-    prefill = (ex.pp + ex.micro_batches - 1) * (st.max_stage_s("prefill", b, batch.prompt_len)
-                                                 + st.send_s(b, batch.prompt_len))
-    contexts = batch.prompt_len + np.arange(1, batch.gen_len + 1, dtype=float)
+def wave_rows(ex: Execution, b: int) -> np.ndarray:
+    """Rows of each decode wave over all dp replicas: dp x (micro-batches in it) x b."""
     waves = -(-ex.micro_batches // ex.pp)
-    rounds = waves * ex.pp * (st.max_stage_s("decode", b, contexts) + st.send_s(b, 1))
-    phases = {"prefill": float(prefill), "decode": float(np.sum(rounds))}
+    per_wave = np.full(waves, ex.pp)
+    per_wave[-1] = ex.micro_batches - (waves - 1) * ex.pp
+    return ex.dp * per_wave * b
+
+
+def prefill_s(st: StageTimer, b: int, batch: BatchSpec) -> float:
+    prompts = batch.prompt_lengths
+    widths = prompts.support.astype(float)
+    step = st.max_stage_s("prefill", b, widths) + st.send_s(b, widths)
+    expected = float(np.dot(prompts.longest_pmf(b), np.broadcast_to(step, widths.shape)))
+    return (st.ex.pp + st.ex.micro_batches - 1) * expected
+
+
+def decode_s(st: StageTimer, b: int, batch: BatchSpec) -> float:
+    steps = np.arange(1, batch.gen_len)
+    contexts = float(batch.prompt_lengths.expected_longest(b)) + steps
+    round_s = st.ex.pp * (st.max_stage_s("decode", b, contexts) + st.send_s(b, 1))
+    done = batch.gen_lengths.cdf_by_length[:-1]
+    running = 1.0 - done[None, :] ** wave_rows(st.ex, b).astype(float)[:, None]
+    return float(np.sum(running @ np.broadcast_to(round_s, steps.shape)))
+
+
+def generate_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
+    phases = {"prefill": prefill_s(st, b, batch), "decode": decode_s(st, b, batch)}
     if "logprobs" in st.call_outputs:
         phases["logprobs"] = inference_phases_s(st, b, batch)["forward"]
     return phases

@@ -10,11 +10,12 @@ The parts (PART_KINDS) and their formulas:
   parameter in bf16, 8 in fp32 (efficiency.OPTIMIZER_STATE_BYTES_PER_PARAM), divided over
   dp when the execution shards them (ZeRO-1, Execution.shard_optimizer_over_dp). With
   dp = 1 and bf16, weights + gradients + optimizer = 16 bytes/param.
-- activations: train calls keep min(m, pp - stage) micro-batches in flight on a stage (1F1B):
-  with recomputation (Execution.recompute_activations) each block keeps its input (b s h)
-  plus one block's full working set and its gradients; without, every block keeps
-  h (10 + 24/t) bytes per token (16-bit). Inference holds one block's working set;
-  generation one block's working set of the prompt (prefill).
+- activations: train calls keep min(m, pp - stage) micro-batches in flight on a stage (1F1B),
+  each block keeping what its recomputation mode (Execution.recompute) keeps, per token in
+  16-bit: everything h (10 + 24/t) with "none", its input and the MLP's activations
+  h (7 + 16/t) with "selective", its input 2h with "full" (costmodel/recompute.py); plus,
+  once, the part one block reruns in backward with its gradients. Inference holds one
+  block's working set; generation one block's working set of the prompt (prefill).
 - kv_cache (generate calls): the min(m, pp) micro-batches of one decoding wave
   (call_cost.py), at their full context prompt + gen, 2 (K and V) x layers of the stage x
   kv width per tp rank.
@@ -34,6 +35,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from costmodel import efficiency as eff
+from costmodel import recompute
 from costmodel.roofline import kv_heads_per_rank
 from planner.domain.layout import Execution
 from planner.domain.modelspec import HeadKind, ModelSpec
@@ -159,16 +161,17 @@ def kv_cache_bytes(spec: ModelSpec, tp: int, num_layers: int, num_seqs: float,
 def activation_bytes_train_stage(spec: ModelSpec, execution: Execution, stage: int,
                                  micro_seqs: int, seq_len: int, dtype_bytes: int) -> float:
     """Block activations one device of `stage` holds at the peak of a 1F1B train step
-    (logits apart), with or without recomputation as the execution says."""
+    (logits apart): every block of the micro-batches in flight keeps what the execution's
+    recomputation mode keeps, and one block's rerun part is alive again in backward with
+    its gradients (costmodel/recompute.py); 16-bit sizes scaled to the compute dtype."""
     ex = execution
     layers = stage_layer_counts(spec.num_layers, ex.pp)[stage]
     tokens = micro_seqs * seq_len
     in_flight = min(ex.micro_batches, ex.pp - stage)
-    one_block = block_working_bytes(spec, ex.tp, tokens, dtype_bytes)
-    if ex.recompute_activations:
-        kept = in_flight * layers * tokens * spec.hidden_size * dtype_bytes
-        return kept + 2.0 * one_block  # the recomputed block and its gradients
-    return in_flight * layers * one_block
+    per_token_h = (in_flight * layers * recompute.kept_bytes_per_token_h(ex.recompute, ex.tp)
+                   + recompute.RECOMPUTED_WORKING_COPIES
+                   * recompute.recomputed_bytes_per_token_h(ex.recompute, ex.tp))
+    return tokens * spec.hidden_size * per_token_h * dtype_bytes / 2.0
 
 
 def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execution) -> int:

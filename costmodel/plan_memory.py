@@ -226,6 +226,7 @@ def memory_reason(cluster: ClusterSpec, memory: PlanMemory) -> str | None:
     during = f" during {node}" if node else ""
     return (f"device {where} needs {peak[worst] / GIB:.1f} GiB{during} (resident models "
             f"{persistent[worst] / GIB:.1f} GiB + {(peak[worst] - persistent[worst]) / GIB:.1f} "
-            f"GiB working set), has {capacity[worst] / GIB:.1f} GiB"
-            + (f" after the {cluster.memory_headroom_gib:g} GiB headroom"
+            f"GiB working set), has {capacity[worst] / GIB:.1f} GiB after the "
+            f"{cluster.reserve_bytes(worst) / GIB:.1f} GiB reserve"
+            + (f" and the {cluster.memory_headroom_gib:g} GiB headroom"
                if cluster.memory_headroom_gib else ""))

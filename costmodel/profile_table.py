@@ -8,6 +8,10 @@ e.g. `h4096-a32-kv32-i11008-v32000`; the layer count does not matter, tables are
     torch_version: "2.13.0"
     recorded: "2025-06-01"         # date measured
     host: node-17                  # optional: machine measured on
+    processor:                     # optional: what it was measured on (planner/domain/
+      kind: cuda                   # processor.py; plan profile writes it; absent in
+      name: NVIDIA H100 80GB HBM3  # older tables: unknown)
+      driver_version: 550.54.15
     notes: "bf16 on NVIDIA H100"   # optional: how it was measured (plan profile writes it)
     model_shape: h4096-a32-kv32-i11008-v32000
     shards:                        # one entry per tensor-parallel degree measured
@@ -43,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from planner.domain.cluster import MAX_DEVICES_PER_NODE
 from planner.domain.errors import validated
 from planner.domain.modelspec import MAX_POSITIONS, ModelSpec
+from planner.domain.processor import Processor
 from planner.domain.workflow import MAX_SEQS_PER_ITERATION
 from planner.domain.yamlio import load_yaml_mapping
 
@@ -124,6 +129,7 @@ class ProfileTable(BaseModel):
     torch_version: str
     recorded: str
     host: str = ""
+    processor: Optional[Processor] = None   # None: a table from before it was recorded
     notes: str = ""
     model_shape: str
     shards: tuple[ProfileShard, ...]
@@ -141,6 +147,7 @@ class ProfileLookup:
 
     def __init__(self, table: ProfileTable, path: Path):
         self.table = table
+        self.path = path
         self.source = f"profile:{path}"
         self._entries = {(s.tp, e.op, e.part): e for s in table.shards for e in s.entries}
 

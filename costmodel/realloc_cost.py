@@ -2,9 +2,10 @@
 
 A schedule (planner.sharding.transfer_schedule) runs its steps one after another. Within a step
 every device sends at most one message and receives at most one, so the step lasts as long
-as its slowest message: alpha + bytes / bw of the message's link (intra-node when sender
-and receiver share a node, else the inter-node link; each device has its own NIC, so
-concurrent inter-node messages of different devices do not contend). Local copies (sender
+as its slowest message: alpha + bytes / bw of the message's link (comm.p2p_link: NVLink
+or the host when sender and receiver share a node; across nodes the NICs of the sender's
+and the receiver's rails, each device's share of its NIC, so concurrent messages of devices
+on different rails do not contend and those sharing a NIC split it). Local copies (sender
 = receiver) read and write HBM once: the device with the most local bytes sets their time,
 before the first step. Equal executions give the empty schedule and zero time.
 
@@ -69,8 +70,7 @@ def schedule_cost(schedule: Schedule, bytes_per_element: float,
         slowest = 0.0
         for (src, dst), size in messages.items():
             same = node[src] == node[dst]
-            link = comm.intra_node_link(cluster, node[src]) if same else comm.inter_node_link(cluster)
-            slowest = max(slowest, comm.p2p_time_s(size, link))
+            slowest = max(slowest, comm.p2p_time_s(size, comm.p2p_link(cluster, src, dst)))
             if same:
                 intra += size
             else:

@@ -7,9 +7,31 @@ and "optimizer" (one Adam step of the part's tp shard; batch and length are igno
 `batch` is sequences, `length` tokens per sequence (the context for decode). `length` may
 be a numpy array: every function is vectorised over it.
 
-time = max(FLOPs / (peak x matmul efficiency(tokens)), bytes / (bandwidth x efficiency))
-       + a fixed launch overhead per part.
-Sources of each constant: costmodel/efficiency.py.
+A part is priced as the kernels the runtime launches (runtime/layers.py), each by its own
+roofline, summed on the device:
+- every GEMM (q, k, v, o, gate, up, down; the head) as max(FLOPs / (peak x gemm_efficiency),
+  bytes / (bandwidth x efficiency)); its backward as two GEMMs of the same curve (input
+  gradient and weight gradient);
+- attention (one SDPA kernel) as max(FLOPs / (MAMF x attention efficiency), bytes / bw);
+- the element-wise ops (norms, rotary, K/V repeat, SwiGLU, residual adds, KV-cache writes)
+  as their bytes / bw.
+On CUDA the host issues the kernels asynchronously: a part takes max(device time, host time
+of its eager ops) (efficiency.EAGER_OP_HOST_S). On CPU the device is the host: a fixed
+launch overhead per part is added (efficiency.BLOCK_LAUNCH_OVERHEAD_S). Constants and their
+sources: costmodel/efficiency.py.
+
+How to price a published case with this API (seconds on one device, no communication):
+- prefill of 2048 tokens, batch 1, LLaMA-2-7B on A100 (first-token latency):
+    hw = hardware_by_name("a100-sxm-80gb"); spec = PRESETS["llama-7b"]
+    t = spec.num_layers * part_time_s_roofline(spec, hw, "prefill", "block", 1, 1, 2048) \\
+        + part_time_s_roofline(spec, hw, "prefill", "embedding", 1, 1, 2048) \\
+        + part_time_s_roofline(spec, hw, "prefill", "lm_head", 1, 1, 2048)
+- a static batch of b sequences, prompt p, g generated tokens (generate_cost's model):
+    prefill as above with batch b and length p, then for contexts c = p+1 .. p+g:
+    sum over c of (num_layers x "decode" block + embedding + lm_head at (b, c)),
+    plus g x decode_step_host_s(hw) (call_cost adds it as the "decode_steps" phase).
+- one training micro-batch (forward + backward, no recomputation): "forward" + "backward"
+  of every part at (b, s). costmodel.call_cost.call_time prices whole calls this way.
 """
 
 from __future__ import annotations
@@ -44,86 +66,221 @@ def part_params_per_rank(spec: ModelSpec, part: str, tp: int) -> float:
     return 2 * h + 1
 
 
-def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: bool):
-    """Forward FLOPs of one block on one tp rank: 2 per weight MAC + attention 4*h*context.
+def block_gemm_shapes(spec: ModelSpec, tp: int) -> list[tuple[float, float]]:
+    """(output width N, input width K) of each GEMM of one block on one tp rank, as the
+    runtime runs them: q, k, v (column-parallel), o (row-parallel), gate, up, down."""
+    h, inter = spec.hidden_size, spec.intermediate_size
+    kv = kv_heads_per_rank(spec, tp) * spec.head_dim
+    return [(h / tp, h), (kv, h), (kv, h), (h, h / tp),
+            (inter / tp, h), (inter / tp, h), (h, inter / tp)]
 
-    Prefill/forward tokens attend on average to length/2 earlier tokens (causal mask);
-    a decode token attends to `length`. Source: Kaplan et al. 2020 (2N per token) plus
-    the attention term of planner.domain.modelspec.
+
+def head_gemm_shapes(spec: ModelSpec, part: str, tp: int) -> list[tuple[float, float]]:
+    if part == "lm_head":
+        return [(spec.vocab_size / tp, spec.hidden_size)]
+    if part == "value_head":
+        return [(1.0, spec.hidden_size)]
+    return []
+
+
+def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: bool):
+    """Forward FLOPs of one block on one tp rank: 2 per weight MAC + attention 4*h*keys.
+
+    The runtime's SDPA gets an explicit boolean mask (runtime/layers.py), which no fused
+    kernel can skip tiles of, so a forward token computes scores against all `length` keys
+    of its sequence; a decode token attends to `length`. Source: Kaplan et al. 2020 (2N per
+    token) plus the attention term (FlashAttention-2 sec. 4.1: 4 x seqlen^2 x d x heads).
     """
-    tokens = batch if decode else batch * length
-    context = length if decode else length / 2.0
-    return tokens * (2.0 * spec.matmul_params_per_layer() + 4.0 * spec.hidden_size * context) / tp
+    tokens = batch if decode else batch * np.asarray(length, dtype=float)
+    return tokens * 2.0 * spec.matmul_params_per_layer() / tp + \
+        attention_flops(spec, tp, batch, length, decode)
 
 
 def forward_flops_part(spec: ModelSpec, part: str, tp: int, batch: float, length, decode: bool):
     """Forward FLOPs of a part on one tp rank (embedding lookup is free)."""
     if part == "block":
         return forward_flops_block(spec, tp, batch, length, decode)
-    tokens = batch if decode else batch * np.asarray(length, dtype=float)
-    if part == "lm_head":
-        return tokens * 2.0 * spec.vocab_size * spec.hidden_size / tp
-    if part == "value_head":
-        return tokens * 2.0 * spec.hidden_size
-    return tokens * 0.0
+    tokens = part_tokens(part, "decode" if decode else "forward", batch, length)
+    return tokens * sum(2.0 * n * k for n, k in head_gemm_shapes(spec, part, tp))
 
 
-def forward_bytes_part(spec: ModelSpec, part: str, tp: int, batch: float, length, decode: bool,
-                       dtype_bytes: int):
-    """HBM bytes one forward pass of a part moves on one tp rank.
+def part_tokens(part: str, op: str, batch: float, length):
+    """Rows a part processes: batch x length, except decode (one per sequence) and the lm
+    head of a prefill, which the runtime runs on each prompt's last token only
+    (runtime/model.py stage_forward head_positions)."""
+    length = np.asarray(length, dtype=float)
+    if op == "decode" or (op == "prefill" and part == "lm_head"):
+        return batch + length * 0.0
+    return batch * length
 
-    Weights are read once; activations are written and read once (Korthikanti et al. sizes,
-    efficiency.py); decode also reads the KV cache of `length` tokens and the lm head writes
-    fp32 logits and reads them back for the log-softmax.
+
+def gemm_efficiency(rows, cols, depth, hardware: HardwareSpec):
+    """Fraction of peak one GEMM (rows x depth) @ (depth x cols) reaches (efficiency.py).
+
+    CUDA: MAMF / peak x tile quantisation of the rows x cols output x the share of SMs that
+    get work while there are fewer (tile x depth slice) units than SMs. CPU: the rows curve.
     """
+    rows = np.maximum(np.asarray(rows, dtype=float), 1.0)
+    if hardware.kind != "cuda":
+        return eff.CPU_MATMUL_EFFICIENCY_MAX * rows / (rows + eff.CPU_MATMUL_HALF_EFFICIENCY_TOKENS)
+    row_tiles = np.ceil(rows / eff.GEMM_TILE_ROWS)
+    col_tiles = np.ceil(np.maximum(cols, 1.0) / eff.GEMM_TILE_COLS)
+    filled = rows * cols / (row_tiles * eff.GEMM_TILE_ROWS * col_tiles * eff.GEMM_TILE_COLS)
+    sms = eff.STREAMING_MULTIPROCESSORS.get(hardware.name)
+    occupancy = 1.0
+    if sms is not None:
+        units = row_tiles * col_tiles * np.ceil(np.maximum(depth, 1.0) / eff.GEMM_TILE_DEPTH)
+        occupancy = np.minimum(1.0, units / sms)
+    return hardware.max_achievable_matmul_flops / hardware.peak_flops * filled * occupancy
+
+
+def memory_time_s(bytes_moved, hardware: HardwareSpec):
+    return bytes_moved / (hardware.memory_bandwidth_bytes_per_s * eff.MEMORY_BANDWIDTH_EFFICIENCY)
+
+
+def gemm_time_s(rows, cols, depth, hardware: HardwareSpec):
+    """Roofline of one GEMM: max(2 r c k / (peak x efficiency), (r k + k c + r c) x dtype / bw)."""
+    rows = np.asarray(rows, dtype=float)
+    flops = 2.0 * rows * cols * depth
+    moved = (rows * depth + depth * cols + rows * cols) * hardware.compute_dtype_bytes
+    compute = flops / (hardware.peak_flops * gemm_efficiency(rows, cols, depth, hardware))
+    return np.maximum(compute, memory_time_s(moved, hardware))
+
+
+def gemms_time_s(shapes, tokens, backward: bool, hardware: HardwareSpec):
+    """Forward: tokens x K @ K x N per shape. Backward: input gradient (tokens x N @ N x K)
+    and weight gradient (N x tokens @ tokens x K), each by the same curve."""
+    total = tokens * 0.0
+    for n, k in shapes:
+        if backward:
+            total = total + gemm_time_s(tokens, k, n, hardware) + gemm_time_s(n, k, tokens, hardware)
+        else:
+            total = total + gemm_time_s(tokens, n, k, hardware)
+    return total
+
+
+def attention_flops(spec: ModelSpec, tp: int, batch: float, length, decode: bool):
+    """Score and value FLOPs of one block's SDPA on one tp rank (forward_flops_block)."""
+    length = np.asarray(length, dtype=float)
+    queries = batch if decode else batch * length
+    return queries * 4.0 * (spec.hidden_size / tp) * length
+
+
+def attention_time_s(spec: ModelSpec, tp: int, op: str, batch: float, length,
+                     hardware: HardwareSpec):
+    """SDPA of one block: max(FLOPs / (MAMF x efficiency), bytes / bw). Bytes: q and the
+    output (per query), K and V at query width after repeat_interleave (per key), and the
+    boolean mask (queries x keys); backward 2.5x the FLOPs and twice the bytes."""
+    decode = op == "decode"
+    length = np.asarray(length, dtype=float)
+    width = spec.hidden_size / tp
+    dtype = hardware.compute_dtype_bytes
+    queries = batch if decode else batch * length
+    keys = batch * length
+    moved = (2.0 * queries + 2.0 * keys) * width * dtype + queries * length
+    flops = attention_flops(spec, tp, batch, length, decode)
+    direction = "forward"
+    if op == "backward":
+        flops, moved, direction = flops * eff.ATTENTION_BACKWARD_FLOPS_FACTOR, 2.0 * moved, op
+    if hardware.kind == "cuda":
+        achieved = hardware.max_achievable_matmul_flops * eff.ATTENTION_EFFICIENCY_OF_MAMF[direction]
+    else:
+        achieved = hardware.peak_flops * gemm_efficiency(queries, length, width, hardware)
+    return np.maximum(flops / achieved, memory_time_s(moved, hardware))
+
+
+def block_elementwise_bytes(spec: ModelSpec, tp: int, op: str, batch: float, length,
+                            dtype_bytes: int):
+    """HBM bytes of the unfused element-wise ops of one block's forward (efficiency.py):
+    two RMSNorms and two residual adds over h (replicated over tp), rotary on q and k, the
+    K/V repeat to query width (per key; grouped-query models only: with as many kv heads as
+    query heads the runtime uses K and V as they are), the attention output copy, SwiGLU over I / tp, and
+    the KV-cache write of the new tokens (prefill and decode)."""
     h = spec.hidden_size
-    tokens = batch if decode else batch * np.asarray(length, dtype=float)
-    weights = part_params_per_rank(spec, part, tp) * dtype_bytes
-    if part == "embedding":
-        return weights * 0.0 + tokens * h * dtype_bytes * 2.0
+    kv = kv_heads_per_rank(spec, tp) * spec.head_dim
+    q = h / tp
+    length = np.asarray(length, dtype=float)
+    tokens = part_tokens("block", op, batch, length)
+    keys = batch * length if op == "decode" else tokens
+    norm = 2.0 * h * (eff.RMSNORM_FP32_BYTES_PER_ELEMENT + eff.RMSNORM_DTYPE_PASSES * dtype_bytes)
+    per_token_passes = (eff.ROTARY_PASSES * (q + kv) + eff.ATTENTION_OUTPUT_COPY_PASSES * q
+                        + 2.0 * eff.RESIDUAL_ADD_PASSES * h
+                        + eff.SWIGLU_PASSES * spec.intermediate_size / tp)
+    if op in ("prefill", "decode"):
+        per_token_passes += eff.KV_CACHE_WRITE_PASSES * 2.0 * kv
+    repeat = keys * 2.0 * (kv + q) * dtype_bytes if kv < q else keys * 0.0
+    return tokens * (norm + per_token_passes * dtype_bytes) + repeat
+
+
+def part_elementwise_bytes(spec: ModelSpec, part: str, tp: int, op: str, batch: float, length,
+                           dtype_bytes: int):
+    """Element-wise bytes of a part's forward: the block's (above); the embedding lookup and
+    its vocabulary mask (read + write of h, twice); the head's final norm and, for the lm
+    head, the fp32 logits written and read back by the log-softmax."""
     if part == "block":
-        act = tokens * h * (eff.ACTIVATION_BYTES_PER_TOKEN_H_REPLICATED
-                            + eff.ACTIVATION_BYTES_PER_TOKEN_H_SHARDED / tp) * dtype_bytes / 2.0
-        kv_row = 2.0 * kv_heads_per_rank(spec, tp) * spec.head_dim * dtype_bytes
-        kv = batch * np.asarray(length, dtype=float) * kv_row if decode else tokens * kv_row
-        return weights + 2.0 * act + kv
+        return block_elementwise_bytes(spec, tp, op, batch, length, dtype_bytes)
+    h = spec.hidden_size
+    tokens = part_tokens(part, op, batch, length)
+    if part == "embedding":
+        return tokens * h * dtype_bytes * 4.0
+    norm = tokens * h * (eff.RMSNORM_FP32_BYTES_PER_ELEMENT + eff.RMSNORM_DTYPE_PASSES * dtype_bytes)
     if part == "lm_head":
-        logits = tokens * spec.vocab_size / tp * eff.LOGITS_BYTES_PER_ELEMENT
-        return weights + 2.0 * logits + tokens * h * dtype_bytes
-    return weights + tokens * h * dtype_bytes * 2.0
+        return norm + 2.0 * tokens * spec.vocab_size / tp * eff.LOGITS_BYTES_PER_ELEMENT
+    return norm
 
 
-def matmul_efficiency(tokens):
-    """Fraction of peak a GEMM with `tokens` rows reaches (efficiency.py)."""
-    tokens = np.maximum(np.asarray(tokens, dtype=float), 1.0)
-    return eff.MATMUL_EFFICIENCY_MAX * tokens / (tokens + eff.MATMUL_HALF_EFFICIENCY_TOKENS)
+def device_time_s(spec: ModelSpec, hardware: HardwareSpec, op: str, part: str, tp: int,
+                  batch: float, length):
+    """Device seconds of one forward-type op (or "backward") of a part (module docstring)."""
+    backward = op == "backward"
+    forward_op = "forward" if backward else op
+    tokens = part_tokens(part, forward_op, batch, length)
+    shapes = block_gemm_shapes(spec, tp) if part == "block" else head_gemm_shapes(spec, part, tp)
+    seconds = gemms_time_s(shapes, tokens, backward, hardware)
+    if part == "block":
+        seconds = seconds + attention_time_s(spec, tp, op, batch, length, hardware)
+    moved = part_elementwise_bytes(spec, part, tp, forward_op, batch, length,
+                                   hardware.compute_dtype_bytes)
+    factor = eff.ELEMENTWISE_BACKWARD_FACTOR if backward else 1.0
+    return seconds + factor * memory_time_s(moved, hardware)
 
 
-def roofline_time_s(flops, bytes_moved, tokens, hardware: HardwareSpec):
-    """max(FLOPs / (peak x efficiency(tokens)), bytes / (bandwidth x efficiency))."""
-    compute = flops / (hardware.peak_flops * matmul_efficiency(tokens))
-    memory = bytes_moved / (hardware.memory_bandwidth_bytes_per_s * eff.MEMORY_BANDWIDTH_EFFICIENCY)
-    return np.maximum(compute, memory)
+def host_time_s(spec: ModelSpec, part: str, op: str) -> float:
+    """Host seconds to issue a part's kernels on CUDA: its eager ops from Python (forward),
+    or the autograd engine's kernels (backward). A block of a model without grouped-query
+    attention skips the two K/V repeat_interleave ops."""
+    ops = eff.EAGER_OPS_PER_PART[part]
+    if part == "block" and spec.num_kv_heads == spec.num_heads:
+        ops -= eff.KV_REPEAT_OPS
+    if op == "backward":
+        return ops * eff.BACKWARD_KERNELS_PER_FORWARD_OP * eff.AUTOGRAD_KERNEL_HOST_S
+    return ops * eff.EAGER_OP_HOST_S
 
 
-def launch_overhead_s(part: str, hardware: HardwareSpec) -> float:
-    base = eff.BLOCK_LAUNCH_OVERHEAD_S[hardware.kind]
+def cpu_launch_overhead_s(part: str) -> float:
+    base = eff.BLOCK_LAUNCH_OVERHEAD_S["cpu"]
     return base if part == "block" else base * eff.SMALL_PART_OVERHEAD_FRACTION
+
+
+def decode_step_host_s(hardware: HardwareSpec) -> float:
+    """Host seconds of one decode step outside the parts on CUDA (efficiency.py); 0 on CPU,
+    where a calibration measures it (costmodel/calibration.py decode_step_s)."""
+    if hardware.kind != "cuda":
+        return 0.0
+    return eff.DECODE_STEP_HOST_OPS * eff.EAGER_OP_HOST_S + eff.HOST_SYNC_S
 
 
 def part_time_s_roofline(spec: ModelSpec, hardware: HardwareSpec, op: str, part: str, tp: int,
                          batch: float, length):
     """Roofline time of one op of one part on one tp rank (module docstring)."""
-    dtype = hardware.compute_dtype_bytes
+    length = np.asarray(length, dtype=float)
     if op == "optimizer":
         traffic = part_params_per_rank(spec, part, tp) * eff.ADAM_TRAFFIC_BYTES_PER_PARAM
-        seconds = traffic / (hardware.memory_bandwidth_bytes_per_s * eff.MEMORY_BANDWIDTH_EFFICIENCY)
-        return seconds + launch_overhead_s(part, hardware) + np.asarray(length, dtype=float) * 0.0
-    decode = op == "decode"
-    flops = forward_flops_part(spec, part, tp, batch, length, decode)
-    moved = forward_bytes_part(spec, part, tp, batch, length, decode, dtype)
-    tokens = batch if decode else batch * np.asarray(length, dtype=float)
-    # Backward: two GEMMs per forward GEMM (input and weight gradients), twice the traffic.
-    factor = 2.0 if op == "backward" else 1.0
-    return factor * roofline_time_s(flops, moved, tokens, hardware) + \
-        launch_overhead_s(part, hardware)
+        # The runtime's Adam runs over one flat buffer per rank (runtime/optimizer.py): a
+        # handful of launches per step, not per part, so no per-part host cost on CUDA.
+        overhead = cpu_launch_overhead_s(part) if hardware.kind != "cuda" else 0.0
+        return memory_time_s(traffic, hardware) + overhead + length * 0.0
+    device = device_time_s(spec, hardware, op, part, tp, batch, length)
+    if hardware.kind == "cuda":
+        return np.maximum(device, host_time_s(spec, part, op))
+    return device + cpu_launch_overhead_s(part)

@@ -4,9 +4,10 @@ all-reduces, the recomputed forward of a train step, and the pipeline sends.
 A stage's time is the slowest hardware among its devices: its blocks (+ the embedding on
 stage 0, the head on the last) plus the TP all-reduces of its blocks; pipeline sends (p2p of
 b x tokens x h) go over the slowest pp link. TP all-reduces per block: 2 forward (attention
-and MLP outputs), 2 backward, efficiency.RECOMPUTED_TP_ALLREDUCES_PER_BLOCK more for the
-recomputed forward; 1 for the vocab-parallel embedding; the head's softmax reductions are 3
-small all-reduces of tokens x 4 bytes. Replicated-norm gradient all-reduces are ignored.
+and MLP outputs), 2 backward, and those the recomputation mode reruns (recompute.py:
+1 for "full", 0 for "selective" and "none"); 1 for the vocab-parallel embedding; the head's
+softmax reductions are 3 small all-reduces of tokens x 4 bytes. Replicated-norm gradient
+all-reduces are ignored.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from costmodel import comm
-from costmodel import efficiency as eff
+from costmodel import comm, recompute
 from costmodel.call_geometry import NEUTRAL_KNOBS, CostKnobs, Geometry
 from costmodel.compute import part_timer
 from planner.domain.layout import Execution
@@ -65,14 +65,20 @@ class StageTimer:
         return worst * self.knobs.compute_scale + comm_s
 
     def recompute_s(self, stage: int, b: int, length) -> np.ndarray:
-        """The recomputed forward of a train step: the stage's blocks only."""
-        layers = self.geo.stage_layers[stage]
+        """What a train step's backward reruns on the stage under the execution's
+        recomputation mode (recompute.py): that share of its blocks' forward time and the
+        rerun TP all-reduces; 0 for "none". The embedding and head are never rerun."""
+        mode, layers = self.ex.recompute, self.geo.stage_layers[stage]
+        share = recompute.recomputed_forward_share(self.role.spec, mode, length)
+        if mode == "none":
+            return share
         worst = max(layers * timer.time_s("forward", "block", self.ex.tp, b, length)
                     for timer in self.timers[stage])
         dtype = self.timers[stage][0].hardware.compute_dtype_bytes
-        act_bytes = b * float(length) * self.role.spec.hidden_size * dtype
-        count = eff.RECOMPUTED_TP_ALLREDUCES_PER_BLOCK * layers
-        return worst * self.knobs.compute_scale + self.tp_allreduces_s(stage, count, act_bytes)
+        act_bytes = b * np.asarray(length, dtype=float) * self.role.spec.hidden_size * dtype
+        count = recompute.RECOMPUTED_TP_ALLREDUCES[mode] * layers
+        return share * worst * self.knobs.compute_scale + \
+            self.tp_allreduces_s(stage, count, act_bytes)
 
     def max_stage_s(self, op: str, b: int, length) -> np.ndarray:
         return np.max([self.stage_s(s, op, b, length) for s in range(self.ex.pp)], axis=0)

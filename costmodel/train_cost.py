@@ -1,11 +1,43 @@
-"""Phases of a train call, from a StageTimer.
+"""Phases of a train call, from a StageTimer: what runtime/train.py and runtime/optimizer.py run.
 
-Per minibatch: 1F1B (pp + m - 1) x (stage forward + backward [+ the blocks' recomputed
-forward when Execution.recompute_activations] + 2 sends), then the DP gradient sync and the
-optimizer step. With Execution.shard_optimizer_over_dp (ZeRO-1): reduce-scatter of
-gradients + all-gather of weights over the dp group (compute dtype), the optimizer step on
-1/dp of the stage's shard; without, an all-reduce of the gradients and the whole step on
-every replica. Not overlapped with compute.
+Per minibatch, on stage s of pp with m micro-batches of b sequences:
+
+forward_backward: 1F1B, (pp + m - 1) x (F_s + B_s + 2 sends) of the slowest stage, where
+F_s is the stage's forward and B_s its backward plus what the execution's recomputation
+mode reruns in it (StageTimer.recompute_s, 0 for "none").
+
+dp_sync: the exposed part of the DP gradient reduction. The runtime (runtime/grad_buckets.py,
+as Megatron-LM's overlap_grad_reduce) cuts the stage's flat gradient buffer of N elements
+into the buckets of planner.sharding.grad_buckets (GRAD_BUCKET_BYTES each, from the end,
+the last the remainder) and launches each, during the backward of the minibatch's last
+micro-batch, as soon as backward has finished its gradients: an all-reduce, or under ZeRO-1
+(Execution.shard_optimizer_over_dp) a reduce-scatter. Derivation:
+- Ready times. Backward finishes the buffer from its end (head, then the blocks from the
+  last, then on stage 0 the embedding). Its time is taken proportional to the parameters it
+  passes (a weight's input and weight gradients cost 2 x 2 x tokens x its elements, the 6NT
+  accounting of Kaplan et al. 2020 / Narayanan et al. 2021), except the embedding, whose
+  gradient (a scatter-add, E elements on stage 0, E = V h / tp, else 0) is final only when
+  backward ends. A bucket [lo, hi) is ready when its lowest element is final:
+      ready_k = B_s x clip((N - lo_k) / (N - E), 0, 1).
+- The collectives of one DP group run one after another in launch order (one NCCL
+  communicator's stream; gloo in issue order), bucket k taking c_k = the comm.py time of its
+  bytes over dp ranks: it starts at max(ready_k, end_{k-1}), so (unrolling) the last ends at
+      end = max_k (ready_k + sum_{j >= k} c_j).
+- Stage s's last backward ends D_s = s x (max_s B_s + send) before the pipeline's end (the
+  last micro-batch's backward passes from stage pp - 1 down to stage 0, one backward and one
+  send per stage), and the step waits for every stage (the norm's all-reduce over pp), so
+      dp_sync = max_s max(0, end_s - B_s - D_s).
+- Limits: a fast network (each c_k within the time backward takes for the next bucket)
+  exposes only the buckets ready when backward ends: the last one, plus the embedding's
+  buckets on stage 0 (D_0 = 0); a slow one (sum c_k > B_s) exposes
+  sum c_k - B_s (1 - S / (N - E)), S the first bucket's elements: all of the sync but the
+  backward after the first bucket's gradients.
+
+dp_gather: under ZeRO-1, the all-gather of the updated weights after the step, bucket by
+bucket (sum over buckets of allgather times), not overlapped: the runtime does not overlap
+it with the next forward (Megatron's overlap_param_gather). 0 without ZeRO-1.
+
+optimizer: the Adam step of the stage's parts, on 1/dp of them under ZeRO-1.
 """
 
 from __future__ import annotations
@@ -16,38 +48,70 @@ from costmodel import comm
 from costmodel.memory import optimizer_shards
 from costmodel.stage_timer import StageTimer
 from planner.domain.workflow import BatchSpec
+from planner.sharding.grad_buckets import grad_bucket_bounds
+
+
+def exposed_sync_s(ready_s: np.ndarray, collective_s: np.ndarray, backward_end_s: float
+                   ) -> float:
+    """Seconds the in-order collectives of buckets ready at `ready_s` (launch order) run
+    past `backward_end_s` (module docstring: end = max_k ready_k + sum_{j >= k} c_j)."""
+    suffix_s = np.cumsum(collective_s[::-1])[::-1]
+    return max(0.0, float(np.max(ready_s + suffix_s)) - backward_end_s)
+
+
+def _stage_buckets(st: StageTimer, stage: int, elements: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stage's buckets as the runtime cuts them, each array per bucket in launch order:
+    ready time as a fraction of the backward, reduce seconds, (ZeRO-1) all-gather seconds."""
+    ex, spec = st.ex, st.role.spec
+    zero1 = ex.shard_optimizer_over_dp and ex.dp > 1
+    dtype = st.timers[stage][0].hardware.compute_dtype_bytes
+    padded = -(-elements // ex.dp) * ex.dp if zero1 else elements
+    bounds = grad_bucket_bounds(padded, dtype, ex.dp if zero1 else 1)
+    embedding = spec.vocab_size * spec.hidden_size // ex.tp if stage == 0 else 0
+    ready = np.clip((elements - bounds[:, 0]) / max(elements - embedding, 1), 0.0, 1.0)
+    link = st.knobs.link(st.geo.dp_link[stage])
+    sizes_bytes = (bounds[:, 1] - bounds[:, 0]) * float(dtype)
+    reduce = comm.reduce_scatter_time_s if zero1 else comm.allreduce_time_s
+    # buckets share one size but the last: two collective times priced, not one per bucket
+    full_bytes, last_bytes = float(sizes_bytes[0]), float(sizes_bytes[-1])
+    reduce_s = np.full(len(bounds), float(reduce(full_bytes, ex.dp, link)))
+    reduce_s[-1] = float(reduce(last_bytes, ex.dp, link))
+    gather_s = np.zeros(len(bounds))
+    if zero1:
+        gather_s[:] = float(comm.allgather_time_s(full_bytes, ex.dp, link))
+        gather_s[-1] = float(comm.allgather_time_s(last_bytes, ex.dp, link))
+    return ready, reduce_s, gather_s
+
+
+def _stage_optimizer_s(st: StageTimer, stage: int) -> float:
+    ex, worst = st.ex, 0.0
+    for timer in st.timers[stage]:
+        parts = [("block", st.geo.stage_layers[stage])]
+        parts += [("embedding", 1)] if stage == 0 else []
+        parts += [(st.head_part, 1)] if stage == ex.pp - 1 else []
+        t = sum(n * float(timer.time_s("optimizer", p, ex.tp, 1, 1)) for p, n in parts)
+        worst = max(worst, t * st.knobs.compute_scale / optimizer_shards(ex))
+    return worst
 
 
 def train_phases_s(st: StageTimer, b: int, batch: BatchSpec, spec_elements: np.ndarray
-             ) -> dict[str, float]:
+                   ) -> dict[str, float]:
     ex, s = st.ex, batch.seq_len
-    stage_steps = []
+    backward = [float(st.stage_s(stage, "backward", b, s) + st.recompute_s(stage, b, s))
+                for stage in range(ex.pp)]
+    steps = [float(st.stage_s(stage, "forward", b, s)) + backward[stage]
+             for stage in range(ex.pp)]
+    send = float(st.send_s(b, s))
+    pipeline = (ex.pp + ex.micro_batches - 1) * (max(steps) + 2 * send)
+    sync = gather = optimizer = 0.0
     for stage in range(ex.pp):
-        step = st.stage_s(stage, "forward", b, s) + st.stage_s(stage, "backward", b, s)
-        if ex.recompute_activations:
-            step = step + st.recompute_s(stage, b, s)
-        stage_steps.append(step)
-    pipeline = (ex.pp + ex.micro_batches - 1) * (max(stage_steps) + 2 * st.send_s(b, s))
-    sync, optimizer = 0.0, 0.0
-    for stage in range(ex.pp):
-        dtype = st.timers[stage][0].hardware.compute_dtype_bytes
-        local_bytes = float(spec_elements[stage].max()) * dtype
-        link = st.knobs.link(st.geo.dp_link[stage])
-        if ex.shard_optimizer_over_dp:
-            stage_sync = comm.reduce_scatter_time_s(local_bytes, ex.dp, link) + \
-                comm.allgather_time_s(local_bytes, ex.dp, link)
-        else:
-            stage_sync = comm.allreduce_time_s(local_bytes, ex.dp, link)
-        shards = optimizer_shards(ex)
-        sync = max(sync, stage_sync)
-        stage_opt = 0.0
-        for timer in st.timers[stage]:
-            parts = [("block", st.geo.stage_layers[stage])]
-            parts += [("embedding", 1)] if stage == 0 else []
-            parts += [(st.head_part, 1)] if stage == ex.pp - 1 else []
-            t = sum(n * float(timer.time_s("optimizer", p, ex.tp, 1, 1)) for p, n in parts)
-            stage_opt = max(stage_opt, t * st.knobs.compute_scale / shards)
-        optimizer = max(optimizer, stage_opt)
+        ready, reduce_s, gather_s = _stage_buckets(st, stage, int(spec_elements[stage].max()))
+        drain = stage * (max(backward) + send)
+        sync = max(sync, exposed_sync_s(ready * backward[stage], reduce_s,
+                                        backward[stage] + drain))
+        gather = max(gather, float(gather_s.sum()))
+        optimizer = max(optimizer, _stage_optimizer_s(st, stage))
     k = batch.ppo_minibatches
     return {"forward_backward": float(k * pipeline), "dp_sync": k * sync,
-            "optimizer": k * optimizer}
+            "dp_gather": k * gather, "optimizer": k * optimizer}

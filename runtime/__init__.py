@@ -9,8 +9,8 @@ What the executor calls (every rank of the world, the same calls in the same ord
     inference(model, micro_batches, with_entropy=False) -> list[ModelOutputs]
     optimizer = Adam(model.params, AdamConfig(...), ctx, shard_over_dp=False)
     train_step(model, optimizer, micro_batches, loss_fn, num_minibatches,
-               recompute_activations) -> list[TrainStats]
-        (the execution's policy: recompute each decoder block in backward, as priced)
+               recompute) -> list[TrainStats]
+        (the execution's policy: what the decoder blocks rerun in backward, as priced)
 
 `model.params` maps HF names to this rank's shards; `planner.sharding.param_shards` (pure, no torch,
 shared with the cost model) says which slice of which full tensor each (tp_rank, pp_stage)

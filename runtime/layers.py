@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from runtime.comm import copy_to_tp, reduce_from_tp
 from runtime.parallel_context import Group
@@ -83,8 +84,9 @@ def attention(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, head_dim
         cache.v[:, :, inputs.cache_start:end] = v
         k, v = cache.k[:, :, :end], cache.v[:, :, :end]
     group_size = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group_size, dim=1)
-    v = v.repeat_interleave(group_size, dim=1)
+    if group_size > 1:   # grouped-query attention: each kv head serves group_size q heads
+        k = k.repeat_interleave(group_size, dim=1)
+        v = v.repeat_interleave(group_size, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask)
     out = out.transpose(1, 2).reshape(batch, seq, -1)
     return reduce_from_tp(F.linear(out, p[f"{prefix}o_proj.weight"]), tp)
@@ -99,13 +101,39 @@ def swiglu_mlp(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, tp: Gro
     return reduce_from_tp(F.linear(hidden, p[f"{prefix}down_proj.weight"]), tp)
 
 
-def decoder_block(x: torch.Tensor, p: dict[str, torch.Tensor], layer: int, head_dim: int,
-                  eps: float, inputs: AttentionInputs, tp: Group, cache: LayerCache | None
-                  ) -> torch.Tensor:
-    """One pre-norm transformer block."""
+def attention_sublayer(x: torch.Tensor, p: dict[str, torch.Tensor], layer: int, head_dim: int,
+                       eps: float, inputs: AttentionInputs, tp: Group,
+                       cache: LayerCache | None) -> torch.Tensor:
+    """The attention sub-layer of block `layer`: input norm, then attention (its output, to
+    be added to the residual x)."""
     prefix = f"model.layers.{layer}."
-    x = x + attention(rms_norm(x, p[f"{prefix}input_layernorm.weight"], eps), p,
-                      f"{prefix}self_attn.", head_dim, inputs, tp, cache)
+    return attention(rms_norm(x, p[f"{prefix}input_layernorm.weight"], eps), p,
+                     f"{prefix}self_attn.", head_dim, inputs, tp, cache)
+
+
+def decoder_block(x: torch.Tensor, p: dict[str, torch.Tensor], layer: int, head_dim: int,
+                  eps: float, inputs: AttentionInputs, tp: Group, cache: LayerCache | None,
+                  recompute_attention: bool = False) -> torch.Tensor:
+    """One pre-norm transformer block.
+
+    recompute_attention (the "selective" Execution.recompute): keep only the sub-layer's
+    input x (the block input, which the checkpoint holds) and rerun the attention sub-layer
+    in backward (torch.utils.checkpoint, non-reentrant); the MLP keeps its activations. It
+    reruns the input norm, q/k/v projections, rotary, the attention core and the output
+    projection, not the output projection's TP all-reduce: that is the sub-layer's last op
+    and saves nothing for backward, so the checkpoint's early stop ends the rerun before it.
+    Megatron-LM's selective recomputation reruns the attention core only, whose s^2 scores
+    and softmax are most of the attention's memory without flash attention; with flash
+    attention (SDPA here, also on CPU) the core keeps only q, k, v, its output and the row
+    log-sum-exps, and q, k, v are the core's inputs, so a checkpoint around the core alone
+    would free little: the whole sub-layer is what frees memory.
+    """
+    prefix = f"model.layers.{layer}."
+    sublayer_args = (x, p, layer, head_dim, eps, inputs, tp, cache)
+    if recompute_attention:
+        x = x + checkpoint(attention_sublayer, *sublayer_args, use_reentrant=False)
+    else:
+        x = x + attention_sublayer(*sublayer_args)
     return x + swiglu_mlp(rms_norm(x, p[f"{prefix}post_attention_layernorm.weight"], eps), p,
                           f"{prefix}mlp.", tp)
 

@@ -6,10 +6,12 @@ shapes match). A stage's forward takes token ids (first stage) or the previous s
 states and returns hidden states, or on the last stage this rank's vocabulary slice of the
 logits ("lm" head) or scalar values [batch, seq] ("value" head).
 
-Train calls recompute activations when their execution says so (`recompute=True`, from
-`Execution.recompute_activations`, which the cost model prices too): each decoder block keeps only its input and
-runs its forward again in backward (torch.utils.checkpoint, non-reentrant). The block's TP
-all-reduces run again in the same order on every TP rank, since all run the same graph.
+Train calls recompute activations as their execution says (`recompute`, the call's
+`Execution.recompute`, which the cost model prices too, costmodel/recompute.py): "full" keeps
+only each decoder block's input and runs the block again in backward (torch.utils.checkpoint,
+non-reentrant); "selective" does so for the block's attention sub-layer only
+(runtime/layers.decoder_block says what it reruns); "none" keeps everything. The rerun TP
+all-reduces run in the same order on every TP rank, since all run the same graph.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from planner.domain.layout import RecomputeMode
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.sharding.param_shards import (
     EMBEDDING,
@@ -111,16 +114,16 @@ class ParallelModel:
         return AttentionInputs(cos=cos, sin=sin, mask=mask, cache_start=cache_start)
 
     def stage_forward(self, stage_input: torch.Tensor, inputs: AttentionInputs,
-                      caches: list[LayerCache] | None = None, recompute: bool = False,
+                      caches: list[LayerCache] | None = None, recompute: RecomputeMode = "none",
                       head_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Embedding (first stage), this stage's blocks, and the head (last stage).
 
-        recompute: keep only each block's input for backward and run the block again there
-        (module docstring); not with caches. head_positions (int64 [batch]): run the head on
+        recompute: what the blocks rerun in backward instead of keeping (module docstring);
+        "none" with caches. head_positions (int64 [batch]): run the head on
         that one position of each row only, giving [batch, 1, ...] (a prefill needs the
         logits of each prompt's last token, not of every prompt position).
         """
-        assert not (recompute and caches is not None), "recompute is for cache-less passes"
+        assert recompute == "none" or caches is None, "recompute is for cache-less passes"
         x = stage_input
         if self.ctx.is_first_stage:
             x = vocab_parallel_embedding(x, self.params[EMBEDDING], self.vocab_start,
@@ -128,10 +131,10 @@ class ParallelModel:
         for i, layer in enumerate(self.layers):
             block_args = (self.params, layer, self.spec.head_dim, self.spec.norm_eps, inputs,
                           self.ctx.tp_group, None if caches is None else caches[i])
-            if recompute:
+            if recompute == "full":
                 x = checkpoint(decoder_block, x, *block_args, use_reentrant=False)
             else:
-                x = decoder_block(x, *block_args)
+                x = decoder_block(x, *block_args, recompute_attention=recompute == "selective")
         if self.ctx.is_last_stage:
             if head_positions is not None:
                 rows = torch.arange(x.shape[0], device=x.device)
@@ -140,7 +143,7 @@ class ParallelModel:
         return x
 
     def forward_sequences(self, stage_input: torch.Tensor, attention_mask: torch.Tensor,
-                          recompute: bool = False) -> torch.Tensor:
+                          recompute: RecomputeMode = "none") -> torch.Tensor:
         """`stage_forward` over whole (padded) sequences without a cache."""
         positions = positions_from_mask(attention_mask)
         slots = torch.arange(attention_mask.shape[1], device=attention_mask.device)

@@ -11,15 +11,18 @@ the weights being the master), of this rank's part. Elementwise Adam means every
 computes the same update from the same gradients; layouts differ only by the order of float
 sums in gradients and norm.
 
-ZeRO-1 (`shard_over_dp=True`): the gradient buffer is reduce-scattered instead of
-all-reduced, each DP rank keeps the master weights and moments of its 1/dp chunk only,
-updates it, and the chunks are all-gathered, in the compute dtype, back into every replica's
-parameter buffer.
+The DP reduction runs in buckets (runtime/grad_buckets.py), launched from backward hooks
+while `reduce_during_backward()` is entered (train.py: the last micro-batch's backward) and
+waited for in `step`. Without ZeRO-1 every bucket is all-reduced and every replica updates
+the whole buffer. ZeRO-1 (`shard_over_dp=True`): each bucket is reduce-scattered instead,
+each DP rank keeps the master weights and moments of its 1/dp piece of every bucket only,
+updates them, and the pieces are all-gathered, in the compute dtype, back into every
+replica's parameter buffer.
 
 Gradient norm: TP-sharded parameters contribute their shard's squares on every TP rank;
 TP-replicated ones (norm weights, value head) only on TP rank 0, so they count once (the
 `counted` spans of this rank's part). The sum is all-reduced over the TP and PP groups (and
-over DP for ZeRO-1, whose ranks each hold a different chunk); replicas hold equal reduced
+over DP for ZeRO-1, whose ranks each hold different pieces); replicas hold equal reduced
 gradients otherwise, so DP is not summed then.
 """
 
@@ -29,9 +32,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
+from planner.sharding.grad_buckets import GRAD_BUCKET_BYTES
 from runtime.comm import all_reduce
+from runtime.grad_buckets import GradBuckets
 from runtime.parallel_context import ParallelContext
 from runtime.params import is_tp_replicated
 
@@ -59,27 +63,36 @@ def clip_factor(norm: float, max_norm: float | None) -> float:
 
 class Adam:
     """Adam(W) over one rank's parameter shards, with the DP gradient reduction built in
-    (module docstring). Takes over the storage of `params` and their gradients."""
+    (module docstring). Takes over the storage of `params` and their gradients.
+    `grad_bucket_bytes`: the size of the DP reduction's buckets."""
 
     def __init__(self, params: dict[str, torch.Tensor], config: AdamConfig,
-                 ctx: ParallelContext, shard_over_dp: bool = False):
+                 ctx: ParallelContext, shard_over_dp: bool = False,
+                 grad_bucket_bytes: int = GRAD_BUCKET_BYTES):
         self.params, self.config, self.ctx = params, config, ctx
         self.zero1 = shard_over_dp and ctx.dp > 1
         self.step_count = 0
         tensors = list(params.values())
         self.numel = sum(p.numel() for p in tensors)
         shards = ctx.dp if self.zero1 else 1
-        chunk = -(-self.numel // shards)
-        self.padded = chunk * shards
-        first = ctx.coord.dp_rank * chunk if self.zero1 else 0
-        self.mine = slice(first, first + chunk)
+        self.padded = -(-self.numel // shards) * shards
         self.flat_params, self.flat_grads = self._flat_buffers(tensors)
-        self.counted = self._counted_spans(params, first, chunk)
-        own = self.flat_params[self.mine]
-        # fp32 weights are their own master (updated in place); others get an fp32 copy
-        self.master = own if own.dtype == torch.float32 else own.float()
-        self.m = torch.zeros_like(self.master)
-        self.v = torch.zeros_like(self.master)
+        self.buckets = GradBuckets(tensors, self.flat_grads, ctx.dp_group, ctx.coord.dp_rank,
+                                   self.zero1, grad_bucket_bytes)
+        self.counted = self._counted_spans(params)
+        pieces = self.buckets.pieces
+        if self.flat_params.dtype == torch.float32:  # the weights are their own master
+            self.master = self.flat_params
+            self._master_pieces = [(p.offset, self.flat_params[p.start:p.stop]) for p in pieces]
+        else:
+            self.master = torch.empty(self.buckets.owned_numel, dtype=torch.float32,
+                                      device=self.flat_params.device)
+            for p in pieces:
+                self.master[p.offset:p.offset + p.numel].copy_(self.flat_params[p.start:p.stop])
+            self._master_pieces = [(0, self.master)]
+        self.m = torch.zeros(self.buckets.owned_numel, dtype=torch.float32,
+                             device=self.flat_params.device)
+        self.v = torch.zeros_like(self.m)
 
     def _flat_buffers(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The parameter and gradient buffers (padded to dp chunks), every parameter and its
@@ -97,8 +110,7 @@ class Adam:
             offset += n
         return flat_params, flat_grads
 
-    def _counted_spans(self, params: dict[str, torch.Tensor], first: int, chunk: int
-                       ) -> list[tuple[int, int]]:
+    def _counted_spans(self, params: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
         """(start, stop) within this rank's part of the parameters whose squares it adds to
         the gradient norm (module docstring)."""
         spans, offset = [], 0
@@ -107,15 +119,22 @@ class Adam:
             offset = hi
             if self.ctx.coord.tp_rank != 0 and is_tp_replicated(name):
                 continue
-            lo, hi = max(lo, first), min(hi, first + chunk)
-            if lo < hi:
-                spans.append((lo - first, hi - first))
+            for piece in self.buckets.pieces:
+                start, stop = max(lo, piece.start), min(hi, piece.stop)
+                if start < stop:
+                    spans.append((piece.offset + start - piece.start,
+                                  piece.offset + stop - piece.start))
         return spans
+
+    def reduce_during_backward(self):
+        """Context manager: the backward run inside launches the DP reduction of each bucket
+        as soon as its gradients are final (runtime/grad_buckets.py); `step` waits."""
+        return self.buckets.overlapped()
 
     @torch.no_grad()
     def step(self) -> float:
         """Reduce gradients over DP, clip by global norm, update; returns the norm."""
-        grad = self._reduced_gradient()
+        grad = self.buckets.reduced_gradient()
         squares = sum((grad[lo:hi].float().pow(2).sum() for lo, hi in self.counted),
                       torch.zeros((), device=grad.device))
         if self.zero1:
@@ -131,31 +150,25 @@ class Adam:
         """Zero the gradient buffer; the parameters' `.grad` views stay."""
         self.flat_grads.zero_()
 
-    def _reduced_gradient(self) -> torch.Tensor:
-        """This rank's part of the DP-summed gradients, in the compute dtype."""
-        if not self.zero1:
-            return all_reduce(self.flat_grads, self.ctx.dp_group)
-        mine = torch.empty(self.padded // self.ctx.dp, dtype=self.flat_grads.dtype,
-                           device=self.flat_grads.device)
-        dist.reduce_scatter_single(mine, self.flat_grads, group=self.ctx.dp_group.handle)
-        return mine
-
     def _adam(self, grad: torch.Tensor) -> None:
         c = self.config
         self.step_count += 1
         self.m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
         self.v.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
-        if c.weight_decay:
-            self.master.mul_(1 - c.lr * c.weight_decay)
         denom = (self.v / (1 - c.beta2 ** self.step_count)).sqrt_().add_(c.eps)
-        self.master.addcdiv_(self.m, denom, value=-c.lr / (1 - c.beta1 ** self.step_count))
+        for offset, weights in self._master_pieces:
+            span = slice(offset, offset + weights.numel())
+            if c.weight_decay:
+                weights.mul_(1 - c.lr * c.weight_decay)
+            weights.addcdiv_(self.m[span], denom[span],
+                             value=-c.lr / (1 - c.beta1 ** self.step_count))
 
     def _write_back(self) -> None:
         """The updated part into the parameter buffer (a no-op for fp32 weights, their own
-        master), then, under ZeRO-1, every replica's parts gathered into it."""
-        own = self.flat_params[self.mine]
-        if self.master.data_ptr() != own.data_ptr():
-            own.copy_(self.master)
+        master), then, under ZeRO-1, every replica's pieces gathered into it."""
+        if self.master.data_ptr() != self.flat_params.data_ptr():
+            for p in self.buckets.pieces:
+                self.flat_params[p.start:p.stop].copy_(
+                    self.master[p.offset:p.offset + p.numel])
         if self.zero1:
-            dist.all_gather_single(self.flat_params, own.clone(),
-                                   group=self.ctx.dp_group.handle)
+            self.buckets.all_gather(self.flat_params)

@@ -1,29 +1,34 @@
-"""Training: 1F1B pipeline schedule over micro-batches, then DP all-reduce, clipping and Adam.
+"""Training: 1F1B pipeline schedule over micro-batches, DP gradient reduction, clipping, Adam.
 
 A train step runs `num_minibatches` optimizer updates, each over a contiguous group of the
 given micro-batches (PPO-style several minibatches per step). Within a minibatch, stage s of
 pp runs min(pp - s - 1, M) warm-up forwards, then alternates one forward and one backward,
 then drains the remaining backwards (Megatron's non-interleaved 1F1B), so at most pp - s
-micro-batches' activations are alive. With `recompute_activations` (the train call's
-Execution.recompute_activations, which the cost model prices) each decoder block keeps only
-its input and recomputes its activations in backward (runtime/model.py); without, every
-block keeps its activations.
+micro-batches' activations are alive. `recompute` (the train call's Execution.recompute,
+which the cost model prices) says what the decoder blocks rerun in backward instead of
+keeping: the whole block ("full"), its attention sub-layer ("selective") or nothing
+("none"), runtime/model.py.
 
 The loss: `loss_fn(outputs, micro_batch)` returns the SUM of the loss over the items weighted
 by `micro_batch.loss_mask`; the engine divides by the total loss_mask weight of the minibatch
 over all DP replicas, so the update is the same whatever the split into replicas and
 micro-batches.
 
-The optimizer reduces the gradients over DP (all-reduce, or reduce-scatter for ZeRO-1).
+The optimizer reduces the gradients over DP (all-reduce, or reduce-scatter for ZeRO-1) in
+buckets, each launched while the backward of the minibatch's last micro-batch still runs, as
+soon as backward has finished its gradients (runtime/grad_buckets.py, Megatron-LM's
+overlap_grad_reduce); earlier micro-batches only accumulate. The step waits for them.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from planner.domain.layout import RecomputeMode
 from runtime.batch import MicroBatch, ModelOutputs
 from runtime.comm import all_reduce
 from runtime.inference import outputs_from_head
@@ -51,13 +56,16 @@ def _minibatches(micro_batches: list[MicroBatch], count: int) -> list[list[Micro
 
 
 class _Schedule:
-    """Forward and backward of each micro-batch of one minibatch on this stage."""
+    """Forward and backward of each micro-batch of one minibatch on this stage; the last
+    backward launches the optimizer's DP reduction (module docstring)."""
 
-    def __init__(self, model: ParallelModel, micro_batches: list[MicroBatch], loss_fn: LossFn,
-                 normaliser: float, with_entropy: bool, recompute_activations: bool):
-        self.model, self.micro_batches, self.loss_fn = model, micro_batches, loss_fn
+    def __init__(self, model: ParallelModel, optimizer: Adam, micro_batches: list[MicroBatch],
+                 loss_fn: LossFn, normaliser: float, with_entropy: bool,
+                 recompute: RecomputeMode):
+        self.model, self.optimizer = model, optimizer
+        self.micro_batches, self.loss_fn = micro_batches, loss_fn
         self.normaliser, self.with_entropy = normaliser, with_entropy
-        self.recompute_activations = recompute_activations
+        self.recompute = recompute
         self.link = StageLink(model.ctx, model.device.device)
         self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.loss_sum = 0.0
@@ -73,7 +81,7 @@ class _Schedule:
             x = self.link.recv_prev((batch, seq, model.spec.hidden_size), dev.dtype)
             x.requires_grad_(True)
         out = model.forward_sequences(x, mb.attention_mask.to(dev.device),
-                                      recompute=self.recompute_activations)
+                                      recompute=self.recompute)
         if ctx.is_last_stage:
             outputs = outputs_from_head(model, out, ids, self.with_entropy)
             out = self.loss_fn(outputs, mb) / self.normaliser
@@ -85,10 +93,9 @@ class _Schedule:
     def backward(self, i: int) -> None:
         ctx = self.model.ctx
         x, out = self.saved.pop(i)
-        if ctx.is_last_stage:
-            out.backward()
-        else:
-            grad = self.link.recv_next(tuple(out.shape), out.dtype)
+        grad = None if ctx.is_last_stage else self.link.recv_next(tuple(out.shape), out.dtype)
+        last = i == len(self.micro_batches) - 1
+        with self.optimizer.reduce_during_backward() if last else nullcontext():
             torch.autograd.backward(out, grad)
         if not ctx.is_first_stage:
             self.link.send_prev(x.grad)
@@ -123,10 +130,10 @@ def _loss_normaliser(model: ParallelModel, micro_batches: list[MicroBatch]) -> f
 
 def train_step(model: ParallelModel, optimizer: Adam, micro_batches: list[MicroBatch],
                loss_fn: LossFn, num_minibatches: int = 1, with_entropy: bool = False,
-               recompute_activations: bool = True) -> list[TrainStats]:
+               recompute: RecomputeMode = "full") -> list[TrainStats]:
     """Run `num_minibatches` updates; every rank of the layout returns the same stats.
 
-    `recompute_activations`: the train call's Execution.recompute_activations (whose default
+    `recompute`: the train call's Execution.recompute (whose default
     this mirrors); the result is the same either way, only memory and time differ."""
     for p in model.params.values():
         p.requires_grad_(True)
@@ -134,8 +141,8 @@ def train_step(model: ParallelModel, optimizer: Adam, micro_batches: list[MicroB
     stats = []
     for minibatch in _minibatches(micro_batches, num_minibatches):
         normaliser = _loss_normaliser(model, minibatch)
-        loss = _Schedule(model, minibatch, loss_fn, normaliser, with_entropy,
-                         recompute_activations).run()
+        loss = _Schedule(model, optimizer, minibatch, loss_fn, normaliser, with_entropy,
+                         recompute).run()
         norm = optimizer.step()
         optimizer.zero_grad()
         total = torch.tensor(loss, dtype=torch.float64, device=model.device.device)

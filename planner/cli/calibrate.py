@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 
 from costmodel.calibration import MAX_CORES_PER_NODE, save_calibration
-from costmodel.calibration_data import load_measured_plan, plan_path_for
+from costmodel.calibration_data import MeasuredPlan, load_measured_plan, plan_path_for
 from costmodel.calibration_fit import FitResult, Residual, fit_calibration
 from planner.cli.arguments import integer_in_range
 from planner.domain.output_files import check_writable_path
+from planner.domain.processor import Processor
 
 DESCRIPTION = """\
 Fit the cost model's efficiency factors to measured traces and write a calibrated profile.
@@ -26,9 +27,12 @@ compute and the collective latency (a collective step waits for every member to 
 scheduled). The factors are fitted by non-negative least squares on relative errors of
 every call's measured time.
 
-Prints the factors and, per call, the measured time and the estimate before and after the
-fit. Use the output with `plan estimate --profile FILE` (or `plan search --profile FILE`).
-Fit on some plans and check on others: a fit is only as good as the variety of its plans.
+The calibration records this machine's processor (CPU model name and logical cores, or GPU
+name and driver: the traces are taken to be measured here); `plan estimate` and `plan
+search` say when they run on another. Prints the processor, the factors and, per call, the
+measured time and the estimate before and after the fit. Use the output with `plan
+estimate --profile FILE` (or `plan search --profile FILE`). Fit on some plans and check
+on others: a fit is only as good as the variety of its plans.
 
 Exit codes: 0 written; 2 bad input (one line naming the file and field)."""
 
@@ -51,8 +55,18 @@ def residual_lines(title: str, rows: list[Residual]) -> list[str]:
     return lines
 
 
+def traces_processor(cases: list[MeasuredPlan]) -> Processor | None:
+    """This machine's first processor of the traces' hardware kind (None: it has none, e.g.
+    GPU traces calibrated on a CPU-only host)."""
+    from runtime.machine import processors_of_kind
+    kind = cases[0].plan.cluster.node_hardware[0].kind
+    return next(iter(processors_of_kind(kind)), None)
+
+
 def report(fit: FitResult) -> str:
-    lines = [f"factors: {fit.calibration.describe()}"]
+    processor = fit.calibration.processor
+    lines = [f"processor: {processor.describe() if processor else 'unknown'}",
+             f"factors: {fit.calibration.describe()}"]
     lines += residual_lines("calls (relative error of the estimate):", fit.calls)
     if fit.moves:
         lines += residual_lines("reallocations and transfers:", fit.moves)
@@ -68,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     for text in args.traces:
         plan_path, trace_path = parse_pair(text)
         cases.append(load_measured_plan(plan_path, trace_path))
-    fit = fit_calibration(cases, args.cores)
+    fit = fit_calibration(cases, args.cores, processor=traces_processor(cases))
     print(report(fit))
     save_calibration(fit.calibration, Path(args.out))
     print(f"wrote {args.out}")

@@ -50,7 +50,8 @@ def _execution_data(plan: Plan, name: str) -> dict | None:
     ex = plan.executions.get(name)
     if ex is None:
         return None
-    return {"mesh": mesh_text(ex.devices, plan.cluster), "layout": ex.layout_text()}
+    kind = plan.workflow.call_by_name[name].kind
+    return {"mesh": mesh_text(ex.devices, plan.cluster), "layout": ex.call_layout_text(kind)}
 
 
 def plan_differences(a: Plan, b: Plan, est_a: Estimate, est_b: Estimate) -> dict:
@@ -117,15 +118,15 @@ def differences_as_text(diff: dict, name_a: str, name_b: str) -> str:
     lines += _fields_text("cluster", diff["cluster"])
     if diff["calls"]:
         lines.append(f"calls with a different mesh or layout: {len(diff['calls'])}")
-        lines.append(f"  {'call':<16} {'A mesh':<9} {'A layout':<11} {'B mesh':<9} "
-                     f"{'B layout':<11} {'A s':>8} {'B s':>8}")
+        lines.append(f"  {'call':<16} {'A mesh':<9} {'A layout':<18} {'B mesh':<9} "
+                     f"{'B layout':<18} {'A s':>8} {'B s':>8}")
         for c in diff["calls"]:
             a, b = c["a"] or {"mesh": "-", "layout": "(absent)"}, \
                 c["b"] or {"mesh": "-", "layout": "(absent)"}
             ta = f"{c['time_s_a']:.2f}" if c["time_s_a"] is not None else "-"
             tb = f"{c['time_s_b']:.2f}" if c["time_s_b"] is not None else "-"
-            lines.append(f"  {c['name']:<16} {a['mesh']:<9} {a['layout']:<11} {b['mesh']:<9} "
-                         f"{b['layout']:<11} {ta:>8} {tb:>8}")
+            lines.append(f"  {c['name']:<16} {a['mesh']:<9} {a['layout']:<18} {b['mesh']:<9} "
+                         f"{b['layout']:<18} {ta:>8} {tb:>8}")
     else:
         lines.append("calls: same mesh and layout for every call")
     it = diff["iteration_s"]
@@ -167,13 +168,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "diff", help="compare two plans and their estimates",
         description="Compare plan A with plan B: the workflow and cluster fields that differ, "
-                    "each call whose mesh (node:slots) or layout (dXtYpZmW) differs, and "
-                    "what that changes in the estimate (both recomputed with the current "
-                    "cost model): seconds per iteration (B - A and B / A), per-call seconds, "
-                    "peak memory, feasibility, reallocations and data transfers added or "
-                    "removed. Exit 0 whether or not they differ. JSON keys: identical, "
-                    "workflow, cluster (lists of {field, a, b}), calls, iteration_s, "
-                    "call_times_s, peak_memory_gib, feasible, reallocations, transfers.")
+                    "each call whose mesh (node:slots) or layout (dXtYpZmW, with "
+                    "/none, /selective or /full for a train call's activation "
+                    "recomputation) differs, and what that changes in the estimate (both "
+                    "recomputed with the current cost model): seconds per iteration "
+                    "(B - A and B / A), per-call seconds, peak memory, feasibility, "
+                    "reallocations and data transfers added or removed. Exit 0 whether "
+                    "or not they differ. JSON keys: identical, workflow, cluster (lists of "
+                    "{field, a, b}), calls, iteration_s, call_times_s, peak_memory_gib, "
+                    "feasible, reallocations, transfers.")
     parser.add_argument("plan_a", metavar="A.yaml", help="first plan")
     parser.add_argument("plan_b", metavar="B.yaml", help="second plan")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")

@@ -11,6 +11,7 @@ from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import DEFAULT_ITERATIONS, Estimate, estimate_plan
 from costmodel.simulator import memory_problem as _memory_problem
 from planner.cli.arguments import integer_in_range
+from planner.cli.processor_check import warn_if_measured_elsewhere
 from planner.domain.hardware import GIB
 from planner.domain.mesh import mesh_text
 from planner.domain.plan import Plan, load_plan
@@ -34,6 +35,7 @@ def estimate_as_mapping(plan: Plan, est: Estimate) -> dict:
         calls.append({"name": name, "model": plan.workflow.call_by_name[name].model,
                       "mesh": mesh_text(ex.devices, plan.cluster), "devices": list(ex.devices),
                       "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "micro_batches": ex.micro_batches,
+                      "layout": ex.call_layout_text(plan.workflow.call_by_name[name].kind),
                       "time_s": est.call_times_s[name],
                       "peak_memory_gib": est.call_peak_memory_bytes[name] / GIB,
                       "peak_memory_parts": _parts_gib(est.memory.call_parts[name])})
@@ -62,11 +64,10 @@ def _parts_gib(parts) -> list[dict]:
 def estimate_as_text(plan: Plan, est: Estimate) -> str:
     data = estimate_as_mapping(plan, est)
     lines = [f"workflow {plan.workflow.algorithm} on {plan.cluster.describe()}",
-             f"{'call':<18} {'model':<8} {'mesh':<10} {'layout':<12} {'time s':>9} "
+             f"{'call':<18} {'model':<8} {'mesh':<10} {'layout':<18} {'time s':>9} "
              f"{'peak GiB':>9}"]
     for c in data["calls"]:
-        layout = f"d{c['dp']}t{c['tp']}p{c['pp']}m{c['micro_batches']}"
-        lines.append(f"{c['name']:<18} {c['model']:<8} {c['mesh']:<10} {layout:<12} "
+        lines.append(f"{c['name']:<18} {c['model']:<8} {c['mesh']:<10} {c['layout']:<18} "
                      f"{c['time_s']:>9.2f} {c['peak_memory_gib']:>9.1f}")
     for r in data["reallocations"]:
         lines.append(f"  {r['name']}: {r['time_s']:.3f} s")
@@ -84,10 +85,12 @@ def estimate_as_text(plan: Plan, est: Estimate) -> str:
 
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(Path(args.plan))
-    costs = None
+    costs, calibration = None, None
     if getattr(args, "profile", None):
         calibration = load_calibration(Path(args.profile))
         costs = PlanCosts(plan.workflow, plan.cluster, calibration=calibration)
+    warn_if_measured_elsewhere("plan estimate", plan.workflow, plan.cluster, calibration,
+                               getattr(args, "profile", None))
     est = estimate_plan(plan, args.iterations, costs)
     if args.json:
         print(json.dumps(estimate_as_mapping(plan, est), indent=2))
@@ -104,8 +107,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "per device, the reallocations and transfers, and whether it fits in "
                     "device memory. Compute times come from profiles/<device>/ tables when "
                     "present, else from a roofline of the hardware spec (the output says "
-                    "which). Exit 0 when feasible, 1 when it does not fit (reason printed), "
-                    "2 on bad input. JSON keys: iteration_s, feasible, reason, calls "
+                    "which); a line on stderr says when a table or the --profile "
+                    "calibration was measured on another processor than this machine's. "
+                    "Exit 0 when feasible, 1 when it does not fit (reason printed), 2 on "
+                    "bad input. JSON keys: iteration_s, feasible, reason, calls "
                     "(name, model, devices, dp, tp, pp, micro_batches, time_s, "
                     "peak_memory_gib, peak_memory_parts at the call's highest device), "
                     "reallocations, transfers, compute_source, memory_by_device (device, "

@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     grid = GRIDS["quick" if args.quick else args.device]
     out = Path(args.out) if args.out else (
         PROFILES_DIR / setup.hardware / f"{model_shape_key(spec)}.yaml")
-    print(f"plan profile: {spec.name} at tp {degrees} on {setup.hardware}, {setup.note}",
-          file=sys.stderr)
+    print(f"plan profile: {spec.name} at tp {degrees} on {setup.hardware} "
+          f"({setup.processor.describe()}), {setup.note}", file=sys.stderr)
     start = time.perf_counter()
     table = measure_profile(spec, degrees, setup, grid)
     save_profile(table, out)
@@ -68,9 +68,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "context) lengths; each point is the median of several runs after a "
                     "warm-up. CPU measures fp32 on one thread (torch.set_num_threads(1)), as "
                     "one gloo process per core runs; CUDA measures bf16 on GPU 0 with "
-                    "synchronisation around each run. Writes profiles/<device>/<model-shape>"
-                    ".yaml (or --out), which `plan estimate` and `plan search` then use instead "
-                    "of the roofline. Exit 0 on success, 2 on bad input.")
+                    "synchronisation around each run. The table records the processor "
+                    "(CPU model name and logical cores, or GPU name and driver); `plan "
+                    "estimate` and `plan search` say when the machine at hand has another. "
+                    "Writes profiles/<device>/<model-shape>.yaml (or --out), which `plan "
+                    "estimate` and `plan search` then use instead of the roofline. Exit 0 "
+                    "on success, 2 on bad input.")
     parser.add_argument("--model", required=True, metavar="NAME",
                         help="model preset (e.g. llama-tiny, llama-7b) or a directory with an "
                              "HF config.json")

@@ -13,6 +13,7 @@ from planner.cli.estimate import estimate_as_mapping, estimate_as_text
 from planner.cli.main import INTERRUPTED_EXIT_CODE
 from planner.cli.plan_output import priced_plan
 from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
+from planner.cli.processor_check import warn_if_measured_elsewhere
 from planner.cli.progress import ProgressLine
 from planner.domain.hardware import GIB
 from planner.domain.output_files import check_writable_path
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable_path(out, "--out")
     inputs = resolve_planning_inputs(args)
     workflow, cluster, calibration = inputs.workflow, inputs.cluster, inputs.calibration
+    warn_if_measured_elsewhere("plan search", workflow, cluster, calibration, args.profile)
     settings = MCMCSettings(seed=args.seed, time_limit_s=args.time_limit)
     progress = None if args.json else ProgressLine("searching", args.time_limit)
     interrupt = StopChainsOnInterrupt()

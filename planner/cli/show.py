@@ -9,6 +9,7 @@ from pathlib import Path
 
 from costmodel.simulator import Estimate, estimate_plan
 from planner.domain.augment import augmented_graph, reallocations, transfers
+from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import GIB
 from planner.domain.mesh import mesh_text
 from planner.domain.plan import Plan, load_plan, plan_to_mapping
@@ -43,15 +44,27 @@ def critical_path_lines(plan: Plan, est: Estimate) -> list[str]:
             for i, items in by_iteration.items()]
 
 
+def usable_memory_text(cluster: ClusterSpec, device: int) -> str:
+    """What a plan may use on `device` and what the device's memory loses before it: the
+    reserve (planner.domain.device_reserve) and the user's headroom."""
+    hardware = cluster.hardware_of(device)
+    reserve = ("for the CUDA context, NCCL buffers and the allocator"
+               if hardware.kind == "cuda" else "the process itself holds")
+    headroom = (f" and the {cluster.memory_headroom_gib:g} GiB headroom"
+                if cluster.memory_headroom_gib else "")
+    return (f"usable {cluster.usable_memory_bytes(device) / GIB:.1f} GiB "
+            f"({hardware.memory_bytes / GIB:.1f} GiB less the "
+            f"{cluster.reserve_bytes(device) / GIB:.2f} GiB reserve {reserve}{headroom})")
+
+
 def peak_device_lines(plan: Plan, est: Estimate) -> list[str]:
     """The highest device's peak memory, part by part (the simulator's breakdown)."""
     device = max(est.peak_memory_bytes, key=est.peak_memory_bytes.get)
     node = est.memory.peak_node(device)
     during = f" during {short_realloc(node)}" if node else ""
-    capacity = plan.cluster.usable_memory_bytes(device) / GIB
     lines = [f"memory of the peak device {device_label(plan.cluster, device)}: "
              f"{est.peak_memory_bytes[device] / GIB:.1f} GiB{during}, "
-             f"capacity {capacity:.1f} GiB"]
+             f"{usable_memory_text(plan.cluster, device)}"]
     for kind, model, amount in est.memory.device_parts[device]:
         lines.append(f"  {model:<8} {kind.replace('_', ' '):<16} {amount / GIB:>8.2f} GiB")
     return lines
@@ -67,8 +80,9 @@ def plan_as_text(plan: Plan, est: Estimate) -> str:
         ex = plan.executions[name]
         lines.append(f"{name:<16} {call.model:<8} {call.kind:<10} "
                      f"{mesh_text(ex.devices, cluster):<10} {ex.num_devices:>7}  "
-                     f"{ex.layout_text()}")
-    lines.append("(layout dXtYpZmW = data x tensor x pipeline degrees, micro-batches)")
+                     f"{ex.call_layout_text(call.kind)}")
+    lines.append("(layout dXtYpZmW = data x tensor x pipeline degrees, micro-batches;")
+    lines.append(" /none, /selective, /full = a train call's activation recomputation)")
     on_path = {split_node_id(n)[1] for n in est.critical_path}
     lines.append(f"{'call':<16} {'time s':>8} {'peak GiB':>9}  on critical path")
     for name in wf.call_order:
@@ -128,7 +142,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "show", help="print a plan as a table with its estimate and critical path",
         description="Print a plan: each call's mesh (node:slots) and layout "
-                    "(dXtYpZmW = data x tensor x pipeline degrees, micro-batches), its "
+                    "(dXtYpZmW = data x tensor x pipeline degrees, micro-batches; a train "
+                    "call adds its activation recomputation: /none keeps every "
+                    "activation, /selective reruns each block's attention in backward, "
+                    "/full reruns each block), its "
                     "estimated seconds and peak memory, the reallocations and data transfers "
                     "the plan implies with their times, the steady-state seconds per "
                     "iteration, the memory of the device with the highest peak part by part "

@@ -11,24 +11,30 @@ A cluster file accepts either the short form
 or a list of node groups
     node_groups: [{nodes: 1, devices_per_node: 8, device: h100-sxm-80gb},
                   {nodes: 2, devices_per_node: 8, device: a100-sxm-80gb}]
-plus optional link overrides (`inter_node_bandwidth_gb_per_s`, `inter_node_latency_us`).
-Links default from the hardware specs (the slowest group's for inter-node links).
+plus optional network overrides: `nics_per_node` and `nic_bandwidth_gb_per_s` (GB/s per NIC
+and direction) beside `devices_per_node` (at the top in the short form, in each node group
+otherwise), and `inter_node_latency_us` at the top. They default from the hardware spec (the
+node network of its DGX/HGX board; the largest latency over the groups). GPU slot i of a node
+uses NIC i * nics_per_node // devices_per_node (rail-optimised, `nic_of_slot`).
 """
 
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from planner.domain.device_reserve import reserve_bytes
 from planner.domain.errors import InputError, validated
 from planner.domain.hardware import (
+    GB,
     GIB,
     MAX_BANDWIDTH_GB_PER_S,
     MAX_DEVICE_MEMORY_GIB,
     MAX_LATENCY_US,
+    MAX_NICS_PER_NODE,
     HardwareSpec,
     hardware_by_name,
 )
@@ -58,24 +64,47 @@ def cluster_size_problem(groups: list[tuple[int, int]]) -> str | None:
     return None
 
 
-def headroom_problem(headroom_gib: float, memory_gibs: list[float]) -> str | None:
-    """Why keeping `headroom_gib` free on devices of `memory_gibs` leaves one no memory (or
-    is negative), or None."""
-    smallest = min(memory_gibs)
-    if not 0 <= headroom_gib < smallest:
+def headroom_problem(headroom_gib: float, hardware: list[HardwareSpec]) -> str | None:
+    """Why keeping `headroom_gib` free on devices of `hardware` is negative or leaves one no
+    memory beside its reserve (planner.domain.device_reserve); None when it is fine (no
+    headroom always is: a device whose reserve fills it just fits no plan)."""
+    def usable(h: HardwareSpec) -> float:
+        return h.memory_bytes - reserve_bytes(h.kind, h.memory_bytes)
+    smallest = min(hardware, key=usable)
+    usable_gib = round(usable(smallest) / GIB, 2)
+    if headroom_gib < 0 or (headroom_gib > 0 and headroom_gib >= usable_gib):
         return (f"got {headroom_gib} GiB; give at least 0 and less than the smallest device "
-                f"memory, {smallest} GiB")
+                f"memory less its reserve, {usable_gib} GiB ({smallest.memory_gib:g} GiB "
+                f"less {reserve_bytes(smallest.kind, smallest.memory_bytes) / GIB:.2f} GiB)")
     return None
 
 
-class NodeGroup(BaseModel):
-    """`nodes` identical nodes with `devices_per_node` devices of one hardware spec."""
+def nic_of_slot(slot: int, devices_per_node: int, nics_per_node: int) -> int:
+    """The NIC GPU `slot` of a node uses: rail-optimised affinity, as DGX/HGX nodes are
+    cabled (DGX H100 / DGX A100 user guides: one compute NIC beside each GPU) and as NCCL's
+    topology search pairs them (nearest NIC on the PCIe switch)."""
+    return slot * nics_per_node // devices_per_node
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class NodeGroup(BaseModel):
+    """`nodes` identical nodes with `devices_per_node` devices of one hardware spec and
+    `nics_per_node` compute NICs of `nic_bandwidth_gb_per_s` each (per direction)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     nodes: int = Field(ge=1, le=MAX_NODES)
     devices_per_node: int = Field(ge=1, le=MAX_DEVICES_PER_NODE)
     hardware: HardwareSpec
+    nics_per_node: int = Field(ge=1, le=MAX_NICS_PER_NODE)
+    nic_bandwidth_gb_per_s: float = Field(gt=0, le=MAX_BANDWIDTH_GB_PER_S)
+
+    @property
+    def nic_bandwidth_per_device_bytes_per_s(self) -> float:
+        """A GPU's share of its NIC when all GPUs send at once: the whole NIC when there is
+        one per GPU (or more; a GPU drives the one of its rail), 1/k of it when k GPUs share
+        one."""
+        return self.nic_bandwidth_gb_per_s * GB * min(1.0, self.nics_per_node
+                                                      / self.devices_per_node)
 
 
 class ClusterSpec(BaseModel):
@@ -85,7 +114,6 @@ class ClusterSpec(BaseModel):
 
     name: str
     node_groups: tuple[NodeGroup, ...] = Field(min_length=1)
-    inter_node_bandwidth_gb_per_s: float = Field(gt=0, le=MAX_BANDWIDTH_GB_PER_S)
     inter_node_latency_us: float = Field(ge=0, le=MAX_LATENCY_US)
     memory_headroom_gib: float = Field(default=0.0, ge=0, description=(
         "memory kept free on every device (allocator fragmentation, other processes): plans "
@@ -97,14 +125,21 @@ class ClusterSpec(BaseModel):
         if problem:
             raise ValueError(f"node_groups: {problem}")
         problem = headroom_problem(self.memory_headroom_gib,
-                                   [g.hardware.memory_gib for g in self.node_groups])
+                                   [g.hardware for g in self.node_groups])
         if problem:
             raise ValueError(f"memory_headroom_gib: {problem}")
         return self
 
+    def reserve_bytes(self, device: int) -> float:
+        """What the CUDA context, NCCL buffers and the allocator take on `device` before a
+        plan's first tensor (planner.domain.device_reserve)."""
+        hw = self.hardware_of(device)
+        return reserve_bytes(hw.kind, hw.memory_bytes)
+
     def usable_memory_bytes(self, device: int) -> float:
-        """What a plan may use on `device`: its memory less the headroom."""
-        return self.hardware_of(device).memory_bytes - self.memory_headroom_gib * GIB
+        """What a plan may use on `device`: its memory less the reserve and the headroom."""
+        return self.hardware_of(device).memory_bytes - self.reserve_bytes(device) \
+            - self.memory_headroom_gib * GIB
 
     @cached_property
     def node_devices_per_node(self) -> tuple[int, ...]:
@@ -127,6 +162,18 @@ class ClusterSpec(BaseModel):
     @cached_property
     def node_hardware(self) -> tuple[HardwareSpec, ...]:
         return tuple(g.hardware for g in self.node_groups for _ in range(g.nodes))
+
+    @cached_property
+    def node_group_of_node(self) -> tuple[NodeGroup, ...]:
+        """The node group of each node, in node order."""
+        return tuple(g for g in self.node_groups for _ in range(g.nodes))
+
+    def nic_of(self, device: int) -> tuple[int, int]:
+        """(node, NIC index on that node) of the NIC `device` sends through (nic_of_slot)."""
+        node = self.device_node[device]
+        group = self.node_group_of_node[node]
+        return node, nic_of_slot(self.slot_of(device), group.devices_per_node,
+                                 group.nics_per_node)
 
     @property
     def num_nodes(self) -> int:
@@ -151,13 +198,18 @@ class ClusterSpec(BaseModel):
 
 
 class NodeGroupFile(BaseModel):
-    """A node group as a user writes it: hardware by name."""
+    """A node group as a user writes it: hardware by name, the node network optional
+    (defaults from the hardware spec)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     nodes: int = Field(ge=1, le=MAX_NODES)
     devices_per_node: int = Field(ge=1, le=MAX_DEVICES_PER_NODE)
     device: str
+    nics_per_node: Optional[int] = Field(default=None, ge=1, le=MAX_NICS_PER_NODE)
+    nic_bandwidth_gb_per_s: Optional[float] = Field(default=None, gt=0,
+                                                    le=MAX_BANDWIDTH_GB_PER_S,
+                                                    description="per NIC and direction")
 
 
 class ClusterFile(BaseModel):
@@ -170,20 +222,34 @@ class ClusterFile(BaseModel):
     devices_per_node: Optional[int] = Field(default=None, ge=1, le=MAX_DEVICES_PER_NODE)
     device: Optional[str] = None
     node_groups: Optional[list[NodeGroupFile]] = None
-    inter_node_bandwidth_gb_per_s: Optional[float] = Field(default=None, gt=0,
-                                                           le=MAX_BANDWIDTH_GB_PER_S)
+    nics_per_node: Optional[int] = Field(default=None, ge=1, le=MAX_NICS_PER_NODE)
+    nic_bandwidth_gb_per_s: Optional[float] = Field(default=None, gt=0,
+                                                    le=MAX_BANDWIDTH_GB_PER_S,
+                                                    description="per NIC and direction")
     inter_node_latency_us: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_US)
+    inter_node_bandwidth_gb_per_s: Any = Field(default=None, description=(
+        "no longer read (one link per cluster); refused with the fields that replace it"))
     memory_headroom_gib: float = Field(default=0.0, ge=0, le=MAX_DEVICE_MEMORY_GIB,
                                        description="checked against the devices' memory "
                                                    "once they are known (with_memory_headroom)")
 
     @model_validator(mode="after")
     def _one_form(self) -> "ClusterFile":
+        if self.inter_node_bandwidth_gb_per_s is not None:
+            raise ValueError("inter_node_bandwidth_gb_per_s is no longer read: give "
+                             "nics_per_node and nic_bandwidth_gb_per_s (GB/s per NIC and "
+                             "direction) instead; GPU slot i uses NIC "
+                             "i * nics_per_node // devices_per_node")
         short = [self.nodes, self.devices_per_node, self.device]
         if self.node_groups is not None:
             if any(v is not None for v in short):
                 raise ValueError("give either nodes/devices_per_node/device or node_groups, "
                                  "not both")
+            network = [k for k in ("nics_per_node", "nic_bandwidth_gb_per_s")
+                       if getattr(self, k) is not None]
+            if network:
+                raise ValueError(f"{network[0]}: with node_groups, give it inside each "
+                                 f"node group")
             if not self.node_groups:
                 raise ValueError("node_groups is empty; list at least one group")
         elif any(v is None for v in short):
@@ -203,23 +269,26 @@ class ClusterFile(BaseModel):
         if self.node_groups is not None:
             return list(self.node_groups)
         return [NodeGroupFile(nodes=self.nodes, devices_per_node=self.devices_per_node,
-                              device=self.device)]
+                              device=self.device, nics_per_node=self.nics_per_node,
+                              nic_bandwidth_gb_per_s=self.nic_bandwidth_gb_per_s)]
+
+
+def _resolved_group(group: NodeGroupFile) -> NodeGroup:
+    hw = hardware_by_name(group.device)
+    nics = group.nics_per_node if group.nics_per_node is not None else hw.nics_per_node
+    bandwidth = group.nic_bandwidth_gb_per_s if group.nic_bandwidth_gb_per_s is not None \
+        else hw.nic_bandwidth_gb_per_s
+    return NodeGroup(nodes=group.nodes, devices_per_node=group.devices_per_node, hardware=hw,
+                     nics_per_node=nics, nic_bandwidth_gb_per_s=bandwidth)
 
 
 def build_cluster(name: str, groups: list[NodeGroupFile],
-                  inter_node_bandwidth_gb_per_s: float | None = None,
                   inter_node_latency_us: float | None = None) -> ClusterSpec:
-    """Resolve hardware names and default the links; ValueError on unknown devices."""
-    resolved = [NodeGroup(nodes=g.nodes, devices_per_node=g.devices_per_node,
-                          hardware=hardware_by_name(g.device)) for g in groups]
-    specs = [g.hardware for g in resolved]
-    return ClusterSpec(
-        name=name, node_groups=tuple(resolved),
-        inter_node_bandwidth_gb_per_s=inter_node_bandwidth_gb_per_s
-        or min(h.inter_node_bandwidth_gb_per_s for h in specs),
-        inter_node_latency_us=inter_node_latency_us
-        if inter_node_latency_us is not None else max(h.inter_node_latency_us for h in specs),
-    )
+    """Resolve hardware names and default the network; ValueError on unknown devices."""
+    resolved = [_resolved_group(g) for g in groups]
+    latency = inter_node_latency_us if inter_node_latency_us is not None \
+        else max(g.hardware.inter_node_latency_us for g in resolved)
+    return ClusterSpec(name=name, node_groups=tuple(resolved), inter_node_latency_us=latency)
 
 
 def _preset(name: str, nodes: int, devices_per_node: int, device: str) -> tuple[str, tuple]:
@@ -255,7 +324,7 @@ def load_cluster_file(path: Path) -> ClusterSpec:
     spec = validated(ClusterFile, data, path)
     try:
         cluster = build_cluster(spec.name or Path(path).stem, spec.groups(),
-                                spec.inter_node_bandwidth_gb_per_s, spec.inter_node_latency_us)
+                                spec.inter_node_latency_us)
     except ValueError as err:
         field = "node_groups" if spec.node_groups is not None else "device"
         raise InputError(f"{path}: {field}: {err}") from None
@@ -265,7 +334,7 @@ def load_cluster_file(path: Path) -> ClusterSpec:
 def with_memory_headroom(cluster: ClusterSpec, headroom_gib: float, field: str) -> ClusterSpec:
     """The cluster with `headroom_gib` kept free on every device; InputError (naming
     `field`) when that leaves a device no memory."""
-    problem = headroom_problem(headroom_gib, [h.memory_gib for h in cluster.node_hardware])
+    problem = headroom_problem(headroom_gib, [g.hardware for g in cluster.node_groups])
     if problem:
         raise InputError(f"{field}: {problem}")
     return cluster.model_copy(update={"memory_headroom_gib": float(headroom_gib)})

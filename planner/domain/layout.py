@@ -11,6 +11,8 @@ tp / pp degrees a model can run, used by the search space, the cost model and th
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.domain.cluster import ClusterSpec
@@ -18,6 +20,11 @@ from planner.domain.mesh import mesh_problem
 from planner.domain.modelspec import ModelSpec
 from planner.domain.placement import Placement
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
+
+# Activation recomputation of a train call, from most memory to least (runtime/layers.py
+# says what each reruns, costmodel/recompute.py what each keeps and costs).
+RecomputeMode = Literal["none", "selective", "full"]
+RECOMPUTE_MODES: tuple[RecomputeMode, ...] = get_args(RecomputeMode)
 
 
 class Execution(BaseModel):
@@ -34,9 +41,12 @@ class Execution(BaseModel):
         "train calls: ZeRO-1, the Adam states sharded over the dp group (gradients "
         "reduce-scattered, updated weights all-gathered); false keeps full states per replica "
         "and all-reduces gradients"))
-    recompute_activations: bool = Field(default=True, description=(
-        "train calls: keep only each decoder block's input and run the block again in "
-        "backward (torch.utils.checkpoint); false keeps every block's activations"))
+    recompute: RecomputeMode = Field(default="full", description=(
+        "train calls: which activations the decoder blocks rerun in backward instead of "
+        "keeping (torch.utils.checkpoint, non-reentrant): 'full' keeps each block's input "
+        "and reruns the block; 'selective' reruns the attention sub-layer only (input norm, "
+        "q/k/v projections, rotary, attention, output projection) and keeps the MLP's "
+        "activations; 'none' keeps everything"))
 
     @property
     def num_devices(self) -> int:
@@ -51,6 +61,11 @@ class Execution(BaseModel):
     def layout_text(self) -> str:
         """Megatron-style short form, e.g. d2t4p1m2."""
         return f"d{self.dp}t{self.tp}p{self.pp}m{self.micro_batches}"
+
+    def call_layout_text(self, call_kind: str) -> str:
+        """layout_text, and for a train call its recomputation mode: d2t4p1m2/selective."""
+        suffix = f"/{self.recompute}" if call_kind == "train" else ""
+        return self.layout_text() + suffix
 
 
 def sequences_per_micro_batch_step(call: ModelFunctionCall, batch: BatchSpec) -> int:
@@ -96,8 +111,11 @@ def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
     problem = parallel_degrees_problem(spec, ex.tp, ex.pp)
     if problem:
         return problem
-    if call.kind != "train" and not (ex.shard_optimizer_over_dp and ex.recompute_activations):
-        return ("shard_optimizer_over_dp and recompute_activations apply to train calls only; "
+    defaults = Execution.model_fields
+    if call.kind != "train" and (
+            ex.shard_optimizer_over_dp != defaults["shard_optimizer_over_dp"].default
+            or ex.recompute != defaults["recompute"].default):
+        return ("shard_optimizer_over_dp and recompute apply to train calls only; "
                 f"{call.name} is {'an' if call.kind == 'inference' else 'a'} {call.kind} call "
                 f"(leave them out)")
     nodes = {cluster.device_node[d] for d in ex.devices}

@@ -3,7 +3,7 @@
 The file is self-contained enough to re-estimate and to run: schema version, the resolved
 workflow (model specs and batch), the resolved cluster, one execution per call (mesh as
 device ids and as `node:slots` text, dp, tp, pp, micro-batches, and for a train call its run
-policy: shard_optimizer_over_dp, recompute_activations), the augmented steps
+policy: shard_optimizer_over_dp, recompute), the augmented steps
 (reallocations and transfers; derived, rewritten on save), the estimate when one was made,
 and provenance. Saving, loading and saving again gives byte-identical text.
 """
@@ -19,7 +19,7 @@ from planner import __version__
 from planner.domain.augment import reallocations, transfers
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError, validated
-from planner.domain.layout import Execution, execution_problem
+from planner.domain.layout import Execution, RecomputeMode, execution_problem
 from planner.domain.mesh import mesh_text, parse_mesh_text
 from planner.domain.output_files import atomic_write_text
 from planner.domain.workflow import Workflow
@@ -86,7 +86,7 @@ class ExecutionEntry(BaseModel):
     # Train calls only (planner.domain.layout.Execution says what each does, and holds the
     # defaults); the file of a train call always has them, other calls leave them out.
     shard_optimizer_over_dp: bool = Execution.model_fields["shard_optimizer_over_dp"].default
-    recompute_activations: bool = Execution.model_fields["recompute_activations"].default
+    recompute: RecomputeMode = Execution.model_fields["recompute"].default
 
 
 class PlanFile(BaseModel):
@@ -121,7 +121,7 @@ def _resolve_execution(name: str, entry: ExecutionEntry, cluster: ClusterSpec,
     return Execution(devices=tuple(devices), dp=entry.dp, tp=entry.tp, pp=entry.pp,
                      micro_batches=entry.micro_batches,
                      shard_optimizer_over_dp=entry.shard_optimizer_over_dp,
-                     recompute_activations=entry.recompute_activations)
+                     recompute=entry.recompute)
 
 
 def plan_from_mapping(data: dict[str, Any], source: str) -> Plan:
@@ -156,7 +156,7 @@ def plan_to_mapping(plan: Plan) -> dict[str, Any]:
                  "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "micro_batches": ex.micro_batches}
         if plan.workflow.call_by_name[name].kind == "train":
             entry["shard_optimizer_over_dp"] = ex.shard_optimizer_over_dp
-            entry["recompute_activations"] = ex.recompute_activations
+            entry["recompute"] = ex.recompute
         executions[name] = entry
     augmented = {
         "reallocations": [{"model": r.model, "from": r.src_call, "to": r.dst_call,

@@ -13,20 +13,35 @@ augmented graph and the runtime follow.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Literal
+from numbers import Number
+from typing import Any, Literal
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    field_serializer,
+    model_validator,
+)
 
+from planner.domain.length_distribution import (
+    MAX_TOKENS_PER_SEQUENCE,
+    FixedLength,
+    LengthDistribution,
+    parse_length_distribution,
+)
 from planner.domain.modelspec import HeadKind, ModelSpec
 
 CallKind = Literal["generate", "inference", "train"]
 
-# Batch limits: RLHF iterations process hundreds to a few thousand sequences of up to some
-# 100k tokens, so these leave a wide margin while a stray digit is refused before it
-# turns into an estimate of years.
+# Batch limit: RLHF iterations process hundreds to a few thousand sequences, so this leaves
+# a wide margin while a stray digit is refused before it turns into an estimate of years
+# (the limit of tokens per sequence, MAX_TOKENS_PER_SEQUENCE, is length_distribution's).
 MAX_SEQS_PER_ITERATION = 1_048_576
-MAX_TOKENS_PER_SEQUENCE = 1_048_576
+LENGTH_FIELDS = ("prompt_len", "gen_len")
 Algorithm = Literal["ppo", "grpo", "remax", "dpo", "rloo", "custom"]
 
 
@@ -56,9 +71,14 @@ class BatchSpec(BaseModel):
     """Batch settings of one iteration.
 
     n_seqs: sequences processed by every call per iteration (for DPO, chosen plus rejected,
-    so it must be even); prompt_len / gen_len: prompt and generated (response) tokens per
-    sequence; ppo_minibatches: optimizer steps per train call; group_size: samples per
-    prompt (GRPO, RLOO), so n_seqs / group_size prompts are drawn.
+    so it must be even); prompt_len / gen_len: the longest prompt and generated (response)
+    tokens per sequence, what shapes, memory and the runtime's limits use;
+    prompt_lengths / gen_lengths: their distributions (planner/domain/length_distribution.py),
+    a point mass at prompt_len / gen_len unless the file gives `gen_len: {mean: M, max: N}`
+    or a list of buckets `[{len: N, weight: W}, ...]` (then gen_len is the largest length);
+    ppo_minibatches: optimizer steps per train call; group_size: samples per prompt (GRPO,
+    RLOO), so n_seqs / group_size prompts are drawn. A file's form of each length is what
+    the batch writes back.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -68,6 +88,33 @@ class BatchSpec(BaseModel):
     gen_len: int = Field(ge=1, le=MAX_TOKENS_PER_SEQUENCE)
     ppo_minibatches: int = Field(default=1, ge=1, le=MAX_SEQS_PER_ITERATION)
     group_size: int = Field(default=1, ge=1, le=MAX_SEQS_PER_ITERATION)
+    _lengths: dict[str, LengthDistribution] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _length_distributions(cls, data: Any, handler) -> "BatchSpec":
+        """A length given as {mean, max} or buckets becomes its maximum (the field) and its
+        distribution (kept beside it); a number is a point mass (the field checks it)."""
+        if not isinstance(data, dict):
+            return handler(data)
+        given = {key: parse_length_distribution(data[key], key) for key in LENGTH_FIELDS
+                 if key in data and not isinstance(data[key], Number)}
+        spec = handler({**data, **{key: dist.max_len for key, dist in given.items()}})
+        spec._lengths = {key: given.get(key) or FixedLength(length=getattr(spec, key))
+                         for key in LENGTH_FIELDS}
+        return spec
+
+    @field_serializer(*LENGTH_FIELDS)
+    def _as_given(self, value: int, info: SerializationInfo) -> Any:
+        return self._lengths[info.field_name].to_data()
+
+    @property
+    def prompt_lengths(self) -> LengthDistribution:
+        return self._lengths["prompt_len"]
+
+    @property
+    def gen_lengths(self) -> LengthDistribution:
+        return self._lengths["gen_len"]
 
     @model_validator(mode="after")
     def _check(self) -> "BatchSpec":

@@ -4,6 +4,8 @@ A workflow file at least accepts
     algorithm: ppo
     models: {actor: llama-7b, critic: llama-7b, ref: llama-7b, reward: llama-7b}
     batch: {n_seqs: 512, prompt_len: 1024, gen_len: 1024, ppo_minibatches: 4}
+prompt_len and gen_len may also be distributions, `{mean: 232, max: 1024}` or buckets
+`[{len: 128, weight: 3}, {len: 1024, weight: 1}]` (planner/domain/length_distribution.py).
 A model may be a preset name, a directory with an HF config.json (relative to the file), or
 `{model: NAME, head: lm|value}`. `algorithm: custom` (or any algorithm with `calls:`) gives
 the calls explicitly, each {name, model, kind, inputs, outputs}; `inputs:` names the keys the

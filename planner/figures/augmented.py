@@ -98,7 +98,8 @@ def draw_augmented_graph(plan: Plan, graph: nx.DiGraph, est: Estimate, out: Path
     for node in calls:
         call = graph.nodes[node]["call"]
         x, y = pos[node]
-        ax.text(x, y - 0.33, f"{call}\n{plan.executions[call].layout_text()}, "
+        kind = plan.workflow.call_by_name[call].kind
+        ax.text(x, y - 0.33, f"{call}\n{plan.executions[call].call_layout_text(kind)}, "
                 f"{format_seconds(est.call_times_s[call])}", ha="center", va="top",
                 fontsize=7, bbox=LABEL_BOX)
     for node in moves:

@@ -52,7 +52,7 @@ def draw_placement(plan: Plan, est: Estimate, out: Path, heading: str) -> None:
                     ax.plot([col - 0.45, col + 0.45], [device - 0.5] * 2, color="white",
                             linewidth=0.4)
         layout_y = (first + last) / 2 if not show_coordinates else first - 0.45
-        ax.text(col, layout_y, ex.layout_text(), ha="center",
+        ax.text(col, layout_y, ex.call_layout_text(call.kind), ha="center",
                 va="center" if not show_coordinates else "bottom", fontsize=8,
                 fontweight="bold", bbox=dict(facecolor="white", edgecolor="black",
                                              linewidth=0.5, pad=1.5), zorder=4)
@@ -73,7 +73,8 @@ def draw_placement(plan: Plan, est: Estimate, out: Path, heading: str) -> None:
     legend = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                        fontsize=8, frameon=False)
     ax.add_artist(legend)
-    explain = ("layout dXtYpZmW: data x tensor x\npipeline degrees, micro-batches" +
+    explain = ("layout dXtYpZmW: data x tensor x\npipeline degrees, micro-batches;\n"
+               "/none, /selective, /full: a train\ncall's activation recomputation" +
                ("\ncell dpX tpY ppZ: the device's rank\nin its data, tensor, pipeline group"
                 if show_coordinates else ""))
     ax.text(1.01, 0.0, explain, transform=ax.transAxes, fontsize=7.5, va="bottom")

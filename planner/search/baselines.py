@@ -10,7 +10,9 @@ All are priced by the same cost model as the search:
   pools weigh 3x, generation 2x, inference 1x), each call with its fastest layout in its pool;
 - `realhf-heuristic`: the trained models' calls on all devices with their fastest layouts
   (parameter reallocation), the inference calls side by side on equal slices.
-A baseline is None when it cannot be built or does not fit on the cluster.
+Train calls recompute activations as the baseline's framework can (BASELINE_RECOMPUTE), the
+mode tried like a layout. A baseline is None when it cannot be built or does not fit on the
+cluster.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import Execution
+from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.workflow import Workflow
 from planner.search.fast_evaluator import FastEvaluator
 from planner.search.tables import CallTable, SearchTables
@@ -28,14 +30,27 @@ from planner.search.tables import CallTable, SearchTables
 POOL_WEIGHT = {"train": 3.0, "generate": 2.0, "inference": 1.0}
 MAX_COMBINATIONS = 200_000
 
+# Activation recomputation modes (Execution.recompute) each baseline's framework offers its
+# train calls. Megatron-LM (symmetric) has --recompute-granularity selective | full, or
+# none; verl runs layouts with pipeline stages (as colocated does) on its Megatron backend,
+# which passes the same setting through (override_transformer_config). OpenRLHF (separate:
+# HF models under DeepSpeed) and ReaLHF (realhf-heuristic) have one gradient-checkpointing
+# switch that checkpoints whole decoder layers (--gradient_checkpointing;
+# gradient_checkpointing in ReaLHF's model config): none or full.
+LAYER_CHECKPOINTING = ("none", "full")
+BASELINE_RECOMPUTE = {"symmetric": RECOMPUTE_MODES, "colocated": RECOMPUTE_MODES,
+                      "separate": LAYER_CHECKPOINTING, "realhf-heuristic": LAYER_CHECKPOINTING}
 
-def layout_options(table: CallTable, devices: tuple[int, ...], count: int) -> list[int]:
-    """Up to `count` candidates on exactly `devices` that fit alone, from the fastest to the
-    leanest: points spread along the time / memory Pareto front, as a user trading speed for
-    memory would try them."""
+
+def layout_options(table: CallTable, devices: tuple[int, ...], count: int,
+                   recompute_modes: tuple[str, ...]) -> list[int]:
+    """Up to `count` candidates on exactly `devices` that fit alone, recomputing (train calls)
+    in one of `recompute_modes`, from the fastest to the leanest: points spread along the
+    time / memory Pareto front, as a user trading speed for memory would try them."""
     memory = table.alone_peak_bytes
     found = [i for i, ex in enumerate(table.executions)
              if ex.devices == devices and memory[i] <= table.capacity_bytes[i]
+             and (table.kind != "train" or ex.recompute in recompute_modes)
              # generation engines (vLLM, SGLang) use tensor and data parallelism only
              and not (table.kind == "generate" and ex.pp != 1)]
     front, lowest = [], np.inf
@@ -50,7 +65,8 @@ def layout_options(table: CallTable, devices: tuple[int, ...], count: int) -> li
 
 
 def best_combination(tables: SearchTables, judge: "BaselineJudge",
-                     mesh_of: Callable[[str], tuple[int, ...]]) -> np.ndarray | None:
+                     mesh_of: Callable[[str], tuple[int, ...]],
+                     recompute_modes: tuple[str, ...]) -> np.ndarray | None:
     """The best plan that puts each call on its given mesh with one of its fastest layouts.
 
     This is the hand-tuning users do: try a few layouts of each call, from the fastest to the
@@ -58,7 +74,8 @@ def best_combination(tables: SearchTables, judge: "BaselineJudge",
     so that at most MAX_COMBINATIONS plans are evaluated.
     """
     per_call = max(1, int(MAX_COMBINATIONS ** (1.0 / len(tables.calls))))
-    options = [layout_options(t, mesh_of(t.name), per_call) for t in tables.calls]
+    options = [layout_options(t, mesh_of(t.name), per_call, recompute_modes)
+               for t in tables.calls]
     if any(not o for o in options):
         return None
     grid = np.stack(np.meshgrid(*[np.array(o) for o in options], indexing="ij"), axis=-1)
@@ -70,20 +87,26 @@ def symmetric(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec
     everything = tuple(range(cluster.num_devices))
     layouts = sorted({(e.dp, e.tp, e.pp, e.micro_batches) for e in tables.calls[0].executions
                       if e.devices == everything})
-    choices = []
+    default = Execution.model_fields["recompute"].default
+    choices = set()
     for dp, tp, pp, m in layouts:
-        ex = Execution(devices=everything, dp=dp, tp=tp, pp=pp, micro_batches=m)
-        try:
-            choices.append([table.index_of(ex) for table in tables.calls])
-        except ValueError:
-            continue
-    return judge.best_of(np.array(choices, dtype=np.int64))
+        for mode in BASELINE_RECOMPUTE["symmetric"]:   # one setting for all train calls
+            train = Execution(devices=everything, dp=dp, tp=tp, pp=pp, micro_batches=m,
+                              recompute=mode)
+            other = train.model_copy(update={"recompute": default})
+            try:
+                choices.add(tuple(table.index_of(train if table.kind == "train" else other)
+                                  for table in tables.calls))
+            except ValueError:
+                continue
+    return judge.best_of(np.array(sorted(choices), dtype=np.int64))
 
 
 def colocated(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
               workflow: Workflow) -> np.ndarray | None:
     everything = tuple(range(cluster.num_devices))
-    return best_combination(tables, judge, lambda name: everything)
+    return best_combination(tables, judge, lambda name: everything,
+                            BASELINE_RECOMPUTE["colocated"])
 
 
 def pool_groups(workflow: Workflow) -> list[list[str]]:
@@ -162,7 +185,8 @@ def separate(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
         if meshes is None:
             continue
         mesh_of = {name: mesh for group, mesh in zip(groups, meshes) for name in group}
-        plan = best_combination(tables, judge, mesh_of.__getitem__)
+        plan = best_combination(tables, judge, mesh_of.__getitem__,
+                                BASELINE_RECOMPUTE["separate"])
         if plan is not None:
             return plan
     return None
@@ -178,7 +202,8 @@ def realhf_heuristic(tables: SearchTables, judge: "BaselineJudge", cluster: Clus
     if slices is None:
         return None
     mesh_of = dict(zip(side_by_side, slices))
-    return best_combination(tables, judge, lambda name: mesh_of.get(name, everything))
+    return best_combination(tables, judge, lambda name: mesh_of.get(name, everything),
+                            BASELINE_RECOMPUTE["realhf-heuristic"])
 
 
 class BaselineJudge:

@@ -16,29 +16,41 @@ Candidates listed in `keep` (e.g. the baselines' executions) are never dropped b
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
+from costmodel import comm
 from costmodel.call_cost import call_memory, call_time
 from planner.domain.augment import model_call_pairs, priority_order
 from planner.domain.cluster import ClusterSpec
 from planner.domain.data_keys import payload_bytes
 from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes
+from planner.domain.paths import PROFILES_DIR
 from planner.domain.workflow import ModelFunctionCall, ModelRole, Workflow
 from planner.search.space import candidate_executions
 from planner.search.tables import CallTable, DataEdge, ModelPair, SearchTables
 
 US = 1e-6
-GB = 1e9
 
 
 def mesh_shape(devices: tuple[int, ...], cluster: ClusterSpec) -> tuple:
-    """What a mesh's cost depends on: per spanned node, its hardware and device count."""
+    """What a mesh's cost depends on: per spanned node, its hardware, its device count, the
+    rails (NICs) those devices send through and the node's network (NICs, devices, NIC
+    bandwidth), since collectives across nodes run at the NICs the group drives."""
     counts: dict[int, int] = defaultdict(int)
+    rails: dict[int, set[int]] = defaultdict(set)
     for d in devices:
-        counts[cluster.device_node[d]] += 1
-    return tuple((cluster.node_hardware[n].name, c) for n, c in sorted(counts.items()))
+        node, nic = cluster.nic_of(d)
+        counts[node] += 1
+        rails[node].add(nic)
+    shape = []
+    for n, c in sorted(counts.items()):
+        group = cluster.node_group_of_node[n]
+        shape.append((cluster.node_hardware[n].name, c, len(rails[n]), group.nics_per_node,
+                       group.devices_per_node, group.nic_bandwidth_gb_per_s))
+    return tuple(shape)
 
 
 # What CallPricer.price returns, in order: the CallTable columns it fills.
@@ -49,10 +61,12 @@ PRICE_COLUMNS = ("time_s", "weights_bytes", "state_bytes", "activation_bytes",
 class CallPricer:
     """Time and memory of (call, execution), cached by mesh shape on alike nodes."""
 
-    def __init__(self, workflow: Workflow, cluster: ClusterSpec, calibration=None):
+    def __init__(self, workflow: Workflow, cluster: ClusterSpec, calibration=None,
+                 profiles_dir: Path = PROFILES_DIR):
         self.workflow = workflow
         self.cluster = cluster
         self.calibration = calibration
+        self.profiles_dir = Path(profiles_dir)
         self.cache: dict[tuple, tuple[float, ...]] = {}
         self.shapes: dict[tuple[int, ...], tuple] = {}
         self.capacities: dict[tuple[int, ...], float] = {}
@@ -76,11 +90,11 @@ class CallPricer:
         ex = execution
         # Everything the price depends on but the devices themselves (module docstring).
         key = (call.name, ex.dp, ex.tp, ex.pp, ex.micro_batches, ex.shard_optimizer_over_dp,
-               ex.recompute_activations, self.shape_of(ex.devices))
+               ex.recompute, self.shape_of(ex.devices))
         if key not in self.cache:
             role: ModelRole = self.workflow.models[call.model]
             batch = self.workflow.batch
-            seconds = call_time(call, role, ex, batch, self.cluster,
+            seconds = call_time(call, role, ex, batch, self.cluster, self.profiles_dir,
                                 calibration=self.calibration).time_s
             memory = call_memory(call, role, ex, batch, self.cluster)
             self.cache[key] = (seconds, float(memory.weights_bytes.max()),
@@ -134,10 +148,11 @@ def move_factors(calibration, cluster: ClusterSpec) -> tuple[float, float]:
 
 
 def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 3,
-                calibration=None) -> SearchTables:
+                calibration=None, profiles_dir: Path = PROFILES_DIR) -> SearchTables:
     """Every valid candidate of every call, priced, not yet pruned. `calibration` is a
-    costmodel.calibration.Calibration (from `plan calibrate`) or None."""
-    pricer = CallPricer(workflow, cluster, calibration)
+    costmodel.calibration.Calibration (from `plan calibrate`) or None; `profiles_dir` holds
+    the profile tables (<dir>/<device>/<shape>.yaml)."""
+    pricer = CallPricer(workflow, cluster, calibration, profiles_dir)
     meshes = allowed_meshes(cluster)
     placement_ids: dict = {}
     calls = []
@@ -161,16 +176,16 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
     for pair, call in priority_order(workflow):
         priority += [pair_index[pair]] if pair is not None else []
         priority.append(index[call])
-    first = cluster.node_hardware[0]
+    intra = [comm.intra_node_link(cluster, node) for node in range(cluster.num_nodes)]
     move_scale, move_overhead_s = move_factors(calibration, cluster)
     return SearchTables(
         calls=calls, edges=edges, pairs=pairs,
         trained_models=frozenset(workflow.trained_models()),
         device_node=np.array(cluster.device_node, dtype=np.int64),
-        intra_node_bandwidth_bytes_per_s=min(h.intra_node_bandwidth_gb_per_s
-                                             for h in cluster.node_hardware) * GB,
-        intra_node_latency_s=first.intra_node_latency_us * US,
-        inter_node_bandwidth_bytes_per_s=cluster.inter_node_bandwidth_gb_per_s * GB,
+        intra_node_bandwidth_bytes_per_s=min(link.bandwidth_bytes_per_s for link in intra),
+        intra_node_latency_s=max(link.latency_s for link in intra),
+        inter_node_bandwidth_bytes_per_s=min(comm.nic_share_bytes_per_s(cluster, d)
+                                             for d in range(cluster.num_devices)),
         inter_node_latency_s=cluster.inter_node_latency_us * US,
         num_iterations=num_iterations, move_scale=move_scale, move_overhead_s=move_overhead_s,
         priority=tuple(priority))

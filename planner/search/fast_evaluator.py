@@ -6,8 +6,9 @@ call), in a numba kernel that runs the chains in parallel. What it simplifies, a
 simulator does not:
 - reallocation time is a closed form of the two layouts (every destination device receives
   its whole shard, every source device sends an equal share of dp_dst full copies, over the
-  intra-node link when both meshes sit in one node, else the inter-node link), not the
-  per-tensor transfer schedule;
+  intra-node link when both meshes sit in one node, else the inter-node link: each device's
+  share of its rail's NIC, as costmodel.comm.p2p_link prices the exact schedule's messages),
+  not the per-tensor transfer schedule;
 - a data transfer costs latency + payload / dp_dst / bandwidth when the placements differ
   (an upper bound where the two meshes overlap and some rows are already local);
 - per-device memory is the largest over the mesh's pipeline stages, and a reallocation's

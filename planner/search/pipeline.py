@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -21,6 +22,7 @@ from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import Estimate, executions_memory_problem, simulate
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
+from planner.domain.paths import PROFILES_DIR
 from planner.domain.workflow import Workflow
 from planner.search.baselines import BaselineJudge, build_baselines
 from planner.search.builder import full_tables, pruned_tables
@@ -82,12 +84,14 @@ def smallest_alone_shortfall_bytes(table) -> float:
 
 def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
            progress: Callable[[int, float, float], None] | None = None,
-           should_stop: Callable[[], bool] | None = None, calibration=None) -> SearchOutcome:
+           should_stop: Callable[[], bool] | None = None, calibration=None,
+           profiles_dir: Path = PROFILES_DIR) -> SearchOutcome:
     """Search (module docstring); `calibration` (costmodel.calibration) prices everything
-    with fitted factors, as `plan estimate --profile` does."""
+    with fitted factors, as `plan estimate --profile` does; `profiles_dir` holds the profile
+    tables (default profiles/)."""
     start = time.perf_counter()
-    full = full_tables(workflow, cluster, calibration=calibration)
-    costs = PlanCosts(workflow, cluster, calibration=calibration)
+    full = full_tables(workflow, cluster, calibration=calibration, profiles_dir=profiles_dir)
+    costs = PlanCosts(workflow, cluster, profiles_dir, calibration=calibration)
     judge = exact_judge(full, workflow, cluster, costs)
     baseline_choices = build_baselines(full, judge, cluster, workflow)
     keep = {t.name: set() for t in full.calls}

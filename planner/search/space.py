@@ -4,14 +4,16 @@ For every allowed mesh of the cluster (power-of-two aligned slices inside a node
 1- and 2-device slices, and ranges of whole nodes) every layout dp x tp x pp of the mesh size
 with tp a power of two that divides the attention heads (and the kv heads: the runtime
 does not replicate kv heads), tp inside a node, pp at most the layer count, and micro-batch counts from
-{1, 2, 4, 8, 16, pp, 2pp, 4pp} that the batch allows. Candidates that do not fit in device memory even
-alone are dropped later, once the cost model has priced them.
+{1, 2, 4, 8, 16, pp, 2pp, 4pp} that the batch allows; a train call also tries each
+activation recomputation mode (Execution.recompute: none, selective, full), which trades
+the memory of kept activations against a forward rerun in backward. Candidates that do not
+fit in device memory even alone are dropped later, once the cost model has priced them.
 """
 
 from __future__ import annotations
 
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import Execution, layout_problem
+from planner.domain.layout import RECOMPUTE_MODES, Execution, layout_problem
 from planner.domain.mesh import allowed_meshes
 from planner.domain.modelspec import ModelSpec
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
@@ -42,6 +44,14 @@ def layouts_for_mesh(mesh_size: int) -> list[tuple[int, int, int]]:
     return result
 
 
+def recompute_options(call: ModelFunctionCall) -> tuple[str, ...]:
+    """Recomputation modes tried for `call`: every mode for a train call; the default for
+    the others, which keep no activations for a backward."""
+    if call.kind == "train":
+        return RECOMPUTE_MODES
+    return (Execution.model_fields["recompute"].default,)
+
+
 def candidate_executions(call: ModelFunctionCall, spec: ModelSpec, cluster: ClusterSpec,
                          batch: BatchSpec,
                          meshes: list[tuple[int, ...]] | None = None) -> list[Execution]:
@@ -50,8 +60,9 @@ def candidate_executions(call: ModelFunctionCall, spec: ModelSpec, cluster: Clus
     for mesh in meshes if meshes is not None else allowed_meshes(cluster):
         for dp, tp, pp in layouts_for_mesh(len(mesh)):
             for micro_batches in micro_batch_options(pp):
-                execution = Execution(devices=mesh, dp=dp, tp=tp, pp=pp,
-                                      micro_batches=micro_batches)
-                if layout_problem(execution, spec, cluster, call, batch) is None:
-                    result.append(execution)
+                for recompute in recompute_options(call):
+                    execution = Execution(devices=mesh, dp=dp, tp=tp, pp=pp,
+                                          micro_batches=micro_batches, recompute=recompute)
+                    if layout_problem(execution, spec, cluster, call, batch) is None:
+                        result.append(execution)
     return result

@@ -99,9 +99,10 @@ class SearchTables:
     pairs: list[ModelPair]
     trained_models: frozenset[str]
     device_node: np.ndarray             # node index of each device
-    intra_node_bandwidth_bytes_per_s: float
+    # Point-to-point links of moves, the slowest over the cluster (costmodel.comm.p2p_link):
+    intra_node_bandwidth_bytes_per_s: float  # NVLink as NCCL counts it, or the host
     intra_node_latency_s: float
-    inter_node_bandwidth_bytes_per_s: float
+    inter_node_bandwidth_bytes_per_s: float  # a device's share of its rail's NIC
     inter_node_latency_s: float
     num_iterations: int = 3
     move_scale: float = 1.0             # calibrated reallocation / transfer time:

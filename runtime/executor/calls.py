@@ -113,13 +113,23 @@ def _replica_mean(env: CallEnv, total: torch.Tensor, count: float) -> float:
     return float(both[0] / both[1])
 
 
+def longest_prompt_columns(ids: torch.Tensor, mask: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A micro-batch of left-padded prompts without the columns that are padding in every
+    row: the prefill runs at the micro-batch's longest prompt, as the cost model prices it
+    (costmodel/generate_cost.py)."""
+    width = max(int(mask.sum(-1).max()), 1)
+    return ids[:, -width:], mask[:, -width:]
+
+
 def run_generate(env: CallEnv) -> dict[str, float]:
     b, first = env.batch, env.rows[0]
     prompts = env.dataset.prompts(env.iteration)
     ids, mask = prompts.ids[first:env.rows[1]], prompts.mask[first:env.rows[1]]
     seeds = torch.tensor([sample_seed(env.seed, env.iteration, env.call.name, first + r)
                           for r in range(ids.shape[0])], dtype=torch.long)
-    mbs = [MicroBatch(ids[i], mask[i], extras={"sample_seeds": seeds[i]})
+    mbs = [MicroBatch(*longest_prompt_columns(ids[i], mask[i]),
+                      extras={"sample_seeds": seeds[i]})
            for i in split_rows(ids.shape[0], env.execution.micro_batches)]
     config = GenerationConfig(max_new_tokens=b.gen_len, pad_token_id=PAD_TOKEN_ID,
                               greedy=env.call.greedy, temperature=env.temperature, seed=env.seed)
@@ -213,7 +223,7 @@ def run_train(env: CallEnv) -> dict[str, float]:
         return loss(outputs, mb, env.algo_config)
 
     stats = train_step(env.model, env.optimizer, mbs, loss_fn, b.ppo_minibatches,
-                       recompute_activations=env.execution.recompute_activations)
+                       recompute=env.execution.recompute)
     name = "critic_loss" if critic else "actor_loss"
     metrics = {name: sum(s.loss for s in stats) / len(stats)}
     if not critic and "sequence_kl" in rollout.global_keys:

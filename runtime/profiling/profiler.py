@@ -5,7 +5,8 @@ over the grid's batch x length points (optimizer: once): `warmup` untimed runs, 
 `repeats` timed runs (at least MIN_REPEATS; fewer once a point has used its time budget),
 sweeping back and forth over the entry's points, and the median is kept. CUDA runs bf16 and synchronises around every timed run; CPU runs
 fp32 on one thread (torch.set_num_threads(1)), as one gloo process per core does, so the
-table prices one CPU core.
+table prices one CPU core. The table records the processor it was measured on
+(runtime/machine.py: the CPU model name and logical cores, or the GPU name and driver).
 
     table = measure_profile(spec, [1, 2], device_setup("cpu"), GRIDS["cpu"])
     save_profile(table, path)
@@ -31,12 +32,14 @@ from planner.domain.hardware import hardware_by_name, known_hardware
 from planner.domain.layout import parallel_degrees_problem
 from planner.domain.modelspec import ModelSpec
 from planner.domain.output_files import atomic_write_text
+from planner.domain.processor import Processor
 from planner.domain.yamlio import dump_yaml
 from runtime.device import DTYPE_NAMES, RUNNABLE_DTYPES, DeviceConfig, device_config
+from runtime.machine import GLOO_PROCESS_THREADS, cpu_processor, torch_cuda_processor
 from runtime.profiling.parts import PART_OPS, ShardBench, Trial
 
 MIN_REPEATS = 3
-CPU_THREADS = 1  # one gloo process per core: each process computes on one thread
+CPU_THREADS = GLOO_PROCESS_THREADS  # one gloo process per core, each on one thread
 CANDIDATE_TP = (1, 2, 4, 8)
 SIGNIFICANT_DIGITS = 6
 # torch.cuda.get_device_name() fragments -> profiles/hardware/<name>.yaml
@@ -74,12 +77,14 @@ GRIDS = {
 
 @dataclass(frozen=True)
 class DeviceSetup:
-    """Where and how to measure: the runtime device config, the hardware name, a sync."""
+    """Where and how to measure: the runtime device config, the hardware name, a sync, and
+    the processor measured on."""
 
     config: DeviceConfig
     hardware: str
     sync: Callable[[], None]
     note: str
+    processor: Processor
 
 
 def _no_sync() -> None:
@@ -106,7 +111,8 @@ def device_setup(device: str, hardware: str | None = None) -> DeviceSetup:
         config = measured_device_config(device, hardware or "cpu")
         return DeviceSetup(config, hardware or "cpu", _no_sync,
                            f"{DTYPE_NAMES[config.dtype]} on {CPU_THREADS} CPU thread "
-                           f"(torch.set_num_threads({CPU_THREADS}), one gloo process per core)")
+                           f"(torch.set_num_threads({CPU_THREADS}), one gloo process per core)",
+                           cpu_processor(CPU_THREADS, str(torch.__version__)))
     if device != "cuda":
         raise InputError(f"--device: unknown device {device!r}; valid: cpu, cuda")
     if not torch.cuda.is_available():
@@ -120,7 +126,7 @@ def device_setup(device: str, hardware: str | None = None) -> DeviceSetup:
                              f"give --hardware, one of {known_hardware()}")
     config = measured_device_config(device, hardware)
     return DeviceSetup(config, hardware, torch.cuda.synchronize,
-                       f"{DTYPE_NAMES[config.dtype]} on {name}")
+                       f"{DTYPE_NAMES[config.dtype]} on {name}", torch_cuda_processor(0))
 
 
 def default_tp_degrees(spec: ModelSpec) -> list[int]:
@@ -256,6 +262,7 @@ def measure_profile(spec: ModelSpec, degrees: list[int], setup: DeviceSetup,
             "torch_version": str(torch.__version__),
             "recorded": datetime.date.today().isoformat(),
             "host": socket.gethostname(),
+            "processor": setup.processor.as_mapping(),
             "notes": f"plan profile: {setup.note}; warm-up {grid.warmup}, median of up to "
                      f"{grid.repeats} runs",
             "model_shape": model_shape_key(spec), "shards": shards}

@@ -1,5 +1,6 @@
-"""Calibration: the fit recovers known factors, the profile round-trips and changes estimates
-as the model says, and bad input is one line with exit 2. Pure logic, no runtime runs."""
+"""Calibration: the fit recovers known factors, the profile round-trips (with the processor
+it was measured on, or without one, as older files) and changes estimates as the model
+says, and bad input is one line with exit 2. Pure logic, no runtime runs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from planner.cli.main import main
 from planner.domain.cluster import cluster_preset
 from planner.domain.layout import Execution
 from planner.domain.plan import Plan, Provenance, save_plan
+from planner.domain.processor import Processor
 from planner.domain.workflow_file import builtin_workflow
+from runtime import machine
 
 BATCH_A = {"n_seqs": 8, "prompt_len": 16, "gen_len": 8, "ppo_minibatches": 2}
 BATCH_B = {"n_seqs": 16, "prompt_len": 24, "gen_len": 16, "ppo_minibatches": 2}
@@ -196,3 +199,26 @@ def test_bad_profile_for_estimate_is_one_line_exit_2(tmp_path, plans, capsys):
     err = _one_line_exit_2(["estimate", str(tmp_path / "run.yaml"), "--profile", str(bad)],
                            capsys)
     assert "compute_scale" in err
+
+
+FAKE_CPU = Processor(kind="cpu", name="AMD EPYC 7B13", logical_cores=2, threads=1,
+                     torch_version="2.13.0+cpu")
+
+
+def test_calibration_round_trips_its_processor_and_loads_without_one(tmp_path):
+    path = tmp_path / "cal.yaml"
+    save_calibration(KNOWN.model_copy(update={"processor": FAKE_CPU}), path)
+    assert load_calibration(path).processor == FAKE_CPU
+    save_calibration(KNOWN, path)   # as files from before processors were recorded
+    assert "processor" not in path.read_text()
+    assert load_calibration(path).processor is None
+
+
+def test_cli_calibrate_records_this_machines_processor(tmp_path, plans, capsys, monkeypatch):
+    monkeypatch.setattr(machine, "processors_of_kind",
+                        lambda kind: [FAKE_CPU] if kind == "cpu" else [])
+    trace = write_case(tmp_path, plans[2], KNOWN)
+    out = tmp_path / "cal.yaml"
+    assert main(["calibrate", str(trace), "--out", str(out), "--cores", "2"]) == 0
+    assert "processor: AMD EPYC 7B13, 2 logical cores" in capsys.readouterr().out
+    assert load_calibration(out).processor == FAKE_CPU

@@ -46,9 +46,11 @@ def test_more_tensor_parallel_devices_never_slow_a_big_batch_call(call_name):
 
 
 def test_tensor_parallel_across_nodes_costs_more_than_inside_one():
+    """Four ranks per node drive four 50 GB/s NICs (200 GB/s) against NVLink's 370.8 GB/s
+    and NVLS inside one node: NCCL's model puts it near 2x."""
     inside = group_link(range(8), H100X16)
     across = group_link([0, 1, 2, 3, 8, 9, 10, 11], H100X16)
-    assert allreduce_time_s(64e6, 8, across) > 5 * allreduce_time_s(64e6, 8, inside)
+    assert allreduce_time_s(64e6, 8, across) > 1.5 * allreduce_time_s(64e6, 8, inside)
 
 
 def test_execution_change_adds_a_reallocation_with_positive_time():

@@ -154,7 +154,8 @@ def test_a_cuda_plan_runs_in_its_hardware_dtype(tmp_path, dtype, torch_dtype):
 def test_a_cluster_mixing_cpu_and_cuda_is_refused():
     cpu = load_plan(TINY_CPU4).cluster
     data = cpu.model_dump(mode="json")
-    data["node_groups"].append({"nodes": 1, "devices_per_node": 2, "hardware":
+    data["node_groups"].append({"nodes": 1, "devices_per_node": 2, "nics_per_node": 2,
+                                "nic_bandwidth_gb_per_s": 50.0, "hardware":
                                 hardware_by_name("h100-sxm-80gb").model_dump(mode="json")})
     problem = cluster_device_problem(ClusterSpec.model_validate(data), 6)
     assert "mix" in problem and "cpu fp32" in problem and "cuda bf16" in problem

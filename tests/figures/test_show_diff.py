@@ -15,6 +15,8 @@ def test_show_prints_table_times_and_critical_path(cli, plan_files):
     assert (code, err) == (0, "")
     assert "actor_gen        actor    generate   0:0-7" in out
     assert "d1t2p2m16" in out and "0:4-7" in out
+    # a train call's layout carries its recomputation mode, other calls' do not
+    assert "d4t2p1m1/full" in out and "d2t2p2m16/full" in out and "d8t1p1m1/" not in out
     est = estimate_plan(load_plan(plan_files["searched"]))
     assert f"{est.iteration_s:.2f} s per iteration" in out
     move_s = est.realloc_times_s["realloc:critic:critic_train->critic_inf"]
@@ -81,7 +83,8 @@ def test_diff_names_changed_calls_and_iteration_delta(cli, plan_files):
     delta = est_b.iteration_s - est_a.iteration_s
     assert f"iteration time: {est_a.iteration_s:.2f} s -> {est_b.iteration_s:.2f} s " \
            f"({delta:+.2f} s" in out
-    assert "  actor_gen        0:0-7     d4t2p1m2    0:0-1     d1t2p1m8" in out
+    assert "  actor_gen        0:0-7     d4t2p1m2           0:0-1     d1t2p1m8  " in out
+    assert "  actor_train      0:0-7     d4t2p1m1/full      0:4-5     d2t1p1m8/full  " in out
     assert "reallocation added: realloc:actor:actor_gen->actor_train" in out
     assert "reallocation removed: realloc:critic:critic_inf->critic_train" in out
     data = json.loads(cli("diff", a, b, "--json")[1])
@@ -108,6 +111,21 @@ def test_diff_reports_one_changed_call_only(cli, plan_files, tmp_path):
     removed = {r["name"] for r in data["reallocations"]["removed"]}
     assert removed == {"realloc:critic:critic_inf->critic_train",
                        "realloc:critic:critic_train->critic_inf"}
+
+
+def test_diff_reports_a_changed_recompute_mode(cli, plan_files, tmp_path):
+    from planner.domain.plan import save_plan
+    plan = load_plan(plan_files["searched"])
+    executions = dict(plan.executions)
+    executions["actor_train"] = executions["actor_train"].model_copy(
+        update={"recompute": "selective"})
+    changed = tmp_path / "changed.yaml"
+    save_plan(plan.model_copy(update={"executions": executions}), changed)
+    data = json.loads(cli("diff", plan_files["searched"], changed, "--json")[1])
+    assert [c["name"] for c in data["calls"]] == ["actor_train"]
+    assert data["calls"][0]["a"]["layout"] == "d4t2p1m1/full"
+    assert data["calls"][0]["b"]["layout"] == "d4t2p1m1/selective"
+    assert data["calls"][0]["time_s_b"] < data["calls"][0]["time_s_a"]
 
 
 def test_diff_bad_input_is_one_line(cli, plan_files, tmp_path):

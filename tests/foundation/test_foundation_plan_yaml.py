@@ -65,12 +65,13 @@ def _mixed_cluster_across_nodes() -> Plan:
 
 
 def _ppo_with_train_policies() -> Plan:
-    """Train calls off the defaults: the actor without ZeRO-1, the critic without ZeRO-1 or
-    activation recomputation."""
+    """Train calls off the defaults: the actor without ZeRO-1 and with selective
+    recomputation, the critic without ZeRO-1 or activation recomputation."""
     base = Execution(devices=tuple(range(8)), dp=8, tp=1, pp=1)
     return make_plan(executions={
-        "actor_train": base.model_copy(update={"shard_optimizer_over_dp": False}),
-        "critic_train": base.model_copy(update={"recompute_activations": False,
+        "actor_train": base.model_copy(update={"shard_optimizer_over_dp": False,
+                                               "recompute": "selective"}),
+        "critic_train": base.model_copy(update={"recompute": "none",
                                                 "shard_optimizer_over_dp": False})})
 
 
@@ -95,12 +96,13 @@ def test_train_policy_is_written_for_train_calls_only(tmp_path):
     save_plan(_ppo_with_train_policies(), path)
     data = yaml.safe_load(path.read_text())["executions"]
     assert data["actor_train"]["shard_optimizer_over_dp"] is False
-    assert data["actor_train"]["recompute_activations"] is True
-    assert data["critic_train"]["recompute_activations"] is False
+    assert data["actor_train"]["recompute"] == "selective"
+    assert data["critic_train"]["recompute"] == "none"
     for name in ("actor_gen", "rew_inf", "ref_inf", "critic_inf"):
-        assert not {"shard_optimizer_over_dp", "recompute_activations"} & set(data[name])
+        assert not {"shard_optimizer_over_dp", "recompute"} & set(data[name])
     loaded = load_plan(path)
-    assert loaded.executions["critic_train"].recompute_activations is False
+    assert loaded.executions["actor_train"].recompute == "selective"
+    assert loaded.executions["critic_train"].recompute == "none"
     assert loaded.executions["actor_train"].shard_optimizer_over_dp is False
 
 
@@ -108,17 +110,18 @@ def test_a_train_entry_without_policy_fields_loads_with_the_defaults(tmp_path):
     path = tmp_path / "plan.yaml"
     save_plan(make_plan(), path)
     lines = [line for line in path.read_text().splitlines(keepends=True)
-             if "shard_optimizer_over_dp" not in line and "recompute_activations" not in line]
+             if "shard_optimizer_over_dp" not in line and "recompute" not in line]
     path.write_text("".join(lines))
     ex = load_plan(path).executions["actor_train"]
-    assert ex.shard_optimizer_over_dp is True and ex.recompute_activations is True
+    assert ex.shard_optimizer_over_dp is True and ex.recompute == "full"
 
 
-@pytest.mark.parametrize("field", ["shard_optimizer_over_dp", "recompute_activations"])
-def test_plan_check_refuses_a_policy_field_on_a_non_train_call(field, tmp_path, capsys):
+@pytest.mark.parametrize("field, value", [("shard_optimizer_over_dp", False),
+                                          ("recompute", "none"), ("recompute", "selective")])
+def test_plan_check_refuses_a_policy_field_on_a_non_train_call(field, value, tmp_path, capsys):
     path = tmp_path / "plan.yaml"
     data = yaml.safe_load(plan_to_yaml(make_plan()))
-    data["executions"]["critic_inf"][field] = False
+    data["executions"]["critic_inf"][field] = value
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     capsys.readouterr()
     assert main(["check", str(path)]) == 2
@@ -126,6 +129,21 @@ def test_plan_check_refuses_a_policy_field_on_a_non_train_call(field, tmp_path, 
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in captured.err, captured.err
     for word in (str(path), "executions.critic_inf", field, "train calls only"):
+        assert word in err[0], (word, err[0])
+
+
+def test_an_unknown_recompute_mode_is_one_line_naming_the_field_and_the_modes(tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    data = yaml.safe_load(plan_to_yaml(make_plan()))
+    data["executions"]["actor_train"]["recompute"] = "attention"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    capsys.readouterr()
+    assert main(["check", str(path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in captured.err, captured.err
+    for word in (str(path), "executions.actor_train.recompute", "'none'", "'selective'",
+                 "'full'"):
         assert word in err[0], (word, err[0])
 
 

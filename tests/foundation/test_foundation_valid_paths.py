@@ -158,7 +158,7 @@ def test_plan_show_prints_meshes_layouts_and_reallocations(cli, saved_plan):
     assert (code, err) == (0, "")
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:8]}
     assert rows["actor_gen"][3:] == ["0:0-3", "4", "d4t1p1m1"]
-    assert rows["actor_train"][3:] == ["0:0-7", "8", "d2t2p2m2"]
+    assert rows["actor_train"][3:] == ["0:0-7", "8", "d2t2p2m2/full"]   # + recomputation
     assert rows["ref_inf"][3:] == ["0:0-7", "8", "d8t1p1m1"]
     # actor: gen -> train and train -> next gen; critic: inf -> train and back.
     assert "reallocations: 4" in out
@@ -259,8 +259,9 @@ def test_short_form_cluster_file(tmp_path):
     assert cluster.name == "lab"
     assert cluster.num_devices == 16 and cluster.num_nodes == 2
     assert cluster.device_node[7] == 0 and cluster.device_node[8] == 1
-    assert cluster.inter_node_bandwidth_gb_per_s == \
-        cluster.node_hardware[0].inter_node_bandwidth_gb_per_s
+    group = cluster.node_groups[0]
+    assert (group.nics_per_node, group.nic_bandwidth_gb_per_s) == (
+        group.hardware.nics_per_node, group.hardware.nic_bandwidth_gb_per_s)
     same = cluster_preset("h100x16")
     assert cluster.node_groups == same.node_groups
 
@@ -280,8 +281,7 @@ def test_heterogeneous_cluster_file(tmp_path):
     assert (cluster.device_node[11], cluster.slot_of(11)) == (1, 3)
     assert cluster.device_id(2, 1) == 13
     assert cluster.inter_node_latency_us == 7.5
-    assert cluster.inter_node_bandwidth_gb_per_s == min(
-        g.hardware.inter_node_bandwidth_gb_per_s for g in cluster.node_groups)
+    assert [g.nic_bandwidth_gb_per_s for g in cluster.node_groups] == [50.0, 25.0]
     meshes = allowed_meshes(cluster)
     assert (8, 9, 10, 11) in meshes and tuple(range(8, 16)) in meshes
     assert tuple(range(16)) in meshes

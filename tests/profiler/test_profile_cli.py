@@ -1,10 +1,12 @@
-"""`plan profile`: a quick table on llama-tiny loads and is found by the estimator, the work
-each grid point times grows with its batch and length, and bad input exits 2 with one line.
+"""`plan profile`: a quick table on llama-tiny loads and is found by the estimator, records
+the processor it was measured on (a table without one still loads), the work each grid
+point times grows with its batch and length, and bad input exits 2 with one line.
 No timing is asserted (the machine is shared): benchmarks/profile_agreement.py prints how
 the shipped table compares with a fresh measurement."""
 
 import argparse
 import json
+import os
 
 import pytest
 import torch
@@ -18,9 +20,12 @@ from planner.domain.layout import Execution
 from planner.domain.modelspec import PRESETS
 from planner.domain.paths import PROFILES_DIR
 from planner.domain.plan import Plan, Provenance, save_plan
+from planner.domain.processor import Processor
 from planner.domain.workflow_file import builtin_workflow
+from planner.domain.yamlio import dump_yaml, load_yaml_mapping
+from runtime import machine
 from runtime.profiling.parts import PART_OPS, ShardBench
-from runtime.profiling.profiler import GRIDS, device_setup
+from runtime.profiling.profiler import CPU_THREADS, GRIDS, device_setup
 
 TINY = PRESETS["llama-tiny"]
 # Parts and ops whose matmul FLOPs grow with the batch x length of a grid point (decode
@@ -51,6 +56,37 @@ def test_quick_table_loads_with_every_part_op_and_positive_times(quick_table):
             values = [e.seconds] if isinstance(e.seconds, float) else \
                 [v for row in e.seconds for v in row]
             assert all(0 < v < 10 for v in values), (e.part, e.op, values)
+
+
+def test_quick_table_records_this_machines_cpu(quick_table):
+    recorded = load_profile(quick_table).table.processor
+    assert recorded == Processor(kind="cpu", name=machine.cpu_model_name(),
+                                 logical_cores=os.cpu_count(), threads=CPU_THREADS,
+                                 torch_version=str(torch.__version__))
+
+
+def test_table_without_a_processor_loads_as_unknown(quick_table, tmp_path):
+    data = load_yaml_mapping(quick_table)
+    del data["processor"]
+    old = tmp_path / "cpu" / quick_table.name
+    old.parent.mkdir()
+    old.write_text(dump_yaml(data))
+    lookup = load_profile(old)
+    assert lookup.table.processor is None and lookup.path == old
+    assert lookup.time_s("forward", "block", 1, 1, 16) > 0
+
+
+def test_cuda_setup_records_the_gpu_name_and_driver(monkeypatch):
+    """The CUDA path without a GPU: torch's device name and the driver file, faked."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(machine, "nvidia_driver_version", lambda: "550.54.15")
+    setup = device_setup("cuda")
+    assert setup.hardware == "h100-sxm-80gb"
+    assert setup.processor == Processor(kind="cuda", name="NVIDIA H100 80GB HBM3",
+                                        driver_version="550.54.15",
+                                        cuda_version=str(torch.version.cuda or ""),
+                                        torch_version=str(torch.__version__))
 
 
 @pytest.mark.parametrize("part,op", GROWING)

@@ -1,7 +1,9 @@
-"""One-rank train step: recomputing activations changes memory and time, not the result."""
+"""One-rank train step: each recomputation mode (Execution.recompute) changes memory and
+time, not the result."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from planner.domain.modelspec import PRESETS
@@ -40,7 +42,7 @@ def _nll(outputs, mb: MicroBatch) -> torch.Tensor:
     return (-outputs.logprobs * mb.loss_mask).sum()
 
 
-def _train(recompute_activations: bool):
+def _train(recompute: str):
     """Losses of two steps of NUM_MINIBATCHES updates each, the weights after them, and the
     bytes autograd was given to keep for backward."""
     model = _one_rank_model()
@@ -54,16 +56,17 @@ def _train(recompute_activations: bool):
     for _ in range(2):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             stats = train_step(model, optimizer, _micro_batches(), _nll, NUM_MINIBATCHES,
-                               recompute_activations=recompute_activations)
+                               recompute=recompute)
         losses += [s.loss for s in stats]
     return losses, {n: p.detach().clone() for n, p in model.params.items()}, sum(saved)
 
 
-def test_train_step_with_and_without_recompute_gives_the_same_losses_and_weights():
-    losses, weights, kept = _train(recompute_activations=True)
-    losses_plain, weights_plain, kept_plain = _train(recompute_activations=False)
-    # the flag reaches the model: with recomputation the blocks keep only their inputs
-    assert kept * 2 < kept_plain, (kept, kept_plain)
+@pytest.mark.parametrize("recompute", ["full", "selective"])
+def test_train_step_under_each_mode_gives_the_same_losses_and_weights_as_none(recompute):
+    losses, weights, kept = _train(recompute)
+    losses_plain, weights_plain, kept_plain = _train("none")
+    # the mode reaches the model: autograd is given less to keep outside the checkpoints
+    assert kept < kept_plain, (kept, kept_plain)
     assert len(losses) == 2 * NUM_MINIBATCHES
     assert losses[-1] < losses[0], "the updates did not train"
     torch.testing.assert_close(torch.tensor(losses_plain), torch.tensor(losses), rtol=0,

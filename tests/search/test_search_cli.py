@@ -86,7 +86,9 @@ def test_memory_headroom_is_kept_free_and_recorded(tmp_path, capsys):
     plan = load_plan(out)
     assert plan.cluster.memory_headroom_gib == 20.0
     usable_gib = plan.cluster.usable_memory_bytes(0) / 2**30
-    assert usable_gib == pytest.approx(79.6 - 20.0)
+    reserve_gib = plan.cluster.reserve_bytes(0) / 2**30
+    assert 3.0 < reserve_gib < 8.0
+    assert usable_gib == pytest.approx(79.6 - reserve_gib - 20.0)
     assert data["peak_memory_gib"] <= usable_gib
     assert max(c["peak_memory_gib"] for c in data["calls"]) <= usable_gib
 
