@@ -234,6 +234,10 @@ def main() -> None:
                                       "profiles/cpu/calibration.yaml; DIR/calibration.yaml "
                                       "with --reprofile)")
     add_reprofile_options(parser)
+    parser.add_argument("--profile-tables", metavar="DIR", type=Path,
+                        help="estimate with the tables a run re-profiled before "
+                             "(<DIR>/cpu/*.yaml, e.g. DIR/profiles of an earlier --reprofile "
+                             "run) instead of measuring them again")
     parser.add_argument("--json", metavar="FILE", help="write per-plan / per-call rows here")
     parser.add_argument("--figures", metavar="DIR",
                         help="draw accuracy_scatter.png, accuracy_iterations.png and "
@@ -242,7 +246,10 @@ def main() -> None:
     args = parser.parse_args()
     names = args.plans.split(",")
     directory = Path(args.dir)
-    profiles_dir = PROFILES_DIR
+    profiles_dir = args.profile_tables or PROFILES_DIR
+    if args.reprofile and args.profile_tables:
+        parser.error("--reprofile measures the tables; --profile-tables reuses measured ones: "
+                     "give one of them")
     if args.reprofile:
         profiles_dir = reprofile_tables(plan_degrees([build_plan(n) for n in names]),
                                         reprofile_dir(directory, args.into_shipped_profiles))

@@ -180,6 +180,15 @@ def reduce_scatter_time_s(total_bytes, num_devices: int, link: Link):
     return _collective_s(REDUCE_SCATTER, total_bytes, num_devices, link)
 
 
+def zero1_gradient_reduce_time_s(total_bytes, num_devices: int, link: Link):
+    """The ZeRO-1 gradient reduction of `total_bytes` as the runtime runs it
+    (runtime/grad_buckets.py uses_reduce_scatter): a reduce-scatter on NCCL, an all-reduce on
+    gloo, whose reduce_scatter is slower than its all-reduce."""
+    if link.fabric is None:
+        return allreduce_time_s(total_bytes, num_devices, link)
+    return reduce_scatter_time_s(total_bytes, num_devices, link)
+
+
 def p2p_time_s(message_bytes, link: Link):
     """One point-to-point message."""
     return _same_shape(message_bytes, link.alpha_s + np.asarray(message_bytes, dtype=float)

@@ -11,7 +11,8 @@ as Megatron-LM's overlap_grad_reduce) cuts the stage's flat gradient buffer of N
 into the buckets of planner.sharding.grad_buckets (GRAD_BUCKET_BYTES each, from the end,
 the last the remainder) and launches each, during the backward of the minibatch's last
 micro-batch, as soon as backward has finished its gradients: an all-reduce, or under ZeRO-1
-(Execution.shard_optimizer_over_dp) a reduce-scatter. Derivation:
+(Execution.shard_optimizer_over_dp) a reduce-scatter (an all-reduce on gloo:
+comm.zero1_gradient_reduce_time_s). Derivation:
 - Ready times. Backward finishes the buffer from its end (head, then the blocks from the
   last, then on stage 0 the embedding). Its time is taken proportional to the parameters it
   passes (a weight's input and weight gradients cost 2 x 2 x tokens x its elements, the 6NT
@@ -27,6 +28,8 @@ micro-batch, as soon as backward has finished its gradients: an all-reduce, or u
   last micro-batch's backward passes from stage pp - 1 down to stage 0, one backward and one
   send per stage), and the step waits for every stage (the norm's all-reduce over pp), so
       dp_sync = max_s max(0, end_s - B_s - D_s).
+- On CPU (gloo) nothing overlaps (overlaps_backward): dp_sync = sum_k c_k of the slowest
+  stage.
 - Limits: a fast network (each c_k within the time backward takes for the next bucket)
   exposes only the buckets ready when backward ends: the last one, plus the embedding's
   buckets on stage 0 (D_0 = 0); a slow one (sum c_k > B_s) exposes
@@ -72,7 +75,7 @@ def _stage_buckets(st: StageTimer, stage: int, elements: int
     ready = np.clip((elements - bounds[:, 0]) / max(elements - embedding, 1), 0.0, 1.0)
     link = st.knobs.link(st.geo.dp_link[stage])
     sizes_bytes = (bounds[:, 1] - bounds[:, 0]) * float(dtype)
-    reduce = comm.reduce_scatter_time_s if zero1 else comm.allreduce_time_s
+    reduce = comm.zero1_gradient_reduce_time_s if zero1 else comm.allreduce_time_s
     # buckets share one size but the last: two collective times priced, not one per bucket
     full_bytes, last_bytes = float(sizes_bytes[0]), float(sizes_bytes[-1])
     reduce_s = np.full(len(bounds), float(reduce(full_bytes, ex.dp, link)))
@@ -82,6 +85,15 @@ def _stage_buckets(st: StageTimer, stage: int, elements: int
         gather_s[:] = float(comm.allgather_time_s(full_bytes, ex.dp, link))
         gather_s[-1] = float(comm.allgather_time_s(last_bytes, ex.dp, link))
     return ready, reduce_s, gather_s
+
+
+def overlaps_backward(st: StageTimer, stage: int) -> bool:
+    """Whether the stage's bucket reductions run beside its backward: on CUDA, NCCL's
+    kernels run on their own stream next to the backward's; on CPU, gloo's threads need
+    the cores that the runtime's processes (one compute thread each, one process per core:
+    runtime/machine.py) keep busy, so a reduction takes its time from the backward and is
+    priced in full after it."""
+    return all(timer.hardware.kind == "cuda" for timer in st.timers[stage])
 
 
 def _stage_optimizer_s(st: StageTimer, stage: int) -> float:
@@ -107,9 +119,13 @@ def train_phases_s(st: StageTimer, b: int, batch: BatchSpec, spec_elements: np.n
     sync = gather = optimizer = 0.0
     for stage in range(ex.pp):
         ready, reduce_s, gather_s = _stage_buckets(st, stage, int(spec_elements[stage].max()))
-        drain = stage * (max(backward) + send)
-        sync = max(sync, exposed_sync_s(ready * backward[stage], reduce_s,
-                                        backward[stage] + drain))
+        if overlaps_backward(st, stage):
+            drain = stage * (max(backward) + send)
+            stage_sync = exposed_sync_s(ready * backward[stage], reduce_s,
+                                        backward[stage] + drain)
+        else:
+            stage_sync = float(reduce_s.sum())
+        sync = max(sync, stage_sync)
         gather = max(gather, float(gather_s.sum()))
         optimizer = max(optimizer, _stage_optimizer_s(st, stage))
     k = batch.ppo_minibatches

@@ -11,7 +11,8 @@ micro-batch of a minibatch; earlier micro-batches only accumulate), a post-accum
 hook on every parameter marks its gradient final, and every bucket whose gradients are all
 final is launched, in bucket order, as an asynchronous collective on the DP group: an
 in-place all-reduce, or under ZeRO-1 a reduce-scatter that leaves this rank the piece of the
-bucket it owns. `reduced_gradient()` (the optimizer step) launches the buckets not launched
+bucket it owns (on gloo an in-place all-reduce of which the rank keeps that piece:
+uses_reduce_scatter). `reduced_gradient()` (the optimizer step) launches the buckets not launched
 yet (all of them when nothing ran overlapped, e.g. a step after a hand-made backward), waits
 for every one and returns this rank's part. Launching strictly in bucket order keeps the
 collectives of all DP ranks in the same order whatever order the hooks fire in.
@@ -40,6 +41,15 @@ from planner.sharding.grad_buckets import GRAD_BUCKET_BYTES, grad_bucket_bounds
 from runtime.parallel_context import Group
 
 
+def uses_reduce_scatter(group: Group) -> bool:
+    """Whether ZeRO-1 reduces a bucket with a reduce-scatter (NCCL) or with an all-reduce of
+    which this rank keeps its piece (gloo: its reduce_scatter is no ring and measured 1.6x
+    its own all-reduce, 17.9 against 11.2 ms for 13.6 MiB over 2 ranks on the CI machine,
+    while its all-gather runs at the ring's cost). costmodel/comm.py prices the same choice
+    (zero1_gradient_reduce_time_s)."""
+    return group.handle is not None and dist.get_backend(group.handle) != "gloo"
+
+
 @dataclass(frozen=True)
 class Piece:
     """Elements [start, stop) of the flat buffer held at `offset` of this rank's part."""
@@ -59,6 +69,7 @@ class GradBuckets:
     def __init__(self, params: list[torch.Tensor], flat_grads: torch.Tensor, group: Group,
                  group_rank: int, shard: bool, bucket_bytes: int = GRAD_BUCKET_BYTES):
         self.params, self.flat_grads, self.group, self.shard = params, flat_grads, group, shard
+        self.reduce_scatters = shard and uses_reduce_scatter(group)
         numel = flat_grads.numel()
         multiple = group.size if shard else 1
         self.bounds = [tuple(b) for b in grad_bucket_bounds(
@@ -123,7 +134,7 @@ class GradBuckets:
     def _launch_next(self) -> None:
         lo, hi = self.bounds[self._next]
         bucket = self.flat_grads[lo:hi]
-        if self.shard:
+        if self.reduce_scatters:
             if self._part is None:
                 self._part = torch.empty(self.owned_numel, dtype=bucket.dtype,
                                          device=bucket.device)
@@ -149,7 +160,12 @@ class GradBuckets:
             self._launch_next()
         for work in self._works:
             work.wait()
-        part = self._part if self.shard else self.flat_grads
+        if self.reduce_scatters:
+            part = self._part
+        elif self.shard:   # all-reduced in place: this rank's pieces, in address order
+            part = torch.cat([self.flat_grads[p.start:p.stop] for p in self.pieces])
+        else:
+            part = self.flat_grads
         self._reset()
         return part
 
