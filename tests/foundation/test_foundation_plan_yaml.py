@@ -122,13 +122,19 @@ def test_plan_check_refuses_a_policy_field_on_a_non_train_call(field, value, tmp
     path = tmp_path / "plan.yaml"
     data = yaml.safe_load(plan_to_yaml(make_plan()))
     data["executions"]["critic_inf"][field] = value
+    assert_check_says_one_line(path, data, capsys,
+                               (str(path), "executions.critic_inf", field, "train calls only"))
+
+
+def assert_check_says_one_line(path, data: dict, capsys, words) -> None:
+    """`plan check` of `data` written to `path` exits 2 with one line holding every word."""
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     capsys.readouterr()
     assert main(["check", str(path)]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in captured.err, captured.err
-    for word in (str(path), "executions.critic_inf", field, "train calls only"):
+    for word in words:
         assert word in err[0], (word, err[0])
 
 
@@ -136,15 +142,9 @@ def test_an_unknown_recompute_mode_is_one_line_naming_the_field_and_the_modes(tm
     path = tmp_path / "plan.yaml"
     data = yaml.safe_load(plan_to_yaml(make_plan()))
     data["executions"]["actor_train"]["recompute"] = "attention"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    capsys.readouterr()
-    assert main(["check", str(path)]) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in captured.err, captured.err
-    for word in (str(path), "executions.actor_train.recompute", "'none'", "'selective'",
-                 "'full'"):
-        assert word in err[0], (word, err[0])
+    assert_check_says_one_line(path, data, capsys,
+                               (str(path), "executions.actor_train.recompute", "'none'",
+                                "'selective'", "'full'"))
 
 
 def test_augmented_section_lists_the_reallocations(tmp_path):
