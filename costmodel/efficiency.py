@@ -87,6 +87,9 @@ AUTOGRAD_KERNEL_HOST_S = 5e-6
 EAGER_OPS_PER_PART = {"block": 43, "embedding": 5, "lm_head": 17, "value_head": 10}
 # The K and V repeat_interleave of grouped-query attention, skipped when kv heads = heads.
 KV_REPEAT_OPS = 2
+# One RMSNorm (rms_norm: float, pow, mean, add eps, rsqrt, mul, to, weight mul); Qwen3's
+# q/k norms add two per block.
+RMSNORM_EAGER_OPS = 8
 # Backward launches about two kernels per forward op (input and weight gradients).
 BACKWARD_KERNELS_PER_FORWARD_OP = 2
 # One host-device synchronisation (a .item()/bool() on a CUDA tensor, a copy to host): the

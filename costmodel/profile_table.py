@@ -63,8 +63,10 @@ OpName = str
 def model_shape_key(spec: ModelSpec) -> str:
     """File stem of a model shape's profile table (per-part shapes, layer count excluded)."""
     bias = "-bias" if spec.attention_bias else ""
-    return (f"h{spec.hidden_size}-a{spec.num_heads}-kv{spec.num_kv_heads}-"
-            f"i{spec.intermediate_size}-v{spec.vocab_size}{bias}")
+    head = f"-d{spec.head_dim}" if spec.q_dim != spec.hidden_size else ""
+    qk_norm = "-qknorm" if spec.qk_norm else ""
+    return (f"h{spec.hidden_size}-a{spec.num_heads}-kv{spec.num_kv_heads}{head}-"
+            f"i{spec.intermediate_size}-v{spec.vocab_size}{bias}{qk_norm}")
 
 
 class ProfileEntry(BaseModel):

@@ -57,7 +57,7 @@ def part_params_per_rank(spec: ModelSpec, part: str, tp: int) -> float:
     h = spec.hidden_size
     if part == "block":
         kv = kv_heads_per_rank(spec, tp) * spec.head_dim
-        attn = 2 * h * h / tp + 2 * h * kv
+        attn = 2 * h * spec.q_dim / tp + 2 * h * kv
         return attn + spec.mlp_params_per_layer() / tp + 2 * h
     if part == "embedding":
         return spec.vocab_size * h / tp
@@ -68,10 +68,11 @@ def part_params_per_rank(spec: ModelSpec, part: str, tp: int) -> float:
 
 def block_gemm_shapes(spec: ModelSpec, tp: int) -> list[tuple[float, float]]:
     """(output width N, input width K) of each GEMM of one block on one tp rank, as the
-    runtime runs them: q, k, v (column-parallel), o (row-parallel), gate, up, down."""
-    h, inter = spec.hidden_size, spec.intermediate_size
+    runtime runs them: q, k, v (column-parallel), o (row-parallel), gate, up, down. q and o
+    are heads x head_dim wide, which is not h when the config sets head_dim (Qwen3)."""
+    h, inter, q = spec.hidden_size, spec.intermediate_size, spec.q_dim
     kv = kv_heads_per_rank(spec, tp) * spec.head_dim
-    return [(h / tp, h), (kv, h), (kv, h), (h, h / tp),
+    return [(q / tp, h), (kv, h), (kv, h), (h, q / tp),
             (inter / tp, h), (inter / tp, h), (h, inter / tp)]
 
 
@@ -84,7 +85,8 @@ def head_gemm_shapes(spec: ModelSpec, part: str, tp: int) -> list[tuple[float, f
 
 
 def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: bool):
-    """Forward FLOPs of one block on one tp rank: 2 per weight MAC + attention 4*h*keys.
+    """Forward FLOPs of one block on one tp rank: 2 per weight MAC + attention
+    4 x heads x head_dim x keys.
 
     The runtime's SDPA gets an explicit boolean mask (runtime/layers.py), which no fused
     kernel can skip tiles of, so a forward token computes scores against all `length` keys
@@ -163,17 +165,18 @@ def attention_flops(spec: ModelSpec, tp: int, batch: float, length, decode: bool
     """Score and value FLOPs of one block's SDPA on one tp rank (forward_flops_block)."""
     length = np.asarray(length, dtype=float)
     queries = batch if decode else batch * length
-    return queries * 4.0 * (spec.hidden_size / tp) * length
+    return queries * 4.0 * (spec.q_dim / tp) * length
 
 
 def attention_time_s(spec: ModelSpec, tp: int, op: str, batch: float, length,
                      hardware: HardwareSpec):
     """SDPA of one block: max(FLOPs / (MAMF x efficiency), bytes / bw). Bytes: q and the
     output (per query), K and V at query width after repeat_interleave (per key), and the
-    boolean mask (queries x keys); backward 2.5x the FLOPs and twice the bytes."""
+    boolean mask (queries x keys); backward 2.5x the FLOPs and twice the bytes. Widths are
+    this rank's heads x head_dim."""
     decode = op == "decode"
     length = np.asarray(length, dtype=float)
-    width = spec.hidden_size / tp
+    width = spec.q_dim / tp
     dtype = hardware.compute_dtype_bytes
     queries = batch if decode else batch * length
     keys = batch * length
@@ -195,14 +198,16 @@ def block_elementwise_bytes(spec: ModelSpec, tp: int, op: str, batch: float, len
     two RMSNorms and two residual adds over h (replicated over tp), rotary on q and k, the
     K/V repeat to query width (per key; grouped-query models only: with as many kv heads as
     query heads the runtime uses K and V as they are), the attention output copy, SwiGLU over I / tp, and
-    the KV-cache write of the new tokens (prefill and decode)."""
+    the KV-cache write of the new tokens (prefill and decode); with q/k norms (Qwen3) an
+    RMSNorm over this rank's q and k widths. q widths are heads x head_dim / tp."""
     h = spec.hidden_size
     kv = kv_heads_per_rank(spec, tp) * spec.head_dim
-    q = h / tp
+    q = spec.q_dim / tp
     length = np.asarray(length, dtype=float)
     tokens = part_tokens("block", op, batch, length)
     keys = batch * length if op == "decode" else tokens
-    norm = 2.0 * h * (eff.RMSNORM_FP32_BYTES_PER_ELEMENT + eff.RMSNORM_DTYPE_PASSES * dtype_bytes)
+    norm_bytes = eff.RMSNORM_FP32_BYTES_PER_ELEMENT + eff.RMSNORM_DTYPE_PASSES * dtype_bytes
+    norm = (2.0 * h + ((q + kv) if spec.qk_norm else 0.0)) * norm_bytes
     per_token_passes = (eff.ROTARY_PASSES * (q + kv) + eff.ATTENTION_OUTPUT_COPY_PASSES * q
                         + 2.0 * eff.RESIDUAL_ADD_PASSES * h
                         + eff.SWIGLU_PASSES * spec.intermediate_size / tp)
@@ -248,10 +253,12 @@ def device_time_s(spec: ModelSpec, hardware: HardwareSpec, op: str, part: str, t
 def host_time_s(spec: ModelSpec, part: str, op: str) -> float:
     """Host seconds to issue a part's kernels on CUDA: its eager ops from Python (forward),
     or the autograd engine's kernels (backward). A block of a model without grouped-query
-    attention skips the two K/V repeat_interleave ops."""
+    attention skips the two K/V repeat_interleave ops; Qwen3's q/k norms add two RMSNorms."""
     ops = eff.EAGER_OPS_PER_PART[part]
     if part == "block" and spec.num_kv_heads == spec.num_heads:
         ops -= eff.KV_REPEAT_OPS
+    if part == "block" and spec.qk_norm:
+        ops += 2 * eff.RMSNORM_EAGER_OPS
     if op == "backward":
         return ops * eff.BACKWARD_KERNELS_PER_FORWARD_OP * eff.AUTOGRAD_KERNEL_HOST_S
     return ops * eff.EAGER_OP_HOST_S

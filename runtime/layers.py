@@ -4,7 +4,9 @@ Parameters are the per-rank shards of `planner.sharding.param_shards`; activatio
 replicated over the TP group ([batch, seq, hidden] on every TP rank). Conventions follow HF
 `LlamaForCausalLM` so HF checkpoints give the same logits: RMSNorm computed in fp32, rotary
 embeddings in the rotate-half layout (first and second half of each head dim form the pairs),
-K/V heads shared by consecutive query heads (GQA), SwiGLU MLP.
+K/V heads shared by consecutive query heads (GQA), SwiGLU MLP. Qwen3's q/k norms (HF
+`Qwen3Attention`): an RMSNorm over head_dim of each q and k head, after the projection and
+before rotary, with one weight [head_dim] shared by all heads and replicated over tp.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from planner.domain.modelspec import RopeScaling
 from runtime.comm import copy_to_tp, reduce_from_tp
 from runtime.parallel_context import Group
+from runtime.rope import attention_scaling, inverse_frequencies
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -26,14 +30,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * normed.to(x.dtype)
 
 
-def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape [batch, 1, seq, head_dim] for integer `positions` [batch, seq]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
-                                             device=positions.device) / head_dim))
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype,
+                   scaling: RopeScaling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape [batch, 1, seq, head_dim] for integer `positions` [batch, seq],
+    with the rotary `scaling` (runtime/rope.py; yarn also scales cos and sin, as HF does)."""
+    inv_freq = inverse_frequencies(head_dim, theta, scaling, positions.device)
     angles = positions.float()[..., None] * inv_freq
     angles = torch.cat([angles, angles], dim=-1)[:, None]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    factor = attention_scaling(scaling)
+    return (angles.cos() * factor).to(dtype), (angles.sin() * factor).to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -66,16 +71,26 @@ class AttentionInputs:
 
 
 def attention(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, head_dim: int,
-              inputs: AttentionInputs, tp: Group, cache: LayerCache | None) -> torch.Tensor:
-    """Grouped-query self-attention: column-parallel q/k/v, row-parallel output projection."""
+              eps: float, inputs: AttentionInputs, tp: Group, cache: LayerCache | None
+              ) -> torch.Tensor:
+    """Grouped-query self-attention: column-parallel q/k/v, row-parallel output projection.
+
+    q/k norms (when `{prefix}q_norm.weight` is there): each rank normalises its own heads,
+    so a norm weight's gradient on one rank covers only those heads; copy_to_tp sums it over
+    the tp group in backward, giving every rank the full (replicated) gradient.
+    """
     batch, seq, _ = x.shape
     x = copy_to_tp(x, tp)
 
     def project(name: str) -> torch.Tensor:
-        out = F.linear(x, p[f"{prefix}{name}.weight"], p.get(f"{prefix}{name}.bias"))
-        return out.view(batch, seq, -1, head_dim).transpose(1, 2)
+        out = F.linear(x, p[f"{prefix}{name}_proj.weight"], p.get(f"{prefix}{name}_proj.bias"))
+        out = out.view(batch, seq, -1, head_dim)
+        norm = p.get(f"{prefix}{name}_norm.weight")
+        if norm is not None:
+            out = rms_norm(out, copy_to_tp(norm, tp), eps)
+        return out.transpose(1, 2)
 
-    q, k, v = project("q_proj"), project("k_proj"), project("v_proj")
+    q, k, v = project("q"), project("k"), project("v")
     q = apply_rotary(q, inputs.cos, inputs.sin)
     k = apply_rotary(k, inputs.cos, inputs.sin)
     if cache is not None:
@@ -108,7 +123,7 @@ def attention_sublayer(x: torch.Tensor, p: dict[str, torch.Tensor], layer: int, 
     be added to the residual x)."""
     prefix = f"model.layers.{layer}."
     return attention(rms_norm(x, p[f"{prefix}input_layernorm.weight"], eps), p,
-                     f"{prefix}self_attn.", head_dim, inputs, tp, cache)
+                     f"{prefix}self_attn.", head_dim, eps, inputs, tp, cache)
 
 
 def decoder_block(x: torch.Tensor, p: dict[str, torch.Tensor], layer: int, head_dim: int,

@@ -110,7 +110,7 @@ class ParallelModel:
     def attention_inputs(self, positions: torch.Tensor, mask: torch.Tensor,
                          cache_start: int = 0) -> AttentionInputs:
         cos, sin = rotary_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta,
-                                  self.device.dtype)
+                                  self.device.dtype, self.spec.rope_scaling)
         return AttentionInputs(cos=cos, sin=sin, mask=mask, cache_start=cache_start)
 
     def stage_forward(self, stage_input: torch.Tensor, inputs: AttentionInputs,

@@ -8,8 +8,13 @@ on CPU; checkpoints are the path for large models.
 
 HF checkpoints are a directory with `model.safetensors`, or shards listed in
 `model.safetensors.index.json`, read with the `safetensors` library; each rank reads only the
-byte ranges of its slices. A value
-head absent from the checkpoint (a critic started from an LM) is randomly initialised.
+byte ranges of its slices, cast from the stored dtype (bf16, fp16, fp32) to the compute dtype.
+A value head is read from transformers' `*ForSequenceClassification` head: `score.weight`
+[num_labels = 1, h] is our `value_head.weight`, and `score.bias` (which transformers' score
+layer does not have, `nn.Linear(h, num_labels, bias=False)` in modeling_llama.py) our
+`value_head.bias`, zero when absent, so the value is exactly transformers' score. A `score`
+of another shape is refused; a checkpoint without one (a critic started from a causal LM)
+leaves the value head to the seeded init (`checkpoint_reads` says which).
 """
 
 from __future__ import annotations
@@ -158,23 +163,57 @@ def _open_inside(directory: Path, file: str):
                          f"({' '.join(str(err).split())})") from None
 
 
+SCORE_WEIGHT, SCORE_BIAS = "score.weight", "score.bias"  # transformers' classification head
+CHECKPOINT_NAMES = {VALUE_HEAD_WEIGHT: SCORE_WEIGHT, VALUE_HEAD_BIAS: SCORE_BIAS}
+ZERO, SEED = "zero", "seed"  # what stands in for a value-head tensor absent from a checkpoint
+
+
+def checkpoint_name(name: str) -> str:
+    """The tensor's name in an HF checkpoint (our value head is transformers' `score`)."""
+    return CHECKPOINT_NAMES.get(name, name)
+
+
+def checkpoint_reads(checkpoint: HFCheckpoint, spec: ModelSpec, head: HeadKind, pp: int = 1
+                     ) -> dict[str, str]:
+    """{our parameter: the checkpoint tensor it is read from, or ZERO / SEED} for the whole
+    model (its parameters under `pp` stages); ValueError naming the directory and the
+    tensor when a tensor is missing or its shape is not the one the spec implies. Reads
+    headers only."""
+    reads = {}
+    has_score = SCORE_WEIGHT in checkpoint
+    for param in model_params(spec, head, pp):
+        source = checkpoint_name(param.name)
+        if source in checkpoint:
+            shape = checkpoint.shape(source)
+            if shape != param.shape:
+                what = (" (a value head needs num_labels 1)" if source == SCORE_WEIGHT else "")
+                raise ValueError(f"{checkpoint.directory}: {source} has shape {list(shape)}, "
+                                 f"the model spec implies {list(param.shape)}{what}")
+            reads[param.name] = source
+        elif param.name == VALUE_HEAD_BIAS:
+            reads[param.name] = ZERO if has_score else SEED
+        elif param.name == VALUE_HEAD_WEIGHT:
+            reads[param.name] = SEED
+        else:
+            raise ValueError(f"{checkpoint.directory}: checkpoint has no tensor {source}")
+    return reads
+
+
 def load_hf_params(directory: Path, spec: ModelSpec, head: HeadKind, tp_rank: int, tp: int,
                    pp_stage: int, pp: int, seed: int, device: DeviceConfig
                    ) -> dict[str, torch.Tensor]:
-    """This rank's shards read from an HF checkpoint (missing value head: random init)."""
+    """This rank's shards read from an HF checkpoint (module docstring: the value head)."""
     checkpoint = HFCheckpoint(directory)
+    reads = checkpoint_reads(checkpoint, spec, head, pp)
     params = {}
     for param in stage_params(spec, head, pp_stage, pp):
         name, ranges = param.name, shard_slice(spec, param, tp_rank, tp)
-        if name in checkpoint:
-            shape = checkpoint.shape(name)
-            if shape != param.shape:
-                raise ValueError(f"{directory}: {name} has shape {shape}, "
-                                 f"config implies {param.shape}")
-            tensor = checkpoint.read(name, ranges)
-        elif name.startswith("value_head."):
+        source = reads[name]
+        if source == SEED:
             tensor = _slice(init_full_param(spec, name, seed), ranges)
+        elif source == ZERO:
+            tensor = torch.zeros(param.shape)
         else:
-            raise ValueError(f"{directory}: checkpoint has no tensor {name}")
+            tensor = checkpoint.read(source, ranges)
         params[name] = tensor.to(device.device, device.dtype).contiguous()
     return params

@@ -18,13 +18,25 @@ runtime must support it, this machine must have its device kind (and a GPU per r
 it must fit in the memory of the devices at hand (the check of `plan check`).
 
 Every rank creates the process groups of every execution of the plan, creates the models
-(seeded random init), then runs the iterations call by call in the plan's order: parameter
+(seeded random init, or --load ROLE=DIR: its shards of an HF checkpoint), then runs the
+iterations call by call in the plan's order: parameter
 reallocations and data transfers follow the same schedules the cost model prices
 (planner.sharding.transfer_schedule); calls on disjoint meshes run at the same time.
 Prints one progress line per iteration (time, reward mean, losses, KL) and writes a JSON
 trace in the shape of `plan estimate --json` (iteration_s, calls, reallocations, transfers)
 plus nodes [{name, start_s, end_s, devices}] and per-iteration metrics. Peak memory: CUDA
 max_memory_allocated, or on CPU the process RSS sampled every 10 ms (memory_source says which).
+
+Checkpoints: --load ROLE=DIR (repeatable) starts model role ROLE from the HF checkpoint in
+DIR (config.json + model.safetensors or a sharded index; bf16 or fp32, cast to the plan's
+dtype). Its config.json must describe the role's model (else one line naming DIR and the
+field). A reward or critic role reads transformers' *ForSequenceClassification head
+(score.weight [1, hidden]) as its value head; from a causal-LM checkpoint its value head
+starts from --seed, and a note says so. --save DIR writes each trained role after the last
+iteration (and after every N with --save-every N) to DIR/ROLE/ as an HF checkpoint in the
+plan's dtype (LlamaForCausalLM or Qwen2ForCausalLM; a value head as
+*ForSequenceClassification with num_labels 1) that transformers' from_pretrained loads.
+Files are written under temporary names and renamed; nothing is written outside DIR.
 
 Rewards: --reward model uses the workflow's reward model; --reward
 programmatic:target_token=7 rewards the fraction of generated tokens equal to 7 (no reward
@@ -58,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(Path(args.plan))
     world = plan.cluster.num_devices
     try:
-        check_plan_can_start(plan, config, args.plan, world,
-                             {h.name for h in plan.cluster.node_hardware})
+        for note in check_plan_can_start(plan, config, args.plan, world,
+                                         {h.name for h in plan.cluster.node_hardware}):
+            print(f"plan run: {note}", file=sys.stderr)
         trace, _ = start_plan(plan, config, emit=lambda line: print(line, flush=True))
     except PlanDoesNotFit as err:
         print(f"plan run: {err}; nothing was started", file=sys.stderr)

@@ -57,13 +57,15 @@ def memory_problem_here(plan: Plan, hardware_here: set[str],
 
 
 def check_plan_can_start(plan: Plan, config: RunConfig, source: str, ranks_here: int,
-                         hardware_here: set[str]) -> None:
+                         hardware_here: set[str]) -> list[str]:
     """Everything checked before a rank of `plan run` (or of its torchrun entry point)
     starts, for the `ranks_here` ranks this machine runs on hardware `hardware_here`: the
-    runtime's checks (InputError: what it cannot run or this machine cannot host), then the
-    memory of the devices at hand (PlanDoesNotFit)."""
-    check_before_start(plan, config, source, ranks_here)
+    runtime's checks (InputError: what it cannot run, a bad --load or --save, or what this
+    machine cannot host), then the memory of the devices at hand (PlanDoesNotFit). Returns
+    the runtime's notes to print (a value head a checkpoint leaves to the seed)."""
+    notes = check_before_start(plan, config, source, ranks_here)
     memory = local_device_memory_bytes(plan.cluster, ranks_here)
     problem = memory_problem_here(plan, hardware_here, memory)
     if problem:
         raise PlanDoesNotFit(f"{source}: infeasible: {problem}")
+    return notes

@@ -57,13 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             raise InputError(f"{args.plan}: cluster: {problem}")
         hardware = plan.cluster.node_hardware[place.node]
-        check_plan_can_start(plan, config, args.plan, place.local_world_size, {hardware.name})
+        notes = check_plan_can_start(plan, config, args.plan, place.local_world_size,
+                                     {hardware.name})
     except InputError as err:
         report(place, f"error: {err}")
         return 2
     except PlanDoesNotFit as err:
         report(place, f"{err}; nothing was started")
         return 1
+    for note in notes:
+        report(place, note)
     trace_path = Path(args.trace) if args.trace else Path(args.plan).with_suffix(".trace.json")
     run_under_torchrun(plan, config, place, trace_path)
     return 0

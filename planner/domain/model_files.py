@@ -1,22 +1,29 @@
 """Model specs by name or from a local HF `config.json`, each field mapped explicitly.
 
 A config is read for what our engine runs: the LLaMA architecture (RMSNorm, rotary
-positions, SwiGLU MLP, grouped-query attention) of `LlamaForCausalLM`, `Qwen2ForCausalLM`
-and `MistralForCausalLM`. Everything else a config can say and we do not run is refused
-with one line naming the file, the field and what is supported, never read as something
-else (the transformers docs of LlamaConfig, Qwen2Config and MistralConfig give the fields
-and their defaults):
-- `hidden_act` other than silu; `mlp_bias`; Llama/Mistral `attention_bias` (it adds an
+positions, SwiGLU MLP, grouped-query attention) of `LlamaForCausalLM`, `Qwen2ForCausalLM`,
+`Qwen3ForCausalLM` (q/k RMSNorm per head) and `MistralForCausalLM`, with any `head_dim` and
+the rotary scalings "llama3", "linear" and "yarn" (planner.domain.modelspec). Everything else
+a config can say and we do not run is refused with one line naming the file, the field and
+what is supported, never read as something else (the transformers docs of LlamaConfig,
+Qwen2Config, Qwen3Config and MistralConfig give the fields and their defaults):
+- `hidden_act` other than silu; `mlp_bias`; Llama/Mistral/Qwen3 `attention_bias` (it adds an
   o_proj bias too, which our blocks do not have; Qwen2 always has q/k/v biases and no o_proj
   bias, which we run);
-- rotary scaling (`rope_scaling`, or a `rope_parameters.rope_type` other than default:
-  llama3, linear, yarn, ...); `rope_theta` is read at the top level or, as transformers 5
-  writes it, inside `rope_parameters`;
-- a sliding window shorter than the positions (Mistral `sliding_window`, Qwen2 with
-  `use_sliding_window`), a `head_dim` other than hidden_size / num_attention_heads, and
-  quantized checkpoints (`quantization_config`).
+- rotary types other than default, llama3, linear and yarn (dynamic, longrope, ...), a field
+  of the rope object its type does not use, and `partial_rotary_factor` other than 1;
+- a sliding window shorter than the positions (Mistral `sliding_window`, Qwen2/Qwen3 with
+  `use_sliding_window`, `layer_types` naming sliding attention), and quantized checkpoints
+  (`quantization_config`).
+The rope object is `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5,
+which also holds `rope_theta`); transformers 5 reads `rope_scaling` in preference, and a
+config giving both with different contents is refused. As in transformers'
+standardize_rope_params, llama3 and yarn take `original_max_position_embeddings` from the top
+level if there, else from the rope object, else `max_position_embeddings`; yarn without a
+factor takes max_position_embeddings / original_max_position_embeddings.
 Defaults where a key is absent are transformers' own: `rms_norm_eps` 1e-6,
-`num_key_value_heads` = `num_attention_heads`, `hidden_act` silu, no rope scaling.
+`num_key_value_heads` = `num_attention_heads`, `hidden_act` silu, no rope scaling, `head_dim`
+hidden_size / num_attention_heads (Qwen3Config: 128).
 """
 
 from __future__ import annotations
@@ -30,13 +37,32 @@ from planner.domain.errors import InputError, describe_validation_error
 from planner.domain.input_files import load_json_input
 from planner.domain.modelspec import PRESETS, ModelSpec
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 REQUIRED_KEYS = {"num_hidden_layers": "num_layers", "hidden_size": "hidden_size",
                  "num_attention_heads": "num_heads", "intermediate_size": "intermediate_size",
                  "vocab_size": "vocab_size", "max_position_embeddings": "max_positions"}
 HF_RMS_NORM_EPS_DEFAULT = 1e-6     # LlamaConfig / Qwen2Config / MistralConfig default
+HF_HEAD_DIM_DEFAULT = {"qwen3": 128}   # Qwen3Config.head_dim; the others: hidden / heads
 DEFAULT_ROPE_TYPES = (None, "default")
 BOOLEAN_KEYS = ("attention_bias", "mlp_bias", "tie_word_embeddings", "use_sliding_window")
+# Fields of each rope type, HF name -> RopeScaling field (transformers ROPE_INIT_FUNCTIONS).
+ROPE_FIELDS = {
+    "default": {},
+    "linear": {"factor": "factor"},
+    "llama3": {"factor": "factor", "low_freq_factor": "low_freq_factor",
+               "high_freq_factor": "high_freq_factor",
+               "original_max_position_embeddings": "original_max_positions"},
+    "yarn": {"factor": "factor", "original_max_position_embeddings": "original_max_positions",
+             "beta_fast": "beta_fast", "beta_slow": "beta_slow",
+             "attention_factor": "attention_factor", "mscale": "mscale",
+             "mscale_all_dim": "mscale_all_dim", "truncate": "truncate"},
+}
+# Keys any rope object may hold besides its type's fields.
+ROPE_COMMON_KEYS = ("rope_type", "type", "rope_theta", "partial_rotary_factor")
+# Qwen3Config (and transformers 5's Qwen2Config) attention kinds per layer.
+FULL_ATTENTION = "full_attention"
+# Model types whose q/k/v biases come without an attention_bias key (Qwen2 always has them).
+QKV_BIAS_TYPES = ("qwen2",)
 
 
 def _refusal(config: dict[str, Any], model_type: str) -> str | None:
@@ -49,34 +75,22 @@ def _refusal(config: dict[str, Any], model_type: str) -> str | None:
         return f"hidden_act: {act!r} is not run; supported: 'silu' (SwiGLU)"
     if config.get("mlp_bias"):
         return "mlp_bias: true is not run; supported: MLP projections without biases"
-    if model_type != "qwen2" and config.get("attention_bias"):
+    if model_type not in QKV_BIAS_TYPES and config.get("attention_bias"):
         return ("attention_bias: true (q, k, v and o_proj biases) is not run for "
                 f"{model_type}; supported: no biases, or Qwen2's q/k/v biases")
-    scaling = config.get("rope_scaling")
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) \
-            else scaling
-        if kind not in DEFAULT_ROPE_TYPES:
-            return (f"rope_scaling: type {kind!r} is not run; supported: no rope scaling "
-                    f"(rope_scaling null)")
-    parameters = config.get("rope_parameters")
-    if parameters is not None:
-        if not isinstance(parameters, dict):
-            return f"rope_parameters: got {parameters!r}; expected an object"
-        if parameters.get("rope_type") not in DEFAULT_ROPE_TYPES:
-            return (f"rope_parameters.rope_type: {parameters.get('rope_type')!r} is not run; "
-                    f"supported: 'default'")
+    if config.get("partial_rotary_factor", 1.0) != 1.0:
+        return (f"partial_rotary_factor: {config['partial_rotary_factor']!r} is not run; "
+                f"supported: 1 (rotary over the whole head)")
     window = _active_sliding_window(config, model_type)
     positions = config.get("max_position_embeddings")
     if window is not None and isinstance(positions, int) and window < positions:
         return (f"sliding_window: attention over the last {window} tokens is not run "
                 f"(max_position_embeddings is {positions}); supported: full causal attention")
-    head_dim = config.get("head_dim")
-    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
-    if head_dim is not None and isinstance(hidden, int) and isinstance(heads, int) and \
-            heads > 0 and head_dim != hidden // heads:
-        return (f"head_dim: {head_dim} is not hidden_size / num_attention_heads = "
-                f"{hidden // heads}; supported: head_dim = hidden_size / num_attention_heads")
+    layer_types = config.get("layer_types")
+    if layer_types is not None and (not isinstance(layer_types, list) or any(
+            kind != FULL_ATTENTION for kind in layer_types)):
+        return (f"layer_types: {layer_types!r} is not run; supported: "
+                f"{FULL_ATTENTION!r} for every layer")
     if config.get("quantization_config") is not None:
         return "quantization_config: quantized checkpoints are not run; supported: bf16/fp32"
     return None
@@ -90,6 +104,28 @@ def _active_sliding_window(config: dict[str, Any], model_type: str) -> int | Non
     return window if isinstance(window, int) else None
 
 
+def _rope_object(config: dict[str, Any]) -> tuple[str, dict[str, Any]] | str:
+    """(field name, rope object) as transformers 5 reads it (module docstring), or a problem."""
+    objects = {}
+    for key in ("rope_scaling", "rope_parameters"):
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f"{key}: got {value!r}; expected an object"
+        objects[key] = value
+    if len(objects) == 2:
+        scaling, parameters = objects["rope_scaling"], objects["rope_parameters"]
+        differ = [k for k in scaling.keys() | parameters.keys()
+                  if k != "rope_theta" and scaling.get(k) != parameters.get(k)]
+        if differ:
+            return (f"rope_scaling: differs from rope_parameters in {sorted(differ)}; give "
+                    f"one of them")
+    if "rope_scaling" in objects:
+        return "rope_scaling", objects["rope_scaling"]
+    return "rope_parameters", objects.get("rope_parameters", {})
+
+
 def _rope_theta(config: dict[str, Any]) -> tuple[float | None, str | None]:
     """(rope_theta, problem): top-level, or inside transformers 5's rope_parameters."""
     top = config.get("rope_theta")
@@ -98,6 +134,36 @@ def _rope_theta(config: dict[str, Any]) -> tuple[float | None, str | None]:
         return None, (f"rope_theta: {top} at the top level but {nested} in rope_parameters; "
                       f"give one")
     return (top if top is not None else nested), None
+
+
+def _rope_scaling(config: dict[str, Any], key: str, rope: dict[str, Any]
+                  ) -> tuple[dict[str, Any] | None, str | None]:
+    """(ModelSpec.rope_scaling fields or None for no scaling, problem) of the rope object."""
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ROPE_FIELDS:
+        return None, (f"{key}.rope_type: {kind!r} is not run; supported: "
+                      f"{sorted(ROPE_FIELDS)}")
+    fields = ROPE_FIELDS[kind]
+    extra = sorted(k for k in rope if k not in fields and k not in ROPE_COMMON_KEYS)
+    if extra:
+        return None, (f"{key}: {extra} are not fields of rope type {kind!r}; valid: "
+                      f"{sorted(fields)}")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        return None, (f"{key}.partial_rotary_factor: {rope['partial_rotary_factor']!r} is not "
+                      f"run; supported: 1 (rotary over the whole head)")
+    if kind == "default":
+        return None, None
+    scaling = {name: rope[hf] for hf, name in fields.items() if rope.get(hf) is not None}
+    if "original_max_position_embeddings" in fields:
+        top = config.get("original_max_position_embeddings")
+        scaling["original_max_positions"] = top if top is not None else rope.get(
+            "original_max_position_embeddings", config.get("max_position_embeddings"))
+    original, positions = scaling.get("original_max_positions"), config.get(
+        "max_position_embeddings")
+    if kind == "yarn" and "factor" not in scaling and isinstance(original, (int, float)) and \
+            original > 0 and isinstance(positions, (int, float)):
+        scaling["factor"] = positions / original
+    return {"type": kind, **scaling}, None
 
 
 def spec_from_hf_config(config_path: Path) -> ModelSpec:
@@ -118,7 +184,13 @@ def spec_from_hf_config(config_path: Path) -> ModelSpec:
     problem = _refusal(config, model_type)
     if problem:
         raise ValueError(f"{config_path}: {problem}")
+    rope = _rope_object(config)
+    if isinstance(rope, str):
+        raise ValueError(f"{config_path}: {rope}")
     rope_theta, problem = _rope_theta(config)    # rope_parameters is an object by now
+    if problem:
+        raise ValueError(f"{config_path}: {problem}")
+    rope_scaling, problem = _rope_scaling(config, *rope)
     if problem:
         raise ValueError(f"{config_path}: {problem}")
     missing = [key for key in REQUIRED_KEYS if config.get(key) is None]
@@ -129,7 +201,10 @@ def spec_from_hf_config(config_path: Path) -> ModelSpec:
     fields["num_kv_heads"] = config.get("num_key_value_heads") or fields["num_heads"]
     fields["norm_eps"] = config.get("rms_norm_eps", HF_RMS_NORM_EPS_DEFAULT)
     fields["tie_embeddings"] = config.get("tie_word_embeddings", False)
-    fields["attention_bias"] = model_type == "qwen2"
+    fields["attention_bias"] = model_type in QKV_BIAS_TYPES
+    fields["qk_norm"] = model_type == "qwen3"
+    fields["head_dim"] = config.get("head_dim", HF_HEAD_DIM_DEFAULT.get(model_type))
+    fields["rope_scaling"] = rope_scaling
     if rope_theta is not None:
         fields["rope_theta"] = rope_theta
     try:

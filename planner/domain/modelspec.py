@@ -1,15 +1,23 @@
 """Model specs of the LLaMA family: architecture and parameter counts.
 
 Sources: the HF `config.json` of each published checkpoint (LLaMA-2, Code Llama 34B,
-Llama 3, Qwen2.5). Parameter counts follow the module shapes of HF `LlamaForCausalLM`:
-embedding V*h; per layer q,o of h*h, k,v of h*(kv_heads*head_dim) (plus biases for Qwen),
-gate/up/down of h*I each, two RMSNorm weights of h; final norm h; output head V*h unless
-tied. A critic or reward model replaces the head with a scalar value head of h (+1 bias).
+Llama 3, Qwen2.5). Parameter counts follow the module shapes of HF `LlamaForCausalLM`,
+`Qwen2ForCausalLM` and `Qwen3ForCausalLM`: embedding V*h; per layer q of (heads*head_dim)*h,
+o of h*(heads*head_dim), k,v of (kv_heads*head_dim)*h (plus q/k/v biases for Qwen2), Qwen3's
+q_norm and k_norm of head_dim each, gate/up/down of h*I each, two RMSNorm weights of h; final
+norm h; output head V*h unless tied. A critic or reward model replaces the head with a scalar
+value head of h (+1 bias). head_dim is hidden_size / heads unless the config says otherwise
+(Qwen3: 128 whatever the hidden size).
+
+Rotary scaling (`rope_scaling`): the three kinds transformers' modeling_rope_utils.py
+ROPE_INIT_FUNCTIONS computes and that we run (runtime/rope.py): "llama3" (Llama 3.1/3.2/3.3),
+"linear" (position interpolation, Chen et al. 2023) and "yarn" (Peng et al. 2023).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -29,12 +37,106 @@ MAX_POSITIONS = 16_777_216
 MAX_ROPE_THETA = 1e12
 # RMSNorm epsilons are 1e-5 or 1e-6; one near 1 would swamp the activations it normalises.
 MAX_NORM_EPS = 1.0
+# Head widths run from 64 to 256 (Gemma 2: 256); 4096 is far beyond any published one.
+MAX_HEAD_DIM = 4_096
+# Rope scaling factors published: 8 (Llama 3.1), 4 (Qwen2.5 yarn), 32 (Llama 3.2 1B long
+# context); 1024 bounds a stray digit.
+MAX_ROPE_FACTOR = 1_024.0
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Llama3RopeScaling(BaseModel):
+    """Llama 3.1's rope scaling (transformers _compute_llama3_parameters): wavelengths longer
+    than original_max_positions / low_freq_factor are divided by `factor`, those shorter than
+    original_max_positions / high_freq_factor kept, and those between interpolated smoothly."""
+
+    model_config = _FROZEN
+
+    type: Literal["llama3"] = "llama3"
+    factor: float = Field(gt=0, le=MAX_ROPE_FACTOR,
+                          description="divisor of the low inverse frequencies (Llama 3.1: 8)")
+    low_freq_factor: float = Field(gt=0, le=MAX_ROPE_FACTOR,
+                                   description="original context / wavelength below which "
+                                               "frequencies are fully scaled (Llama 3.1: 1)")
+    high_freq_factor: float = Field(gt=0, le=MAX_ROPE_FACTOR,
+                                    description="original context / wavelength above which "
+                                                "frequencies are kept (Llama 3.1: 4)")
+    original_max_positions: int = Field(ge=1, le=MAX_POSITIONS,
+                                        description="context length of pre-training, tokens "
+                                                    "(Llama 3.1: 8192)")
+
+    @model_validator(mode="after")
+    def _check_band(self) -> Llama3RopeScaling:
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(f"high_freq_factor {self.high_freq_factor} must exceed "
+                             f"low_freq_factor {self.low_freq_factor}")
+        return self
+
+
+class LinearRopeScaling(BaseModel):
+    """Linear position interpolation: every inverse frequency divided by `factor`
+    (transformers _compute_linear_scaling_rope_parameters)."""
+
+    model_config = _FROZEN
+
+    type: Literal["linear"] = "linear"
+    factor: float = Field(gt=0, le=MAX_ROPE_FACTOR,
+                          description="divisor of every inverse frequency (positions / factor)")
+
+
+class YarnRopeScaling(BaseModel):
+    """YaRN (Peng et al. 2023; transformers _compute_yarn_parameters): inverse frequencies
+    blended between interpolated (/ factor) and original by a linear ramp over the dimensions
+    whose rotation counts over original_max_positions lie between beta_slow and beta_fast;
+    cos and sin multiplied by `attention_scaling`."""
+
+    model_config = _FROZEN
+
+    type: Literal["yarn"] = "yarn"
+    factor: float = Field(gt=0, le=MAX_ROPE_FACTOR,
+                          description="context extension ratio (Qwen2.5 long context: 4)")
+    original_max_positions: int = Field(ge=1, le=MAX_POSITIONS,
+                                        description="context length of pre-training, tokens")
+    beta_fast: float = Field(default=32.0, gt=0, le=MAX_POSITIONS,
+                             description="rotations above which a dimension is kept as is")
+    beta_slow: float = Field(default=1.0, gt=0, le=MAX_POSITIONS,
+                             description="rotations below which a dimension is interpolated")
+    attention_factor: float | None = Field(
+        default=None, gt=0, le=MAX_ROPE_FACTOR,
+        description="multiplier of cos and sin; None: from factor, mscale and mscale_all_dim")
+    mscale: float | None = Field(default=None, ge=0, le=MAX_ROPE_FACTOR,
+                                    description="DeepSeek-style numerator of attention_factor")
+    mscale_all_dim: float | None = Field(default=None, ge=0, le=MAX_ROPE_FACTOR,
+                                            description="DeepSeek-style denominator")
+    truncate: bool = Field(default=True,
+                           description="round the ramp's ends to whole dimensions")
+
+    @property
+    def attention_scaling(self) -> float:
+        """attention_factor, else 0.1 x mscale x ln(factor) + 1 over the same with
+        mscale_all_dim when both are given (non-zero), else 0.1 ln(factor) + 1 (YaRN eq. 21;
+        1 for factor <= 1), as transformers computes it."""
+        if self.attention_factor is not None:
+            return self.attention_factor
+
+        def get_mscale(scale: float, mscale: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+        if self.mscale and self.mscale_all_dim:
+            return get_mscale(self.factor, self.mscale) / get_mscale(self.factor,
+                                                                      self.mscale_all_dim)
+        return get_mscale(self.factor)
+
+
+RopeScaling = Annotated[Llama3RopeScaling | LinearRopeScaling | YarnRopeScaling,
+                        Field(discriminator="type")]
 
 
 class ModelSpec(BaseModel):
     """Architecture of one decoder-only model of the LLaMA family."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = _FROZEN
 
     name: str
     num_layers: int = Field(ge=1, le=MAX_LAYERS)
@@ -44,24 +146,46 @@ class ModelSpec(BaseModel):
     intermediate_size: int = Field(ge=1, le=MAX_INTERMEDIATE_SIZE)
     vocab_size: int = Field(ge=2, le=MAX_VOCAB_SIZE)
     max_positions: int = Field(ge=1, le=MAX_POSITIONS)
+    head_dim: int = Field(ge=2, le=MAX_HEAD_DIM,
+                          description="width of one attention head; default hidden_size / "
+                                      "num_heads")
     rope_theta: float = Field(default=10000.0, gt=0, le=MAX_ROPE_THETA)
+    rope_scaling: RopeScaling | None = Field(
+        default=None, description="rotary frequency scaling (module docstring); None: none")
     norm_eps: float = Field(default=1e-5, gt=0, le=MAX_NORM_EPS)
-    attention_bias: bool = False
+    attention_bias: bool = Field(default=False, description="q/k/v biases (Qwen2)")
+    qk_norm: bool = Field(default=False, description="RMSNorm of each q and k head over "
+                                                     "head_dim before rotary (Qwen3)")
     tie_embeddings: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_head_dim(cls, data: Any) -> Any:
+        """head_dim absent: hidden_size / num_heads, which must then divide evenly."""
+        if isinstance(data, dict) and data.get("head_dim") is None:
+            hidden, heads = data.get("hidden_size"), data.get("num_heads")
+            # Out-of-range heads are left to the field's own bound check.
+            if isinstance(hidden, int) and isinstance(heads, int) and 1 <= heads <= MAX_HEADS:
+                if hidden % heads:
+                    raise ValueError(f"hidden_size {hidden} is not divisible by num_heads "
+                                     f"{heads}; give head_dim")
+                data = {**data, "head_dim": hidden // heads}
+        return data
+
     @model_validator(mode="after")
-    def _check_heads(self) -> "ModelSpec":
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_heads {self.num_heads}")
+    def _check_heads(self) -> ModelSpec:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not divisible by "
                              f"num_kv_heads {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} is odd; rotary embeddings pair the "
+                             f"two halves of a head, so it must be even")
         return self
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def q_dim(self) -> int:
+        """Width of the Q projection output and of the O projection input: heads x head_dim."""
+        return self.num_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -69,10 +193,12 @@ class ModelSpec(BaseModel):
         return self.num_kv_heads * self.head_dim
 
     def attention_params_per_layer(self) -> int:
+        """q, k, v, o weights, q/k/v biases (Qwen2) and q/k norm weights (Qwen3)."""
         h = self.hidden_size
-        weights = 2 * h * h + 2 * h * self.kv_dim
-        biases = (h + 2 * self.kv_dim) if self.attention_bias else 0
-        return weights + biases
+        weights = 2 * h * self.q_dim + 2 * h * self.kv_dim
+        biases = (self.q_dim + 2 * self.kv_dim) if self.attention_bias else 0
+        norms = 2 * self.head_dim if self.qk_norm else 0
+        return weights + biases + norms
 
     def mlp_params_per_layer(self) -> int:
         return 3 * self.hidden_size * self.intermediate_size
@@ -99,7 +225,7 @@ class ModelSpec(BaseModel):
     def matmul_params_per_layer(self) -> int:
         """Parameters of one block that take part in matrix multiplies (no norms, no biases)."""
         h = self.hidden_size
-        return 2 * h * h + 2 * h * self.kv_dim + self.mlp_params_per_layer()
+        return 2 * h * self.q_dim + 2 * h * self.kv_dim + self.mlp_params_per_layer()
 
 
 def _llama2(name: str, layers: int, hidden: int, heads: int, kv_heads: int, inter: int,

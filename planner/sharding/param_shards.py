@@ -5,9 +5,11 @@ agree on which device holds which slice of which tensor.
 
 Names and full shapes follow HF `LlamaForCausalLM`:
 - `model.embed_tokens.weight` [V, h]                     stage 0, vocab-split on dim 0
-- `model.layers.{i}.self_attn.{q,k,v}_proj.weight`       column-parallel, split on dim 0
-  (+ `.bias` when spec.attention_bias, split like its weight)
-- `model.layers.{i}.self_attn.o_proj.weight` [h, h]      row-parallel, split on dim 1
+- `model.layers.{i}.self_attn.q_proj.weight` [heads*d, h], `{k,v}_proj.weight`
+  [kv_heads*d, h]                                        column-parallel, split on dim 0
+  (+ `.bias` when spec.attention_bias, split like its weight; d = spec.head_dim)
+- `model.layers.{i}.self_attn.o_proj.weight` [h, heads*d] row-parallel, split on dim 1
+- `model.layers.{i}.self_attn.{q,k}_norm.weight` [d]     replicated (spec.qk_norm, Qwen3)
 - `model.layers.{i}.mlp.{gate,up}_proj.weight` [I, h]    column-parallel, dim 0
 - `model.layers.{i}.mlp.down_proj.weight` [h, I]         row-parallel, dim 1
 - `model.layers.{i}.{input,post_attention}_layernorm.weight` [h]   replicated
@@ -65,16 +67,21 @@ class ParamInfo:
 
 
 def _block_params(spec: ModelSpec, layer: int, stage: int) -> list[ParamInfo]:
-    h, kv, inter = spec.hidden_size, spec.kv_dim, spec.intermediate_size
+    h, q, kv, inter = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
     p = f"model.layers.{layer}."
     params = [ParamInfo(f"{p}input_layernorm.weight", (h,), stage, "replicated"),
               ParamInfo(f"{p}post_attention_layernorm.weight", (h,), stage, "replicated"),
-              ParamInfo(f"{p}self_attn.q_proj.weight", (h, h), stage, "column"),
+              ParamInfo(f"{p}self_attn.q_proj.weight", (q, h), stage, "column"),
               ParamInfo(f"{p}self_attn.k_proj.weight", (kv, h), stage, "column"),
               ParamInfo(f"{p}self_attn.v_proj.weight", (kv, h), stage, "column"),
-              ParamInfo(f"{p}self_attn.o_proj.weight", (h, h), stage, "row")]
+              ParamInfo(f"{p}self_attn.o_proj.weight", (h, q), stage, "row")]
+    if spec.qk_norm:
+        params += [ParamInfo(f"{p}self_attn.q_norm.weight", (spec.head_dim,), stage,
+                             "replicated"),
+                   ParamInfo(f"{p}self_attn.k_norm.weight", (spec.head_dim,), stage,
+                             "replicated")]
     if spec.attention_bias:
-        params += [ParamInfo(f"{p}self_attn.q_proj.bias", (h,), stage, "column"),
+        params += [ParamInfo(f"{p}self_attn.q_proj.bias", (q,), stage, "column"),
                    ParamInfo(f"{p}self_attn.k_proj.bias", (kv,), stage, "column"),
                    ParamInfo(f"{p}self_attn.v_proj.bias", (kv,), stage, "column")]
     params += [ParamInfo(f"{p}mlp.gate_proj.weight", (inter, h), stage, "column"),

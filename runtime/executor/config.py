@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -52,6 +53,9 @@ class RunConfig:
     lr: float = 1e-5
     temperature: float = 1.0
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    load: tuple[tuple[str, str], ...] = ()  # (role, absolute checkpoint directory)
+    save: str | None = None                 # absolute directory of the saved checkpoints
+    save_every: int | None = None           # also save after every N iterations
     return_weights: bool = False  # tests: return the trained models' full weights
 
     def __post_init__(self):
@@ -68,9 +72,33 @@ class RunConfig:
             raise InputError(f"--temperature: got {self.temperature}; give a value above 0 "
                              f"and at most {MAX_TEMPERATURE:g}")
         parse_reward(self.reward)
+        if self.save_every is not None:
+            if self.save is None:
+                raise InputError("--save-every: give --save DIR too (where to save)")
+            if not 1 <= self.save_every <= MAX_ITERATIONS:
+                raise InputError(f"--save-every: got {self.save_every}; give 1 to "
+                                 f"{MAX_ITERATIONS:,} iterations")
 
+    def saves_after(self, iteration: int) -> bool:
+        """Whether the trained models are saved after `iteration` (0-based): the last one,
+        and every save_every-th."""
+        if self.save is None:
+            return False
+        last = iteration == self.iterations - 1
+        return last or (self.save_every is not None and (iteration + 1) % self.save_every == 0)
+
+
+def parse_load(text: str) -> tuple[str, str]:
+    """(role, absolute directory) of one `--load ROLE=DIR`; InputError when it is not."""
+    role, equals, directory = text.partition("=")
+    if not (equals and role and directory):
+        raise InputError(f"--load: got {text!r}; give ROLE=DIR, e.g. actor=./checkpoint")
+    return role, os.path.abspath(directory)
 
 
 def config_from_args(args) -> RunConfig:
     return RunConfig(iterations=args.iterations, seed=args.seed, prompts=args.prompts,
-                     reward=args.reward, lr=args.lr, temperature=args.temperature)
+                     reward=args.reward, lr=args.lr, temperature=args.temperature,
+                     load=tuple(parse_load(t) for t in args.load or ()),
+                     save=args.save and os.path.abspath(args.save),
+                     save_every=args.save_every)

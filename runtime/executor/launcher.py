@@ -21,6 +21,7 @@ from planner.domain.errors import InputError
 from planner.domain.plan import Plan, plan_to_mapping
 from runtime.algorithms import ALGORITHMS
 from runtime.device import cluster_backend, cluster_device_problem
+from runtime.executor.checkpoints import checkpoint_notes
 from runtime.executor.config import RunConfig, parse_reward
 from runtime.executor.data import DATASET_KEYS, key_format
 from runtime.executor.dataset import load_records
@@ -82,16 +83,20 @@ def check_runnable(plan: Plan, config: RunConfig, source: str) -> None:
         load_records(config.prompts, plan.workflow.algorithm == "dpo", vocab)
 
 
-def check_before_start(plan: Plan, config: RunConfig, source: str, ranks_here: int) -> None:
+def check_before_start(plan: Plan, config: RunConfig, source: str, ranks_here: int
+                       ) -> list[str]:
     """What the runtime checks before any rank starts, for the `ranks_here` ranks this
-    machine runs: InputError when the runtime cannot run the plan or this machine cannot
-    host it (its device kind, count and dtype). The memory check against the devices at
-    hand is the cost model's, done by the command line after this (planner/cli/run_checks.py).
-    """
+    machine runs: InputError when the runtime cannot run the plan, a --load or --save is
+    bad (runtime.executor.checkpoints), or this machine cannot host it (its device kind,
+    count and dtype). The memory check against the devices at hand is the cost model's,
+    done by the command line after this (planner/cli/run_checks.py). Returns the notes to
+    print (value heads a checkpoint leaves to the seed)."""
     check_runnable(plan, config, source)
+    notes = checkpoint_notes(plan, config, source)
     problem = cluster_device_problem(plan.cluster, ranks_here)
     if problem:
         raise InputError(f"{source}: cluster: {problem}")
+    return notes
 
 
 def _entry(rank: int, world_size: int, post, plan_data: dict, config: RunConfig):
@@ -131,7 +136,8 @@ def run_plan(plan: Plan, config: RunConfig, emit: Callable[[str], None] = print,
              source: str = "plan") -> tuple[dict, list[dict]]:
     """Run the plan on local processes, every device of its cluster on this machine (checked
     first, module docstring); (trace, per-rank results)."""
-    check_before_start(plan, config, source, plan.cluster.num_devices)
+    for note in check_before_start(plan, config, source, plan.cluster.num_devices):
+        emit(note)
     return start_plan(plan, config, emit)
 
 

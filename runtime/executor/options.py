@@ -28,4 +28,14 @@ def add_run_options(parser) -> None:
                         "trained model (default 1e-5)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature of non-greedy generation (default 1.0)")
-
+    parser.add_argument("--load", action="append", metavar="ROLE=DIR",
+                        help="start model role ROLE (e.g. actor) from the HF checkpoint in DIR "
+                             "(config.json + safetensors; its config must be the role's model; "
+                             "a reward or critic role reads a *ForSequenceClassification "
+                             "score head); repeatable; roles not given start from --seed")
+    parser.add_argument("--save", metavar="DIR",
+                        help="after the last iteration write each trained model role to "
+                             "DIR/ROLE/ as an HF checkpoint (config.json + safetensors) that "
+                             "transformers loads")
+    parser.add_argument("--save-every", type=int, metavar="N",
+                        help="with --save: also save after every N iterations")

@@ -2,6 +2,9 @@
 
 `execute(rank, world_size, post, plan_data, config)` is what every rank runs (spawned by
 runtime.executor.launcher, or under torchrun through runtime.executor.torchrun).
+Models start from the seed, or from an HF checkpoint for the roles of config.load; after
+the iterations config.saves_after names, the trained roles are written to config.save as HF
+checkpoints (runtime.checkpoint_save), outside the timed steps.
 It posts one message per iteration, {"rank", "iteration", "records", "metrics"}, and
 returns {"rank", "weights"} (full-tensor slices of the models' home copies when
 config.return_weights).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -23,6 +27,7 @@ import torch.distributed as dist
 from planner.domain.plan import Plan, plan_from_mapping
 from planner.sharding.transfer_schedule import param_schedule
 from runtime.algorithms import ALGORITHMS
+from runtime.checkpoint_save import save_hf_checkpoint
 from runtime.device import DeviceConfig, rank_device_config
 from runtime.executor import calls
 from runtime.executor.config import RunConfig, parse_reward
@@ -70,11 +75,17 @@ class RankState:
                 continue
             role_spec = wf.models[role]
             offset = _VALUE_SEED_OFFSET if role_spec.head == "value" else _LM_SEED_OFFSET
+            seed = config.seed * 2 + offset
+            checkpoint = dict(config.load).get(role)
             for placement in placements:
                 ctx = self.ctxs[placement]
-                if ctx is not None:
-                    self.models[role][placement] = ParallelModel.from_seed(
-                        role_spec.spec, role_spec.head, ctx, config.seed * 2 + offset, device)
+                if ctx is None:
+                    continue
+                self.models[role][placement] = (
+                    ParallelModel.from_seed(role_spec.spec, role_spec.head, ctx, seed, device)
+                    if checkpoint is None else
+                    ParallelModel.from_hf(Path(checkpoint), role_spec.spec, role_spec.head, ctx,
+                                          device, seed))
         self.optimizers = {}
         for role in wf.trained_models():
             home = self.models[role].get(self.homes[role])
@@ -144,6 +155,14 @@ class RankState:
             work.wait()
         self.pending_sends.clear()
         self.store.drop(iteration)
+
+    def save_trained(self, directory: Path) -> None:
+        """Write every trained role's home copy to directory/<role>/ (runtime.checkpoint_save;
+        the same role order on every rank, as its gathers are collective)."""
+        for role in sorted(self.plan.workflow.trained_models()):
+            model = self.models[role].get(self.homes[role])
+            if model is not None:
+                save_hf_checkpoint(model, directory / role)
 
     def home_weights(self) -> dict[str, dict[str, tuple]]:
         """{role: {name: (ranges, tensor)}} of this rank's home shards, first replica only."""
@@ -216,5 +235,7 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
         state.finish_iteration(iteration)
         post({"rank": rank, "iteration": iteration, "records": records, "metrics": metrics,
               "memory_source": PeakMemory(device.device).source})
+        if config.saves_after(iteration):
+            state.save_trained(Path(config.save))
     dist.barrier()
     return {"rank": rank, "weights": state.home_weights() if config.return_weights else {}}

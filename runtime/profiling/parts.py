@@ -127,7 +127,7 @@ class ShardBench:
         valid = torch.ones(batch, length, dtype=torch.bool, device=dev)
         mask = attention_mask_4d(valid, torch.arange(length, device=dev))
         cos, sin = rotary_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta,
-                                  self.device.dtype)
+                                  self.device.dtype, self.spec.rope_scaling)
         return AttentionInputs(cos=cos, sin=sin, mask=mask, cache_start=0)
 
     def _decode_inputs(self, batch: int, context: int) -> AttentionInputs:
@@ -136,7 +136,7 @@ class ShardBench:
         mask = attention_mask_4d(valid, torch.tensor([context], device=dev))
         positions = torch.full((batch, 1), context, device=dev)
         cos, sin = rotary_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta,
-                                  self.device.dtype)
+                                  self.device.dtype, self.spec.rope_scaling)
         return AttentionInputs(cos=cos, sin=sin, mask=mask, cache_start=context)
 
     def _cache(self, batch: int, slots: int) -> LayerCache:
