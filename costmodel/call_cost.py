@@ -87,7 +87,7 @@ def call_time_with_knobs(call: ModelFunctionCall, role: ModelRole, execution: Ex
     st = StageTimer(role, execution, geo, profiles_dir, knobs, tuple(call.outputs))
     b = micro_batch_seqs(call, batch, execution)
     if call.kind == "generate":
-        phases = generate_phases_s(st, b, batch)
+        phases = generate_phases_s(st, b, batch, sampled=not call.greedy)
     elif call.kind == "inference":
         phases = inference_phases_s(st, b, batch)
     else:

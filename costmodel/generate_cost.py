@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from costmodel.roofline import memory_time_s
 from costmodel.stage_timer import StageTimer
 from planner.domain.layout import Execution
 from planner.domain.workflow import BatchSpec
@@ -53,17 +54,48 @@ def prefill_s(st: StageTimer, b: int, batch: BatchSpec) -> float:
     return (st.ex.pp + st.ex.micro_batches - 1) * expected
 
 
-def decode_s(st: StageTimer, b: int, batch: BatchSpec) -> float:
+# Bytes per (row, token id of the rank's vocabulary slice) of the counter-based Gumbel noise
+# of a sampled step (runtime/vocab_parallel.py gumbel_noise): the arange of ids, the xor with
+# the row's hash, the hash's 11 ops, the 24-bit extraction (2), the float conversion and
+# scaling (3) and the two log / negations (4): 21 element-wise passes, each reading and
+# writing 4 bytes.
+SAMPLING_NOISE_BYTES_PER_TOKEN_ID = 21 * 8
+
+
+def sampling_noise_s(st: StageTimer, b: int) -> float:
+    """Seconds of one sampled step's noise on the last stage: b x vocab / tp ids at the
+    memory bandwidth (a streaming kernel per pass, costmodel.roofline.memory_time_s)."""
+    hardware = st.timers[-1][0].hardware
+    elements = b * st.role.spec.vocab_size / st.ex.tp
+    return float(memory_time_s(elements * SAMPLING_NOISE_BYTES_PER_TOKEN_ID, hardware))
+
+
+def last_stage_heavier_max_s(st: StageTimer, op: str, b: int, length, extra_s: float):
+    """The slowest stage of `op` when the last stage does `extra_s` more."""
+    last = st.ex.pp - 1
+    return np.max([st.stage_s(s, op, b, length) + (extra_s if s == last else 0.0)
+                   for s in range(st.ex.pp)], axis=0)
+
+
+def decode_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool) -> float:
     steps = np.arange(1, batch.gen_len)
     contexts = float(batch.prompt_lengths.expected_longest(b)) + steps
-    round_s = st.ex.pp * (st.max_stage_s("decode", b, contexts) + st.send_s(b, 1))
+    noise = sampling_noise_s(st, b) if sampled else 0.0
+    round_s = st.ex.pp * (last_stage_heavier_max_s(st, "decode", b, contexts, noise)
+                          + st.send_s(b, 1))
     done = batch.gen_lengths.cdf_by_length[:-1]
     running = 1.0 - done[None, :] ** wave_rows(st.ex, b).astype(float)[:, None]
     return float(np.sum(running @ np.broadcast_to(round_s, steps.shape)))
 
 
-def generate_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
-    phases = {"prefill": prefill_s(st, b, batch), "decode": decode_s(st, b, batch)}
+def generate_phases_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool
+                      ) -> dict[str, float]:
+    """Phases of a generate call; `sampled` (not greedy) adds the noise of every sampled step
+    (the first token's with the prefill, each decode round's on its last stage)."""
+    first_noise = (st.ex.pp + st.ex.micro_batches - 1) * sampling_noise_s(st, b) \
+        if sampled else 0.0
+    phases = {"prefill": prefill_s(st, b, batch) + first_noise,
+              "decode": decode_s(st, b, batch, sampled)}
     if "logprobs" in st.call_outputs:
         phases["logprobs"] = inference_phases_s(st, b, batch)["forward"]
     return phases

@@ -9,12 +9,14 @@ micro-batches in flight every stage has work while the others do (non-blocking s
 
 Prompts may be left- or right-padded: the cache keeps a key-valid mask, the first token is
 read at each prompt's last real position, and rotary positions continue from each prompt's
-own length. Sampling is Gumbel-max over the vocabulary shards with noise drawn for the full
-vocabulary from one generator per micro-batch, seeded by (seed, micro-batch index): every TP
-rank draws the same noise, so samples do not depend on tp or pp. Replicas should get
-different seeds. A prompt micro-batch may instead carry `extras["sample_seeds"]` (int64
-[batch]): then each sequence draws its noise from its own generator, so its sample does not
-depend on dp or the micro-batch split either (what the executor uses).
+own length. Sampling is Gumbel-max over the vocabulary shards with counter-based noise
+(runtime.vocab_parallel.gumbel_noise): the noise of (row key, step, token id) is a hash of
+the three, computed on the device for the rank's vocabulary slice only, so samples do not
+depend on tp or pp. A row's key is its `extras["sample_seeds"]` entry (int64 [batch], what
+the executor gives), so its sample does not depend on dp or the micro-batch split either;
+without it, rows are keyed by (seed, micro-batch index, row), and replicas should get
+different seeds. Nothing is drawn on the host, so the decode loop's only host
+synchronisation is the stop check of `goes_on`.
 """
 
 from __future__ import annotations
@@ -81,11 +83,11 @@ class _Decode:
         self.lengths = torch.zeros(self.batch, dtype=torch.long, device=dev)
         self.tokens: list[torch.Tensor] = []
         self.step = 0
-        self.generator = (None if config.greedy else
-                          torch.Generator().manual_seed(config.seed * _SEED_STRIDE + index))
         seeds = prompt.extras.get("sample_seeds")
-        self.row_generators = (None if config.greedy or seeds is None else
-                               [torch.Generator().manual_seed(int(s)) for s in seeds])
+        if seeds is None:   # rows keyed by (seed, micro-batch index, row)
+            seeds = (config.seed * _SEED_STRIDE + index) * _SEED_STRIDE + \
+                torch.arange(self.batch, dtype=torch.long)
+        self.row_keys = None if config.greedy else seeds.to(dev, torch.long)
 
     def goes_on(self) -> bool:
         return self.step == 0 or (not bool(self.finished.all())
@@ -122,14 +124,8 @@ class _Decode:
         model = self.model
         logits = logits[:, -1]
         gumbel = None
-        if self.generator is not None:
-            start, local = model.vocab_start, logits.shape[-1]
-            if self.row_generators is not None:
-                noise = torch.cat([gumbel_noise(g, 1, model.spec.vocab_size)
-                                   for g in self.row_generators])
-            else:
-                noise = gumbel_noise(self.generator, self.batch, model.spec.vocab_size)
-            gumbel = noise[:, start:start + local].to(logits.device)
+        if self.row_keys is not None:
+            gumbel = gumbel_noise(self.row_keys, self.step, model.vocab_start, logits.shape[-1])
         return choose_tokens(logits, model.vocab_start, model.ctx.tp_group, gumbel,
                              self.config.temperature)
 

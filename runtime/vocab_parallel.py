@@ -55,9 +55,37 @@ def choose_tokens(logits: torch.Tensor, vocab_start: int, tp: Group,
     return all_reduce(token, tp, dist.ReduceOp.MIN)
 
 
-def gumbel_noise(generator: torch.Generator, batch: int, vocab_size: int) -> torch.Tensor:
-    """Gumbel(0, 1) noise [batch, vocab_size] from `generator` (CPU), for Gumbel-max sampling."""
-    uniform = torch.rand(batch, vocab_size, generator=generator, dtype=torch.float32)
-    tiny = torch.finfo(torch.float32).tiny
-    exponential = (-torch.log(uniform.clamp(min=tiny))).clamp(min=tiny)
-    return -torch.log(exponential)
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (Chris Wellons' "lowbias32": xor-shift, multiply, xor-shift,
+    multiply, xor-shift) on int32 tensors: products wrap modulo 2^32 and the masks make the
+    shifts logical, as in unsigned arithmetic, so CPU and CUDA give the same bits. 11
+    element-wise ops (costmodel/generate_cost.py prices them)."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * 0x7FEB352D
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * (0x846CA68B - 2**32)          # the unsigned constant as an int32
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def _low32(x: torch.Tensor) -> torch.Tensor:
+    """The low 32 bits of int64 values, as int32 (two's complement)."""
+    x = x & 0xFFFFFFFF
+    return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
+
+
+def gumbel_noise(row_keys: torch.Tensor, step: int, vocab_start: int, local_vocab: int
+                 ) -> torch.Tensor:
+    """Gumbel(0, 1) noise [batch, local_vocab] for Gumbel-max sampling, counter-based: the
+    value for (row key, step, token id) is a hash of the three, computed on the keys' device
+    for this rank's vocabulary slice only. So a token's noise does not depend on tp (which
+    slice holds it), on dp or the micro-batch split (a row's key travels with it), and no
+    noise crosses from the host. Per row the key and step are hashed once; per token id one
+    hash and 24 of its bits as a uniform in (0, 1). row_keys: int64 [batch]."""
+    keys = row_keys.to(torch.int64)
+    h = _hash32(_hash32(_low32(keys)) ^ _low32(keys >> 32))
+    h = _hash32(h ^ step)[:, None]
+    ids = torch.arange(vocab_start, vocab_start + local_vocab, device=keys.device,
+                       dtype=torch.int32)
+    bits = (_hash32(h ^ ids[None, :]) >> 8) & 0xFFFFFF
+    uniform = (bits.to(torch.float32) + 0.5) / 2.0**24     # in (0, 1), never 0 or 1
+    return -torch.log(-torch.log(uniform))

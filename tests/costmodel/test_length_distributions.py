@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from costmodel.call_cost import call_time
 from costmodel.call_geometry import geometry
-from costmodel.generate_cost import generate_phases_s
+from costmodel.generate_cost import generate_phases_s, sampling_noise_s
 from costmodel.stage_timer import StageTimer
 from planner.domain.cluster import cluster_preset
 from planner.domain.layout import Execution
@@ -111,19 +111,19 @@ def test_fixed_lengths_price_as_the_fixed_length_formula(dp, tp, pp, m):
     batch = BatchSpec(n_seqs=96, prompt_len=300, gen_len=200)
     b = -(-batch.n_seqs // (dp * m))
     st = _timer(ex)
-    assert generate_phases_s(st, b, batch) == pytest.approx(_old_fixed_length_phases(st, b, batch),
-                                                            rel=1e-12)
+    assert generate_phases_s(st, b, batch, sampled=False) == pytest.approx(
+        _old_fixed_length_phases(st, b, batch), rel=1e-12)
     # a single bucket is the same point mass
     same = BatchSpec(n_seqs=96, prompt_len=[{"len": 300, "weight": 1}],
                      gen_len=[{"len": 200, "weight": 1}])
-    assert generate_phases_s(st, b, same) == pytest.approx(generate_phases_s(st, b, batch),
-                                                           rel=1e-12)
+    assert generate_phases_s(st, b, same, False) == pytest.approx(
+        generate_phases_s(st, b, batch, False), rel=1e-12)
 
 
 def _decode_s(gen_len, ex: Execution, n_seqs: int = 64, prompt_len=128) -> float:
     batch = BatchSpec(n_seqs=n_seqs, prompt_len=prompt_len, gen_len=gen_len)
     b = -(-n_seqs // (ex.dp * ex.micro_batches))
-    return generate_phases_s(_timer(ex), b, batch)["decode"]
+    return generate_phases_s(_timer(ex), b, batch, sampled=False)["decode"]
 
 
 def test_long_tail_prices_decode_between_its_mean_and_its_maximum():
@@ -207,3 +207,17 @@ def test_generate_call_prices_prompt_and_response_distributions_below_their_maxi
     assert fast.phases_s["decode"] < slow.phases_s["decode"]
     # logprobs run over the padded maxima, as the executor pads the sequences
     assert fast.phases_s["logprobs"] == pytest.approx(slow.phases_s["logprobs"])
+
+
+def test_sampling_prices_the_noise_of_every_step_and_greedy_none():
+    """A sampled generate call pays the counter-based Gumbel noise (runtime/vocab_parallel.py)
+    of every step over the rank's vocabulary slice; a greedy one does not."""
+    ex = Execution(devices=tuple(range(8)), dp=8, tp=1, pp=1, micro_batches=1)
+    batch = BatchSpec(n_seqs=64, prompt_len=128, gen_len=64)
+    st, b = _timer(ex), 8
+    greedy = generate_phases_s(st, b, batch, sampled=False)
+    sampled = generate_phases_s(st, b, batch, sampled=True)
+    noise_s = sampling_noise_s(st, b)
+    assert noise_s > 0
+    assert sampled["decode"] - greedy["decode"] == pytest.approx((batch.gen_len - 1) * noise_s)
+    assert sampled["prefill"] - greedy["prefill"] == pytest.approx(noise_s)
