@@ -79,7 +79,7 @@ def measure(rank: int, world_size: int, options: dict) -> list[tuple]:
         prompts = [MicroBatch(mb.input_ids[:, :options["prompt_len"]],
                               mb.attention_mask[:, :options["prompt_len"]]) for mb in mbs]
         model = ParallelModel.from_seed(spec, "lm", ctx, 0, CPU_FP32)
-        optimizer = Adam(model.params, AdamConfig(lr=1e-5), ctx)
+        optimizer = Adam(model.params, AdamConfig(lr=1e-5), ctx, num_kv_heads=spec.num_kv_heads)
         gen_s = _timed(lambda: generate(model, prompts, config), dist.barrier)
         inf_s = _timed(lambda: inference(model, mbs), dist.barrier)
         train_s = _timed(lambda: train_step(model, optimizer, mbs, loss_fn), dist.barrier)

@@ -111,11 +111,41 @@ SMALL_PART_OVERHEAD_FRACTION = 0.25
 
 # --- Memory traffic per token -------------------------------------------------------------
 
-# Activation bytes of one block per token in 16-bit with tensor parallelism t and flash
-# attention (no s^2 term): h * (10 + 24 / t) (Korthikanti et al., "Reducing Activation
-# Recomputation in Large Transformer Models", 2022, eq. 2 without the 5as/h term).
-ACTIVATION_BYTES_PER_TOKEN_H_REPLICATED = 10.0
-ACTIVATION_BYTES_PER_TOKEN_H_SHARDED = 24.0
+# Activation bytes a decoder block keeps for backward, per token, from the ops of
+# runtime/layers.py (what autograd saves; costmodel/recompute.py adds them up). Measured with
+# torch.autograd.graph.saved_tensors_hooks and runtime.memory_meter.LiveBytes on llama-tiny
+# (fp32, 2 x 64 and 2 x 128 tokens): 84.16 h bytes per token per block kept with "none"
+# (this sum gives 84.16), 59.02 with "selective", 4.00 with "full"
+# (tests/runtime/test_runtime_recompute_modes.py).
+# RMSNorm (rms_norm): x.float() (fp32, 4 bytes, saved by pow and by the multiply; in fp32 the
+# input itself), rsqrt of the mean (4 bytes per normalised row: per token, or per token and
+# head for Qwen3's q/k norms) and the normalised value cast to the compute dtype (saved by
+# the weight multiply). A block norm's output is saved by the linears it feeds (q/k/v; gate
+# and up), one compute-dtype copy; a q/k norm's output by nobody (rotary saves none).
+RMSNORM_FP32_INPUT_BYTES = 4
+RMSNORM_RSQRT_BYTES_PER_ROW = 4
+RMSNORM_SAVED_DTYPE_COPIES = 1
+# Rotary (apply_rotary): x * cos + rotate_half(x) * sin saves only cos and sin (they need no
+# gradient; shared by every block), nothing per block. Attention (SDPA, CPU flash kernel):
+# saves q, k, v (k and v repeated to the q heads by repeat_interleave under GQA, so all of q
+# width) and its output, which the output projection saves as its input (a view, no copy);
+# the log-sum-exp, fp32 per query head; and the boolean attn_mask converted to an fp32
+# additive mask [batch, 1, queries, keys] per call (4 bytes per key per token: measured).
+SDPA_SAVED_Q_WIDTH_TENSORS = 4
+SDPA_LSE_BYTES_PER_HEAD = 4
+SDPA_MASK_BYTES_PER_KEY = 4
+# One block's working set without autograd (inference, the prefill of generation), from the
+# tensors runtime/layers.py holds at once: the residual stream and the norm's output (2 of
+# h); at the attention core q, k, v, k and v repeated to the q heads under GQA, the core's
+# output (all of q width when repeated; k, v of kv width otherwise) and the fp32 mask of
+# SDPA_MASK_BYTES_PER_KEY per key; at the MLP's product silu(gate), up and the product
+# (3 of intermediate / t). The larger of the two sub-layers, in the compute dtype.
+NO_GRAD_RESIDUAL_TENSORS = 2
+NO_GRAD_SWIGLU_TENSORS = 3
+
+# SwiGLU (swiglu_mlp): the gate output (saved by silu), silu(gate) and the up output (saved by
+# their product) and the product (saved by the down projection), each of intermediate / t.
+SWIGLU_SAVED_TENSORS = 4
 
 # Adam step traffic per parameter: read grad (2), master (4), m (4), v (4); write master,
 # m, v (12) and the bf16 weight (2) = 28 bytes (mixed precision, Micikevicius et al. 2018).
@@ -129,6 +159,18 @@ ADAM_TRAFFIC_BYTES_PER_PARAM = 28.0
 # fp32 compute dtype there is no master copy: 8 bytes of moments.
 OPTIMIZER_STATE_BYTES_PER_PARAM = {2: 12, 4: 8}
 
+# The optimizer step's temporaries (runtime/optimizer.py Adam.step and _adam), per element of
+# this rank's part of the gradients: the clipped fp32 gradient (grad.float() * clip, a new
+# tensor; with bf16 gradients the fp32 upcast before the multiply is alive with it for a
+# moment, the same 8 bytes) and Adam's denominator sqrt(v_hat) + eps, 4 bytes each, alive
+# together; under ZeRO-1 (dp > 1) also the reduced part of the gradients
+# (GradBuckets.reduced_gradient: a torch.cat of this rank's pieces on gloo, the
+# reduce-scatter output on NCCL), one compute-dtype element each. Measured on llama-small
+# (fp32, one CPU rank): a train call's live tensor bytes rise by 8 bytes per parameter
+# during the step (tests/runtime/test_runtime_memory_meter.py).
+ADAM_STEP_FP32_TEMPORARIES = 2
+ADAM_STEP_TEMPORARY_BYTES = 4
+
 # What the full recomputation of a train call (Execution.recompute "full") reruns: the
 # decoder blocks only (embedding and head keep their activations; runtime/model.py
 # checkpoints each block). PyTorch's non-reentrant checkpoint
@@ -140,6 +182,14 @@ RECOMPUTED_TP_ALLREDUCES_PER_BLOCK = 1
 # Logits are materialised in fp32 for the log-softmax (runtime/vocab_parallel.py), and the
 # backward of the log-softmax holds one more copy.
 LOGITS_BYTES_PER_ELEMENT = 4
+# A train call's logits at the head's backward, per element of the rank's vocabulary slice
+# (runtime/vocab_parallel.py token_logprobs, with autograd): kept from the forward, the fp32
+# logits (the head's output itself in fp32, else its .float() copy beside the compute-dtype
+# output, which the caller holds), the shifted logits and their exp (saved by exp); in
+# backward the gradients of exp and of the shifted logits, alive together. Measured on
+# llama-tiny and llama-small (fp32, 2 x 64 and 2 x 256 tokens): 3.0 to 3.4 fp32 vocabulary
+# copies per token kept, 2.0 more in backward.
+TRAIN_LOGITS_FP32_COPIES = 5
 
 # Per call, per device, the kernels' scratch space: cuBLAS / cuBLASLt workspaces (PyTorch
 # sizes cuBLAS's by CUBLAS_WORKSPACE_CONFIG, default ":4096:8" on Hopper = 8 x 4 MiB, c10/cuda

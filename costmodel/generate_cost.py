@@ -64,10 +64,12 @@ SAMPLING_NOISE_BYTES_PER_TOKEN_ID = 21 * 8
 
 def sampling_noise_s(st: StageTimer, b: int) -> float:
     """Seconds of one sampled step's noise on the last stage: b x vocab / tp ids at the
-    memory bandwidth (a streaming kernel per pass, costmodel.roofline.memory_time_s)."""
+    memory bandwidth (a streaming kernel per pass, costmodel.roofline.memory_time_s), scaled
+    like every compute time of the call by a calibration (StageTimer.knobs)."""
     hardware = st.timers[-1][0].hardware
     elements = b * st.role.spec.vocab_size / st.ex.tp
-    return float(memory_time_s(elements * SAMPLING_NOISE_BYTES_PER_TOKEN_ID, hardware))
+    seconds = memory_time_s(elements * SAMPLING_NOISE_BYTES_PER_TOKEN_ID, hardware)
+    return float(seconds) * st.knobs.compute_scale
 
 
 def last_stage_heavier_max_s(st: StageTimer, op: str, b: int, length, extra_s: float):

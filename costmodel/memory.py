@@ -11,15 +11,24 @@ The parts (PART_KINDS) and their formulas:
   dp when the execution shards them (ZeRO-1, Execution.shard_optimizer_over_dp). With
   dp = 1 and bf16, weights + gradients + optimizer = 16 bytes/param.
 - activations: train calls keep min(m, pp - stage) micro-batches in flight on a stage (1F1B),
-  each block keeping what its recomputation mode (Execution.recompute) keeps, per token in
-  16-bit: everything h (10 + 24/t) with "none", its input and the MLP's activations
-  h (7 + 16/t) with "selective", its input 2h with "full" (costmodel/recompute.py); plus,
-  once, the part one block reruns in backward with its gradients. Inference holds one
-  block's working set; generation one block's working set of the prompt (prefill).
+  each block keeping what its recomputation mode (Execution.recompute) keeps, per token:
+  both sub-layers with "none", its input and the MLP sub-layer with "selective", its input
+  with "full" (costmodel/recompute.py, derived from what autograd saves in
+  runtime/layers.py); the last stage also the final norm and head input; plus, once, the
+  part one block reruns in backward, by what it exceeds the logits' backward. Inference holds one block's working set without autograd (block_working_bytes);
+  generation that of the prompt (prefill).
 - kv_cache (generate calls): the min(m, pp) micro-batches of one decoding wave
   (call_cost.py), at their full context prompt + gen, 2 (K and V) x layers of the stage x
   kv width per tp rank.
-- logits: fp32 on the last stage, twice (values and the log-softmax / its gradient).
+- logits (last stage): a train call's kept for the log-softmax's backward and its gradients
+  there (efficiency.TRAIN_LOGITS_FP32_COPIES fp32 copies, plus the compute-dtype output when
+  that is not fp32); otherwise fp32, twice (values and the log-softmax).
+- optimizer_step (train calls): what the optimizer step holds beyond the forward/backward
+  working set. The step runs after backward, when the activations and logits are gone, so
+  the call's peak is the larger of the two: this part is max(0, step temporaries -
+  (activations + logits)), the step temporaries being the fp32 clipped gradient and Adam's
+  denominator over this rank's part of the gradients, plus the reduced part itself under
+  ZeRO-1 (efficiency.ADAM_STEP_*; optimizer_step_bytes_per_device).
 - workspace: a fixed amount per call (efficiency.WORKSPACE_BYTES).
 
 A call's resident parts (RESIDENT_KINDS) stay on its devices between calls when its placement
@@ -55,6 +64,7 @@ class MemoryParts:
     activations: np.ndarray
     kv_cache: np.ndarray
     logits: np.ndarray
+    optimizer_step: np.ndarray
     workspace: np.ndarray
 
     def of(self, kinds: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
@@ -137,41 +147,86 @@ def optimizer_state_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, p
     return elements * (eff.OPTIMIZER_STATE_BYTES_PER_PARAM[dtype_bytes] / shards)
 
 
-def block_working_bytes(spec: ModelSpec, tp: int, tokens: float, dtype_bytes: int) -> float:
-    """All activations of one block for `tokens` tokens (Korthikanti et al. 2022, eq. 2,
-    flash attention: no s^2 term), scaled from 16-bit to the compute dtype."""
-    per_token = spec.hidden_size * (eff.ACTIVATION_BYTES_PER_TOKEN_H_REPLICATED
-                                    + eff.ACTIVATION_BYTES_PER_TOKEN_H_SHARDED / tp)
-    return tokens * per_token * dtype_bytes / 2.0
+def optimizer_step_bytes_per_device(spec: ModelSpec, head: HeadKind, execution: Execution,
+                                    dtype_bytes: int) -> np.ndarray:
+    """Temporaries of the optimizer step on each (stage, tp rank): array [pp, tp].
+
+    runtime/optimizer.py: over this rank's part of the gradients (its shard, divided over dp
+    under ZeRO-1), ADAM_STEP_FP32_TEMPORARIES fp32 tensors (the clipped gradient and the
+    denominator) alive together, and under ZeRO-1 the reduced part in the compute dtype.
+    """
+    ex = execution
+    shards = optimizer_shards(ex)
+    owned = shard_elements(spec, head, ex.tp, ex.pp).astype(float) / shards
+    per_element = eff.ADAM_STEP_FP32_TEMPORARIES * eff.ADAM_STEP_TEMPORARY_BYTES
+    if shards > 1:
+        per_element += dtype_bytes
+    return owned * per_element
 
 
-def logits_bytes(spec: ModelSpec, head: HeadKind, tp: int, tokens: float) -> float:
-    """fp32 logits of the last stage, twice (values and log-softmax or its gradient)."""
+def block_working_bytes(spec: ModelSpec, tp: int, tokens: float, keys: float,
+                        dtype_bytes: int) -> float:
+    """One block's working set for `tokens` tokens of `keys` keys each without autograd
+    (efficiency.NO_GRAD_*): the residual stream and norm output, plus the larger of the
+    attention core's tensors and the MLP's."""
+    q_width, kv_width = spec.q_dim / tp, kv_heads_per_rank(spec, tp) * spec.head_dim
+    grouped = q_width > kv_width
+    attention = (q_width * 2 + kv_width * 2 + (2 * q_width if grouped else 0)) * dtype_bytes \
+        + eff.SDPA_MASK_BYTES_PER_KEY * keys
+    mlp = eff.NO_GRAD_SWIGLU_TENSORS * spec.intermediate_size / tp * dtype_bytes
+    residual = eff.NO_GRAD_RESIDUAL_TENSORS * spec.hidden_size * dtype_bytes
+    return tokens * (residual + max(attention, mlp))
+
+
+def logits_bytes(spec: ModelSpec, head: HeadKind, tp: int, tokens: float, train: bool,
+                 dtype_bytes: int) -> float:
+    """Logits of the last stage (module docstring)."""
     width = spec.vocab_size / tp if head == "lm" else 1
-    return 2.0 * tokens * width * eff.LOGITS_BYTES_PER_ELEMENT
+    if not train:
+        return 2.0 * tokens * width * eff.LOGITS_BYTES_PER_ELEMENT
+    fp32 = eff.LOGITS_BYTES_PER_ELEMENT
+    per_element = eff.TRAIN_LOGITS_FP32_COPIES * fp32 + (dtype_bytes if dtype_bytes != fp32
+                                                         else 0)
+    return tokens * width * per_element
+
+
+def final_norm_bytes_per_token(spec: ModelSpec, dtype_bytes: int) -> float:
+    """What a train call's last stage keeps of the final norm (recompute.rms_norm_bytes) and
+    of the head's input (its output, one compute-dtype copy), per token."""
+    h = spec.hidden_size
+    return recompute.rms_norm_bytes(h, 1, dtype_bytes) + h * dtype_bytes
 
 
 def kv_cache_bytes(spec: ModelSpec, tp: int, num_layers: int, num_seqs: float,
                    context_len: float, dtype_bytes: int) -> float:
-    """KV cache of one device: seqs x context x 2 (K, V) x layers x kv width per tp rank."""
+    """KV cache of one device: seqs x context x 2 (K, V) x layers x kv width per tp rank
+    (kv heads / tp heads, or the one replicated head when tp exceeds them:
+    roofline.kv_heads_per_rank)."""
     kv_width = kv_heads_per_rank(spec, tp) * spec.head_dim
     return num_seqs * context_len * 2.0 * num_layers * kv_width * dtype_bytes
 
 
-def activation_bytes_train_stage(spec: ModelSpec, execution: Execution, stage: int,
-                                 micro_seqs: int, seq_len: int, dtype_bytes: int) -> float:
+def activation_bytes_train_stage(spec: ModelSpec, head: HeadKind, execution: Execution,
+                                 stage: int, micro_seqs: int, seq_len: int,
+                                 dtype_bytes: int) -> float:
     """Block activations one device of `stage` holds at the peak of a 1F1B train step
     (logits apart): every block of the micro-batches in flight keeps what the execution's
-    recomputation mode keeps, and one block's rerun part is alive again in backward with
-    its gradients (costmodel/recompute.py); 16-bit sizes scaled to the compute dtype."""
+    recomputation mode keeps, the last stage the final norm and head input, and in backward
+    one block's rerun part is alive again (costmodel/recompute.py). The head's backward
+    (logits and their gradients) is over before the first block's rerun begins, so the
+    last stage's peak holds the larger of the two: the rerun counts here only by what it
+    exceeds the logits part (logits_bytes)."""
     ex = execution
     layers = stage_layer_counts(spec.num_layers, ex.pp)[stage]
     tokens = micro_seqs * seq_len
     in_flight = min(ex.micro_batches, ex.pp - stage)
-    per_token_h = (in_flight * layers * recompute.kept_bytes_per_token_h(ex.recompute, ex.tp)
-                   + recompute.RECOMPUTED_WORKING_COPIES
-                   * recompute.recomputed_bytes_per_token_h(ex.recompute, ex.tp))
-    return tokens * spec.hidden_size * per_token_h * dtype_bytes / 2.0
+    kept = recompute.kept_bytes_per_token(spec, ex.recompute, ex.tp, seq_len, dtype_bytes)
+    rerun = tokens * recompute.RECOMPUTED_WORKING_COPIES * recompute.recomputed_bytes_per_token(
+        spec, ex.recompute, ex.tp, seq_len, dtype_bytes)
+    last = stage == ex.pp - 1
+    head_kept = final_norm_bytes_per_token(spec, dtype_bytes) if last else 0.0
+    logits = logits_bytes(spec, head, ex.tp, tokens, True, dtype_bytes) if last else 0.0
+    return tokens * (in_flight * layers * kept + head_kept) + max(0.0, rerun - logits)
 
 
 def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execution) -> int:
@@ -180,21 +235,23 @@ def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execu
     return math.ceil(seqs / (execution.dp * execution.micro_batches))
 
 
-def _stage_activation_and_kv_bytes(call: ModelFunctionCall, spec: ModelSpec,
+def _stage_activation_and_kv_bytes(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
                                    execution: Execution, batch: BatchSpec, stage: int,
                                    dtype_bytes: int) -> tuple[float, float]:
     """(activations, KV cache) of one device of `stage` during the call."""
     ex = execution
     b = micro_batch_seqs(call, batch, ex)
     if call.kind == "train":
-        return activation_bytes_train_stage(spec, ex, stage, b, batch.seq_len,
+        return activation_bytes_train_stage(spec, head, ex, stage, b, batch.seq_len,
                                             dtype_bytes), 0.0
     if call.kind == "inference":
-        return block_working_bytes(spec, ex.tp, b * batch.seq_len, dtype_bytes), 0.0
+        return block_working_bytes(spec, ex.tp, b * batch.seq_len, batch.seq_len,
+                                   dtype_bytes), 0.0
     layers = stage_layer_counts(spec.num_layers, ex.pp)[stage]
     wave_seqs = b * min(ex.micro_batches, ex.pp)
     kv = kv_cache_bytes(spec, ex.tp, layers, wave_seqs, batch.seq_len, dtype_bytes)
-    return block_working_bytes(spec, ex.tp, b * batch.prompt_len, dtype_bytes), kv
+    return block_working_bytes(spec, ex.tp, b * batch.prompt_len, batch.prompt_len,
+                               dtype_bytes), kv
 
 
 def _logits_tokens(call: ModelFunctionCall, batch: BatchSpec, micro_seqs: int) -> int:
@@ -216,14 +273,20 @@ def call_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
             spec, head, ex.tp, ex.pp, optimizer_shards(ex), dtype_bytes), ex)
     else:
         gradients, optimizer = zeros, zeros
-    stages = [_stage_activation_and_kv_bytes(call, spec, ex, batch, s, dtype_bytes)
+    stages = [_stage_activation_and_kv_bytes(call, spec, head, ex, batch, s, dtype_bytes)
               for s in range(ex.pp)]
     logits = np.zeros(ex.pp)
     logits[-1] = logits_bytes(spec, head, ex.tp,
-                              _logits_tokens(call, batch, micro_batch_seqs(call, batch, ex)))
+                              _logits_tokens(call, batch, micro_batch_seqs(call, batch, ex)),
+                              call.kind == "train", dtype_bytes)
+    activations = per_position(np.array([a for a, _ in stages])[:, None], ex)
+    logits = per_position(logits[:, None], ex)
+    optimizer_step = zeros
+    if call.kind == "train":
+        step = per_position(optimizer_step_bytes_per_device(spec, head, ex, dtype_bytes), ex)
+        optimizer_step = np.maximum(0.0, step - activations - logits)
     return MemoryParts(
-        weights=weights, gradients=gradients, optimizer=optimizer,
-        activations=per_position(np.array([a for a, _ in stages])[:, None], ex),
+        weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
         kv_cache=per_position(np.array([kv for _, kv in stages])[:, None], ex),
-        logits=per_position(logits[:, None], ex),
+        logits=logits, optimizer_step=optimizer_step,
         workspace=np.full_like(weights, float(eff.WORKSPACE_BYTES[device_kind])))

@@ -1,25 +1,31 @@
 """What each activation recomputation mode of a train call (Execution.recompute) keeps for
 backward and what it reruns there, per decoder block.
 
-Activation bytes of one block per token and hidden unit, in 16-bit, split by sub-layer
-(Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models", 2022,
-section 4.1, with tensor parallelism t as in their eq. 2 and flash attention, so without
-the 5as/h term of the attention scores):
-- attention sub-layer with its norm: 5 replicated (norm input 2, q/k/v input 2, dropout mask
-  1) + 8/t sharded (Q and K 4, V 2, output-projection input 2);
-- MLP sub-layer with its norm: 5 replicated (norm input 2, first linear's input 2, dropout
-  mask 1) + 16/t sharded (activation-function input 8 and output 8);
-- together h (10 + 24/t), efficiency.ACTIVATION_BYTES_PER_TOKEN_H_*.
-A block's input, which a checkpoint keeps to rerun from, is 2 (one 16-bit value per unit).
+Activation bytes of one block per token, from what autograd saves in the ops of
+runtime/layers.py (efficiency.py lists each op's tensors and how they were measured), with
+h the hidden size, d the compute dtype's bytes, t the tp degree, q = heads x head_dim / t
+the rank's query width, i = intermediate / t, and keys the keys per query:
+- attention sub-layer with its norm: the input norm (fp32 input 4h, rsqrt 4, normed d h),
+  its output as the q/k/v projections' input (d h), SDPA's q, k, v and output (4 d q: k and v
+  repeated to the query heads under GQA), its log-sum-exp (4 per local head) and fp32 mask
+  (4 keys); with Qwen3's q/k norms also theirs (fp32 input 4 and normed d per element of q
+  and of the rank's kv width, rsqrt 4 per head);
+- MLP sub-layer with its norm: the norm (4h + 4 + d h), its output as gate/up input (d h),
+  and SwiGLU's gate, silu(gate), up and product (4 d i).
+Korthikanti et al. 2022 (section 4.1) count h (10 + 24/t) in 16-bit for GPT (a GeLU MLP of
+4h, no fp32 norm copies); our SwiGLU MLP of intermediate width and the fp32 norm copies keep
+more (llama-tiny in fp32: 84.2 h bytes per token where their count, scaled to fp32, gives
+68 h). A block's input, which a checkpoint keeps to rerun from, is d h.
 
 Per mode (runtime/layers.py runs exactly these), kept until backward per token and block,
 and rerun in backward:
-- "none": everything, h (10 + 24/t); reruns nothing.
-- "selective": the block input + the MLP sub-layer, h (2 + 5 + 16/t); reruns the attention
-  sub-layer (input norm, q/k/v projections, rotary, attention, output projection).
-- "full": the block input, 2h; reruns the block.
-Backward of a rerun part holds its activations again and their gradients: twice its bytes,
-for one block at a time (memory.activation_bytes_train_stage).
+- "none": both sub-layers; reruns nothing.
+- "selective": the block input + the MLP sub-layer; reruns the attention sub-layer (input
+  norm, q/k/v projections, rotary, attention, output projection).
+- "full": the block input; reruns the block.
+Backward of a rerun part holds its activations again, for one block at a time, beside the
+gradients of the op being differentiated (RECOMPUTED_WORKING_COPIES, measured;
+memory.activation_bytes_train_stage).
 
 Rerun time (stage_timer.recompute_s): the rerun part's share of the block's forward time,
 taken equal to its share of the block's forward FLOPs (roofline.forward_flops_block: 2 per
@@ -39,19 +45,14 @@ from __future__ import annotations
 import numpy as np
 
 from costmodel import efficiency as eff
-from costmodel.roofline import forward_flops_block
+from costmodel.roofline import forward_flops_block, kv_heads_per_rank
 from planner.domain.modelspec import ModelSpec
 
-# Korthikanti et al. 2022 section 4.1, split by sub-layer (module docstring); 16-bit bytes
-# per token and hidden unit, replicated over TP and sharded over TP.
-ATTENTION_BYTES_PER_TOKEN_H_REPLICATED = 5.0
-ATTENTION_BYTES_PER_TOKEN_H_SHARDED = 8.0
-MLP_BYTES_PER_TOKEN_H_REPLICATED = 5.0
-MLP_BYTES_PER_TOKEN_H_SHARDED = 16.0
-BLOCK_INPUT_BYTES_PER_TOKEN_H = 2.0
-
-# A rerun part's activations are held again in backward beside their gradients.
-RECOMPUTED_WORKING_COPIES = 2.0
+# A rerun part's activations are back in backward for one block at a time, beside the
+# gradients of the op being differentiated: measured (peak - blocks' kept - head's kept) /
+# rerun part = 1.32 and 1.40 for "full" on llama-tiny (fp32, 2 x 256 and 2 x 64 tokens; the
+# peak during the last block's rerun, from the live-bytes series of the backward).
+RECOMPUTED_WORKING_COPIES = 1.4
 
 # TP all-reduces each mode reruns per block (module docstring: the early stop skips a rerun
 # part's last all-reduce).
@@ -59,35 +60,60 @@ RECOMPUTED_TP_ALLREDUCES = {"none": 0, "selective": 0,
                             "full": eff.RECOMPUTED_TP_ALLREDUCES_PER_BLOCK}
 
 
-def attention_bytes_per_token_h(tp: int) -> float:
-    """16-bit bytes per token and hidden unit of the attention sub-layer with its norm."""
-    return ATTENTION_BYTES_PER_TOKEN_H_REPLICATED + ATTENTION_BYTES_PER_TOKEN_H_SHARDED / tp
+def rms_norm_bytes(width: float, rows: float, dtype_bytes: int) -> float:
+    """What one RMSNorm over `width` elements in `rows` rows keeps (efficiency.RMSNORM_*)."""
+    return (width * (eff.RMSNORM_FP32_INPUT_BYTES + eff.RMSNORM_SAVED_DTYPE_COPIES * dtype_bytes)
+            + rows * eff.RMSNORM_RSQRT_BYTES_PER_ROW)
 
 
-def mlp_bytes_per_token_h(tp: int) -> float:
-    """16-bit bytes per token and hidden unit of the MLP sub-layer with its norm."""
-    return MLP_BYTES_PER_TOKEN_H_REPLICATED + MLP_BYTES_PER_TOKEN_H_SHARDED / tp
+def attention_bytes_per_token(spec: ModelSpec, tp: int, keys: float, dtype_bytes: int) -> float:
+    """Bytes per token the attention sub-layer with its norm keeps (module docstring)."""
+    h, q_width = spec.hidden_size, spec.q_dim / tp
+    heads = spec.num_heads / tp
+    kept = rms_norm_bytes(h, 1, dtype_bytes) + h * dtype_bytes
+    kept += eff.SDPA_SAVED_Q_WIDTH_TENSORS * q_width * dtype_bytes
+    kept += eff.SDPA_LSE_BYTES_PER_HEAD * heads + eff.SDPA_MASK_BYTES_PER_KEY * keys
+    if spec.qk_norm:
+        kv_heads = kv_heads_per_rank(spec, tp)
+        kept += rms_norm_bytes((heads + kv_heads) * spec.head_dim, heads + kv_heads,
+                                dtype_bytes)
+    return kept
 
 
-def kept_bytes_per_token_h(mode: str, tp: int) -> float:
-    """16-bit bytes per token and hidden unit a block keeps from its forward to its
-    backward under `mode` (module docstring)."""
+def mlp_bytes_per_token(spec: ModelSpec, tp: int, dtype_bytes: int) -> float:
+    """Bytes per token the MLP sub-layer with its norm keeps (module docstring)."""
+    h = spec.hidden_size
+    return (rms_norm_bytes(h, 1, dtype_bytes) + h * dtype_bytes
+            + eff.SWIGLU_SAVED_TENSORS * spec.intermediate_size / tp * dtype_bytes)
+
+
+def block_bytes_per_token(spec: ModelSpec, tp: int, keys: float, dtype_bytes: int) -> float:
+    """Bytes per token a whole block keeps (both sub-layers)."""
+    return attention_bytes_per_token(spec, tp, keys, dtype_bytes) + mlp_bytes_per_token(
+        spec, tp, dtype_bytes)
+
+
+def kept_bytes_per_token(spec: ModelSpec, mode: str, tp: int, keys: float,
+                         dtype_bytes: int) -> float:
+    """Bytes per token a block keeps from its forward to its backward under `mode`."""
     if mode == "none":
-        return attention_bytes_per_token_h(tp) + mlp_bytes_per_token_h(tp)
+        return block_bytes_per_token(spec, tp, keys, dtype_bytes)
+    block_input = spec.hidden_size * dtype_bytes
     if mode == "selective":
-        return BLOCK_INPUT_BYTES_PER_TOKEN_H + mlp_bytes_per_token_h(tp)
+        return block_input + mlp_bytes_per_token(spec, tp, dtype_bytes)
     assert mode == "full", mode
-    return BLOCK_INPUT_BYTES_PER_TOKEN_H
+    return block_input
 
 
-def recomputed_bytes_per_token_h(mode: str, tp: int) -> float:
-    """16-bit bytes per token and hidden unit of the part of a block `mode` reruns."""
+def recomputed_bytes_per_token(spec: ModelSpec, mode: str, tp: int, keys: float,
+                               dtype_bytes: int) -> float:
+    """Bytes per token of the part of a block `mode` reruns."""
     if mode == "none":
         return 0.0
     if mode == "selective":
-        return attention_bytes_per_token_h(tp)
+        return attention_bytes_per_token(spec, tp, keys, dtype_bytes)
     assert mode == "full", mode
-    return attention_bytes_per_token_h(tp) + mlp_bytes_per_token_h(tp)
+    return block_bytes_per_token(spec, tp, keys, dtype_bytes)
 
 
 def attention_forward_flops_share(spec: ModelSpec, length):

@@ -47,9 +47,10 @@ OPS = ("forward", "backward", "prefill", "decode", "optimizer")
 
 
 def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
-    """KV heads each tp rank holds (tp divides them: planner.domain.layout's rule)."""
-    assert spec.num_kv_heads % tp == 0, (spec.name, spec.num_kv_heads, tp)
-    return spec.num_kv_heads // tp
+    """KV heads each tp rank holds: kv / tp when tp divides them, one (a copy, shared by
+    tp / kv ranks) when tp is a multiple of them (planner.domain.layout's rule,
+    planner.sharding.param_shards)."""
+    return max(1, spec.num_kv_heads // tp)
 
 
 def part_params_per_rank(spec: ModelSpec, part: str, tp: int) -> float:
@@ -85,8 +86,9 @@ def head_gemm_shapes(spec: ModelSpec, part: str, tp: int) -> list[tuple[float, f
 
 
 def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: bool):
-    """Forward FLOPs of one block on one tp rank: 2 per weight MAC + attention
-    4 x heads x head_dim x keys.
+    """Forward FLOPs of one block on one tp rank: 2 per weight MAC of its GEMMs
+    (block_gemm_shapes: with replicated kv heads each rank computes its kv head's k and v)
+    + attention 4 x heads x head_dim x keys.
 
     The runtime's SDPA gets an explicit boolean mask (runtime/layers.py), which no fused
     kernel can skip tiles of, so a forward token computes scores against all `length` keys
@@ -94,8 +96,8 @@ def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: 
     token) plus the attention term (FlashAttention-2 sec. 4.1: 4 x seqlen^2 x d x heads).
     """
     tokens = batch if decode else batch * np.asarray(length, dtype=float)
-    return tokens * 2.0 * spec.matmul_params_per_layer() / tp + \
-        attention_flops(spec, tp, batch, length, decode)
+    weight_macs = sum(n * k for n, k in block_gemm_shapes(spec, tp))
+    return tokens * 2.0 * weight_macs + attention_flops(spec, tp, batch, length, decode)
 
 
 def forward_flops_part(spec: ModelSpec, part: str, tp: int, batch: float, length, decode: bool):

@@ -40,6 +40,15 @@ dp_gather: under ZeRO-1, the all-gather of the updated weights after the step, b
 bucket (sum over buckets of allgather times), not overlapped: the runtime does not overlap
 it with the next forward (Megatron's overlap_param_gather). 0 without ZeRO-1.
 
+kv_sync: with tp above the kv heads (planner.sharding.param_shards kv_replicas r = tp / kv
+> 1), the all-reduce of the replicated kv heads' gradients over the r ranks sharing each,
+after the DP reduction and before the norm (runtime/optimizer.py): one collective of the
+stage's k/v rows on a rank, L_s x 2 (K, V) x head_dim x (h + 1 with biases) elements in the
+compute dtype, 1/dp of them under ZeRO-1 (each rank sums its piece), priced by
+comm.allreduce_time_s over r ranks of the TP group's link (the sharing ranks are r
+consecutive ranks of the TP group, inside its node; the link's fabric is the TP group's);
+the step waits for every stage, so the slowest stage's counts. 0 when r = 1.
+
 optimizer: the Adam step of the stage's parts, on 1/dp of them under ZeRO-1.
 """
 
@@ -52,6 +61,7 @@ from costmodel.memory import optimizer_shards
 from costmodel.stage_timer import StageTimer
 from planner.domain.workflow import BatchSpec
 from planner.sharding.grad_buckets import grad_bucket_bounds
+from planner.sharding.param_shards import kv_replicas
 
 
 def exposed_sync_s(ready_s: np.ndarray, collective_s: np.ndarray, backward_end_s: float
@@ -96,6 +106,20 @@ def overlaps_backward(st: StageTimer, stage: int) -> bool:
     return all(timer.hardware.kind == "cuda" for timer in st.timers[stage])
 
 
+def kv_sync_s(st: StageTimer, stage: int) -> float:
+    """The replicated kv gradients' all-reduce of one stage (module docstring: kv_sync)."""
+    ex, spec = st.ex, st.role.spec
+    replicas = kv_replicas(spec, ex.tp)
+    if replicas == 1:
+        return 0.0
+    elements = (st.geo.stage_layers[stage] * 2 * spec.head_dim
+                * (spec.hidden_size + int(spec.attention_bias)))
+    dtype = st.timers[stage][0].hardware.compute_dtype_bytes
+    message_bytes = elements * dtype / optimizer_shards(ex)
+    link = st.knobs.link(st.geo.tp_link[stage])
+    return float(comm.allreduce_time_s(message_bytes, replicas, link))
+
+
 def _stage_optimizer_s(st: StageTimer, stage: int) -> float:
     ex, worst = st.ex, 0.0
     for timer in st.timers[stage]:
@@ -116,7 +140,7 @@ def train_phases_s(st: StageTimer, b: int, batch: BatchSpec, spec_elements: np.n
              for stage in range(ex.pp)]
     send = float(st.send_s(b, s))
     pipeline = (ex.pp + ex.micro_batches - 1) * (max(steps) + 2 * send)
-    sync = gather = optimizer = 0.0
+    sync = gather = optimizer = kv_sync = 0.0
     for stage in range(ex.pp):
         ready, reduce_s, gather_s = _stage_buckets(st, stage, int(spec_elements[stage].max()))
         if overlaps_backward(st, stage):
@@ -128,6 +152,7 @@ def train_phases_s(st: StageTimer, b: int, batch: BatchSpec, spec_elements: np.n
         sync = max(sync, stage_sync)
         gather = max(gather, float(gather_s.sum()))
         optimizer = max(optimizer, _stage_optimizer_s(st, stage))
+        kv_sync = max(kv_sync, kv_sync_s(st, stage))
     k = batch.ppo_minibatches
     return {"forward_backward": float(k * pipeline), "dp_sync": k * sync,
-            "dp_gather": k * gather, "optimizer": k * optimizer}
+            "dp_gather": k * gather, "kv_sync": k * kv_sync, "optimizer": k * optimizer}

@@ -7,7 +7,8 @@ What the executor calls (every rank of the world, the same calls in the same ord
     model = ParallelModel.from_hf(directory, spec, head, ctx, device)
     generate(model, prompts: list[MicroBatch], GenerationConfig) -> list[Generation]
     inference(model, micro_batches, with_entropy=False) -> list[ModelOutputs]
-    optimizer = Adam(model.params, AdamConfig(...), ctx, shard_over_dp=False)
+    optimizer = Adam(model.params, AdamConfig(...), ctx, shard_over_dp=False,
+                     num_kv_heads=spec.num_kv_heads)
     train_step(model, optimizer, micro_batches, loss_fn, num_minibatches,
                recompute) -> list[TrainStats]
         (the execution's policy: what the decoder blocks rerun in backward, as priced)

@@ -32,7 +32,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.domain.output_files import atomic_write_bytes, atomic_write_text
-from planner.sharding.param_shards import ParamInfo, model_params
+from planner.sharding.param_shards import ParamInfo, model_params, shard_slice
 from runtime.model import ParallelModel
 from runtime.params import checkpoint_name
 
@@ -106,7 +106,11 @@ def _gather_full(model: ParallelModel, info: ParamInfo) -> torch.Tensor | None:
     dist.gather(local, pieces, group=group.handle, group_dst=0)
     if not first:
         return None
-    return torch.cat(pieces, dim=1 if info.split == "row" else 0).cpu()
+    full = torch.empty(info.shape, dtype=local.dtype)
+    for rank, piece in enumerate(pieces):   # replicated kv heads: equal copies, one place
+        ranges = shard_slice(model.spec, info, rank, group.size)
+        full[tuple(slice(a, b) for a, b in ranges)] = piece
+    return full
 
 
 def save_hf_checkpoint(model: ParallelModel, directory: Path) -> None:

@@ -75,6 +75,12 @@ def attention(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, head_dim
               ) -> torch.Tensor:
     """Grouped-query self-attention: column-parallel q/k/v, row-parallel output projection.
 
+    The rank's query heads use its kv heads (group size local q heads / local kv heads):
+    with tp above the kv-head count the rank holds one kv head, the one its q heads map to
+    (planner.sharding.param_shards), replicated on the ranks sharing it; each copy's
+    gradient then covers only this rank's q heads, and the optimizer sums the copies over
+    the ranks sharing the head (runtime/optimizer.py). Forward needs no communication.
+
     q/k norms (when `{prefix}q_norm.weight` is there): each rank normalises its own heads,
     so a norm weight's gradient on one rank covers only those heads; copy_to_tp sums it over
     the tp group in backward, giving every rank the full (replicated) gradient.

@@ -101,7 +101,7 @@ class ParallelModel:
 
     def new_caches(self, batch: int, slots: int) -> list[LayerCache]:
         """Empty KV caches for this stage's layers."""
-        kv_heads = self.spec.num_kv_heads // self.ctx.tp
+        kv_heads = max(1, self.spec.num_kv_heads // self.ctx.tp)   # one when replicated
         shape = (batch, kv_heads, slots, self.spec.head_dim)
         return [LayerCache(torch.zeros(shape, dtype=self.device.dtype, device=self.device.device),
                            torch.zeros(shape, dtype=self.device.dtype, device=self.device.device))

@@ -19,11 +19,24 @@ each DP rank keeps the master weights and moments of its 1/dp piece of every buc
 updates them, and the pieces are all-gathered, in the compute dtype, back into every
 replica's parameter buffer.
 
+Replicated kv heads (tp above the model's kv heads, `num_kv_heads`): the tp / kv ranks
+sharing a kv head (ParallelContext.kv_share_group) each hold a copy of its k/v projection
+rows (weights and biases, planner.sharding.param_shards), and each copy's gradient holds
+only the contributions of that rank's query heads; the head's gradient is their sum. After
+the DP reduction the step all-reduces those gradients over the sharing ranks, one
+collective of this rank's part of them packed together (under ZeRO-1 only its 1/dp piece:
+the sharing ranks have the same dp rank and identical flat layouts, so their pieces cover
+the same elements). Summing after the DP sum is the same sum as before it (both are sums
+over the copies and the replicas), and 1/dp of the bytes under ZeRO-1. The copies then get
+identical gradients and identical Adam updates, so they stay equal.
+costmodel/train_cost.py prices this collective ("kv_sync").
+
 Gradient norm: TP-sharded parameters contribute their shard's squares on every TP rank;
-TP-replicated ones (norm weights, value head) only on TP rank 0, so they count once (the
-`counted` spans of this rank's part). The sum is all-reduced over the TP and PP groups (and
-over DP for ZeRO-1, whose ranks each hold different pieces); replicas hold equal reduced
-gradients otherwise, so DP is not summed then.
+TP-replicated ones (norm weights, value head) only on TP rank 0, and a replicated kv head
+only on the first rank sharing it, so each counts once (the `counted` spans of this rank's
+part). The sum is all-reduced over the TP and PP groups (and over DP for ZeRO-1, whose ranks
+each hold different pieces); replicas hold equal reduced gradients otherwise, so DP is not
+summed then.
 """
 
 from __future__ import annotations
@@ -40,6 +53,12 @@ from runtime.parallel_context import ParallelContext
 from runtime.params import is_tp_replicated
 
 NORM_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_
+# Parameters split by whole kv heads (planner.sharding.param_shards split "kv")
+KV_PROJECTIONS = (".self_attn.k_proj.", ".self_attn.v_proj.")
+
+
+def is_kv_projection(name: str) -> bool:
+    return any(part in name for part in KV_PROJECTIONS)
 
 
 @dataclass(frozen=True)
@@ -64,12 +83,16 @@ def clip_factor(norm: float, max_norm: float | None) -> float:
 class Adam:
     """Adam(W) over one rank's parameter shards, with the DP gradient reduction built in
     (module docstring). Takes over the storage of `params` and their gradients.
-    `grad_bucket_bytes`: the size of the DP reduction's buckets."""
+    `grad_bucket_bytes`: the size of the DP reduction's buckets. `num_kv_heads`: the
+    model's kv heads, which say whether its k/v rows are copies to sum (module docstring);
+    None when tp divides them (runtime/train.py checks it against the model)."""
 
     def __init__(self, params: dict[str, torch.Tensor], config: AdamConfig,
                  ctx: ParallelContext, shard_over_dp: bool = False,
-                 grad_bucket_bytes: int = GRAD_BUCKET_BYTES):
+                 grad_bucket_bytes: int = GRAD_BUCKET_BYTES, num_kv_heads: int | None = None):
         self.params, self.config, self.ctx = params, config, ctx
+        self.kv_replicas = max(1, ctx.tp // num_kv_heads) if num_kv_heads else 1
+        self.kv_group = ctx.kv_share_group(num_kv_heads) if self.kv_replicas > 1 else None
         self.zero1 = shard_over_dp and ctx.dp > 1
         self.step_count = 0
         tensors = list(params.values())
@@ -79,7 +102,9 @@ class Adam:
         self.flat_params, self.flat_grads = self._flat_buffers(tensors)
         self.buckets = GradBuckets(tensors, self.flat_grads, ctx.dp_group, ctx.coord.dp_rank,
                                    self.zero1, grad_bucket_bytes)
-        self.counted = self._counted_spans(params)
+        self.counted = self._part_spans(params, self._counts_in_norm)
+        self.kv_spans = (self._part_spans(params, is_kv_projection)
+                         if self.kv_replicas > 1 else [])
         pieces = self.buckets.pieces
         if self.flat_params.dtype == torch.float32:  # the weights are their own master
             self.master = self.flat_params
@@ -110,14 +135,22 @@ class Adam:
             offset += n
         return flat_params, flat_grads
 
-    def _counted_spans(self, params: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
-        """(start, stop) within this rank's part of the parameters whose squares it adds to
-        the gradient norm (module docstring)."""
+    def _counts_in_norm(self, name: str) -> bool:
+        """Whether this rank adds the squares of `name` to the gradient norm: not for a
+        copy another TP rank counts (module docstring)."""
+        tp_rank = self.ctx.coord.tp_rank
+        if is_tp_replicated(name):
+            return tp_rank == 0
+        return not is_kv_projection(name) or tp_rank % self.kv_replicas == 0
+
+    def _part_spans(self, params: dict[str, torch.Tensor], select) -> list[tuple[int, int]]:
+        """(start, stop) within this rank's part of the parameters whose name `select`
+        accepts."""
         spans, offset = [], 0
         for name, p in params.items():
             lo, hi = offset, offset + p.numel()
             offset = hi
-            if self.ctx.coord.tp_rank != 0 and is_tp_replicated(name):
+            if not select(name):
                 continue
             for piece in self.buckets.pieces:
                 start, stop = max(lo, piece.start), min(hi, piece.stop)
@@ -135,6 +168,7 @@ class Adam:
     def step(self) -> float:
         """Reduce gradients over DP, clip by global norm, update; returns the norm."""
         grad = self.buckets.reduced_gradient()
+        self._sum_kv_copies(grad)
         squares = sum((grad[lo:hi].float().pow(2).sum() for lo, hi in self.counted),
                       torch.zeros((), device=grad.device))
         if self.zero1:
@@ -145,6 +179,18 @@ class Adam:
         self._adam(grad.float() * clip_factor(norm, self.config.max_grad_norm))
         self._write_back()
         return norm
+
+    def _sum_kv_copies(self, grad: torch.Tensor) -> None:
+        """Replicated kv heads' gradients summed in `grad` (this rank's part) over the ranks
+        sharing each head, packed into one all-reduce (module docstring)."""
+        if not self.kv_spans:
+            return
+        packed = torch.cat([grad[lo:hi] for lo, hi in self.kv_spans])
+        all_reduce(packed, self.kv_group)
+        offset = 0
+        for lo, hi in self.kv_spans:
+            grad[lo:hi].copy_(packed[offset:offset + hi - lo])
+            offset += hi - lo
 
     def zero_grad(self) -> None:
         """Zero the gradient buffer; the parameters' `.grad` views stay."""

@@ -2,17 +2,23 @@
 
 A placement (planner.domain.placement: ordered mesh devices = global ranks, dp, tp, pp) is a
 pure description; a `ParallelContext` is what one member rank needs to run a model under it:
-its coordinate and its TP, DP and PP process groups (with their global ranks). Nothing is
+its coordinate and its TP, DP and PP process groups (with their global ranks), and the
+blocks of consecutive ranks of its TP group that share a replicated kv head (tp above a
+model's kv heads: planner.sharding.param_shards kv_replicas), over which the optimizer sums
+those heads' gradients. A placement does not know the models it runs, so every block size a
+model could need is made: each proper divisor d of tp (1 < d < tp) cuts the TP group into
+tp / d blocks of d ranks; a block of all tp ranks is the TP group itself. Nothing is
 module-global, so one process can hold contexts of several placements at once.
 
 Trap (see runtime-notes): every process group must be created by all ranks of the world in
 the same order, members or not. `create_contexts` does that for a list of layouts: groups are
-created layout by layout, TP then DP then PP groups, each in `rank_groups` order.
+created layout by layout, TP then DP then PP groups, each in `rank_groups` order, then the
+TP blocks (by size, then TP group, then block).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.distributed as dist
 
@@ -42,6 +48,8 @@ class ParallelContext:
     tp_group: Group
     dp_group: Group
     pp_group: Group  # ranks[s] is the rank of stage s with this rank's tp and dp ranks
+    # (d, the block of d consecutive ranks of tp_group holding this rank) per 1 < d < tp
+    tp_blocks: tuple[tuple[int, Group], ...] = field(default=())
 
     @property
     def tp(self) -> int:
@@ -63,6 +71,17 @@ class ParallelContext:
     def is_last_stage(self) -> bool:
         return self.coord.pp_rank == self.layout.pp - 1
 
+    def kv_share_group(self, num_kv_heads: int) -> Group:
+        """The ranks of this rank's TP group holding the same kv head as it: the tp / kv
+        consecutive ranks from tp_rank // (tp / kv) x (tp / kv) when tp exceeds the model's
+        `num_kv_heads` (param_shards.shard_slice), this rank alone otherwise."""
+        share = max(1, self.tp // num_kv_heads)
+        if share == 1:
+            return Group(handle=None, ranks=(self.global_rank,))
+        if share == self.tp:
+            return self.tp_group
+        return dict(self.tp_blocks)[share]
+
     def stage_rank(self, stage: int) -> int:
         """Global rank of pipeline stage `stage` in this rank's pipeline."""
         return self.pp_group.ranks[stage]
@@ -73,6 +92,11 @@ def _new_group(ranks: tuple[int, ...], backend: str | None) -> object:
     if len(ranks) == 1:
         return None
     return dist.new_group(ranks=list(ranks), backend=backend)
+
+
+def tp_block_sizes(tp: int) -> list[int]:
+    """Sizes of the TP blocks a context holds (module docstring)."""
+    return [d for d in range(2, tp) if tp % d == 0]
 
 
 def create_contexts(layouts: list[Placement], backend: str | None = None
@@ -93,10 +117,19 @@ def create_contexts(layouts: list[Placement], backend: str | None = None
                 handle = _new_group(ranks, backend)
                 if me in ranks:
                     mine[kind] = Group(handle=handle, ranks=ranks)
+        blocks = []
+        for size in tp_block_sizes(layout.tp):
+            for ranks in groups.tp_groups:
+                for start in range(0, layout.tp, size):
+                    block = ranks[start:start + size]
+                    handle = _new_group(block, backend)
+                    if me in block:
+                        blocks.append((size, Group(handle=handle, ranks=block)))
         if me in layout.devices:
             contexts.append(ParallelContext(layout=layout, global_rank=me,
                                             coord=placement_coordinate(layout, me), tp_group=mine["tp"],
-                                            dp_group=mine["dp"], pp_group=mine["pp"]))
+                                            dp_group=mine["dp"], pp_group=mine["pp"],
+                                            tp_blocks=tuple(blocks)))
         else:
             contexts.append(None)
     return contexts

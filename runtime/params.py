@@ -94,10 +94,17 @@ def _slice(tensor: torch.Tensor, ranges) -> torch.Tensor:
 
 def init_params(spec: ModelSpec, head: HeadKind, tp_rank: int, tp: int, pp_stage: int, pp: int,
                 seed: int, device: DeviceConfig) -> dict[str, torch.Tensor]:
-    """This rank's shards under seeded random init."""
-    return {p.name: _slice(init_full_param(spec, p.name, seed), shard_slice(spec, p, tp_rank, tp))
-            .to(device.device, device.dtype).contiguous()
+    """This rank's shards under seeded random init, each its own storage: a slice of the
+    full seeded tensor that stayed a view would keep the whole tensor alive."""
+    return {p.name: own_storage(_slice(init_full_param(spec, p.name, seed),
+                                       shard_slice(spec, p, tp_rank, tp))
+                                .to(device.device, device.dtype).contiguous())
             for p in stage_params(spec, head, pp_stage, pp)}
+
+
+def own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, copied when it is a view of a larger tensor (so that base can be freed)."""
+    return tensor.clone() if tensor._base is not None else tensor
 
 
 class HFCheckpoint:

@@ -17,7 +17,9 @@ micro-batches.
 The optimizer reduces the gradients over DP (all-reduce, or reduce-scatter for ZeRO-1) in
 buckets, each launched while the backward of the minibatch's last micro-batch still runs, as
 soon as backward has finished its gradients (runtime/grad_buckets.py, Megatron-LM's
-overlap_grad_reduce); earlier micro-batches only accumulate. The step waits for them.
+overlap_grad_reduce); earlier micro-batches only accumulate. The step waits for them, then
+sums the gradients of replicated kv heads (tp above the model's kv heads) over the ranks
+sharing each (runtime/optimizer.py), before the norm and the update.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Callable
 import torch
 
 from planner.domain.layout import RecomputeMode
+from planner.sharding.param_shards import kv_replicas
 from runtime.batch import MicroBatch, ModelOutputs
 from runtime.comm import all_reduce
 from runtime.inference import outputs_from_head
@@ -135,6 +138,10 @@ def train_step(model: ParallelModel, optimizer: Adam, micro_batches: list[MicroB
 
     `recompute`: the train call's Execution.recompute (whose default
     this mirrors); the result is the same either way, only memory and time differ."""
+    if optimizer.kv_replicas != kv_replicas(model.spec, model.ctx.tp):
+        raise ValueError(f"{model.spec.name} at tp {model.ctx.tp} keeps each kv head on "
+                         f"{kv_replicas(model.spec, model.ctx.tp)} ranks; build its Adam with "
+                         f"num_kv_heads={model.spec.num_kv_heads} so their gradients are summed")
     for p in model.params.values():
         p.requires_grad_(True)
     ctx = model.ctx

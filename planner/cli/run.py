@@ -24,8 +24,9 @@ reallocations and data transfers follow the same schedules the cost model prices
 (planner.sharding.transfer_schedule); calls on disjoint meshes run at the same time.
 Prints one progress line per iteration (time, reward mean, losses, KL) and writes a JSON
 trace in the shape of `plan estimate --json` (iteration_s, calls, reallocations, transfers)
-plus nodes [{name, start_s, end_s, devices}] and per-iteration metrics. Peak memory: CUDA
-max_memory_allocated, or on CPU the process RSS sampled every 10 ms (memory_source says which).
+plus nodes [{name, start_s, end_s, devices}] and per-iteration metrics. Peak memory per call
+and device: CUDA max_memory_allocated, or on CPU the peak of live tensor bytes in the first
+iteration (runtime/memory_meter.py; memory_source says which).
 
 Checkpoints: --load ROLE=DIR (repeatable) starts model role ROLE from the HF checkpoint in
 DIR (config.json + model.safetensors or a sharded index; bf16 or fp32, cast to the plan's

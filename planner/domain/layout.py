@@ -75,25 +75,36 @@ def sequences_per_micro_batch_step(call: ModelFunctionCall, batch: BatchSpec) ->
     return batch.n_seqs
 
 
+def kv_heads_fit(num_kv_heads: int, tp: int) -> bool:
+    """Whether tp ranks can share out `num_kv_heads` kv heads: tp divides them (each rank
+    holds kv / tp whole heads) or is a multiple of them (each rank holds one head,
+    replicated on the tp / kv consecutive ranks whose query heads use it)."""
+    return num_kv_heads % tp == 0 or tp % num_kv_heads == 0
+
+
 def parallel_degrees_problem(spec: ModelSpec, tp: int, pp: int) -> str | None:
     """Why model `spec` cannot be sharded over tp ranks and pp stages, or None.
 
     The one rule for the search space, the cost model and the runtime (what we price is what
-    we run): every tensor-parallel split is even, so tp divides the attention heads, the kv
-    heads (each rank holds whole kv heads; the runtime does not replicate a kv head, which
-    would need its gradients summed over the ranks sharing it), the MLP's intermediate size
-    and the vocabulary (no padding rows); pp is between 1 and the layer count; tied
-    embeddings (one tensor for the embedding and the LM head) need pp 1, since the two
-    ends of the model sit on different stages otherwise.
+    we run): every tensor-parallel split is even, so tp divides the attention heads, the
+    MLP's intermediate size and the vocabulary (no padding rows); tp divides the kv heads or
+    is a multiple of them: above the kv-head count each rank holds the one kv head its query
+    heads use, replicated on the tp / kv ranks sharing it, whose gradients the runtime sums
+    over those ranks (as vLLM's QKVParallelLinear replicates kv heads, num_kv_head_replicas
+    = tp / kv); pp is between 1 and the layer count; tied embeddings (one tensor for the
+    embedding and the LM head) need pp 1, since the two ends of the model sit on different
+    stages otherwise.
     """
-    sizes = {"attention heads": spec.num_heads, "kv heads": spec.num_kv_heads,
+    sizes = {"attention heads": spec.num_heads,
              "intermediate_size": spec.intermediate_size, "vocab_size": spec.vocab_size}
     uneven = [f"{value} {name}" for name, value in sizes.items() if value % tp]
-    if uneven:
-        valid = [t for t in range(1, spec.num_kv_heads + 1)
-                 if all(v % t == 0 for v in sizes.values())]
-        return (f"tp {tp} does not evenly split the {', '.join(uneven)} of {spec.name}; "
-                f"valid tp: {valid}")
+    if uneven or not kv_heads_fit(spec.num_kv_heads, tp):
+        valid = [t for t in range(1, spec.num_heads + 1)
+                 if all(v % t == 0 for v in sizes.values())
+                 and kv_heads_fit(spec.num_kv_heads, t)]
+        what = (f"does not evenly split the {', '.join(uneven)}" if uneven else
+                f"neither divides the {spec.num_kv_heads} kv heads nor is a multiple of them")
+        return f"tp {tp} {what} of {spec.name}; valid tp: {valid}"
     if not 1 <= pp <= spec.num_layers:
         return f"pp {pp} must be between 1 and the {spec.num_layers} layers of {spec.name}"
     if spec.tie_embeddings and pp > 1:

@@ -37,6 +37,7 @@ KIND_STYLE = {
     "kv_cache": ("\\\\", "KV cache (generation)"),
     "logits": ("--", "logits (last stage)"),
     "workspace": ("||", "workspace"),
+    "optimizer_step": ("**", "optimizer step temporaries (train)"),
     WEIGHTS_COPY: ("xx", "temporary weights copy (call placed unlike its train call)"),
     RECEIVE_BUFFER: ("++", "reallocation receive buffer"),
 }

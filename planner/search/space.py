@@ -2,8 +2,10 @@
 
 For every allowed mesh of the cluster (power-of-two aligned slices inside a node, including
 1- and 2-device slices, and ranges of whole nodes) every layout dp x tp x pp of the mesh size
-with tp a power of two that divides the attention heads (and the kv heads: the runtime
-does not replicate kv heads), tp inside a node, pp at most the layer count, and micro-batch counts from
+with tp a power of two that the model can be split over (planner.domain.layout
+parallel_degrees_problem: tp divides the attention heads, and divides the kv heads or is a
+multiple of them, each rank then holding a replica of one kv head), tp inside a node, pp at
+most the layer count, and micro-batch counts from
 {1, 2, 4, 8, 16, pp, 2pp, 4pp} that the batch allows; a train call also tries each
 activation recomputation mode (Execution.recompute: none, selective, full), which trades
 the memory of kept activations against a forward rerun in backward. Candidates that do not

@@ -5,8 +5,9 @@ agree on which device holds which slice of which tensor.
 
 Names and full shapes follow HF `LlamaForCausalLM`:
 - `model.embed_tokens.weight` [V, h]                     stage 0, vocab-split on dim 0
-- `model.layers.{i}.self_attn.q_proj.weight` [heads*d, h], `{k,v}_proj.weight`
-  [kv_heads*d, h]                                        column-parallel, split on dim 0
+- `model.layers.{i}.self_attn.q_proj.weight` [heads*d, h] column-parallel, split on dim 0
+- `model.layers.{i}.self_attn.{k,v}_proj.weight` [kv_heads*d, h]   split "kv": by whole kv
+  heads on dim 0; with tp above the kv heads, rank r holds kv head r // (tp / kv_heads)
   (+ `.bias` when spec.attention_bias, split like its weight; d = spec.head_dim)
 - `model.layers.{i}.self_attn.o_proj.weight` [h, heads*d] row-parallel, split on dim 1
 - `model.layers.{i}.self_attn.{q,k}_norm.weight` [d]     replicated (spec.qk_norm, Qwen3)
@@ -21,12 +22,20 @@ Rules:
 - Blocks sit on the stage given by `planner.sharding.pipeline_partition.layer_ranges`.
 - Every split is even, and tied embeddings (no `lm_head.weight` tensor) need pp = 1: the
   degrees a model can run are those planner.domain.layout.parallel_degrees_problem accepts
-  (tp divides the heads, the kv heads, intermediate_size and vocab_size), the rule the
-  search space and the runtime use too. k/v projections split like q by whole kv heads.
+  (tp divides the heads, intermediate_size and vocab_size, and divides the kv heads or is a
+  multiple of them), the rule the search space and the runtime use too.
+- k/v projections split by whole kv heads: kv_heads / tp heads per rank when tp divides
+  them; when tp is a multiple of them, one head per rank, the same head on the tp / kv_heads
+  consecutive ranks whose query heads use it (rank r holds query heads [r q/tp, (r+1) q/tp),
+  which GQA maps to kv head r // (tp / kv_heads)), as vLLM's QKVParallelLinear replicates
+  them (num_kv_head_replicas = tp / kv_heads). Those copies are what `kv_replicas` counts;
+  the runtime sums their gradients over the ranks sharing them (runtime/optimizer.py).
 
 Example, llama-tiny (h 256, 8 heads, 4 kv heads, head_dim 32), tp=4, tp_rank=2:
     model.layers.0.self_attn.k_proj.weight  full (128, 256) -> rows [64, 96) (kv head 2)
     model.layers.0.self_attn.o_proj.weight  full (256, 256) -> all rows, columns [128, 192)
+and at tp=8 (two ranks per kv head), tp_rank=5:
+    model.layers.0.self_attn.k_proj.weight  full (128, 256) -> rows [64, 96) (kv head 2)
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from planner.sharding.pipeline_partition import layer_ranges
 
 # One half-open (start, stop) range per dimension of the full tensor.
 ShardSlice = tuple[tuple[int, int], ...]
-SplitKind = Literal["column", "row", "replicated"]
+SplitKind = Literal["column", "row", "kv", "replicated"]
 
 EMBEDDING = "model.embed_tokens.weight"
 FINAL_NORM = "model.norm.weight"
@@ -72,8 +81,8 @@ def _block_params(spec: ModelSpec, layer: int, stage: int) -> list[ParamInfo]:
     params = [ParamInfo(f"{p}input_layernorm.weight", (h,), stage, "replicated"),
               ParamInfo(f"{p}post_attention_layernorm.weight", (h,), stage, "replicated"),
               ParamInfo(f"{p}self_attn.q_proj.weight", (q, h), stage, "column"),
-              ParamInfo(f"{p}self_attn.k_proj.weight", (kv, h), stage, "column"),
-              ParamInfo(f"{p}self_attn.v_proj.weight", (kv, h), stage, "column"),
+              ParamInfo(f"{p}self_attn.k_proj.weight", (kv, h), stage, "kv"),
+              ParamInfo(f"{p}self_attn.v_proj.weight", (kv, h), stage, "kv"),
               ParamInfo(f"{p}self_attn.o_proj.weight", (h, q), stage, "row")]
     if spec.qk_norm:
         params += [ParamInfo(f"{p}self_attn.q_norm.weight", (spec.head_dim,), stage,
@@ -82,8 +91,8 @@ def _block_params(spec: ModelSpec, layer: int, stage: int) -> list[ParamInfo]:
                              "replicated")]
     if spec.attention_bias:
         params += [ParamInfo(f"{p}self_attn.q_proj.bias", (q,), stage, "column"),
-                   ParamInfo(f"{p}self_attn.k_proj.bias", (kv,), stage, "column"),
-                   ParamInfo(f"{p}self_attn.v_proj.bias", (kv,), stage, "column")]
+                   ParamInfo(f"{p}self_attn.k_proj.bias", (kv,), stage, "kv"),
+                   ParamInfo(f"{p}self_attn.v_proj.bias", (kv,), stage, "kv")]
     params += [ParamInfo(f"{p}mlp.gate_proj.weight", (inter, h), stage, "column"),
                ParamInfo(f"{p}mlp.up_proj.weight", (inter, h), stage, "column"),
                ParamInfo(f"{p}mlp.down_proj.weight", (h, inter), stage, "row")]
@@ -111,6 +120,12 @@ def model_params(spec: ModelSpec, head: HeadKind, pp: int) -> tuple[ParamInfo, .
     return tuple(params)
 
 
+def kv_replicas(spec: ModelSpec, tp: int) -> int:
+    """Ranks holding each kv head's copy: tp / kv_heads when tp exceeds the kv heads, else 1
+    (module docstring)."""
+    return max(1, tp // spec.num_kv_heads)
+
+
 def shard_slice(spec: ModelSpec, param: ParamInfo, tp_rank: int, tp: int) -> ShardSlice:
     """The slice of `param` held by tensor-parallel rank `tp_rank` of `tp`."""
     full = tuple((0, n) for n in param.shape)
@@ -118,10 +133,13 @@ def shard_slice(spec: ModelSpec, param: ParamInfo, tp_rank: int, tp: int) -> Sha
         return full
     dim = 1 if param.split == "row" else 0
     size = param.shape[dim]
-    assert size % tp == 0, (param.name, size, tp)
-    chunk = size // tp
+    parts, part = tp, tp_rank
+    if param.split == "kv" and kv_replicas(spec, tp) > 1:
+        parts, part = spec.num_kv_heads, tp_rank // kv_replicas(spec, tp)
+    assert size % parts == 0, (param.name, size, parts)
+    chunk = size // parts
     ranges = list(full)
-    ranges[dim] = (tp_rank * chunk, (tp_rank + 1) * chunk)
+    ranges[dim] = (part * chunk, (part + 1) * chunk)
     return tuple(ranges)
 
 

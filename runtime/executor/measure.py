@@ -1,62 +1,57 @@
-"""Peak memory of a step: CUDA max_memory_allocated, or on CPU the process RSS sampled.
+"""Peak memory of a step: CUDA max_memory_allocated, or on CPU the peak of live tensor bytes.
 
-CPU: a background thread reads /proc/self/statm every SAMPLE_S while a step runs; the peak
-is the largest resident set seen (the whole process: Python, torch, every model copy and
-optimizer state this rank holds, and the step's working set). CUDA: the allocator's peak of
-allocated bytes since the step began.
+Both count what the estimate prices (costmodel/memory.py, costmodel/plan_memory.py): every
+tensor this rank holds during the step, the resident models of every call on the device
+included, not the process (Python, torch's code, allocator caches).
+- CUDA: the allocator's peak of allocated bytes since the step began
+  (torch.cuda.reset_peak_memory_stats at entry); free, always on.
+- CPU, with count_tensors: runtime.memory_meter.LiveBytes: the storages of every tensor
+  Python reaches when the first counted step begins (one scan of the process), carried from
+  step to step, plus each storage an op makes inside a step while it is alive; the peak after
+  any op. It slows the step's ops (runtime/memory_meter.py gives the cost), so a run counts
+  only the steps whose times it does not use; without count_tensors the CPU peak is 0 (not
+  measured).
 """
 
 from __future__ import annotations
 
-import os
-import threading
-
 import torch
 
-SAMPLE_S = 0.01
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+from runtime.memory_meter import Alive, LiveBytes
 
-
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:  # no procfs: the high-water mark since start is the best we have
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+SOURCES = {"cuda": "cuda_max_memory_allocated", "cpu": "cpu_live_tensor_bytes"}
+# What the counted steps of this process count, carried to the next (module docstring).
+_carried: dict[str, Alive] = {}
 
 
 class PeakMemory:
     """`with PeakMemory(device) as m: ...; m.peak_bytes`."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, count_tensors: bool = True):
         self.cuda = device.type == "cuda"
         self.device = device
+        self.count_tensors = count_tensors
         self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._meter: LiveBytes | None = None
 
     @property
     def source(self) -> str:
-        return "cuda_max_memory_allocated" if self.cuda else "cpu_rss_sampled"
-
-    def _sample(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
-            self.peak_bytes = max(self.peak_bytes, rss_bytes())
+        return SOURCES["cuda" if self.cuda else "cpu"]
 
     def __enter__(self) -> "PeakMemory":
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self.peak_bytes = rss_bytes()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+        elif self.count_tensors:
+            kind = self.device.type
+            self._meter = LiveBytes(scan=kind not in _carried, alive=_carried.get(kind),
+                                    device_type=kind)
+            self._meter.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.cuda:
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, rss_bytes())
+        elif self._meter is not None:
+            self._meter.__exit__(*exc)
+            self.peak_bytes = self._meter.peak_bytes
+            _carried[self.device.type] = self._meter.alive

@@ -4,13 +4,18 @@ A step's start is the latest start over its ranks (when all its devices are ther
 simulator starts a node when all its devices are free), its end the latest end. Keys:
 - iteration_s: (end of iteration K-1 - end of iteration 0) / (K-1), the simulator's
   steady-state rule (one iteration: its end minus the first start);
-- calls: [{name, model, mesh, devices, dp, tp, pp, micro_batches, time_s, peak_memory_gib}]
-  with time_s the mean over iterations 1.. (all iterations when there is one), and the
-  peak over ranks and iterations;
+- calls: [{name, model, mesh, devices, dp, tp, pp, micro_batches, time_s, peak_memory_gib,
+  peak_memory_by_device}] with time_s the mean over iterations 1.. (all iterations when
+  there is one), peak_memory_gib the peak over ranks and iterations (on CPU only the first
+  iteration is metered: runtime/executor/worker.py), and
+  peak_memory_by_device [{device, gib}] each device's peak over iterations (what the
+  estimate's per-call peak_memory_parts price at the call's highest device and
+  memory_by_device per device: every tensor on the device during the call, the resident
+  models of other calls included; runtime/executor/measure.py);
 - reallocations / transfers: [{name, time_s, bytes}] named like the estimate's
   (`realloc:<model>:<src>-><dst>`, `<src>-><dst>`); bytes = sent between ranks per run of it;
 - nodes: [{name: "<iteration>/<node>", start_s, end_s, devices}], seconds from the first start;
-- peak_memory_gib, memory_source (cpu_rss_sampled | cuda_max_memory_allocated), and
+- peak_memory_gib, memory_source (cpu_live_tensor_bytes | cuda_max_memory_allocated), and
   iterations: [{iteration, seconds, metrics}].
 """
 
@@ -25,19 +30,21 @@ from planner.domain.plan import Plan
 
 
 def merge_records(messages: list[dict]) -> dict[str, dict]:
-    """{node name: {kind, label, iteration, start, end, bytes, peak_bytes, devices}}."""
+    """{node name: {kind, label, iteration, start, end, bytes, peak_bytes, devices,
+    peak_bytes_by_device}}."""
     nodes: dict[str, dict] = {}
     for message in messages:
         for r in message["records"]:
             node = nodes.setdefault(r["node"], {"kind": r["kind"], "label": r["label"],
                                                 "iteration": r["iteration"], "start": r["start"],
                                                 "end": r["end"], "bytes": 0, "peak_bytes": 0,
-                                                "devices": []})
+                                                "devices": [], "peak_bytes_by_device": {}})
             node["start"] = max(node["start"], r["start"])
             node["end"] = max(node["end"], r["end"])
             node["bytes"] += r["bytes"]
             node["peak_bytes"] = max(node["peak_bytes"], r["peak_bytes"])
             node["devices"].append(message["rank"])
+            node["peak_bytes_by_device"][message["rank"]] = r["peak_bytes"]
     return nodes
 
 
@@ -51,6 +58,15 @@ def iteration_ends(nodes: dict[str, dict], iterations: int) -> list[float]:
 def _steady(values_by_iteration: dict[int, float]) -> float:
     later = [v for i, v in values_by_iteration.items() if i > 0]
     return mean(later or list(values_by_iteration.values()))
+
+
+def _peaks_by_device(runs) -> list[dict]:
+    """[{device, gib}]: each device's peak over the runs (iterations) of one step."""
+    peaks: dict[int, int] = defaultdict(int)
+    for n in runs:
+        for device, peak in n["peak_bytes_by_device"].items():
+            peaks[device] = max(peaks[device], peak)
+    return [{"device": d, "gib": peaks[d] / GIB} for d in sorted(peaks)]
 
 
 def build_trace(plan: Plan, messages: list[dict], iterations: int) -> dict:
@@ -69,7 +85,8 @@ def build_trace(plan: Plan, messages: list[dict], iterations: int) -> dict:
                       "mesh": mesh_text(ex.devices, plan.cluster), "devices": list(ex.devices),
                       "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "micro_batches": ex.micro_batches,
                       "time_s": _steady({i: n["end"] - n["start"] for i, n in runs.items()}),
-                      "peak_memory_gib": max(n["peak_bytes"] for n in runs.values()) / GIB})
+                      "peak_memory_gib": max(n["peak_bytes"] for n in runs.values()) / GIB,
+                      "peak_memory_by_device": _peaks_by_device(runs.values())})
 
     def moves(kind: str) -> list[dict]:
         return [{"name": label,

@@ -93,7 +93,8 @@ class RankState:
                 # ZeRO-1 when the home (train) call's execution says so, as it is priced
                 train = plan.executions[home_call(wf, role)]
                 self.optimizers[role] = Adam(home.params, AdamConfig(lr=config.lr), home.ctx,
-                                             shard_over_dp=train.shard_optimizer_over_dp)
+                                             shard_over_dp=train.shard_optimizer_over_dp,
+                                             num_kv_heads=home.spec.num_kv_heads)
         self.store = DataStore()
         self.dataset = Dataset(wf.batch, next(iter(wf.models.values())).spec.vocab_size,
                                config.seed, wf.algorithm == "dpo",
@@ -224,7 +225,9 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
             if rank not in step.devices:
                 continue
             _maybe_fail(rank, step)
-            with PeakMemory(device.device) as memory:
+            # the CPU meter slows the step: only the first iteration is metered, and the
+            # trace's times come from the later ones (runtime/executor/trace.py)
+            with PeakMemory(device.device, count_tensors=iteration == 0) as memory:
                 start = time.time()
                 sent, step_metrics = state.run_step(step)
                 end = time.time()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from costmodel import comm
+from costmodel import comm, recompute
+from costmodel import efficiency as eff
 from costmodel.call_cost import call_memory, call_time
 from costmodel.call_geometry import geometry
 from costmodel.compute import part_timer
@@ -171,15 +172,18 @@ def test_zero1_divides_the_optimizer_states_over_dp_and_only_them():
 def test_activations_without_recompute_keep_every_block_by_hand():
     recomputed, spec, batch = _memory(1, 1)
     kept_all, _, _ = _memory(1, 1, recompute="none")
-    h, layers = spec.hidden_size, spec.num_layers
-    tokens = batch.n_seqs // batch.ppo_minibatches * batch.seq_len  # dp 1, one micro-batch
-    block = tokens * h * (10 + 24)  # bf16: h (10 + 24 / t) bytes per token, t = 1
-    # with recomputation: each block's input (2 bytes per element), plus one block and its
-    # gradients being recomputed; without: every block's activations
-    assert recomputed.parts.activations[0] == pytest.approx(layers * tokens * h * 2 + 2 * block)
-    assert kept_all.parts.activations[0] == pytest.approx(layers * block)
+    h, layers, d, s = spec.hidden_size, spec.num_layers, 2, batch.seq_len
+    tokens = batch.n_seqs // batch.ppo_minibatches * s  # dp 1, one micro-batch
+    block = tokens * recompute.block_bytes_per_token(spec, 1, s, d)
+    head = tokens * (4 * h + 4 + 2 * d * h)   # final norm (fp32 input, rsqrt, normed), head input
+    logits = tokens * spec.vocab_size * (eff.TRAIN_LOGITS_FP32_COPIES * 4 + d)
+    # with recomputation: each block's input (d bytes per element), plus one block being
+    # recomputed beyond the logits' backward; without: every block's activations
+    rerun = recompute.RECOMPUTED_WORKING_COPIES * block
+    assert recomputed.parts.activations[0] == pytest.approx(
+        layers * tokens * h * d + head + max(0.0, rerun - logits))
+    assert kept_all.parts.activations[0] == pytest.approx(layers * block + head)
     assert kept_all.parts.activations[0] > recomputed.parts.activations[0]
-    logits = 2 * tokens * spec.vocab_size * 4
     assert recomputed.parts.logits[0] == kept_all.parts.logits[0] == pytest.approx(logits)
 
 

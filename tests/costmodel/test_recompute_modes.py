@@ -23,14 +23,20 @@ from planner.search.builder import PRICE_COLUMNS, CallPricer
 
 @pytest.mark.parametrize("tp", [1, 2, 4, 8])
 def test_the_sub_layers_add_up_to_the_block_and_each_mode_keeps_less(tp):
-    whole = eff.ACTIVATION_BYTES_PER_TOKEN_H_REPLICATED + \
-        eff.ACTIVATION_BYTES_PER_TOKEN_H_SHARDED / tp
-    parts = recompute.attention_bytes_per_token_h(tp) + recompute.mlp_bytes_per_token_h(tp)
-    assert parts == pytest.approx(whole)
-    kept = [recompute.kept_bytes_per_token_h(mode, tp) for mode in RECOMPUTE_MODES]
-    assert kept == pytest.approx([10 + 24 / tp, 2 + 5 + 16 / tp, 2])
-    rerun = [recompute.recomputed_bytes_per_token_h(mode, tp) for mode in RECOMPUTE_MODES]
-    assert rerun == pytest.approx([0, 5 + 8 / tp, 10 + 24 / tp])
+    """llama-7b in bf16 (h 4096, 32 heads of 128, intermediate 11008) at 4096 keys, by hand
+    from the ops of runtime/layers.py (costmodel/recompute.py)."""
+    spec, keys, d = PRESETS["llama-7b"], 4096, 2
+    h, i = 4096, 11008
+    norm = 4 * h + 4 + d * h
+    attention = norm + d * h + 4 * d * h / tp + 4 * 32 / tp + 4 * keys
+    mlp = norm + d * h + 4 * d * i / tp
+    assert recompute.attention_bytes_per_token(spec, tp, keys, d) == pytest.approx(attention)
+    assert recompute.mlp_bytes_per_token(spec, tp, d) == pytest.approx(mlp)
+    kept = [recompute.kept_bytes_per_token(spec, mode, tp, keys, d) for mode in RECOMPUTE_MODES]
+    assert kept == pytest.approx([attention + mlp, d * h + mlp, d * h])
+    rerun = [recompute.recomputed_bytes_per_token(spec, mode, tp, keys, d)
+             for mode in RECOMPUTE_MODES]
+    assert rerun == pytest.approx([0, attention, attention + mlp])
 
 
 def test_the_attention_share_of_llama3_8b_forward_flops_by_hand():
@@ -55,19 +61,23 @@ def _actor_train(tp: int, mode: str):
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_activation_bytes_of_each_mode_by_hand(tp):
-    """bf16, pp 1, one micro-batch: every block keeps what its mode keeps, and one block's
-    rerun part is alive again with its gradients (16-bit sizes: bytes = coefficient x h x
-    tokens)."""
-    by_hand = {"none": lambda L: L * (10 + 24 / tp),
-               "selective": lambda L: L * (2 + 5 + 16 / tp) + 2 * (5 + 8 / tp),
-               "full": lambda L: L * 2 + 2 * (10 + 24 / tp)}
+    """bf16, pp 1, one micro-batch: every block keeps what its mode keeps, the last stage the
+    final norm and the head's input, and one block's rerun part is alive again beyond the
+    logits' backward (bytes per token x tokens)."""
     for mode in RECOMPUTE_MODES:
         workflow, cluster, call, role, ex = _actor_train(tp, mode)
         batch, spec = workflow.batch, role.spec
-        tokens = batch.n_seqs // batch.ppo_minibatches * batch.seq_len
+        s, d, h = batch.seq_len, 2, spec.hidden_size
+        tokens = batch.n_seqs // batch.ppo_minibatches * s
+        kept = recompute.kept_bytes_per_token(spec, mode, tp, s, d)
+        rerun = tokens * recompute.RECOMPUTED_WORKING_COPIES * \
+            recompute.recomputed_bytes_per_token(spec, mode, tp, s, d)
+        logits = tokens * spec.vocab_size / tp * (eff.TRAIN_LOGITS_FP32_COPIES * 4 + d)
+        head = 4 * h + 4 + d * h + d * h
+        expected = tokens * (spec.num_layers * kept + head) + max(0.0, rerun - logits)
         memory = call_memory(call, role, ex, batch, cluster)
-        expected = tokens * spec.hidden_size * by_hand[mode](spec.num_layers)
         assert memory.parts.activations[0] == pytest.approx(expected), mode
+        assert memory.parts.logits[0] == pytest.approx(logits), mode
 
 
 def _timer(tp: int, mode: str):

@@ -3,22 +3,22 @@ tp 2: what test_runtime_recompute_modes.py compares. Runs in-process (tp 1) or o
 spawned rank (both layouts).
 
 Per (tp, mode) a rank returns its parameter gradients, the loss, the bytes of activations
-alive between forward and backward and at the backward's peak (live_bytes.LiveBytes, with
-the parameters and preallocated gradients left out), and the TP all-reduces launched in
-forward and in backward (torch.distributed.all_reduce calls on this rank).
+alive between forward and backward and at the backward's peak (runtime.memory_meter.
+LiveBytes, with the parameters and preallocated gradients left out), and the TP all-reduces
+launched in forward and in backward (torch.distributed.all_reduce calls on this rank).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from live_bytes import LiveBytes
 
 from planner.domain.layout import RECOMPUTE_MODES
 from planner.domain.modelspec import PRESETS
 from planner.domain.placement import Placement
 from planner.sharding.rank_groups import placement_coordinate
 from runtime.device import CPU_FP32
+from runtime.memory_meter import LiveBytes
 from runtime.model import ParallelModel
 from runtime.parallel_context import Group, ParallelContext, create_contexts
 from runtime.vocab_parallel import token_logprobs

@@ -142,8 +142,8 @@ def test_calibrated_search_prices_with_the_profile_and_matches_the_simulator():
 
 
 def test_candidates_only_use_layouts_the_runtime_runs():
-    """llama-tiny has 8 heads but 4 kv heads: no candidate may use tp 8 (the runtime would
-    refuse it)."""
+    """llama-tiny has 8 heads and 4 kv heads: tp 8 runs (each kv head replicated on two
+    ranks), tp 16 would split no head evenly."""
     from planner.domain.layout import Execution, layout_problem
     from planner.search.space import candidate_executions
 
@@ -152,7 +152,9 @@ def test_candidates_only_use_layouts_the_runtime_runs():
     call = workflow.call_by_name["actor_gen"]
     spec = workflow.models["actor"].spec
     candidates = candidate_executions(call, spec, cluster, workflow.batch)
-    assert candidates and max(e.tp for e in candidates) == 4
-    problem = layout_problem(Execution(devices=tuple(range(8)), dp=1, tp=8, pp=1), spec,
-                             cluster, call, workflow.batch)
-    assert "does not evenly split the 4 kv heads" in problem and "[1, 2, 4]" in problem
+    assert candidates and max(e.tp for e in candidates) == 8
+    assert layout_problem(Execution(devices=tuple(range(8)), dp=1, tp=8, pp=1), spec,
+                          cluster, call, workflow.batch) is None
+    problem = layout_problem(Execution(devices=tuple(range(16)), dp=1, tp=16, pp=1), spec,
+                             cluster_preset("h100x16"), call, workflow.batch)
+    assert "does not evenly split the 8 attention heads" in problem and "[1, 2, 4, 8]" in problem
