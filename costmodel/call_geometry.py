@@ -10,6 +10,7 @@ inside one call's model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from costmodel import comm
 from planner.domain.cluster import ClusterSpec
@@ -31,23 +32,33 @@ class Geometry:
 
 
 def geometry(execution: Execution, num_layers: int, cluster: ClusterSpec) -> Geometry:
+    """The geometry of the execution's placement (it depends on nothing else)."""
     ex = execution
-    groups = rank_groups(ex.devices, ex.dp, ex.tp, ex.pp)
-    per_stage = ex.dp * ex.tp
+    return placement_geometry(ex.devices, ex.dp, ex.tp, ex.pp, num_layers, cluster)
+
+
+@lru_cache(maxsize=8192)
+def placement_geometry(devices: tuple[int, ...], dp: int, tp: int, pp: int, num_layers: int,
+                       cluster: ClusterSpec) -> Geometry:
+    """Memoised: the search prices every micro-batch count and run policy of one placement,
+    and finding NCCL's fabric of each group is most of a call's pricing otherwise."""
+    all_devices = devices
+    groups = rank_groups(all_devices, dp, tp, pp)
+    per_stage = dp * tp
     hardware, tp_links, dp_links = [], [], []
-    for stage in range(ex.pp):
-        devices = ex.devices[stage * per_stage:(stage + 1) * per_stage]
+    for stage in range(pp):
+        devices = all_devices[stage * per_stage:(stage + 1) * per_stage]
         names = {}
         for d in devices:
             hw = cluster.hardware_of(d)
             names.setdefault(hw.name, hw)
         hardware.append(tuple(names.values()))
-        tp_links.append(comm.slowest_link(groups.tp_groups[stage * ex.dp:(stage + 1) * ex.dp],
+        tp_links.append(comm.slowest_link(groups.tp_groups[stage * dp:(stage + 1) * dp],
                                           cluster))
-        dp_links.append(comm.slowest_link(groups.dp_groups[stage * ex.tp:(stage + 1) * ex.tp],
+        dp_links.append(comm.slowest_link(groups.dp_groups[stage * tp:(stage + 1) * tp],
                                           cluster))
-    pp_link = comm.slowest_link(groups.pp_groups, cluster) if ex.pp > 1 else None
-    return Geometry(tuple(stage_layer_counts(num_layers, ex.pp)), tuple(hardware),
+    pp_link = comm.slowest_link(groups.pp_groups, cluster) if pp > 1 else None
+    return Geometry(tuple(stage_layer_counts(num_layers, pp)), tuple(hardware),
                     tuple(tp_links), tuple(dp_links), pp_link)
 
 

@@ -10,11 +10,17 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from costmodel.profile_table import ProfileLookup, find_profile
 from costmodel.roofline import part_time_s_roofline
 from planner.domain.hardware import HardwareSpec
 from planner.domain.modelspec import ModelSpec
 from planner.domain.paths import PROFILES_DIR
+
+# Memoised points per timer before the memo starts over (a bound on its memory: a decode
+# point holds an array of gen_len contexts).
+MEMO_ENTRIES = 100_000
 
 
 class PartTimer:
@@ -25,6 +31,7 @@ class PartTimer:
         self.hardware = hardware
         self.profile = profile
         self.roofline_source = f"roofline:{hardware.name}"
+        self._memo: dict = {}
 
     def source_for(self, op: str, part: str, tp: int) -> str:
         if self.profile is not None and self.profile.has(op, part, tp):
@@ -32,6 +39,20 @@ class PartTimer:
         return self.roofline_source
 
     def time_s(self, op: str, part: str, tp: int, batch: float, length):
+        """Seconds of `op` of `part` (an array for an array of lengths). Memoised: the search
+        asks for the same points across candidates; arrays come back read-only."""
+        lengths = np.asarray(length, dtype=float)
+        key = (op, part, tp, float(batch), lengths.shape, lengths.tobytes())
+        if key not in self._memo:
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            seconds = self._time_s(op, part, tp, batch, length)
+            if isinstance(seconds, np.ndarray):
+                seconds.setflags(write=False)
+            self._memo[key] = seconds
+        return self._memo[key]
+
+    def _time_s(self, op: str, part: str, tp: int, batch: float, length):
         if self.profile is not None and self.profile.has(op, part, tp):
             return self.profile.time_s(op, part, tp, batch, length)
         return part_time_s_roofline(self.spec, self.hardware, op, part, tp, batch, length)
