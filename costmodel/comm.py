@@ -87,6 +87,16 @@ def p2p_link(cluster: ClusterSpec, src: int, dst: int) -> Link:
     return Link("inter-node", bandwidth, cluster.inter_node_latency_us * US)
 
 
+def _oldest_architecture(architectures: Iterable[str]) -> str:
+    """The architecture NCCL tunes a mixed group for: its oldest (minCompCap)."""
+    return min(architectures, key=ARCHITECTURES.index)
+
+
+def _cpu_vendor(vendors: Iterable[str]) -> str:
+    """The host CPU vendor NCCL assumes for a group: AMD when any of its nodes is."""
+    return "amd" if "amd" in set(vendors) else "intel"
+
+
 def _fabric(devices: list[int], cluster: ClusterSpec) -> Fabric:
     per_node = Counter(cluster.device_node[d] for d in devices)
     rails: dict[int, set[int]] = {}
@@ -94,12 +104,12 @@ def _fabric(devices: list[int], cluster: ClusterSpec) -> Fabric:
         node, nic = cluster.nic_of(d)
         rails.setdefault(node, set()).add(nic)
     hardware = [cluster.node_hardware[n] for n in per_node]
-    architecture = min((h.gpu_architecture for h in hardware), key=ARCHITECTURES.index)
+    architecture = _oldest_architecture(h.gpu_architecture for h in hardware)
     net = min(len(rails[n]) * cluster.node_group_of_node[n].nic_bandwidth_gb_per_s
               for n in per_node)
     nvlink = min(nccl_model.nccl_nvlink_gb_per_s(h.intra_node_bandwidth_gb_per_s,
                                                  h.gpu_architecture) for h in hardware)
-    vendor = "amd" if any(h.host_cpu_vendor == "amd" for h in hardware) else "intel"
+    vendor = _cpu_vendor(h.host_cpu_vendor for h in hardware)
     return Fabric(nodes=len(per_node), ranks_per_node=max(per_node.values()),
                   nvlink_gb_per_s=nvlink, net_gb_per_s=net, architecture=architecture,
                   nvls=all(h.nvlink_sharp for h in hardware), cpu_vendor=vendor)
@@ -125,9 +135,9 @@ def _slowest_fabric(fabrics: list[Fabric]) -> Fabric:
                   ranks_per_node=max(f.ranks_per_node for f in fabrics),
                   nvlink_gb_per_s=min(f.nvlink_gb_per_s for f in fabrics),
                   net_gb_per_s=min(f.net_gb_per_s for f in fabrics),
-                  architecture=min((f.architecture for f in fabrics), key=ARCHITECTURES.index),
+                  architecture=_oldest_architecture(f.architecture for f in fabrics),
                   nvls=all(f.nvls for f in fabrics),
-                  cpu_vendor="amd" if any(f.cpu_vendor == "amd" for f in fabrics) else "intel")
+                  cpu_vendor=_cpu_vendor(f.cpu_vendor for f in fabrics))
 
 
 def slowest_link(groups: Iterable[Iterable[int]], cluster: ClusterSpec) -> Link:

@@ -72,18 +72,11 @@ def sampling_noise_s(st: StageTimer, b: int) -> float:
     return float(seconds) * st.knobs.compute_scale
 
 
-def last_stage_heavier_max_s(st: StageTimer, op: str, b: int, length, extra_s: float):
-    """The slowest stage of `op` when the last stage does `extra_s` more."""
-    last = st.ex.pp - 1
-    return np.max([st.stage_s(s, op, b, length) + (extra_s if s == last else 0.0)
-                   for s in range(st.ex.pp)], axis=0)
-
-
 def decode_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool) -> float:
     steps = np.arange(1, batch.gen_len)
     contexts = float(batch.prompt_lengths.expected_longest(b)) + steps
     noise = sampling_noise_s(st, b) if sampled else 0.0
-    round_s = st.ex.pp * (last_stage_heavier_max_s(st, "decode", b, contexts, noise)
+    round_s = st.ex.pp * (st.max_stage_s("decode", b, contexts, last_stage_extra_s=noise)
                           + st.send_s(b, 1))
     done = batch.gen_lengths.cdf_by_length[:-1]
     running = 1.0 - done[None, :] ** wave_rows(st.ex, b).astype(float)[:, None]

@@ -80,8 +80,14 @@ class StageTimer:
         return share * worst * self.knobs.compute_scale + \
             self.tp_allreduces_s(stage, count, act_bytes)
 
-    def max_stage_s(self, op: str, b: int, length) -> np.ndarray:
-        return np.max([self.stage_s(s, op, b, length) for s in range(self.ex.pp)], axis=0)
+    def max_stage_s(self, op: str, b: int, length, last_stage_extra_s: float = 0.0
+                    ) -> np.ndarray:
+        """The slowest stage of `op`, the last stage doing `last_stage_extra_s` more (a
+        sampled step's noise, costmodel/generate_cost.py)."""
+        last = self.ex.pp - 1
+        return np.max([self.stage_s(s, op, b, length)
+                       + (last_stage_extra_s if s == last else 0.0)
+                       for s in range(self.ex.pp)], axis=0)
 
     def send_s(self, b: int, tokens_per_seq) -> np.ndarray:
         if self.geo.pp_link is None:
