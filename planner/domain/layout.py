@@ -47,6 +47,12 @@ class Execution(BaseModel):
         "and reruns the block; 'selective' reruns the attention sub-layer only (input norm, "
         "q/k/v projections, rotary, attention, output projection) and keeps the MLP's "
         "activations; 'none' keeps everything"))
+    shard_parameters_over_dp: bool = Field(default=False, description=(
+        "FSDP / ZeRO-3 (train and inference calls, pp 1): parameters, gradients and "
+        "optimizer states sharded over the dp group, each layer's parameters all-gathered "
+        "before its forward (and again before its backward), gradients reduce-scattered. "
+        "Priced for configs imported from frameworks that train this way (plan import); the "
+        "search does not offer it and plan run refuses it, since our runtime does not run it"))
 
     @property
     def num_devices(self) -> int:
@@ -129,6 +135,15 @@ def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
         return ("shard_optimizer_over_dp and recompute apply to train calls only; "
                 f"{call.name} is {'an' if call.kind == 'inference' else 'a'} {call.kind} call "
                 f"(leave them out)")
+    if ex.shard_parameters_over_dp:
+        if call.kind == "generate":
+            return (f"shard_parameters_over_dp (FSDP / ZeRO-3) applies to train and inference "
+                    f"calls; {call.name} is a generate call (leave it out)")
+        if ex.pp > 1:
+            return f"shard_parameters_over_dp (FSDP / ZeRO-3) needs pp 1 (got pp {ex.pp})"
+        if call.kind == "train" and not ex.shard_optimizer_over_dp:
+            return ("shard_parameters_over_dp (FSDP / ZeRO-3) shards the optimizer states "
+                    "too: set shard_optimizer_over_dp true")
     nodes = {cluster.device_node[d] for d in ex.devices}
     node_sizes = {cluster.node_devices_per_node[n] for n in nodes}
     # TP groups are adjacent mesh positions: inside one node they always fit; across whole

@@ -3,7 +3,8 @@
 The file is self-contained enough to re-estimate and to run: schema version, the resolved
 workflow (model specs and batch), the resolved cluster, one execution per call (mesh as
 device ids and as `node:slots` text, dp, tp, pp, micro-batches, and for a train call its run
-policy: shard_optimizer_over_dp, recompute), the augmented steps
+policy: shard_optimizer_over_dp, recompute; shard_parameters_over_dp when an imported
+config trains or infers FSDP-style), the augmented steps
 (reallocations and transfers; derived, rewritten on save), the estimate when one was made,
 and provenance. Saving, loading and saving again gives byte-identical text.
 """
@@ -87,6 +88,8 @@ class ExecutionEntry(BaseModel):
     # defaults); the file of a train call always has them, other calls leave them out.
     shard_optimizer_over_dp: bool = Execution.model_fields["shard_optimizer_over_dp"].default
     recompute: RecomputeMode = Execution.model_fields["recompute"].default
+    # Imported framework configs only (Execution says what it does); written when true.
+    shard_parameters_over_dp: bool = Execution.model_fields["shard_parameters_over_dp"].default
 
 
 class PlanFile(BaseModel):
@@ -121,7 +124,8 @@ def _resolve_execution(name: str, entry: ExecutionEntry, cluster: ClusterSpec,
     return Execution(devices=tuple(devices), dp=entry.dp, tp=entry.tp, pp=entry.pp,
                      micro_batches=entry.micro_batches,
                      shard_optimizer_over_dp=entry.shard_optimizer_over_dp,
-                     recompute=entry.recompute)
+                     recompute=entry.recompute,
+                     shard_parameters_over_dp=entry.shard_parameters_over_dp)
 
 
 def plan_from_mapping(data: dict[str, Any], source: str) -> Plan:
@@ -157,6 +161,8 @@ def plan_to_mapping(plan: Plan) -> dict[str, Any]:
         if plan.workflow.call_by_name[name].kind == "train":
             entry["shard_optimizer_over_dp"] = ex.shard_optimizer_over_dp
             entry["recompute"] = ex.recompute
+        if ex.shard_parameters_over_dp:
+            entry["shard_parameters_over_dp"] = True
         executions[name] = entry
     augmented = {
         "reallocations": [{"model": r.model, "from": r.src_call, "to": r.dst_call,

@@ -1,0 +1,57 @@
+"""The model a framework config names (an HF hub id such as `Qwen/Qwen2.5-7B-Instruct`, or
+a local checkpoint directory) as one of our model specs.
+
+Nothing is downloaded: a local directory with a `config.json` is read
+(planner.domain.model_files); a hub id is matched to a preset by its architecture, its
+repository name lower-cased with the organisation and the post-training suffix removed
+(`Qwen/Qwen2.5-7B-Instruct` -> `qwen2.5-7b`, `meta-llama/Meta-Llama-3-8B` -> `llama3-8b`).
+Fine-tuned variants (Instruct, Chat, Base, SFT, RM) share their base model's architecture,
+and a reward or critic head is set by the role, not by the checkpoint's name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from planner.domain.errors import InputError
+from planner.domain.model_files import resolve_model
+from planner.domain.modelspec import PRESETS, ModelSpec
+
+# Suffixes of fine-tuned variants that keep the base architecture, as hub names spell them.
+VARIANT_SUFFIX = re.compile(r"(-(instruct|chat|base|sft|rm|hf|it))+$")
+# Hub spellings of a family that our preset names write differently.
+FAMILY_SPELLINGS = (("meta-llama-3.1-", "llama3-"), ("meta-llama-3-", "llama3-"),
+                    ("llama-3.1-", "llama3-"), ("llama-3-", "llama3-"),
+                    ("llama-2-", "llama-"))
+
+
+def preset_name_of_hub_id(hub_id: str) -> str:
+    """The preset name a hub id would have (whether or not such a preset exists)."""
+    name = hub_id.rsplit("/", 1)[-1].lower()
+    name = VARIANT_SUFFIX.sub("", name)
+    for hub_prefix, ours in FAMILY_SPELLINGS:
+        if name.startswith(hub_prefix):
+            return ours + name[len(hub_prefix):]
+    return name
+
+
+def model_spec_for(reference: str, source: str, key: str,
+                   base_dir: Path | None = None) -> ModelSpec:
+    """The spec of the model `reference` names, read from `key` of file `source`.
+
+    A local directory (relative to `base_dir`, the config's folder) or a preset name is
+    resolved as a workflow file's model is; otherwise a hub id is matched to a preset.
+    InputError (one line) when neither works, naming what would.
+    """
+    try:
+        return resolve_model(reference, base_dir)
+    except ValueError as err:
+        if Path(reference).is_absolute() or (base_dir and (base_dir / reference).exists()):
+            raise InputError(f"{source}: {key}: {err}") from None
+    preset = preset_name_of_hub_id(reference)
+    if preset in PRESETS:
+        return PRESETS[preset]
+    raise InputError(f"{source}: {key}: model {reference!r} is neither a local directory with "
+                     f"an HF config.json nor a hub id of a preset ({sorted(PRESETS)}); "
+                     f"download its config.json and give its directory")

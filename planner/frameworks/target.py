@@ -1,0 +1,63 @@
+"""The interface every framework module (planner/frameworks/<name>.py) implements, and the
+registry of them.
+
+A target module defines:
+
+- `NAME` (as typed after `--to` / `--from`) and `TARGET_VERSION` (the release whose config
+  keys it writes and reads, named in every exported file, e.g. "verl 0.6.1"), and
+  `KEY_SOURCES` (the published files the keys were taken from: repository, path, version);
+- `unexpressible(workflow, cluster, executions) -> list[str]`: one line per feature of the
+  plan the target cannot express (empty when it can express all of it);
+- `export_config(workflow, cluster, executions) -> ExportedConfig`, raising `Unexpressible`
+  with those lines when the list is not empty;
+- `import_config(path, cluster) -> ImportedConfig`: the plan a user's config implies on
+  `cluster`; InputError (one line: file, key, what is wrong, what would be valid) on a key we
+  cannot read or a value we do not implement;
+- `target_plans(workflow, cluster) -> Iterator[dict[str, Execution]]`: every plan of
+  `workflow` on `cluster` the target can express (the space `plan search --target` searches;
+  finite, at most a few hundred thousand plans), memory not yet considered.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from planner.domain.layout import Execution
+from planner.domain.workflow import Workflow
+
+TARGET_NAMES = ("verl", "areal", "roll", "openrlhf")
+
+
+class Unexpressible(Exception):
+    """A plan the target cannot run; `reasons` has one line per feature."""
+
+    def __init__(self, target: str, reasons: list[str]):
+        super().__init__(f"{target} cannot express this plan: " + "; ".join(reasons))
+        self.target = target
+        self.reasons = reasons
+
+
+@dataclass(frozen=True)
+class ExportedConfig:
+    """A target's config for a plan: the file's text, its usual suffix (".yaml", ".sh")."""
+
+    text: str
+    file_suffix: str
+
+
+@dataclass(frozen=True)
+class ImportedConfig:
+    """What a user's framework config implies: the workflow (models, batch, lengths), one
+    execution per call, and a line per assumption made while reading it (printed)."""
+
+    workflow: Workflow
+    executions: dict[str, Execution]
+    notes: list[str] = field(default_factory=list)
+
+
+def target_module(name: str) -> ModuleType:
+    """The module of target `name` (one of TARGET_NAMES)."""
+    assert name in TARGET_NAMES, name
+    return importlib.import_module(f"planner.frameworks.{name}")
