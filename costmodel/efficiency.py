@@ -56,8 +56,7 @@ RMSNORM_DTYPE_PASSES = 4
 # Rotary (apply_rotary) on q and k: neg of half (1), cat (2), x * cos (2), rotated * sin (2),
 # sum (3) = 10 passes per element.
 ROTARY_PASSES = 10
-# repeat_interleave of K and V to all query heads (read kv width, write q width, per key), the
-# transpose-reshape copy of the attention output (2), each residual add (3, two per block),
+# The transpose-reshape copy of the attention output (2), each residual add (3, two per block),
 # SwiGLU silu(gate) * up (silu 2 + mul 3 = 5 per element of the intermediate width), and the
 # KV-cache write of the new tokens (read + write, 2 per element of K and of V).
 ATTENTION_OUTPUT_COPY_PASSES = 2
@@ -81,12 +80,10 @@ EAGER_OP_HOST_S = 20e-6
 AUTOGRAD_KERNEL_HOST_S = 5e-6
 # Eager ops the runtime issues per forward of a part (counted in runtime/layers.py and
 # runtime/model.py): block = 2 RMSNorm x 8 + q/k/v/o linears 4 + rotary 2 x 5 + KV-cache
-# writes 2 + repeat_interleave 2 + SDPA 1 + output copy 1 + SwiGLU 5 + residual adds 2
-# = 43; embedding lookup with its vocabulary mask 5; lm head final norm 8 + linear 1 +
+# writes 2 + SDPA 1 (grouped-query attention through enable_gqa, no K/V repeat) + output
+# copy 1 + SwiGLU 5 + residual adds 2 = 41; embedding lookup with its vocabulary mask 5; lm head final norm 8 + linear 1 +
 # log-softmax gather ~8 = 17; value head norm 8 + linear 1 + squeeze 1 = 10.
-EAGER_OPS_PER_PART = {"block": 43, "embedding": 5, "lm_head": 17, "value_head": 10}
-# The K and V repeat_interleave of grouped-query attention, skipped when kv heads = heads.
-KV_REPEAT_OPS = 2
+EAGER_OPS_PER_PART = {"block": 41, "embedding": 5, "lm_head": 17, "value_head": 10}
 # One RMSNorm (rms_norm: float, pow, mean, add eps, rsqrt, mul, to, weight mul); Qwen3's
 # q/k norms add two per block.
 RMSNORM_EAGER_OPS = 8
@@ -96,7 +93,7 @@ BACKWARD_KERNELS_PER_FORWARD_OP = 2
 # round trip of cudaStreamSynchronize on a drained stream, ~10 us (order of a launch).
 HOST_SYNC_S = 10e-6
 # Eager ops of one decode step outside the parts (runtime/generate.py): goes_on's finished.all()
-# (a sync), the key-valid update, attention_mask_4d and positions (~8), rotary cos/sin of the
+# (a sync on check steps, planner.domain.decode_policy), the key-valid update, attention_mask_4d and positions (~8), rotary cos/sin of the
 # new positions (~8), choose_tokens' float/max/where (~5), record's where/isin/add (~6).
 DECODE_STEP_HOST_OPS = 28
 # Host syncs of one call: the outputs' copy to host; a train call adds one per optimizer step
@@ -114,8 +111,9 @@ SMALL_PART_OVERHEAD_FRACTION = 0.25
 # Activation bytes a decoder block keeps for backward, per token, from the ops of
 # runtime/layers.py (what autograd saves; costmodel/recompute.py adds them up). Measured with
 # torch.autograd.graph.saved_tensors_hooks and runtime.memory_meter.LiveBytes on llama-tiny
-# (fp32, 2 x 64 and 2 x 128 tokens): 84.16 h bytes per token per block kept with "none"
-# (this sum gives 84.16), 59.02 with "selective", 4.00 with "full"
+# (fp32, 2 x 64 tokens): 80.16 h bytes per token per block kept with "none" (this sum gives
+# 80.16; 84.16 before attention read K/V at kv width), 59.02 with "selective", 4.00 with
+# "full" (measured per block: none - full 76.09 h, selective - full 55.02 h)
 # (tests/runtime/test_runtime_recompute_modes.py).
 # RMSNorm (rms_norm): x.float() (fp32, 4 bytes, saved by pow and by the multiply; in fp32 the
 # input itself), rsqrt of the mean (4 bytes per normalised row: per token, or per token and
@@ -126,18 +124,20 @@ RMSNORM_FP32_INPUT_BYTES = 4
 RMSNORM_RSQRT_BYTES_PER_ROW = 4
 RMSNORM_SAVED_DTYPE_COPIES = 1
 # Rotary (apply_rotary): x * cos + rotate_half(x) * sin saves only cos and sin (they need no
-# gradient; shared by every block), nothing per block. Attention (SDPA, CPU flash kernel):
-# saves q, k, v (k and v repeated to the q heads by repeat_interleave under GQA, so all of q
-# width) and its output, which the output projection saves as its input (a view, no copy);
+# gradient; shared by every block), nothing per block. Attention (SDPA, CPU flash kernel,
+# enable_gqa under grouped-query attention): saves q and its output at query width (the
+# output projection saves the output as its input: a view, no copy) and k and v at the
+# rank's kv width (measured with saved_tensors_hooks: no copies repeated to the q heads);
 # the log-sum-exp, fp32 per query head; and the boolean attn_mask converted to an fp32
 # additive mask [batch, 1, queries, keys] per call (4 bytes per key per token: measured).
-SDPA_SAVED_Q_WIDTH_TENSORS = 4
+SDPA_SAVED_Q_WIDTH_TENSORS = 2    # q, output
+SDPA_SAVED_KV_WIDTH_TENSORS = 2   # k, v
 SDPA_LSE_BYTES_PER_HEAD = 4
 SDPA_MASK_BYTES_PER_KEY = 4
 # One block's working set without autograd (inference, the prefill of generation), from the
 # tensors runtime/layers.py holds at once: the residual stream and the norm's output (2 of
-# h); at the attention core q, k, v, k and v repeated to the q heads under GQA, the core's
-# output (all of q width when repeated; k, v of kv width otherwise) and the fp32 mask of
+# h); at the attention core q and the core's output (q width), k and v (kv width) and the
+# fp32 mask of
 # SDPA_MASK_BYTES_PER_KEY per key; at the MLP's product silu(gate), up and the product
 # (3 of intermediate / t). The larger of the two sub-layers, in the compute dtype.
 NO_GRAD_RESIDUAL_TENSORS = 2

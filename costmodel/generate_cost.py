@@ -13,8 +13,11 @@ generate (runtime/generate.py, runtime/executor/calls.py run_generate):
   context of prompt + s, so a wave whose longest response has L tokens runs L - 1 rounds.
   The call ends when its slowest dp replica does, so wave w runs until the longest of the
   n_w = dp x (micro-batches in w) x b rows of that wave over all replicas:
-      decode = sum_w sum_{s >= 1} P(longest of n_w > s) x round(s),
-      P(longest of n_w > s) = 1 - F_gen(s)^n_w.
+      decode = sum_w sum_{s >= 1} P(step s runs) x round(s),
+      P(step s runs) = 1 - F_gen(c(s))^n_w, c(s) = floor(s / k) x k,
+  where k is the stop check's interval (planner.domain.decode_policy: 1 on CPU, 16 on
+  CUDA): step s runs unless every row had stopped at the last check before it (c = 0: no
+  check yet, it runs).
   This is exact when every replica decodes one wave (m <= pp); with several waves it is an
   upper bound (replicas drift apart between waves instead of meeting at each wave's end),
   close when the waves run to gen_len anyway (long tails with large b). The context uses the
@@ -26,14 +29,19 @@ generate (runtime/generate.py, runtime/executor/calls.py run_generate):
 - inference: one forward, (pp + m - 1) x (stage forward + send). The executor pads every
   sequence to prompt_len + gen_len (the maxima; runtime/executor/data.py), so inference,
   logprobs and train are priced at that length whatever the length distributions.
+  Under FSDP / ZeRO-3 (Execution.shard_parameters_over_dp, pp 1: verl's ref and old-logprob
+  forward) the phase "fsdp_forward" adds the per-layer all-gathers compute does not hide
+  (costmodel/fsdp_cost.py inference_exposed_s).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from costmodel.fsdp_cost import inference_exposed_s
 from costmodel.roofline import memory_time_s
 from costmodel.stage_timer import StageTimer
+from planner.domain.decode_policy import stop_check_interval_steps
 from planner.domain.layout import Execution
 from planner.domain.workflow import BatchSpec
 
@@ -78,7 +86,8 @@ def decode_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool) -> float:
     noise = sampling_noise_s(st, b) if sampled else 0.0
     round_s = st.ex.pp * (st.max_stage_s("decode", b, contexts, last_stage_extra_s=noise)
                           + st.send_s(b, 1))
-    done = batch.gen_lengths.cdf_by_length[:-1]
+    interval = stop_check_interval_steps(st.timers[-1][0].hardware.kind)
+    done = batch.gen_lengths.cdf(steps // interval * interval)   # F(0) = 0: no check yet
     running = 1.0 - done[None, :] ** wave_rows(st.ex, b).astype(float)[:, None]
     return float(np.sum(running @ np.broadcast_to(round_s, steps.shape)))
 
@@ -99,4 +108,7 @@ def generate_phases_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool
 def inference_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
     ex = st.ex
     step = st.max_stage_s("forward", b, batch.seq_len) + st.send_s(b, batch.seq_len)
-    return {"forward": float((ex.pp + ex.micro_batches - 1) * step)}
+    phases = {"forward": float((ex.pp + ex.micro_batches - 1) * step)}
+    if ex.shard_parameters_over_dp:
+        phases["fsdp_forward"] = inference_exposed_s(st, b, batch.seq_len, ex.micro_batches)
+    return phases

@@ -31,6 +31,16 @@ The parts (PART_KINDS) and their formulas:
   ZeRO-1 (efficiency.ADAM_STEP_*; optimizer_step_bytes_per_device).
 - workspace: a fixed amount per call (efficiency.WORKSPACE_BYTES).
 
+Under FSDP / ZeRO-3 (Execution.shard_parameters_over_dp; costmodel/fsdp_cost.py for the
+sources): weights, and in train calls gradients and optimizer states, are divided over dp
+(each rank holds 1/dp of every flat parameter; FSDP's padding to a multiple of dp is
+ignored), and the optimizer step holds no reduced part beside them (the sharded gradient is
+the gradients part). Two working parts appear, zero otherwise:
+- gathered_parameters: the full parameters in flight, the root unit's (embedding, final
+  norm, head) and two blocks' (the running one and the prefetched next), compute dtype;
+- unsharded_gradients (train calls): the root's and one block's full gradients before their
+  reduce-scatter, plus the reduce-dtype copy of the one being reduce-scattered.
+
 A call's resident parts (RESIDENT_KINDS) stay on its devices between calls when its placement
 is the model's home: weights, gradients and optimizer states for a train call (train state),
 the weights otherwise. Its working parts (WORKING_KINDS) live only during the call.
@@ -45,6 +55,7 @@ import numpy as np
 
 from costmodel import efficiency as eff
 from costmodel import recompute
+from costmodel.fsdp_cost import gathered_parameter_bytes, unsharded_gradient_bytes
 from costmodel.roofline import kv_heads_per_rank
 from planner.domain.layout import Execution
 from planner.domain.modelspec import HeadKind, ModelSpec
@@ -64,6 +75,8 @@ class MemoryParts:
     activations: np.ndarray
     kv_cache: np.ndarray
     logits: np.ndarray
+    gathered_parameters: np.ndarray
+    unsharded_gradients: np.ndarray
     optimizer_step: np.ndarray
     workspace: np.ndarray
 
@@ -132,8 +145,14 @@ def weight_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp: int,
 
 
 def optimizer_shards(execution: Execution) -> int:
-    """Ranks the optimizer states are divided over: dp under ZeRO-1, else 1."""
+    """Ranks the optimizer states are divided over: dp under ZeRO-1 (and under FSDP /
+    ZeRO-3, which implies it), else 1."""
     return execution.dp if execution.shard_optimizer_over_dp else 1
+
+
+def parameter_shards(execution: Execution) -> int:
+    """Ranks the weights and gradients are divided over: dp under FSDP / ZeRO-3, else 1."""
+    return execution.dp if execution.shard_parameters_over_dp else 1
 
 
 def optimizer_state_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp: int,
@@ -153,13 +172,14 @@ def optimizer_step_bytes_per_device(spec: ModelSpec, head: HeadKind, execution: 
 
     runtime/optimizer.py: over this rank's part of the gradients (its shard, divided over dp
     under ZeRO-1), ADAM_STEP_FP32_TEMPORARIES fp32 tensors (the clipped gradient and the
-    denominator) alive together, and under ZeRO-1 the reduced part in the compute dtype.
+    denominator) alive together, and under ZeRO-1 the reduced part in the compute dtype
+    (under FSDP / ZeRO-3 the sharded gradient is the gradients part itself).
     """
     ex = execution
     shards = optimizer_shards(ex)
     owned = shard_elements(spec, head, ex.tp, ex.pp).astype(float) / shards
     per_element = eff.ADAM_STEP_FP32_TEMPORARIES * eff.ADAM_STEP_TEMPORARY_BYTES
-    if shards > 1:
+    if shards > 1 and not ex.shard_parameters_over_dp:
         per_element += dtype_bytes
     return owned * per_element
 
@@ -170,9 +190,7 @@ def block_working_bytes(spec: ModelSpec, tp: int, tokens: float, keys: float,
     (efficiency.NO_GRAD_*): the residual stream and norm output, plus the larger of the
     attention core's tensors and the MLP's."""
     q_width, kv_width = spec.q_dim / tp, kv_heads_per_rank(spec, tp) * spec.head_dim
-    grouped = q_width > kv_width
-    attention = (q_width * 2 + kv_width * 2 + (2 * q_width if grouped else 0)) * dtype_bytes \
-        + eff.SDPA_MASK_BYTES_PER_KEY * keys
+    attention = (q_width * 2 + kv_width * 2) * dtype_bytes + eff.SDPA_MASK_BYTES_PER_KEY * keys
     mlp = eff.NO_GRAD_SWIGLU_TENSORS * spec.intermediate_size / tp * dtype_bytes
     residual = eff.NO_GRAD_RESIDUAL_TENSORS * spec.hidden_size * dtype_bytes
     return tokens * (residual + max(attention, mlp))
@@ -265,7 +283,8 @@ def call_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
                       device_kind: str) -> MemoryParts:
     """Every part of `call`'s memory on `execution`, per mesh position (module docstring)."""
     ex = execution
-    weights = per_position(weight_bytes_per_device(spec, head, ex.tp, ex.pp, dtype_bytes), ex)
+    weights = per_position(weight_bytes_per_device(spec, head, ex.tp, ex.pp, dtype_bytes),
+                           ex) / parameter_shards(ex)
     zeros = np.zeros_like(weights)
     if call.kind == "train":
         gradients = weights.copy()
@@ -285,8 +304,16 @@ def call_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
     if call.kind == "train":
         step = per_position(optimizer_step_bytes_per_device(spec, head, ex, dtype_bytes), ex)
         optimizer_step = np.maximum(0.0, step - activations - logits)
+    gathered, unsharded = zeros, zeros
+    if ex.shard_parameters_over_dp:
+        gathered = np.full_like(weights, gathered_parameter_bytes(spec, head, ex.tp,
+                                                                  dtype_bytes))
+        if call.kind == "train":
+            unsharded = np.full_like(weights, unsharded_gradient_bytes(spec, head, ex.tp,
+                                                                       dtype_bytes))
     return MemoryParts(
         weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
         kv_cache=per_position(np.array([kv for _, kv in stages])[:, None], ex),
-        logits=logits, optimizer_step=optimizer_step,
+        logits=logits, gathered_parameters=gathered, unsharded_gradients=unsharded,
+        optimizer_step=optimizer_step,
         workspace=np.full_like(weights, float(eff.WORKSPACE_BYTES[device_kind])))

@@ -8,9 +8,12 @@ call if several) adds its train state (weights + grads + optimizer states) on d 
 in the train mesh; an untrained model adds the weights of each distinct placement of its
 calls that covers d.
 extra(c, d) for a call c covering d = its working set (activations / KV cache / logits /
-workspace), plus c's weights on d when c is a non-train call of a trained model whose
-placement (devices, dp, tp, pp) differs from the train call's (that copy lives only
-during the call).
+workspace, and under FSDP / ZeRO-3 the gathered parameters and unsharded gradients), plus
+c's weights on d when c is a non-train call of a trained model whose placement (devices,
+dp, tp, pp) differs from the train call's, or that holds the weights otherwise than a train
+call sharding them over dp (Execution.shard_parameters_over_dp: the sharded train state
+has no full copy a call on the same placement could use, as verl's rollout engine keeps
+its own); that copy lives only during the call.
 extra(r, d) for a realloc node r = the receive buffer of d (its largest received message
 in one step), plus the destination weights on d when the destination call is such a
 transient copy.
@@ -52,8 +55,11 @@ def trained_executions(workflow: Workflow, executions: Mapping[str, Execution]
 
 def _is_transient(workflow, executions, trained, call_name: str) -> bool:
     call = workflow.call_by_name[call_name]
-    return (call.kind != "train" and call.model in trained
-            and executions[call_name].placement != trained[call.model][1].placement)
+    if call.kind == "train" or call.model not in trained:
+        return False
+    ex, train_ex = executions[call_name], trained[call.model][1]
+    return (ex.placement != train_ex.placement
+            or ex.shard_parameters_over_dp != train_ex.shard_parameters_over_dp)
 
 
 # Kinds of memory beside a call's parts (costmodel.memory.PART_KINDS), rule 6.

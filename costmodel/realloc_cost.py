@@ -11,6 +11,20 @@ before the first step. Equal executions give the empty schedule and zero time.
 
 Receive buffer of a device: the bytes it receives in its largest step (the staging buffer
 the runtime needs before writing into the destination shards).
+
+Sources and destinations under FSDP / ZeRO-3 (Execution.shard_parameters_over_dp, imported
+framework configs only; the search's plans never have it, so their moves price as above):
+- out of a sharded source the move is the frameworks' weight sync, tensor by tensor
+  (costmodel/fsdp_cost.py): gather_t + broadcast_t (when a destination lies outside the
+  source mesh) + slice copy_t + host latency, summed over the model's tensors; its buffers
+  are the largest gathered tensor on every source device and the largest full tensor on each
+  destination outside the source. A source with tp > 1 gathers each tp shard over its dp
+  group, and the gathered (replicated) layout then moves by the schedule above.
+- into a sharded destination from an unsharded source nothing moves: the FSDP / DeepSpeed
+  engine keeps its own shards between calls and the frameworks never write the inference
+  engine's weights back (verl's hybrid engine puts vLLM to sleep after rollout,
+  verl/workers/sharding_manager/fsdp_vllm.py __exit__; OpenRLHF's vLLM engines are
+  separate processes that only receive).
 """
 
 from __future__ import annotations
@@ -18,8 +32,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from costmodel import comm
+import numpy as np
+
+from costmodel import comm, fsdp_cost
 from costmodel import efficiency as eff
+from costmodel.call_geometry import geometry
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.modelspec import HeadKind, ModelSpec
@@ -85,10 +102,58 @@ def realloc_cost(spec: ModelSpec, head: HeadKind, src: Execution, dst: Execution
     """Moving the parameters of (spec, head) from `src` to `dst`, in the compute dtype."""
     if src == dst:
         return ZERO_COST
+    if src.shard_parameters_over_dp:
+        return sharded_source_sync_cost(spec, head, src, dst, cluster)
+    if dst.shard_parameters_over_dp:
+        return ZERO_COST
     schedule = param_schedule(spec, head, src.placement, dst.placement,
                               cluster.device_node)
     dtype = cluster.hardware_of(dst.devices[0]).compute_dtype_bytes
     return schedule_cost(schedule, dtype, cluster)
+
+
+def sharded_source_sync_cost(spec: ModelSpec, head: HeadKind, src: Execution, dst: Execution,
+                             cluster: ClusterSpec) -> ScheduleCost:
+    """The weight sync out of an FSDP / ZeRO-3 source (module docstring,
+    costmodel/fsdp_cost.py): per tensor, the gather over the source's dp group, then each
+    destination's slice from its own gathered copy or, outside the source mesh, from a
+    broadcast of the full tensor by the source's first rank."""
+    dtype = cluster.hardware_of(dst.devices[0]).compute_dtype_bytes
+    tensors = fsdp_cost.tensor_sync(spec, head, src.tp, dst.tp)
+    link = geometry(src, spec.num_layers, cluster).dp_link[0]
+    gathered = tensors.source_elements * fsdp_cost.SYNC_PARAMETER_BYTES
+    gather_s = np.asarray(comm.allgather_time_s(gathered, src.dp, link), dtype=float)
+    node = cluster.device_node
+    one_node = len({node[d] for d in src.devices}) == 1
+    gather_link_bytes = float(np.sum(gathered)) * (src.dp - 1) * src.tp
+    intra, inter = (gather_link_bytes, 0.0) if one_node else (0.0, gather_link_bytes)
+    buffers = {d: float(np.max(gathered)) for d in src.devices}
+    if src.tp > 1:
+        moved = schedule_cost(param_schedule(spec, head, src.placement, dst.placement,
+                                             node), dtype, cluster)
+        host_s = len(gathered) * fsdp_cost.sync_host_latency_s(broadcasts=False)
+        for d, size in moved.receive_buffer_bytes.items():
+            buffers[d] = max(buffers.get(d, 0.0), size)
+        return ScheduleCost(float(np.sum(gather_s)) + host_s + moved.time_s,
+                            intra + moved.intra_node_bytes, inter + moved.inter_node_bytes,
+                            len(gathered) + moved.num_steps, buffers)
+    outside = [d for d in dst.devices if d not in set(src.devices)]
+    per_tensor_s = gather_s + fsdp_cost.slice_copy_time_s(tensors.destination_elements, dtype,
+                                                          dst.devices, cluster)
+    if outside:
+        full = tensors.full_elements * fsdp_cost.SYNC_PARAMETER_BYTES
+        group = [src.devices[0]] + outside
+        per_tensor_s = per_tensor_s + fsdp_cost.broadcast_time_s(
+            full, len(group), comm.group_link(group, cluster))
+        for d in outside:
+            buffers[d] = float(np.max(full))
+            if node[d] == node[src.devices[0]]:
+                intra += float(np.sum(full))
+            else:
+                inter += float(np.sum(full))
+    host_s = len(gathered) * fsdp_cost.sync_host_latency_s(broadcasts=bool(outside))
+    return ScheduleCost(float(np.sum(per_tensor_s)) + host_s, intra, inter, len(gathered),
+                        buffers)
 
 
 def transfer_cost(src: Execution, dst: Execution, n_seqs: int, bytes_per_sequence: float,

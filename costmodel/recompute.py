@@ -6,15 +6,15 @@ runtime/layers.py (efficiency.py lists each op's tensors and how they were measu
 h the hidden size, d the compute dtype's bytes, t the tp degree, q = heads x head_dim / t
 the rank's query width, i = intermediate / t, and keys the keys per query:
 - attention sub-layer with its norm: the input norm (fp32 input 4h, rsqrt 4, normed d h),
-  its output as the q/k/v projections' input (d h), SDPA's q, k, v and output (4 d q: k and v
-  repeated to the query heads under GQA), its log-sum-exp (4 per local head) and fp32 mask
+  its output as the q/k/v projections' input (d h), SDPA's q and output (2 d q) and k and v
+  (2 d kv, the rank's kv width: enable_gqa, no repeat), its log-sum-exp (4 per local head) and fp32 mask
   (4 keys); with Qwen3's q/k norms also theirs (fp32 input 4 and normed d per element of q
   and of the rank's kv width, rsqrt 4 per head);
 - MLP sub-layer with its norm: the norm (4h + 4 + d h), its output as gate/up input (d h),
   and SwiGLU's gate, silu(gate), up and product (4 d i).
 Korthikanti et al. 2022 (section 4.1) count h (10 + 24/t) in 16-bit for GPT (a GeLU MLP of
 4h, no fp32 norm copies); our SwiGLU MLP of intermediate width and the fp32 norm copies keep
-more (llama-tiny in fp32: 84.2 h bytes per token where their count, scaled to fp32, gives
+more (llama-tiny in fp32: 80.2 h bytes per token where their count, scaled to fp32, gives
 68 h). A block's input, which a checkpoint keeps to rerun from, is d h.
 
 Per mode (runtime/layers.py runs exactly these), kept until backward per token and block,
@@ -69,12 +69,12 @@ def rms_norm_bytes(width: float, rows: float, dtype_bytes: int) -> float:
 def attention_bytes_per_token(spec: ModelSpec, tp: int, keys: float, dtype_bytes: int) -> float:
     """Bytes per token the attention sub-layer with its norm keeps (module docstring)."""
     h, q_width = spec.hidden_size, spec.q_dim / tp
-    heads = spec.num_heads / tp
+    heads, kv_heads = spec.num_heads / tp, kv_heads_per_rank(spec, tp)
     kept = rms_norm_bytes(h, 1, dtype_bytes) + h * dtype_bytes
-    kept += eff.SDPA_SAVED_Q_WIDTH_TENSORS * q_width * dtype_bytes
+    kept += (eff.SDPA_SAVED_Q_WIDTH_TENSORS * q_width
+             + eff.SDPA_SAVED_KV_WIDTH_TENSORS * kv_heads * spec.head_dim) * dtype_bytes
     kept += eff.SDPA_LSE_BYTES_PER_HEAD * heads + eff.SDPA_MASK_BYTES_PER_KEY * keys
     if spec.qk_norm:
-        kv_heads = kv_heads_per_rank(spec, tp)
         kept += rms_norm_bytes((heads + kv_heads) * spec.head_dim, heads + kv_heads,
                                 dtype_bytes)
     return kept

@@ -13,7 +13,7 @@ roofline, summed on the device:
   bytes / (bandwidth x efficiency)); its backward as two GEMMs of the same curve (input
   gradient and weight gradient);
 - attention (one SDPA kernel) as max(FLOPs / (MAMF x attention efficiency), bytes / bw);
-- the element-wise ops (norms, rotary, K/V repeat, SwiGLU, residual adds, KV-cache writes)
+- the element-wise ops (norms, rotary, SwiGLU, residual adds, KV-cache writes)
   as their bytes / bw.
 On CUDA the host issues the kernels asynchronously: a part takes max(device time, host time
 of its eager ops) (efficiency.EAGER_OP_HOST_S). On CPU the device is the host: a fixed
@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from costmodel import efficiency as eff
+from planner.domain.decode_policy import stop_check_interval_steps
 from planner.domain.hardware import HardwareSpec
 from planner.domain.modelspec import ModelSpec
 
@@ -173,16 +174,18 @@ def attention_flops(spec: ModelSpec, tp: int, batch: float, length, decode: bool
 def attention_time_s(spec: ModelSpec, tp: int, op: str, batch: float, length,
                      hardware: HardwareSpec):
     """SDPA of one block: max(FLOPs / (MAMF x efficiency), bytes / bw). Bytes: q and the
-    output (per query), K and V at query width after repeat_interleave (per key), and the
-    boolean mask (queries x keys); backward 2.5x the FLOPs and twice the bytes. Widths are
-    this rank's heads x head_dim."""
+    output (per query, query width), K and V (per key, the rank's kv width: grouped-query
+    attention runs through enable_gqa, no repeated copies), and the boolean mask
+    (queries x keys); backward 2.5x the FLOPs and twice the bytes. Widths are this rank's
+    heads x head_dim."""
     decode = op == "decode"
     length = np.asarray(length, dtype=float)
     width = spec.q_dim / tp
+    kv_width = kv_heads_per_rank(spec, tp) * spec.head_dim
     dtype = hardware.compute_dtype_bytes
     queries = batch if decode else batch * length
     keys = batch * length
-    moved = (2.0 * queries + 2.0 * keys) * width * dtype + queries * length
+    moved = (2.0 * queries * width + 2.0 * keys * kv_width) * dtype + queries * length
     flops = attention_flops(spec, tp, batch, length, decode)
     direction = "forward"
     if op == "backward":
@@ -198,8 +201,7 @@ def block_elementwise_bytes(spec: ModelSpec, tp: int, op: str, batch: float, len
                             dtype_bytes: int):
     """HBM bytes of the unfused element-wise ops of one block's forward (efficiency.py):
     two RMSNorms and two residual adds over h (replicated over tp), rotary on q and k, the
-    K/V repeat to query width (per key; grouped-query models only: with as many kv heads as
-    query heads the runtime uses K and V as they are), the attention output copy, SwiGLU over I / tp, and
+    attention output copy, SwiGLU over I / tp, and
     the KV-cache write of the new tokens (prefill and decode); with q/k norms (Qwen3) an
     RMSNorm over this rank's q and k widths. q widths are heads x head_dim / tp."""
     h = spec.hidden_size
@@ -207,7 +209,6 @@ def block_elementwise_bytes(spec: ModelSpec, tp: int, op: str, batch: float, len
     q = spec.q_dim / tp
     length = np.asarray(length, dtype=float)
     tokens = part_tokens("block", op, batch, length)
-    keys = batch * length if op == "decode" else tokens
     norm_bytes = eff.RMSNORM_FP32_BYTES_PER_ELEMENT + eff.RMSNORM_DTYPE_PASSES * dtype_bytes
     norm = (2.0 * h + ((q + kv) if spec.qk_norm else 0.0)) * norm_bytes
     per_token_passes = (eff.ROTARY_PASSES * (q + kv) + eff.ATTENTION_OUTPUT_COPY_PASSES * q
@@ -215,8 +216,7 @@ def block_elementwise_bytes(spec: ModelSpec, tp: int, op: str, batch: float, len
                         + eff.SWIGLU_PASSES * spec.intermediate_size / tp)
     if op in ("prefill", "decode"):
         per_token_passes += eff.KV_CACHE_WRITE_PASSES * 2.0 * kv
-    repeat = keys * 2.0 * (kv + q) * dtype_bytes if kv < q else keys * 0.0
-    return tokens * (norm + per_token_passes * dtype_bytes) + repeat
+    return tokens * (norm + per_token_passes * dtype_bytes)
 
 
 def part_elementwise_bytes(spec: ModelSpec, part: str, tp: int, op: str, batch: float, length,
@@ -254,11 +254,8 @@ def device_time_s(spec: ModelSpec, hardware: HardwareSpec, op: str, part: str, t
 
 def host_time_s(spec: ModelSpec, part: str, op: str) -> float:
     """Host seconds to issue a part's kernels on CUDA: its eager ops from Python (forward),
-    or the autograd engine's kernels (backward). A block of a model without grouped-query
-    attention skips the two K/V repeat_interleave ops; Qwen3's q/k norms add two RMSNorms."""
+    or the autograd engine's kernels (backward). Qwen3's q/k norms add two RMSNorms."""
     ops = eff.EAGER_OPS_PER_PART[part]
-    if part == "block" and spec.num_kv_heads == spec.num_heads:
-        ops -= eff.KV_REPEAT_OPS
     if part == "block" and spec.qk_norm:
         ops += 2 * eff.RMSNORM_EAGER_OPS
     if op == "backward":
@@ -272,11 +269,14 @@ def cpu_launch_overhead_s(part: str) -> float:
 
 
 def decode_step_host_s(hardware: HardwareSpec) -> float:
-    """Host seconds of one decode step outside the parts on CUDA (efficiency.py); 0 on CPU,
-    where a calibration measures it (costmodel/calibration.py decode_step_s)."""
+    """Host seconds of one decode step outside the parts on CUDA (efficiency.py), the stop
+    check's synchronisation shared by the steps between checks
+    (planner.domain.decode_policy); 0 on CPU, where a calibration measures it
+    (costmodel/calibration.py decode_step_s)."""
     if hardware.kind != "cuda":
         return 0.0
-    return eff.DECODE_STEP_HOST_OPS * eff.EAGER_OP_HOST_S + eff.HOST_SYNC_S
+    return (eff.DECODE_STEP_HOST_OPS * eff.EAGER_OP_HOST_S
+            + eff.HOST_SYNC_S / stop_check_interval_steps(hardware.kind))
 
 
 def part_time_s_roofline(spec: ModelSpec, hardware: HardwareSpec, op: str, part: str, tp: int,

@@ -50,6 +50,13 @@ consecutive ranks of the TP group, inside its node; the link's fabric is the TP 
 the step waits for every stage, so the slowest stage's counts. 0 when r = 1.
 
 optimizer: the Adam step of the stage's parts, on 1/dp of them under ZeRO-1.
+
+Under FSDP / ZeRO-3 (Execution.shard_parameters_over_dp, pp 1; sharded_train_phases_s):
+forward_backward is the same compute, m x (F + B) per minibatch; fsdp_forward and
+fsdp_backward are the per-layer all-gathers and gradient reduce-scatters of every
+micro-batch that compute does not hide (costmodel/fsdp_cost.py, its sources); dp_sync and
+dp_gather are 0 (the reduce-scatters are those of fsdp_backward, and the updated shards stay
+sharded: nothing is gathered after the step); kv_sync and optimizer as above, on 1/dp.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from __future__ import annotations
 import numpy as np
 
 from costmodel import comm
+from costmodel.fsdp_cost import train_exposed_s
 from costmodel.memory import optimizer_shards
 from costmodel.stage_timer import StageTimer
 from planner.domain.workflow import BatchSpec
@@ -131,8 +139,22 @@ def _stage_optimizer_s(st: StageTimer, stage: int) -> float:
     return worst
 
 
+def sharded_train_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
+    """Phases of a train call under FSDP / ZeRO-3 (module docstring; pp is 1)."""
+    ex, s, k = st.ex, batch.seq_len, batch.ppo_minibatches
+    step = float(st.stage_s(0, "forward", b, s) + st.stage_s(0, "backward", b, s)
+                 + st.recompute_s(0, b, s))
+    forward_s, backward_s = train_exposed_s(st, b, s)
+    micro = k * ex.micro_batches
+    return {"forward_backward": micro * step, "fsdp_forward": micro * forward_s,
+            "fsdp_backward": micro * backward_s, "dp_sync": 0.0, "dp_gather": 0.0,
+            "kv_sync": k * kv_sync_s(st, 0), "optimizer": k * _stage_optimizer_s(st, 0)}
+
+
 def train_phases_s(st: StageTimer, b: int, batch: BatchSpec, spec_elements: np.ndarray
                    ) -> dict[str, float]:
+    if st.ex.shard_parameters_over_dp:
+        return sharded_train_phases_s(st, b, batch)
     ex, s = st.ex, batch.seq_len
     backward = [float(st.stage_s(stage, "backward", b, s) + st.recompute_s(stage, b, s))
                 for stage in range(ex.pp)]

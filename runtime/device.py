@@ -16,6 +16,7 @@ would run at a speed no estimate describes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,20 @@ class DeviceConfig:
     device: torch.device
     dtype: torch.dtype
     backend: str
+
+    def clock_s(self) -> float:
+        """Wall-clock seconds once the device has done the work queued so far.
+
+        CUDA kernels and NCCL collectives run asynchronously to the host, so the host clock
+        alone would time their launches: on CUDA the stream is synchronised first (a step's
+        start and end then bracket its device work, as torch.cuda.Event timing would, and
+        the trace's ranks stay on one clock for merging). On CPU the work is done when the
+        call returns. The cost of the synchronisation (a few microseconds with the queue
+        empty) is what a step boundary costs a real run too.
+        """
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.time()
 
 
 def device_config(kind: str, compute_dtype: str, local_rank: int = 0) -> DeviceConfig:

@@ -16,7 +16,9 @@ depend on tp or pp. A row's key is its `extras["sample_seeds"]` entry (int64 [ba
 the executor gives), so its sample does not depend on dp or the micro-batch split either;
 without it, rows are keyed by (seed, micro-batch index, row), and replicas should get
 different seeds. Nothing is drawn on the host, so the decode loop's only host
-synchronisation is the stop check of `goes_on`.
+synchronisation is the stop check of `goes_on`, made every `stop_check_interval_steps`
+steps (planner.domain.decode_policy: every step on CPU, every 16 on CUDA); between checks
+the stages go on without asking, and steps after every row has stopped make padding.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ class GenerationConfig:
     greedy: bool = True
     temperature: float = 1.0
     seed: int = 0
+    stop_check_interval_steps: int = 1
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} must be >= 1")
+        if self.stop_check_interval_steps < 1:
+            raise ValueError(f"stop_check_interval_steps {self.stop_check_interval_steps} "
+                             f"must be >= 1")
         if not self.greedy and self.temperature <= 0:
             raise ValueError(f"temperature {self.temperature} must be > 0 when sampling")
 
@@ -89,9 +95,17 @@ class _Decode:
                 torch.arange(self.batch, dtype=torch.long)
         self.row_keys = None if config.greedy else seeds.to(dev, torch.long)
 
+    def checks_stop(self) -> bool:
+        """Whether the step about to run starts with a stop check (module docstring); the
+        first step always runs and the step after max_new_tokens never does, without one."""
+        return (0 < self.step < self.config.max_new_tokens
+                and self.step % self.config.stop_check_interval_steps == 0)
+
     def goes_on(self) -> bool:
-        return self.step == 0 or (not bool(self.finished.all())
-                                  and self.step < self.config.max_new_tokens)
+        """First stage: whether the micro-batch runs another step (a host sync on a check)."""
+        if self.checks_stop():
+            return not bool(self.finished.all())
+        return self.step < self.config.max_new_tokens
 
     def first_stage_input(self) -> torch.Tensor:
         return self.ids if self.step == 0 else self.tokens[-1][:, None]
@@ -144,9 +158,11 @@ def _decode_step(state: _Decode, model: ParallelModel, link: StageLink) -> bool:
         state.record(link.recv((state.batch,), torch.long, ctx.pp - 1))
     if ctx.is_first_stage:
         go = state.goes_on()
-    else:
+    elif state.checks_stop():   # only the first stage sees the finished rows
         go = bool(link.recv_prev((1,), torch.long).item())
-    if not ctx.is_last_stage:
+    else:
+        go = state.step < state.config.max_new_tokens
+    if not ctx.is_last_stage and state.checks_stop():
         link.send_next(torch.tensor([int(go)], device=dev))
     if not go:
         return False

@@ -104,11 +104,10 @@ def attention(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, head_dim
         cache.k[:, :, inputs.cache_start:end] = k
         cache.v[:, :, inputs.cache_start:end] = v
         k, v = cache.k[:, :, :end], cache.v[:, :, :end]
-    group_size = q.shape[1] // k.shape[1]
-    if group_size > 1:   # grouped-query attention: each kv head serves group_size q heads
-        k = k.repeat_interleave(group_size, dim=1)
-        v = v.repeat_interleave(group_size, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask)
+    # grouped-query attention: each kv head serves q heads / kv heads query heads; SDPA
+    # reads K and V at kv width (enable_gqa), no copies repeated to the query heads
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask,
+                                         enable_gqa=q.shape[1] != k.shape[1])
     out = out.transpose(1, 2).reshape(batch, seq, -1)
     return reduce_from_tp(F.linear(out, p[f"{prefix}o_proj.weight"]), tp)
 

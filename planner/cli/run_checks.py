@@ -1,6 +1,7 @@
-"""What `plan run` (and its torchrun entry point) checks before any rank starts: the
-runtime's own checks, then, with the cost model, that the plan fits in the memory of the
-devices at hand.
+"""What `plan run` (and its torchrun entry point) checks before any rank starts: that the
+plan uses nothing the runtime only prices (FSDP / ZeRO-3 executions of imported framework
+configs), the runtime's own checks, then, with the cost model, that the plan fits in the
+memory of the devices at hand.
 
 The memory rule is the one `plan check` applies (costmodel.simulator, rule 6); on a GPU
 machine whose GPUs are smaller than the plan's hardware it is applied with each GPU's memory
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from costmodel.simulator import executions_memory_problem
 from planner.domain.cluster import ClusterSpec
+from planner.domain.errors import InputError
 from planner.domain.hardware import GIB
 from planner.domain.plan import Plan
 from runtime.device import local_device_memory_bytes
@@ -56,13 +58,30 @@ def memory_problem_here(plan: Plan, hardware_here: set[str],
     return problem
 
 
+def priced_only_problem(plan: Plan, source: str) -> str | None:
+    """The first call (in call order) whose execution shards its parameters over dp (FSDP /
+    ZeRO-3, Execution.shard_parameters_over_dp), which the cost model prices for imported
+    framework configs and the runtime cannot run, or None."""
+    for name in plan.workflow.call_order:
+        if plan.executions[name].shard_parameters_over_dp:
+            return (f"{source}: executions.{name}: shard_parameters_over_dp (FSDP / ZeRO-3) "
+                    f"is priced for imported framework configs only; the runtime shards only "
+                    f"the optimizer states (ZeRO-1, shard_optimizer_over_dp), so it cannot "
+                    f"run this plan (remove shard_parameters_over_dp to run it)")
+    return None
+
+
 def check_plan_can_start(plan: Plan, config: RunConfig, source: str, ranks_here: int,
                          hardware_here: set[str]) -> list[str]:
     """Everything checked before a rank of `plan run` (or of its torchrun entry point)
-    starts, for the `ranks_here` ranks this machine runs on hardware `hardware_here`: the
-    runtime's checks (InputError: what it cannot run, a bad --load or --save, or what this
-    machine cannot host), then the memory of the devices at hand (PlanDoesNotFit). Returns
-    the runtime's notes to print (a value head a checkpoint leaves to the seed)."""
+    starts, for the `ranks_here` ranks this machine runs on hardware `hardware_here`: that
+    no execution is one the runtime only prices (InputError), the runtime's checks
+    (InputError: what it cannot run, a bad --load or --save, or what this machine cannot
+    host), then the memory of the devices at hand (PlanDoesNotFit). Returns the runtime's
+    notes to print (a value head a checkpoint leaves to the seed)."""
+    problem = priced_only_problem(plan, source)
+    if problem:
+        raise InputError(problem)
     notes = check_before_start(plan, config, source, ranks_here)
     memory = local_device_memory_bytes(plan.cluster, ranks_here)
     problem = memory_problem_here(plan, hardware_here, memory)

@@ -1,8 +1,10 @@
 """The augmented graph of a plan: the workflow plus what the plan implies.
 
-- A *reallocation* node wherever consecutive calls of the same model place their
-  parameters differently (devices or dp/tp/pp degrees; micro-batches do not count) (including from the model's last call of iteration i to its first call of
-  iteration i+1). It moves the parameters from one layout to the other.
+- A *reallocation* node wherever consecutive calls of the same model hold their
+  parameters differently (devices or dp/tp/pp degrees, or one sharding them FSDP-style
+  over dp and the other not, Execution.shard_parameters_over_dp; micro-batches do not
+  count), including from the model's last call of iteration i to its first call of
+  iteration i+1. It moves the parameters from one layout to the other.
 - A *transfer* flag on every data edge whose two calls place their data differently: the
   rows of a batch live on the devices of their data-parallel replica, so a transfer is
   needed when the devices or the dp/tp/pp degrees differ (planner.sharding.transfer_schedule).
@@ -118,10 +120,18 @@ def scheduled_nodes(workflow: Workflow, executions: Mapping[str, Execution],
     return nodes
 
 
+def holds_parameters_alike(a: Execution, b: Execution) -> bool:
+    """Whether two executions hold a model's parameters identically: the same placement and
+    the same FSDP sharding (an FSDP call on the same devices and degrees as a rollout still
+    holds only 1/dp of every tensor, so the rollout needs the weight sync)."""
+    return a.placement == b.placement and a.shard_parameters_over_dp == b.shard_parameters_over_dp
+
+
 def reallocations(workflow: Workflow, executions: Mapping[str, Execution]) -> list[Reallocation]:
-    """Reallocations a plan implies: one per consecutive pair with different placements."""
+    """Reallocations a plan implies: one per consecutive pair of a model's calls that hold
+    its parameters differently (holds_parameters_alike)."""
     return [Reallocation(model, a, b, wraps) for model, a, b, wraps in model_call_pairs(workflow)
-            if executions[a].placement != executions[b].placement]
+            if not holds_parameters_alike(executions[a], executions[b])]
 
 
 def transfers(workflow: Workflow, executions: Mapping[str, Execution]) -> list[Transfer]:

@@ -69,9 +69,10 @@ class Execution(BaseModel):
         return f"d{self.dp}t{self.tp}p{self.pp}m{self.micro_batches}"
 
     def call_layout_text(self, call_kind: str) -> str:
-        """layout_text, and for a train call its recomputation mode: d2t4p1m2/selective."""
+        """layout_text, for a train call its recomputation mode (d2t4p1m2/selective), and
+        /fsdp when the parameters are sharded FSDP-style (d8t1p1m4/full/fsdp)."""
         suffix = f"/{self.recompute}" if call_kind == "train" else ""
-        return self.layout_text() + suffix
+        return self.layout_text() + suffix + ("/fsdp" if self.shard_parameters_over_dp else "")
 
 
 def sequences_per_micro_batch_step(call: ModelFunctionCall, batch: BatchSpec) -> int:

@@ -38,6 +38,8 @@ KIND_STYLE = {
     "logits": ("--", "logits (last stage)"),
     "workspace": ("||", "workspace"),
     "optimizer_step": ("**", "optimizer step temporaries (train)"),
+    "gathered_parameters": ("oo", "gathered parameters (FSDP / ZeRO-3)"),
+    "unsharded_gradients": ("xx.", "unsharded gradients before reduce-scatter (FSDP / ZeRO-3)"),
     WEIGHTS_COPY: ("xx", "temporary weights copy (call placed unlike its train call)"),
     RECEIVE_BUFFER: ("++", "reallocation receive buffer"),
 }

@@ -24,6 +24,7 @@ from types import ModuleType
 import torch
 import torch.distributed as dist
 
+from planner.domain.decode_policy import stop_check_interval_steps
 from planner.domain.layout import Execution
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
 from planner.sharding.transfer_schedule import sequence_range
@@ -132,7 +133,9 @@ def run_generate(env: CallEnv) -> dict[str, float]:
                       extras={"sample_seeds": seeds[i]})
            for i in split_rows(ids.shape[0], env.execution.micro_batches)]
     config = GenerationConfig(max_new_tokens=b.gen_len, pad_token_id=PAD_TOKEN_ID,
-                              greedy=env.call.greedy, temperature=env.temperature, seed=env.seed)
+                              greedy=env.call.greedy, temperature=env.temperature, seed=env.seed,
+                              stop_check_interval_steps=stop_check_interval_steps(
+                                  env.model.device.device.type))
     gens = generate(env.model, mbs, config)
     tokens = torch.cat([g.tokens.cpu() for g in gens])
     tokens = torch.nn.functional.pad(tokens, (0, b.gen_len - tokens.shape[1]),

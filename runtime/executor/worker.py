@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -228,9 +227,9 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
             # the CPU meter slows the step: only the first iteration is metered, and the
             # trace's times come from the later ones (runtime/executor/trace.py)
             with PeakMemory(device.device, count_tensors=iteration == 0) as memory:
-                start = time.time()
+                start = device.clock_s()
                 sent, step_metrics = state.run_step(step)
-                end = time.time()
+                end = device.clock_s()
             metrics.update(step_metrics)
             records.append({"node": step.name, "kind": _step_kind(step), "label": _label(step),
                             "iteration": iteration, "start": start, "end": end,

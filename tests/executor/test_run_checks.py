@@ -76,6 +76,22 @@ def test_plan_run_refuses_a_plan_that_does_not_fit_with_exit_1(tmp_path, capsys,
     assert not trace.exists()
 
 
+def test_plan_run_refuses_an_fsdp_execution_with_one_line_exit_2(tmp_path, capsys,
+                                                                  no_spawning):
+    """FSDP / ZeRO-3 is priced for imported framework configs; the runtime runs ZeRO-1."""
+    data = yaml.safe_load(MICRO_CPU1.read_text())
+    data["executions"]["actor_train"]["shard_parameters_over_dp"] = True
+    plan = tmp_path / "fsdp.yaml"
+    plan.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert load_plan(plan).executions["actor_train"].shard_parameters_over_dp
+    trace = tmp_path / "t.json"
+    assert main(["run", str(plan), "--trace", str(trace)]) == 2
+    line = one_line_of(capsys)
+    assert "executions.actor_train: shard_parameters_over_dp (FSDP / ZeRO-3)" in line
+    assert "imported framework configs only" in line and "ZeRO-1" in line
+    assert not trace.exists()
+
+
 def test_plan_run_of_a_cuda_plan_without_cuda_is_one_line_exit_2(tmp_path, capsys,
                                                                   monkeypatch, no_spawning):
     fake_gpus(monkeypatch, 0)

@@ -40,6 +40,13 @@ PROMPT_SLOTS, NUM_PROMPTS = 8, 4
 GREEDY = GenerationConfig(max_new_tokens=8, pad_token_id=0)
 STOPPING = GenerationConfig(max_new_tokens=8, pad_token_id=0,
                             stop_token_ids=tuple(range(3, SPEC.vocab_size, 9)))
+# the CUDA decode loop's periodic stop check (planner.domain.decode_policy), run on CPU,
+# with stop tokens frequent enough that whole micro-batches stop between checks
+STOPPING_OFTEN = GenerationConfig(max_new_tokens=8, pad_token_id=0,
+                                  stop_token_ids=tuple(range(2, SPEC.vocab_size, 2)))
+STOPPING_OFTEN_CHECKED_EVERY_3 = GenerationConfig(
+    max_new_tokens=8, pad_token_id=0, stop_token_ids=STOPPING_OFTEN.stop_token_ids,
+    stop_check_interval_steps=3)
 SAMPLING = GenerationConfig(max_new_tokens=8, pad_token_id=0, greedy=False, temperature=0.8,
                             seed=11)
 
@@ -114,9 +121,14 @@ def _run_lm(model: ParallelModel, ctx) -> dict:
     out = {"logits": full_logits(model, mbs)}
     greedy = generate(model, prompts(dp, dp_rank), GREEDY)
     stopping = generate(model, prompts(dp, dp_rank), STOPPING)
+    often = generate(model, prompts(dp, dp_rank), STOPPING_OFTEN)
+    often_checked_every_3 = generate(model, prompts(dp, dp_rank), STOPPING_OFTEN_CHECKED_EVERY_3)
     sampled = generate(model, prompts(dp, dp_rank), SAMPLING)
     out["generations"] = {name: [(g.tokens, g.lengths) for g in gens] for name, gens in
-                          (("greedy", greedy), ("stopping", stopping), ("sampled", sampled))}
+                          (("greedy", greedy), ("stopping", stopping),
+                           ("stopping_often", often),
+                           ("stopping_often_checked_every_3", often_checked_every_3),
+                           ("sampled", sampled))}
     if ctx.layout.dp * ctx.layout.tp * ctx.layout.pp == 1:
         out["unpadded_greedy"] = [
             generate(model, [MicroBatch(p.input_ids[i:i + 1, p.attention_mask[i].bool()],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import runtime_workers as W
 import torch
+import torch.nn.functional as F
 from hf_writer import write_hf_checkpoint
 from reference_llama import reference_logits
 
@@ -161,6 +162,26 @@ def test_stop_tokens_end_sequences_and_pad(results):
             assert cut[row, :n].tolist() == seq[:n]
             assert (cut[row, n:] == W.STOPPING.pad_token_id).all()
     assert stopped > 0, "no sequence hit a stop token; the test would not test stopping"
+
+
+@pytest.mark.parametrize("degrees", W.LAYOUTS, ids=str)
+def test_periodic_stop_check_gives_the_same_generations(results, degrees):
+    """Checking for stopped rows every 3 steps (as CUDA runs every 16) only adds padding
+    steps: tokens padded to max_new_tokens and lengths equal those of a check every step,
+    under every layout (pp 2 passes the go flag on check steps only)."""
+    width = W.STOPPING.max_new_tokens
+    reference, ref_lengths = _generations(results, (1, 1, 1), "stopping_often")
+    checked, lengths = _generations(results, degrees, "stopping_often_checked_every_3")
+    ran_extra = 0
+    for got, want, got_n, want_n in zip(checked, reference, lengths, ref_lengths):
+        ran_extra += got.shape[1] > want.shape[1]
+        pad = W.STOPPING.pad_token_id
+        assert torch.equal(F.pad(got, (0, width - got.shape[1]), value=pad),
+                           F.pad(want, (0, width - want.shape[1]), value=pad))
+        assert torch.equal(got_n, want_n)
+        assert got.shape[1] <= width and (got.shape[1] % 3 == 0 or got.shape[1] == width)
+    if degrees == (1, 1, 1):
+        assert ran_extra > 0, "no micro-batch stopped between checks: nothing was tested"
 
 
 def test_left_and_right_padding_generate_as_unpadded(results):
