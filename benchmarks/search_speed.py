@@ -1,9 +1,17 @@
-"""Plan evaluations per second of the search, for PPO (four LLaMA-7B) on 8, 128, 512 H100.
+"""Search speed: table building and plan evaluations per second, from 8 to 4,096 devices.
 
-Prints, per cluster: the time to build the search tables (price every candidate), the raw
-evaluator throughput on batches of random plans, and the throughput inside a real MCMC run
-(proposals, acceptance and bookkeeping included). Usage:
-    python benchmarks/search_speed.py [--clusters h100x8,h100x128] [--mcmc-seconds 10]
+Cases (CASES): PPO on four llama-7b on h100x8 (the first figures of docs/benchmarks.md); the
+scale cases of issue 13: PPO with a 70B actor and reference and a 7B critic and reward
+(1,024 sequences of 1,024 + 1,024 tokens) on 128, 512, 1,024 and 4,096 H100 and on a
+heterogeneous cluster of H100 and A100 node groups; GRPO and PPO with llama-3.1-405b actors
+on 1,024 and 4,096 H100.
+
+Prints, per case: the time to build the search tables (price every candidate and prune, as
+`plan search` does), the raw evaluator throughput on batches of random plans, and the
+throughput inside a real MCMC run (proposals, acceptance and bookkeeping included), each
+with the machine's load average (os.getloadavg, 1 minute) when it was taken: on a shared
+machine the figures are only comparable at a low load. Usage:
+    python benchmarks/search_speed.py [--cases ppo-70b-h100x128,...] [--mcmc-seconds 10]
 """
 
 from __future__ import annotations
@@ -11,16 +19,60 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from planner.domain.cluster import cluster_preset
-from planner.domain.workflow_file import builtin_workflow
+from planner.domain.workflow import BatchSpec
+from planner.domain.workflow_file import WorkflowFile, build_workflow, builtin_workflow
 from planner.search.builder import full_tables, pruned_tables
 from planner.search.fast_evaluator import FastEvaluator
 from planner.search.mcmc import MCMCSettings, run_mcmc
 
 BATCH_PLANS = 1 << 16
+# The issue's batch: 1,024 sequences of 1,024 prompt + 1,024 generated tokens.
+SCALE_BATCH = {"n_seqs": 1024, "prompt_len": 1024, "gen_len": 1024, "ppo_minibatches": 4}
+
+
+@dataclass(frozen=True)
+class Case:
+    algorithm: str
+    models: dict[str, str] | None          # role -> preset; None: four llama-7b (built-in)
+    cluster: str
+    batch: dict | None = None
+
+    def workflow(self):
+        if self.models is None:
+            return builtin_workflow(self.algorithm)
+        batch = dict(self.batch or SCALE_BATCH)
+        if self.algorithm == "grpo":
+            batch.setdefault("group_size", 8)
+        return build_workflow(WorkflowFile(algorithm=self.algorithm, models=self.models,
+                                           batch=BatchSpec(**batch)), self.algorithm)
+
+
+PPO_70B = {"actor": "llama-70b", "ref": "llama-70b", "critic": "llama-7b", "reward": "llama-7b"}
+PPO_405B = {"actor": "llama-3.1-405b", "ref": "llama-3.1-405b", "critic": "llama-70b",
+            "reward": "llama-70b"}
+GRPO_405B = {"actor": "llama-3.1-405b", "ref": "llama-3.1-405b", "reward": "llama-70b"}
+
+CASES: dict[str, Case] = {
+    "ppo-7b-h100x8": Case("ppo", None, "h100x8"),
+    "ppo-70b-h100x128": Case("ppo", PPO_70B, "h100x128"),
+    "ppo-70b-h100x512": Case("ppo", PPO_70B, "h100x512"),
+    "ppo-70b-h100x1024": Case("ppo", PPO_70B, "h100x1024"),
+    "ppo-70b-h100x4096": Case("ppo", PPO_70B, "h100x4096"),
+    "ppo-70b-h100x64+a100x64": Case("ppo", PPO_70B, "h100x64+a100x64"),
+    "grpo-405b-h100x1024": Case("grpo", GRPO_405B, "h100x1024"),
+    "ppo-405b-h100x1024": Case("ppo", PPO_405B, "h100x1024"),
+    "grpo-405b-h100x4096": Case("grpo", GRPO_405B, "h100x4096"),
+}
+DEFAULT_CASES = "ppo-7b-h100x8,ppo-70b-h100x128,ppo-70b-h100x512,ppo-70b-h100x1024"
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
 
 
 def evaluator_rate(evaluator: FastEvaluator, rng: np.random.Generator, repeats: int = 5) -> float:
@@ -35,28 +87,38 @@ def evaluator_rate(evaluator: FastEvaluator, rng: np.random.Generator, repeats: 
     return BATCH_PLANS / best
 
 
+def run_case(name: str, case: Case, mcmc_seconds: float) -> None:
+    workflow, cluster = case.workflow(), cluster_preset(case.cluster)
+    start = time.perf_counter()
+    tables, _ = pruned_tables(full_tables(workflow, cluster, price_unfit=False), {})
+    build_s = time.perf_counter() - start
+    build_load = load()
+    evaluator = FastEvaluator(tables)
+    raw = evaluator_rate(evaluator, np.random.default_rng(0))
+    raw_load = load()
+    settings = MCMCSettings(seed=0, time_limit_s=mcmc_seconds, plateau_steps=10**9)
+    result = run_mcmc(evaluator, [], settings)
+    in_search = result.evaluations / result.wall_s
+    print(f"{name}: {cluster.num_devices} devices, candidates per call "
+          f"{list(map(int, tables.sizes))}; tables built in {build_s:.1f} s ({build_load}); "
+          f"evaluator {raw:,.0f} plans/s ({raw_load}); inside MCMC {in_search:,.0f} plans/s "
+          f"({result.evaluations:,} in {result.wall_s:.1f} s, {load()})", flush=True)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clusters", default="h100x8,h100x128,h100x512")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=DEFAULT_CASES,
+                        help=f"comma-separated, of: {', '.join(CASES)}")
     parser.add_argument("--mcmc-seconds", type=float, default=10.0)
     args = parser.parse_args()
-    workflow = builtin_workflow("ppo")
-    print(f"PPO, four llama-7b; {os.cpu_count()} CPU cores")
-    for name in args.clusters.split(","):
-        cluster = cluster_preset(name)
-        start = time.perf_counter()
-        tables, _ = pruned_tables(full_tables(workflow, cluster), {})
-        build_s = time.perf_counter() - start
-        evaluator = FastEvaluator(tables)
-        raw = evaluator_rate(evaluator, np.random.default_rng(0))
-        settings = MCMCSettings(seed=0, time_limit_s=args.mcmc_seconds,
-                                plateau_steps=10**9)
-        result = run_mcmc(evaluator, [], settings)
-        in_search = result.evaluations / result.wall_s
-        print(f"{name:>9}: {cluster.num_devices:4d} devices, candidates per call "
-              f"{list(map(int, tables.sizes))}, tables built in {build_s:.1f} s; evaluator "
-              f"{raw:,.0f} plans/s; inside MCMC {in_search:,.0f} plans/s "
-              f"({result.evaluations:,} in {result.wall_s:.1f} s)")
+    names = args.cases.split(",")
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        parser.error(f"--cases: unknown {unknown}; valid: {', '.join(CASES)}")
+    print(f"{os.cpu_count()} CPU cores")
+    for name in names:
+        run_case(name, CASES[name], args.mcmc_seconds)
 
 
 if __name__ == "__main__":

@@ -53,13 +53,29 @@ def placement_geometry(devices: tuple[int, ...], dp: int, tp: int, pp: int, num_
             hw = cluster.hardware_of(d)
             names.setdefault(hw.name, hw)
         hardware.append(tuple(names.values()))
-        tp_links.append(comm.slowest_link(groups.tp_groups[stage * dp:(stage + 1) * dp],
-                                          cluster))
-        dp_links.append(comm.slowest_link(groups.dp_groups[stage * tp:(stage + 1) * tp],
-                                          cluster))
-    pp_link = comm.slowest_link(groups.pp_groups, cluster) if pp > 1 else None
+        tp_links.append(_slowest_link(groups.tp_groups[stage * dp:(stage + 1) * dp],
+                                      cluster))
+        dp_links.append(_slowest_link(groups.dp_groups[stage * tp:(stage + 1) * tp],
+                                      cluster))
+    pp_link = _slowest_link(groups.pp_groups, cluster) if pp > 1 else None
     return Geometry(tuple(stage_layer_counts(num_layers, pp)), tuple(hardware),
                     tuple(tp_links), tuple(dp_links), pp_link)
+
+
+def _slowest_link(groups, cluster: ClusterSpec) -> comm.Link:
+    """comm.slowest_link of `groups`, asked of one group per distinct link (the first, in
+    order): the same result, since it depends only on the distinct links in order, while
+    each group's link is memoised (_group_link) across placements that share the group."""
+    distinct: dict[comm.Link, tuple[int, ...]] = {}
+    for group in groups:
+        key = tuple(group)
+        distinct.setdefault(_group_link(key, cluster), key)
+    return comm.slowest_link(list(distinct.values()), cluster)
+
+
+@lru_cache(maxsize=1 << 16)
+def _group_link(group: tuple[int, ...], cluster: ClusterSpec) -> comm.Link:
+    return comm.group_link(group, cluster)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,13 @@ from planner.domain.layout import Execution
 from planner.domain.workflow import ModelRole
 
 
+# Memoised stage times (StageTimer.stage_s): the search prices thousands of layouts whose
+# stages repeat (the same tp, layers, micro-batch and link under other dp, micro-batch
+# counts or meshes). Bounded like compute.MEMO_ENTRIES: a decode point holds an array.
+STAGE_MEMO_ENTRIES = 100_000
+_STAGE_MEMO: dict[tuple, tuple] = {}
+
+
 class StageTimer:
     """Stage times of one (role, execution) for one op over a micro-batch."""
 
@@ -31,6 +38,7 @@ class StageTimer:
         self.role, self.ex, self.geo, self.knobs = role, execution, geo, knobs
         self.call_outputs = call_outputs
         self.head_part = "lm_head" if role.head == "lm" else "value_head"
+        self.profiles_dir = profiles_dir
         self.timers = [[part_timer(role.spec, hw, profiles_dir) for hw in hws]
                        for hws in geo.stage_hardware]
         self.sources: set[str] = set()
@@ -40,6 +48,28 @@ class StageTimer:
         return count * comm.allreduce_time_s(message_bytes, self.ex.tp, link)
 
     def stage_s(self, stage: int, op: str, b: int, length) -> np.ndarray:
+        """Seconds of `op` on `stage` for a micro-batch of `b` sequences at `length`.
+        Memoised (_STAGE_MEMO) on everything it reads: the model and head, the profiles,
+        tp, the stage's layers, whether it is the first or the last, its hardware and tp
+        link, the knobs, op, b and the lengths; arrays come back read-only."""
+        lengths = np.asarray(length, dtype=float)
+        key = (self.role.spec, self.role.head, str(self.profiles_dir), self.ex.tp,
+               self.geo.stage_layers[stage], stage == 0, stage == self.ex.pp - 1,
+               self.geo.stage_hardware[stage], self.geo.tp_link[stage], self.knobs, op,
+               float(b), lengths.shape, lengths.tobytes())
+        hit = _STAGE_MEMO.get(key)
+        if hit is None:
+            if len(_STAGE_MEMO) >= STAGE_MEMO_ENTRIES:
+                _STAGE_MEMO.clear()
+            sources: set[str] = set()
+            seconds = self._stage_s(stage, op, b, length, sources)
+            if isinstance(seconds, np.ndarray):
+                seconds.setflags(write=False)
+            hit = _STAGE_MEMO[key] = (seconds, frozenset(sources))
+        self.sources |= hit[1]
+        return hit[0]
+
+    def _stage_s(self, stage: int, op: str, b: int, length, sources: set[str]) -> np.ndarray:
         tp, spec = self.ex.tp, self.role.spec
         last = stage == self.ex.pp - 1
         worst = None
@@ -51,7 +81,7 @@ class StageTimer:
                 parts.append((self.head_part, 1))
             total = 0.0
             for part, count in parts:
-                self.sources.add(timer.source_for(op, part, tp))
+                sources.add(timer.source_for(op, part, tp))
                 total = total + count * timer.time_s(op, part, tp, b, length)
             worst = total if worst is None else np.maximum(worst, total)
         tokens = b * (1 if op == "decode" else np.asarray(length, dtype=float))

@@ -304,6 +304,8 @@ PRESETS: dict[str, tuple[int, int, str]] = dict([
     _preset("h100x64", 8, 8, "h100-sxm-80gb"),
     _preset("h100x128", 16, 8, "h100-sxm-80gb"),
     _preset("h100x512", 64, 8, "h100-sxm-80gb"),
+    _preset("h100x1024", 128, 8, "h100-sxm-80gb"),
+    _preset("h100x4096", 512, 8, "h100-sxm-80gb"),
     _preset("a100x8", 1, 8, "a100-sxm-80gb"),
     _preset("a100x16", 2, 8, "a100-sxm-80gb"),
     _preset("h200x8", 1, 8, "h200-sxm-141gb"),
@@ -313,10 +315,18 @@ PRESETS: dict[str, tuple[int, int, str]] = dict([
 ])
 
 
+# Heterogeneous presets: node groups of different devices, (nodes, devices per node, device)
+# each, in device order.
+GROUP_PRESETS: dict[str, tuple[tuple[int, int, str], ...]] = {
+    "h100x64+a100x64": ((8, 8, "h100-sxm-80gb"), (8, 8, "a100-sxm-80gb")),
+}
+
+
 def cluster_preset(name: str) -> ClusterSpec:
-    nodes, per_node, device = PRESETS[name]
+    groups = GROUP_PRESETS.get(name) or (PRESETS[name],)
     return build_cluster(name, [NodeGroupFile(nodes=nodes, devices_per_node=per_node,
-                                              device=device)])
+                                              device=device)
+                                for nodes, per_node, device in groups])
 
 
 def load_cluster_file(path: Path) -> ClusterSpec:
@@ -342,6 +352,7 @@ def with_memory_headroom(cluster: ClusterSpec, headroom_gib: float, field: str) 
 
 def resolve_cluster(name_or_path: str) -> ClusterSpec:
     """A preset by name, or a cluster YAML file; InputError otherwise."""
-    presets = {name: (lambda name=name: cluster_preset(name)) for name in PRESETS}
+    presets = {name: (lambda name=name: cluster_preset(name))
+               for name in [*PRESETS, *GROUP_PRESETS]}
     return resolve_preset_or_file(name_or_path, presets, load_cluster_file, "--cluster",
                                   "cluster")

@@ -250,6 +250,14 @@ PRESETS: dict[str, ModelSpec] = {
         ModelSpec(name="llama3-70b", num_layers=80, hidden_size=8192, num_heads=64,
                   num_kv_heads=8, intermediate_size=28672, vocab_size=128256,
                   max_positions=8192, rope_theta=500000.0),
+        # meta-llama/Llama-3.1-405B config.json; 405,853,388,800 parameters as published
+        # (the checkpoint's safetensors total, bf16).
+        ModelSpec(name="llama-3.1-405b", num_layers=126, hidden_size=16384, num_heads=128,
+                  num_kv_heads=8, intermediate_size=53248, vocab_size=128256,
+                  max_positions=131072, rope_theta=500000.0,
+                  rope_scaling=Llama3RopeScaling(factor=8.0, low_freq_factor=1.0,
+                                                 high_freq_factor=4.0,
+                                                 original_max_positions=8192)),
         ModelSpec(name="qwen2.5-7b", num_layers=28, hidden_size=3584, num_heads=28,
                   num_kv_heads=4, intermediate_size=18944, vocab_size=152064,
                   max_positions=32768, rope_theta=1e6, norm_eps=1e-6, attention_bias=True),

@@ -25,7 +25,7 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.workflow import Workflow
 from planner.search.fast_evaluator import FastEvaluator
-from planner.search.tables import CallTable, SearchTables
+from planner.search.tables import RECOMPUTE_CODE, CallTable, SearchTables
 
 POOL_WEIGHT = {"train": 3.0, "generate": 2.0, "inference": 1.0}
 MAX_COMBINATIONS = 200_000
@@ -48,15 +48,16 @@ def layout_options(table: CallTable, devices: tuple[int, ...], count: int,
     in one of `recompute_modes`, from the fastest to the leanest: points spread along the
     time / memory Pareto front, as a user trading speed for memory would try them."""
     memory = table.alone_peak_bytes
-    found = [i for i, ex in enumerate(table.executions)
-             if ex.devices == devices and memory[i] <= table.capacity_bytes[i]
-             and (table.kind != "train" or ex.recompute in recompute_modes)
-             # generation engines (vLLM, SGLang) use tensor and data parallelism only
-             and not (table.kind == "generate" and ex.pp != 1)]
+    found = table.executions.rows_on(devices)
+    allowed = np.array([RECOMPUTE_CODE[m] for m in recompute_modes], dtype=np.int64)
+    found = found[(memory[found] <= table.capacity_bytes[found])
+                  & ((table.kind != "train") | np.isin(table.recompute[found], allowed))
+                  # generation engines (vLLM, SGLang) use tensor and data parallelism only
+                  & ~((table.kind == "generate") & (table.pp[found] != 1))]
     front, lowest = [], np.inf
-    for i in sorted(found, key=lambda j: (table.time_s[j], memory[j])):
+    for i in found[np.lexsort((memory[found], table.time_s[found]))]:
         if memory[i] < lowest:
-            front.append(i)
+            front.append(int(i))
             lowest = memory[i]
     if len(front) <= count:
         return front
@@ -85,8 +86,9 @@ def best_combination(tables: SearchTables, judge: "BaselineJudge",
 def symmetric(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
               workflow: Workflow) -> np.ndarray | None:
     everything = tuple(range(cluster.num_devices))
-    layouts = sorted({(e.dp, e.tp, e.pp, e.micro_batches) for e in tables.calls[0].executions
-                      if e.devices == everything})
+    first = tables.calls[0].executions
+    layouts = sorted({(e.dp, e.tp, e.pp, e.micro_batches)
+                      for e in (first[int(i)] for i in first.rows_on(everything))})
     default = Execution.model_fields["recompute"].default
     choices = set()
     for dp, tp, pp, m in layouts:

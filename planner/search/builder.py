@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from costmodel import comm
@@ -30,7 +31,7 @@ from planner.domain.mesh import allowed_meshes
 from planner.domain.paths import PROFILES_DIR
 from planner.domain.workflow import ModelFunctionCall, ModelRole, Workflow
 from planner.search.space import candidate_executions
-from planner.search.tables import CallTable, DataEdge, ModelPair, SearchTables
+from planner.search.tables import Candidates, CallTable, DataEdge, ModelPair, SearchTables
 
 US = 1e-6
 
@@ -67,7 +68,8 @@ class CallPricer:
         self.cluster = cluster
         self.calibration = calibration
         self.profiles_dir = Path(profiles_dir)
-        self.cache: dict[tuple, tuple[float, ...]] = {}
+        self.times: dict[tuple, float] = {}
+        self.memories: dict[tuple, tuple[float, ...]] = {}
         self.shapes: dict[tuple[int, ...], tuple] = {}
         self.capacities: dict[tuple[int, ...], float] = {}
 
@@ -84,56 +86,126 @@ class CallPricer:
             self.capacities[devices] = min(self.cluster.usable_memory_bytes(d) for d in firsts)
         return self.capacities[devices]
 
+    def _key(self, call: ModelFunctionCall, ex: Execution) -> tuple:
+        # Everything the price depends on but the devices themselves (module docstring).
+        return (call.name, ex.dp, ex.tp, ex.pp, ex.micro_batches, ex.shard_optimizer_over_dp,
+                ex.recompute, ex.shard_parameters_over_dp, self.shape_of(ex.devices))
+
+    def time_s(self, call: ModelFunctionCall, execution: Execution) -> float:
+        """Seconds of (call, execution) (costmodel.call_cost.call_time)."""
+        key = self._key(call, execution)
+        if key not in self.times:
+            role: ModelRole = self.workflow.models[call.model]
+            self.times[key] = call_time(call, role, execution, self.workflow.batch,
+                                        self.cluster, self.profiles_dir,
+                                        calibration=self.calibration).time_s
+        return self.times[key]
+
+    def memory(self, call: ModelFunctionCall, execution: Execution) -> tuple[float, ...]:
+        """PRICE_COLUMNS but the time: bytes per device (the largest over the mesh) read
+        from the CallMemory of (call, execution)."""
+        key = self._key(call, execution)
+        if key not in self.memories:
+            role: ModelRole = self.workflow.models[call.model]
+            memory = call_memory(call, role, execution, self.workflow.batch, self.cluster)
+            self.memories[key] = (float(memory.weights_bytes.max()),
+                                  float(memory.resident_bytes.max()),
+                                  float(memory.working_bytes.max()),
+                                  float(memory.alone_bytes().max()))
+        return self.memories[key]
+
     def price(self, call: ModelFunctionCall, execution: Execution) -> tuple[float, ...]:
         """PRICE_COLUMNS of (call, execution): seconds, and bytes per device (the largest
         over the mesh) read from its CallMemory."""
-        ex = execution
-        # Everything the price depends on but the devices themselves (module docstring).
-        key = (call.name, ex.dp, ex.tp, ex.pp, ex.micro_batches, ex.shard_optimizer_over_dp,
-               ex.recompute, self.shape_of(ex.devices))
-        if key not in self.cache:
-            role: ModelRole = self.workflow.models[call.model]
-            batch = self.workflow.batch
-            seconds = call_time(call, role, ex, batch, self.cluster, self.profiles_dir,
-                                calibration=self.calibration).time_s
-            memory = call_memory(call, role, ex, batch, self.cluster)
-            self.cache[key] = (seconds, float(memory.weights_bytes.max()),
-                               float(memory.resident_bytes.max()),
-                               float(memory.working_bytes.max()),
-                               float(memory.alone_bytes().max()))
-        return self.cache[key]
+        return (self.time_s(call, execution),) + self.memory(call, execution)
 
 
-def _call_table(call: ModelFunctionCall, executions: list[Execution], pricer: CallPricer,
-                placement_ids: dict) -> CallTable:
-    prices = np.array([pricer.price(call, e) for e in executions], dtype=np.float64)
-    prices = prices.reshape(len(executions), len(PRICE_COLUMNS))
-    capacity = np.array([pricer.capacity_bytes(e.devices) for e in executions])
-    placement = np.array([placement_ids.setdefault(e.placement, len(placement_ids))
-                          for e in executions], dtype=np.int64)
-    columns = {name: prices[:, i] for i, name in enumerate(PRICE_COLUMNS)}
-    return CallTable(name=call.name, model=call.model, kind=call.kind, executions=executions,
-                     capacity_bytes=capacity, placement=placement, **columns)
+def mesh_classes(meshes: list[tuple[int, ...]], pricer: CallPricer
+                 ) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Meshes of one shape (mesh_shape) price alike: the first mesh of each shape, in the
+    order of `meshes`, and the index of each mesh's shape in that list."""
+    first: dict[tuple, int] = {}
+    representatives: list[tuple[int, ...]] = []
+    of_mesh = np.empty(len(meshes), dtype=np.int64)
+    for m, mesh in enumerate(meshes):
+        shape = pricer.shape_of(mesh)
+        if shape not in first:
+            first[shape] = len(representatives)
+            representatives.append(mesh)
+        of_mesh[m] = first[shape]
+    return representatives, of_mesh
+
+
+# Placement ids (CallTable.placement) are mesh index x PLACEMENT_SPAN + the id of (dp, tp,
+# pp), so they are shared by all calls without a table of every placement.
+PLACEMENT_SPAN = 1 << 24
+
+
+def _call_table(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec,
+                batch, meshes: list[tuple[int, ...]], classes, pricer: CallPricer,
+                degree_ids: dict, price_unfit: bool) -> CallTable:
+    """The call's candidates on every mesh, priced once per (shape, layout): the layouts of
+    a shape are enumerated and priced on its first mesh and shared by its other meshes (rows
+    in the order of `meshes`, then of candidate_executions)."""
+    representatives, of_mesh = classes
+    layouts: list[Execution] = []
+    per_class: list[np.ndarray] = []
+    for mesh in representatives:
+        found = candidate_executions(call, role.spec, cluster, batch, [mesh])
+        per_class.append(np.arange(len(layouts), len(layouts) + len(found), dtype=np.int64))
+        layouts += found
+    counts = np.array([len(per_class[c]) for c in of_mesh], dtype=np.int64)
+    mesh_index = np.repeat(np.arange(len(meshes), dtype=np.int64), counts)
+    layout_index = np.concatenate([per_class[c] for c in of_mesh] or
+                                  [np.zeros(0, dtype=np.int64)])
+    memory = np.array([pricer.memory(call, e) for e in layouts],
+                      dtype=np.float64).reshape(len(layouts), len(PRICE_COLUMNS) - 1)
+    capacity = np.array([pricer.capacity_bytes(e.devices) for e in layouts])
+    fits = memory[:, PRICE_COLUMNS.index("alone_peak_bytes") - 1] <= capacity
+    # A candidate that cannot fit alone is in no feasible plan (pruned_tables step 1):
+    # unless asked for, its time is not priced (+inf).
+    time_s = np.array([pricer.time_s(call, e) if price_unfit or fit else np.inf
+                       for e, fit in zip(layouts, fits)], dtype=np.float64)
+    degrees = np.array([degree_ids.setdefault((e.dp, e.tp, e.pp), len(degree_ids))
+                        for e in layouts], dtype=np.int64)
+    assert len(degree_ids) < PLACEMENT_SPAN
+    columns = {"time_s": time_s[layout_index]}
+    columns.update({name: memory[layout_index, i]
+                    for i, name in enumerate(PRICE_COLUMNS[1:])})
+    return CallTable(name=call.name, model=call.model, kind=call.kind,
+                     executions=Candidates(meshes, layouts, mesh_index, layout_index),
+                     capacity_bytes=capacity[layout_index],
+                     placement=mesh_index * PLACEMENT_SPAN + degrees[layout_index], **columns)
 
 
 def undominated(table: CallTable, keep: set[int]) -> np.ndarray:
-    """Mask of candidates not dominated within their placement (module docstring, step 2)."""
-    mask = np.ones(len(table), dtype=bool)
-    by_placement: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(table.placement):
-        by_placement[int(p)].append(i)
-    for members in by_placement.values():
-        for i in members:
-            if i in keep:
+    """Mask of candidates not dominated within their placement (module docstring, step 2):
+    i is dominated when another candidate j of its placement is no slower and needs no more
+    working memory, and is faster, leaner or (a tie) listed first."""
+    order = np.argsort(table.placement, kind="stable")
+    bounds = np.flatnonzero(np.diff(table.placement[order])) + 1
+    starts = np.concatenate([[0], bounds, [len(order)]]).astype(np.int64)
+    protected = np.zeros(len(table), dtype=np.bool_)
+    protected[list(keep)] = True
+    return ~_dominated(order, starts, table.time_s, table.activation_bytes, protected)
+
+
+@numba.njit(cache=True)
+def _dominated(order, starts, time_s, memory, protected):
+    """Rows dominated inside their group (rows order[starts[g]:starts[g + 1]], ascending)."""
+    out = np.zeros(order.shape[0], dtype=np.bool_)
+    for g in range(starts.shape[0] - 1):
+        for a in range(starts[g], starts[g + 1]):
+            i = order[a]
+            if protected[i]:
                 continue
-            for j in members:
-                if j != i and table.time_s[j] <= table.time_s[i] and \
-                        table.activation_bytes[j] <= table.activation_bytes[i] and \
-                        (table.time_s[j] < table.time_s[i] or
-                         table.activation_bytes[j] < table.activation_bytes[i] or j < i):
-                    mask[i] = False
+            for b in range(starts[g], starts[g + 1]):
+                j = order[b]
+                if j != i and time_s[j] <= time_s[i] and memory[j] <= memory[i] and (
+                        time_s[j] < time_s[i] or memory[j] < memory[i] or j < i):
+                    out[i] = True
                     break
-    return mask
+    return out
 
 
 def move_factors(calibration, cluster: ClusterSpec) -> tuple[float, float]:
@@ -148,19 +220,22 @@ def move_factors(calibration, cluster: ClusterSpec) -> tuple[float, float]:
 
 
 def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 3,
-                calibration=None, profiles_dir: Path = PROFILES_DIR) -> SearchTables:
+                calibration=None, profiles_dir: Path = PROFILES_DIR,
+                price_unfit: bool = True) -> SearchTables:
     """Every valid candidate of every call, priced, not yet pruned. `calibration` is a
     costmodel.calibration.Calibration (from `plan calibrate`) or None; `profiles_dir` holds
-    the profile tables (<dir>/<device>/<shape>.yaml)."""
+    the profile tables (<dir>/<device>/<shape>.yaml). `price_unfit=False` leaves the time
+    of candidates that cannot fit alone unpriced (+inf): what the search does, since
+    pruning drops them."""
     pricer = CallPricer(workflow, cluster, calibration, profiles_dir)
     meshes = allowed_meshes(cluster)
-    placement_ids: dict = {}
+    classes = mesh_classes(meshes, pricer)
+    degree_ids: dict = {}
     calls = []
     for name in workflow.call_order:
         call = workflow.call_by_name[name]
-        role = workflow.models[call.model]
-        executions = candidate_executions(call, role.spec, cluster, workflow.batch, meshes)
-        calls.append(_call_table(call, executions, pricer, placement_ids))
+        calls.append(_call_table(call, workflow.models[call.model], cluster, workflow.batch,
+                                 meshes, classes, pricer, degree_ids, price_unfit))
     index = {name: k for k, name in enumerate(workflow.call_order)}
     edges = [DataEdge(index[s], index[d], payload_bytes(keys, workflow.batch))
              for s, d, keys in workflow.graph.edges(data="keys")]

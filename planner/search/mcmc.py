@@ -66,12 +66,14 @@ class MCMCResult:
     history: list[tuple[float, float]] = field(default_factory=list)  # (wall_s, best)
 
 
-def style_key(execution) -> tuple:
-    return (execution.tp, execution.pp, execution.micro_batches)
+def style_key(call) -> np.ndarray:
+    """Per candidate of `call` (a CallTable): an id of its (tp, pp, micro-batches)."""
+    return np.stack([call.tp, call.pp, call.micro_batches], axis=1)
 
 
-def mesh_key(execution) -> tuple:
-    return execution.devices
+def mesh_key(call) -> np.ndarray:
+    """Per candidate of `call`: an id of its mesh (meshes are contiguous device ranges)."""
+    return np.stack([call.lo, call.hi], axis=1)
 
 
 GROUPINGS = (mesh_key, style_key)   # the kernel's groupings 0 and 1
@@ -100,8 +102,8 @@ def _group_arrays(tables: SearchTables, offset: np.ndarray) -> tuple[np.ndarray,
     group_perm_offset = np.zeros((len(GROUPINGS), len(tables.calls)), dtype=np.int64)
     for q, key_of in enumerate(GROUPINGS):
         for k, call in enumerate(tables.calls):
-            keys: dict = {}
-            group = np.array([keys.setdefault(key_of(e), len(keys)) for e in call.executions])
+            # members of a group in candidate order; how groups are numbered does not matter
+            group = np.unique(key_of(call), axis=0, return_inverse=True)[1].reshape(-1)
             counts = np.bincount(group)
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
             first = offset[k]
@@ -123,13 +125,13 @@ def _copy_arrays(tables: SearchTables) -> tuple[np.ndarray, ...]:
         for b, cb in enumerate(calls):
             if a == b or ca.model != cb.model:
                 continue
-            where: dict[int, int] = {}
-            for j, p in enumerate(cb.placement):
-                where.setdefault(int(p), j)
+            ids, first = np.unique(cb.placement, return_index=True)
+            at = np.minimum(np.searchsorted(ids, ca.placement), max(len(ids) - 1, 0))
+            found = (ids[at] == ca.placement) if len(ids) else np.zeros(len(ca), dtype=bool)
             copy_src.append(a)
             copy_dst.append(b)
             copy_offset.append(sum(len(m) for m in copy_map))
-            copy_map.append(np.array([where.get(int(p), -1) for p in ca.placement]))
+            copy_map.append(np.where(found, first[at] if len(ids) else -1, -1))
     return (np.array(copy_src, dtype=np.int64), np.array(copy_dst, dtype=np.int64),
             np.array(copy_offset, dtype=np.int64),
             (np.concatenate(copy_map) if copy_map else np.zeros(0)).astype(np.int64))

@@ -4,15 +4,100 @@ One `CallTable` per call holds its candidate executions and, per candidate, the 
 memory pieces the simulator's memory rule needs (bytes per device, the largest over the
 mesh's pipeline stages). `SearchTables` adds the workflow structure: data edges with their
 payload, consecutive-call pairs of each model (where reallocations happen), and the links.
+
+Candidates are stored as (mesh, layout) index pairs (`Candidates`): a cluster of 1,024
+devices has millions of candidates per call but only thousands of distinct layouts, so an
+`Execution` object is made only for the candidates that are looked at (a plan's calls, the
+baselines' options), never for every row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
-from planner.domain.layout import Execution
+from planner.domain.layout import RECOMPUTE_MODES, Execution
+
+
+# Codes of Execution.recompute in the `recompute` column (the order of RECOMPUTE_MODES).
+RECOMPUTE_CODE = {mode: i for i, mode in enumerate(RECOMPUTE_MODES)}
+
+
+class Candidates(Sequence):
+    """The candidate executions of one call as a sequence of `Execution`, stored as index
+    pairs: row i is layout `layout_index[i]` (an Execution on a representative mesh of the
+    same shape) moved to mesh `mesh_index[i]` (a contiguous, ascending device tuple)."""
+
+    def __init__(self, meshes: list[tuple[int, ...]], layouts: list[Execution],
+                 mesh_index: np.ndarray, layout_index: np.ndarray):
+        self.meshes = meshes
+        self.layouts = layouts
+        self.mesh_index = np.asarray(mesh_index, dtype=np.int64)
+        self.layout_index = np.asarray(layout_index, dtype=np.int64)
+
+    @classmethod
+    def of(cls, executions: list[Execution]) -> "Candidates":
+        """Candidates of explicit executions (each its own layout)."""
+        meshes: dict[tuple[int, ...], int] = {}
+        mesh_index = [meshes.setdefault(tuple(e.devices), len(meshes)) for e in executions]
+        return cls(list(meshes), list(executions), np.array(mesh_index, dtype=np.int64),
+                   np.arange(len(executions), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.mesh_index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        layout = self.layouts[int(self.layout_index[i])]
+        mesh = self.meshes[int(self.mesh_index[i])]
+        # the layout was validated on a mesh of the same shape: only the devices change
+        return layout if layout.devices == mesh else layout.model_copy(update={"devices": mesh})
+
+    def index(self, execution: Execution, *_) -> int:
+        """Row of `execution`; ValueError when it is not a candidate."""
+        mesh_id = self._mesh_ids.get(tuple(execution.devices))
+        if mesh_id is not None:
+            order, starts = self._rows_by_mesh
+            for i in order[starts[mesh_id]:starts[mesh_id + 1]]:
+                if self[int(i)] == execution:
+                    return int(i)
+        raise ValueError(f"{execution} is not a candidate")
+
+    def rows_on(self, mesh: tuple[int, ...]) -> np.ndarray:
+        """Rows whose mesh is `mesh`, ascending."""
+        mesh_id = self._mesh_ids.get(tuple(mesh))
+        if mesh_id is None:
+            return np.zeros(0, dtype=np.int64)
+        order, starts = self._rows_by_mesh
+        return order[starts[mesh_id]:starts[mesh_id + 1]]
+
+    @cached_property
+    def _mesh_ids(self) -> dict[tuple[int, ...], int]:
+        return {m: i for i, m in enumerate(self.meshes)}
+
+    @cached_property
+    def _rows_by_mesh(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.mesh_index, kind="stable")
+        counts = np.bincount(self.mesh_index, minlength=len(self.meshes))
+        return order, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def mesh_field(self, get, dtype=np.int64) -> np.ndarray:
+        """`get(mesh)` of every row's mesh (a device tuple), as an array."""
+        values = np.array([get(m) for m in self.meshes], dtype=dtype)
+        return values[self.mesh_index]
+
+    def layout_field(self, get, dtype=np.int64) -> np.ndarray:
+        """`get(execution)` of every row's layout (Execution fields but `devices`)."""
+        values = np.array([get(e) for e in self.layouts], dtype=dtype)
+        return values[self.layout_index]
+
+    def subset(self, index: np.ndarray) -> "Candidates":
+        return Candidates(self.meshes, self.layouts, self.mesh_index[index],
+                          self.layout_index[index])
 
 
 @dataclass
@@ -22,7 +107,7 @@ class CallTable:
     name: str
     model: str
     kind: str
-    executions: list[Execution]
+    executions: Candidates
     time_s: np.ndarray
     # Bytes per device, each the largest over the mesh, from costmodel.memory.CallMemory:
     weights_bytes: np.ndarray          # model weights in this layout
@@ -39,14 +124,20 @@ class CallTable:
     dp: np.ndarray = field(init=False)
     tp: np.ndarray = field(init=False)
     pp: np.ndarray = field(init=False)
+    micro_batches: np.ndarray = field(init=False)
+    recompute: np.ndarray = field(init=False)   # RECOMPUTE_CODE of Execution.recompute
 
     def __post_init__(self) -> None:
+        if not isinstance(self.executions, Candidates):
+            self.executions = Candidates.of(list(self.executions))
         ex = self.executions
-        self.lo = np.array([e.devices[0] for e in ex], dtype=np.int64)
-        self.hi = np.array([e.devices[-1] + 1 for e in ex], dtype=np.int64)
-        self.dp = np.array([e.dp for e in ex], dtype=np.float64)
-        self.tp = np.array([e.tp for e in ex], dtype=np.float64)
-        self.pp = np.array([e.pp for e in ex], dtype=np.float64)
+        self.lo = ex.mesh_field(lambda m: m[0])
+        self.hi = ex.mesh_field(lambda m: m[-1] + 1)
+        self.dp = ex.layout_field(lambda e: e.dp, dtype=np.float64)
+        self.tp = ex.layout_field(lambda e: e.tp, dtype=np.float64)
+        self.pp = ex.layout_field(lambda e: e.pp, dtype=np.float64)
+        self.micro_batches = ex.layout_field(lambda e: e.micro_batches)
+        self.recompute = ex.layout_field(lambda e: RECOMPUTE_CODE[e.recompute])
 
     def __len__(self) -> int:
         return len(self.executions)
@@ -58,7 +149,7 @@ class CallTable:
         """The table restricted to candidates where `keep` is True (or at the given indices)."""
         index = np.flatnonzero(keep) if keep.dtype == bool else keep
         return CallTable(name=self.name, model=self.model, kind=self.kind,
-                         executions=[self.executions[i] for i in index],
+                         executions=self.executions.subset(index),
                          time_s=self.time_s[index], weights_bytes=self.weights_bytes[index],
                          state_bytes=self.state_bytes[index],
                          activation_bytes=self.activation_bytes[index],
