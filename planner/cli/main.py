@@ -46,12 +46,16 @@ SUBCOMMANDS = (
     Subcommand("check", "planner.cli.check", "validate a plan"),
     Subcommand("diff", "planner.cli.diff", "compare two plans and their estimates"),
     Subcommand("viz", "planner.cli.viz",
-               "draw a plan: timeline, placement, memory or augmented graph"),
+               "draw a plan: timeline, placement, memory, augmented graph or Perfetto trace"),
     Subcommand("graph", "planner.cli.graph", "show a workflow's dataflow graph"),
     Subcommand("profile", "planner.cli.profile",
                "measure per-layer compute times into a profile table"),
     Subcommand("run", "planner.cli.run", "execute a plan and write a trace"),
     Subcommand("calibrate", "planner.cli.calibrate", "fit the cost model to measured traces"),
+    Subcommand("export", "planner.cli.export",
+               "write a plan as a verl, AReaL, ROLL or OpenRLHF config"),
+    Subcommand("import", "planner.cli.import_config",
+               "price a verl, AReaL, ROLL or OpenRLHF config as a plan"),
 )
 SUBCOMMAND_BY_NAME = {s.name: s for s in SUBCOMMANDS}
 

@@ -19,9 +19,15 @@ from planner.figures.common import (
     short_realloc,
     split_node_id,
 )
+from planner.search.builder import full_tables
+from planner.search.lower_bound import gap_text, lower_bound
 
 TEXT_WIDTH = 100
 SAVED_ESTIMATE_TOLERANCE = 0.01  # relative; beyond it the saved estimate is called stale
+# Without --lower-bound, `plan show` computes a plan's lower bound itself (pricing every
+# candidate of every call) only on clusters this small: about a second on one 8-GPU node,
+# a minute or more on 128 devices.
+BOUND_MAX_DEVICES = 8
 
 
 def critical_path_lines(plan: Plan, est: Estimate) -> list[str]:
@@ -70,7 +76,33 @@ def peak_device_lines(plan: Plan, est: Estimate) -> list[str]:
     return lines
 
 
-def plan_as_text(plan: Plan, est: Estimate) -> str:
+def lower_bound_line(plan: Plan, est: Estimate, compute: bool) -> str:
+    """How close the plan is to the lower bound of its search space (planner.search.
+    lower_bound): the bound `plan search` stored with its saved estimate (both priced at
+    search time, with the calibration it used), else computed now with the cost model
+    `est` comes from when `compute` or the cluster is small (BOUND_MAX_DEVICES)."""
+    search = plan.provenance.search or {}
+    saved_bound, saved = search.get("lower_bound_s"), (plan.estimate or {}).get("iteration_s")
+    if isinstance(saved_bound, (int, float)) and isinstance(saved, (int, float)) \
+            and saved_bound > 0:
+        return f"search: the saved estimate is {gap_text(saved, saved_bound)} on its space"
+    if not compute and plan.cluster.num_devices > BOUND_MAX_DEVICES:
+        return (f"lower bound: not in this plan file; `plan show --lower-bound` computes it "
+                f"(prices every candidate on {plan.cluster.num_devices} devices: a minute "
+                f"or more)")
+    tables = full_tables(plan.workflow, plan.cluster)
+    bound = lower_bound(tables)
+    if bound is None:
+        return "lower bound: none, some call fits on no mesh of this cluster even alone"
+    outside = [t.name for t in tables.calls if plan.executions[t.name] not in t.executions]
+    if outside:
+        return (f"lower bound of the search space: {bound.iteration_s:.2f} s; it does not "
+                f"hold for this plan, whose {', '.join(outside)} execution is not a "
+                f"candidate of the space")
+    return f"estimate is {gap_text(est.iteration_s, bound)} (plans of the search space)"
+
+
+def plan_as_text(plan: Plan, est: Estimate, compute_bound: bool = False) -> str:
     """A readable table of the plan and its estimate (see `plan show --help`)."""
     cluster, wf = plan.cluster, plan.workflow
     lines = [f"workflow {wf.algorithm} on {cluster.describe()}",
@@ -108,6 +140,7 @@ def plan_as_text(plan: Plan, est: Estimate) -> str:
     fits = "fits in device memory" if est.feasible else f"DOES NOT FIT: {est.reason}"
     lines.append(f"estimate: {est.iteration_s:.2f} s per iteration (steady state), peak "
                  f"memory {peak:.1f} GiB, {fits}")
+    lines.append(lower_bound_line(plan, est, compute_bound))
     lines.extend(peak_device_lines(plan, est))
     lines.append(f"compute times from: {est.compute_source}")
     stale = _stale_note(plan, est)
@@ -134,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan_to_mapping(plan), indent=2))
     else:
-        print(plan_as_text(plan, estimate_plan(plan)))
+        print(plan_as_text(plan, estimate_plan(plan), compute_bound=args.lower_bound))
     return 0
 
 
@@ -151,9 +184,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "iteration, the memory of the device with the highest peak part by part "
                     "(weights, gradients, optimizer states, activations, KV cache, logits, "
                     "workspace, weights copy, receive buffer; per model), and the critical "
-                    "path of the simulated schedule. The "
+                    "path of the simulated schedule, and how far the plan is above a "
+                    "lower bound on every plan of the search space (stored by `plan "
+                    "search`; computed for other plans on clusters of up to "
+                    f"{BOUND_MAX_DEVICES} devices, or with --lower-bound). The "
                     "estimate is recomputed with the current cost model. --json prints the "
                     "plan file's content as JSON instead.")
     parser.add_argument("plan", metavar="PLAN.yaml", help="plan file")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--lower-bound", action="store_true",
+                        help="compute the lower bound when the plan file has none, on any "
+                             "cluster size (prices every candidate of every call)")
     parser.set_defaults(handler=run)

@@ -4,7 +4,9 @@ a local checkpoint directory) as one of our model specs.
 Nothing is downloaded: a local directory with a `config.json` is read
 (planner.domain.model_files); a hub id is matched to a preset by its architecture, its
 repository name lower-cased with the organisation and the post-training suffix removed
-(`Qwen/Qwen2.5-7B-Instruct` -> `qwen2.5-7b`, `meta-llama/Meta-Llama-3-8B` -> `llama3-8b`).
+(`Qwen/Qwen2.5-7B-Instruct` -> `qwen2.5-7b`, `meta-llama/Meta-Llama-3-8B` -> `llama3-8b`),
+or failing that to the longest preset its name starts with, followed by a dash
+(`OpenRLHF/Llama-3-8b-rm-700k` -> `llama3-8b`).
 Fine-tuned variants (Instruct, Chat, Base, SFT, RM) share their base model's architecture,
 and a reward or critic head is set by the role, not by the checkpoint's name.
 """
@@ -52,6 +54,28 @@ def model_spec_for(reference: str, source: str, key: str,
     preset = preset_name_of_hub_id(reference)
     if preset in PRESETS:
         return PRESETS[preset]
+    # fine-tunes named "<base>-<anything>" (OpenRLHF/Llama-3-8b-sft-mixture): the base's spec
+    bases = [p for p in PRESETS if preset.startswith(p + "-")]
+    if bases:
+        return PRESETS[max(bases, key=len)]
     raise InputError(f"{source}: {key}: model {reference!r} is neither a local directory with "
                      f"an HF config.json nor a hub id of a preset ({sorted(PRESETS)}); "
                      f"download its config.json and give its directory")
+
+
+# The hub repository of each preset's architecture (the base model; its model card's
+# config.json has the preset's fields), for configs written for a plan (plan export).
+# Each id maps back to its preset through preset_name_of_hub_id.
+PRESET_HUB_IDS = {
+    "llama-7b": "meta-llama/Llama-2-7b-hf", "llama-13b": "meta-llama/Llama-2-13b-hf",
+    "llama-70b": "meta-llama/Llama-2-70b-hf", "llama3-8b": "meta-llama/Meta-Llama-3-8B",
+    "llama3-70b": "meta-llama/Meta-Llama-3-70B", "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+    "qwen2.5-32b": "Qwen/Qwen2.5-32B",
+}
+
+
+def hub_id_for(spec: ModelSpec) -> str | None:
+    """The hub id of a preset's architecture, or None when `spec` is no preset we know one
+    for (a local checkpoint, a tiny test model)."""
+    hub_id = PRESET_HUB_IDS.get(spec.name)
+    return hub_id if hub_id and PRESETS.get(spec.name) == spec else None

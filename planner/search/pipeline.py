@@ -7,6 +7,8 @@
 4. Re-price the best distinct plans found and the baselines with the exact simulator
    (costmodel.simulator) and keep the best feasible one. The result is therefore never worse
    than a baseline under the exact cost model.
+5. A lower bound on the iteration time of every plan of the space (planner.search.
+   lower_bound), printed beside the plan as its gap.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from planner.domain.workflow import Workflow
 from planner.search.baselines import BaselineJudge, build_baselines
 from planner.search.builder import full_tables, pruned_tables
 from planner.search.fast_evaluator import FastEvaluator
+from planner.search.lower_bound import lower_bound
 from planner.search.mcmc import MCMCResult, MCMCSettings, run_mcmc, warm_up
 from planner.search.tables import SearchTables
 
@@ -46,6 +49,7 @@ class SearchOutcome:
     build_s: float
     smallest_overflow_bytes: float                # when nothing fits: the least excess found
     unplaceable_call: str | None = None           # a call with no candidate that fits alone
+    lower_bound_s: float | None = None            # planner.search.lower_bound of the space
 
 
 def _remap(choice: np.ndarray | None, kept: list[np.ndarray]) -> np.ndarray | None:
@@ -90,7 +94,8 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
     with fitted factors, as `plan estimate --profile` does; `profiles_dir` holds the profile
     tables (default profiles/)."""
     start = time.perf_counter()
-    full = full_tables(workflow, cluster, calibration=calibration, profiles_dir=profiles_dir)
+    full = full_tables(workflow, cluster, calibration=calibration, profiles_dir=profiles_dir,
+                       price_unfit=False)
     costs = PlanCosts(workflow, cluster, profiles_dir, calibration=calibration)
     judge = exact_judge(full, workflow, cluster, costs)
     baseline_choices = build_baselines(full, judge, cluster, workflow)
@@ -124,5 +129,7 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
     feasible = [p for p in priced if p.estimate.feasible]
     best = min(feasible, key=lambda p: p.estimate.iteration_s) if feasible else None
     shortfall = 0.0 if best else smallest_shortfall_bytes(evaluator, seeds)
+    bound = lower_bound(tables)
     return SearchOutcome(best=best, baselines=baselines, mcmc=result, tables=tables,
-                         build_s=build_s, smallest_overflow_bytes=shortfall)
+                         build_s=build_s, smallest_overflow_bytes=shortfall,
+                         lower_bound_s=None if bound is None else bound.iteration_s)
