@@ -8,7 +8,8 @@ so are imports by name at run time (importlib in planner/cli/main.py).
 
 Layers, bottom up: planner.domain (the data model) and planner.sharding (pure functions the
 cost model and the runtime share); costmodel and runtime side by side on top of them;
-planner.search on the cost model; planner.figures; planner.cli over everything. Each failing
+planner.search on the cost model; planner.frameworks (framework configs out and in) on the
+search space; planner.figures; planner.cli over everything. Each failing
 rule lists every offending import as `module -> imported`.
 """
 
@@ -27,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("planner", "costmodel", "runtime")
 # The top-level package planner/__init__.py (it holds __version__), not a layer of its own.
 PLANNER_ROOT = "planner"
-LAYERS = ("planner.domain", "planner.sharding", "planner.search", "planner.figures",
-          "planner.cli", "costmodel", "runtime")
+LAYERS = ("planner.domain", "planner.sharding", "planner.search", "planner.frameworks",
+          "planner.figures", "planner.cli", "costmodel", "runtime")
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ RULES = [
          "planner.search", _not("planner.cli", "planner.figures", "runtime")),
     Rule("planner.figures imports neither planner.cli nor runtime",
          "planner.figures", _not("planner.cli", "runtime")),
+    Rule("planner.frameworks (config export and import) imports neither planner.cli, "
+         "planner.figures nor runtime", "planner.frameworks",
+         _not("planner.cli", "planner.figures", "runtime")),
 ]
 
 
