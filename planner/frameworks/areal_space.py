@@ -1,0 +1,142 @@
+"""The plans AReaL v1.0.4 can express for a workflow on a cluster (plan search --target
+areal).
+
+Placements (areal_rules.py): the engines take consecutive allowed meshes from device 0 in
+AReaL's creation order (actor, critic, ref, rollout), together covering the cluster; critic
+and ref may instead share the actor's devices; the rollout always has its own. Per engine:
+the rollout d x t x p (SGLang for p 1, vLLM otherwise) with micro-batch counts (waves of
+in-flight prompts) that divide the prompts and give whole waves per server; a train engine
+Megatron (dp x tp x pp, every recomputation mode) or FSDP (dp x tp, parameters sharded,
+recomputation none or full), micro-batch counts from planner.search.space's options that
+give whole micro-batches per GPU and that AReaL's engines make (Megatron: at least 2 pp, a
+multiple of pp); the critic's two calls share one engine and one micro-batch budget.
+
+Each placement's choices form groups (the rollout, the actor's training, the reference, the
+critic's two calls); a plan is one option per group, and when all combinations would exceed
+MAX_TARGET_PLANS the groups are thinned evenly as in verl_space.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+from planner.domain.cluster import ClusterSpec
+from planner.domain.layout import RECOMPUTE_MODES, Execution
+from planner.domain.mesh import allowed_meshes
+from planner.domain.workflow import Workflow
+from planner.frameworks.areal_keys import CALL_ROLE, ROLE_ORDER
+from planner.frameworks.areal_rules import (
+    COLOCATABLE,
+    min_micro_batches,
+    workflow_problems,
+)
+from planner.frameworks.verl_space import MAX_TARGET_PLANS, _steps, _thinned, _valid
+from planner.search.space import layouts_for_mesh, micro_batch_options
+
+Group = list[dict[str, Execution]]
+Placement = dict[str, tuple[int, ...]]
+
+
+def _chains(meshes: list[tuple[int, ...]], start: int, count: int,
+            end: int) -> Iterator[list[tuple[int, ...]]]:
+    """Every run of `count` allowed meshes, each starting where the previous ends, from
+    device `start` to `end`."""
+    if count == 0:
+        if start == end:
+            yield []
+        return
+    for mesh in meshes:
+        if mesh[0] == start:
+            for rest in _chains(meshes, mesh[-1] + 1, count - 1, end):
+                yield [mesh] + rest
+
+
+def placements(workflow: Workflow, cluster: ClusterSpec) -> Iterator[Placement]:
+    """Devices per engine of every placement in the module docstring."""
+    roles = [r for r in ROLE_ORDER if r in {CALL_ROLE[n] for n in workflow.call_by_name}]
+    optional = [r for r in roles if r in COLOCATABLE]
+    meshes = allowed_meshes(cluster)
+    for shared in itertools.product((False, True), repeat=len(optional)):
+        colocated = {r for r, s in zip(optional, shared) if s}
+        separated = [r for r in roles if r not in colocated]
+        for chain in _chains(meshes, 0, len(separated), cluster.num_devices):
+            devices = dict(zip(separated, chain))
+            yield {r: devices[r] if r not in colocated else devices["actor"] for r in roles}
+
+
+def _train_options(workflow: Workflow, cluster: ClusterSpec, name: str,
+                   devices: tuple[int, ...]) -> list[Execution]:
+    train = workflow.call_by_name[name].kind == "train"
+    found = []
+    for fsdp in (False, True):
+        modes = (("none", "full") if fsdp else RECOMPUTE_MODES) if train else \
+            (Execution.model_fields["recompute"].default,)
+        for dp, tp, pp in layouts_for_mesh(len(devices)):
+            if fsdp and pp > 1:
+                continue
+            for micro in micro_batch_options(pp):
+                least = min_micro_batches(pp, not fsdp)
+                if _steps(workflow, name) % (dp * micro) or micro < least or \
+                        (not fsdp and micro % pp):
+                    continue
+                for mode in modes:
+                    ex = Execution(devices=devices, dp=dp, tp=tp, pp=pp, micro_batches=micro,
+                                   recompute=mode, shard_parameters_over_dp=fsdp)
+                    if _valid(workflow, cluster, name, ex):
+                        found.append(ex)
+    return found
+
+
+def _rollout_options(workflow: Workflow, cluster: ClusterSpec,
+                     devices: tuple[int, ...]) -> Group:
+    batch = workflow.batch
+    prompts = batch.n_seqs // batch.group_size
+    options = []
+    for dp, tp, pp in layouts_for_mesh(len(devices)):
+        for waves in micro_batch_options(1):
+            ex = Execution(devices=devices, dp=dp, tp=tp, pp=pp, micro_batches=waves)
+            if prompts % waves == 0 and batch.n_seqs % (dp * waves) == 0 \
+                    and _valid(workflow, cluster, "actor_gen", ex):
+                options.append({"actor_gen": ex})
+    return options
+
+
+def _critic_options(workflow: Workflow, cluster: ClusterSpec,
+                    devices: tuple[int, ...]) -> Group:
+    minibatches = workflow.batch.ppo_minibatches
+    default = Execution.model_fields["recompute"].default
+    options = []
+    for train in _train_options(workflow, cluster, "critic_train", devices):
+        inf = train.model_copy(update={"recompute": default, "shard_optimizer_over_dp": True,
+                                       "micro_batches": train.micro_batches * minibatches})
+        if workflow.batch.n_seqs % (inf.dp * inf.micro_batches) == 0 \
+                and _valid(workflow, cluster, "critic_inf", inf):
+            options.append({"critic_inf": inf, "critic_train": train})
+    return options
+
+
+def _groups(workflow: Workflow, cluster: ClusterSpec, placement: Placement) -> list[Group]:
+    groups = [_rollout_options(workflow, cluster, placement["rollout"]),
+              [{"actor_train": ex} for ex in _train_options(workflow, cluster, "actor_train",
+                                                            placement["actor"])]]
+    if "ref" in placement:
+        groups.append([{"ref_inf": ex} for ex in _train_options(workflow, cluster, "ref_inf",
+                                                                placement["ref"])])
+    if "critic" in placement:
+        groups.append(_critic_options(workflow, cluster, placement["critic"]))
+    return groups
+
+
+def target_plans(workflow: Workflow, cluster: ClusterSpec) -> Iterator[dict[str, Execution]]:
+    """Every plan of the space in the module docstring (memory not yet considered)."""
+    if workflow_problems(workflow) or len(set(cluster.node_devices_per_node)) > 1:
+        return
+    variants = list(placements(workflow, cluster))
+    for placement in variants:
+        groups = _groups(workflow, cluster, placement)
+        if any(not g for g in groups):
+            continue
+        for combination in itertools.product(*_thinned(groups, MAX_TARGET_PLANS
+                                                       / len(variants))):
+            yield {name: ex for option in combination for name, ex in option.items()}
