@@ -75,3 +75,15 @@ DEFAULT_BATCH: dict[str, dict] = {
     "remax": {"n_seqs": 512, "prompt_len": 1024, "gen_len": 1024, "ppo_minibatches": 4},
     "dpo": {"n_seqs": 512, "prompt_len": 1024, "gen_len": 1024, "ppo_minibatches": 4},
 }
+
+
+def builtin_calls_without(algorithm: str, dropped: set[str] | frozenset[str]
+                          ) -> tuple[Call, ...]:
+    """The built-in calls of `algorithm` less the calls named in `dropped`, the dropped
+    calls' outputs removed from the remaining calls' inputs (a framework that leaves out
+    the reference without a KL term, or the reward model with rule-based rewards, runs
+    the rest on what is left)."""
+    calls = BUILTIN_CALLS[algorithm]
+    gone = {key for c in calls if c.name in dropped for key in c.outputs}
+    return tuple(c.model_copy(update={"inputs": tuple(k for k in c.inputs if k not in gone)})
+                 for c in calls if c.name not in dropped)

@@ -18,14 +18,14 @@ from planner.domain.workflow import Workflow
 from planner.frameworks.areal_export import config_text
 from planner.frameworks.areal_import import import_areal
 from planner.frameworks.areal_keys import AREAL_VERSION, KEY_SOURCES
-from planner.frameworks.areal_rules import unexpressible
+from planner.frameworks.areal_rules import unexpressible, workflow_problems
 from planner.frameworks.areal_space import target_plans
 from planner.frameworks.target import ExportedConfig, ImportedConfig, Unexpressible
 
 NAME = "areal"
 TARGET_VERSION = AREAL_VERSION
 __all__ = ["KEY_SOURCES", "NAME", "TARGET_VERSION", "export_config", "import_config",
-           "target_plans", "unexpressible"]
+           "target_plans", "unexpressible", "workflow_problems"]
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,

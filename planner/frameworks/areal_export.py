@@ -32,9 +32,9 @@ from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
 from planner.frameworks.areal_backend import Backend
 from planner.frameworks.areal_keys import ACTOR_ONLY, AREAL_TAG, AREAL_VERSION
-from planner.frameworks.verl_export import _model_path
-from planner.frameworks.verl_keys import nested
-from planner.frameworks.verl_space import _steps
+from planner.frameworks.config_reader import nested
+from planner.frameworks.model_reference import model_path_for
+from planner.frameworks.space_common import steps
 
 NO_KL = 0.0
 
@@ -50,7 +50,7 @@ def backend_of(workflow: Workflow, name: str, ex: Execution) -> Backend:
 
 def max_tokens_per_mb(workflow: Workflow, name: str, ex: Execution) -> int:
     """The token budget per micro-batch that gives `ex.micro_batches` (module docstring)."""
-    per_rank = _steps(workflow, name) // ex.dp
+    per_rank = steps(workflow, name) // ex.dp
     return per_rank // ex.micro_batches * workflow.batch.seq_len
 
 
@@ -59,7 +59,7 @@ def _engine_keys(workflow: Workflow, role: str, name: str, ex: Execution,
     """An engine's backend, model, micro-batch budget and (train calls) policy."""
     backend = backend_of(workflow, name, ex)
     keys: dict[str, Any] = {"backend": backend.text(),
-                            "path": _model_path(workflow, role, notes),
+                            "path": model_path_for(workflow, role, notes),
                             "mb_spec.max_tokens_per_mb": max_tokens_per_mb(workflow, name, ex)}
     if workflow.call_by_name[name].kind == "train":
         keys["gradient_checkpointing"] = ex.recompute != "none"

@@ -9,7 +9,9 @@ Mapping (areal_rules.py says where each rule comes from):
   colocated ones (scheduling_strategy colocation, target actor) on the actor's;
 - layouts from the backend strings: a rollout of d servers x t x p GPUs, its micro-batches
   the waves of in-flight prompts (prompts / min(max_concurrent_rollouts or
-  consumer_batch_size, consumer_batch_size), rounded up); a
+  consumer_batch_size, consumer_batch_size), rounded up), or more where a server's KV pool
+  (sglang.mem_fraction_static / vllm.gpu_memory_utilization: engine_batching) holds fewer
+  rows than a wave gives it; a
   Megatron engine dp x tp x pp with ZeRO-1 from megatron.ddp.use_distributed_optimizer; an
   FSDP engine dp x tp with shard_parameters_over_dp;
 - recomputation from gradient_checkpointing (Megatron: recompute_granularity full with
@@ -34,32 +36,37 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from planner.domain.builtin_workflows import BUILTIN_INPUTS, VALUE_HEAD_ROLES
+from planner.domain.builtin_workflows import (
+    BUILTIN_INPUTS,
+    VALUE_HEAD_ROLES,
+    builtin_calls_without,
+)
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError
 from planner.domain.layout import Execution, layout_problem
 from planner.domain.mesh import mesh_problem
 from planner.domain.workflow import BatchSpec, ModelRole, Workflow
 from planner.frameworks.areal_backend import Backend, parse_backend
-from planner.frameworks.areal_keys import ROLE_ORDER
+from planner.frameworks.areal_keys import MEMORY_FRACTION_KEYS, ROLE_ORDER
 from planner.frameworks.areal_launch import read_config
 from planner.frameworks.areal_rules import (
     COLOCATABLE,
-    areal_calls,
+    REWARD_CALLS,
     min_micro_batches,
     role_devices,
 )
+from planner.frameworks.config_reader import ConfigReader
+from planner.frameworks.engine_batching import engine_batching
 from planner.frameworks.model_reference import model_spec_for
+from planner.frameworks.space_common import steps
 from planner.frameworks.target import ImportedConfig
-from planner.frameworks.verl_import import VerlConfig
-from planner.frameworks.verl_space import _steps
 
 ROLE_CALLS = {"actor": ("actor_train",), "ref": ("ref_inf",), "rollout": ("actor_gen",),
               "critic": ("critic_inf", "critic_train")}
 PROX_LOGP_FORWARD_FREE = ("loglinear",)   # areal/utils/constants.py ProxLogpMethod
 
 
-def _refuse_unsupported(cfg: VerlConfig, roles: list[str]) -> None:
+def _refuse_unsupported(cfg: ConfigReader, roles: list[str]) -> None:
     """Features that change cost and that our plans cannot represent."""
     if cfg.get("allocation_mode"):
         raise cfg.refuse("allocation_mode", "deprecated (AReaL's SPMD launchers only; the "
@@ -96,7 +103,7 @@ def _refuse_unsupported(cfg: VerlConfig, roles: list[str]) -> None:
                             "colocate with the actor only")
 
 
-def _roles(cfg: VerlConfig, notes: list[str]) -> list[str]:
+def _roles(cfg: ConfigReader, notes: list[str]) -> list[str]:
     """The train engines AReaL creates (rl_trainer.py PPOTrainer.__init__)."""
     roles = ["actor"]
     if isinstance(cfg.get("critic"), dict):
@@ -115,7 +122,7 @@ def _roles(cfg: VerlConfig, notes: list[str]) -> list[str]:
     return roles
 
 
-def _backends(cfg: VerlConfig, roles: list[str]) -> dict[str, Backend]:
+def _backends(cfg: ConfigReader, roles: list[str]) -> dict[str, Backend]:
     backends = {}
     for role in roles + ["rollout"]:
         parsed = parse_backend(cfg.get(f"{role}.backend"), inference=role == "rollout")
@@ -125,7 +132,7 @@ def _backends(cfg: VerlConfig, roles: list[str]) -> dict[str, Backend]:
     return backends
 
 
-def _devices(cfg: VerlConfig, backends: dict[str, Backend],
+def _devices(cfg: ConfigReader, backends: dict[str, Backend],
              cluster: ClusterSpec) -> dict[str, tuple[int, ...]]:
     """Each engine's GPUs on `cluster`; InputError when they do not fit."""
     actor_size = backends["actor"].world_size
@@ -158,9 +165,10 @@ def _devices(cfg: VerlConfig, backends: dict[str, Backend],
     return devices
 
 
-def _workflow(cfg: VerlConfig, roles: list[str], base_dir: Path) -> Workflow:
+def _workflow(cfg: ConfigReader, roles: list[str], base_dir: Path) -> Workflow:
     algorithm = "ppo" if "critic" in roles else "grpo"
-    calls = areal_calls(algorithm, "ref" in roles)
+    calls = builtin_calls_without(algorithm, set(REWARD_CALLS) | (set() if "ref" in roles
+                                                                 else {"ref_inf"}))
     models = {}
     for role in sorted({c.model for c in calls}):
         key = f"{role}.path"
@@ -186,7 +194,7 @@ def _workflow(cfg: VerlConfig, roles: list[str], base_dir: Path) -> Workflow:
                     inputs=BUILTIN_INPUTS[algorithm], calls=calls)
 
 
-def _micro_batches(cfg: VerlConfig, role: str, seqs: int, backend: Backend, seq_len: int,
+def _micro_batches(cfg: ConfigReader, role: str, seqs: int, backend: Backend, seq_len: int,
                    notes: list[str]) -> int:
     """Micro-batches per dp rank per step of `seqs` sequences (module docstring)."""
     if seqs % backend.dp:
@@ -208,8 +216,11 @@ def _micro_batches(cfg: VerlConfig, role: str, seqs: int, backend: Backend, seq_
     return count
 
 
-def _rollout_waves(cfg: VerlConfig, workflow: Workflow, notes: list[str]) -> int:
-    """Micro-batches of the generate call: waves of in-flight prompts (areal_rules.py)."""
+def _rollout_waves(cfg: ConfigReader, workflow: Workflow, backend: Backend,
+                   devices: tuple[int, ...], cluster: ClusterSpec, notes: list[str]) -> int:
+    """Micro-batches of the generate call: waves of in-flight prompts (areal_rules.py), each
+    server holding at most what its KV pool holds (planner.frameworks.engine_batching:
+    SGLang's sglang.mem_fraction_static, vLLM's vllm.gpu_memory_utilization)."""
     prompts = workflow.batch.n_seqs // workflow.batch.group_size
     consumer = cfg.require("rollout.consumer_batch_size", (prompts,), "a step consumes "
                            "train_dataset.batch_size prompts; other consumer batch sizes are "
@@ -221,10 +232,19 @@ def _rollout_waves(cfg: VerlConfig, workflow: Workflow, notes: list[str]) -> int
     if prompts % concurrent:
         notes.append(f"rollout.max_concurrent_rollouts {concurrent}: {prompts} prompts priced "
                      f"as {waves} full waves (the last one is partial)")
-    return waves
+    memory_key = MEMORY_FRACTION_KEYS[backend.name]
+    batching = engine_batching(
+        workflow, "actor_gen", cluster, devices, backend.dp, backend.tp,
+        concurrent * workflow.batch.group_size / backend.dp,
+        "rollout.max_concurrent_rollouts x n_samples / servers", cfg.number(memory_key, 0.0, 1.0),
+        memory_key)
+    if batching.problem():
+        raise cfg.refuse(memory_key, batching.problem())
+    notes.append(f"{cfg.source}: {batching.note()}")
+    return max(waves, batching.micro_batches)
 
 
-def _train_policy(cfg: VerlConfig, role: str, backend: Backend) -> dict:
+def _train_policy(cfg: ConfigReader, role: str, backend: Backend) -> dict:
     if backend.name == "fsdp":
         recompute = "full" if cfg.get(f"{role}.gradient_checkpointing") else "none"
         return {"recompute": recompute, "shard_optimizer_over_dp": True}
@@ -242,7 +262,7 @@ def _train_policy(cfg: VerlConfig, role: str, backend: Backend) -> dict:
         cfg.get(f"{role}.megatron.ddp.use_distributed_optimizer"))}
 
 
-def _executions(cfg: VerlConfig, workflow: Workflow, backends: dict[str, Backend],
+def _executions(cfg: ConfigReader, workflow: Workflow, backends: dict[str, Backend],
                 devices: dict[str, tuple[int, ...]], cluster: ClusterSpec,
                 notes: list[str]) -> dict[str, Execution]:
     batch = workflow.batch
@@ -253,9 +273,10 @@ def _executions(cfg: VerlConfig, workflow: Workflow, backends: dict[str, Backend
             fields = {"devices": devices[role], "dp": backend.dp, "tp": backend.tp,
                       "pp": backend.pp}
             if role == "rollout":
-                fields["micro_batches"] = _rollout_waves(cfg, workflow, notes)
+                fields["micro_batches"] = _rollout_waves(cfg, workflow, backend,
+                                                         devices[role], cluster, notes)
             else:
-                fields["micro_batches"] = _micro_batches(cfg, role, _steps(workflow, name),
+                fields["micro_batches"] = _micro_batches(cfg, role, steps(workflow, name),
                                                          backend, batch.seq_len, notes)
                 fields["shard_parameters_over_dp"] = backend.name == "fsdp"
                 if call.kind == "train":

@@ -62,6 +62,8 @@ TOP: dict[str, Any] = {
     "scheduler.type": None,
     "rollout.max_head_offpolicyness": 0,
     "rollout.max_concurrent_rollouts": None,
+    "sglang.mem_fraction_static": 0.9,
+    "vllm.gpu_memory_utilization": 0.9,
     "rollout.consumer_batch_size": 1,
     "rollout.scheduling_strategy.type": "separation",
     "rollout.scheduling_strategy.target": None,
@@ -71,6 +73,9 @@ TOP: dict[str, Any] = {
     "train_dataset.max_length": None,
     **{f"actor.{k}": v for k, v in {**ENGINE, **ACTOR_ONLY}.items()},
 }
+# The key of each rollout engine's memory fraction, which sizes its KV pool (engine_batching).
+MEMORY_FRACTION_KEYS = {"sglang": "sglang.mem_fraction_static",
+                        "vllm": "vllm.gpu_memory_utilization"}
 ROLE_DEFAULTS = {"ref": {**ENGINE, **ACTOR_ONLY}, "critic": ENGINE}
 # Roles whose engines AReaL's PPOTrainer creates, in its creation order (the order the
 # scheduler hands out GPUs: rl_trainer.py creates actor, critic, ref, then the rollout).

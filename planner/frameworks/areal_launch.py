@@ -24,15 +24,14 @@ from planner.domain.errors import InputError
 from planner.domain.input_files import read_input_text
 from planner.domain.yamlio import parse_yaml
 from planner.frameworks.areal_keys import ROLE_DEFAULTS, TOP
+from planner.frameworks.config_reader import ConfigReader, flat_overrides, nested
 from planner.frameworks.hydra_overrides import (
     Override,
-    _logical_lines,
-    _split,
     apply_overrides,
+    logical_lines,
     parse_override,
+    split_shell_line,
 )
-from planner.frameworks.verl_import import VerlConfig, _flat_overrides
-from planner.frameworks.verl_keys import nested
 
 _PYTHON = re.compile(r"(.*/)?python[\d.]*")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -48,8 +47,8 @@ def _yaml_config(path: Path, source: str) -> dict[str, Any]:
 def _script_command(path: Path, source: str) -> tuple[Path, list[Override], list[str]]:
     """(config file, overrides, notes) of the launch script's one training command."""
     commands = []
-    for line, logical in _logical_lines(read_input_text(path, "AReaL launch script")):
-        tokens = _split(logical, source, line)
+    for line, logical in logical_lines(read_input_text(path, "AReaL launch script")):
+        tokens = split_shell_line(logical, source, line)
         starts = [i for i in range(len(tokens) - 1) if _PYTHON.fullmatch(tokens[i])
                   and tokens[i + 1].endswith(".py")]
         if starts:
@@ -98,7 +97,7 @@ def _defaults_for(data: dict[str, Any], overrides: list[Override]) -> dict[str, 
     return base
 
 
-def read_config(path: Path) -> tuple[VerlConfig, list[str]]:
+def read_config(path: Path) -> tuple[ConfigReader, list[str]]:
     """The merged config of a YAML file or launch script, and notes from reading it."""
     source = str(path)
     if path.suffix in YAML_SUFFIXES:
@@ -106,7 +105,7 @@ def read_config(path: Path) -> tuple[VerlConfig, list[str]]:
     else:
         config_path, overrides, notes = _script_command(path, source)
         data = _yaml_config(config_path, str(config_path))
-    items = _flat_overrides(data) + overrides
+    items = flat_overrides(data) + overrides
     merged = apply_overrides(_defaults_for(data, overrides), items, source)
     known = set(TOP) | {f"{role}.{key}" for role, d in ROLE_DEFAULTS.items() for key in d}
     known |= {f"{role}.backend" for role in ("actor", "ref", "critic", "rollout")}
@@ -115,4 +114,4 @@ def read_config(path: Path) -> tuple[VerlConfig, list[str]]:
     if unread:
         notes.append(f"{source}: {len(unread)} keys not read, as they do not change what we "
                      f"price (e.g. {', '.join(unread[:5])})")
-    return VerlConfig(merged, source, [o.key for o in items]), notes
+    return ConfigReader(merged, source, [o.key for o in items]), notes

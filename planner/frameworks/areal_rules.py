@@ -36,12 +36,12 @@ Our plans are synchronous: export writes rollout.max_head_offpolicyness 0.
 
 from __future__ import annotations
 
-from planner.domain.builtin_workflows import BUILTIN_CALLS
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
 from planner.frameworks.areal_keys import CALL_ROLE, ROLE_ORDER
-from planner.frameworks.verl_space import _steps
+from planner.frameworks.space_common import steps
+from planner.frameworks.workflow_fit import builtin_call_problems
 
 ALGORITHMS = ("ppo", "grpo")       # PPOTrainer with a critic (GAE) / without one
 OPTIONAL_CALLS = ("ref_inf",)      # the reference runs only with a KL term
@@ -62,30 +62,8 @@ def _shape_problems(workflow: Workflow) -> list[str]:
     if workflow.algorithm not in ALGORITHMS:
         return [(f"workflow: algorithm {workflow.algorithm}: AReaL's PPOTrainer runs ppo (with "
                 f"a critic) and grpo (without); {', '.join(ALGORITHMS)} are expressible")]
-    problems = []
-    builtin = {c.name: c for c in BUILTIN_CALLS[workflow.algorithm]
-               if c.name not in REWARD_CALLS}
-    names = set(workflow.call_by_name) - set(REWARD_CALLS)
-    if not names <= set(builtin) or not set(builtin) - names <= set(OPTIONAL_CALLS):
-        problems.append(f"workflow: calls {sorted(names)}: AReaL runs the "
-                        f"{workflow.algorithm} calls {sorted(builtin)} (ref_inf optional)")
-    for name in names & set(builtin):
-        ours, theirs = workflow.call_by_name[name], builtin[name]
-        if (ours.model, ours.kind, ours.greedy) != (theirs.model, theirs.kind, theirs.greedy):
-            problems.append(f"workflow: call {name} is not AReaL's ({theirs.model} "
-                            f"{theirs.kind})")
-    return problems
-
-
-def areal_calls(algorithm: str, with_ref: bool) -> tuple:
-    """The builtin calls of `algorithm` less reward calls (and ref_inf without a reference),
-    the dropped calls' outputs removed from the others' inputs."""
-    dropped = set(REWARD_CALLS) | (set() if with_ref else {"ref_inf"})
-    calls = BUILTIN_CALLS[algorithm]
-    dropped_keys = {k for c in calls if c.name in dropped for k in c.outputs}
-    return tuple(c.model_copy(update={"inputs": tuple(k for k in c.inputs
-                                                      if k not in dropped_keys)})
-                 for c in calls if c.name not in dropped)
+    # reward calls are _reward_problems' to report: here they count as optional
+    return builtin_call_problems(workflow, "AReaL", OPTIONAL_CALLS + REWARD_CALLS)
 
 
 def workflow_problems(workflow: Workflow) -> list[str]:
@@ -156,7 +134,7 @@ def _call_problems(workflow: Workflow, name: str, ex: Execution) -> list[str]:
     if not megatron and call.kind == "train" and ex.recompute == "selective":
         problems.append(f"executions.{name}: recompute selective: AReaL's FSDP engine "
                         f"checkpoints whole layers (gradient_checkpointing) or none")
-    seqs = _steps(workflow, name)
+    seqs = steps(workflow, name)
     if seqs % (ex.dp * ex.micro_batches):
         problems.append(f"executions.{name}: {seqs} sequences per step / (dp {ex.dp} x "
                         f"micro_batches {ex.micro_batches}) is no whole micro-batch, which "

@@ -13,7 +13,7 @@ multiple of pp); the critic's two calls share one engine and one micro-batch bud
 
 Each placement's choices form groups (the rollout, the actor's training, the reference, the
 critic's two calls); a plan is one option per group, and when all combinations would exceed
-MAX_TARGET_PLANS the groups are thinned evenly as in verl_space.
+MAX_TARGET_PLANS the groups are thinned evenly (space_common.thinned).
 """
 
 from __future__ import annotations
@@ -25,13 +25,25 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.mesh import allowed_meshes
 from planner.domain.workflow import Workflow
-from planner.frameworks.areal_keys import CALL_ROLE, ROLE_ORDER
+from planner.frameworks.areal_export import backend_of
+from planner.frameworks.areal_keys import (
+    CALL_ROLE,
+    MEMORY_FRACTION_KEYS,
+    ROLE_ORDER,
+    TOP,
+)
 from planner.frameworks.areal_rules import (
     COLOCATABLE,
     min_micro_batches,
     workflow_problems,
 )
-from planner.frameworks.verl_space import MAX_TARGET_PLANS, _steps, _thinned, _valid
+from planner.frameworks.engine_batching import kv_pool_rows_of
+from planner.frameworks.space_common import (
+    MAX_TARGET_PLANS,
+    steps,
+    thinned,
+    valid_execution,
+)
 from planner.search.space import layouts_for_mesh, micro_batch_options
 
 Group = list[dict[str, Execution]]
@@ -77,13 +89,13 @@ def _train_options(workflow: Workflow, cluster: ClusterSpec, name: str,
                 continue
             for micro in micro_batch_options(pp):
                 least = min_micro_batches(pp, not fsdp)
-                if _steps(workflow, name) % (dp * micro) or micro < least or \
+                if steps(workflow, name) % (dp * micro) or micro < least or \
                         (not fsdp and micro % pp):
                     continue
                 for mode in modes:
                     ex = Execution(devices=devices, dp=dp, tp=tp, pp=pp, micro_batches=micro,
                                    recompute=mode, shard_parameters_over_dp=fsdp)
-                    if _valid(workflow, cluster, name, ex):
+                    if valid_execution(workflow, cluster, name, ex):
                         found.append(ex)
     return found
 
@@ -94,10 +106,17 @@ def _rollout_options(workflow: Workflow, cluster: ClusterSpec,
     prompts = batch.n_seqs // batch.group_size
     options = []
     for dp, tp, pp in layouts_for_mesh(len(devices)):
+        kv_rows = None
         for waves in micro_batch_options(1):
             ex = Execution(devices=devices, dp=dp, tp=tp, pp=pp, micro_batches=waves)
-            if prompts % waves == 0 and batch.n_seqs % (dp * waves) == 0 \
-                    and _valid(workflow, cluster, "actor_gen", ex):
+            if prompts % waves or batch.n_seqs % (dp * waves) \
+                    or not valid_execution(workflow, cluster, "actor_gen", ex):
+                continue
+            if kv_rows is None:   # a server's KV pool at the exported engine's default
+                engine = backend_of(workflow, "actor_gen", ex).name
+                kv_rows = kv_pool_rows_of(workflow, "actor_gen", cluster, devices, dp, tp,
+                                          TOP[MEMORY_FRACTION_KEYS[engine]])
+            if batch.n_seqs // (dp * waves) <= kv_rows:
                 options.append({"actor_gen": ex})
     return options
 
@@ -111,7 +130,7 @@ def _critic_options(workflow: Workflow, cluster: ClusterSpec,
         inf = train.model_copy(update={"recompute": default, "shard_optimizer_over_dp": True,
                                        "micro_batches": train.micro_batches * minibatches})
         if workflow.batch.n_seqs % (inf.dp * inf.micro_batches) == 0 \
-                and _valid(workflow, cluster, "critic_inf", inf):
+                and valid_execution(workflow, cluster, "critic_inf", inf):
             options.append({"critic_inf": inf, "critic_train": train})
     return options
 
@@ -137,6 +156,6 @@ def target_plans(workflow: Workflow, cluster: ClusterSpec) -> Iterator[dict[str,
         groups = _groups(workflow, cluster, placement)
         if any(not g for g in groups):
             continue
-        for combination in itertools.product(*_thinned(groups, MAX_TARGET_PLANS
+        for combination in itertools.product(*thinned(groups, MAX_TARGET_PLANS
                                                        / len(variants))):
             yield {name: ex for option in combination for name, ex in option.items()}

@@ -96,7 +96,7 @@ def parse_override(token: str, source: str, line: int) -> Override:
     return Override(key=match["key"], value=value, op=op, line=line)
 
 
-def _logical_lines(text: str) -> list[tuple[int, str]]:
+def logical_lines(text: str) -> list[tuple[int, str]]:
     """(first line number, text) of each command, backslash continuations joined."""
     result, pending, start = [], "", 0
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -121,7 +121,9 @@ def _expand(text: str, variables: dict[str, str]) -> str:
     return _VARIABLE.sub(replace, text)
 
 
-def _split(text: str, source: str, line: int) -> list[str]:
+def split_shell_line(text: str, source: str, line: int) -> list[str]:
+    """The shell words of one logical line (shlex, `#` comments dropped); InputError on
+    unbalanced quotes."""
     try:
         return shlex.split(text, comments=True)
     except ValueError as err:
@@ -173,15 +175,15 @@ def command_in_script(text: str, source: str, entry_module: str) -> HydraCommand
     InputError when there is none or more than one."""
     variables: dict[str, str] = {}
     commands = []
-    for line, logical in _logical_lines(text):
+    for line, logical in logical_lines(text):
         expanded = _expand(logical, variables)
         assignment = _ASSIGNMENT.match(expanded.strip())
         if assignment and " " not in assignment["name"]:
-            parts = _split(assignment["value"], source, line)
+            parts = split_shell_line(assignment["value"], source, line)
             if len(parts) <= 1:
                 variables[assignment["name"]] = parts[0] if parts else ""
                 continue
-        tokens = _split(expanded, source, line)
+        tokens = split_shell_line(expanded, source, line)
         start = _command_start(tokens, entry_module)
         if start is not None:
             commands.append(_read_command(tokens[start:], source, line))
@@ -238,14 +240,15 @@ def _parent_of(config: dict, key: str, create: bool) -> tuple[dict | None, str]:
     return node, leaf
 
 
-_MISSING = object()
+MISSING = object()   # raw_value's answer for a key that is not in the config
 
 
-def _raw(config: dict, key: str) -> Any:
+def raw_value(config: dict, key: str) -> Any:
+    """The value at dotted `key` as written (interpolations not followed), or MISSING."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return _MISSING
+            return MISSING
         node = node[part]
     return node
 
@@ -254,8 +257,8 @@ def lookup(config: dict, key: str, source: str, depth: int = 0) -> Any:
     """The value of dotted `key`, following the OmegaConf interpolations verl's configs use
     (`${a.b}`, `${.sibling}`, `${oc.select:a.b,default}`); InputError when `key` is missing
     or an interpolation cannot be followed."""
-    value = _raw(config, key)
-    if value is _MISSING:
+    value = raw_value(config, key)
+    if value is MISSING:
         raise InputError(f"{source}: {key}: missing from the config")
     match = _INTERPOLATION.match(value) if isinstance(value, str) else None
     if not match or depth > 16:
@@ -263,7 +266,7 @@ def lookup(config: dict, key: str, source: str, depth: int = 0) -> Any:
             raise InputError(f"{source}: {key}: interpolation {value!r} loops")
         return value
     body = match["body"].strip()
-    default: Any = _MISSING
+    default: Any = MISSING
     if body.startswith("oc.select:"):
         target, _, fallback = body[len("oc.select:"):].partition(",")
         if _:
@@ -276,8 +279,8 @@ def lookup(config: dict, key: str, source: str, depth: int = 0) -> Any:
     target = target.strip()
     if target.startswith("."):
         target = key.rsplit(".", 1)[0] + target if "." in key else target[1:]
-    if _raw(config, target) is _MISSING:
-        if default is _MISSING:
+    if raw_value(config, target) is MISSING:
+        if default is MISSING:
             raise InputError(f"{source}: {key}: {value!r} names {target}, which is not set")
         return default
     return lookup(config, target, source, depth + 1)

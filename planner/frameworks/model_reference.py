@@ -19,6 +19,7 @@ from pathlib import Path
 from planner.domain.errors import InputError
 from planner.domain.model_files import resolve_model
 from planner.domain.modelspec import PRESETS, ModelSpec
+from planner.domain.workflow import Workflow
 
 # Suffixes of fine-tuned variants that keep the base architecture, as hub names spell them.
 VARIANT_SUFFIX = re.compile(r"(-(instruct|chat|base|sft|rm|hf|it))+$")
@@ -79,3 +80,15 @@ def hub_id_for(spec: ModelSpec) -> str | None:
     for (a local checkpoint, a tiny test model)."""
     hub_id = PRESET_HUB_IDS.get(spec.name)
     return hub_id if hub_id and PRESETS.get(spec.name) == spec else None
+
+
+def model_path_for(workflow: Workflow, role: str, notes: list[str]) -> str:
+    """The model path an exported config gives `role`: its preset's hub id, or the spec's
+    name with a note in `notes` asking for the checkpoint's directory."""
+    spec = workflow.models[role].spec
+    hub_id = hub_id_for(spec)
+    if hub_id is None:
+        notes.append(f"{role}: model {spec.name} has no known hub id; its path is written as "
+                     f"{spec.name!r}: replace it with the checkpoint's directory")
+        return spec.name
+    return hub_id

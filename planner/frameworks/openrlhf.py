@@ -17,7 +17,7 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
 from planner.frameworks.openrlhf_cmdline import VERSION_NAME
-from planner.frameworks.openrlhf_export import layout_from_plan
+from planner.frameworks.openrlhf_export import layout_from_plan, workflow_problems
 from planner.frameworks.openrlhf_import import import_command
 from planner.frameworks.openrlhf_script import command_script
 from planner.frameworks.openrlhf_space import target_plans as _target_plans
@@ -52,4 +52,6 @@ def import_config(path: Path, cluster: ClusterSpec) -> ImportedConfig:
 
 
 def target_plans(workflow: Workflow, cluster: ClusterSpec) -> Iterator[dict[str, Execution]]:
+    if workflow_problems(workflow):
+        return iter(())
     return _target_plans(workflow, cluster)

@@ -2,8 +2,9 @@
 none: one line per feature OpenRLHF v0.11.0 cannot express.
 
 What it can express (planner/frameworks/openrlhf_layout.py says where each rule is from):
-generation on vLLM engines (data x tensor parallel, no pipeline, micro-batches of vLLM's
-default max_num_seqs, which no flag changes: openrlhf_layout.rollout_micro_batches);
+generation on vLLM engines (data x tensor parallel, no pipeline, micro-batches of at most
+min(vLLM's default max_num_seqs, which no flag changes, the rows the KV pool of the default
+--vllm.gpu_memory_utilization holds): openrlhf_layout.rollout_batching);
 every other call under one DeepSpeed strategy: the same ZeRO stage and AutoTP degree for
 every role, no pipeline parallelism, gradient checkpointing of whole layers on or off for
 the actor and the critic together (--actor.gradient_checkpointing_enable is read by both,
@@ -21,13 +22,24 @@ from planner.domain.workflow import Workflow
 from planner.frameworks.openrlhf_layout import (
     INFERENCE_CALLS,
     TRAIN_CALLS,
-    VLLM_DEFAULT_MAX_NUM_SEQS,
     OpenRLHFLayout,
     executions_of,
-    rollout_micro_batches,
+    rollout_batching,
 )
+from planner.frameworks.workflow_fit import builtin_call_problems
 
 ESTIMATORS = {"ppo": "gae", "grpo": "group_norm", "rloo": "rloo"}
+
+
+def workflow_problems(workflow: Workflow) -> list[str]:
+    """Why train_ppo_ray cannot run `workflow` at all: an algorithm other than
+    ESTIMATORS', or calls other than its built-in ones (OpenRLHF v0.11.0 always runs the
+    reward model, and the reference: plan import refuses --algo.kl.init_coef 0 and remote
+    rewards)."""
+    if workflow.algorithm not in ESTIMATORS:
+        return [(f"workflow: algorithm {workflow.algorithm}: train_ppo_ray runs ppo (gae), "
+                 f"grpo (group_norm) and rloo")]
+    return builtin_call_problems(workflow, "OpenRLHF", ())
 
 
 def _one(values: dict[str, object], what: str, reasons: list[str]) -> object | None:
@@ -47,21 +59,19 @@ def _per_gpu(seqs: int, ex: Execution) -> int | None:
 
 def layout_from_plan(workflow: Workflow, cluster: ClusterSpec,
                      executions: dict[str, Execution]) -> tuple[OpenRLHFLayout | None, list[str]]:
-    reasons: list[str] = []
-    if workflow.algorithm not in ESTIMATORS:
-        return None, [(f"train_ppo_ray runs ppo (gae), grpo (group_norm) and rloo; the "
-                       f"plan's workflow is {workflow.algorithm}")]
+    reasons = workflow_problems(workflow)
+    if reasons:
+        return None, reasons
     for name in workflow.call_order:
         if executions[name].pp > 1:
             reasons.append(f"{name}: pp {executions[name].pp}; OpenRLHF has no pipeline "
                            f"parallelism (vLLM and DeepSpeed run tp x dp)")
     gen = executions["actor_gen"]
-    engine_micro = rollout_micro_batches(workflow, gen.dp)
-    if gen.micro_batches != engine_micro:
+    engines = rollout_batching(workflow, cluster, "actor_gen", gen.devices, gen.dp, gen.tp)
+    if gen.micro_batches != engines.micro_batches:
         reasons.append(f"actor_gen: micro_batches {gen.micro_batches}; OpenRLHF v0.11.0 sets "
-                       f"no max_num_seqs for its vLLM engines (no flag), so vLLM's default "
-                       f"{VLLM_DEFAULT_MAX_NUM_SEQS} applies: {gen.dp} engines run "
-                       f"micro_batches {engine_micro}")
+                       f"no max_num_seqs for its vLLM engines (no flag): {gen.dp} engines run "
+                       f"micro_batches {engines.micro_batches} ({engines.note()})")
     deepspeed = {n: executions[n] for n in workflow.call_order
                  if n in TRAIN_CALLS or n in INFERENCE_CALLS}
     train = {n: ex for n, ex in deepspeed.items() if n in TRAIN_CALLS}

@@ -15,8 +15,8 @@ openrlhf/cli/train_ppo_ray.py, tag v0.11.0; copy in tests/frameworks/data/openrl
   (openrlhf/utils/seqlen_balancing.py get_minimum_num_micro_batch_size, first fit), the
   rollout's count rounded down to a multiple of the actor's dp ranks and at least that
   (openrlhf/trainer/ppo_utils/experience_maker.py split_rollout_samples);
-- generation: micro-batches of vLLM's default max_num_seqs per engine
-  (openrlhf_layout.rollout_micro_batches);
+- generation: micro-batches of at most min(vLLM's default max_num_seqs, the rows the KV
+  pool of --vllm.gpu_memory_utilization holds) per engine (openrlhf_layout.rollout_batching);
 - placement and layouts: planner/frameworks/openrlhf_layout.py.
 A flag that changes the cost in a way we cannot represent is refused (REFUSED); the others
 are read or listed in the notes as not priced.
@@ -37,15 +37,15 @@ from planner.domain.builtin_workflows import (
 )
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError
-from planner.domain.layout import execution_problem
+from planner.domain.layout import Execution, execution_problem
 from planner.domain.workflow import BatchSpec, ModelRole, Workflow
 from planner.frameworks.model_reference import model_spec_for
 from planner.frameworks.openrlhf_cmdline import Flag, read_flags
 from planner.frameworks.openrlhf_layout import (
-    VLLM_DEFAULT_MAX_NUM_SEQS,
+    VLLM_GPU_MEMORY_UTILIZATION,
     OpenRLHFLayout,
     executions_of,
-    rollout_micro_batches,
+    rollout_batching,
 )
 from planner.frameworks.target import ImportedConfig
 
@@ -81,8 +81,7 @@ REFUSED: dict[str, tuple[Callable[[tuple[str, ...]], bool], str]] = {
     "critic.optim": (lambda v: v[0] != "adam", "adam (the optimizer memory we price)"),
 }
 # Read but not priced: they change speed or memory in ways the cost model leaves out.
-NOT_PRICED = ("vllm.enforce_eager", "vllm.gpu_memory_utilization",
-              "vllm.enable_prefix_caching", "ds.deepcompile", "ds.use_liger_kernel",
+NOT_PRICED = ("vllm.enforce_eager", "vllm.enable_prefix_caching", "ds.deepcompile", "ds.use_liger_kernel",
               "ds.overlap_comm", "ds.attn_implementation", "ds.zpg", "ds.grad_accum_dtype")
 READ = set(DEFAULTS) | set(REFUSED) | {
     "vllm.num_engines", "train.colocate_all", "train.colocate_actor_ref",
@@ -90,7 +89,7 @@ READ = set(DEFAULTS) | set(REFUSED) | {
     "actor.model_name_or_path", "reward.model_name_or_path", "critic.model_name_or_path",
     "algo.advantage.estimator", "rollout.max_new_tokens", "train.dynamic_batch_enable",
     "rollout.max_tokens_per_gpu", "rollout.vllm_generate_batch_size", "ds.packing_samples",
-    "vllm.enable_sleep", "ds.enable_sleep"}
+    "vllm.enable_sleep", "ds.enable_sleep", "vllm.gpu_memory_utilization"}
 
 
 class FlagReader:
@@ -117,6 +116,19 @@ class FlagReader:
                 from None
         if value < minimum:
             raise self.refuse(name, f"{value}", f"an integer >= {minimum}")
+        return value
+
+    def fraction(self, name: str, default: float) -> float:
+        """A number in (0, 1] (a memory fraction), `default` when the flag is absent."""
+        if name not in self.flags:
+            return default
+        text = self.flags[name].values[0]
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 < value <= 1.0:
+            raise self.refuse(name, f"{text!r}", "a number in (0, 1]")
         return value
 
     def text(self, name: str, default: str | None = None) -> str | None:
@@ -219,7 +231,9 @@ def read_layout(reader: FlagReader, workflow: Workflow) -> OpenRLHFLayout:
         zero_stage=stage, ds_tp=reader.integer("ds.tensor_parallel_size"),
         gradient_checkpointing=reader.on("actor.gradient_checkpointing_enable"),
         train_micro_batch_size=reader.integer("train.micro_batch_size"),
-        rollout_micro_batch_size=reader.integer("rollout.micro_batch_size"))
+        rollout_micro_batch_size=reader.integer("rollout.micro_batch_size"),
+        vllm_gpu_memory_utilization=reader.fraction("vllm.gpu_memory_utilization",
+                                                    VLLM_GPU_MEMORY_UTILIZATION))
 
 
 def dynamic_micro_batches(reader: FlagReader, workflow: Workflow, layout: OpenRLHFLayout,
@@ -248,17 +262,15 @@ def dynamic_micro_batches(reader: FlagReader, workflow: Workflow, layout: OpenRL
     return updated
 
 
-def notes_of(reader: FlagReader, layout: OpenRLHFLayout, workflow: Workflow) -> list[str]:
-    rows = math.ceil(workflow.batch.n_seqs / layout.vllm_engines)
-    micro = rollout_micro_batches(workflow, layout.vllm_engines)
+def notes_of(reader: FlagReader, layout: OpenRLHFLayout, workflow: Workflow,
+             cluster: ClusterSpec, executions: dict[str, Execution]) -> list[str]:
+    gen = executions["actor_gen"]
+    batching = rollout_batching(workflow, cluster, "actor_gen", gen.devices, gen.dp, gen.tp,
+                                layout.vllm_gpu_memory_utilization)
     notes = [("placement: colocated roles share their placement group's GPUs; every other "
               "role gets its own GPUs, largest pool first (Ray's PACK fixes nodes, not ids)"),
-             (f"vLLM engines: no max_num_seqs is passed, vLLM's default "
-              f"{VLLM_DEFAULT_MAX_NUM_SEQS} applies; an engine's {rows} sequences priced as "
-              f"{micro} static micro-batch(es) of {math.ceil(rows / micro)}, each running to "
-              f"its longest row, where vLLM's continuous batching refills finished rows (an "
-              f"upper bound on decode time under long tails); memory: the KV cache of one "
-              f"such micro-batch")]
+             (f"vLLM engines (no max_num_seqs is passed, so vLLM's default applies): "
+              f"{batching.note()}")]
     if layout.zero_stage == 2:
         notes.append("--ds.zero_stage 2 priced as ZeRO-1 (optimizer states sharded over dp, "
                      "gradients reduce-scattered); ZeRO-2's smaller gradient memory is not "
@@ -306,4 +318,4 @@ def import_command(path: Path, cluster: ClusterSpec) -> ImportedConfig:
         if problem:
             raise InputError(f"{path}: {name}: {problem}")
     return ImportedConfig(workflow=workflow, executions=executions,
-                          notes=notes_of(reader, layout, workflow))
+                          notes=notes_of(reader, layout, workflow, cluster, executions))

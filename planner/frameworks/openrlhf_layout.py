@@ -29,8 +29,10 @@ Sources (OpenRLHF/OpenRLHF, tag v0.11.0):
   SchedulerConfig.DEFAULT_MAX_NUM_SEQS = 128 (vllm-project/vllm vllm/engine/arg_utils.py,
   vllm/config/scheduler.py; OpenRLHF v0.11.0's setup.py pins vllm==0.27.1).
   openrlhf/trainer/ppo_utils/samples_generator.py deals the prompts to the engines by
-  load, so each gets an even share. An engine's rows are priced as ceil(rows /
-  max_num_seqs) static micro-batches (rollout_micro_batches).
+  load, so each gets an even share. An engine holds at most min(max_num_seqs, the rows
+  its KV pool holds) at once, the pool being what --vllm.gpu_memory_utilization (default
+  0.95, train_ppo_ray.py) leaves after the weights; its rows are priced as ceil(rows /
+  that) static micro-batches (rollout_batching; planner.frameworks.engine_batching).
 
 Ray's PACK strategy fixes which node each bundle lands on, not which device ids: we place
 the pools largest first (equal sizes in creation order), on consecutive devices, so that
@@ -44,11 +46,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import Execution
+from planner.domain.layout import Execution, parallel_degrees_problem
 from planner.domain.mesh import mesh_problem
 from planner.domain.workflow import Workflow
+from planner.frameworks.engine_batching import EngineBatching, engine_batching
 
 TRAIN_CALLS = {"actor_train": "actor", "critic_train": "critic"}
+VLLM_GPU_MEMORY_UTILIZATION = 0.95   # --vllm.gpu_memory_utilization's default (train_ppo_ray)
 INFERENCE_CALLS = {"ref_inf": "ref", "rew_inf": "reward", "critic_inf": "critic"}
 
 
@@ -72,6 +76,7 @@ class OpenRLHFLayout:
     gradient_checkpointing: bool
     train_micro_batch_size: int
     rollout_micro_batch_size: int
+    vllm_gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION
 
 
 @dataclass(frozen=True)
@@ -160,18 +165,15 @@ def role_devices(layout: OpenRLHFLayout, cluster: ClusterSpec
 VLLM_DEFAULT_MAX_NUM_SEQS = 128   # module docstring: vLLM's default for OpenRLHF's engines
 
 
-def rollout_micro_batches(workflow: Workflow, engines: int) -> int:
-    """Micro-batches per vLLM engine: ceil(rows of the busiest engine / max_num_seqs).
-
-    vLLM runs at most max_num_seqs sequences and refills a finished row's slot at once
-    (continuous batching); we price static micro-batches of at most max_num_seqs rows,
-    each running to its longest row: an upper bound on decode time under long-tailed
-    response lengths, with the memory of one micro-batch's KV cache (at most max_num_seqs
-    rows). The count is at most the rows per engine, so dp x micro_batches <= n_seqs, which
-    is what our layout rules ask (planner.domain.layout.layout_problem).
-    """
-    rows = math.ceil(workflow.batch.n_seqs / engines)
-    return math.ceil(rows / VLLM_DEFAULT_MAX_NUM_SEQS)
+def rollout_batching(workflow: Workflow, cluster: ClusterSpec, call: str,
+                     devices: tuple[int, ...], engines: int, tp: int,
+                     gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION
+                     ) -> EngineBatching:
+    """How `engines` vLLM engines of `tp` GPUs batch generate call `call` (module
+    docstring): at most min(vLLM's default max_num_seqs, KV-pool rows) rows at once."""
+    return engine_batching(workflow, call, cluster, devices, engines, tp,
+                           VLLM_DEFAULT_MAX_NUM_SEQS, "max_num_seqs (vLLM's default)",
+                           gpu_memory_utilization, "--vllm.gpu_memory_utilization")
 
 
 def train_micro_batches(workflow: Workflow, dp: int, per_gpu: int) -> int | None:
@@ -205,10 +207,10 @@ def executions_of(layout: OpenRLHFLayout, workflow: Workflow, cluster: ClusterSp
     devices, problems = role_devices(layout, cluster)
     if problems:
         return {}, problems
-    return executions_on(layout, workflow, devices)
+    return executions_on(layout, workflow, cluster, devices)
 
 
-def executions_on(layout: OpenRLHFLayout, workflow: Workflow,
+def executions_on(layout: OpenRLHFLayout, workflow: Workflow, cluster: ClusterSpec,
                   devices: dict[str, tuple[int, ...]]) -> tuple[dict[str, Execution], list[str]]:
     """executions_of with the roles' devices given (role_devices of the same layout)."""
     problems: list[str] = []
@@ -217,10 +219,20 @@ def executions_on(layout: OpenRLHFLayout, workflow: Workflow,
     for name in workflow.call_order:
         call = workflow.call_by_name[name]
         if call.kind == "generate":
+            problem = parallel_degrees_problem(workflow.models[call.model].spec,
+                                               layout.vllm_tp, 1)
+            if problem:
+                problems.append(f"{name}: --vllm.tensor_parallel_size: {problem}")
+                continue
+            batching = rollout_batching(workflow, cluster, name, devices["vllm"],
+                                        layout.vllm_engines, layout.vllm_tp,
+                                        layout.vllm_gpu_memory_utilization)
+            if batching.problem():
+                problems.append(f"{name}: {batching.problem()}")
+                continue
             executions[name] = _execution(devices["vllm"], layout.vllm_engines,
-                                          layout.vllm_tp,
-                                          rollout_micro_batches(workflow, layout.vllm_engines),
-                                          False, 0, recompute)
+                                          layout.vllm_tp, batching.micro_batches, False, 0,
+                                          recompute)
             continue
         role = TRAIN_CALLS.get(name) or INFERENCE_CALLS.get(name)
         if role is None or role not in devices:

@@ -100,7 +100,7 @@ def target_plans(workflow: Workflow, cluster: ClusterSpec) -> Iterator[dict[str,
             if counts["vllm"] % vllm_tp:
                 continue
             layout = _layout(counts, vllm_tp, ds_tp, stage, ckpt, train_mbs, rollout_mbs)
-            executions, problems = executions_on(layout, workflow, devices)
+            executions, problems = executions_on(layout, workflow, cluster, devices)
             if problems or not _layouts_run(executions, workflow):
                 continue
             yield executions

@@ -18,14 +18,14 @@ from planner.domain.workflow import Workflow
 from planner.frameworks.roll_export import config_text
 from planner.frameworks.roll_import import import_roll
 from planner.frameworks.roll_keys import KEY_SOURCES, ROLL_VERSION
-from planner.frameworks.roll_rules import unexpressible
+from planner.frameworks.roll_rules import unexpressible, workflow_problems
 from planner.frameworks.roll_space import target_plans as _target_plans
 from planner.frameworks.target import ExportedConfig, ImportedConfig, Unexpressible
 
 NAME = "roll"
 TARGET_VERSION = ROLL_VERSION
 __all__ = ["KEY_SOURCES", "NAME", "TARGET_VERSION", "export_config", "import_config",
-           "target_plans", "unexpressible"]
+           "target_plans", "unexpressible", "workflow_problems"]
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,

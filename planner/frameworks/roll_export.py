@@ -27,6 +27,7 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
 from planner.domain.yamlio import dump_yaml
+from planner.frameworks.model_reference import model_path_for
 from planner.frameworks.roll_devices import device_mapping_text
 from planner.frameworks.roll_keys import (
     ADV_ESTIMATOR,
@@ -37,15 +38,14 @@ from planner.frameworks.roll_keys import (
     ROLL_VERSION,
     RULE_REWARD,
 )
-from planner.frameworks.roll_rules import steps_seqs
-from planner.frameworks.verl_export import _model_path
+from planner.frameworks.space_common import steps
 
 DTYPE = "bf16"   # ROLL's examples train and infer in bf16, as our cost model prices
 MEGATRON_RECOMPUTE = {"none": None, "selective": "selective", "full": "full"}
 
 
 def _per_rank(workflow: Workflow, name: str, ex: Execution) -> int:
-    return steps_seqs(workflow, name) // (ex.dp * ex.micro_batches)
+    return steps(workflow, name) // (ex.dp * ex.micro_batches)
 
 
 def _train_strategy(ex: Execution) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def _rewards(workflow: Workflow, executions: dict[str, Execution], actor_path: s
     notes.append(f"rewards.{REWARD_DOMAIN}: tag_included {tags}: list your dataset's tags so "
                  f"that every sample is routed to the reward model")
     domain = _infer_role(workflow, "rew_inf", executions["rew_inf"])
-    domain["model_args"]["model_name_or_path"] = _model_path(workflow, "reward", notes)
+    domain["model_args"]["model_name_or_path"] = model_path_for(workflow, "reward", notes)
     return {REWARD_DOMAIN: {"worker_cls": REWARD_MODEL_WORKER, "tag_included": tags,
                             **domain}}
 
@@ -110,7 +110,7 @@ def config_for(workflow: Workflow, cluster: ClusterSpec,
     """The nested config of an expressible plan, and notes for its header."""
     notes: list[str] = []
     batch = workflow.batch
-    actor_path = _model_path(workflow, "actor", notes)
+    actor_path = model_path_for(workflow, "actor", notes)
     gen, train = executions["actor_gen"], executions["actor_train"]
     with_ref = "ref_inf" in executions
     second = "critic" if "critic" in workflow.models else "reward" \
@@ -129,7 +129,7 @@ def config_for(workflow: Workflow, cluster: ClusterSpec,
         "init_kl_coef": 0.0,
         "pretrain": actor_path,
         "reward_pretrain": actor_path if second == "actor"
-        else _model_path(workflow, second, notes),
+        else model_path_for(workflow, second, notes),
         "actor_train": _train_role(workflow, "actor_train", train,
                                    _per_rank(workflow, "actor_train", train)),
         "actor_infer": {

@@ -30,9 +30,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from planner.domain.builtin_workflows import (
-    BUILTIN_CALLS,
     BUILTIN_INPUTS,
     VALUE_HEAD_ROLES,
+    builtin_calls_without,
 )
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError
@@ -41,7 +41,7 @@ from planner.domain.layout import Execution, execution_problem
 from planner.domain.mesh import mesh_problem
 from planner.domain.workflow import BatchSpec, ModelFunctionCall, ModelRole, Workflow
 from planner.domain.yamlio import parse_yaml
-from planner.frameworks.hydra_overrides import _MISSING, _raw, lookup
+from planner.frameworks.hydra_overrides import MISSING, lookup, raw_value
 from planner.frameworks.model_reference import model_spec_for
 from planner.frameworks.roll_devices import parse_device_mapping
 from planner.frameworks.roll_keys import (
@@ -80,10 +80,10 @@ class RollConfig:
     def __init__(self, data: dict[str, Any], source: str):
         self.data, self.source, self.read = data, source, set()
 
-    def get(self, key: str, default: Any = _MISSING) -> Any:
+    def get(self, key: str, default: Any = MISSING) -> Any:
         self.read.add(key)
-        if _raw(self.data, key) is _MISSING:
-            if default is not _MISSING:
+        if raw_value(self.data, key) is MISSING:
+            if default is not MISSING:
                 return default
             if key in DEFAULTS:
                 return DEFAULTS[key]
@@ -93,13 +93,13 @@ class RollConfig:
         return lookup(self.data, key, self.source)
 
     def has(self, key: str) -> bool:
-        return _raw(self.data, key) is not _MISSING
+        return raw_value(self.data, key) is not MISSING
 
-    def refuse(self, key: str, what: str, value: Any = _MISSING) -> InputError:
-        value = self.get(key) if value is _MISSING else value
+    def refuse(self, key: str, what: str, value: Any = MISSING) -> InputError:
+        value = self.get(key) if value is MISSING else value
         return InputError(f"{self.source}: {key}: {value!r}: {what}")
 
-    def require(self, key: str, allowed: tuple, what: str, default: Any = _MISSING) -> Any:
+    def require(self, key: str, allowed: tuple, what: str, default: Any = MISSING) -> Any:
         value = self.get(key, default)
         # True == 1 and False == 0 in Python: a boolean matches only a boolean.
         matches = [a for a in allowed if a == value
@@ -108,19 +108,11 @@ class RollConfig:
             raise self.refuse(key, f"{what}; supported: {', '.join(map(repr, allowed))}", value)
         return value
 
-    def count(self, key: str, minimum: int = 1, default: Any = _MISSING) -> int:
+    def count(self, key: str, minimum: int = 1, default: Any = MISSING) -> int:
         value = self.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise self.refuse(key, f"expected a whole number of at least {minimum}", value)
         return value
-
-
-def calls_without(algorithm: str, dropped: set[str]) -> tuple[ModelFunctionCall, ...]:
-    """The built-in calls of `algorithm` less `dropped`, their outputs removed from the
-    remaining calls' inputs (as verl_import builds workflows with fewer calls)."""
-    gone = {k for c in BUILTIN_CALLS[algorithm] if c.name in dropped for k in c.outputs}
-    return tuple(c.model_copy(update={"inputs": tuple(k for k in c.inputs if k not in gone)})
-                 for c in BUILTIN_CALLS[algorithm] if c.name not in dropped)
 
 
 def read_config(path: Path) -> RollConfig:
@@ -243,8 +235,8 @@ def _reward_domain(cfg: RollConfig) -> str | None:
         raise cfg.refuse("reward_model.device_mapping", "the shared reward_model cluster "
                          "serves an LLM judge, which generates; supported: rule rewards or a "
                          f"{REWARD_MODEL_WORKER} domain")
-    rewards = _raw(cfg.data, "rewards")
-    rewards = {} if rewards is _MISSING or rewards is None else rewards
+    rewards = raw_value(cfg.data, "rewards")
+    rewards = {} if rewards is MISSING or rewards is None else rewards
     if not isinstance(rewards, dict):
         raise cfg.refuse("rewards", "expected a mapping of reward domains")
     found = []
@@ -345,7 +337,7 @@ def import_roll(path: Path, cluster: ClusterSpec) -> ImportedConfig:
     reward = _reward_domain(cfg)
     dropped = ({"ref_inf"} if not with_ref else set()) | ({"rew_inf"} if reward is None
                                                           else set())
-    calls = calls_without(algorithm, dropped)
+    calls = builtin_calls_without(algorithm, dropped)
     notes = []
     if estimator == "reinforce":
         notes.append(f"{cfg.source}: adv_estimator reinforce: priced with GRPO's calls (no "
@@ -391,7 +383,7 @@ def import_roll(path: Path, cluster: ClusterSpec) -> ImportedConfig:
         rew = _layout(cfg, role, _devices(cfg, role, cluster), train=False)
         executions["rew_inf"] = rew.model_copy(update={"micro_batches": _inference_micro(
             cfg, role, batch.n_seqs, rew.dp)})
-        if len(_raw(cfg.data, "rewards")) > 1:
+        if len(raw_value(cfg.data, "rewards")) > 1:
             notes.append(f"{cfg.source}: {role}: priced on every sequence; ROLL routes only "
                          f"its tag_included domains to it (an upper bound)")
     if minibatches > 1 or kl_coef > 0:

@@ -29,11 +29,12 @@ From alibaba/ROLL v0.3.0 (roll_keys.py names the files):
 
 from __future__ import annotations
 
-from planner.domain.builtin_workflows import BUILTIN_CALLS
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
 from planner.frameworks.roll_keys import ADV_ESTIMATOR
+from planner.frameworks.space_common import steps
+from planner.frameworks.workflow_fit import builtin_call_problems, reference_problem
 
 OPTIONAL_CALLS = ("rew_inf", "ref_inf")   # rule rewards; no KL term
 ENGINE_CALLS = ("actor_gen",)
@@ -44,23 +45,8 @@ def workflow_problems(workflow: Workflow) -> list[str]:
     if workflow.algorithm not in ADV_ESTIMATOR:
         runs = ", ".join(f"{a} (adv_estimator {e})" for a, e in ADV_ESTIMATOR.items())
         return [f"workflow: algorithm {workflow.algorithm}: ROLL's RLVR pipeline runs {runs}"]
-    builtin = {c.name: c for c in BUILTIN_CALLS[workflow.algorithm]}
-    names = set(workflow.call_by_name)
-    problems = []
-    if not names <= set(builtin) or not set(builtin) - names <= set(OPTIONAL_CALLS):
-        problems.append(f"workflow: calls {sorted(names)}: ROLL runs the {workflow.algorithm} "
-                        f"calls {sorted(builtin)}, less the reward model's or the reference's "
-                        f"call only")
-    for name in names & set(builtin):
-        ours, theirs = workflow.call_by_name[name], builtin[name]
-        if (ours.model, ours.kind, ours.greedy) != (theirs.model, theirs.kind, theirs.greedy):
-            problems.append(f"workflow: call {name} is not ROLL's ({theirs.model} "
-                            f"{theirs.kind})")
-    if "ref" in workflow.models and workflow.models["ref"].spec != \
-            workflow.models["actor"].spec:
-        problems.append("models.ref: ROLL's reference is `pretrain`, the actor's model; a "
-                        "different reference model is not expressible")
-    return problems
+    return builtin_call_problems(workflow, "ROLL", OPTIONAL_CALLS) + reference_problem(
+        workflow, "ROLL", "`pretrain`")
 
 
 def cluster_problem(cluster: ClusterSpec) -> str | None:
@@ -69,13 +55,6 @@ def cluster_problem(cluster: ClusterSpec) -> str | None:
         return (f"cluster: nodes of {sorted(sizes)} devices: ROLL numbers GPUs with one "
                 f"num_gpus_per_node")
     return None
-
-
-def steps_seqs(workflow: Workflow, name: str) -> int:
-    """Sequences one dp group processes per step of call `name` (all dp ranks together)."""
-    batch = workflow.batch
-    return batch.n_seqs // batch.ppo_minibatches \
-        if workflow.call_by_name[name].kind == "train" else batch.n_seqs
 
 
 def _call_problems(workflow: Workflow, name: str, ex: Execution) -> list[str]:
@@ -95,7 +74,7 @@ def _call_problems(workflow: Workflow, name: str, ex: Execution) -> list[str]:
     if ex.shard_parameters_over_dp and kind == "train" and ex.recompute == "selective":
         problems.append(f"executions.{name}: recompute selective: ROLL's fsdp2_train "
                         f"checkpoints whole layers (disable_gradient_checkpointing false) or none")
-    seqs = steps_seqs(workflow, name)
+    seqs = steps(workflow, name)
     if seqs % (ex.dp * ex.micro_batches):
         size = "per_device_train_batch_size" if kind == "train" else "infer_batch_size"
         problems.append(f"executions.{name}: {seqs} sequences per step / (dp {ex.dp} x "

@@ -12,7 +12,7 @@ layout (one worker group), each with its own micro-batch count.
 
 A plan is one option per group (generation, actor training, reference, critic, reward
 model); when all combinations would exceed MAX_TARGET_PLANS each group is thinned evenly
-(planner.frameworks.verl_space._thinned), so the space stays within the bound and keeps its
+(planner.frameworks.space_common.thinned), so the space stays within the bound and keeps its
 spread of layouts.
 """
 
@@ -25,8 +25,13 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.mesh import allowed_meshes
 from planner.domain.workflow import Workflow
-from planner.frameworks.roll_rules import cluster_problem, steps_seqs, workflow_problems
-from planner.frameworks.verl_space import MAX_TARGET_PLANS, _thinned, _valid
+from planner.frameworks.roll_rules import cluster_problem, workflow_problems
+from planner.frameworks.space_common import (
+    MAX_TARGET_PLANS,
+    steps,
+    thinned,
+    valid_execution,
+)
 from planner.search.space import layouts_for_mesh, micro_batch_options
 
 MAX_MESHES_PER_ROLE = 32
@@ -35,7 +40,7 @@ Group = list[dict[str, Execution]]
 
 def _meshes(cluster: ClusterSpec) -> list[tuple[int, ...]]:
     meshes = sorted(allowed_meshes(cluster), key=lambda m: (len(m), m[0]))
-    return _thinned([meshes], MAX_MESHES_PER_ROLE)[0]
+    return thinned([meshes], MAX_MESHES_PER_ROLE)[0]
 
 
 def _degrees(mesh: tuple[int, ...], fsdp: bool) -> list[tuple[int, int, int]]:
@@ -55,12 +60,12 @@ def _role_options(workflow: Workflow, cluster: ClusterSpec, name: str,
             if name == "actor_train" and not fsdp and prompts % dp:
                 continue
             for micro in micro_batch_options(pp):
-                if steps_seqs(workflow, name) % (dp * micro):
+                if steps(workflow, name) % (dp * micro):
                     continue
                 for mode in modes:
                     ex = Execution(devices=mesh, dp=dp, tp=tp, pp=pp, micro_batches=micro,
                                    recompute=mode, shard_parameters_over_dp=fsdp)
-                    if _valid(workflow, cluster, name, ex):
+                    if valid_execution(workflow, cluster, name, ex):
                         found.append(ex)
     return found
 
@@ -71,7 +76,7 @@ def _engine_options(workflow: Workflow, cluster: ClusterSpec,
     for mesh in meshes:
         for dp, tp, pp in layouts_for_mesh(len(mesh)):
             ex = Execution(devices=mesh, dp=dp, tp=tp, pp=1)
-            if pp == 1 and _valid(workflow, cluster, "actor_gen", ex):
+            if pp == 1 and valid_execution(workflow, cluster, "actor_gen", ex):
                 options.append({"actor_gen": ex})
     return options
 
@@ -85,7 +90,7 @@ def _critic_options(workflow: Workflow, cluster: ClusterSpec,
                             micro_batches=micro,
                             shard_parameters_over_dp=train.shard_parameters_over_dp)
             if workflow.batch.n_seqs % (inf.dp * micro) == 0 \
-                    and _valid(workflow, cluster, "critic_inf", inf):
+                    and valid_execution(workflow, cluster, "critic_inf", inf):
                 options.append({"critic_inf": inf, "critic_train": train})
     return options
 
@@ -105,5 +110,5 @@ def target_plans(workflow: Workflow, cluster: ClusterSpec) -> Iterator[dict[str,
         groups.append(_critic_options(workflow, cluster, meshes))
     if any(not group for group in groups):
         return
-    for combination in itertools.product(*_thinned(groups, MAX_TARGET_PLANS)):
+    for combination in itertools.product(*thinned(groups, MAX_TARGET_PLANS)):
         yield {name: ex for option in combination for name, ex in option.items()}

@@ -6,8 +6,13 @@ A target module defines:
 - `NAME` (as typed after `--to` / `--from`) and `TARGET_VERSION` (the release whose config
   keys it writes and reads, named in every exported file, e.g. "verl 0.6.1"), and
   `KEY_SOURCES` (the published files the keys were taken from: repository, path, version);
+- `workflow_problems(workflow) -> list[str]`: one line per reason the target cannot run
+  `workflow` at all, whatever the plan (e.g. AReaL has no reward-model engine); empty
+  when some plan may be expressible. `plan search --target` prints them when the space
+  is empty;
 - `unexpressible(workflow, cluster, executions) -> list[str]`: one line per feature of the
-  plan the target cannot express (empty when it can express all of it);
+  plan the target cannot express (empty when it can express all of it; it includes
+  workflow_problems);
 - `export_config(workflow, cluster, executions) -> ExportedConfig`, raising `Unexpressible`
   with those lines when the list is not empty;
 - `import_config(path, cluster) -> ImportedConfig`: the plan a user's config implies on

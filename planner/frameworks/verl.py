@@ -17,13 +17,13 @@ from planner.frameworks.target import ExportedConfig, ImportedConfig, Unexpressi
 from planner.frameworks.verl_export import script_text
 from planner.frameworks.verl_import import import_verl
 from planner.frameworks.verl_keys import KEY_SOURCES, VERL_VERSION
-from planner.frameworks.verl_rules import unexpressible
+from planner.frameworks.verl_rules import unexpressible, workflow_problems
 from planner.frameworks.verl_space import target_plans
 
 NAME = "verl"
 TARGET_VERSION = VERL_VERSION
 __all__ = ["KEY_SOURCES", "NAME", "TARGET_VERSION", "export_config", "import_config",
-           "target_plans", "unexpressible"]
+           "target_plans", "unexpressible", "workflow_problems"]
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,

@@ -22,7 +22,7 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
 from planner.frameworks.hydra_overrides import render_value
-from planner.frameworks.model_reference import hub_id_for
+from planner.frameworks.model_reference import model_path_for
 from planner.frameworks.verl_keys import AR, CONFIG_NAMES, VERL_VERSION
 from planner.frameworks.verl_rules import (
     ADV_ESTIMATOR,
@@ -52,23 +52,13 @@ def _megatron(prefix: str, ex: Execution, train: bool) -> dict[str, Any]:
     return keys
 
 
-def _model_path(workflow: Workflow, role: str, notes: list[str]) -> str:
-    spec = workflow.models[role].spec
-    hub_id = hub_id_for(spec)
-    if hub_id is None:
-        notes.append(f"{role}: model {spec.name} has no known hub id; its path is written as "
-                     f"{spec.name!r}: replace it with the checkpoint's directory")
-        return spec.name
-    return hub_id
-
-
 def _actor_keys(workflow: Workflow, executions: dict[str, Execution], fsdp: bool,
                 notes: list[str]) -> dict[str, Any]:
     batch = workflow.batch
     gen, train = executions["actor_gen"], executions["actor_train"]
     train_micro = _per_gpu(batch.n_seqs // batch.ppo_minibatches, train)
     keys = {
-        f"{AR}.model.path": _model_path(workflow, "actor", notes),
+        f"{AR}.model.path": model_path_for(workflow, "actor", notes),
         f"{AR}.rollout.name": ROLLOUT_ENGINE,
         f"{AR}.rollout.n": batch.group_size,
         f"{AR}.rollout.tensor_model_parallel_size": gen.tp,
@@ -98,7 +88,7 @@ def _critic_keys(workflow: Workflow, executions: dict[str, Execution], fsdp: boo
                  notes: list[str]) -> dict[str, Any]:
     batch = workflow.batch
     inf, train = executions["critic_inf"], executions["critic_train"]
-    keys = {"critic.model.path": _model_path(workflow, "critic", notes),
+    keys = {"critic.model.path": model_path_for(workflow, "critic", notes),
             "critic.ppo_micro_batch_size_per_gpu":
                 _per_gpu(batch.n_seqs // batch.ppo_minibatches, train)}
     if fsdp:
@@ -116,7 +106,7 @@ def _reward_keys(workflow: Workflow, cluster: ClusterSpec, executions: dict[str,
         return {"reward_model.enable": False}
     rew = executions["rew_inf"]
     keys = {"reward_model.enable": True,
-            "reward_model.model.path": _model_path(workflow, "reward", notes),
+            "reward_model.model.path": model_path_for(workflow, "reward", notes),
             "reward_model.use_reward_loop": True,
             "reward_model.rollout.name": ROLLOUT_ENGINE,
             "reward_model.rollout.tensor_model_parallel_size": rew.tp,

@@ -13,8 +13,10 @@ Mapping (verl_rules.py says where each rule comes from):
 - Megatron: dp x tp x pp from the role's megatron.* keys (dp = pool / (tp x pp)),
   ZeRO-1 from use_distributed_optimizer, recomputation from override_transformer_config;
 - rollout (and the reward loop's engine): tp from tensor_model_parallel_size, dp = pool /
-  tp, micro-batches ceil(sequences per engine / max_num_seqs) (verl_rules.py
-  engine_micro_batches: static micro-batches as an upper bound of continuous batching);
+  tp; the rollout's micro-batches ceil(sequences per engine / min(max_num_seqs, the rows
+  the KV pool of rollout.gpu_memory_utilization holds)) (planner.frameworks.
+  engine_batching), the reward loop's ceil(sequences per engine / max_num_seqs): static
+  micro-batches as an upper bound of continuous batching;
 - batch: data.train_batch_size prompts x rollout.n samples, ppo_minibatches =
   train_batch_size / actor.ppo_mini_batch_size, lengths from data.max_*_length;
   micro-batches from *_micro_batch_size_per_gpu; with use_dynamic_bsz, the count that
@@ -29,12 +31,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 from planner.domain.builtin_workflows import (
-    BUILTIN_CALLS,
     BUILTIN_INPUTS,
     VALUE_HEAD_ROLES,
+    builtin_calls_without,
 )
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError
@@ -42,12 +43,9 @@ from planner.domain.input_files import read_input_text
 from planner.domain.layout import Execution
 from planner.domain.workflow import BatchSpec, ModelRole, Workflow
 from planner.domain.yamlio import parse_yaml
-from planner.frameworks.hydra_overrides import (
-    Override,
-    apply_overrides,
-    command_in_script,
-    lookup,
-)
+from planner.frameworks.config_reader import ConfigReader, flat_overrides, nested
+from planner.frameworks.engine_batching import engine_batching, rows_per_engine
+from planner.frameworks.hydra_overrides import apply_overrides, command_in_script
 from planner.frameworks.model_reference import model_spec_for
 from planner.frameworks.target import ImportedConfig
 from planner.frameworks.verl_keys import (
@@ -55,14 +53,12 @@ from planner.frameworks.verl_keys import (
     CONFIG_NAMES,
     DEFAULT_CONFIG_NAME,
     DEFAULTS,
-    nested,
 )
 from planner.frameworks.verl_rules import (
     ADV_ESTIMATOR,
     REF_CALLS,
     REWARD_CALLS,
     engine_micro_batches,
-    engine_rows,
     global_pool,
     reward_pool,
 )
@@ -72,43 +68,7 @@ ENGINES = ("vllm", "sglang")
 STRATEGIES = {"fsdp": "fsdp", "fsdp2": "fsdp", "megatron": "megatron"}
 
 
-class VerlConfig:
-    """A merged verl config and the file it came from, read key by key."""
-
-    def __init__(self, data: dict[str, Any], source: str, overridden: list[str]):
-        self.data, self.source, self.overridden = data, source, overridden
-
-    def get(self, key: str) -> Any:
-        return lookup(self.data, key, self.source)
-
-    def refuse(self, key: str, what: str) -> InputError:
-        return InputError(f"{self.source}: {key}: {self.get(key)!r}: {what}")
-
-    def require(self, key: str, allowed: tuple, what: str) -> Any:
-        value = self.get(key)
-        if value not in allowed:
-            raise self.refuse(key, f"{what}; supported: {', '.join(map(repr, allowed))}")
-        return value
-
-    def count(self, key: str, minimum: int = 1) -> int:
-        value = self.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self.refuse(key, f"expected a whole number of at least {minimum}")
-        return value
-
-
-def _flat_overrides(data: dict[str, Any], prefix: str = "") -> list[Override]:
-    items = []
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            items.extend(_flat_overrides(value, dotted + "."))
-        else:
-            items.append(Override(key=dotted, value=value, op="force", line=0))
-    return items
-
-
-def read_config(path: Path) -> tuple[VerlConfig, list[str]]:
+def read_config(path: Path) -> tuple[ConfigReader, list[str]]:
     """The merged config of a script or YAML file, and notes from reading it."""
     source = str(path)
     text = read_input_text(path, "verl config")
@@ -122,7 +82,7 @@ def read_config(path: Path) -> tuple[VerlConfig, list[str]]:
         actor = data.get(AR, {}).get("actor", {}) if isinstance(data.get(AR), dict) else {}
         strategy = STRATEGIES.get(actor.get("strategy", "fsdp") if isinstance(actor, dict)
                                   else "fsdp", "fsdp")
-        overrides, notes = _flat_overrides(data), []
+        overrides, notes = flat_overrides(data), []
     else:
         command = command_in_script(text, source, ENTRY_MODULE)
         if command.config_path not in (None, "config"):
@@ -141,10 +101,10 @@ def read_config(path: Path) -> tuple[VerlConfig, list[str]]:
     if unread:
         notes.append(f"{source}: not read, as they do not change what we price: "
                      f"{', '.join(unread)}")
-    return VerlConfig(merged, source, [o.key for o in overrides]), notes
+    return ConfigReader(merged, source, [o.key for o in overrides]), notes
 
 
-def _refuse_unsupported(cfg: VerlConfig, strategy: str) -> None:
+def _refuse_unsupported(cfg: ConfigReader, strategy: str) -> None:
     """Features that change cost and that our plans cannot represent."""
     cfg.require(f"{AR}.hybrid_engine", (True,), "verl 0.7.0 runs the hybrid engine only")
     cfg.require(f"{AR}.actor.ppo_epochs", (1,), "our plans train one epoch per batch")
@@ -184,7 +144,7 @@ def _refuse_unsupported(cfg: VerlConfig, strategy: str) -> None:
             cfg.require(key, (1,), "sequence parallelism is not modelled")
 
 
-def _micro_batches(cfg: VerlConfig, per_gpu_key: str, global_key: str | None,
+def _micro_batches(cfg: ConfigReader, per_gpu_key: str, global_key: str | None,
                    dynamic_key: str, tokens_key: str, seqs: int, dp: int, seq_len: int,
                    notes: list[str]) -> int:
     """Micro-batches per dp rank per step of `seqs` sequences (module docstring)."""
@@ -210,7 +170,7 @@ def _micro_batches(cfg: VerlConfig, per_gpu_key: str, global_key: str | None,
     return per_rank // per_gpu
 
 
-def _layout(cfg: VerlConfig, prefix: str, strategy: str, pool: tuple[int, ...],
+def _layout(cfg: ConfigReader, prefix: str, strategy: str, pool: tuple[int, ...],
             train: bool) -> Execution:
     """Devices, degrees and (train) policy of a role on the pool; micro-batches later."""
     size = len(pool)
@@ -246,34 +206,38 @@ def _layout(cfg: VerlConfig, prefix: str, strategy: str, pool: tuple[int, ...],
     return Execution(devices=pool, dp=size // (tp * pp), tp=tp, pp=pp, **policy)
 
 
-def _engine(cfg: VerlConfig, prefix: str, pool: tuple[int, ...], n_seqs: int,
-            notes: list[str]) -> Execution:
+def _engine(cfg: ConfigReader, prefix: str, pool: tuple[int, ...], workflow: Workflow,
+            call: str, cluster: ClusterSpec, notes: list[str]) -> Execution:
     """An engine's execution: tp from its key, dp = pool / tp, micro-batches from
-    max_num_seqs (verl_rules.engine_micro_batches says how they are priced)."""
+    max_num_seqs and, for the rollout's generation, the KV pool that
+    gpu_memory_utilization leaves (planner.frameworks.engine_batching)."""
     tp = cfg.count(f"{prefix}.tensor_model_parallel_size")
     if len(pool) % tp:
         raise cfg.refuse(f"{prefix}.tensor_model_parallel_size",
                          f"does not divide the pool's {len(pool)} GPUs")
     dp = len(pool) // tp
     max_num_seqs = cfg.count(f"{prefix}.max_num_seqs")
-    micro = engine_micro_batches(n_seqs, dp, max_num_seqs)
-    rows = engine_rows(n_seqs, dp)
-    notes.append(f"{prefix}.max_num_seqs {max_num_seqs}: an engine's {rows} sequences priced "
-                 f"as {micro} static micro-batch(es) of {math.ceil(rows / micro)} (at most "
-                 f"max_num_seqs), each running to its longest row, where vLLM's continuous "
-                 f"batching refills finished rows (an upper bound on decode time under long "
-                 f"tails); memory: the KV cache of one such micro-batch")
-    return Execution(devices=pool, dp=dp, tp=tp, pp=1, micro_batches=micro)
+    if workflow.call_by_name[call].kind != "generate":
+        micro = engine_micro_batches(workflow.batch.n_seqs, dp, max_num_seqs)
+        notes.append(f"{prefix}.max_num_seqs {max_num_seqs}: an engine's "
+                     f"{rows_per_engine(workflow.batch.n_seqs, dp)} sequences priced as {micro} "
+                     f"micro-batch(es) of at most max_num_seqs")
+        return Execution(devices=pool, dp=dp, tp=tp, pp=1, micro_batches=micro)
+    memory_key = f"{prefix}.gpu_memory_utilization"
+    batching = engine_batching(workflow, call, cluster, pool, dp, tp, max_num_seqs,
+                               f"{prefix}.max_num_seqs", cfg.number(memory_key, 0.0, 1.0),
+                               memory_key)
+    if batching.problem():
+        raise cfg.refuse(memory_key, batching.problem())
+    notes.append(f"{cfg.source}: {batching.note()}")
+    return Execution(devices=pool, dp=dp, tp=tp, pp=1, micro_batches=batching.micro_batches)
 
 
-def _workflow(cfg: VerlConfig, algorithm: str, with_ref: bool, with_reward: bool,
+def _workflow(cfg: ConfigReader, algorithm: str, with_ref: bool, with_reward: bool,
               base_dir: Path) -> Workflow:
     dropped = set(REF_CALLS if not with_ref else ()) | set(REWARD_CALLS if not with_reward
                                                            else ())
-    dropped_keys = {k for c in BUILTIN_CALLS[algorithm] if c.name in dropped for k in c.outputs}
-    calls = tuple(c.model_copy(update={"inputs": tuple(k for k in c.inputs
-                                                       if k not in dropped_keys)})
-                  for c in BUILTIN_CALLS[algorithm] if c.name not in dropped)
+    calls = builtin_calls_without(algorithm, dropped)
     paths = {"actor": f"{AR}.model.path", "ref": f"{AR}.model.path",
              "critic": "critic.model.path", "reward": "reward_model.model.path"}
     models = {}
@@ -321,7 +285,7 @@ def import_verl(path: Path, cluster: ClusterSpec) -> ImportedConfig:
     batch, seq_len = workflow.batch, workflow.batch.seq_len
     train_seqs = batch.n_seqs // batch.ppo_minibatches
     executions: dict[str, Execution] = {}
-    gen = _engine(cfg, f"{AR}.rollout", pool, batch.n_seqs, notes)
+    gen = _engine(cfg, f"{AR}.rollout", pool, workflow, "actor_gen", cluster, notes)
     executions["actor_gen"] = gen
     if algorithm == "remax":
         executions["actor_greedy_gen"] = gen
@@ -368,7 +332,8 @@ def import_verl(path: Path, cluster: ClusterSpec) -> ImportedConfig:
                                  f"{per_node} GPUs does not fit after the global pool on "
                                  f"{cluster.describe()}")
             reward_devices = found
-        rew = _engine(cfg, "reward_model.rollout", reward_devices, batch.n_seqs, notes)
+        rew = _engine(cfg, "reward_model.rollout", reward_devices, workflow, "rew_inf",
+                      cluster, notes)
         executions.update({name: rew for name in REWARD_CALLS
                            if name in workflow.call_by_name})
     else:

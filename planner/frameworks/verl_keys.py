@@ -53,6 +53,7 @@ COMMON: dict[str, Any] = {
     f"{AR}.rollout.data_parallel_size": 1,
     f"{AR}.rollout.pipeline_model_parallel_size": 1,
     f"{AR}.rollout.max_num_seqs": 1024,
+    f"{AR}.rollout.gpu_memory_utilization": 0.5,
     f"{AR}.rollout.expert_parallel_size": 1,
     f"{AR}.rollout.log_prob_micro_batch_size_per_gpu": None,
     f"{AR}.rollout.multi_turn.enable": False,
@@ -138,14 +139,3 @@ FSDP: dict[str, Any] = {
 
 DEFAULTS = {"fsdp": FSDP, "megatron": MEGATRON}
 
-
-def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys as a nested mapping."""
-    result: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = result
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return result

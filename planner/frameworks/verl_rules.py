@@ -31,13 +31,13 @@ that shape prices the same).
 
 from __future__ import annotations
 
-import math
-
 from planner.domain.builtin_workflows import BUILTIN_CALLS
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes, mesh_problem
 from planner.domain.workflow import Workflow
+from planner.frameworks.engine_batching import micro_batches_for, rows_per_engine
+from planner.frameworks.workflow_fit import builtin_call_problems, reference_problem
 
 ADV_ESTIMATOR = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "remax": "remax"}
 CALL_ROLE = {"actor_gen": "rollout", "actor_greedy_gen": "rollout", "actor_train": "actor",
@@ -56,26 +56,12 @@ def workflow_problems(workflow: Workflow) -> list[str]:
     if workflow.algorithm not in ADV_ESTIMATOR:
         runs = ", ".join(f"{a} (adv_estimator {e})" for a, e in ADV_ESTIMATOR.items())
         return [f"workflow: algorithm {workflow.algorithm}: verl's main_ppo runs {runs}"]
-    builtin = {c.name: c for c in BUILTIN_CALLS[workflow.algorithm]}
-    names = set(workflow.call_by_name)
-    leave_out = set(builtin) - names
-    problems = []
-    if not names <= set(builtin) or not leave_out <= set(REWARD_CALLS) | set(REF_CALLS) \
-            or (leave_out & set(REWARD_CALLS) and not set(REWARD_CALLS) & set(builtin)
-                <= leave_out):
-        problems.append(f"workflow: calls {sorted(names)}: verl runs the {workflow.algorithm} "
-                        f"calls {sorted(builtin)}, less the reward model's or the reference's "
-                        f"calls only")
-    for name in names & set(builtin):
-        ours, theirs = workflow.call_by_name[name], builtin[name]
-        if (ours.model, ours.kind, ours.greedy) != (theirs.model, theirs.kind, theirs.greedy):
-            problems.append(f"workflow: call {name} is not verl's ({theirs.model} "
-                            f"{theirs.kind})")
-    if "ref" in workflow.models and workflow.models["ref"].spec != \
-            workflow.models["actor"].spec:
-        problems.append("models.ref: verl's reference is actor_rollout_ref.model.path, the "
-                        "actor's model; a different reference model is not expressible")
-    return problems
+    problems = builtin_call_problems(workflow, "verl", REWARD_CALLS + REF_CALLS)
+    rewards = [n for c in BUILTIN_CALLS[workflow.algorithm] if (n := c.name) in REWARD_CALLS]
+    if 0 < sum(n in workflow.call_by_name for n in rewards) < len(rewards):
+        problems.append(f"workflow: calls {sorted(workflow.call_by_name)}: verl's reward model "
+                        f"runs all of {rewards} or none")
+    return problems + reference_problem(workflow, "verl", "actor_rollout_ref.model.path")
 
 
 def pool_shape(devices: tuple[int, ...], cluster: ClusterSpec) -> tuple[int, int] | None:
@@ -115,31 +101,20 @@ def reward_pool(global_devices: tuple[int, ...], size: int,
     return None
 
 
-def engine_rows(n_seqs: int, dp: int) -> int:
-    """Sequences the busiest of `dp` engines gets of `n_seqs` (verl splits the batch over
-    its engines evenly)."""
-    return math.ceil(n_seqs / dp)
-
-
 def engine_micro_batches(n_seqs: int, dp: int, max_num_seqs: int) -> int:
-    """Micro-batches per engine of an engine call: ceil(rows per engine / max_num_seqs).
-
-    vLLM's scheduler runs at most max_num_seqs sequences and refills a finished row's slot
-    at once (continuous batching); we price static micro-batches of at most max_num_seqs
-    rows, each running to its longest row. That is an upper bound on decode time when
-    response lengths have a long tail, and the memory is the KV cache of max_num_seqs
-    rows, as vLLM's is. The count is always one our layout rules accept: it is at most
-    the rows per engine, so dp x micro_batches <= n_seqs (layout.layout_problem), and
-    every micro-batch (ceil(n_seqs / (dp x m)) rows, memory.micro_batch_seqs) holds at
-    most max_num_seqs rows.
+    """Micro-batches per engine when max_num_seqs is all that limits its rows:
+    ceil(rows per engine / max_num_seqs) (planner.frameworks.engine_batching, which also
+    bounds a generation engine's rows by its KV pool). Every micro-batch
+    (ceil(n_seqs / (dp x m)) rows, memory.micro_batch_seqs) holds at most max_num_seqs
+    rows.
     """
-    return math.ceil(engine_rows(n_seqs, dp) / max_num_seqs)
+    return micro_batches_for(rows_per_engine(n_seqs, dp), max_num_seqs)
 
 
 def engine_max_num_seqs(n_seqs: int, ex: Execution) -> int | None:
     """The max_num_seqs that gives `ex`'s micro-batches (the inverse of
     engine_micro_batches), or None when no value does."""
-    max_num_seqs = math.ceil(engine_rows(n_seqs, ex.dp) / ex.micro_batches)
+    max_num_seqs = micro_batches_for(rows_per_engine(n_seqs, ex.dp), ex.micro_batches)
     if engine_micro_batches(n_seqs, ex.dp, max_num_seqs) != ex.micro_batches:
         return None
     return max_num_seqs
@@ -165,7 +140,7 @@ def _role_problems(workflow: Workflow, executions: dict[str, Execution],
                 problems.append(f"executions.{name}: pp {ex.pp}: verl's vLLM / SGLang engines "
                                 f"(rollout, reward loop) run pipeline_model_parallel_size 1")
             if engine_max_num_seqs(batch.n_seqs, ex) is None:
-                rows = engine_rows(batch.n_seqs, ex.dp)
+                rows = rows_per_engine(batch.n_seqs, ex.dp)
                 problems.append(f"executions.{name}: micro_batches {ex.micro_batches}: no "
                                 f"max_num_seqs splits an engine's {rows} sequences into that "
                                 f"many (verl's engines run ceil({rows} / max_num_seqs))")

@@ -5,14 +5,15 @@ on their own pool (an allowed mesh right after a global pool from device 0, the 
 covering the cluster). Strategy: Megatron (each role's dp x tp x pp, ZeRO-1 as the search
 offers it, every recomputation mode) or FSDP (dp = pool, parameters sharded, recomputation
 none or full). Engines (rollout, reward loop): tp x dp, each micro-batch count of the
-search's that a max_num_seqs gives (verl_rules.engine_micro_batches). Micro-batch counts
+search's that a max_num_seqs gives (verl_rules.engine_micro_batches), the rollout's only
+those whose rows its KV pool holds (engine_batching). Micro-batch counts
 are the search's (planner.search.space.micro_batch_options) that give whole micro-batch
 sizes per GPU; the Megatron critic computes values with its training micro-batch size.
 
 The calls verl ties together form groups (the rollout's calls, the critic's two calls, the
 reward calls) and a plan is one option per group. When all combinations would exceed
-MAX_TARGET_PLANS, each group's options are thinned evenly (first and last kept), the count
-per group shrinking with the number of groups as in planner.search.baselines, so the space
+MAX_TARGET_PLANS, each group's options are thinned evenly (first and last kept; space_common.thinned), the
+count per group shrinking with the number of groups as in planner.search.baselines, so the space
 stays within the bound and keeps its spread of layouts; the rollout's group is kept whole
 (its micro-batch counts decide whether the KV cache fits beside the colocated models).
 """
@@ -22,12 +23,18 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-import numpy as np
-
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import RECOMPUTE_MODES, Execution, layout_problem
+from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.mesh import allowed_meshes
 from planner.domain.workflow import Workflow
+from planner.frameworks.engine_batching import kv_pool_rows_of
+from planner.frameworks.space_common import (
+    MAX_TARGET_PLANS,
+    steps,
+    thinned,
+    valid_execution,
+)
+from planner.frameworks.verl_keys import AR, DEFAULTS
 from planner.frameworks.verl_rules import (
     REWARD_CALLS,
     engine_max_num_seqs,
@@ -37,20 +44,8 @@ from planner.frameworks.verl_rules import (
 )
 from planner.search.space import layouts_for_mesh, micro_batch_options
 
-MAX_TARGET_PLANS = 200_000
 Group = list[dict[str, Execution]]
-
-
-def _valid(workflow: Workflow, cluster: ClusterSpec, name: str, ex: Execution) -> bool:
-    call = workflow.call_by_name[name]
-    role = workflow.models[call.model]
-    return layout_problem(ex, role.spec, cluster, call, workflow.batch) is None
-
-
-def _steps(workflow: Workflow, name: str) -> int:
-    batch = workflow.batch
-    return batch.n_seqs // batch.ppo_minibatches \
-        if workflow.call_by_name[name].kind == "train" else batch.n_seqs
+ROLLOUT_GPU_MEMORY_UTILIZATION = DEFAULTS["fsdp"][f"{AR}.rollout.gpu_memory_utilization"]
 
 
 def _degree_options(pool: tuple[int, ...], fsdp: bool) -> list[tuple[int, int, int]]:
@@ -65,12 +60,12 @@ def _call_options(workflow: Workflow, cluster: ClusterSpec, name: str, pool: tup
     found = []
     for dp, tp, pp in _degree_options(pool, fsdp):
         for micro in micro_batch_options(pp):
-            if _steps(workflow, name) % (dp * micro):
+            if steps(workflow, name) % (dp * micro):
                 continue
             for mode in modes:
                 ex = Execution(devices=pool, dp=dp, tp=tp, pp=pp, micro_batches=micro,
                                recompute=mode, shard_parameters_over_dp=fsdp)
-                if _valid(workflow, cluster, name, ex):
+                if valid_execution(workflow, cluster, name, ex):
                     found.append(ex)
     return found
 
@@ -78,15 +73,25 @@ def _call_options(workflow: Workflow, cluster: ClusterSpec, name: str, pool: tup
 def _engine_options(workflow: Workflow, cluster: ClusterSpec, names: list[str],
                     pool: tuple[int, ...]) -> Group:
     """tp x dp engines on the pool, each micro-batch count of micro_batch_options(1) that
-    some max_num_seqs gives (verl_rules.engine_max_num_seqs)."""
+    some max_num_seqs gives (verl_rules.engine_max_num_seqs) and, for the rollout, whose
+    rows the KV pool of verl's default gpu_memory_utilization holds (an import of the
+    exported script reads back the same count: engine_batching)."""
+    generate = any(workflow.call_by_name[n].kind == "generate" for n in names)
     options = []
     for dp, tp, pp in layouts_for_mesh(len(pool)):
         if pp != 1:
             continue
+        kv_rows = None
         for micro in micro_batch_options(1):
             ex = Execution(devices=pool, dp=dp, tp=tp, pp=1, micro_batches=micro)
-            if engine_max_num_seqs(workflow.batch.n_seqs, ex) is not None \
-                    and all(_valid(workflow, cluster, n, ex) for n in names):
+            max_num_seqs = engine_max_num_seqs(workflow.batch.n_seqs, ex)
+            if max_num_seqs is None or not all(valid_execution(workflow, cluster, n, ex)
+                                               for n in names):
+                continue
+            if generate and kv_rows is None:
+                kv_rows = kv_pool_rows_of(workflow, names[0], cluster, pool, dp, tp,
+                                          ROLLOUT_GPU_MEMORY_UTILIZATION)
+            if not generate or max_num_seqs <= kv_rows:
                 options.append({n: ex for n in names})
     return options
 
@@ -102,7 +107,7 @@ def _critic_options(workflow: Workflow, cluster: ClusterSpec, pool: tuple[int, .
         for micro in micros:
             inf = base.model_copy(update={"micro_batches": micro})
             if workflow.batch.n_seqs % (inf.dp * micro) == 0 \
-                    and _valid(workflow, cluster, "critic_inf", inf):
+                    and valid_execution(workflow, cluster, "critic_inf", inf):
                 options.append({"critic_inf": inf, "critic_train": train})
     return options
 
@@ -122,24 +127,6 @@ def _groups(workflow: Workflow, cluster: ClusterSpec, pool: tuple[int, ...],
     if reward_calls:
         groups.append(_engine_options(workflow, cluster, reward_calls, reward_devices))
     return groups
-
-
-def _thinned(groups: list[Group], budget: float) -> list[Group]:
-    """Each group cut to an even spread so that the product stays within `budget`; the
-    first group (the rollout's engines and micro-batch counts) is cut last, kept whole
-    while the others can still have one option each."""
-    order = [0] + sorted(range(1, len(groups)), key=lambda i: len(groups[i]))
-    result: list[Group] = [[] for _ in groups]
-    for position, i in enumerate(order):
-        share = max(1, int(budget if i == 0 else
-                           budget ** (1.0 / (len(groups) - position)) + 1e-9))
-        options = groups[i]
-        if len(options) > share:
-            picks = np.unique(np.round(np.linspace(0, len(options) - 1, share)).astype(int))
-            options = [options[p] for p in picks]
-        result[i] = options
-        budget /= max(1, len(options))
-    return result
 
 
 def _pool_variants(workflow: Workflow,
@@ -167,6 +154,6 @@ def target_plans(workflow: Workflow, cluster: ClusterSpec) -> Iterator[dict[str,
         groups = _groups(workflow, cluster, pool, reward, fsdp)
         if any(not g for g in groups):
             continue
-        for combination in itertools.product(*_thinned(groups, MAX_TARGET_PLANS
+        for combination in itertools.product(*thinned(groups, MAX_TARGET_PLANS
                                                        / len(variants))):
             yield {name: ex for option in combination for name, ex in option.items()}

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from costmodel.simulator import simulate
+from planner.domain.builtin_workflows import builtin_calls_without
 from planner.domain.cluster import cluster_preset
 from planner.domain.errors import InputError
 from planner.domain.layout import Execution
@@ -17,7 +18,6 @@ from planner.domain.workflow import Workflow
 from planner.domain.workflow_file import builtin_workflow
 from planner.frameworks.areal_backend import Backend, parse_backend
 from planner.frameworks.areal_keys import ROLE_DEFAULTS, TOP
-from planner.frameworks.areal_rules import areal_calls
 from planner.frameworks.target import Unexpressible, target_module
 
 DATA = Path(__file__).parent / "data" / "areal"
@@ -90,7 +90,8 @@ def _flat(data, prefix=""):
 def _areal_workflow(algorithm, with_ref=True, **kwargs):
     """A built-in workflow as AReaL runs it: no reward model (a reward function)."""
     base = builtin_workflow(algorithm, **kwargs)
-    calls = areal_calls(algorithm, with_ref)
+    calls = builtin_calls_without(algorithm, {"rew_inf", "rew_greedy_inf"}
+                                  | (set() if with_ref else {"ref_inf"}))
     models = {r: m for r, m in base.models.items() if r in {c.model for c in calls}}
     return Workflow(algorithm=algorithm, models=models, batch=base.batch, inputs=base.inputs,
                     calls=calls)

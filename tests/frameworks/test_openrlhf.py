@@ -57,9 +57,10 @@ def test_shipped_plan_is_refused_for_pipeline_stages_and_mixed_settings():
                                 "critic_train"])
     assert any(r.startswith("critic_train: recompute selective") for r in reasons)
     assert any("one gradient checkpointing switch" in r for r in reasons)
-    assert ("actor_gen: micro_batches 4; OpenRLHF v0.11.0 sets no max_num_seqs for its vLLM "
-            "engines (no flag), so vLLM's default 128 applies: 4 engines run micro_batches 1"
-            ) in reasons
+    # 128 rows an engine; the KV pool of 0.95 x 79.6 GiB less 12.55 GiB of weights holds 63
+    assert any(r.startswith("actor_gen: micro_batches 4; OpenRLHF v0.11.0 sets no max_num_seqs "
+                            "for its vLLM engines (no flag): 4 engines run micro_batches 3 (")
+               for r in reasons)
     with pytest.raises(Unexpressible) as err:
         openrlhf.export_config(plan.workflow, plan.cluster, plan.executions)
     assert err.value.reasons == reasons
@@ -98,12 +99,18 @@ def test_rollout_micro_batches_follow_vllms_default_and_round_trip(tmp_path):
     workflow, cluster = builtin_workflow("ppo"), cluster_preset("h100x8")
     by_engines = {}
     for executions in openrlhf.target_plans(workflow, cluster):
-        by_engines.setdefault(executions["actor_gen"].dp, executions)
-    # 512 samples: 1 engine 4 x 128, 2 engines 2 x 128, 4 and 8 engines 1 each
-    assert {dp: ex["actor_gen"].micro_batches for dp, ex in by_engines.items()} == \
-        {1: 4, 2: 2, 4: 1, 8: 1}
-    for dp, executions in by_engines.items():
-        path = tmp_path / f"engines{dp}.sh"
+        by_engines.setdefault((executions["actor_gen"].dp, executions["actor_gen"].tp),
+                              executions)
+    # 512 samples of 2048 tokens (llama-7b: 1 GiB of KV cache a row on one GPU); the KV pool
+    # of 0.95 x 79.6 GiB less the engine rank's weights: 63 rows at tp 1 (13 GiB of
+    # weights), more than vLLM's max_num_seqs 128 at tp 2 and above
+    micro = {engines: ex["actor_gen"].micro_batches for engines, ex in by_engines.items()}
+    assert {k: v for k, v in micro.items() if k[1] == 1} == {(1, 1): 9, (2, 1): 5,
+                                                           (4, 1): 3, (8, 1): 2}
+    assert {k: v for k, v in micro.items() if k[1] == 2} == {(1, 2): 4, (2, 2): 2,
+                                                           (4, 2): 1}
+    for (dp, tp), executions in by_engines.items():
+        path = tmp_path / f"engines{dp}x{tp}.sh"
         path.write_text(openrlhf.export_config(workflow, cluster, executions).text)
         assert_same_layouts(openrlhf.import_config(path, cluster).executions, executions)
 
@@ -159,10 +166,12 @@ def test_readme_command_imports_as_colocated_zero3_ppo_and_prices(tmp_path):
     # dynamic batch: 16192 tokens hold 7 sequences of 2048; 16 a step per GPU -> 3
     # micro-batches; the rollout's ceil(1024 / 7) = 147 rounded down to 8 ranks -> 18 each.
     assert executions["actor_train"].micro_batches == 3
-    # 1024 samples / 4 engines = 256 each: 2 micro-batches of vLLM's default 128
+    # 1024 samples / 4 engines = 256 each: 2 micro-batches of vLLM's default 128, which
+    # binds: the KV pool (0.5 x 79.6 GiB - 7.48 GiB of tp-2 weights) holds 258 rows of 128 MiB
     assert gen.micro_batches == 2
-    assert any("an engine's 256 sequences priced as 2 static micro-batch(es) of 128" in note
-               for note in imported.notes)
+    gen_note = next(n for n in imported.notes if "actor_gen: an engine holds" in n)
+    assert "at most 128 rows at once" in gen_note and "KV pool 258 rows" in gen_note
+    assert "its 256 rows priced as 2 static micro-batch(es)" in gen_note
     assert executions["ref_inf"].micro_batches == 18
     for name, ex in executions.items():
         call = workflow.call_by_name[name]
@@ -174,6 +183,25 @@ def test_readme_command_imports_as_colocated_zero3_ppo_and_prices(tmp_path):
     assert any("--ds.zero_stage 3" in note for note in imported.notes)
     estimate = simulate(workflow, cluster, executions)
     assert math.isfinite(estimate.iteration_s) and estimate.iteration_s > 0
+    # the rollout, with one micro-batch's KV cache beside the colocated models, fits
+    assert estimate.call_peak_memory_bytes["actor_gen"] < cluster.usable_memory_bytes(0)
+
+
+def test_kv_pool_sets_generation_micro_batches_where_it_binds(tmp_path):
+    # --vllm.gpu_memory_utilization 0.2: 0.2 x 79.6 GiB - 7.48 GiB = 8.44 GiB, 67 rows of
+    # 128 MiB < max_num_seqs 128: an engine's 256 rows run as ceil(256 / 67) = 4
+    path = edited_command(tmp_path, {"--vllm.gpu_memory_utilization 0.5":
+                                     "--vllm.gpu_memory_utilization 0.2"})
+    cluster = cluster_preset("h100x8")
+    imported = openrlhf.import_config(path, cluster)
+    gen = imported.executions["actor_gen"]
+    assert gen.micro_batches == 4
+    gen_note = next(n for n in imported.notes if "actor_gen: an engine holds" in n)
+    assert "at most 67 rows at once" in gen_note and "the KV pool binds" in gen_note
+    estimate = simulate(imported.workflow, cluster, imported.executions)
+    parts = {kind: b for kind, _, b in estimate.memory.call_parts["actor_gen"]}
+    assert parts["kv_cache"] <= 67 * 128 * 2 ** 20
+    assert estimate.call_peak_memory_bytes["actor_gen"] < cluster.usable_memory_bytes(0)
 
 
 def edited_command(tmp_path: Path, replace: dict[str, str]) -> Path:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from costmodel.simulator import simulate
+from planner.domain.builtin_workflows import builtin_calls_without
 from planner.domain.cluster import cluster_preset
 from planner.domain.errors import InputError
 from planner.domain.layout import Execution
@@ -15,7 +16,6 @@ from planner.domain.modelspec import PRESETS
 from planner.domain.plan import Plan, Provenance, load_plan
 from planner.domain.workflow_file import builtin_workflow
 from planner.frameworks.roll_devices import device_mapping_text, parse_device_mapping
-from planner.frameworks.roll_import import calls_without
 from planner.frameworks.target import Unexpressible, target_module
 
 DATA = Path(__file__).parent / "data" / "roll"
@@ -102,7 +102,7 @@ def test_round_trip_of_a_grpo_plan_without_reference_or_reward_model(tmp_path):
     workflow = builtin_workflow("grpo")
     cluster = cluster_preset("h100x8")
     full = next(iter(roll.target_plans(workflow, cluster)))
-    lean = workflow.model_copy(update={"calls": calls_without("grpo", {"ref_inf", "rew_inf"}),
+    lean = workflow.model_copy(update={"calls": builtin_calls_without("grpo", {"ref_inf", "rew_inf"}),
                                        "models": {"actor": workflow.models["actor"]}})
     executions = {n: full[n] for n in ("actor_gen", "actor_train")}
     text = roll.export_config(lean, cluster, executions).text

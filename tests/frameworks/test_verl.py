@@ -14,7 +14,8 @@ from planner.domain.layout import Execution
 from planner.domain.modelspec import PRESETS
 from planner.domain.plan import Plan, Provenance, load_plan
 from planner.domain.workflow_file import builtin_workflow
-from planner.frameworks.hydra_overrides import _MISSING, _raw, command_in_script
+from planner.frameworks.engine_batching import engine_batching, kv_pool_rows_of
+from planner.frameworks.hydra_overrides import MISSING, command_in_script, raw_value
 from planner.frameworks.model_reference import hub_id_for, preset_name_of_hub_id
 from planner.frameworks.target import Unexpressible, target_module
 from planner.frameworks.verl_keys import DEFAULTS
@@ -49,8 +50,8 @@ def test_defaults_match_verls_published_configs():
     for strategy, name in (("fsdp", "ppo_trainer.yaml"), ("megatron",
                                                           "ppo_megatron_trainer.yaml")):
         config = _copy(name)
-        wrong = {k: (v, _raw(config, k)) for k, v in DEFAULTS[strategy].items()
-                 if _raw(config, k) != v}
+        wrong = {k: (v, raw_value(config, k)) for k, v in DEFAULTS[strategy].items()
+                 if raw_value(config, k) != v}
         assert not wrong
 
 
@@ -77,7 +78,13 @@ def test_rollout_micro_batches_round_trip_through_max_num_seqs(tmp_path):
     by_micro = {}
     for plan in verl.target_plans(workflow, cluster):
         by_micro.setdefault(plan["actor_gen"].micro_batches, plan)
-    assert set(by_micro) == {1, 2, 4, 8, 16}
+    # one micro-batch would hold all of an engine's rows, more than the KV pool of verl's
+    # default gpu_memory_utilization 0.5 holds on any layout (llama-7b, 2048-token rows)
+    assert set(by_micro) == {2, 4, 8, 16}
+    for executions in by_micro.values():
+        gen = executions["actor_gen"]
+        rows = kv_pool_rows_of(workflow, "actor_gen", cluster, gen.devices, gen.dp, gen.tp, 0.5)
+        assert math.ceil(512 / gen.dp / gen.micro_batches) <= rows
     for micro, executions in by_micro.items():
         gen = executions["actor_gen"]
         text = verl.export_config(workflow, cluster, executions).text
@@ -164,7 +171,7 @@ def test_exported_keys_exist_in_verls_default_config():
             command = command_in_script(text, "export.sh", "verl.trainer.main_ppo")
             names.add(command.config_name)
             config = _copy(command.config_name)
-            missing = [o.key for o in command.overrides if _raw(config, o.key) is _MISSING]
+            missing = [o.key for o in command.overrides if raw_value(config, o.key) is MISSING]
             assert missing == [] and all(o.op == "set" for o in command.overrides)
         assert names == set(COPIES)
 
@@ -180,8 +187,11 @@ def test_grpo_example_imports_validates_and_prices():
     assert ex["actor_train"].micro_batches == 160 and ex["ref_inf"].micro_batches == 640
     # 5120 sequences / 2 engines = 2560, ceil(2560 / max_num_seqs 1024) = 3
     assert ex["actor_gen"].micro_batches == 3
-    assert any("max_num_seqs 1024: an engine's 2560 sequences priced as 3 static "
-               "micro-batch(es) of 854" in note for note in imported.notes)
+    # the KV pool (0.6 x 80 GiB - 3.55 GiB of weights per tp-4 rank) holds 1616 rows of
+    # 2048 tokens at 28 MiB each, more than max_num_seqs: max_num_seqs binds
+    gen_note = next(n for n in imported.notes if "actor_gen: an engine holds" in n)
+    assert "holds at most 1024 rows at once" in gen_note and "KV pool 1616 rows" in gen_note
+    assert "max_num_seqs binds" in gen_note and "as 3 static micro-batch(es)" in gen_note
     assert imported.workflow.batch.n_seqs == 5120
     assert imported.workflow.models["actor"].spec == PRESETS["qwen2.5-7b"]
     plan = Plan(workflow=imported.workflow, cluster=cluster, executions=ex,
@@ -190,6 +200,15 @@ def test_grpo_example_imports_validates_and_prices():
     estimate = simulate(imported.workflow, cluster, ex)
     assert math.isfinite(estimate.iteration_s) and estimate.iteration_s > 0
     assert any("rule-based" in note for note in imported.notes)
+    # the KV cache we price for one micro-batch (854 rows) fits the engine's KV pool ...
+    gen = ex["actor_gen"]
+    pool = engine_batching(imported.workflow, "actor_gen", cluster, gen.devices, gen.dp,
+                           gen.tp, 1024, "max_num_seqs", 0.6, "gpu_memory_utilization")
+    parts = {kind: b for kind, _, b in estimate.memory.call_parts["actor_gen"]}
+    assert parts["kv_cache"] <= pool.kv_pool_bytes
+    # (the rollout's whole peak does not fit 80 GiB: the cost model prefills a micro-batch's
+    # prompts through a block at once, 854 x 1024 tokens, ~35 GiB of activations where
+    # vLLM chunks prefill, beside the colocated actor's train state and the reference)
 
 
 def test_fsdp_script_imports_sharded_layouts_and_dynamic_batches():
