@@ -28,6 +28,9 @@ from planner.domain.workflow import ModelRole
 # counts or meshes). Bounded like compute.MEMO_ENTRIES: a decode point holds an array.
 STAGE_MEMO_ENTRIES = 100_000
 _STAGE_MEMO: dict[tuple, tuple] = {}
+# Ids of the (model, stage, hardware, link, knobs) parts of _STAGE_MEMO's keys (equal parts,
+# one id; never cleared, so an id always names the same part; a few per layout shape).
+_STAGE_KEYS: dict[tuple, int] = {}
 
 
 class StageTimer:
@@ -42,6 +45,7 @@ class StageTimer:
         self.timers = [[part_timer(role.spec, hw, profiles_dir) for hw in hws]
                        for hws in geo.stage_hardware]
         self.sources: set[str] = set()
+        self._stage_keys: dict[int, int] = {}
 
     def tp_allreduces_s(self, stage: int, count: float, message_bytes) -> np.ndarray:
         link = self.knobs.link(self.geo.tp_link[stage])
@@ -53,10 +57,7 @@ class StageTimer:
         tp, the stage's layers, whether it is the first or the last, its hardware and tp
         link, the knobs, op, b and the lengths; arrays come back read-only."""
         lengths = np.asarray(length, dtype=float)
-        key = (self.role.spec, self.role.head, str(self.profiles_dir), self.ex.tp,
-               self.geo.stage_layers[stage], stage == 0, stage == self.ex.pp - 1,
-               self.geo.stage_hardware[stage], self.geo.tp_link[stage], self.knobs, op,
-               float(b), lengths.shape, lengths.tobytes())
+        key = (self._stage_key(stage), op, float(b), lengths.shape, lengths.tobytes())
         hit = _STAGE_MEMO.get(key)
         if hit is None:
             if len(_STAGE_MEMO) >= STAGE_MEMO_ENTRIES:
@@ -68,6 +69,17 @@ class StageTimer:
             hit = _STAGE_MEMO[key] = (seconds, frozenset(sources))
         self.sources |= hit[1]
         return hit[0]
+
+    def _stage_key(self, stage: int) -> int:
+        """The id of what stage_s reads of the role, execution and geometry for `stage`
+        (_STAGE_KEYS): hashing the model spec, hardware and link once per stage of this
+        timer instead of once per stage_s call."""
+        if stage not in self._stage_keys:
+            key = (self.role.spec, self.role.head, str(self.profiles_dir), self.ex.tp,
+                   self.geo.stage_layers[stage], stage == 0, stage == self.ex.pp - 1,
+                   self.geo.stage_hardware[stage], self.geo.tp_link[stage], self.knobs)
+            self._stage_keys[stage] = _STAGE_KEYS.setdefault(key, len(_STAGE_KEYS))
+        return self._stage_keys[stage]
 
     def _stage_s(self, stage: int, op: str, b: int, length, sources: set[str]) -> np.ndarray:
         tp, spec = self.ex.tp, self.role.spec

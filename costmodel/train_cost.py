@@ -80,28 +80,55 @@ def exposed_sync_s(ready_s: np.ndarray, collective_s: np.ndarray, backward_end_s
     return max(0.0, float(np.max(ready_s + suffix_s)) - backward_end_s)
 
 
+# Memoised bucket times (_stage_buckets): layouts that differ only in micro-batches or
+# recomputation share them. Bounded like stage_timer.STAGE_MEMO_ENTRIES.
+BUCKET_MEMO_ENTRIES = 100_000
+_BUCKET_MEMO: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
 def _stage_buckets(st: StageTimer, stage: int, elements: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stage's buckets as the runtime cuts them, each array per bucket in launch order:
-    ready time as a fraction of the backward, reduce seconds, (ZeRO-1) all-gather seconds."""
+    ready time as a fraction of the backward, reduce seconds, (ZeRO-1) all-gather seconds.
+    Memoised (_BUCKET_MEMO) on everything it reads: the stage's elements, dp, whether ZeRO-1
+    shards, the compute dtype, the embedding elements on the stage, the dp link as the
+    knobs set it and the comm functions that price the collectives (so that a replaced
+    one, as tests do, is not answered from the memo); arrays come back read-only."""
     ex, spec = st.ex, st.role.spec
     zero1 = ex.shard_optimizer_over_dp and ex.dp > 1
     dtype = st.timers[stage][0].hardware.compute_dtype_bytes
-    padded = -(-elements // ex.dp) * ex.dp if zero1 else elements
-    bounds = grad_bucket_bounds(padded, dtype, ex.dp if zero1 else 1)
     embedding = spec.vocab_size * spec.hidden_size // ex.tp if stage == 0 else 0
-    ready = np.clip((elements - bounds[:, 0]) / max(elements - embedding, 1), 0.0, 1.0)
     link = st.knobs.link(st.geo.dp_link[stage])
+    key = (elements, ex.dp, zero1, dtype, embedding, link, comm.allreduce_time_s,
+           comm.reduce_scatter_time_s, comm.zero1_gradient_reduce_time_s,
+           comm.allgather_time_s)
+    hit = _BUCKET_MEMO.get(key)
+    if hit is None:
+        if len(_BUCKET_MEMO) >= BUCKET_MEMO_ENTRIES:
+            _BUCKET_MEMO.clear()
+        hit = _BUCKET_MEMO[key] = _bucket_times(elements, ex.dp, zero1, dtype, embedding,
+                                                link)
+    return hit
+
+
+def _bucket_times(elements: int, dp: int, zero1: bool, dtype: int, embedding: int,
+                  link: comm.Link) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """_stage_buckets of its arguments."""
+    padded = -(-elements // dp) * dp if zero1 else elements
+    bounds = grad_bucket_bounds(padded, dtype, dp if zero1 else 1)
+    ready = np.clip((elements - bounds[:, 0]) / max(elements - embedding, 1), 0.0, 1.0)
     sizes_bytes = (bounds[:, 1] - bounds[:, 0]) * float(dtype)
     reduce = comm.zero1_gradient_reduce_time_s if zero1 else comm.allreduce_time_s
     # buckets share one size but the last: two collective times priced, not one per bucket
     full_bytes, last_bytes = float(sizes_bytes[0]), float(sizes_bytes[-1])
-    reduce_s = np.full(len(bounds), float(reduce(full_bytes, ex.dp, link)))
-    reduce_s[-1] = float(reduce(last_bytes, ex.dp, link))
+    reduce_s = np.full(len(bounds), float(reduce(full_bytes, dp, link)))
+    reduce_s[-1] = float(reduce(last_bytes, dp, link))
     gather_s = np.zeros(len(bounds))
     if zero1:
-        gather_s[:] = float(comm.allgather_time_s(full_bytes, ex.dp, link))
-        gather_s[-1] = float(comm.allgather_time_s(last_bytes, ex.dp, link))
+        gather_s[:] = float(comm.allgather_time_s(full_bytes, dp, link))
+        gather_s[-1] = float(comm.allgather_time_s(last_bytes, dp, link))
+    for values in (ready, reduce_s, gather_s):
+        values.setflags(write=False)
     return ready, reduce_s, gather_s
 
 

@@ -194,12 +194,32 @@ def separate(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
     return None
 
 
+def side_by_side_calls(workflow: Workflow) -> list[str]:
+    """realhf-heuristic's calls on equal slices: the inference calls and the calls of
+    models that are not trained, in call order."""
+    trained = workflow.trained_models()
+    calls = [workflow.call_by_name[name] for name in workflow.call_order]
+    return [c.name for c in calls if c.kind == "inference" or c.model not in trained]
+
+
+def baseline_meshes(workflow: Workflow, cluster: ClusterSpec) -> list[tuple[int, ...]]:
+    """Every mesh a baseline may put a call on: all devices, the pools of each of
+    separate's colocation steps and realhf-heuristic's slices (the meshes the search
+    tables price first, builder.full_tables)."""
+    meshes = [tuple(range(cluster.num_devices))]
+    side_by_side = side_by_side_calls(workflow)
+    splits = [split_devices([pool_weight(workflow, g) for g in groups], cluster)
+              for groups in colocation_steps(workflow)]
+    splits.append(split_devices([1.0] * len(side_by_side), cluster) if side_by_side else [])
+    for split in splits:
+        meshes += [m for m in split or [] if m not in meshes]
+    return meshes
+
+
 def realhf_heuristic(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
                      workflow: Workflow) -> np.ndarray | None:
     everything = tuple(range(cluster.num_devices))
-    trained = workflow.trained_models()
-    side_by_side = [t.name for t in tables.calls
-                    if t.kind == "inference" or t.model not in trained]
+    side_by_side = side_by_side_calls(workflow)
     slices = split_devices([1.0] * len(side_by_side), cluster) if side_by_side else []
     if slices is None:
         return None

@@ -16,6 +16,7 @@ Candidates listed in `keep` (e.g. the baselines' executions) are never dropped b
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numba
@@ -30,6 +31,8 @@ from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes
 from planner.domain.paths import PROFILES_DIR
 from planner.domain.workflow import ModelFunctionCall, ModelRole, Workflow
+from planner.search.baselines import baseline_meshes
+from planner.search.deadline import Deadline
 from planner.search.space import candidate_executions
 from planner.search.tables import Candidates, CallTable, DataEdge, ModelPair, SearchTables
 
@@ -101,10 +104,17 @@ class CallPricer:
                                         calibration=self.calibration).time_s
         return self.times[key]
 
+    def _memory_key(self, call: ModelFunctionCall, ex: Execution) -> tuple:
+        # call_memory reads of the devices only the first one's compute dtype and device
+        # kind (its workspace): meshes of any shape share the memory of a layout.
+        hw = self.cluster.hardware_of(ex.devices[0])
+        return (call.name, ex.dp, ex.tp, ex.pp, ex.micro_batches, ex.shard_optimizer_over_dp,
+                ex.recompute, ex.shard_parameters_over_dp, hw.compute_dtype_bytes, hw.kind)
+
     def memory(self, call: ModelFunctionCall, execution: Execution) -> tuple[float, ...]:
         """PRICE_COLUMNS but the time: bytes per device (the largest over the mesh) read
         from the CallMemory of (call, execution)."""
-        key = self._key(call, execution)
+        key = self._memory_key(call, execution)
         if key not in self.memories:
             role: ModelRole = self.workflow.models[call.model]
             memory = call_memory(call, role, execution, self.workflow.batch, self.cluster)
@@ -141,31 +151,57 @@ def mesh_classes(meshes: list[tuple[int, ...]], pricer: CallPricer
 PLACEMENT_SPAN = 1 << 24
 
 
-def _call_table(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec,
-                batch, meshes: list[tuple[int, ...]], classes, pricer: CallPricer,
-                degree_ids: dict, price_unfit: bool) -> CallTable:
-    """The call's candidates on every mesh, priced once per (shape, layout): the layouts of
-    a shape are enumerated and priced on its first mesh and shared by its other meshes (rows
-    in the order of `meshes`, then of candidate_executions)."""
-    representatives, of_mesh = classes
+@dataclass
+class ShapePrices:
+    """One call's candidates on one representative mesh: its layouts (candidate_executions
+    order), PRICE_COLUMNS but the time (memory, one row per layout), the time (+inf where
+    unpriced) and the mesh's capacity."""
+
+    layouts: list[Execution]
+    memory: np.ndarray
+    time_s: np.ndarray
+    capacity_bytes: np.ndarray
+
+    def fits_any(self) -> bool:
+        peak = self.memory[:, PRICE_COLUMNS.index("alone_peak_bytes") - 1]
+        return bool(np.any(peak <= self.capacity_bytes))
+
+
+def _shape_prices(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec, batch,
+                  mesh: tuple[int, ...], pricer: CallPricer, price_unfit: bool) -> ShapePrices:
+    """The call's layouts on `mesh`, memory priced first and times only for those that fit
+    alone unless `price_unfit` (a candidate that cannot fit alone is in no feasible plan,
+    pruned_tables step 1: its time is +inf)."""
+    layouts = candidate_executions(call, role.spec, cluster, batch, [mesh])
+    memory = np.array([pricer.memory(call, e) for e in layouts],
+                      dtype=np.float64).reshape(len(layouts), len(PRICE_COLUMNS) - 1)
+    capacity = np.full(len(layouts), pricer.capacity_bytes(mesh)) if layouts else np.zeros(0)
+    fits = memory[:, PRICE_COLUMNS.index("alone_peak_bytes") - 1] <= capacity
+    time_s = np.array([pricer.time_s(call, e) if price_unfit or fit else np.inf
+                       for e, fit in zip(layouts, fits)], dtype=np.float64)
+    return ShapePrices(layouts, memory, time_s, capacity)
+
+
+def _call_table(call: ModelFunctionCall, meshes: list[tuple[int, ...]], of_mesh: np.ndarray,
+                priced: list[ShapePrices | None], degree_ids: dict) -> CallTable:
+    """The call's candidates on every mesh whose shape is priced (`priced[c]` of shape c,
+    None when not priced), each shape's layouts shared by its alike meshes (rows in the
+    order of `meshes`, then of candidate_executions)."""
     layouts: list[Execution] = []
     per_class: list[np.ndarray] = []
-    for mesh in representatives:
-        found = candidate_executions(call, role.spec, cluster, batch, [mesh])
+    for prices in priced:
+        found = prices.layouts if prices is not None else []
         per_class.append(np.arange(len(layouts), len(layouts) + len(found), dtype=np.int64))
         layouts += found
+    empty = np.zeros(0)
+    memory = np.concatenate([p.memory for p in priced if p is not None] or
+                            [empty.reshape(0, len(PRICE_COLUMNS) - 1)])
+    capacity = np.concatenate([p.capacity_bytes for p in priced if p is not None] or [empty])
+    time_s = np.concatenate([p.time_s for p in priced if p is not None] or [empty])
     counts = np.array([len(per_class[c]) for c in of_mesh], dtype=np.int64)
     mesh_index = np.repeat(np.arange(len(meshes), dtype=np.int64), counts)
     layout_index = np.concatenate([per_class[c] for c in of_mesh] or
                                   [np.zeros(0, dtype=np.int64)])
-    memory = np.array([pricer.memory(call, e) for e in layouts],
-                      dtype=np.float64).reshape(len(layouts), len(PRICE_COLUMNS) - 1)
-    capacity = np.array([pricer.capacity_bytes(e.devices) for e in layouts])
-    fits = memory[:, PRICE_COLUMNS.index("alone_peak_bytes") - 1] <= capacity
-    # A candidate that cannot fit alone is in no feasible plan (pruned_tables step 1):
-    # unless asked for, its time is not priced (+inf).
-    time_s = np.array([pricer.time_s(call, e) if price_unfit or fit else np.inf
-                       for e, fit in zip(layouts, fits)], dtype=np.float64)
     degrees = np.array([degree_ids.setdefault((e.dp, e.tp, e.pp), len(degree_ids))
                         for e in layouts], dtype=np.int64)
     assert len(degree_ids) < PLACEMENT_SPAN
@@ -176,6 +212,21 @@ def _call_table(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec,
                      executions=Candidates(meshes, layouts, mesh_index, layout_index),
                      capacity_bytes=capacity[layout_index],
                      placement=mesh_index * PLACEMENT_SPAN + degrees[layout_index], **columns)
+
+
+def shape_order(representatives: list[tuple[int, ...]], of_mesh: np.ndarray,
+                meshes: list[tuple[int, ...]], first: list[tuple[int, ...]]) -> list[int]:
+    """Shapes (indices into `representatives`) in pricing order: those of the meshes in
+    `first`, in that order, then the others from the most devices to the fewest (ties in
+    the order of `representatives`)."""
+    mesh_id = {m: i for i, m in enumerate(meshes)}
+    order: list[int] = []
+    for mesh in first:
+        if mesh in mesh_id and int(of_mesh[mesh_id[mesh]]) not in order:
+            order.append(int(of_mesh[mesh_id[mesh]]))
+    rest = sorted(set(range(len(representatives))) - set(order),
+                  key=lambda c: (-len(representatives[c]), c))
+    return order + rest
 
 
 def undominated(table: CallTable, keep: set[int]) -> np.ndarray:
@@ -221,21 +272,46 @@ def move_factors(calibration, cluster: ClusterSpec) -> tuple[float, float]:
 
 def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 3,
                 calibration=None, profiles_dir: Path = PROFILES_DIR,
-                price_unfit: bool = True) -> SearchTables:
+                price_unfit: bool = True, deadline: Deadline | None = None) -> SearchTables:
     """Every valid candidate of every call, priced, not yet pruned. `calibration` is a
     costmodel.calibration.Calibration (from `plan calibrate`) or None; `profiles_dir` holds
     the profile tables (<dir>/<device>/<shape>.yaml). `price_unfit=False` leaves the time
     of candidates that cannot fit alone unpriced (+inf): what the search does, since
-    pruning drops them."""
+    pruning drops them.
+
+    Mesh shapes (mesh_shape) are priced one at a time, every call on each, in this order:
+    the all-devices mesh's shape, then the shapes of the meshes the baselines use
+    (baselines.baseline_meshes), then the others from the most devices to the fewest.
+    With a `deadline` (planner.search.deadline.Deadline) that has expired when a shape is
+    due, the shapes left are not priced and the tables hold the candidates of the priced
+    shapes' meshes only, marked `complete=False`; the first shape is always priced, and
+    pricing goes on past the deadline while some call has no candidate that fits alone
+    (tables without one cannot hold a feasible plan; a layout that does not fit costs only
+    its memory). Without a deadline, or when it does not expire, every shape is priced and
+    the tables are the same whatever the order (rows follow the meshes' order)."""
     pricer = CallPricer(workflow, cluster, calibration, profiles_dir)
     meshes = allowed_meshes(cluster)
-    classes = mesh_classes(meshes, pricer)
+    representatives, of_mesh = mesh_classes(meshes, pricer)
+    calls_of = [workflow.call_by_name[name] for name in workflow.call_order]
+    priced: list[list[ShapePrices | None]] = [[None] * len(representatives)
+                                              for _ in calls_of]
+    fits_somewhere = [False] * len(calls_of)
+    complete = True
+    order = shape_order(representatives, of_mesh, meshes,
+                        [tuple(range(cluster.num_devices))]
+                        + baseline_meshes(workflow, cluster))
+    for step, c in enumerate(order):
+        if step > 0 and deadline is not None and deadline.expired() and all(fits_somewhere):
+            complete = False
+            break
+        for k, call in enumerate(calls_of):
+            prices = _shape_prices(call, workflow.models[call.model], cluster, workflow.batch,
+                                   representatives[c], pricer, price_unfit)
+            priced[k][c] = prices
+            fits_somewhere[k] |= prices.fits_any()
     degree_ids: dict = {}
-    calls = []
-    for name in workflow.call_order:
-        call = workflow.call_by_name[name]
-        calls.append(_call_table(call, workflow.models[call.model], cluster, workflow.batch,
-                                 meshes, classes, pricer, degree_ids, price_unfit))
+    calls = [_call_table(call, meshes, of_mesh, priced[k], degree_ids)
+             for k, call in enumerate(calls_of)]
     index = {name: k for k, name in enumerate(workflow.call_order)}
     edges = [DataEdge(index[s], index[d], payload_bytes(keys, workflow.batch))
              for s, d, keys in workflow.graph.edges(data="keys")]
@@ -263,7 +339,7 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
                                              for d in range(cluster.num_devices)),
         inter_node_latency_s=cluster.inter_node_latency_us * US,
         num_iterations=num_iterations, move_scale=move_scale, move_overhead_s=move_overhead_s,
-        priority=tuple(priority))
+        priority=tuple(priority), complete=complete)
 
 
 def pruned_tables(tables: SearchTables, keep: dict[str, set[int]]) -> tuple[SearchTables,

@@ -201,6 +201,9 @@ class SearchTables:
     # Node types in the shared priority order (planner.domain.augment.priority_order): call k
     # as k, pair p (the reallocation slot into its dst call) as len(calls) + p.
     priority: tuple[int, ...] = ()
+    # False when a deadline stopped pricing before every mesh shape was priced
+    # (builder.full_tables): the calls then have candidates on the priced shapes' meshes only.
+    complete: bool = True
 
     @property
     def sizes(self) -> np.ndarray:

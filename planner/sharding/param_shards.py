@@ -159,8 +159,14 @@ def shard_elements(spec: ModelSpec, head: HeadKind, tp: int, pp: int) -> np.ndar
     if problem:
         raise ValueError(problem)
     counts = np.zeros((pp, tp), dtype=np.int64)
+    # A parameter's slices depend on its shape and split only (not its name or layer):
+    # each distinct (shape, split) is sliced once and its per-rank counts reused.
+    per_rank: dict[tuple, np.ndarray] = {}
     for param in model_params(spec, head, pp):
-        for rank in range(tp):
-            counts[param.stage, rank] += slice_elements(shard_slice(spec, param, rank, tp))
+        key = (param.shape, param.split)
+        if key not in per_rank:
+            per_rank[key] = np.array([slice_elements(shard_slice(spec, param, rank, tp))
+                                      for rank in range(tp)], dtype=np.int64)
+        counts[param.stage] += per_rank[key]
     counts.setflags(write=False)
     return counts
