@@ -112,6 +112,15 @@ def rows_per_engine(n_seqs: int, dp: int) -> int:
     return math.ceil(n_seqs / dp)
 
 
+def concurrency_for(n_seqs: int, dp: int, micro_batches: int) -> int | None:
+    """The concurrency limit (max_num_seqs) that splits each of `dp` engines' rows into
+    `micro_batches` static micro-batches (ceil(rows / limit), micro_batches_for), or None
+    when no limit does: what an exported config writes so that it reads back as itself."""
+    rows = rows_per_engine(n_seqs, dp)
+    limit = micro_batches_for(rows, micro_batches)
+    return limit if micro_batches_for(rows, limit) == micro_batches else None
+
+
 def kv_row_bytes(workflow: Workflow, call: str, tp: int, dtype_bytes: int) -> float:
     """One full-length sequence's KV cache on one engine rank (costmodel.memory's
     formula for one row, every layer: engines run pp 1)."""

@@ -3,7 +3,11 @@
 and nesting of ROLL's examples/qwen2.5-7B-rlvr_megatron/rlvr_config_8gpus.yaml.
 
 Per role (roll_rules.py says what is expressible and why):
-- actor_infer: vllm with tensor_parallel_size = the generation's tp on its devices;
+- actor_infer: vllm with tensor_parallel_size = the generation's tp on its devices and
+  max_num_seqs the one that gives the plan's generation micro-batches
+  (roll_rules.engine_max_num_seqs), so that a plan with several reads back as itself;
+  gpu_memory_utilization is left to vLLM's default (roll_keys.py), which the plan space
+  sizes the KV pool with;
 - actor_train, critic: megatron_train (tensor / pipeline_model_parallel_size,
   use_distributed_optimizer = ZeRO-1, recompute_granularity full / selective / null, which
   mcore_adapter runs as full = uniform, one layer per checkpoint) or, when the plan shards
@@ -38,6 +42,7 @@ from planner.frameworks.roll_keys import (
     ROLL_VERSION,
     RULE_REWARD,
 )
+from planner.frameworks.roll_rules import engine_max_num_seqs
 from planner.frameworks.space_common import steps
 
 DTYPE = "bf16"   # ROLL's examples train and infer in bf16, as our cost model prices
@@ -137,7 +142,9 @@ def config_for(workflow: Workflow, cluster: ClusterSpec,
             "generating_args": {"max_new_tokens": batch.gen_len,
                                 "num_return_sequences": batch.group_size},
             "strategy_args": {"strategy_name": "vllm",
-                              "strategy_config": {"tensor_parallel_size": gen.tp}},
+                              "strategy_config": {
+                                  "tensor_parallel_size": gen.tp,
+                                  "max_num_seqs": engine_max_num_seqs(batch.n_seqs, gen)}},
             "device_mapping": device_mapping_text(gen.devices),
             "infer_batch_size": 1,
         },

@@ -15,7 +15,13 @@ Mapping (roll_rules.py gives the rules and their sources, roll_keys.py the defau
   ZeRO-1 from use_distributed_optimizer (mcore_adapter's default false), recomputation from
   recompute_granularity; fsdp2_* parameters sharded over all the role's devices,
   recomputation full unless model_args.disable_gradient_checkpointing; hf_infer dp only;
-  vllm / sglang tp from tensor_parallel_size, dp = devices / tp, one micro-batch;
+  vllm / sglang tp from tensor_parallel_size, dp = devices / tp;
+- generation micro-batches: ceil(sequences per engine / min(the engine's concurrency, the
+  rows its KV pool holds)) (planner.frameworks.engine_batching): vLLM's
+  strategy_config.max_num_seqs and gpu_memory_utilization (vLLM's defaults, roll_keys.py,
+  where left out; max_num_seqs above max_num_batched_tokens, which vLLM refuses, is
+  refused), SGLang's max_running_requests (when left out, only the KV pool limits the rows)
+  and mem_fraction_static (required, as ROLL's SGLang strategy indexes it);
 - micro-batches: gradient_accumulation_steps per train step; sequences per rank /
   infer_batch_size for inference.
 A key that changes cost and that we cannot represent is refused with one line (file, key,
@@ -41,6 +47,7 @@ from planner.domain.layout import Execution, execution_problem
 from planner.domain.mesh import mesh_problem
 from planner.domain.workflow import BatchSpec, ModelFunctionCall, ModelRole, Workflow
 from planner.domain.yamlio import parse_yaml
+from planner.frameworks.engine_batching import engine_batching, rows_per_engine
 from planner.frameworks.hydra_overrides import MISSING, lookup, raw_value
 from planner.frameworks.model_reference import model_spec_for
 from planner.frameworks.roll_devices import parse_device_mapping
@@ -53,8 +60,13 @@ from planner.frameworks.roll_keys import (
     LLM_JUDGE_WORKER,
     REWARD_MODEL_WORKER,
     ROLE_DEFAULTS,
+    ROLL_MAX_NUM_BATCHED_TOKENS,
+    SGLANG_CONCURRENCY_KEY,
+    SGLANG_MEMORY_KEY,
     STRATEGY_NAMES,
     TRAIN_STRATEGIES,
+    VLLM_GPU_MEMORY_UTILIZATION,
+    VLLM_MAX_NUM_SEQS,
 )
 from planner.frameworks.target import ImportedConfig
 
@@ -113,6 +125,14 @@ class RollConfig:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise self.refuse(key, f"expected a whole number of at least {minimum}", value)
         return value
+
+    def fraction(self, key: str, default: Any = MISSING) -> float:
+        """A number in (0, 1]."""
+        value = self.get(key, default)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not 0 < value <= 1:
+            raise self.refuse(key, "expected a fraction of device memory in (0, 1]", value)
+        return float(value)
 
 
 def read_config(path: Path) -> RollConfig:
@@ -199,6 +219,46 @@ def _engine(cfg: RollConfig, devices: tuple[int, ...]) -> Execution:
         raise cfg.refuse(f"{prefix}.tensor_parallel_size", f"does not divide actor_infer's "
                          f"{len(devices)} GPUs", tp)
     return Execution(devices=devices, dp=len(devices) // tp, tp=tp, pp=1)
+
+
+def _engine_limits(cfg: RollConfig, rows: int) -> tuple[int, str, float, str]:
+    """(concurrency, its key, memory fraction, its key) of actor_infer's engines, which get
+    `rows` sequences each (module docstring)."""
+    name = cfg.get("actor_infer.strategy_args.strategy_name")
+    prefix = "actor_infer.strategy_args.strategy_config"
+    if name == "sglang":
+        memory_key, concurrency_key = f"{prefix}.{SGLANG_MEMORY_KEY}", \
+            f"{prefix}.{SGLANG_CONCURRENCY_KEY}"
+        if not cfg.has(memory_key):
+            raise cfg.refuse(memory_key, "ROLL's SGLang strategy requires it (the KV pool's "
+                             "share of device memory)", None)
+        if cfg.has(concurrency_key):
+            concurrency = cfg.count(concurrency_key)
+        else:   # no limit but the KV pool: the engine's rows bound nothing
+            concurrency, concurrency_key = rows, f"{concurrency_key} (left out: the rows)"
+        return concurrency, concurrency_key, cfg.fraction(memory_key), memory_key
+    concurrency_key, memory_key = f"{prefix}.max_num_seqs", f"{prefix}.gpu_memory_utilization"
+    concurrency = cfg.count(concurrency_key, default=VLLM_MAX_NUM_SEQS)
+    batched_key = f"{prefix}.max_num_batched_tokens"
+    batched = cfg.count(batched_key, default=ROLL_MAX_NUM_BATCHED_TOKENS)
+    if concurrency > batched:
+        raise cfg.refuse(concurrency_key, f"more than {batched_key} {batched}, which vLLM "
+                         f"refuses (max_num_batched_tokens >= max_num_seqs)", concurrency)
+    return (concurrency, concurrency_key,
+            cfg.fraction(memory_key, default=VLLM_GPU_MEMORY_UTILIZATION), memory_key)
+
+
+def _engine_micro(cfg: RollConfig, workflow: Workflow, cluster: ClusterSpec, ex: Execution,
+                  notes: list[str]) -> Execution:
+    """`ex` (actor_gen) with the micro-batches its engines run (engine_batching)."""
+    rows = rows_per_engine(workflow.batch.n_seqs, ex.dp)
+    concurrency, concurrency_key, fraction, memory_key = _engine_limits(cfg, rows)
+    batching = engine_batching(workflow, "actor_gen", cluster, ex.devices, ex.dp, ex.tp,
+                               concurrency, concurrency_key, fraction, memory_key)
+    if batching.problem():
+        raise cfg.refuse(memory_key, batching.problem(), fraction)
+    notes.append(f"{cfg.source}: {batching.note()}")
+    return ex.model_copy(update={"micro_batches": batching.micro_batches})
 
 
 def _inference_micro(cfg: RollConfig, role: str, seqs: int, dp: int) -> int:
@@ -397,6 +457,8 @@ def import_roll(path: Path, cluster: ClusterSpec) -> ImportedConfig:
     models = _models(cfg, calls, reward, path.parent)
     workflow = Workflow(algorithm=algorithm, models=models, batch=batch,
                         inputs=BUILTIN_INPUTS[algorithm], calls=calls)
+    executions["actor_gen"] = _engine_micro(cfg, workflow, cluster, executions["actor_gen"],
+                                            notes)
     for name, ex in executions.items():
         call = workflow.call_by_name[name]
         problem = execution_problem(ex, workflow.models[call.model].spec, cluster, call, batch)

@@ -17,7 +17,26 @@ Sources (alibaba/ROLL, tag v0.3.0, commit 7f9d4d3873a87679c8d070085a4bd3bdeea7e5
 - roll/configs/training_args.py: per_device_train_batch_size 8, gradient_accumulation_steps 1.
 - roll/pipeline/rlvr/rlvr_pipeline.py: which clusters run (critic only with adv_estimator
   gae; the reference only when enabled), and in what order.
-Copies of three example configs are checked in under tests/frameworks/data/roll/.
+- roll/distributed/strategy/vllm_strategy.py (VllmStrategy.initialize): actor_infer's
+  strategy_config is passed to vLLM as engine arguments (roll/third_party/vllm/__init__.py,
+  create_async_llm: AsyncEngineArgs(**strategy_config).create_engine_config(
+  UsageContext.ENGINE_CONTEXT)), with max_num_batched_tokens 8192 where it is left out.
+- roll/distributed/strategy/sglang_strategy.py (SGLangStrategy.initialize): strategy_config
+  is passed to SGLang's server arguments; mem_fraction_static is indexed (required).
+Copies of four ROLL configs are checked in under tests/frameworks/data/roll/ (README.md).
+
+vLLM's defaults where strategy_config leaves a key out: ROLL 0.3.0 pins vllm==0.10.2
+(requirements_torch280_vllm.txt; requirements_torch260_vllm.txt pins the older 0.8.4), and
+we take 0.10.2's (vllm-project/vllm v0.10.2, read from its PyPI sdist vllm-0.10.2.tar.gz):
+- gpu_memory_utilization 0.9: vllm/config/cache.py, CacheConfig.gpu_memory_utilization,
+  which EngineArgs.gpu_memory_utilization defaults to (vllm/engine/arg_utils.py);
+- max_num_seqs 128: EngineArgs.max_num_seqs is None; ROLL runs the V1 engine (VLLM_USE_V1 1),
+  whose EngineArgs._set_default_args_v1 sets a default only for UsageContext.LLM_CLASS and
+  OPENAI_API_SERVER, not ENGINE_CONTEXT, so SchedulerConfig.__post_init__
+  (vllm/config/scheduler.py) sets 128. (vLLM 0.8.4's V1 default is 1024 on H100 / H200
+  and 256 elsewhere, for every usage context: a config run on the 0.8.4 image with no
+  max_num_seqs batches more rows at once than we price.)
+- SchedulerConfig.__post_init__ refuses max_num_batched_tokens < max_num_seqs.
 """
 
 from __future__ import annotations
@@ -31,6 +50,10 @@ KEY_SOURCES = (
     ("alibaba/ROLL", "roll/pipeline/rlvr/rlvr_config.py", "v0.3.0"),
     ("alibaba/ROLL", "roll/pipeline/rlvr/rlvr_pipeline.py", "v0.3.0"),
     ("alibaba/ROLL", "roll/distributed/scheduler/resource_manager.py", "v0.3.0"),
+    ("alibaba/ROLL", "roll/distributed/strategy/vllm_strategy.py", "v0.3.0"),
+    ("alibaba/ROLL", "requirements_torch280_vllm.txt", "v0.3.0"),
+    ("vllm-project/vllm", "vllm/engine/arg_utils.py", "v0.10.2"),
+    ("vllm-project/vllm", "vllm/config/scheduler.py", "v0.10.2"),
     ("alibaba/ROLL", "examples/qwen2.5-7B-rlvr_megatron/rlvr_config_8gpus.yaml", "v0.3.0"),
 )
 BASE_EXAMPLE = "examples/qwen2.5-7B-rlvr_megatron/rlvr_config_8gpus.yaml"
@@ -41,6 +64,13 @@ STRATEGY_NAMES = ("hf_infer", "vllm", "sglang", "megatron_infer", "megatron_trai
 TRAIN_STRATEGIES = ("megatron_train", "fsdp2_train")
 INFER_STRATEGIES = ("megatron_infer", "fsdp2_infer", "hf_infer")
 ENGINES = ("vllm", "sglang")
+
+# Engine (actor_infer.strategy_args.strategy_config) keys and defaults (module docstring).
+VLLM_MAX_NUM_SEQS = 128
+VLLM_GPU_MEMORY_UTILIZATION = 0.9
+ROLL_MAX_NUM_BATCHED_TOKENS = 8192   # vllm_strategy.py's default for vLLM's key
+SGLANG_MEMORY_KEY = "mem_fraction_static"
+SGLANG_CONCURRENCY_KEY = "max_running_requests"
 
 # Our algorithm -> ROLL's adv_estimator (exported); ROLL's estimators we read, and the
 # workflow whose calls they run (reinforce runs GRPO's calls: no critic, a group of samples).

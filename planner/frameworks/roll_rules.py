@@ -9,7 +9,11 @@ From alibaba/ROLL v0.3.0 (roll_keys.py names the files):
   one worker group with one layout.
 - generation (actor_infer, vLLM / SGLang): num_gpus_per_worker = tensor_parallel_size x
   pipeline_parallel_size GPUs per engine, device_mapping / that many engines; we write
-  pipeline_parallel_size 1, and an engine batches all its requests (one micro-batch).
+  pipeline_parallel_size 1. An engine holds at most min(strategy_config.max_num_seqs, the
+  rows its KV pool holds) at once and is priced as ceil(rows per engine / that) static
+  micro-batches (planner.frameworks.engine_batching), so a generation micro-batch count is
+  expressible when some max_num_seqs gives it (engine_max_num_seqs) and that max_num_seqs
+  is at most ROLL's max_num_batched_tokens 8192 (vLLM refuses a larger one, roll_keys.py).
 - Megatron roles (megatron_train, megatron_infer): dp = devices / (tp x pp); the actor's dp
   must divide rollout_batch_size (base_config.py, validate_megatron_batch_size).
 - FSDP2 roles (fsdp2_train, fsdp2_infer): parameters sharded over all the role's devices
@@ -32,7 +36,8 @@ from __future__ import annotations
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
-from planner.frameworks.roll_keys import ADV_ESTIMATOR
+from planner.frameworks.engine_batching import concurrency_for, rows_per_engine
+from planner.frameworks.roll_keys import ADV_ESTIMATOR, ROLL_MAX_NUM_BATCHED_TOKENS
 from planner.frameworks.space_common import steps
 from planner.frameworks.workflow_fit import builtin_call_problems, reference_problem
 
@@ -47,6 +52,27 @@ def workflow_problems(workflow: Workflow) -> list[str]:
         return [f"workflow: algorithm {workflow.algorithm}: ROLL's RLVR pipeline runs {runs}"]
     return builtin_call_problems(workflow, "ROLL", OPTIONAL_CALLS) + reference_problem(
         workflow, "ROLL", "`pretrain`")
+
+
+def engine_max_num_seqs(n_seqs: int, ex: Execution) -> int | None:
+    """The max_num_seqs that splits each of `ex.dp` engines' rows into `ex.micro_batches`
+    static micro-batches (engine_batching.concurrency_for), or None when none does."""
+    return concurrency_for(n_seqs, ex.dp, ex.micro_batches)
+
+
+def engine_problem(n_seqs: int, ex: Execution) -> str | None:
+    """Why no ROLL vLLM engine config gives `ex`'s generation micro-batches, or None."""
+    rows = rows_per_engine(n_seqs, ex.dp)
+    max_num_seqs = engine_max_num_seqs(n_seqs, ex)
+    if max_num_seqs is None:
+        return (f"micro_batches {ex.micro_batches}: no max_num_seqs splits an engine's {rows} "
+                f"sequences into that many (ROLL's vLLM engines run ceil({rows} / "
+                f"max_num_seqs))")
+    if max_num_seqs > ROLL_MAX_NUM_BATCHED_TOKENS:
+        return (f"micro_batches {ex.micro_batches}: needs max_num_seqs {max_num_seqs}, more "
+                f"than ROLL's max_num_batched_tokens {ROLL_MAX_NUM_BATCHED_TOKENS}, which vLLM "
+                f"refuses")
+    return None
 
 
 def cluster_problem(cluster: ClusterSpec) -> str | None:
@@ -64,9 +90,9 @@ def _call_problems(workflow: Workflow, name: str, ex: Execution) -> list[str]:
         if ex.pp != 1:
             problems.append(f"executions.{name}: pp {ex.pp}: we write ROLL's vLLM engines with "
                             f"pipeline_parallel_size 1 (tensor_parallel_size only)")
-        if ex.micro_batches != 1:
-            problems.append(f"executions.{name}: micro_batches {ex.micro_batches}: ROLL's "
-                            f"engines batch all their requests at once (one micro-batch)")
+        problem = engine_problem(workflow.batch.n_seqs, ex)
+        if problem:
+            problems.append(f"executions.{name}: {problem}")
         return problems
     if ex.shard_parameters_over_dp and (ex.tp, ex.pp) != (1, 1):
         problems.append(f"executions.{name}: {ex.layout_text()} with parameters sharded: "

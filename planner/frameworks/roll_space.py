@@ -3,7 +3,11 @@
 Every role has its own device_mapping (roll_rules.py), so each role's calls take any
 allowed mesh: at most MAX_MESHES_PER_ROLE of them, an even spread over the cluster's
 allowed meshes ordered by size and first device (a 128-GPU cluster has hundreds), so that
-enumerating stays fast. Per mesh: the generation engine tp x dp (pp 1, one micro-batch);
+enumerating stays fast. Per mesh: the generation engine tp x dp (pp 1), each micro-batch
+count of micro_batch_options(1) that some max_num_seqs gives (roll_rules.engine_problem) and
+whose rows the KV pool of vLLM's default gpu_memory_utilization holds (the export leaves it
+to the default, so an import of the exported config reads back the same count:
+engine_batching);
 Megatron roles every dp x tp x pp with the search's micro-batch counts
 (planner.search.space.micro_batch_options) that give whole micro-batch sizes, the train
 roles every recomputation mode and ZeRO-1 as the search offers it; FSDP2 roles dp = mesh,
@@ -25,7 +29,14 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.mesh import allowed_meshes
 from planner.domain.workflow import Workflow
-from planner.frameworks.roll_rules import cluster_problem, workflow_problems
+from planner.frameworks.engine_batching import kv_pool_rows_of
+from planner.frameworks.roll_keys import VLLM_GPU_MEMORY_UTILIZATION
+from planner.frameworks.roll_rules import (
+    cluster_problem,
+    engine_max_num_seqs,
+    engine_problem,
+    workflow_problems,
+)
 from planner.frameworks.space_common import (
     MAX_TARGET_PLANS,
     steps,
@@ -72,12 +83,24 @@ def _role_options(workflow: Workflow, cluster: ClusterSpec, name: str,
 
 def _engine_options(workflow: Workflow, cluster: ClusterSpec,
                     meshes: list[tuple[int, ...]]) -> Group:
+    """tp x dp engines on each mesh with the micro-batch counts of the module docstring."""
+    n_seqs = workflow.batch.n_seqs
     options = []
     for mesh in meshes:
         for dp, tp, pp in layouts_for_mesh(len(mesh)):
-            ex = Execution(devices=mesh, dp=dp, tp=tp, pp=1)
-            if pp == 1 and valid_execution(workflow, cluster, "actor_gen", ex):
-                options.append({"actor_gen": ex})
+            if pp != 1:
+                continue
+            kv_rows = None
+            for micro in micro_batch_options(1):
+                ex = Execution(devices=mesh, dp=dp, tp=tp, pp=1, micro_batches=micro)
+                if engine_problem(n_seqs, ex) or not valid_execution(workflow, cluster,
+                                                                     "actor_gen", ex):
+                    continue
+                if kv_rows is None:
+                    kv_rows = kv_pool_rows_of(workflow, "actor_gen", cluster, mesh, dp, tp,
+                                              VLLM_GPU_MEMORY_UTILIZATION)
+                if engine_max_num_seqs(n_seqs, ex) <= kv_rows:
+                    options.append({"actor_gen": ex})
     return options
 
 

@@ -36,7 +36,7 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes, mesh_problem
 from planner.domain.workflow import Workflow
-from planner.frameworks.engine_batching import micro_batches_for, rows_per_engine
+from planner.frameworks.engine_batching import concurrency_for, micro_batches_for, rows_per_engine
 from planner.frameworks.workflow_fit import builtin_call_problems, reference_problem
 
 ADV_ESTIMATOR = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "remax": "remax"}
@@ -113,11 +113,8 @@ def engine_micro_batches(n_seqs: int, dp: int, max_num_seqs: int) -> int:
 
 def engine_max_num_seqs(n_seqs: int, ex: Execution) -> int | None:
     """The max_num_seqs that gives `ex`'s micro-batches (the inverse of
-    engine_micro_batches), or None when no value does."""
-    max_num_seqs = micro_batches_for(rows_per_engine(n_seqs, ex.dp), ex.micro_batches)
-    if engine_micro_batches(n_seqs, ex.dp, max_num_seqs) != ex.micro_batches:
-        return None
-    return max_num_seqs
+    engine_micro_batches: engine_batching.concurrency_for), or None when no value does."""
+    return concurrency_for(n_seqs, ex.dp, ex.micro_batches)
 
 
 def _micro_problem(name: str, seqs: int, ex: Execution) -> str | None:

@@ -20,7 +20,9 @@ from planner.frameworks.target import Unexpressible, target_module
 
 DATA = Path(__file__).parent / "data" / "roll"
 REPO = Path(__file__).parents[2]
-COPIES = ("rlvr_config_8gpus.yaml", "example_ppo.yaml", "qwen3_30b_rlvr_fsdp2.yaml")
+COPIES = ("rlvr_config_8gpus.yaml", "example_ppo.yaml", "qwen3_30b_rlvr_fsdp2.yaml",
+          "log_probs_fsdp_config.yaml")
+ENGINE = "actor_infer.strategy_args.strategy_config"
 ROLES = ("actor_train", "actor_infer", "reference", "critic")
 roll = target_module("roll")
 
@@ -53,8 +55,6 @@ def test_default_plan_is_refused_with_a_reason_per_feature():
     assert err.value.reasons == [
         ("executions.actor_gen: pp 2: we write ROLL's vLLM engines with "
          "pipeline_parallel_size 1 (tensor_parallel_size only)"),
-        ("executions.actor_gen: micro_batches 4: ROLL's engines batch all their requests at "
-         "once (one micro-batch)"),
         ("executions.critic_inf: d8t1p1m1 on devices 0-7 differs from critic_train's "
          "d1t1p8m32 on 0-7: ROLL's critic is one worker group with one device_mapping and "
          "strategy")]
@@ -63,12 +63,16 @@ def test_default_plan_is_refused_with_a_reason_per_feature():
 def test_default_plan_exports_once_generation_and_critic_follow_rolls_rules(tmp_path):
     plan = load_plan(REPO / "plans" / "ppo-h100x8.yaml")
     ex = dict(plan.executions)
-    ex["actor_gen"] = Execution(devices=ex["actor_gen"].devices, dp=8, tp=1, pp=1)
+    ex["actor_gen"] = Execution(devices=ex["actor_gen"].devices, dp=8, tp=1, pp=1,
+                                micro_batches=4)
     ex["critic_inf"] = ex["critic_inf"].model_copy(update={"dp": 1, "pp": 8})
     exported = roll.export_config(plan.workflow, plan.cluster, ex)
     back = roll.import_config(_write(tmp_path, yaml.safe_load(exported.text)), plan.cluster)
     assert {n: _fields(e) for n, e in back.executions.items()} == \
         {n: _fields(e) for n, e in ex.items()}
+    # 512 sequences / 8 engines = 64 rows in 4 micro-batches: max_num_seqs 16
+    assert yaml.safe_load(exported.text)["actor_infer"]["strategy_args"]["strategy_config"][
+        "max_num_seqs"] == 16
     # the reference and the reward model keep their own 4-GPU meshes (device_mapping)
     assert back.executions["ref_inf"].devices == (4, 5, 6, 7)
     assert back.executions["rew_inf"].devices == (0, 1, 2, 3)
@@ -98,6 +102,46 @@ def test_round_trip_gives_back_every_execution(tmp_path, workflow_name, cluster_
             {r: m.spec for r, m in workflow.models.items()}
 
 
+def test_round_trip_of_several_generation_micro_batch_counts(tmp_path):
+    workflow, cluster = builtin_workflow("ppo"), cluster_preset("h100x8")
+    plans = list(roll.target_plans(workflow, cluster))
+    by_count = {}
+    for plan in plans:
+        by_count.setdefault(plan["actor_gen"].micro_batches, plan)
+    assert set(by_count) == {1, 2, 4, 8, 16}
+    for micro, executions in sorted(by_count.items()):
+        gen = executions["actor_gen"]
+        text = roll.export_config(workflow, cluster, executions).text
+        written = yaml.safe_load(text)["actor_infer"]["strategy_args"]["strategy_config"]
+        rows = -(-workflow.batch.n_seqs // gen.dp)
+        assert written["max_num_seqs"] == -(-rows // micro)
+        assert "gpu_memory_utilization" not in written   # vLLM's default 0.9
+        path = tmp_path / f"micro{micro}.yaml"
+        path.write_text(text)
+        back = roll.import_config(path, cluster)
+        assert _fields(back.executions["actor_gen"]) == _fields(gen), micro
+        assert any(f"priced as {micro} static micro-batch" in n for n in back.notes)
+
+
+def test_generation_micro_batches_no_max_num_seqs_gives_are_refused():
+    workflow, cluster = builtin_workflow("grpo"), cluster_preset("h100x8")
+    plan = next(iter(roll.target_plans(workflow, cluster)))
+    # 512 sequences on 8 engines: 64 rows each; 64 / 33 -> max_num_seqs 2 -> 32 micro-batches
+    gen = Execution(devices=tuple(range(8)), dp=8, tp=1, pp=1, micro_batches=33)
+    assert roll.unexpressible(workflow, cluster, dict(plan, actor_gen=gen)) == [
+        ("executions.actor_gen: micro_batches 33: no max_num_seqs splits an engine's 64 "
+         "sequences into that many (ROLL's vLLM engines run ceil(64 / max_num_seqs))")]
+    for micro in (3, 7, 22, 32, 64):   # each some max_num_seqs gives
+        ok = gen.model_copy(update={"micro_batches": micro})
+        assert roll.unexpressible(workflow, cluster, dict(plan, actor_gen=ok)) == [], micro
+    big = workflow.model_copy(update={"batch": workflow.batch.model_copy(
+        update={"n_seqs": 8 * 8200})})
+    one = gen.model_copy(update={"micro_batches": 1})
+    assert roll.unexpressible(big, cluster, dict(plan, actor_gen=one))[0] == (
+        "executions.actor_gen: micro_batches 1: needs max_num_seqs 8200, more than ROLL's "
+        "max_num_batched_tokens 8192, which vLLM refuses")
+
+
 def test_round_trip_of_a_grpo_plan_without_reference_or_reward_model(tmp_path):
     workflow = builtin_workflow("grpo")
     cluster = cluster_preset("h100x8")
@@ -118,7 +162,7 @@ def _exists(copies, path):
     for config in copies:
         heads = [path[:1]]
         if path[0] in ROLES or path[0] == "rewards":
-            heads = [(role,) for role in ROLES] + [("rewards", d) for d in config["rewards"]]
+            heads = [(role,) for role in ROLES] + [("rewards", d) for d in config.get("rewards", {})]
         rest = path[1:] if path[0] in ROLES else path[2:] if path[0] == "rewards" else path[1:]
         for head in heads:
             node = config
@@ -177,6 +221,24 @@ def test_ppo_example_imports_validates_and_prices():
     assert any("old log-probs" in note for note in imported.notes)
 
 
+@pytest.mark.parametrize("keys,micro,limit", [
+    # 32 rows per engine; vLLM's max_num_seqs default 128; KV pool of 0.8 x 79.6 GiB - 14.19
+    # GiB weights at 6144 tokens x 28 layers x 2 x 4 heads x 128 x 2 bytes (336 MiB): 150 rows
+    ({}, 1, "at most 128 rows"),
+    ({"max_num_seqs": 8}, 4, "at most 8 rows"),
+    # 0.3 x 79.6 - 14.19 = 9.69 GiB: 29 rows, ceil(32 / 29) = 2
+    ({"gpu_memory_utilization": 0.3}, 2, "at most 29 rows"),
+])
+def test_ppo_example_generation_micro_batches_follow_max_num_seqs_and_kv_pool(
+        tmp_path, keys, micro, limit):
+    config = _published("example_ppo.yaml")
+    config["actor_infer"]["strategy_args"]["strategy_config"].update(keys)
+    imported = roll.import_config(_write(tmp_path, config), cluster_preset("h100x16"))
+    assert imported.executions["actor_gen"].micro_batches == micro
+    notes = [n for n in imported.notes if "actor_gen: an engine holds" in n]
+    assert len(notes) == 1 and limit in notes[0] and f"its 32 rows priced as {micro}" in notes[0]
+
+
 def test_8gpu_rlvr_example_is_refused_for_its_llm_judge_and_prices_without_it(tmp_path):
     cluster = cluster_preset("h100x8")
     with pytest.raises(InputError) as err:
@@ -199,6 +261,23 @@ def test_8gpu_rlvr_example_is_refused_for_its_llm_judge_and_prices_without_it(tm
     assert any("reinforce" in note for note in imported.notes)
     estimate = simulate(imported.workflow, cluster, ex)
     assert math.isfinite(estimate.iteration_s) and estimate.iteration_s > 0
+
+
+def test_sglang_engine_needs_mem_fraction_static_and_takes_its_kv_pool(tmp_path):
+    config = _published("example_ppo.yaml")
+    strategy = config["actor_infer"]["strategy_args"]
+    strategy["strategy_name"] = "sglang"
+    path = _write(tmp_path, config)
+    with pytest.raises(InputError) as err:
+        roll.import_config(path, cluster_preset("h100x16"))
+    assert str(err.value) == (f"{path}: {ENGINE}.mem_fraction_static: None: ROLL's SGLang "
+                              f"strategy requires it (the KV pool's share of device memory)")
+    strategy["strategy_config"] = {"mem_fraction_static": 0.3}   # 29 rows, as above
+    imported = roll.import_config(_write(tmp_path, config), cluster_preset("h100x16"))
+    assert imported.executions["actor_gen"].micro_batches == 2
+    strategy["strategy_config"]["max_running_requests"] = 4
+    imported = roll.import_config(_write(tmp_path, config), cluster_preset("h100x16"))
+    assert imported.executions["actor_gen"].micro_batches == 8
 
 
 def _bad(config, key, value):
@@ -230,6 +309,14 @@ def _bad(config, key, value):
     ("reference.model_args.dtype", "fp32", "reference.model_args.dtype: 'fp32': we price"),
     ("rewards.math_rule.device_mapping", "list(range(0,2))",
      "rewards.math_rule.worker_cls: 'roll.pipeline.rlvr.rewards.math_rule_reward_worker"),
+    (f"{ENGINE}.max_num_seqs", 9000, (f"{ENGINE}.max_num_seqs: 9000: more than "
+                                      f"{ENGINE}.max_num_batched_tokens 8192")),
+    (f"{ENGINE}.max_num_seqs", 0, f"{ENGINE}.max_num_seqs: 0: expected a whole number"),
+    (f"{ENGINE}.gpu_memory_utilization", 1.5, (f"{ENGINE}.gpu_memory_utilization: 1.5: "
+                                               f"expected a fraction")),
+    (f"{ENGINE}.gpu_memory_utilization", 0.1, (f"{ENGINE}.gpu_memory_utilization: 0.1: "
+                                               f"{ENGINE}.gpu_memory_utilization 0.1 leaves a "
+                                               f"KV pool of -6.23 GiB after the weights")),
 ])
 def test_bad_input_is_one_line_naming_file_and_key(tmp_path, key, value, expected):
     path = _write(tmp_path, _bad(_published("example_ppo.yaml"), key, value))
