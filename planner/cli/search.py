@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +32,10 @@ from planner.domain.output_files import check_writable_path
 from planner.domain.plan import Plan, check_same_cluster, load_plan, save_plan
 from planner.domain.workflow import Workflow
 from planner.frameworks.target import TARGET_NAMES, target_module
+from planner.search.deadline import Deadline
 from planner.search.mcmc import MCMCSettings
 from planner.search.lower_bound import gap_fraction, gap_text
-from planner.search.pipeline import PricedPlan, SearchOutcome, search
+from planner.search.pipeline import PRICING, SEARCHING, PricedPlan, SearchOutcome, search
 from planner.search.target_search import TargetSearchResult, search_target_space
 
 DEFAULT_OUT_SUFFIX = ".plan.yaml"   # .gitignore lists *.plan.yaml
@@ -123,10 +125,10 @@ class StopChainsOnInterrupt:
 
     Before the chains run (table building, numba warm-up, baselines) nothing is worth
     saving, so SIGINT keeps Python's handler: KeyboardInterrupt, which `plan` reports as
-    `interrupted` with exit 130. The first progress report of the chains calls
-    `chains_started`; from then on the first Ctrl-C only asks the chains to stop
-    (`requested`), so the best plan so far is re-priced and written, and it puts Python's
-    handler back so a second Ctrl-C aborts at once.
+    `interrupted` with exit 130. The start of the searching phase (and the first progress
+    report of the chains) calls `chains_started`; from then on the first Ctrl-C only asks
+    the chains to stop (`requested`), so the best plan so far is re-priced and written, and
+    it puts Python's handler back so a second Ctrl-C aborts at once.
     """
 
     def __init__(self):
@@ -146,21 +148,33 @@ class StopChainsOnInterrupt:
             signal.signal(signal.SIGINT, self._previous_handler)
 
 
+# With --target, the share of the time limit the unrestricted search gets; pricing the
+# target's space gets what it leaves.
+UNRESTRICTED_SHARE_WITH_TARGET = 0.5
+
+
 def run_search(workflow, cluster, settings: MCMCSettings, progress: ProgressLine | None,
-               interrupt: StopChainsOnInterrupt, calibration) -> SearchOutcome:
-    """`search` with the progress line and Ctrl-C handling of `plan search`."""
+               interrupt: StopChainsOnInterrupt, calibration, deadline: Deadline,
+               clock: Callable[[], float]) -> SearchOutcome:
+    """`search` within `deadline`, with the progress line (each phase named, `clock()` the
+    seconds since the command started) and Ctrl-C handling of `plan search`."""
     def on_progress(evaluations: int, elapsed_s: float, best_s: float) -> None:
         interrupt.chains_started()
         if progress:
-            progress.update(evaluations, elapsed_s, best_s)
+            progress.update(evaluations, clock(), best_s)
+
+    def on_phase(name: str) -> None:
+        if name == SEARCHING:
+            interrupt.chains_started()    # before the line that says so is drawn
+        if progress:
+            progress.phase(name, clock())
 
     try:
         return search(workflow, cluster, settings, progress=on_progress,
-                      should_stop=lambda: interrupt.requested, calibration=calibration)
+                      should_stop=lambda: interrupt.requested, calibration=calibration,
+                      deadline=deadline, phase=on_phase)
     finally:
         interrupt.restore()
-        if progress:
-            progress.close()
 
 
 def search_stats(outcome: SearchOutcome, evaluations_per_s: float) -> dict:
@@ -174,7 +188,9 @@ def search_stats(outcome: SearchOutcome, evaluations_per_s: float) -> dict:
                                       for k, v in outcome.baselines.items()},
             # plan show reads it beside the saved estimate (planner.search.lower_bound)
             "lower_bound_s": (None if outcome.lower_bound_s is None
-                              else round(outcome.lower_bound_s, 4))}
+                              else round(outcome.lower_bound_s, 4)),
+            # phase -> what --time-limit left out of it (planner.search.pipeline)
+            "time_limit_cut": dict(outcome.cut)}
 
 
 def bound_gap(outcome: SearchOutcome) -> float | None:
@@ -191,11 +207,13 @@ def price_user_plans(user_plans: list[UserPlan], inputs: PlanningInputs) -> dict
                                  costs=costs) for user in user_plans}
 
 
-def run_target_search(args: argparse.Namespace, inputs: PlanningInputs) -> TargetSearchResult:
-    """The best plan of the target's space (planner.search.target_search)."""
+def run_target_search(args: argparse.Namespace, inputs: PlanningInputs,
+                      deadline: Deadline) -> TargetSearchResult:
+    """The best plan of the target's space (planner.search.target_search), within
+    `deadline` (its tables included)."""
     plans = target_module(args.target).target_plans(inputs.workflow, inputs.cluster)
-    return search_target_space(inputs.workflow, inputs.cluster, plans, args.time_limit,
-                               inputs.calibration)
+    return search_target_space(inputs.workflow, inputs.cluster, plans,
+                               calibration=inputs.calibration, deadline=deadline)
 
 
 def no_target_plan_message(target: str, result: TargetSearchResult, cluster) -> str:
@@ -240,6 +258,7 @@ def comparison_text(seconds: float | None, best_s: float, what: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    deadline = Deadline(args.time_limit)   # --time-limit bounds the whole command
     if args.out:   # before any work; the default name needs the inputs' names
         check_writable_path(Path(args.out), "--out")
     user_plans = load_user_plans(args.baseline)
@@ -250,10 +269,27 @@ def run(args: argparse.Namespace) -> int:
         args.cluster or cluster.name, args.target)
     check_writable_path(out, "--out")
     warn_if_measured_elsewhere("plan search", workflow, cluster, calibration, args.profile)
+    if args.target:
+        problems = target_module(args.target).workflow_problems(workflow)
+        if problems:   # before any pricing: no plan of this workflow is in the target's space
+            print(f"plan search: {args.target} cannot run this workflow: "
+                  + "; ".join(problems), file=sys.stderr)
+            return 1
     settings = MCMCSettings(seed=args.seed, time_limit_s=args.time_limit)
-    progress = None if args.json else ProgressLine("searching", args.time_limit)
+    progress = None if args.json else ProgressLine(PRICING, args.time_limit)
     interrupt = StopChainsOnInterrupt()
-    outcome = run_search(workflow, cluster, settings, progress, interrupt, calibration)
+    try:
+        outcome = run_search(workflow, cluster, settings, progress, interrupt, calibration,
+                             deadline.part(UNRESTRICTED_SHARE_WITH_TARGET) if args.target
+                             else deadline, deadline.elapsed_s)
+        result = None
+        if args.target and outcome.best is not None:
+            if progress:
+                progress.phase(f"target {args.target}", deadline.elapsed_s())
+            result = run_target_search(args, inputs, deadline)
+    finally:
+        if progress:
+            progress.close()
     if outcome.best is None:
         where = f" ({outcome.unplaceable_call} fits on no mesh even alone)" \
             if outcome.unplaceable_call else ""
@@ -265,8 +301,7 @@ def run(args: argparse.Namespace) -> int:
     rate = mcmc.evaluations / mcmc.wall_s if mcmc.wall_s > 0 else 0.0
     stats = search_stats(outcome, rate)
     chosen, summary, created_by, what = outcome.best, None, "plan search", "searched plan"
-    if args.target:
-        result = run_target_search(args, inputs)
+    if result is not None:
         if result.best is None:
             print(no_target_plan_message(args.target, result, cluster), file=sys.stderr)
             return 1
@@ -296,7 +331,8 @@ def run(args: argparse.Namespace) -> int:
                           "wall_s": mcmc.wall_s, "seed": args.seed,
                           "stopped_by": mcmc.stopped_by, "table_build_s": outcome.build_s,
                           "lower_bound_s": outcome.lower_bound_s,
-                          "lower_bound_gap": bound_gap(outcome)}
+                          "lower_bound_gap": bound_gap(outcome),
+                          "time_limit_cut": dict(outcome.cut)}
         if summary:
             data["target"] = summary
         data["plan_path"] = str(out)
@@ -307,6 +343,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(target_lines(summary)))
     print(f"search: {mcmc.evaluations:,} plan evaluations in {mcmc.wall_s:.1f} s "
           f"({rate:,.0f}/s), stopped by {mcmc.stopped_by}, seed {args.seed}")
+    for phase, what_was_cut in outcome.cut.items():
+        print(f"search: {phase}: {what_was_cut}")
     if outcome.lower_bound_s:
         which = "the searched plan" if not summary else "the best plan of the full space"
         print(f"search: {which} is {gap_text(outcome.best.estimate.iteration_s, outcome.lower_bound_s)}"
@@ -316,6 +354,8 @@ def run(args: argparse.Namespace) -> int:
     for name, seconds in baselines.items():
         reason = user_estimates[name].reason if name in user_estimates else None
         text = comparison_text(seconds, best_s, what)
+        if name in outcome.unpriced_baselines:
+            text = "not priced: no time left (--time-limit)"
         print(f"  {name:<{width}} {text}" + (f": {reason}" if seconds is None and reason
                                               else ""))
     print(f"wrote {out}")
@@ -354,8 +394,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "and plan_path.")
     add_planning_options(parser)
     parser.add_argument("--time-limit", type=positive_seconds, default=60.0, metavar="S",
-                        help="stop the search after S seconds (default 60; it usually stops "
-                             "earlier, when the best plan stops improving)")
+                        help="return within about S seconds (default 60), everything "
+                             "included: pricing candidates, baselines, the search, exact "
+                             "re-pricing, the lower bound and --target's pricing (half each "
+                             "with --target); the output names what the limit cut. The "
+                             "search usually stops earlier, when the best plan stops "
+                             "improving")
     parser.add_argument("--seed", type=integer_in_range(0, MAX_SEED), default=0,
                         help=f"random seed, 0 to {MAX_SEED:,} (default 0)")
     parser.add_argument("--out", metavar="FILE",

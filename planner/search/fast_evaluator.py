@@ -171,7 +171,9 @@ Scratch = namedtuple("Scratch", [
     "latest_end",                 # end of each node type's latest scheduled instance
     "transfer",                   # seconds of each data edge
     "persistent",                 # per call: the persistent memory term it starts on its mesh
-    "extra"])                     # per call: bytes it adds on its mesh while it runs
+    "extra",                      # per call: bytes it adds on its mesh while it runs
+    "start_level",                # per call: the persistent level at its mesh's first device
+    "shares_devices"])            # [type, type]: the two node types share a device
 
 # Plans `_evaluate_many` evaluates with one scratch allocation (allocating per plan costs
 # about a third of an evaluation; chunks this size still spread over all threads).
@@ -198,10 +200,9 @@ def _call_peaks(g, kt, out):
     """`out[k]`: bytes per device at the peak of call k of plan `g` (global indices)."""
     scratch = new_scratch(kt)
     _node_ranges_and_durations(g, kt, scratch)
-    _memory_terms(g, kt, scratch.persistent, scratch.extra)
-    persistent, extra, lo1, hi1 = scratch.persistent, scratch.extra, scratch.lo1, scratch.hi1
+    _memory_terms(g, kt, scratch)
     for k in range(g.shape[0]):
-        out[k] = _call_peak_bytes(k, persistent, extra, lo1, hi1)
+        out[k] = _call_peak_bytes(k, scratch)
 
 
 @numba.njit(cache=True)
@@ -212,11 +213,13 @@ def new_scratch(kt):
     num_types = num_calls + kt.pair_src.shape[0]
     num_edges = kt.edge_src.shape[0]
     ints = np.empty(4 * num_types, np.int64)
-    floats = np.empty(4 * num_types + num_edges + 2 * num_calls)
+    floats = np.empty(4 * num_types + num_edges + 3 * num_calls)
     t, e = num_types, 4 * num_types + num_edges
     return Scratch(ints[0:t], ints[t:2 * t], ints[2 * t:3 * t], ints[3 * t:4 * t],
                    floats[0:t], floats[t:2 * t], floats[2 * t:3 * t], floats[3 * t:4 * t],
-                   floats[4 * t:e], floats[e:e + num_calls], floats[e + num_calls:])
+                   floats[4 * t:e], floats[e:e + num_calls],
+                   floats[e + num_calls:e + 2 * num_calls], floats[e + 2 * num_calls:],
+                   np.empty((t, t), np.bool_))
 
 
 # Compiled without numba's runtime (`_nrt=False`), so without reference counting: numba
@@ -237,7 +240,7 @@ def evaluate_plan(g, kt, scratch):
     _node_ranges_and_durations(g, kt, scratch)
     _transfer_times(g, kt, scratch.transfer)
     iteration_s = _list_schedule(kt, scratch)
-    _memory_terms(g, kt, scratch.persistent, scratch.extra)
+    _memory_terms(g, kt, scratch)
     return iteration_s, _memory_overflow(g, kt, scratch)
 
 
@@ -268,8 +271,9 @@ def _reallocation_s(model_bytes, src_devices, dst_dp, dst_tp, dst_pp, bandwidth,
 
 @numba.njit(cache=True, inline="always")
 def _node_ranges_and_durations(g, kt, scratch):
-    """Fill the device ranges and the duration of every node type of plan `g`. A
-    reallocation between equal placements takes no time."""
+    """Fill the device ranges and the duration of every node type of plan `g`, and which
+    node types share a device (`_fill_shares_devices`). A reallocation between equal
+    placements takes no time."""
     num_calls = g.shape[0]
     lo, hi, placement, dp, tp, pp = kt.lo, kt.hi, kt.placement, kt.dp, kt.tp, kt.pp
     pair_src, pair_dst, pair_weights = kt.pair_src, kt.pair_dst, kt.pair_weights
@@ -291,6 +295,23 @@ def _node_ranges_and_durations(g, kt, scratch):
             bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], device_node, links)
             duration[x] = overhead_s + scale * _reallocation_s(
                 pair_weights[p], hi[a] - lo[a], dp[b], tp[b], pp[b], bandwidth, latency)
+    _fill_shares_devices(lo1, hi1, lo2, hi2, scratch.shares_devices)
+
+
+@numba.njit(cache=True, inline="always")
+def _fill_shares_devices(lo1, hi1, lo2, hi2, shares):
+    """`shares[x, y]`: node types x and y share a device (their ranges overlap; a
+    reallocation has two). Computed once per plan, where the list schedule would otherwise
+    test the ranges of every pair of nodes in every iteration."""
+    num_types = lo1.shape[0]
+    for x in range(num_types):
+        shares[x, x] = True
+        for y in range(x + 1, num_types):
+            overlap = (_ranges_overlap(lo1[x], hi1[x], lo1[y], hi1[y])
+                       or _ranges_overlap(lo1[x], hi1[x], lo2[y], hi2[y])
+                       or _ranges_overlap(lo2[x], hi2[x], lo1[y], hi1[y])
+                       or _ranges_overlap(lo2[x], hi2[x], lo2[y], hi2[y]))
+            shares[x, y] = shares[y, x] = overlap
 
 
 @numba.njit(cache=True, inline="always")
@@ -320,7 +341,6 @@ def _list_schedule(kt, scratch):
     order, num_iterations = kt.order, kt.num_iterations
     pair_src, pair_wraps, pair_into = kt.pair_src, kt.pair_wraps, kt.pair_into
     edge_src, edges_into, edges_into_offset = kt.edge_src, kt.edges_into, kt.edges_into_offset
-    lo1, hi1, lo2, hi2 = scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2
     duration, transfer = scratch.duration, scratch.transfer
     end, previous_end, latest_end = scratch.end, scratch.previous_end, scratch.latest_end
     latest_end[:] = 0.0
@@ -351,7 +371,7 @@ def _list_schedule(kt, scratch):
                 p = pair_into[x]
                 if p >= 0 and not (pair_wraps[p] and i == 0):
                     ready = max(ready, end[num_calls + p])
-            free = _devices_free_s(x, lo1, hi1, lo2, hi2, latest_end)
+            free = _devices_free_s(x, scratch.shares_devices, latest_end)
             end[x] = max(ready, free) + duration[x]
             latest_end[x] = end[x]
         iteration_end = 0.0
@@ -363,16 +383,12 @@ def _list_schedule(kt, scratch):
 
 
 @numba.njit(cache=True, inline="always")
-def _devices_free_s(x, lo1, hi1, lo2, hi2, latest_end):
+def _devices_free_s(x, shares_devices, latest_end):
     """When all devices of node type x are free: the latest end of any node type sharing a
     device with it (meshes are contiguous ranges, so overlapping ranges share devices)."""
     free = 0.0
     for y in range(latest_end.shape[0]):
-        if latest_end[y] > free and (
-                _ranges_overlap(lo1[x], hi1[x], lo1[y], hi1[y])
-                or _ranges_overlap(lo1[x], hi1[x], lo2[y], hi2[y])
-                or _ranges_overlap(lo2[x], hi2[x], lo1[y], hi1[y])
-                or _ranges_overlap(lo2[x], hi2[x], lo2[y], hi2[y])):
+        if latest_end[y] > free and shares_devices[x, y]:
             free = latest_end[y]
     return free
 
@@ -386,12 +402,15 @@ def _is_transient_copy(k, g, memory_role, placement, train_call_of):
 
 
 @numba.njit(cache=True, inline="always")
-def _memory_terms(g, kt, persistent, extra):
+def _memory_terms(g, kt, scratch):
     """Per call k of plan `g` (memory rule of the module docstring): `persistent[k]`, the
     bytes per device its placement keeps resident on its mesh (a train call's train state;
     an untrained model's weights on the first call of each distinct placement; else 0),
     and `extra[k]`, the bytes it adds while it runs (working set, plus its weights when it
-    is a transient copy). Every value is the largest over the mesh's pipeline stages."""
+    is a transient copy). Every value is the largest over the mesh's pipeline stages. Then
+    `start_level[k]`: the persistent level at the first device of call k's mesh (when
+    persistent[k] is not 0), which `_persistent_peak_bytes` reads. Needs the call ranges."""
+    persistent, extra = scratch.persistent, scratch.extra
     placement, memory_role, train_call_of, model_id = (kt.placement, kt.memory_role,
                                                        kt.train_call_of, kt.model_id)
     state, weights, activation = kt.state, kt.weights, kt.activation
@@ -412,34 +431,42 @@ def _memory_terms(g, kt, persistent, extra):
                     repeat = True
             if not repeat:
                 persistent[k] = weights[c]
+    lo1, hi1, start_level = scratch.lo1, scratch.hi1, scratch.start_level
+    for q in range(g.shape[0]):
+        start_level[q] = 0.0 if persistent[q] == 0.0 else _persistent_level(
+            lo1[q], persistent, lo1, hi1)
 
 
 @numba.njit(cache=True, inline="always")
-def _persistent_peak_bytes(check_lo, check_hi, persistent, lo1, hi1):
+def _persistent_level(device, persistent, lo1, hi1):
+    """The persistent level on `device`: the sum of the terms whose call mesh covers it."""
+    level = 0.0
+    for t in range(persistent.shape[0]):
+        if persistent[t] != 0.0 and lo1[t] <= device < hi1[t]:
+            level += persistent[t]
+    return level
+
+
+@numba.njit(cache=True, inline="always")
+def _persistent_peak_bytes(check_lo, check_hi, scratch):
     """The largest persistent level over devices [check_lo, check_hi): the sum of the
     persistent terms whose call mesh [lo1, hi1) covers a device. The level is piecewise
     constant and only rises where a non-zero term starts, so its maximum over a range is
-    reached at the range's first device or at the first device of a term inside it."""
-    num_calls = persistent.shape[0]
-    level_max = 0.0
-    for q in range(-1, num_calls):
-        if q >= 0 and persistent[q] == 0.0:
-            continue
-        point = check_lo if q < 0 else lo1[q]
-        if point < check_lo or point >= check_hi:
-            continue
-        level = 0.0
-        for t in range(num_calls):
-            if persistent[t] != 0.0 and lo1[t] <= point < hi1[t]:
-                level += persistent[t]
-        level_max = max(level_max, level)
+    reached at the range's first device or at the first device of a term inside it (whose
+    level `_memory_terms` keeps in start_level)."""
+    persistent, lo1, hi1 = scratch.persistent, scratch.lo1, scratch.hi1
+    start_level = scratch.start_level
+    level_max = _persistent_level(check_lo, persistent, lo1, hi1)
+    for q in range(persistent.shape[0]):
+        if persistent[q] != 0.0 and check_lo <= lo1[q] < check_hi:
+            level_max = max(level_max, start_level[q])
     return level_max
 
 
 @numba.njit(cache=True, inline="always")
-def _call_peak_bytes(k, persistent, extra, lo1, hi1):
+def _call_peak_bytes(k, scratch):
     """Bytes per device at the peak of call k: persistent level over its mesh + its extra."""
-    return _persistent_peak_bytes(lo1[k], hi1[k], persistent, lo1, hi1) + extra[k]
+    return _persistent_peak_bytes(scratch.lo1[k], scratch.hi1[k], scratch) + scratch.extra[k]
 
 
 @numba.njit(cache=True, inline="always")
@@ -449,10 +476,9 @@ def _memory_overflow(g, kt, scratch):
     placement, capacity, weights = kt.placement, kt.capacity, kt.weights
     pair_src, pair_dst, lo, hi = kt.pair_src, kt.pair_dst, kt.lo, kt.hi
     memory_role, train_call_of = kt.memory_role, kt.train_call_of
-    persistent, extra, lo1, hi1 = scratch.persistent, scratch.extra, scratch.lo1, scratch.hi1
     worst = -np.inf
     for k in range(g.shape[0]):
-        peak = _call_peak_bytes(k, persistent, extra, lo1, hi1)
+        peak = _call_peak_bytes(k, scratch)
         worst = max(worst, (peak - capacity[g[k]]) / capacity[g[k]])
     for p in range(pair_src.shape[0]):
         k = pair_dst[p]
@@ -464,6 +490,6 @@ def _memory_overflow(g, kt, scratch):
         need = weights[b]
         if _is_transient_copy(k, g, memory_role, placement, train_call_of):
             need += weights[b]
-        peak = _persistent_peak_bytes(lo[b], hi[b], persistent, lo1, hi1) + need
+        peak = _persistent_peak_bytes(lo[b], hi[b], scratch) + need
         worst = max(worst, (peak - capacity[b]) / capacity[b])
     return worst

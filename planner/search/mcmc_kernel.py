@@ -1,15 +1,17 @@
 """The compiled inner loop of the MCMC search: many Metropolis steps per chain, in parallel.
 
 Random numbers come from a counter-based generator (splitmix64 of seed, chain, step and
-slot), so a chain's path depends only on the seed, never on which thread ran it: same seed,
-same result. Each step proposes one move (see planner/search/mcmc.py), evaluates the plan with
-planner.search.fast_evaluator.evaluate_plan, accepts by the Metropolis rule at the chain's
+slot), so a chain's path depends only on the seed, never on which thread ran it or on how
+many rounds one `sweep` runs: same seed, same result. Each step proposes one move (see
+planner/search/mcmc.py), evaluates the plan with planner.search.fast_evaluator.evaluate_plan,
+accepts by the Metropolis rule at the chain's
 temperature, and remembers the chain's best feasible plan.
 
 `sweep` takes three bundles besides the evaluator's tables: `Chains` (the chains' state,
 updated in place), `MoveTables` (the neighbourhoods, planner.search.mcmc.move_tables) and
 `StepSettings`; a step is `_propose`, `evaluate_plan`, `_remember_if_best` and
-`_metropolis_accepts`.
+`_metropolis_accepts`, and a round of steps ends with `_exchange_column` (parallel
+tempering).
 """
 
 from __future__ import annotations
@@ -76,37 +78,73 @@ MoveTables = namedtuple("MoveTables", [
     "copy_src", "copy_dst", "copy_map_offset", "copy_map"])
 
 # One sweep's settings: the random seed, the first step's number (the random numbers are a
-# function of seed, chain and step), the number of steps, the cost scale of the infeasible
-# penalty (energy_of), and the cumulative probabilities of the moves MOVE_RANDOM,
+# function of seed, chain and step), the number of rounds (each `swap_every` steps of every
+# chain, then an exchange between neighbouring temperatures), the chains per temperature
+# (chain j x chains_per_temperature + s has temperature level j), the cost scale of the
+# infeasible penalty (energy_of), and the cumulative probabilities of the moves MOVE_RANDOM,
 # MOVE_SAME_MESH and MOVE_SAME_STYLE (MOVE_COPY_PLACEMENT has the rest).
-StepSettings = namedtuple("StepSettings", ["seed", "first_step", "num_steps", "scale",
+StepSettings = namedtuple("StepSettings", ["seed", "first_step", "num_rounds", "swap_every",
+                                           "chains_per_temperature", "scale",
                                            "move_cumulative"])
 
-# Slots of the four random numbers of a step (`uniform`).
-SLOT_KIND, SLOT_CALL, SLOT_PICK, SLOT_ACCEPT = 0, 1, 2, 3
+# Slots of the random numbers of a step (`uniform`); SLOT_SWAP: the exchange after it.
+SLOT_KIND, SLOT_CALL, SLOT_PICK, SLOT_ACCEPT, SLOT_SWAP = 0, 1, 2, 3, 4
 
 
 @numba.njit(cache=True, parallel=True)
 def sweep(chains, moves, steps, kt):
-    """Advance every chain by `steps.num_steps` Metropolis steps (`chains` updated in place).
+    """Advance every chain by `steps.num_rounds` rounds (`chains` updated in place): in a
+    round, each chain takes `swap_every` Metropolis steps, then neighbouring temperature
+    levels exchange states (`_exchange_column`).
 
-    `chains`: a Chains, `moves`: a MoveTables, `steps`: a StepSettings, `kt`: the evaluator's
-    KernelTables."""
-    for n in numba.prange(chains.state.shape[0]):
-        plan = chains.state[n] + moves.offset      # global candidate indices
-        _advance_chain(n, plan, new_scratch(kt), chains, moves, steps, kt)
+    An exchange only pairs chains j x per + s and (j + 1) x per + s, one column s of the
+    ladder, so one thread runs a whole column through every round without waiting for the
+    others: the threads meet once per sweep, not once per round. `chains`: a Chains,
+    `moves`: a MoveTables, `steps`: a StepSettings, `kt`: the evaluator's KernelTables."""
+    per = steps.chains_per_temperature
+    temperatures = chains.state.shape[0] // per
+    for s in numba.prange(per):
+        scratch = new_scratch(kt)
+        plans = np.empty((temperatures, chains.state.shape[1]), np.int64)
+        for j in range(temperatures):
+            plans[j] = chains.state[j * per + s] + moves.offset   # global candidate indices
+        step = steps.first_step
+        for _ in range(steps.num_rounds):
+            for j in range(temperatures):
+                _advance_chain(j * per + s, plans[j], step, steps.swap_every, scratch,
+                               chains, moves, steps, kt)
+            step += steps.swap_every
+            _exchange_column(s, per, plans, (step // steps.swap_every) % 2, step, chains,
+                             steps.seed)
+
+
+@numba.njit(cache=True)
+def _exchange_column(s, per, plans, parity, step, chains, seed):
+    """Exchange the states (and `plans`, their global indices) of temperature levels
+    (j, j + 1), j = parity, parity + 2, ..., in column s of the ladder, each with probability
+    min(1, exp((1/T_j - 1/T_j+1) (E_j - E_j+1))), the parallel tempering rule (Swendsen &
+    Wang 1986; Geyer 1991); the random number is the lower chain's SLOT_SWAP at `step`."""
+    state, energy, temperature = chains.state, chains.energy, chains.temperature
+    for j in range(parity, plans.shape[0] - 1, 2):
+        a, b = j * per + s, (j + 1) * per + s
+        delta = (1.0 / temperature[a] - 1.0 / temperature[b]) * (energy[a] - energy[b])
+        if uniform(seed, a, step, SLOT_SWAP) < np.exp(min(0.0, delta)):
+            for k in range(plans.shape[1]):
+                plans[j, k], plans[j + 1, k] = plans[j + 1, k], plans[j, k]
+                state[a, k], state[b, k] = state[b, k], state[a, k]
+            energy[a], energy[b] = energy[b], energy[a]
 
 
 # Without reference counting, like fast_evaluator.evaluate_plan (see the note there): the
 # step loop hands the namedtuples to its pieces once per step.
 @numba.njit(cache=True, _nrt=False)
-def _advance_chain(n, plan, scratch, chains, moves, steps, kt):
-    """Chain n's steps from `plan` (its state as global candidate indices, kept in step with
-    it): propose a move, evaluate it, remember the plan when it is the chain's best that
-    fits, and keep or undo the move by the Metropolis rule. `scratch`: from new_scratch."""
+def _advance_chain(n, plan, first_step, num_steps, scratch, chains, moves, steps, kt):
+    """Chain n's steps first_step, ..., first_step + num_steps - 1 from `plan` (its state as
+    global candidate indices, kept in step with it): propose a move, evaluate it, remember
+    the plan when it is the chain's best that fits, and keep or undo the move by the
+    Metropolis rule. `scratch`: from new_scratch."""
     state, offset = chains.state, moves.offset
-    for s in range(steps.num_steps):
-        step = steps.first_step + s
+    for step in range(first_step, first_step + num_steps):
         call, new = _propose(n, step, plan, state[n], moves, steps)
         old = state[n, call]
         if new < 0 or new == old:

@@ -6,15 +6,26 @@
 3. Run the MCMC search (planner.search.mcmc) seeded with the baselines, on the fast evaluator.
 4. Re-price the best distinct plans found and the baselines with the exact simulator
    (costmodel.simulator) and keep the best feasible one. The result is therefore never worse
-   than a baseline under the exact cost model.
+   than a baseline under the exact cost model (than a priced one, under a deadline).
 5. A lower bound on the iteration time of every plan of the space (planner.search.
    lower_bound), printed beside the plan as its gap.
+
+With a `Deadline` (planner.search.deadline; `plan search --time-limit`), every step draws on
+it: the tables get TABLE_SHARE of the budget (builder.full_tables stops pricing mesh shapes
+when it ends, and the tables are then incomplete); the fastest baseline is priced exactly
+before the chains run, which measures what one exact pricing costs; the chains get what
+remains less REPRICE_RESERVE_PLANS such pricings; then the chains' best plan is priced
+exactly (always), and the other baselines and best plans while time remains (a baseline
+left unpriced is None in `baselines`, listed in `unpriced_baselines` and named in `cut`); the
+bound is computed only on complete tables (it needs every candidate) and while time remains.
+`SearchOutcome.cut` names each step the time limit cut and says what was left out. Without a
+deadline the tables are complete and the chains stop at `MCMCSettings.time_limit_s`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,10 +39,21 @@ from planner.domain.paths import PROFILES_DIR
 from planner.domain.workflow import Workflow
 from planner.search.baselines import BaselineJudge, build_baselines
 from planner.search.builder import full_tables, pruned_tables
+from planner.search.deadline import Deadline
 from planner.search.fast_evaluator import FastEvaluator
 from planner.search.lower_bound import lower_bound
 from planner.search.mcmc import MCMCResult, MCMCSettings, run_mcmc, warm_up
 from planner.search.tables import SearchTables
+
+# The phases of `search`, as the progress line names them.
+PRICING, BASELINES, SEARCHING, REPRICING, BOUND = (
+    "pricing candidates", "baselines", "searching", "re-pricing", "lower bound")
+TABLE_SHARE = 0.5           # of the time limit, for pricing candidates (the first phase)
+# Exact pricings kept back from the chains: the best plan's, and one more as a margin, since
+# a plan's first pricing prices its calls' layouts, which the baselines may not have used.
+REPRICE_RESERVE_PLANS = 2
+TABLES_CUT = ("tables cut by the time limit: not every mesh shape priced; raise --time-limit "
+              "for a bound")
 
 
 @dataclass
@@ -50,6 +72,8 @@ class SearchOutcome:
     smallest_overflow_bytes: float                # when nothing fits: the least excess found
     unplaceable_call: str | None = None           # a call with no candidate that fits alone
     lower_bound_s: float | None = None            # planner.search.lower_bound of the space
+    cut: dict[str, str] = field(default_factory=dict)   # phase -> what the time limit left out
+    unpriced_baselines: list[str] = field(default_factory=list)   # None in baselines: no time
 
 
 def _remap(choice: np.ndarray | None, kept: list[np.ndarray]) -> np.ndarray | None:
@@ -89,13 +113,20 @@ def smallest_alone_shortfall_bytes(table) -> float:
 def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
            progress: Callable[[int, float, float], None] | None = None,
            should_stop: Callable[[], bool] | None = None, calibration=None,
-           profiles_dir: Path = PROFILES_DIR) -> SearchOutcome:
+           profiles_dir: Path = PROFILES_DIR, deadline: Deadline | None = None,
+           phase: Callable[[str], None] | None = None) -> SearchOutcome:
     """Search (module docstring); `calibration` (costmodel.calibration) prices everything
     with fitted factors, as `plan estimate --profile` does; `profiles_dir` holds the profile
-    tables (default profiles/)."""
+    tables (default profiles/); `deadline` bounds the whole search (module docstring);
+    `phase(name)` is called as each phase starts (PRICING, BASELINES, ...)."""
+    announce = phase or (lambda name: None)
     start = time.perf_counter()
+    announce(PRICING)
     full = full_tables(workflow, cluster, calibration=calibration, profiles_dir=profiles_dir,
-                       price_unfit=False)
+                       price_unfit=False,
+                       deadline=None if deadline is None else deadline.part(TABLE_SHARE))
+    cut = {} if full.complete else {PRICING: TABLES_CUT}
+    announce(BASELINES)
     costs = PlanCosts(workflow, cluster, profiles_dir, calibration=calibration)
     judge = exact_judge(full, workflow, cluster, costs)
     baseline_choices = build_baselines(full, judge, cluster, workflow)
@@ -111,25 +142,68 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
                                  mcmc=None, tables=tables,
                                  build_s=time.perf_counter() - start,
                                  smallest_overflow_bytes=smallest_alone_shortfall_bytes(table),
-                                 unplaceable_call=table.name)
+                                 unplaceable_call=table.name, cut=cut)
     evaluator = FastEvaluator(tables)
     seeds = [_remap(c, kept) for c in baseline_choices.values() if c is not None]
-    warm_up(evaluator)
+    moves = warm_up(evaluator)
     build_s = time.perf_counter() - start
-    result = run_mcmc(evaluator, seeds, settings, progress, should_stop)
 
     def price(choice: np.ndarray, over: SearchTables) -> PricedPlan:
         executions = over.executions_of(choice)
         return PricedPlan(executions, simulate(workflow, cluster, executions, costs=costs))
 
-    baselines = {name: None if c is None else price(c, full)
-                 for name, c in baseline_choices.items()}
-    priced = [price(c, tables) for c in result.top_choices]
+    # Exact pricing, fastest first by the fast evaluator: before the chains, the fastest
+    # baseline (a priced plan to fall back on, and what one exact pricing costs); after
+    # them, the chains' best plan, then the other baselines and the chains' other plans
+    # while time remains.
+    named = [name for name, choice in baseline_choices.items() if choice is not None]
+    if seeds:
+        fast = evaluator.evaluate(np.array(seeds))
+        named = [named[i] for i in np.lexsort((fast.iteration_s, ~fast.feasible))]
+    baselines: dict[str, PricedPlan | None] = {name: None for name in baseline_choices}
+    pricing_s = []
+
+    def price_baseline(name: str) -> None:
+        began = time.perf_counter()
+        baselines[name] = price(baseline_choices[name], full)
+        pricing_s.append(time.perf_counter() - began)
+
+    if named:
+        price_baseline(named[0])
+    if deadline is not None:
+        reserve_s = REPRICE_RESERVE_PLANS * max(pricing_s, default=0.0)
+        settings = replace(settings, time_limit_s=min(settings.time_limit_s,
+                                                      deadline.remaining_s() - reserve_s))
+    announce(SEARCHING)
+    result = run_mcmc(evaluator, seeds, settings, progress, should_stop, moves=moves)
+    announce(REPRICING)
+    priced = [price(c, tables) for c in result.top_choices[:1]]
+    unpriced: list[str] = []
+    waiting = [(name, None) for name in named[1:]] + [(None, c)
+                                                       for c in result.top_choices[1:]]
+    for i, (name, choice) in enumerate(waiting):
+        if deadline is not None and deadline.expired():
+            unpriced = [n for n, _ in waiting[i:] if n is not None]
+            cut[REPRICING] = (
+                f"{len(priced)} of the {len(result.top_choices)} best plans found priced "
+                f"exactly" + (f"; baselines not priced: {', '.join(unpriced)}"
+                              if unpriced else ""))
+            break
+        if name is None:
+            priced.append(price(choice, tables))
+        else:
+            price_baseline(name)
     priced += [p for p in baselines.values() if p is not None]
     feasible = [p for p in priced if p.estimate.feasible]
     best = min(feasible, key=lambda p: p.estimate.iteration_s) if feasible else None
     shortfall = 0.0 if best else smallest_shortfall_bytes(evaluator, seeds)
-    bound = lower_bound(tables)
+    bound_s = None
+    if tables.complete and deadline is not None and deadline.expired():
+        cut[BOUND] = "no time left for the lower bound; raise --time-limit for one"
+    elif tables.complete:
+        announce(BOUND)
+        bound = lower_bound(tables)
+        bound_s = None if bound is None else bound.iteration_s
     return SearchOutcome(best=best, baselines=baselines, mcmc=result, tables=tables,
                          build_s=build_s, smallest_overflow_bytes=shortfall,
-                         lower_bound_s=None if bound is None else bound.iteration_s)
+                         lower_bound_s=bound_s, cut=cut, unpriced_baselines=unpriced)

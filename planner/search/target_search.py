@@ -17,7 +17,9 @@ heads, say: the target could express it, the model cannot run it) are skipped an
 The REPRICE_TOP fastest plans (feasible ones first, by either price) are kept, those the
 fast evaluator priced are re-priced exactly, and the best feasible plan under the exact
 simulator is the result, as the unrestricted search does (planner.search.pipeline, step 4).
-Pricing stops at the time limit; the result says whether the whole space was priced.
+Pricing stops at the time limit (a `Deadline`, planner.search.deadline, which then also
+bounds building the tables and the exact re-pricing: the fastest plan is always re-priced,
+the others while time remains); the result says whether the whole space was priced.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from planner.domain.layout import Execution, execution_problem
 from planner.domain.paths import PROFILES_DIR
 from planner.domain.workflow import Workflow
 from planner.search.builder import full_tables
+from planner.search.deadline import Deadline
 from planner.search.fast_evaluator import FastEvaluator
 from planner.search.pipeline import PricedPlan
 from planner.search.tables import SearchTables
@@ -105,16 +108,22 @@ def plan_problem(workflow: Workflow, cluster: ClusterSpec,
 
 
 def search_target_space(workflow: Workflow, cluster: ClusterSpec,
-                        plans: Iterable[Mapping[str, Execution]], time_limit_s: float,
-                        calibration=None, profiles_dir: Path = PROFILES_DIR,
-                        tables: SearchTables | None = None) -> TargetSearchResult:
-    """Price `plans` (a target's `target_plans(workflow, cluster)`) for at most
-    `time_limit_s` after the tables are built, and return the best feasible one (module
-    docstring). `tables`: the full tables of (workflow, cluster, calibration), when the
-    caller has them."""
+                        plans: Iterable[Mapping[str, Execution]],
+                        time_limit_s: float | None = None, calibration=None,
+                        profiles_dir: Path = PROFILES_DIR, tables: SearchTables | None = None,
+                        deadline: Deadline | None = None) -> TargetSearchResult:
+    """Price `plans` (a target's `target_plans(workflow, cluster)`) and return the best
+    feasible one (module docstring), within `deadline` (everything included), or else for
+    at most `time_limit_s` after the tables are built (one of the two is required).
+    `tables`: the full tables of (workflow, cluster, calibration), when the caller has
+    them."""
+    if (deadline is None) == (time_limit_s is None):
+        raise ValueError("give search_target_space one of time_limit_s and deadline")
     if tables is None:
         tables = full_tables(workflow, cluster, calibration=calibration,
-                             profiles_dir=profiles_dir)
+                             profiles_dir=profiles_dir, deadline=deadline)
+    if deadline is None:
+        deadline = Deadline(time_limit_s)
     costs = PlanCosts(workflow, cluster, profiles_dir, calibration=calibration)
     evaluator = FastEvaluator(tables)
     index = candidate_index(tables)
@@ -134,9 +143,7 @@ def search_target_space(workflow: Workflow, cluster: ClusterSpec,
         batch.clear()
 
     start = time.perf_counter()
-
-    def out_of_time() -> bool:
-        return time.perf_counter() - start > time_limit_s
+    out_of_time = deadline.expired
 
     stopped_by = SPACE_EXHAUSTED
     deferred: list[tuple[int, dict[str, Execution]]] = []   # for the exact simulator
@@ -162,9 +169,12 @@ def search_target_space(workflow: Workflow, cluster: ClusterSpec,
         estimate = simulate(workflow, cluster, executions, costs=costs)
         ranked.offer(estimate.feasible, estimate.iteration_s, order, executions, estimate)
         counts["simulated"] += 1
-    repriced = [PricedPlan(executions, estimate or simulate(workflow, cluster, executions,
-                                                            costs=costs))
-                for executions, estimate in ranked.best_first()]
+    repriced = []
+    for executions, estimate in ranked.best_first():
+        if repriced and estimate is None and out_of_time():
+            break                         # the fastest plan is always re-priced
+        repriced.append(PricedPlan(executions, estimate or simulate(
+            workflow, cluster, executions, costs=costs)))
     feasible = [p for p in repriced if p.estimate.feasible]
     best = min(feasible, key=lambda p: p.estimate.iteration_s) if feasible else None
     reason = None if best or not repriced else repriced[0].estimate.reason

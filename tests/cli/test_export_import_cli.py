@@ -92,6 +92,7 @@ def make_fake_target(name: str) -> ModuleType:
 
     fake.unexpressible, fake.export_config = unexpressible, export_config
     fake.import_config, fake.target_plans = import_config, target_plans
+    fake.workflow_problems = lambda workflow: []
     return fake
 
 
@@ -374,3 +375,14 @@ def test_missing_baseline_file_is_one_line(cli, tmp_path):
                        "--out", tmp_path / "best.yaml")
     assert_one_line(code, err, "none.yaml", "file not found")
 
+
+
+def test_search_target_refuses_a_workflow_the_target_cannot_run_before_pricing(cli, tmp_path):
+    """AReaL has no reward-model engine: PPO with a reward model is refused with the
+    target's reason, exit 1, before any candidate is priced (no plan written)."""
+    code, _, err = cli("search", "--target", "areal", "--cluster", "cpu2", "--workflow",
+                       "ppo", "--time-limit", "1", "--out", tmp_path / "best.yaml")
+    assert code == 1
+    [line] = err.strip().splitlines()
+    assert line.startswith("plan search: areal cannot run this workflow: ") and "rew_inf" in line
+    assert not (tmp_path / "best.yaml").exists()

@@ -13,7 +13,7 @@ from planner.domain.workflow_file import builtin_workflow
 from planner.search.builder import full_tables, pruned_tables
 from planner.search.exhaustive import exhaustive_search
 from planner.search.fast_evaluator import FastEvaluator
-from planner.search.mcmc import MCMCSettings, run_mcmc
+from planner.search.mcmc import STEPS_PER_SWEEP, MCMCSettings, run_mcmc
 from planner.search.pipeline import search
 
 # Enumerable spaces with feasible plans (PPO spaces this small have none that fit; the
@@ -105,7 +105,8 @@ def test_interrupted_search_keeps_best_so_far():
     settings = MCMCSettings(seed=0)
     outcome = search(workflow, cluster, settings, should_stop=stop_after_a_few_steps)
     assert outcome.mcmc.stopped_by == "interrupted"
-    assert outcome.mcmc.steps == 5 * settings.swap_every
+    # the stop is checked after every call of the compiled sweep
+    assert outcome.mcmc.steps == 5 * STEPS_PER_SWEEP
     assert outcome.best is not None and outcome.best.estimate.feasible
 
 
