@@ -6,7 +6,8 @@ with tp a power of two that the model can be split over (planner.domain.layout
 parallel_degrees_problem: tp divides the attention heads, and divides the kv heads or is a
 multiple of them, each rank then holding a replica of one kv head), tp inside a node, pp at
 most the layer count, and micro-batch counts from
-{1, 2, 4, 8, 16, pp, 2pp, 4pp} that the batch allows; a train call also tries each
+{1, 2, 4, 8, 16, pp, 2pp, 4pp} that the batch allows, plus, for large batches, those that
+make micro-batches of 8, 4, 2 or 1 rows (micro_batch_options); a train call also tries each
 activation recomputation mode (Execution.recompute: none, selective, full), which trades
 the memory of kept activations against a forward rerun in backward. Candidates that do not
 fit in device memory even alone are dropped later, once the cost model has priced them.
@@ -15,7 +16,12 @@ fit in device memory even alone are dropped later, once the cost model has price
 from __future__ import annotations
 
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import RECOMPUTE_MODES, Execution, layout_problem
+from planner.domain.layout import (
+    RECOMPUTE_MODES,
+    Execution,
+    layout_problem,
+    sequences_per_micro_batch_step,
+)
 from planner.domain.mesh import allowed_meshes
 from planner.domain.modelspec import ModelSpec
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
@@ -26,13 +32,22 @@ def divisors(n: int) -> list[int]:
 
 
 MICRO_BATCH_COUNTS = (1, 2, 4, 8, 16)
+# Rows per micro-batch tried where the fixed counts leave micro-batches larger than these:
+# large batches (GRPO's 512 prompts x 8 samples: 512 rows per replica at dp 8) need many
+# small micro-batches for their activations, logits and KV caches to fit.
+SMALL_MICRO_BATCH_ROWS = (8, 4, 2, 1)
 
 
-def micro_batch_options(pp: int) -> list[int]:
+def micro_batch_options(pp: int, rows_per_replica: int | None = None) -> list[int]:
     """Micro-batch counts tried for a pipeline of `pp` stages: a few fixed counts (fewer,
-    larger micro-batches run faster; more, smaller ones need less activation memory) and
-    pp, 2pp, 4pp (which fill the pipeline)."""
-    return sorted(set(MICRO_BATCH_COUNTS) | {pp, 2 * pp, 4 * pp})
+    larger micro-batches run faster; more, smaller ones need less activation memory),
+    pp, 2pp, 4pp (which fill the pipeline) and, given the rows each dp replica processes
+    per step, the counts that make micro-batches of SMALL_MICRO_BATCH_ROWS rows where the
+    largest of the others leaves micro-batches of more rows than those."""
+    counts = set(MICRO_BATCH_COUNTS) | {pp, 2 * pp, 4 * pp}
+    if rows_per_replica and rows_per_replica / max(counts) > max(SMALL_MICRO_BATCH_ROWS):
+        counts |= {-(-rows_per_replica // rows) for rows in SMALL_MICRO_BATCH_ROWS}
+    return sorted(counts)
 
 
 def layouts_for_mesh(mesh_size: int) -> list[tuple[int, int, int]]:
@@ -61,7 +76,8 @@ def candidate_executions(call: ModelFunctionCall, spec: ModelSpec, cluster: Clus
     result = []
     for mesh in meshes if meshes is not None else allowed_meshes(cluster):
         for dp, tp, pp in layouts_for_mesh(len(mesh)):
-            for micro_batches in micro_batch_options(pp):
+            rows = sequences_per_micro_batch_step(call, batch) // dp
+            for micro_batches in micro_batch_options(pp, rows):
                 for recompute in recompute_options(call):
                     execution = Execution(devices=mesh, dp=dp, tp=tp, pp=pp,
                                           micro_batches=micro_batches, recompute=recompute)

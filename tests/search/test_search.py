@@ -159,3 +159,21 @@ def test_candidates_only_use_layouts_the_runtime_runs():
     problem = layout_problem(Execution(devices=tuple(range(16)), dp=1, tp=16, pp=1), spec,
                              cluster_preset("h100x16"), call, workflow.batch)
     assert "does not evenly split the 8 attention heads" in problem and "[1, 2, 4, 8]" in problem
+
+
+def test_large_batches_get_micro_batches_small_enough_to_fit():
+    """A GRPO batch of 5,120 sequences (verl's Qwen2.5-7B example: 1,024 prompts x 5) on 8
+    H100: with the fixed counts alone (at most 16 micro-batches, 40 rows each at dp 8) the
+    reference call's logits fit on no mesh; the space adds micro-batches of 8, 4, 2 and 1
+    rows, and a plan fits. Small batches keep the fixed counts only."""
+    from planner.search.space import MICRO_BATCH_COUNTS, micro_batch_options
+    from planner.search.pipeline import search
+
+    assert micro_batch_options(1, 64) == list(MICRO_BATCH_COUNTS)
+    assert micro_batch_options(1, 640) == [1, 2, 4, 8, 16, 80, 160, 320, 640]
+    workflow = builtin_workflow("grpo", "qwen2.5-7b", batch={
+        "n_seqs": 5120, "prompt_len": 1024, "gen_len": 1024, "ppo_minibatches": 4,
+        "group_size": 5})
+    outcome = search(workflow, cluster_preset("h100x8"), MCMCSettings(seed=0, time_limit_s=5))
+    assert outcome.best is not None and outcome.best.estimate.feasible
+    assert outcome.best.executions["ref_inf"].micro_batches > max(MICRO_BATCH_COUNTS)
