@@ -10,8 +10,10 @@ enumerated, not sampled, and each plan priced by the cheapest cost model that pr
   shard_parameters_over_dp, or a micro-batch count outside its set) by the exact simulator
   (costmodel.simulator.simulate), about a millisecond per plan on 8 devices (its call
   prices cached), a thousand times the fast evaluator's cost. These are priced after the
-  whole space has been read and every fast plan priced, in the target's order, so that a
-  time limit cuts into the slow part only.
+  whole space has been read and every fast plan priced, in a fixed shuffled order (the
+  target's order groups plans by their first roles' options, so a time limit would price one
+  corner of the space), so that a time limit cuts into the slow part only and leaves an
+  even sample of it.
 Plans with an invalid execution for this model and cluster (a tp that does not divide the
 heads, say: the target could express it, the model cannot run it) are skipped and counted.
 The REPRICE_TOP fastest plans (feasible ones first, by either price) are kept, those the
@@ -48,6 +50,7 @@ from planner.search.tables import SearchTables
 FAST_BATCH = 4096       # plans per call of the fast evaluator (amortises its call overhead)
 REPRICE_TOP = 16        # plans re-priced exactly, as many as the MCMC search re-prices
 SPACE_EXHAUSTED, TIME_LIMIT = "space exhausted", "time limit"
+SLOW_ORDER_SEED = 0     # the exact simulator's plans in a fixed shuffled order (below)
 
 
 @dataclass
@@ -162,7 +165,10 @@ def search_target_space(workflow: Workflow, cluster: ClusterSpec,
         else:
             deferred.append((order, executions))
     flush()
-    for order, executions in deferred:
+    # in an order spread over the whole space: a target's plans come grouped (the first
+    # options of the first roles first), so a time limit would otherwise price one corner
+    for position in np.random.default_rng(SLOW_ORDER_SEED).permutation(len(deferred)):
+        order, executions = deferred[position]
         if out_of_time():
             stopped_by = TIME_LIMIT
             break
