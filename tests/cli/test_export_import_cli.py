@@ -386,3 +386,29 @@ def test_search_target_refuses_a_workflow_the_target_cannot_run_before_pricing(c
     [line] = err.strip().splitlines()
     assert line.startswith("plan search: areal cannot run this workflow: ") and "rew_inf" in line
     assert not (tmp_path / "best.yaml").exists()
+
+
+FRAMEWORK_DATA = Path(__file__).parents[1] / "frameworks" / "data"
+
+
+@pytest.mark.parametrize("target, config", [
+    ("verl", FRAMEWORK_DATA / "verl" / "run_qwen2_5-7b_math_megatron_diff_tp.sh"),
+    ("openrlhf", FRAMEWORK_DATA / "openrlhf" / "readme_ppo_example_v0.11.sh"),
+])
+def test_a_published_config_imports_and_is_a_baseline_of_the_search(cli, tmp_path, target,
+                                                                      config):
+    """verl's GRPO Qwen2.5-7B example and OpenRLHF's README command: imported on one node
+    of eight H100 (written even where it does not fit), then priced beside the search's
+    own baselines, with the search taking workflow and cluster from the imported plan."""
+    mine = tmp_path / "mine.plan.yaml"
+    code, stdout, err = cli("import", config, "--from", target, "--cluster", "h100x8",
+                            "--out", mine)
+    assert code in (0, 1), err
+    assert mine.exists() and "iteration:" in stdout
+    code, stdout, err = cli("search", "--baseline", mine, "--time-limit", "10", "--json",
+                            "--out", tmp_path / "best.yaml")
+    assert code == 0, err
+    data = json.loads(stdout)
+    [entry] = data["baseline_plans"]
+    assert entry["path"] == str(mine) and entry["iteration_s"] > 0
+    assert f"your plan {mine}" in data["baselines"]
