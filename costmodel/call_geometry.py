@@ -10,7 +10,7 @@ inside one call's model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from costmodel import comm
 from planner.domain.cluster import ClusterSpec
@@ -29,6 +29,25 @@ class Geometry:
     tp_link: tuple[comm.Link, ...]
     dp_link: tuple[comm.Link, ...]
     pp_link: comm.Link | None
+
+    @cached_property
+    def stage_class(self) -> tuple[int, ...]:
+        """Per stage, the id of its class of alike stages: those with the same layer count,
+        hardware, tp and dp links and the same say in whether they are the first or the
+        last stage. Each time costmodel prices per stage reads nothing else of the stage
+        (stage_timer, train_cost), so alike stages time alike and a slowest-stage maximum
+        needs one stage per class (stage_classes)."""
+        last = len(self.stage_layers) - 1
+        ids: dict[tuple, int] = {}
+        return tuple(ids.setdefault((self.stage_layers[s], s == 0, s == last,
+                                     self.stage_hardware[s], self.tp_link[s], self.dp_link[s]),
+                                    len(ids))
+                     for s in range(len(self.stage_layers)))
+
+    @cached_property
+    def stage_classes(self) -> tuple[int, ...]:
+        """The first stage of each class (stage_class), ascending."""
+        return tuple(self.stage_class.index(c) for c in range(max(self.stage_class) + 1))
 
 
 def geometry(execution: Execution, num_layers: int, cluster: ClusterSpec) -> Geometry:
@@ -63,19 +82,30 @@ def placement_geometry(devices: tuple[int, ...], dp: int, tp: int, pp: int, num_
 
 
 def _slowest_link(groups, cluster: ClusterSpec) -> comm.Link:
-    """comm.slowest_link of `groups`, asked of one group per distinct link (the first, in
-    order): the same result, since it depends only on the distinct links in order, while
-    each group's link is memoised (_group_link) across placements that share the group."""
-    distinct: dict[comm.Link, tuple[int, ...]] = {}
+    """comm.slowest_link of `groups`: the same result, since it depends only on the
+    distinct links in order, while each group's link is memoised (_group_links) across
+    placements that share the group."""
+    links = _group_links(cluster)
+    if len(links) >= GROUP_LINK_ENTRIES:
+        links.clear()
+    distinct: dict[comm.Link, None] = {}
     for group in groups:
         key = tuple(group)
-        distinct.setdefault(_group_link(key, cluster), key)
-    return comm.slowest_link(list(distinct.values()), cluster)
+        link = links.get(key)
+        if link is None:
+            link = links[key] = comm.group_link(key, cluster)
+        distinct[link] = None
+    return comm.slowest_of(list(distinct))
 
 
-@lru_cache(maxsize=1 << 16)
-def _group_link(group: tuple[int, ...], cluster: ClusterSpec) -> comm.Link:
-    return comm.group_link(group, cluster)
+# Memoised group links, per cluster (hashing a ClusterSpec once per _slowest_link, not once
+# per group): a dict of at most GROUP_LINK_ENTRIES groups each.
+GROUP_LINK_ENTRIES = 1 << 16
+
+
+@lru_cache(maxsize=8)
+def _group_links(cluster: ClusterSpec) -> dict[tuple[int, ...], comm.Link]:
+    return {}
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,11 @@ def _slowest_fabric(fabrics: list[Fabric]) -> Fabric:
 def slowest_link(groups: Iterable[Iterable[int]], cluster: ClusterSpec) -> Link:
     """A link no faster in any respect than any of several groups that run the same
     collective at once (they are equal when the groups have one shape)."""
-    links = list(dict.fromkeys(group_link(g, cluster) for g in groups))
+    return slowest_of(list(dict.fromkeys(group_link(g, cluster) for g in groups)))
+
+
+def slowest_of(links: list[Link]) -> Link:
+    """slowest_link of groups whose distinct links are `links` (in the groups' order)."""
     if len(links) == 1:
         return links[0]
     fabrics = [link.fabric for link in links if link.fabric is not None]

@@ -57,7 +57,7 @@ from costmodel import efficiency as eff
 from costmodel import recompute
 from costmodel.fsdp_cost import gathered_parameter_bytes, unsharded_gradient_bytes
 from costmodel.roofline import kv_heads_per_rank
-from planner.domain.layout import Execution
+from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
 from planner.sharding.param_shards import shard_elements
@@ -166,22 +166,22 @@ def optimizer_state_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, p
     return elements * (eff.OPTIMIZER_STATE_BYTES_PER_PARAM[dtype_bytes] / shards)
 
 
-def optimizer_step_bytes_per_device(spec: ModelSpec, head: HeadKind, execution: Execution,
+def optimizer_step_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp: int,
+                                    shards: np.ndarray, fsdp: np.ndarray,
                                     dtype_bytes: int) -> np.ndarray:
-    """Temporaries of the optimizer step on each (stage, tp rank): array [pp, tp].
+    """Temporaries of the optimizer step on each (stage, tp rank) of layouts of `tp` x `pp`
+    whose optimizer states are divided over `shards` ranks, under FSDP where `fsdp` (arrays
+    [n]): array [n, pp, tp].
 
     runtime/optimizer.py: over this rank's part of the gradients (its shard, divided over dp
     under ZeRO-1), ADAM_STEP_FP32_TEMPORARIES fp32 tensors (the clipped gradient and the
     denominator) alive together, and under ZeRO-1 the reduced part in the compute dtype
     (under FSDP / ZeRO-3 the sharded gradient is the gradients part itself).
     """
-    ex = execution
-    shards = optimizer_shards(ex)
-    owned = shard_elements(spec, head, ex.tp, ex.pp).astype(float) / shards
+    owned = shard_elements(spec, head, tp, pp).astype(float) / shards[:, None, None]
     per_element = eff.ADAM_STEP_FP32_TEMPORARIES * eff.ADAM_STEP_TEMPORARY_BYTES
-    if shards > 1 and not ex.shard_parameters_over_dp:
-        per_element += dtype_bytes
-    return owned * per_element
+    per_element = np.where((shards > 1) & ~fsdp, per_element + dtype_bytes, per_element)
+    return owned * per_element[:, None, None]
 
 
 def block_working_bytes(spec: ModelSpec, tp: int, tokens: float, keys: float,
@@ -224,27 +224,32 @@ def kv_cache_bytes(spec: ModelSpec, tp: int, num_layers: int, num_seqs: float,
     return num_seqs * context_len * 2.0 * num_layers * kv_width * dtype_bytes
 
 
-def activation_bytes_train_stage(spec: ModelSpec, head: HeadKind, execution: Execution,
-                                 stage: int, micro_seqs: int, seq_len: int,
-                                 dtype_bytes: int) -> float:
-    """Block activations one device of `stage` holds at the peak of a 1F1B train step
-    (logits apart): every block of the micro-batches in flight keeps what the execution's
-    recomputation mode keeps, the last stage the final norm and head input, and in backward
-    one block's rerun part is alive again (costmodel/recompute.py). The head's backward
-    (logits and their gradients) is over before the first block's rerun begins, so the
-    last stage's peak holds the larger of the two: the rerun counts here only by what it
-    exceeds the logits part (logits_bytes)."""
-    ex = execution
-    layers = stage_layer_counts(spec.num_layers, ex.pp)[stage]
-    tokens = micro_seqs * seq_len
-    in_flight = min(ex.micro_batches, ex.pp - stage)
-    kept = recompute.kept_bytes_per_token(spec, ex.recompute, ex.tp, seq_len, dtype_bytes)
-    rerun = tokens * recompute.RECOMPUTED_WORKING_COPIES * recompute.recomputed_bytes_per_token(
-        spec, ex.recompute, ex.tp, seq_len, dtype_bytes)
-    last = stage == ex.pp - 1
-    head_kept = final_norm_bytes_per_token(spec, dtype_bytes) if last else 0.0
-    logits = logits_bytes(spec, head, ex.tp, tokens, True, dtype_bytes) if last else 0.0
-    return tokens * (in_flight * layers * kept + head_kept) + max(0.0, rerun - logits)
+def train_stage_activation_bytes(spec: ModelSpec, head: HeadKind, tp: int, pp: int,
+                                 micro_batches: np.ndarray, modes: np.ndarray,
+                                 micro_seqs: np.ndarray, seq_len: int,
+                                 dtype_bytes: int) -> np.ndarray:
+    """Block activations one device of each stage holds at the peak of a 1F1B train step
+    (logits apart), for layouts of `tp` x `pp` with the given micro-batch counts,
+    recomputation modes (RECOMPUTE_MODES codes) and micro-batch sequences (arrays [n]):
+    array [n, pp]. Every block of the micro-batches in flight keeps what the recomputation
+    mode keeps, the last stage the final norm and head input, and in backward one block's
+    rerun part is alive again (costmodel/recompute.py). The head's backward (logits and their
+    gradients) is over before the first block's rerun begins, so the last stage's peak holds
+    the larger of the two: the rerun counts here only by what it exceeds the logits part
+    (logits_bytes)."""
+    layers = np.asarray(stage_layer_counts(spec.num_layers, pp), dtype=np.int64)
+    tokens = (np.asarray(micro_seqs, dtype=np.int64) * seq_len)[:, None]
+    in_flight = np.minimum(np.asarray(micro_batches, dtype=np.int64)[:, None],
+                           pp - np.arange(pp, dtype=np.int64)[None, :])
+    kept = np.array([recompute.kept_bytes_per_token(spec, mode, tp, seq_len, dtype_bytes)
+                     for mode in RECOMPUTE_MODES])[modes][:, None]
+    rerun_per_token = np.array([recompute.recomputed_bytes_per_token(
+        spec, mode, tp, seq_len, dtype_bytes) for mode in RECOMPUTE_MODES])[modes][:, None]
+    rerun = tokens * recompute.RECOMPUTED_WORKING_COPIES * rerun_per_token
+    last = np.arange(pp) == pp - 1
+    head_kept = np.where(last, final_norm_bytes_per_token(spec, dtype_bytes), 0.0)
+    logits = np.where(last, logits_bytes(spec, head, tp, tokens, True, dtype_bytes), 0.0)
+    return tokens * (in_flight * layers * kept + head_kept) + np.maximum(0.0, rerun - logits)
 
 
 def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execution) -> int:
@@ -254,22 +259,27 @@ def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execu
 
 
 def _stage_activation_and_kv_bytes(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
-                                   execution: Execution, batch: BatchSpec, stage: int,
-                                   dtype_bytes: int) -> tuple[float, float]:
-    """(activations, KV cache) of one device of `stage` during the call."""
-    ex = execution
-    b = micro_batch_seqs(call, batch, ex)
+                                   tp: int, pp: int, micro_batches: np.ndarray,
+                                   modes: np.ndarray, micro_seqs: np.ndarray,
+                                   batch: BatchSpec, dtype_bytes: int
+                                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(activations, KV cache) of one device of each stage during the call, for layouts of
+    `tp` x `pp` (arrays [n] as in train_stage_activation_bytes): arrays [n, pp]."""
+    n = len(micro_seqs)
+    b = np.asarray(micro_seqs, dtype=np.int64)[:, None]
     if call.kind == "train":
-        return activation_bytes_train_stage(spec, head, ex, stage, b, batch.seq_len,
-                                            dtype_bytes), 0.0
+        return train_stage_activation_bytes(spec, head, tp, pp, micro_batches, modes,
+                                            micro_seqs, batch.seq_len, dtype_bytes), \
+            np.zeros((n, pp))
     if call.kind == "inference":
-        return block_working_bytes(spec, ex.tp, b * batch.seq_len, batch.seq_len,
-                                   dtype_bytes), 0.0
-    layers = stage_layer_counts(spec.num_layers, ex.pp)[stage]
-    wave_seqs = b * min(ex.micro_batches, ex.pp)
-    kv = kv_cache_bytes(spec, ex.tp, layers, wave_seqs, batch.seq_len, dtype_bytes)
-    return block_working_bytes(spec, ex.tp, b * batch.prompt_len, batch.prompt_len,
-                               dtype_bytes), kv
+        working = block_working_bytes(spec, tp, b * batch.seq_len, batch.seq_len, dtype_bytes)
+        return np.broadcast_to(working, (n, pp)), np.zeros((n, pp))
+    layers = np.asarray(stage_layer_counts(spec.num_layers, pp), dtype=np.int64)[None, :]
+    wave_seqs = b * np.minimum(np.asarray(micro_batches, dtype=np.int64)[:, None], pp)
+    kv = kv_cache_bytes(spec, tp, layers, wave_seqs, batch.seq_len, dtype_bytes)
+    working = block_working_bytes(spec, tp, b * batch.prompt_len, batch.prompt_len,
+                                  dtype_bytes)
+    return np.broadcast_to(working, (n, pp)), kv
 
 
 def _logits_tokens(call: ModelFunctionCall, batch: BatchSpec, micro_seqs: int) -> int:
@@ -278,42 +288,67 @@ def _logits_tokens(call: ModelFunctionCall, batch: BatchSpec, micro_seqs: int) -
     return micro_seqs if call.kind == "generate" else micro_seqs * batch.seq_len
 
 
+def layout_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
+                        executions: list[Execution], batch: BatchSpec, dtype_bytes: int,
+                        device_kind: str) -> MemoryParts:
+    """Every part of `call`'s memory (module docstring) on each of `executions`, which share
+    tp and pp (they differ in dp, micro-batches, recomputation, ZeRO-1 and FSDP), per
+    (stage, tp rank): arrays [n, pp, tp]. A mesh position holds the value of its stage and
+    tp rank (per_position); the largest over the mesh is the largest over (stage, tp rank)."""
+    tp, pp = executions[0].tp, executions[0].pp
+    assert all(e.tp == tp and e.pp == pp for e in executions), "one tp x pp per call"
+    n = len(executions)
+
+    def column(get, dtype=np.int64) -> np.ndarray:
+        return np.array([get(e) for e in executions], dtype=dtype)
+
+    micro_batches = column(lambda e: e.micro_batches)
+    modes = column(lambda e: RECOMPUTE_MODES.index(e.recompute))
+    fsdp = column(lambda e: e.shard_parameters_over_dp, np.bool_)
+    shards = column(optimizer_shards)
+    micro_seqs = column(lambda e: micro_batch_seqs(call, batch, e))
+    shape = (n, pp, tp)
+    train = call.kind == "train"
+    weights = np.broadcast_to(weight_bytes_per_device(spec, head, tp, pp, dtype_bytes),
+                              shape) / column(parameter_shards)[:, None, None]
+    zeros = np.zeros(shape)
+    gradients, optimizer = zeros, zeros
+    if train:
+        gradients = weights.copy()
+        elements = shard_elements(spec, head, tp, pp).astype(float)
+        optimizer = elements * (eff.OPTIMIZER_STATE_BYTES_PER_PARAM[dtype_bytes]
+                                / shards[:, None, None])
+    activations, kv = _stage_activation_and_kv_bytes(call, spec, head, tp, pp, micro_batches,
+                                                     modes, micro_seqs, batch, dtype_bytes)
+    logits = np.zeros((n, pp))
+    logits[:, -1] = logits_bytes(spec, head, tp, _logits_tokens(call, batch, micro_seqs),
+                                 train, dtype_bytes)
+    activations = np.broadcast_to(activations[:, :, None], shape)
+    logits = np.broadcast_to(logits[:, :, None], shape)
+    optimizer_step = zeros
+    if train:
+        step = optimizer_step_bytes_per_device(spec, head, tp, pp, shards, fsdp, dtype_bytes)
+        optimizer_step = np.maximum(0.0, step - activations - logits)
+    gathered = np.where(fsdp[:, None, None],
+                        gathered_parameter_bytes(spec, head, tp, dtype_bytes), 0.0) \
+        if fsdp.any() else zeros
+    unsharded = np.where(fsdp[:, None, None],
+                         unsharded_gradient_bytes(spec, head, tp, dtype_bytes), 0.0) \
+        if train and fsdp.any() else zeros
+    return MemoryParts(
+        weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
+        kv_cache=np.broadcast_to(kv[:, :, None], shape), logits=logits,
+        gathered_parameters=np.broadcast_to(gathered, shape),
+        unsharded_gradients=np.broadcast_to(unsharded, shape), optimizer_step=optimizer_step,
+        workspace=np.full(shape, float(eff.WORKSPACE_BYTES[device_kind])))
+
+
 def call_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
                       execution: Execution, batch: BatchSpec, dtype_bytes: int,
                       device_kind: str) -> MemoryParts:
-    """Every part of `call`'s memory on `execution`, per mesh position (module docstring)."""
-    ex = execution
-    weights = per_position(weight_bytes_per_device(spec, head, ex.tp, ex.pp, dtype_bytes),
-                           ex) / parameter_shards(ex)
-    zeros = np.zeros_like(weights)
-    if call.kind == "train":
-        gradients = weights.copy()
-        optimizer = per_position(optimizer_state_bytes_per_device(
-            spec, head, ex.tp, ex.pp, optimizer_shards(ex), dtype_bytes), ex)
-    else:
-        gradients, optimizer = zeros, zeros
-    stages = [_stage_activation_and_kv_bytes(call, spec, head, ex, batch, s, dtype_bytes)
-              for s in range(ex.pp)]
-    logits = np.zeros(ex.pp)
-    logits[-1] = logits_bytes(spec, head, ex.tp,
-                              _logits_tokens(call, batch, micro_batch_seqs(call, batch, ex)),
-                              call.kind == "train", dtype_bytes)
-    activations = per_position(np.array([a for a, _ in stages])[:, None], ex)
-    logits = per_position(logits[:, None], ex)
-    optimizer_step = zeros
-    if call.kind == "train":
-        step = per_position(optimizer_step_bytes_per_device(spec, head, ex, dtype_bytes), ex)
-        optimizer_step = np.maximum(0.0, step - activations - logits)
-    gathered, unsharded = zeros, zeros
-    if ex.shard_parameters_over_dp:
-        gathered = np.full_like(weights, gathered_parameter_bytes(spec, head, ex.tp,
-                                                                  dtype_bytes))
-        if call.kind == "train":
-            unsharded = np.full_like(weights, unsharded_gradient_bytes(spec, head, ex.tp,
-                                                                       dtype_bytes))
-    return MemoryParts(
-        weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
-        kv_cache=per_position(np.array([kv for _, kv in stages])[:, None], ex),
-        logits=logits, gathered_parameters=gathered, unsharded_gradients=unsharded,
-        optimizer_step=optimizer_step,
-        workspace=np.full_like(weights, float(eff.WORKSPACE_BYTES[device_kind])))
+    """Every part of `call`'s memory on `execution`, per mesh position (module docstring):
+    layout_memory_parts of the one execution, spread to its positions."""
+    parts = layout_memory_parts(call, spec, head, [execution], batch, dtype_bytes,
+                                device_kind)
+    return MemoryParts(**{kind: per_position(getattr(parts, kind)[0], execution)
+                          for kind in PART_KINDS})

@@ -25,7 +25,7 @@ and rerun in backward:
 - "full": the block input; reruns the block.
 Backward of a rerun part holds its activations again, for one block at a time, beside the
 gradients of the op being differentiated (RECOMPUTED_WORKING_COPIES, measured;
-memory.activation_bytes_train_stage).
+memory.train_stage_activation_bytes).
 
 Rerun time (stage_timer.recompute_s): the rerun part's share of the block's forward time,
 taken equal to its share of the block's forward FLOPs (roofline.forward_flops_block: 2 per

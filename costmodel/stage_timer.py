@@ -42,8 +42,10 @@ class StageTimer:
         self.call_outputs = call_outputs
         self.head_part = "lm_head" if role.head == "lm" else "value_head"
         self.profiles_dir = profiles_dir
-        self.timers = [[part_timer(role.spec, hw, profiles_dir) for hw in hws]
-                       for hws in geo.stage_hardware]
+        # alike stages (Geometry.stage_class) share their hardware, so their timers
+        by_class = [[part_timer(role.spec, hw, profiles_dir) for hw in geo.stage_hardware[s]]
+                    for s in geo.stage_classes]
+        self.timers = [by_class[c] for c in geo.stage_class]
         self.sources: set[str] = set()
         self._stage_keys: dict[int, int] = {}
 
@@ -125,11 +127,12 @@ class StageTimer:
     def max_stage_s(self, op: str, b: int, length, last_stage_extra_s: float = 0.0
                     ) -> np.ndarray:
         """The slowest stage of `op`, the last stage doing `last_stage_extra_s` more (a
-        sampled step's noise, costmodel/generate_cost.py)."""
+        sampled step's noise, costmodel/generate_cost.py); one stage of each class of alike
+        stages is timed (Geometry.stage_classes: the last stage is a class of its own)."""
         last = self.ex.pp - 1
         return np.max([self.stage_s(s, op, b, length)
                        + (last_stage_extra_s if s == last else 0.0)
-                       for s in range(self.ex.pp)], axis=0)
+                       for s in self.geo.stage_classes], axis=0)
 
     def send_s(self, b: int, tokens_per_seq) -> np.ndarray:
         if self.geo.pp_link is None:

@@ -178,22 +178,36 @@ def sharded_train_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str
             "kv_sync": k * kv_sync_s(st, 0), "optimizer": k * _stage_optimizer_s(st, 0)}
 
 
+def alike_stages(st: StageTimer, spec_elements: np.ndarray) -> list[int]:
+    """The first stage of each class of stages that a train step times alike: alike in the
+    geometry (Geometry.stage_class) and holding as many parameter elements (the largest
+    over the stage's tp ranks, what its gradient buckets are cut from), ascending."""
+    first: dict[tuple[int, int], int] = {}
+    for stage, key in enumerate(zip(st.geo.stage_class, spec_elements.max(axis=1).tolist())):
+        first.setdefault(key, stage)
+    return list(first.values())
+
+
 def train_phases_s(st: StageTimer, b: int, batch: BatchSpec, spec_elements: np.ndarray
                    ) -> dict[str, float]:
+    """Phases of a train call (module docstring). Every phase is a maximum over the stages,
+    so one stage of each class of alike stages is timed (alike_stages): its first, whose
+    gradient buckets drain least after the backward and so run the longest past it."""
     if st.ex.shard_parameters_over_dp:
         return sharded_train_phases_s(st, b, batch)
     ex, s = st.ex, batch.seq_len
-    backward = [float(st.stage_s(stage, "backward", b, s) + st.recompute_s(stage, b, s))
-                for stage in range(ex.pp)]
-    steps = [float(st.stage_s(stage, "forward", b, s)) + backward[stage]
-             for stage in range(ex.pp)]
+    stages = alike_stages(st, spec_elements)
+    backward = {stage: float(st.stage_s(stage, "backward", b, s) + st.recompute_s(stage, b, s))
+                for stage in stages}
+    steps = [float(st.stage_s(stage, "forward", b, s)) + backward[stage] for stage in stages]
     send = float(st.send_s(b, s))
     pipeline = (ex.pp + ex.micro_batches - 1) * (max(steps) + 2 * send)
+    slowest_backward = max(backward.values())
     sync = gather = optimizer = kv_sync = 0.0
-    for stage in range(ex.pp):
+    for stage in stages:
         ready, reduce_s, gather_s = _stage_buckets(st, stage, int(spec_elements[stage].max()))
         if overlaps_backward(st, stage):
-            drain = stage * (max(backward) + send)
+            drain = stage * (slowest_backward + send)
             stage_sync = exposed_sync_s(ready * backward[stage], reduce_s,
                                         backward[stage] + drain)
         else:

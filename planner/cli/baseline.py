@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable_path(args.out, "--out")
     inputs = resolve_planning_inputs(args)
     workflow, cluster, calibration = inputs.workflow, inputs.cluster, inputs.calibration
-    tables = full_tables(workflow, cluster, calibration=calibration)
+    tables = full_tables(workflow, cluster, calibration=calibration, price_unfit=False)
     costs = PlanCosts(workflow, cluster, calibration=calibration)
     judge = exact_judge(tables, workflow, cluster, costs)
     choice = BASELINES[args.kind](tables, judge, cluster, workflow)

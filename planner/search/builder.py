@@ -23,7 +23,8 @@ import numba
 import numpy as np
 
 from costmodel import comm
-from costmodel.call_cost import call_memory, call_time
+from costmodel.call_cost import call_time
+from costmodel.memory import RESIDENT_KINDS, WORKING_KINDS, layout_memory_parts
 from planner.domain.augment import model_call_pairs, priority_order
 from planner.domain.cluster import ClusterSpec
 from planner.domain.data_keys import payload_bytes
@@ -111,18 +112,29 @@ class CallPricer:
         return (call.name, ex.dp, ex.tp, ex.pp, ex.micro_batches, ex.shard_optimizer_over_dp,
                 ex.recompute, ex.shard_parameters_over_dp, hw.compute_dtype_bytes, hw.kind)
 
+    def memory_of(self, call: ModelFunctionCall, layouts: list[Execution]) -> np.ndarray:
+        """PRICE_COLUMNS but the time of each of `layouts`, array [n, 4]: bytes per device
+        (the largest over the mesh) of the CallMemory of (call, layout), the layouts of one
+        tp x pp priced together (costmodel.memory.layout_memory_parts)."""
+        keys = [self._memory_key(call, e) for e in layouts]
+        missing: dict[tuple, dict[tuple, Execution]] = defaultdict(dict)
+        for key, e in zip(keys, layouts):
+            if key not in self.memories:
+                missing[(e.tp, e.pp) + key[-2:]].setdefault(key, e)
+        role: ModelRole = self.workflow.models[call.model]
+        for (_, _, dtype_bytes, kind), group in missing.items():
+            parts = layout_memory_parts(call, role.spec, role.head, list(group.values()),
+                                        self.workflow.batch, dtype_bytes, kind)
+            columns = np.stack([parts.weights, parts.sum_of(RESIDENT_KINDS),
+                                parts.sum_of(WORKING_KINDS), parts.total]).max(axis=(2, 3))
+            for key, row in zip(group, columns.T):
+                self.memories[key] = tuple(float(v) for v in row)
+        return np.array([self.memories[key] for key in keys],
+                        dtype=np.float64).reshape(len(layouts), len(PRICE_COLUMNS) - 1)
+
     def memory(self, call: ModelFunctionCall, execution: Execution) -> tuple[float, ...]:
-        """PRICE_COLUMNS but the time: bytes per device (the largest over the mesh) read
-        from the CallMemory of (call, execution)."""
-        key = self._memory_key(call, execution)
-        if key not in self.memories:
-            role: ModelRole = self.workflow.models[call.model]
-            memory = call_memory(call, role, execution, self.workflow.batch, self.cluster)
-            self.memories[key] = (float(memory.weights_bytes.max()),
-                                  float(memory.resident_bytes.max()),
-                                  float(memory.working_bytes.max()),
-                                  float(memory.alone_bytes().max()))
-        return self.memories[key]
+        """memory_of one execution, as a tuple."""
+        return tuple(float(v) for v in self.memory_of(call, [execution])[0])
 
     def price(self, call: ModelFunctionCall, execution: Execution) -> tuple[float, ...]:
         """PRICE_COLUMNS of (call, execution): seconds, and bytes per device (the largest
@@ -162,9 +174,34 @@ class ShapePrices:
     time_s: np.ndarray
     capacity_bytes: np.ndarray
 
+    def column(self, name: str) -> np.ndarray:
+        """A memory column (PRICE_COLUMNS but the time) of every layout."""
+        return self.memory[:, PRICE_COLUMNS.index(name) - 1]
+
+    def fits(self) -> np.ndarray:
+        return self.column("alone_peak_bytes") <= self.capacity_bytes
+
     def fits_any(self) -> bool:
-        peak = self.memory[:, PRICE_COLUMNS.index("alone_peak_bytes") - 1]
-        return bool(np.any(peak <= self.capacity_bytes))
+        return bool(np.any(self.fits()))
+
+    def searched_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Layouts (indices, ascending) that pruning keeps on every mesh of this shape
+        (module docstring, steps 1 and 2, nothing protected), and those that fit alone (the
+        baselines' meshes keep them all). When none fits, both are the layout that misses by
+        the least, unpriced: the tables then still tell how far the call is from fitting
+        (pipeline.smallest_alone_shortfall_bytes)."""
+        fits = self.fits()
+        if not fits.any():
+            excess = self.column("alone_peak_bytes") - self.capacity_bytes
+            least = np.argsort(excess, kind="stable")[:1]
+            return least, least
+        degrees: dict = {}
+        group = np.array([degrees.setdefault((e.dp, e.tp, e.pp), len(degrees))
+                          for e in self.layouts], dtype=np.int64)
+        order, starts = _groups(group)
+        dominated = _dominated(order, starts, self.time_s, self.column("activation_bytes"),
+                               np.zeros(len(group), dtype=np.bool_), fits)
+        return np.flatnonzero(fits & ~dominated), np.flatnonzero(fits)
 
 
 def _shape_prices(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec, batch,
@@ -173,8 +210,7 @@ def _shape_prices(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec
     alone unless `price_unfit` (a candidate that cannot fit alone is in no feasible plan,
     pruned_tables step 1: its time is +inf)."""
     layouts = candidate_executions(call, role.spec, cluster, batch, [mesh])
-    memory = np.array([pricer.memory(call, e) for e in layouts],
-                      dtype=np.float64).reshape(len(layouts), len(PRICE_COLUMNS) - 1)
+    memory = pricer.memory_of(call, layouts)
     capacity = np.full(len(layouts), pricer.capacity_bytes(mesh)) if layouts else np.zeros(0)
     fits = memory[:, PRICE_COLUMNS.index("alone_peak_bytes") - 1] <= capacity
     time_s = np.array([pricer.time_s(call, e) if price_unfit or fit else np.inf
@@ -183,25 +219,35 @@ def _shape_prices(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec
 
 
 def _call_table(call: ModelFunctionCall, meshes: list[tuple[int, ...]], of_mesh: np.ndarray,
-                priced: list[ShapePrices | None], degree_ids: dict) -> CallTable:
+                priced: list[ShapePrices | None], degree_ids: dict,
+                baseline_mesh: np.ndarray | None) -> CallTable:
     """The call's candidates on every mesh whose shape is priced (`priced[c]` of shape c,
     None when not priced), each shape's layouts shared by its alike meshes (rows in the
-    order of `meshes`, then of candidate_executions)."""
+    order of `meshes`, then of candidate_executions). With `baseline_mesh` (a mask over
+    `meshes`), pruned per shape (ShapePrices.searched_rows): the meshes it marks keep the
+    layouts that fit, the others those that pruning keeps."""
     layouts: list[Execution] = []
     per_class: list[np.ndarray] = []
+    per_class_baseline: list[np.ndarray] = []
     for prices in priced:
         found = prices.layouts if prices is not None else []
-        per_class.append(np.arange(len(layouts), len(layouts) + len(found), dtype=np.int64))
+        if prices is None or baseline_mesh is None:
+            searched = fitting = np.arange(len(found), dtype=np.int64)
+        else:
+            searched, fitting = prices.searched_rows()
+        per_class.append(len(layouts) + searched)
+        per_class_baseline.append(len(layouts) + fitting)
         layouts += found
     empty = np.zeros(0)
     memory = np.concatenate([p.memory for p in priced if p is not None] or
                             [empty.reshape(0, len(PRICE_COLUMNS) - 1)])
     capacity = np.concatenate([p.capacity_bytes for p in priced if p is not None] or [empty])
     time_s = np.concatenate([p.time_s for p in priced if p is not None] or [empty])
-    counts = np.array([len(per_class[c]) for c in of_mesh], dtype=np.int64)
+    rows_of_mesh = [per_class_baseline[c] if baseline_mesh is not None and baseline_mesh[m]
+                    else per_class[c] for m, c in enumerate(of_mesh)]
+    counts = np.array([len(rows) for rows in rows_of_mesh], dtype=np.int64)
     mesh_index = np.repeat(np.arange(len(meshes), dtype=np.int64), counts)
-    layout_index = np.concatenate([per_class[c] for c in of_mesh] or
-                                  [np.zeros(0, dtype=np.int64)])
+    layout_index = np.concatenate(rows_of_mesh or [np.zeros(0, dtype=np.int64)])
     degrees = np.array([degree_ids.setdefault((e.dp, e.tp, e.pp), len(degree_ids))
                         for e in layouts], dtype=np.int64)
     assert len(degree_ids) < PLACEMENT_SPAN
@@ -229,21 +275,30 @@ def shape_order(representatives: list[tuple[int, ...]], of_mesh: np.ndarray,
     return order + rest
 
 
-def undominated(table: CallTable, keep: set[int]) -> np.ndarray:
+def _groups(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by group id (stable) and the start of each group in that order."""
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    return order, np.concatenate([[0], bounds, [len(order)]]).astype(np.int64)
+
+
+def undominated(table: CallTable, keep: set[int],
+                among: np.ndarray | None = None) -> np.ndarray:
     """Mask of candidates not dominated within their placement (module docstring, step 2):
     i is dominated when another candidate j of its placement is no slower and needs no more
-    working memory, and is faster, leaner or (a tie) listed first."""
-    order = np.argsort(table.placement, kind="stable")
-    bounds = np.flatnonzero(np.diff(table.placement[order])) + 1
-    starts = np.concatenate([[0], bounds, [len(order)]]).astype(np.int64)
+    working memory, and is faster, leaner or (a tie) listed first. Only the candidates of
+    the mask `among` (default: all) dominate others."""
+    order, starts = _groups(table.placement)
     protected = np.zeros(len(table), dtype=np.bool_)
     protected[list(keep)] = True
-    return ~_dominated(order, starts, table.time_s, table.activation_bytes, protected)
+    among = np.ones(len(table), dtype=np.bool_) if among is None else among
+    return ~_dominated(order, starts, table.time_s, table.activation_bytes, protected, among)
 
 
 @numba.njit(cache=True)
-def _dominated(order, starts, time_s, memory, protected):
-    """Rows dominated inside their group (rows order[starts[g]:starts[g + 1]], ascending)."""
+def _dominated(order, starts, time_s, memory, protected, among):
+    """Rows dominated by a row of `among` inside their group (rows order[starts[g]:
+    starts[g + 1]], ascending)."""
     out = np.zeros(order.shape[0], dtype=np.bool_)
     for g in range(starts.shape[0] - 1):
         for a in range(starts[g], starts[g + 1]):
@@ -252,8 +307,8 @@ def _dominated(order, starts, time_s, memory, protected):
                 continue
             for b in range(starts[g], starts[g + 1]):
                 j = order[b]
-                if j != i and time_s[j] <= time_s[i] and memory[j] <= memory[i] and (
-                        time_s[j] < time_s[i] or memory[j] < memory[i] or j < i):
+                if j != i and among[j] and time_s[j] <= time_s[i] and memory[j] <= memory[i] \
+                        and (time_s[j] < time_s[i] or memory[j] < memory[i] or j < i):
                     out[i] = True
                     break
     return out
@@ -288,7 +343,14 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
     pricing goes on past the deadline while some call has no candidate that fits alone
     (tables without one cannot hold a feasible plan; a layout that does not fit costs only
     its memory). Without a deadline, or when it does not expire, every shape is priced and
-    the tables are the same whatever the order (rows follow the meshes' order)."""
+    the tables are the same whatever the order (rows follow the meshes' order).
+
+    `price_unfit=True` keeps every candidate (for callers that look up any execution in
+    the tables); `price_unfit=False` keeps only what the search can use: the candidates
+    that pruned_tables would keep, pruned per shape (module docstring), except on the
+    baselines' meshes, where every candidate that fits alone stays;
+    pruned_tables(full_tables(..., price_unfit=False), keep) is the same for both as long
+    as `keep` lies on the baselines' meshes."""
     pricer = CallPricer(workflow, cluster, calibration, profiles_dir)
     meshes = allowed_meshes(cluster)
     representatives, of_mesh = mesh_classes(meshes, pricer)
@@ -297,9 +359,8 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
                                               for _ in calls_of]
     fits_somewhere = [False] * len(calls_of)
     complete = True
-    order = shape_order(representatives, of_mesh, meshes,
-                        [tuple(range(cluster.num_devices))]
-                        + baseline_meshes(workflow, cluster))
+    first = [tuple(range(cluster.num_devices))] + baseline_meshes(workflow, cluster)
+    order = shape_order(representatives, of_mesh, meshes, first)
     for step, c in enumerate(order):
         if step > 0 and deadline is not None and deadline.expired() and all(fits_somewhere):
             complete = False
@@ -310,7 +371,10 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
             priced[k][c] = prices
             fits_somewhere[k] |= prices.fits_any()
     degree_ids: dict = {}
-    calls = [_call_table(call, meshes, of_mesh, priced[k], degree_ids)
+    firsts = set(first)
+    baseline_mesh = None if price_unfit else np.array([m in firsts for m in meshes],
+                                                      dtype=np.bool_)
+    calls = [_call_table(call, meshes, of_mesh, priced[k], degree_ids, baseline_mesh)
              for k, call in enumerate(calls_of)]
     index = {name: k for k, name in enumerate(workflow.call_order)}
     edges = [DataEdge(index[s], index[d], payload_bytes(keys, workflow.batch))
@@ -349,8 +413,8 @@ def pruned_tables(tables: SearchTables, keep: dict[str, set[int]]) -> tuple[Sear
     for table in tables.calls:
         protected = keep.get(table.name, set())
         alive = table.fits_alone()
-        alive &= undominated(table, protected) | np.isin(np.arange(len(table)),
-                                                         list(protected))
+        alive &= undominated(table, protected, among=alive) | np.isin(np.arange(len(table)),
+                                                                      list(protected))
         index = np.flatnonzero(alive)
         new_calls.append(table.subset(index))
         kept.append(index)

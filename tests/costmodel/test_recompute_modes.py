@@ -1,5 +1,5 @@
 """Activation recomputation modes in the cost model (costmodel/recompute.py): what each keeps
-(memory.activation_bytes_train_stage) and reruns (StageTimer.recompute_s), by hand."""
+(memory.train_stage_activation_bytes) and reruns (StageTimer.recompute_s), by hand."""
 
 from __future__ import annotations
 
