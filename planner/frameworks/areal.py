@@ -20,7 +20,7 @@ from planner.frameworks.areal_import import import_areal
 from planner.frameworks.areal_keys import AREAL_VERSION, KEY_SOURCES
 from planner.frameworks.areal_rules import unexpressible, workflow_problems
 from planner.frameworks.areal_space import target_plans
-from planner.frameworks.target import ExportedConfig, ImportedConfig, Unexpressible
+from planner.frameworks.target import ExportedConfig, ImportedConfig, checked_export
 
 NAME = "areal"
 TARGET_VERSION = AREAL_VERSION
@@ -32,10 +32,8 @@ def export_config(workflow: Workflow, cluster: ClusterSpec,
                   executions: dict[str, Execution]) -> ExportedConfig:
     """The AReaL config of an expressible plan; Unexpressible (one line per feature)
     otherwise."""
-    reasons = unexpressible(workflow, cluster, executions)
-    if reasons:
-        raise Unexpressible(NAME, reasons)
-    return ExportedConfig(text=config_text(workflow, cluster, executions), file_suffix=".yaml")
+    return checked_export(NAME, unexpressible(workflow, cluster, executions),
+                          lambda: config_text(workflow, cluster, executions), ".yaml")
 
 
 def import_config(path: Path, cluster: ClusterSpec) -> ImportedConfig:

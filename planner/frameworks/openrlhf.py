@@ -21,7 +21,7 @@ from planner.frameworks.openrlhf_export import layout_from_plan, workflow_proble
 from planner.frameworks.openrlhf_import import import_command
 from planner.frameworks.openrlhf_script import command_script
 from planner.frameworks.openrlhf_space import target_plans as _target_plans
-from planner.frameworks.target import ExportedConfig, ImportedConfig, Unexpressible
+from planner.frameworks.target import ExportedConfig, ImportedConfig, checked_export
 
 NAME = "openrlhf"
 TARGET_VERSION = VERSION_NAME
@@ -42,9 +42,8 @@ def unexpressible(workflow: Workflow, cluster: ClusterSpec,
 def export_config(workflow: Workflow, cluster: ClusterSpec,
                   executions: dict[str, Execution]) -> ExportedConfig:
     layout, reasons = layout_from_plan(workflow, cluster, executions)
-    if reasons:
-        raise Unexpressible(NAME, reasons)
-    return ExportedConfig(text=command_script(layout, workflow, cluster), file_suffix=".sh")
+    return checked_export(NAME, reasons, lambda: command_script(layout, workflow, cluster),
+                          ".sh")
 
 
 def import_config(path: Path, cluster: ClusterSpec) -> ImportedConfig:

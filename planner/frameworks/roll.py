@@ -20,7 +20,7 @@ from planner.frameworks.roll_import import import_roll
 from planner.frameworks.roll_keys import KEY_SOURCES, ROLL_VERSION
 from planner.frameworks.roll_rules import unexpressible, workflow_problems
 from planner.frameworks.roll_space import target_plans as _target_plans
-from planner.frameworks.target import ExportedConfig, ImportedConfig, Unexpressible
+from planner.frameworks.target import ExportedConfig, ImportedConfig, checked_export
 
 NAME = "roll"
 TARGET_VERSION = ROLL_VERSION
@@ -32,10 +32,8 @@ def export_config(workflow: Workflow, cluster: ClusterSpec,
                   executions: dict[str, Execution]) -> ExportedConfig:
     """The ROLL config of an expressible plan; Unexpressible (one line per feature)
     otherwise."""
-    reasons = unexpressible(workflow, cluster, executions)
-    if reasons:
-        raise Unexpressible(NAME, reasons)
-    return ExportedConfig(text=config_text(workflow, cluster, executions), file_suffix=".yaml")
+    return checked_export(NAME, unexpressible(workflow, cluster, executions),
+                          lambda: config_text(workflow, cluster, executions), ".yaml")
 
 
 def import_config(path: Path, cluster: ClusterSpec) -> ImportedConfig:

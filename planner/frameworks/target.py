@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Callable
 
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
@@ -66,3 +67,12 @@ def target_module(name: str) -> ModuleType:
     """The module of target `name` (one of TARGET_NAMES)."""
     assert name in TARGET_NAMES, name
     return importlib.import_module(f"planner.frameworks.{name}")
+
+
+def checked_export(target: str, reasons: list[str], text: Callable[[], str],
+                   file_suffix: str) -> ExportedConfig:
+    """What a target's `export_config` returns: the config `text()` writes, or Unexpressible
+    with `reasons` (one line per feature the target cannot express) when there are any."""
+    if reasons:
+        raise Unexpressible(target, reasons)
+    return ExportedConfig(text=text(), file_suffix=file_suffix)

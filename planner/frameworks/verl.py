@@ -13,7 +13,7 @@ from pathlib import Path
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
-from planner.frameworks.target import ExportedConfig, ImportedConfig, Unexpressible
+from planner.frameworks.target import ExportedConfig, ImportedConfig, checked_export
 from planner.frameworks.verl_export import script_text
 from planner.frameworks.verl_import import import_verl
 from planner.frameworks.verl_keys import KEY_SOURCES, VERL_VERSION
@@ -30,10 +30,8 @@ def export_config(workflow: Workflow, cluster: ClusterSpec,
                   executions: dict[str, Execution]) -> ExportedConfig:
     """The verl script of an expressible plan; Unexpressible (one line per feature)
     otherwise."""
-    reasons = unexpressible(workflow, cluster, executions)
-    if reasons:
-        raise Unexpressible(NAME, reasons)
-    return ExportedConfig(text=script_text(workflow, cluster, executions), file_suffix=".sh")
+    return checked_export(NAME, unexpressible(workflow, cluster, executions),
+                          lambda: script_text(workflow, cluster, executions), ".sh")
 
 
 def import_config(path: Path, cluster: ClusterSpec) -> ImportedConfig:
