@@ -36,7 +36,7 @@ from planner.search.deadline import Deadline
 from planner.search.mcmc import MCMCSettings
 from planner.search.lower_bound import gap_fraction, gap_text
 from planner.search.pipeline import PRICING, SEARCHING, PricedPlan, SearchOutcome, search
-from planner.search.target_search import TargetSearchResult, search_target_space
+from planner.search.target_search import TIME_LIMIT, TargetSearchResult, search_target_space
 
 DEFAULT_OUT_SUFFIX = ".plan.yaml"   # .gitignore lists *.plan.yaml
 MAX_SEED = 2**63 - 1   # the compiled chains take the seed as a signed 64-bit integer
@@ -217,6 +217,9 @@ def run_target_search(args: argparse.Namespace, inputs: PlanningInputs,
 
 
 def no_target_plan_message(target: str, result: TargetSearchResult, cluster) -> str:
+    if result.plans_priced == 0 and result.stopped_by == TIME_LIMIT:
+        return (f"{target}: the time limit left no time to price a plan of its space; raise "
+                f"--time-limit")
     if result.plans_priced == 0:
         return (f"{target} can express no plan of this workflow that its models can run on "
                 f"{cluster.describe()} ({result.invalid_plans} plan(s) of its space have a "
