@@ -36,10 +36,13 @@ c and device d of its mesh, persistent(d) + extra(c) <= capacity, and likewise f
 reallocation on its receiving devices (receive buffer, plus the new weights when the
 destination call is a transient copy).
 
-In code: `evaluate_plan` runs `_node_ranges_and_durations`, `_transfer_times`,
-`_list_schedule` (the schedule above), `_memory_terms` and `_memory_overflow` (the memory
-rule); `FastEvaluator.call_peak_bytes` returns the per-call peaks that rule compares with
-the capacity, from the same compiled piece (`_call_peak_bytes`).
+In code: `evaluate_plan` runs `fill_plan` (every call's candidate fields, every node's
+device ranges and duration, the transfer times, which nodes share devices, into a Scratch),
+then `_list_schedule` (the schedule above), `_memory_terms` and `_memory_overflow` (the
+memory rule), which read only the Scratch (`price`). The search's moves change one call:
+`apply_call` updates only what that call touches, and `price` then gives the same numbers
+bit for bit as `evaluate_plan` of the changed plan. `FastEvaluator.call_peak_bytes` returns
+the per-call peaks the memory rule compares with the capacity, from the same pieces.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ KernelTables = namedtuple("KernelTables", [
     "placement", "order", "edge_src", "edge_dst", "edge_bytes", "pair_src", "pair_dst",
     "pair_wraps", "pair_weights", "memory_role", "train_call_of", "model_id", "links",
     "device_node", "num_iterations", "move_scale", "move_overhead_s", "edges_into_offset",
-    "edges_into", "pair_into"])
+    "edges_into", "pair_into", "pairs_of_call_offset", "pairs_of_call", "edges_of_call_offset",
+    "edges_of_call"])
 
 
 @dataclass
@@ -126,7 +130,21 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
                              if e.dst == k], dtype=np.int64),
         # the reallocation node into each call (a call follows at most one call of its model)
         pair_into=np.array([next((p for p, pair in enumerate(pairs) if pair.dst == k), -1)
-                            for k in range(len(calls))], dtype=np.int64))
+                            for k in range(len(calls))], dtype=np.int64),
+        # what a change of call k's candidate touches (apply_call): the reallocations into
+        # and out of it, pairs_of_call[pairs_of_call_offset[k]:pairs_of_call_offset[k+1]],
+        # and its data edges, likewise
+        **_touching("pairs_of_call", [[p for p, pair in enumerate(pairs)
+                                       if k in (pair.src, pair.dst)]
+                                      for k in range(len(calls))]),
+        **_touching("edges_of_call", [[i for i, e in enumerate(edges) if k in (e.src, e.dst)]
+                                      for k in range(len(calls))]))
+
+
+def _touching(name: str, lists: list[list[int]]) -> dict[str, np.ndarray]:
+    """`lists` (one list of indices per call) as the flat arrays name and name_offset."""
+    return {f"{name}_offset": np.cumsum([0] + [len(x) for x in lists]).astype(np.int64),
+            name: np.array([i for x in lists for i in x], dtype=np.int64)}
 
 
 class FastEvaluator:
@@ -160,11 +178,18 @@ class FastEvaluator:
         return peaks
 
 
-# Work arrays of one evaluation, reused from one evaluation to the next. Node types: call k
-# is type k, the reallocation of pair p is type num_calls + p.
+# The state of one plan's evaluation, kept from one evaluation to the next: a Metropolis
+# move changes one call's candidate, and `apply_call` recomputes only what that call
+# touches (its own fields, the reallocations into and out of it, the data edges it
+# sends or receives, the device sharing of those node types), then the schedule and the
+# memory rule, which read only these arrays, never the candidate tables. Node types: call
+# k is type k, the reallocation of pair p is type num_calls + p.
 Scratch = namedtuple("Scratch", [
     "lo1", "hi1", "lo2", "hi2",   # device ranges of each node type: a call's mesh twice, a
     #                               reallocation's source mesh then destination mesh
+    "placement",                  # per call: its candidate's placement id
+    "dp", "tp", "pp",             # per call: its candidate's degrees
+    "weights", "state", "activation", "capacity",   # per call: its candidate's memory bytes
     "duration",                   # seconds of each node type
     "end",                        # end of each node type's instance in this iteration
     "previous_end",               # ... and in the previous iteration
@@ -173,7 +198,14 @@ Scratch = namedtuple("Scratch", [
     "persistent",                 # per call: the persistent memory term it starts on its mesh
     "extra",                      # per call: bytes it adds on its mesh while it runs
     "start_level",                # per call: the persistent level at its mesh's first device
+    "persistent_peak",            # per call: the largest persistent level over its mesh
+    "terms",                      # the calls whose persistent term is not 0, in call order
     "shares_devices"])            # [type, type]: the two node types share a device
+
+# Per call: fields copied from its candidate's row by `_load_call`, each the float64 of
+# Scratch (dp, tp, pp, weights, state, activation, capacity).
+_CALL_FLOATS = 7
+_CALL_FLOAT_SLOTS = 4         # persistent, extra, start_level, persistent_peak
 
 # Plans `_evaluate_many` evaluates with one scratch allocation (allocating per plan costs
 # about a third of an evaluation; chunks this size still spread over all threads).
@@ -199,27 +231,52 @@ def _evaluate_many(index, kt):
 def _call_peaks(g, kt, out):
     """`out[k]`: bytes per device at the peak of call k of plan `g` (global indices)."""
     scratch = new_scratch(kt)
-    _node_ranges_and_durations(g, kt, scratch)
-    _memory_terms(g, kt, scratch)
+    fill_plan(g, kt, scratch)
+    count = _memory_terms(kt, scratch)
     for k in range(g.shape[0]):
-        out[k] = _call_peak_bytes(k, scratch)
+        out[k] = _persistent_peak_bytes(scratch.lo1[k], scratch.hi1[k], count, scratch) + \
+            scratch.extra[k]
+
+
+@numba.njit(cache=True)
+def scratch_sizes(kt):
+    """(int64 count, float64 count, node types) of one Scratch: the sizes of the buffers
+    `scratch_view` cuts (the shares matrix is [node types, node types] of bool)."""
+    num_calls = kt.memory_role.shape[0]
+    num_types = num_calls + kt.pair_src.shape[0]
+    num_edges = kt.edge_src.shape[0]
+    return (4 * num_types + 2 * num_calls,
+            4 * num_types + num_edges + (_CALL_FLOATS + _CALL_FLOAT_SLOTS) * num_calls,
+            num_types)
+
+
+@numba.njit(cache=True, inline="always")
+def scratch_view(ints, floats, shares, kt):
+    """A Scratch cut from buffers of the sizes `scratch_sizes` gives (views, no copies): the
+    search keeps one per chain in rows of larger buffers. Inlined, so that a caller compiled
+    without reference counting makes it without counting the 23 views."""
+    c = kt.memory_role.shape[0]
+    t = c + kt.pair_src.shape[0]
+    e = 4 * t + kt.edge_src.shape[0]
+    return Scratch(ints[0:t], ints[t:2 * t], ints[2 * t:3 * t], ints[3 * t:4 * t],
+                   ints[4 * t:4 * t + c],
+                   floats[e:e + c], floats[e + c:e + 2 * c], floats[e + 2 * c:e + 3 * c],
+                   floats[e + 3 * c:e + 4 * c], floats[e + 4 * c:e + 5 * c],
+                   floats[e + 5 * c:e + 6 * c], floats[e + 6 * c:e + 7 * c],
+                   floats[0:t], floats[t:2 * t], floats[2 * t:3 * t], floats[3 * t:4 * t],
+                   floats[4 * t:e],
+                   floats[e + 7 * c:e + 8 * c], floats[e + 8 * c:e + 9 * c],
+                   floats[e + 9 * c:e + 10 * c], floats[e + 10 * c:e + 11 * c],
+                   ints[4 * t + c:4 * t + 2 * c], shares)
 
 
 @numba.njit(cache=True)
 def new_scratch(kt):
     """The work arrays of `evaluate_plan` (a `Scratch`), allocated once per chain or chunk of
-    plans, not once per evaluation: two allocations, cut into named views."""
-    num_calls = kt.memory_role.shape[0]
-    num_types = num_calls + kt.pair_src.shape[0]
-    num_edges = kt.edge_src.shape[0]
-    ints = np.empty(4 * num_types, np.int64)
-    floats = np.empty(4 * num_types + num_edges + 3 * num_calls)
-    t, e = num_types, 4 * num_types + num_edges
-    return Scratch(ints[0:t], ints[t:2 * t], ints[2 * t:3 * t], ints[3 * t:4 * t],
-                   floats[0:t], floats[t:2 * t], floats[2 * t:3 * t], floats[3 * t:4 * t],
-                   floats[4 * t:e], floats[e:e + num_calls],
-                   floats[e + num_calls:e + 2 * num_calls], floats[e + 2 * num_calls:],
-                   np.empty((t, t), np.bool_))
+    plans, not once per evaluation."""
+    num_ints, num_floats, num_types = scratch_sizes(kt)
+    return scratch_view(np.empty(num_ints, np.int64), np.empty(num_floats),
+                        np.empty((num_types, num_types), np.bool_), kt)
 
 
 # Compiled without numba's runtime (`_nrt=False`), so without reference counting: numba
@@ -227,21 +284,84 @@ def new_scratch(kt):
 # Scratch namedtuple would count once per field per evaluation (atomic updates its pruning
 # mostly leaves in place, shared by the threads: 15-20% of an evaluation). That is what
 # lets the evaluation be split into pieces at no cost. The rules that follow:
-# `evaluate_plan` allocates nothing (numba refuses to compile an allocation there), and its
-# pieces are `inline="always"`, so they are compiled as part of it, not as functions of
-# their own with reference counting.
+# `evaluate_plan`, `apply_call` and `price` allocate nothing (numba refuses to compile an
+# allocation there), and their pieces are `inline="always"`, so they are compiled as part
+# of them, not as functions of their own with reference counting. (Inlining `apply_call`
+# and `price` into the search's step too gains ~4% and costs ~10x its compile time.)
 @numba.njit(cache=True, _nrt=False)
 def evaluate_plan(g, kt, scratch):
     """(iteration seconds, worst relative memory overflow) of one plan (module docstring).
 
     `g`: the global candidate index of every call; `scratch`: work arrays from `new_scratch`
-    (overwritten). The schedule needs the node ranges, durations and transfer times; the
-    memory rule needs the call ranges."""
-    _node_ranges_and_durations(g, kt, scratch)
-    _transfer_times(g, kt, scratch.transfer)
+    (overwritten: afterwards they hold plan `g`, for `apply_call` and `price`)."""
+    fill_plan(g, kt, scratch)
+    return _price(kt, scratch)
+
+
+@numba.njit(cache=True, _nrt=False)
+def apply_call(k, c, kt, scratch):
+    """Make `scratch` (holding a plan, from `fill_plan` or an earlier change) hold that plan
+    with call k on the global candidate c: call k's fields, the durations and device ranges
+    of the reallocations into and out of it, the transfer times of its data edges, and the
+    device sharing of those node types. Also undoes a change: apply the old candidate."""
+    _load_call(k, c, kt, scratch)
+    num_calls = scratch.placement.shape[0]
+    pairs_of_call, edges_of_call = kt.pairs_of_call, kt.edges_of_call
+    first_pair, last_pair = kt.pairs_of_call_offset[k], kt.pairs_of_call_offset[k + 1]
+    for j in range(first_pair, last_pair):
+        _update_pair(pairs_of_call[j], kt, scratch)
+    for j in range(kt.edges_of_call_offset[k], kt.edges_of_call_offset[k + 1]):
+        _update_edge(edges_of_call[j], kt, scratch)
+    _update_shares_row(k, scratch)
+    for j in range(first_pair, last_pair):
+        _update_shares_row(num_calls + pairs_of_call[j], scratch)
+
+
+@numba.njit(cache=True, inline="always")
+def fill_plan(g, kt, scratch):
+    """Make `scratch` hold plan `g` (global candidate indices): every call's fields, every
+    node type's range and duration, every transfer time, which node types share a device."""
+    for k in range(g.shape[0]):
+        _load_call(k, g[k], kt, scratch)
+    for p in range(kt.pair_src.shape[0]):
+        _update_pair(p, kt, scratch)
+    for e in range(kt.edge_src.shape[0]):
+        _update_edge(e, kt, scratch)
+    _fill_shares_devices(scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2,
+                         scratch.shares_devices)
+
+
+@numba.njit(cache=True, _nrt=False)
+def price(kt, scratch):
+    """(iteration seconds, worst relative overflow) of the plan `scratch` holds (from
+    `fill_plan` or `apply_call`), reading only `scratch`."""
+    return _price(kt, scratch)
+
+
+@numba.njit(cache=True, inline="always")
+def _price(kt, scratch):
+    """`price`, inlined into `evaluate_plan` (a call hands both namedtuples over field by
+    field: ~20% of an evaluation of a whole plan)."""
     iteration_s = _list_schedule(kt, scratch)
-    _memory_terms(g, kt, scratch)
-    return iteration_s, _memory_overflow(g, kt, scratch)
+    count = _memory_terms(kt, scratch)
+    return iteration_s, _memory_overflow(kt, scratch, count)
+
+
+@numba.njit(cache=True, inline="always")
+def _load_call(k, c, kt, scratch):
+    """Copy the fields of global candidate c into call k's slots of `scratch` (its mesh as
+    node type k's both ranges, its time as type k's duration)."""
+    scratch.lo1[k] = scratch.lo2[k] = kt.lo[c]
+    scratch.hi1[k] = scratch.hi2[k] = kt.hi[c]
+    scratch.duration[k] = kt.time_s[c]
+    scratch.placement[k] = kt.placement[c]
+    scratch.dp[k] = kt.dp[c]
+    scratch.tp[k] = kt.tp[c]
+    scratch.pp[k] = kt.pp[c]
+    scratch.weights[k] = kt.weights[c]
+    scratch.state[k] = kt.state[c]
+    scratch.activation[k] = kt.activation[c]
+    scratch.capacity[k] = kt.capacity[c]
 
 
 @numba.njit(cache=True, inline="always")
@@ -256,6 +376,8 @@ def _link(lo_a, hi_a, lo_b, hi_b, device_node, links):
 
 @numba.njit(cache=True, inline="always")
 def _ranges_overlap(lo_a, hi_a, lo_b, hi_b):
+    """Without a branch (`&`, not `and`): the outcomes are as good as random to the branch
+    predictor."""
     return lo_a < hi_b and lo_b < hi_a
 
 
@@ -270,66 +392,66 @@ def _reallocation_s(model_bytes, src_devices, dst_dp, dst_tp, dst_pp, bandwidth,
 
 
 @numba.njit(cache=True, inline="always")
-def _node_ranges_and_durations(g, kt, scratch):
-    """Fill the device ranges and the duration of every node type of plan `g`, and which
-    node types share a device (`_fill_shares_devices`). A reallocation between equal
-    placements takes no time."""
-    num_calls = g.shape[0]
-    lo, hi, placement, dp, tp, pp = kt.lo, kt.hi, kt.placement, kt.dp, kt.tp, kt.pp
-    pair_src, pair_dst, pair_weights = kt.pair_src, kt.pair_dst, kt.pair_weights
-    device_node, links, time_s = kt.device_node, kt.links, kt.time_s
-    overhead_s, scale = kt.move_overhead_s, kt.move_scale
-    lo1, hi1, lo2, hi2 = scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2
-    duration = scratch.duration
-    for k in range(num_calls):
-        lo1[k] = lo2[k] = lo[g[k]]
-        hi1[k] = hi2[k] = hi[g[k]]
-        duration[k] = time_s[g[k]]
-    for p in range(pair_src.shape[0]):
-        a, b = g[pair_src[p]], g[pair_dst[p]]
-        x = num_calls + p
-        lo1[x], hi1[x], lo2[x], hi2[x] = lo[a], hi[a], lo[b], hi[b]
-        if placement[a] == placement[b]:
-            duration[x] = 0.0
-        else:
-            bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], device_node, links)
-            duration[x] = overhead_s + scale * _reallocation_s(
-                pair_weights[p], hi[a] - lo[a], dp[b], tp[b], pp[b], bandwidth, latency)
-    _fill_shares_devices(lo1, hi1, lo2, hi2, scratch.shares_devices)
+def _update_pair(p, kt, scratch):
+    """Device ranges and duration of pair p's reallocation from its two calls' fields in
+    `scratch`. A reallocation between equal placements takes no time."""
+    lo1, hi1, lo2, hi2, placement = (scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2,
+                                     scratch.placement)
+    a, b = kt.pair_src[p], kt.pair_dst[p]
+    x = placement.shape[0] + p
+    lo1[x], hi1[x], lo2[x], hi2[x] = lo1[a], hi1[a], lo1[b], hi1[b]
+    if placement[a] == placement[b]:
+        scratch.duration[x] = 0.0
+    else:
+        bandwidth, latency = _link(lo1[a], hi1[a], lo1[b], hi1[b], kt.device_node, kt.links)
+        scratch.duration[x] = kt.move_overhead_s + kt.move_scale * _reallocation_s(
+            kt.pair_weights[p], hi1[a] - lo1[a], scratch.dp[b], scratch.tp[b], scratch.pp[b],
+            bandwidth, latency)
+
+
+@numba.njit(cache=True, inline="always")
+def _update_edge(e, kt, scratch):
+    """`transfer[e]`: seconds data edge e delays its consumer. Zero on the same placement,
+    else latency + payload / dp of the consumer / bandwidth (each replica receives its
+    rows; an upper bound where the meshes overlap), calibrated."""
+    lo1, hi1, placement = scratch.lo1, scratch.hi1, scratch.placement
+    a, b = kt.edge_src[e], kt.edge_dst[e]
+    if placement[a] == placement[b]:
+        scratch.transfer[e] = 0.0
+    else:
+        bandwidth, latency = _link(lo1[a], hi1[a], lo1[b], hi1[b], kt.device_node, kt.links)
+        scratch.transfer[e] = kt.move_overhead_s + kt.move_scale * (
+            latency + kt.edge_bytes[e] / scratch.dp[b] / bandwidth)
+
+
+@numba.njit(cache=True, inline="always")
+def _types_share(x, y, lo1, hi1, lo2, hi2):
+    """Node types x and y share a device (their ranges overlap; a reallocation has two)."""
+    return (_ranges_overlap(lo1[x], hi1[x], lo1[y], hi1[y])
+            or _ranges_overlap(lo1[x], hi1[x], lo2[y], hi2[y])
+            or _ranges_overlap(lo2[x], hi2[x], lo1[y], hi1[y])
+            or _ranges_overlap(lo2[x], hi2[x], lo2[y], hi2[y]))
 
 
 @numba.njit(cache=True, inline="always")
 def _fill_shares_devices(lo1, hi1, lo2, hi2, shares):
-    """`shares[x, y]`: node types x and y share a device (their ranges overlap; a
-    reallocation has two). Computed once per plan, where the list schedule would otherwise
-    test the ranges of every pair of nodes in every iteration."""
+    """`shares[x, y]`: node types x and y share a device. Computed once per plan (and per
+    changed node type, `_update_shares_row`), where the list schedule would otherwise test
+    the ranges of every pair of nodes in every iteration."""
     num_types = lo1.shape[0]
     for x in range(num_types):
         shares[x, x] = True
         for y in range(x + 1, num_types):
-            overlap = (_ranges_overlap(lo1[x], hi1[x], lo1[y], hi1[y])
-                       or _ranges_overlap(lo1[x], hi1[x], lo2[y], hi2[y])
-                       or _ranges_overlap(lo2[x], hi2[x], lo1[y], hi1[y])
-                       or _ranges_overlap(lo2[x], hi2[x], lo2[y], hi2[y]))
-            shares[x, y] = shares[y, x] = overlap
+            shares[x, y] = shares[y, x] = _types_share(x, y, lo1, hi1, lo2, hi2)
 
 
 @numba.njit(cache=True, inline="always")
-def _transfer_times(g, kt, transfer):
-    """`transfer[e]`: seconds data edge e delays its consumer in plan `g`. Zero on the same
-    placement, else latency + payload / dp of the consumer / bandwidth (each replica
-    receives its rows; an upper bound where the meshes overlap), calibrated."""
-    lo, hi, placement, dp = kt.lo, kt.hi, kt.placement, kt.dp
-    edge_src, edge_dst, edge_bytes = kt.edge_src, kt.edge_dst, kt.edge_bytes
-    device_node, links = kt.device_node, kt.links
-    overhead_s, scale = kt.move_overhead_s, kt.move_scale
-    for e in range(edge_src.shape[0]):
-        a, b = g[edge_src[e]], g[edge_dst[e]]
-        if placement[a] == placement[b]:
-            transfer[e] = 0.0
-        else:
-            bandwidth, latency = _link(lo[a], hi[a], lo[b], hi[b], device_node, links)
-            transfer[e] = overhead_s + scale * (latency + edge_bytes[e] / dp[b] / bandwidth)
+def _update_shares_row(x, scratch):
+    """Row and column x of `shares_devices` after node type x's ranges changed."""
+    lo1, hi1, lo2, hi2, shares = (scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2,
+                                  scratch.shares_devices)
+    for y in range(lo1.shape[0]):
+        shares[x, y] = shares[y, x] = y == x or _types_share(x, y, lo1, hi1, lo2, hi2)
 
 
 @numba.njit(cache=True, inline="always")
@@ -385,111 +507,122 @@ def _list_schedule(kt, scratch):
 @numba.njit(cache=True, inline="always")
 def _devices_free_s(x, shares_devices, latest_end):
     """When all devices of node type x are free: the latest end of any node type sharing a
-    device with it (meshes are contiguous ranges, so overlapping ranges share devices)."""
-    free = 0.0
-    for y in range(latest_end.shape[0]):
-        if latest_end[y] > free and shares_devices[x, y]:
-            free = latest_end[y]
-    return free
+    device with it (meshes are contiguous ranges, so overlapping ranges share devices).
+    Without a branch on the shares (they are as good as random to the branch predictor):
+    a type that shares no device counts as ending at 0, which no end is below. Two running
+    maxima (even and odd types) halve the chain of dependent steps; max is exact and
+    associative, so the result is the same bit for bit."""
+    even = odd = 0.0
+    num_types = latest_end.shape[0]
+    for y in range(0, num_types - 1, 2):
+        even = max(even, latest_end[y] if shares_devices[x, y] else 0.0)
+        odd = max(odd, latest_end[y + 1] if shares_devices[x, y + 1] else 0.0)
+    if num_types % 2:
+        even = max(even, latest_end[num_types - 1] if shares_devices[x, num_types - 1]
+                   else 0.0)
+    return max(even, odd)
 
 
 @numba.njit(cache=True, inline="always")
-def _is_transient_copy(k, g, memory_role, placement, train_call_of):
+def _is_transient_copy(k, scratch, memory_role, train_call_of):
     """Call k is a non-train call of a trained model placed differently from its train
     call: its weights live on its mesh only while it runs."""
     return memory_role[k] == TRAINED_MODEL_CALL and \
-        placement[g[k]] != placement[g[train_call_of[k]]]
+        scratch.placement[k] != scratch.placement[train_call_of[k]]
 
 
 @numba.njit(cache=True, inline="always")
-def _memory_terms(g, kt, scratch):
-    """Per call k of plan `g` (memory rule of the module docstring): `persistent[k]`, the
-    bytes per device its placement keeps resident on its mesh (a train call's train state;
-    an untrained model's weights on the first call of each distinct placement; else 0),
-    and `extra[k]`, the bytes it adds while it runs (working set, plus its weights when it
-    is a transient copy). Every value is the largest over the mesh's pipeline stages. Then
-    `start_level[k]`: the persistent level at the first device of call k's mesh (when
-    persistent[k] is not 0), which `_persistent_peak_bytes` reads. Needs the call ranges."""
-    persistent, extra = scratch.persistent, scratch.extra
-    placement, memory_role, train_call_of, model_id = (kt.placement, kt.memory_role,
-                                                       kt.train_call_of, kt.model_id)
-    state, weights, activation = kt.state, kt.weights, kt.activation
-    for k in range(g.shape[0]):
-        c = g[k]
+def _memory_terms(kt, scratch):
+    """Per call k of the plan `scratch` holds (memory rule of the module docstring):
+    `persistent[k]`, the bytes per device its placement keeps resident on its mesh (a train
+    call's train state; an untrained model's weights on the first call of each distinct
+    placement; else 0), and `extra[k]`, the bytes it adds while it runs (working set, plus
+    its weights when it is a transient copy). Every value is the largest over the mesh's
+    pipeline stages. The calls with a non-zero term go to `terms` (in call order; returns
+    their count), and `start_level[k]` of each is the persistent level at the first device
+    of its mesh, which `_persistent_peak_bytes` reads."""
+    persistent, extra, placement = scratch.persistent, scratch.extra, scratch.placement
+    memory_role, train_call_of, model_id = kt.memory_role, kt.train_call_of, kt.model_id
+    terms = scratch.terms
+    count = 0
+    for k in range(placement.shape[0]):
         persistent[k] = 0.0
-        extra[k] = activation[c]
+        extra[k] = scratch.activation[k]
         role = memory_role[k]
         if role == TRAIN_CALL:
-            persistent[k] = state[c]
+            persistent[k] = scratch.state[k]
         elif role == TRAINED_MODEL_CALL:
-            if _is_transient_copy(k, g, memory_role, placement, train_call_of):
-                extra[k] += weights[c]
+            if _is_transient_copy(k, scratch, memory_role, train_call_of):
+                extra[k] += scratch.weights[k]
         else:
             repeat = False
             for j in range(k):
-                if model_id[j] == model_id[k] and placement[g[j]] == placement[c]:
+                if model_id[j] == model_id[k] and placement[j] == placement[k]:
                     repeat = True
             if not repeat:
-                persistent[k] = weights[c]
-    lo1, hi1, start_level = scratch.lo1, scratch.hi1, scratch.start_level
-    for q in range(g.shape[0]):
-        start_level[q] = 0.0 if persistent[q] == 0.0 else _persistent_level(
-            lo1[q], persistent, lo1, hi1)
+                persistent[k] = scratch.weights[k]
+        if persistent[k] != 0.0:
+            terms[count] = k
+            count += 1
+    for i in range(count):
+        q = terms[i]
+        scratch.start_level[q] = _persistent_level(scratch.lo1[q], count, scratch)
+    return count
 
 
 @numba.njit(cache=True, inline="always")
-def _persistent_level(device, persistent, lo1, hi1):
-    """The persistent level on `device`: the sum of the terms whose call mesh covers it."""
+def _persistent_level(device, count, scratch):
+    """The persistent level on `device`: the sum of the first `count` `terms` whose call
+    mesh covers it (in call order)."""
+    persistent, lo1, hi1, terms = scratch.persistent, scratch.lo1, scratch.hi1, scratch.terms
     level = 0.0
-    for t in range(persistent.shape[0]):
-        if persistent[t] != 0.0 and lo1[t] <= device < hi1[t]:
+    for i in range(count):
+        t = terms[i]
+        if lo1[t] <= device < hi1[t]:
             level += persistent[t]
     return level
 
 
 @numba.njit(cache=True, inline="always")
-def _persistent_peak_bytes(check_lo, check_hi, scratch):
+def _persistent_peak_bytes(check_lo, check_hi, count, scratch):
     """The largest persistent level over devices [check_lo, check_hi): the sum of the
     persistent terms whose call mesh [lo1, hi1) covers a device. The level is piecewise
     constant and only rises where a non-zero term starts, so its maximum over a range is
     reached at the range's first device or at the first device of a term inside it (whose
     level `_memory_terms` keeps in start_level)."""
-    persistent, lo1, hi1 = scratch.persistent, scratch.lo1, scratch.hi1
-    start_level = scratch.start_level
-    level_max = _persistent_level(check_lo, persistent, lo1, hi1)
-    for q in range(persistent.shape[0]):
-        if persistent[q] != 0.0 and check_lo <= lo1[q] < check_hi:
+    lo1, start_level, terms = scratch.lo1, scratch.start_level, scratch.terms
+    level_max = _persistent_level(check_lo, count, scratch)
+    for i in range(count):
+        q = terms[i]
+        if check_lo <= lo1[q] < check_hi:
             level_max = max(level_max, start_level[q])
     return level_max
 
 
 @numba.njit(cache=True, inline="always")
-def _call_peak_bytes(k, scratch):
-    """Bytes per device at the peak of call k: persistent level over its mesh + its extra."""
-    return _persistent_peak_bytes(scratch.lo1[k], scratch.hi1[k], scratch) + scratch.extra[k]
-
-
-@numba.njit(cache=True, inline="always")
-def _memory_overflow(g, kt, scratch):
-    """Worst (peak - capacity) / capacity over the calls and reallocations of plan `g`
-    (<= 0 when the plan fits); needs `_memory_terms` and the call ranges in `scratch`."""
-    placement, capacity, weights = kt.placement, kt.capacity, kt.weights
-    pair_src, pair_dst, lo, hi = kt.pair_src, kt.pair_dst, kt.lo, kt.hi
-    memory_role, train_call_of = kt.memory_role, kt.train_call_of
+def _memory_overflow(kt, scratch, count):
+    """Worst (peak - capacity) / capacity over the calls and reallocations of the plan
+    `scratch` holds (<= 0 when the plan fits); needs `_memory_terms` (`count` terms). A
+    reallocation's receivers are its destination call's mesh, so it reads that call's
+    persistent peak."""
+    placement, capacity, weights = scratch.placement, scratch.capacity, scratch.weights
+    lo1, hi1, extra, persistent_peak = (scratch.lo1, scratch.hi1, scratch.extra,
+                                        scratch.persistent_peak)
+    pair_src, pair_dst = kt.pair_src, kt.pair_dst
     worst = -np.inf
-    for k in range(g.shape[0]):
-        peak = _call_peak_bytes(k, scratch)
-        worst = max(worst, (peak - capacity[g[k]]) / capacity[g[k]])
+    for k in range(placement.shape[0]):
+        persistent_peak[k] = _persistent_peak_bytes(lo1[k], hi1[k], count, scratch)
+        peak = persistent_peak[k] + extra[k]
+        worst = max(worst, (peak - capacity[k]) / capacity[k])
     for p in range(pair_src.shape[0]):
         k = pair_dst[p]
-        b = g[k]
-        if placement[g[pair_src[p]]] == placement[b]:
+        if placement[pair_src[p]] == placement[k]:
             continue          # the model stays where it is: nothing is received
         # The receivers hold a receive buffer (at most their whole new shard) and, when
         # the destination call is a transient copy, its weights.
-        need = weights[b]
-        if _is_transient_copy(k, g, memory_role, placement, train_call_of):
-            need += weights[b]
-        peak = _persistent_peak_bytes(lo[b], hi[b], scratch) + need
-        worst = max(worst, (peak - capacity[b]) / capacity[b])
+        need = weights[k]
+        if _is_transient_copy(k, scratch, kt.memory_role, kt.train_call_of):
+            need += weights[k]
+        peak = persistent_peak[k] + need
+        worst = max(worst, (peak - capacity[k]) / capacity[k])
     return worst

@@ -8,8 +8,9 @@ model has in another call (which removes a reallocation). Metropolis acceptance 
 temperature runs inside the compiled kernel (planner/search/mcmc_kernel.py); every `swap_every`
 steps, neighbouring temperatures exchange states (parallel tempering), in the kernel too, which
 runs STEPS_PER_SWEEP steps per call. Temperatures are set relative to the cost scale (the
-median cost of the starting plans that fit), from `0.0005x` to `0.05x`, so a 0.5% worse plan is accepted often at the top of the ladder and rarely at the
-bottom. Half the chains of every temperature start from the seed plans (the baselines).
+median cost of the starting plans that fit), from `0.0005x` to `0.05x`, so a 0.5% worse
+plan is accepted often at the top of the ladder and rarely at the bottom. Half the chains of
+every temperature start from the seed plans (the baselines).
 
 Infeasible plans get energy = time + scale x (1 + 10 x relative memory overflow), so chains
 drift towards plans that fit; only feasible plans are kept as results.
@@ -22,8 +23,8 @@ give the same plan; a time limit that cuts a run short can make two runs differ.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -116,10 +117,12 @@ def move_tables(evaluator: FastEvaluator) -> MoveTables:
 def _group_arrays(tables: SearchTables, offset: np.ndarray) -> tuple[np.ndarray, ...]:
     """(group_perm, group_perm_offset, group_start, group_size): per grouping of GROUPINGS,
     the candidates of every call sorted by group (stably), and per candidate where its
-    group starts in that order and how many members it has."""
+    group starts in that order and how many members it has. int32 (local indices and
+    counts of one call), half the bytes of int64: on 1,024 devices these tables are larger
+    than the caches, and every move reads them at a random candidate."""
     total = int(tables.sizes.sum())
     shape = (len(GROUPINGS), total)
-    group_perm, group_start, group_size = (np.zeros(shape, dtype=np.int64) for _ in range(3))
+    group_perm, group_start, group_size = (np.zeros(shape, dtype=np.int32) for _ in range(3))
     group_perm_offset = np.zeros((len(GROUPINGS), len(tables.calls)), dtype=np.int64)
     for q, key_of in enumerate(GROUPINGS):
         for k, call in enumerate(tables.calls):
@@ -145,7 +148,8 @@ def _group_arrays(tables: SearchTables, offset: np.ndarray) -> tuple[np.ndarray,
 def _copy_arrays(tables: SearchTables) -> tuple[np.ndarray, ...]:
     """(copy_src, copy_dst, copy_map_offset, copy_map): one placement copy per ordered pair
     of distinct calls of one model, mapping each candidate of the source call to the first
-    candidate of the destination call with the same placement (-1 when there is none)."""
+    candidate of the destination call with the same placement (-1 when there is none;
+    int32, as the group arrays)."""
     copy_src, copy_dst, copy_offset, copy_map = [], [], [], []
     calls = tables.calls
     for a, ca in enumerate(calls):
@@ -161,7 +165,7 @@ def _copy_arrays(tables: SearchTables) -> tuple[np.ndarray, ...]:
             copy_map.append(np.where(found, first[at] if len(ids) else -1, -1))
     return (np.array(copy_src, dtype=np.int64), np.array(copy_dst, dtype=np.int64),
             np.array(copy_offset, dtype=np.int64),
-            (np.concatenate(copy_map) if copy_map else np.zeros(0)).astype(np.int64))
+            (np.concatenate(copy_map) if copy_map else np.zeros(0)).astype(np.int32))
 
 
 def warm_up(evaluator: FastEvaluator) -> MoveTables:

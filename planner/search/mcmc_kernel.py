@@ -3,15 +3,17 @@
 Random numbers come from a counter-based generator (splitmix64 of seed, chain, step and
 slot), so a chain's path depends only on the seed, never on which thread ran it or on how
 many rounds one `sweep` runs: same seed, same result. Each step proposes one move (see
-planner/search/mcmc.py), evaluates the plan with planner.search.fast_evaluator.evaluate_plan,
-accepts by the Metropolis rule at the chain's
-temperature, and remembers the chain's best feasible plan.
+planner/search/mcmc.py), which changes one call's candidate, evaluates the new plan
+incrementally (planner.search.fast_evaluator.apply_call updates the chain's Scratch, which
+holds its current plan's evaluation state, then fast_evaluator.price), accepts by the
+Metropolis rule at the chain's temperature (a rejected move is undone in the Scratch with
+apply_call), and remembers the chain's best feasible plan.
 
 `sweep` takes three bundles besides the evaluator's tables: `Chains` (the chains' state,
 updated in place), `MoveTables` (the neighbourhoods, planner.search.mcmc.move_tables) and
-`StepSettings`; a step is `_propose`, `evaluate_plan`, `_remember_if_best` and
-`_metropolis_accepts`, and a round of steps ends with `_exchange_column` (parallel
-tempering).
+`StepSettings`; a step is `_propose`, `apply_call`, then `_take_step` (`price`,
+`_remember_if_best`, `_metropolis_accepts`), and a round of steps ends with
+`_exchange_column` (parallel tempering).
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from collections import namedtuple
 import numba
 import numpy as np
 
-from planner.search.fast_evaluator import evaluate_plan, new_scratch
+from planner.search.fast_evaluator import (
+    apply_call,
+    fill_plan,
+    price,
+    scratch_sizes,
+    scratch_view,
+)
 
 # Moves: a random candidate; a candidate of the same group (grouping 0: the same mesh,
 # grouping 1: the same tp, pp and micro-batches on any mesh); a placement copied from
@@ -99,28 +107,84 @@ def sweep(chains, moves, steps, kt):
 
     An exchange only pairs chains j x per + s and (j + 1) x per + s, one column s of the
     ladder, so one thread runs a whole column through every round without waiting for the
-    others: the threads meet once per sweep, not once per round. `chains`: a Chains,
-    `moves`: a MoveTables, `steps`: a StepSettings, `kt`: the evaluator's KernelTables."""
-    per = steps.chains_per_temperature
-    temperatures = chains.state.shape[0] // per
-    for s in numba.prange(per):
-        scratch = new_scratch(kt)
-        plans = np.empty((temperatures, chains.state.shape[1]), np.int64)
-        for j in range(temperatures):
-            plans[j] = chains.state[j * per + s] + moves.offset   # global candidate indices
-        step = steps.first_step
-        for _ in range(steps.num_rounds):
-            for j in range(temperatures):
-                _advance_chain(j * per + s, plans[j], step, steps.swap_every, scratch,
-                               chains, moves, steps, kt)
-            step += steps.swap_every
-            _exchange_column(s, per, plans, (step // steps.swap_every) % 2, step, chains,
-                             steps.seed)
+    others: the threads meet once per sweep, not once per round. Each chain of the column
+    keeps its evaluation state (a Scratch, in row slot[j] of the column's buffers for level
+    j; an exchange swaps the rows) from one step to the next. `chains`: a Chains, `moves`:
+    a MoveTables, `steps`: a StepSettings, `kt`: the evaluator's KernelTables."""
+    for s in numba.prange(steps.chains_per_temperature):
+        _run_column(s, chains, moves, steps, kt)
 
 
+# A function of its own, not the body of the prange loop: numba's parallel transforms
+# (hoisting, fusing array expressions) stay out of it.
 @numba.njit(cache=True)
-def _exchange_column(s, per, plans, parity, step, chains, seed):
-    """Exchange the states (and `plans`, their global indices) of temperature levels
+def _run_column(s, chains, moves, steps, kt):
+    """Column s of the ladder through every round of a sweep (`sweep`): the buffers of its
+    chains' Scratch rows and moves, then `_run_rounds`."""
+    temperatures = chains.state.shape[0] // steps.chains_per_temperature
+    num_ints, num_floats, num_types = scratch_sizes(kt)
+    ints = np.empty((temperatures, num_ints), np.int64)
+    floats = np.empty((temperatures, num_floats))
+    shares = np.empty((temperatures, num_types, num_types), np.bool_)
+    plans = np.empty((temperatures, chains.state.shape[1]), np.int64)
+    slot = np.arange(temperatures)
+    moved = np.empty((2, temperatures), np.int64)
+    _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt)
+
+
+# Without reference counting, like fast_evaluator.evaluate_plan (see the note there): the
+# chains' Scratch views are cut here once per chain and step, which with counting would
+# cost 23 atomic updates each way, and the namedtuples are handed to the pieces per step.
+@numba.njit(cache=True, _nrt=False)
+def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt):
+    """The rounds of column s: `plans[j]` and Scratch row `slot[j]` (of `ints`, `floats`,
+    `shares`) hold the plan of the chain at temperature level j (filled here); `moved`:
+    work array [2, levels].
+
+    Step by step, each in three passes over the column's chains: propose every chain's
+    move, apply every move to its Scratch, then price each plan and keep or undo its move.
+    The chains are independent within a round (their random numbers depend on seed, chain
+    and step only), so this is the order-of-steps-per-chain result bit for bit; the passes
+    let the processor overlap the chains' cache misses in the move and candidate tables
+    (the candidates of 1,024 devices do not fit in a cache) instead of waiting for each."""
+    per = steps.chains_per_temperature
+    levels = plans.shape[0]
+    state, offset = chains.state, moves.offset
+    calls, news = moved[0], moved[1]
+    for j in range(levels):
+        for k in range(plans.shape[1]):       # global candidate indices
+            plans[j, k] = state[j * per + s, k] + offset[k]
+        fill_plan(plans[j], kt, scratch_view(ints[j], floats[j], shares[j], kt))
+    step = steps.first_step
+    for _ in range(steps.num_rounds):
+        for step_in_round in range(step, step + steps.swap_every):
+            for j in range(levels):
+                n = j * per + s
+                calls[j], news[j] = _propose(n, step_in_round, plans[j], state[n], moves,
+                                             steps)
+                if news[j] == state[n, calls[j]]:
+                    news[j] = -1                  # no move: nothing to evaluate
+            for j in range(levels):
+                if news[j] >= 0:
+                    call, r = calls[j], slot[j]
+                    plans[j, call] = offset[call] + news[j]
+                    apply_call(call, plans[j, call], kt,
+                               scratch_view(ints[r], floats[r], shares[r], kt))
+            for j in range(levels):
+                if news[j] >= 0:
+                    r = slot[j]
+                    _take_step(j * per + s, plans[j], step_in_round, calls[j], news[j],
+                               scratch_view(ints[r], floats[r], shares[r], kt), chains,
+                               moves, steps, kt)
+        step += steps.swap_every
+        _exchange_column(s, per, plans, slot, (step // steps.swap_every) % 2, step,
+                         chains, steps.seed)
+
+
+@numba.njit(cache=True, _nrt=False)
+def _exchange_column(s, per, plans, slot, parity, step, chains, seed):
+    """Exchange the states (and `plans`, their global indices, and `slot`, the rows of their
+    evaluation states) of temperature levels
     (j, j + 1), j = parity, parity + 2, ..., in column s of the ladder, each with probability
     min(1, exp((1/T_j - 1/T_j+1) (E_j - E_j+1))), the parallel tempering rule (Swendsen &
     Wang 1986; Geyer 1991); the random number is the lower chain's SLOT_SWAP at `step`."""
@@ -133,33 +197,28 @@ def _exchange_column(s, per, plans, parity, step, chains, seed):
                 plans[j, k], plans[j + 1, k] = plans[j + 1, k], plans[j, k]
                 state[a, k], state[b, k] = state[b, k], state[a, k]
             energy[a], energy[b] = energy[b], energy[a]
+            slot[j], slot[j + 1] = slot[j + 1], slot[j]
 
 
-# Without reference counting, like fast_evaluator.evaluate_plan (see the note there): the
-# step loop hands the namedtuples to its pieces once per step.
-@numba.njit(cache=True, _nrt=False)
-def _advance_chain(n, plan, first_step, num_steps, scratch, chains, moves, steps, kt):
-    """Chain n's steps first_step, ..., first_step + num_steps - 1 from `plan` (its state as
-    global candidate indices, kept in step with it): propose a move, evaluate it, remember
-    the plan when it is the chain's best that fits, and keep or undo the move by the
-    Metropolis rule. `scratch`: from new_scratch."""
+# Part of _run_rounds (inlined, so compiled without reference counting as it is).
+@numba.njit(cache=True, inline="always")
+def _take_step(n, plan, step, call, new, scratch, chains, moves, steps, kt):
+    """The rest of chain n's `step`, after its move (call `call` to local candidate `new`)
+    was applied to `plan` (global indices) and to `scratch` (its evaluation state, kept in
+    step with it, fast_evaluator.apply_call): price the plan, remember it when it is the
+    chain's best that fits, and keep or undo the move by the Metropolis rule."""
     state, offset = chains.state, moves.offset
-    for step in range(first_step, first_step + num_steps):
-        call, new = _propose(n, step, plan, state[n], moves, steps)
-        old = state[n, call]
-        if new < 0 or new == old:
-            continue                      # no move: nothing to evaluate
-        plan[call] = offset[call] + new
-        time_s, overflow = evaluate_plan(plan, kt, scratch)
-        chains.evaluations[n] += 1
-        _remember_if_best(n, plan, time_s, overflow, chains, offset)
-        proposed = energy_of(time_s, overflow, steps.scale)
-        if _metropolis_accepts(chains.energy[n], proposed, chains.temperature[n],
-                               uniform(steps.seed, n, step, SLOT_ACCEPT)):
-            state[n, call] = new
-            chains.energy[n] = proposed
-        else:
-            plan[call] = offset[call] + old
+    time_s, overflow = price(kt, scratch)
+    chains.evaluations[n] += 1
+    _remember_if_best(n, plan, time_s, overflow, chains, offset)
+    proposed = energy_of(time_s, overflow, steps.scale)
+    if _metropolis_accepts(chains.energy[n], proposed, chains.temperature[n],
+                           uniform(steps.seed, n, step, SLOT_ACCEPT)):
+        state[n, call] = new
+        chains.energy[n] = proposed
+    else:
+        plan[call] = offset[call] + state[n, call]
+        apply_call(call, plan[call], kt, scratch)
 
 
 @numba.njit(cache=True, inline="always")
