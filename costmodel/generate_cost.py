@@ -88,7 +88,9 @@ def decode_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool) -> float:
                           + st.send_s(b, 1))
     interval = stop_check_interval_steps(st.timers[-1][0].hardware.kind)
     done = batch.gen_lengths.cdf(steps // interval * interval)   # F(0) = 0: no check yet
-    running = 1.0 - done[None, :] ** wave_rows(st.ex, b).astype(float)[:, None]
+    # the waves but the last have equal rows: each distinct count's powers once
+    rows, wave_of = np.unique(wave_rows(st.ex, b), return_inverse=True)
+    running = (1.0 - done[None, :] ** rows.astype(float)[:, None])[wave_of]
     return float(np.sum(running @ np.broadcast_to(round_s, steps.shape)))
 
 

@@ -359,6 +359,8 @@ def run(args: argparse.Namespace) -> int:
         text = comparison_text(seconds, best_s, what)
         if name in outcome.unpriced_baselines:
             text = "not priced: no time left (--time-limit)"
+        if name in outcome.unbuilt_baselines:
+            text = "not built: no time left (--time-limit)"
         print(f"  {name:<{width}} {text}" + (f": {reason}" if seconds is None and reason
                                               else ""))
     print(f"wrote {out}")

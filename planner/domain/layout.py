@@ -11,6 +11,7 @@ tp / pp degrees a model can run, used by the search space, the cost model and th
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -89,6 +90,7 @@ def kv_heads_fit(num_kv_heads: int, tp: int) -> bool:
     return num_kv_heads % tp == 0 or tp % num_kv_heads == 0
 
 
+@lru_cache(maxsize=4096)   # the search asks it for every layout of every mesh
 def parallel_degrees_problem(spec: ModelSpec, tp: int, pp: int) -> str | None:
     """Why model `spec` cannot be sharded over tp ranks and pp stages, or None.
 
@@ -119,6 +121,14 @@ def parallel_degrees_problem(spec: ModelSpec, tp: int, pp: int) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4096)
+def _mesh_nodes(devices: tuple[int, ...], cluster: ClusterSpec) -> tuple[int, frozenset[int]]:
+    """How many nodes a mesh spans and their device counts. Memoised: the search checks
+    every layout of a mesh, and the mesh may span all of a large cluster."""
+    nodes = {cluster.device_node[d] for d in devices}
+    return len(nodes), frozenset(cluster.node_devices_per_node[n] for n in nodes)
+
+
 def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
                    call: ModelFunctionCall, batch: BatchSpec) -> str | None:
     """Why the layout cannot run `call` of model `spec` on its mesh, or None."""
@@ -145,11 +155,10 @@ def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
         if call.kind == "train" and not ex.shard_optimizer_over_dp:
             return ("shard_parameters_over_dp (FSDP / ZeRO-3) shards the optimizer states "
                     "too: set shard_optimizer_over_dp true")
-    nodes = {cluster.device_node[d] for d in ex.devices}
-    node_sizes = {cluster.node_devices_per_node[n] for n in nodes}
+    num_nodes, node_sizes = _mesh_nodes(tuple(ex.devices), cluster)
     # TP groups are adjacent mesh positions: inside one node they always fit; across whole
     # nodes they fit when every node's device count is a multiple of tp.
-    if len(nodes) > 1 and any(size % ex.tp for size in node_sizes):
+    if num_nodes > 1 and any(size % ex.tp for size in node_sizes):
         return (f"tp {ex.tp} would span nodes (nodes have {sorted(node_sizes)} devices); "
                 f"tensor-parallel groups must stay inside one node")
     seqs = sequences_per_micro_batch_step(call, batch)

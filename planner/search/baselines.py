@@ -17,6 +17,7 @@ cluster.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.workflow import Workflow
+from planner.search.deadline import Deadline
 from planner.search.fast_evaluator import FastEvaluator
 from planner.search.tables import RECOMPUTE_CODE, CallTable, SearchTables
 
@@ -231,7 +233,11 @@ def realhf_heuristic(tables: SearchTables, judge: "BaselineJudge", cluster: Clus
 class BaselineJudge:
     """Picks the best of several candidate plans: fastest by the fast evaluator among those
     that fit, confirmed by `fits_exactly` (the exact simulator's memory rule, which also
-    counts reallocation buffers) for up to `max_checks` plans."""
+    counts reallocation buffers) for up to `max_checks` plans.
+
+    With a `deadline` (set by build_baselines) it confirms no further plan once the deadline
+    has expired: `best_of` then returns None and sets `stopped` (the plans left unconfirmed
+    may fit; build_baselines names the baseline as cut)."""
 
     def __init__(self, evaluator: FastEvaluator,
                  fits_exactly: Callable[[np.ndarray], bool] | None = None,
@@ -239,6 +245,12 @@ class BaselineJudge:
         self.evaluator = evaluator
         self.fits_exactly = fits_exactly
         self.max_checks = max_checks
+        self.deadline: Deadline | None = None
+        self.stopped = False             # the last best_of quit at the deadline
+        self.cut: list[str] = []         # baselines the deadline left None (build_baselines)
+        # The longest one exact check took (s): what pricing a plan whose reallocations are
+        # not priced yet may take (pipeline keeps time back for it).
+        self.slowest_check_s = 0.0
 
     def best_of(self, choices: np.ndarray) -> np.ndarray | None:
         if len(choices) == 0:
@@ -247,7 +259,15 @@ class BaselineJudge:
         feasible = np.flatnonzero(result.feasible)
         ranked = feasible[np.argsort(result.iteration_s[feasible], kind="stable")]
         for i in ranked[: self.max_checks]:
-            if self.fits_exactly is None or self.fits_exactly(choices[i]):
+            if self.fits_exactly is None:
+                return choices[i]
+            if self.deadline is not None and self.deadline.expired():
+                self.stopped = True
+                return None
+            began = time.perf_counter()
+            fits = self.fits_exactly(choices[i])
+            self.slowest_check_s = max(self.slowest_check_s, time.perf_counter() - began)
+            if fits:
                 return choices[i]
         return None
 
@@ -261,7 +281,27 @@ BASELINES: dict[str, Callable] = {
 
 
 def build_baselines(tables: SearchTables, judge: BaselineJudge, cluster: ClusterSpec,
-                    workflow: Workflow) -> dict[str, np.ndarray | None]:
-    """Every baseline's choice over `tables` (None when it cannot run on the cluster)."""
-    return {name: build(tables, judge, cluster, workflow)
-            for name, build in BASELINES.items()}
+                    workflow: Workflow, deadline: Deadline | None = None
+                    ) -> dict[str, np.ndarray | None]:
+    """Every baseline's choice over `tables` (None when it cannot run on the cluster).
+
+    With a `deadline`, once some baseline has a plan (so that the search always has one to
+    fall back on, as full_tables always prices a fitting candidate of each call), a
+    baseline is built only while time remains and its exact memory checks stop when the
+    deadline expires (BaselineJudge): a baseline not started, or stopped before a plan was
+    confirmed, is None and named in `judge.cut` (in BASELINES order); the baselines built
+    before keep their plans."""
+    judge.cut = []
+    choices: dict[str, np.ndarray | None] = {}
+    for name, build in BASELINES.items():
+        judge.stopped = False
+        judge.deadline = deadline if any(c is not None for c in choices.values()) else None
+        if judge.deadline is not None and judge.deadline.expired():
+            choices[name] = None
+            judge.cut.append(name)
+            continue
+        choices[name] = build(tables, judge, cluster, workflow)
+        if judge.stopped and choices[name] is None:
+            judge.cut.append(name)
+    judge.deadline = None
+    return choices

@@ -339,7 +339,8 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
     (baselines.baseline_meshes), then the others from the most devices to the fewest.
     With a `deadline` (planner.search.deadline.Deadline) that has expired when a shape is
     due, the shapes left are not priced and the tables hold the candidates of the priced
-    shapes' meshes only, marked `complete=False`; the first shape is always priced, and
+    shapes' meshes only, marked `complete=False` (`shapes_priced` of `shapes_total`
+    shapes priced, as the tables say in either case); the first shape is always priced, and
     pricing goes on past the deadline while some call has no candidate that fits alone
     (tables without one cannot hold a feasible plan; a layout that does not fit costs only
     its memory). Without a deadline, or when it does not expire, every shape is priced and
@@ -361,10 +362,12 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
     complete = True
     first = [tuple(range(cluster.num_devices))] + baseline_meshes(workflow, cluster)
     order = shape_order(representatives, of_mesh, meshes, first)
+    shapes_priced = 0
     for step, c in enumerate(order):
         if step > 0 and deadline is not None and deadline.expired() and all(fits_somewhere):
             complete = False
             break
+        shapes_priced += 1
         for k, call in enumerate(calls_of):
             prices = _shape_prices(call, workflow.models[call.model], cluster, workflow.batch,
                                    representatives[c], pricer, price_unfit)
@@ -403,7 +406,8 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
                                              for d in range(cluster.num_devices)),
         inter_node_latency_s=cluster.inter_node_latency_us * US,
         num_iterations=num_iterations, move_scale=move_scale, move_overhead_s=move_overhead_s,
-        priority=tuple(priority), complete=complete)
+        priority=tuple(priority), complete=complete, shapes_priced=shapes_priced,
+        shapes_total=len(order))
 
 
 def pruned_tables(tables: SearchTables, keep: dict[str, set[int]]) -> tuple[SearchTables,

@@ -12,12 +12,17 @@
 
 With a `Deadline` (planner.search.deadline; `plan search --time-limit`), every step draws on
 it: the tables get TABLE_SHARE of the budget (builder.full_tables stops pricing mesh shapes
-when it ends, and the tables are then incomplete); the fastest baseline is priced exactly
-before the chains run, which measures what one exact pricing costs; the chains get what
-remains less REPRICE_RESERVE_PLANS such pricings; then the chains' best plan is priced
-exactly (always), and the other baselines and best plans while time remains (a baseline
-left unpriced is None in `baselines`, listed in `unpriced_baselines` and named in `cut`); the
-bound is computed only on complete tables (it needs every candidate) and while time remains.
+when it ends, and the tables are then incomplete); the baselines BASELINE_SHARE of what
+remains (build_baselines builds no further baseline, and confirms no further plan's memory,
+once it ends and one baseline has a plan: a baseline cut so is None, named in `cut` and in
+`unbuilt_baselines`); the fastest baseline is priced exactly before the chains run, which
+measures what one exact pricing costs; the chains get what remains less
+REPRICE_RESERVE_PLANS such pricings and the slowest of the baselines' exact memory checks
+(what pricing a plan with reallocations not priced yet may add); then the chains' best plan
+is priced exactly (always), and the other baselines and best plans while the time left
+exceeds the longest exact pricing so far (a baseline left unpriced is None in `baselines`, listed in `unpriced_baselines` and named in
+`cut`); the bound is computed only on complete tables (it needs every candidate) and while
+time remains.
 `SearchOutcome.cut` names each step the time limit cut and says what was left out. Without a
 deadline the tables are complete and the chains stop at `MCMCSettings.time_limit_s`.
 """
@@ -52,8 +57,7 @@ TABLE_SHARE = 0.5           # of the time limit, for pricing candidates (the fir
 # Exact pricings kept back from the chains: the best plan's, and one more as a margin, since
 # a plan's first pricing prices its calls' layouts, which the baselines may not have used.
 REPRICE_RESERVE_PLANS = 2
-TABLES_CUT = ("tables cut by the time limit: not every mesh shape priced; raise --time-limit "
-              "for a bound")
+BASELINE_SHARE = 0.3        # of what the tables leave, for the baselines (the second phase)
 
 
 @dataclass
@@ -74,6 +78,8 @@ class SearchOutcome:
     lower_bound_s: float | None = None            # planner.search.lower_bound of the space
     cut: dict[str, str] = field(default_factory=dict)   # phase -> what the time limit left out
     unpriced_baselines: list[str] = field(default_factory=list)   # None in baselines: no time
+    # None in baselines: the time limit stopped building them (baselines.build_baselines)
+    unbuilt_baselines: list[str] = field(default_factory=list)
 
 
 def _remap(choice: np.ndarray | None, kept: list[np.ndarray]) -> np.ndarray | None:
@@ -125,11 +131,18 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
     full = full_tables(workflow, cluster, calibration=calibration, profiles_dir=profiles_dir,
                        price_unfit=False,
                        deadline=None if deadline is None else deadline.part(TABLE_SHARE))
-    cut = {} if full.complete else {PRICING: TABLES_CUT}
+    cut = {} if full.complete else {
+        PRICING: f"tables cut by the time limit: {full.shapes_priced} of {full.shapes_total} "
+                 f"mesh shapes priced; raise --time-limit for a bound"}
     announce(BASELINES)
     costs = PlanCosts(workflow, cluster, profiles_dir, calibration=calibration)
     judge = exact_judge(full, workflow, cluster, costs)
-    baseline_choices = build_baselines(full, judge, cluster, workflow)
+    baseline_choices = build_baselines(
+        full, judge, cluster, workflow,
+        deadline=None if deadline is None else deadline.part(BASELINE_SHARE))
+    if judge.cut:
+        cut[BASELINES] = (f"baselines not built by the time limit: {', '.join(judge.cut)} "
+                          f"(their plans were not confirmed to fit in time)")
     keep = {t.name: set() for t in full.calls}
     for choice in baseline_choices.values():
         if choice is not None:
@@ -142,15 +155,21 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
                                  mcmc=None, tables=tables,
                                  build_s=time.perf_counter() - start,
                                  smallest_overflow_bytes=smallest_alone_shortfall_bytes(table),
-                                 unplaceable_call=table.name, cut=cut)
+                                 unplaceable_call=table.name, cut=cut,
+                                 unbuilt_baselines=list(judge.cut))
     evaluator = FastEvaluator(tables)
     seeds = [_remap(c, kept) for c in baseline_choices.values() if c is not None]
     moves = warm_up(evaluator)
     build_s = time.perf_counter() - start
 
+    pricing_s: list[float] = []    # how long each exact pricing took
+
     def price(choice: np.ndarray, over: SearchTables) -> PricedPlan:
+        began = time.perf_counter()
         executions = over.executions_of(choice)
-        return PricedPlan(executions, simulate(workflow, cluster, executions, costs=costs))
+        plan = PricedPlan(executions, simulate(workflow, cluster, executions, costs=costs))
+        pricing_s.append(time.perf_counter() - began)
+        return plan
 
     # Exact pricing, fastest first by the fast evaluator: before the chains, the fastest
     # baseline (a priced plan to fall back on, and what one exact pricing costs); after
@@ -161,17 +180,17 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
         fast = evaluator.evaluate(np.array(seeds))
         named = [named[i] for i in np.lexsort((fast.iteration_s, ~fast.feasible))]
     baselines: dict[str, PricedPlan | None] = {name: None for name in baseline_choices}
-    pricing_s = []
 
     def price_baseline(name: str) -> None:
-        began = time.perf_counter()
         baselines[name] = price(baseline_choices[name], full)
-        pricing_s.append(time.perf_counter() - began)
 
     if named:
         price_baseline(named[0])
     if deadline is not None:
-        reserve_s = REPRICE_RESERVE_PLANS * max(pricing_s, default=0.0)
+        # the first pricing may reuse the moves the baselines' checks priced; the slowest
+        # check says what pricing a plan with new ones may add (seconds on 1,024 devices)
+        reserve_s = (REPRICE_RESERVE_PLANS * max(pricing_s, default=0.0)
+                     + judge.slowest_check_s)
         settings = replace(settings, time_limit_s=min(settings.time_limit_s,
                                                       deadline.remaining_s() - reserve_s))
     announce(SEARCHING)
@@ -182,7 +201,9 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
     waiting = [(name, None) for name in named[1:]] + [(None, c)
                                                        for c in result.top_choices[1:]]
     for i, (name, choice) in enumerate(waiting):
-        if deadline is not None and deadline.expired():
+        # no pricing is started that would end past the deadline if it took as long as the
+        # longest one so far
+        if deadline is not None and deadline.remaining_s() <= max(pricing_s, default=0.0):
             unpriced = [n for n, _ in waiting[i:] if n is not None]
             cut[REPRICING] = (
                 f"{len(priced)} of the {len(result.top_choices)} best plans found priced "
@@ -206,4 +227,5 @@ def search(workflow: Workflow, cluster: ClusterSpec, settings: MCMCSettings,
         bound_s = None if bound is None else bound.iteration_s
     return SearchOutcome(best=best, baselines=baselines, mcmc=result, tables=tables,
                          build_s=build_s, smallest_overflow_bytes=shortfall,
-                         lower_bound_s=bound_s, cut=cut, unpriced_baselines=unpriced)
+                         lower_bound_s=bound_s, cut=cut, unpriced_baselines=unpriced,
+                         unbuilt_baselines=list(judge.cut))

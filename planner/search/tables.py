@@ -26,6 +26,10 @@ from planner.domain.layout import RECOMPUTE_MODES, Execution
 RECOMPUTE_CODE = {mode: i for i, mode in enumerate(RECOMPUTE_MODES)}
 
 
+def _degrees(execution: Execution) -> tuple[int, int, int, int]:
+    return execution.dp, execution.tp, execution.pp, execution.micro_batches
+
+
 class Candidates(Sequence):
     """The candidate executions of one call as a sequence of `Execution`, stored as index
     pairs: row i is layout `layout_index[i]` (an Execution on a representative mesh of the
@@ -58,14 +62,25 @@ class Candidates(Sequence):
         return layout if layout.devices == mesh else layout.model_copy(update={"devices": mesh})
 
     def index(self, execution: Execution, *_) -> int:
-        """Row of `execution`; ValueError when it is not a candidate."""
+        """Row of `execution` (the first, should several be equal); ValueError when it is not
+        a candidate. Only the rows on its mesh whose layout has its degrees and
+        micro-batches are compared in full."""
         mesh_id = self._mesh_ids.get(tuple(execution.devices))
-        if mesh_id is not None:
+        layouts = self._layouts_by_degrees.get(_degrees(execution))
+        if mesh_id is not None and layouts is not None:
             order, starts = self._rows_by_mesh
-            for i in order[starts[mesh_id]:starts[mesh_id + 1]]:
+            rows = order[starts[mesh_id]:starts[mesh_id + 1]]
+            for i in rows[np.isin(self.layout_index[rows], layouts)]:
                 if self[int(i)] == execution:
                     return int(i)
         raise ValueError(f"{execution} is not a candidate")
+
+    @cached_property
+    def _layouts_by_degrees(self) -> dict[tuple[int, int, int, int], np.ndarray]:
+        ids: dict[tuple[int, int, int, int], list[int]] = {}
+        for k, layout in enumerate(self.layouts):
+            ids.setdefault(_degrees(layout), []).append(k)
+        return {key: np.array(v, dtype=np.int64) for key, v in ids.items()}
 
     def rows_on(self, mesh: tuple[int, ...]) -> np.ndarray:
         """Rows whose mesh is `mesh`, ascending."""
@@ -204,6 +219,10 @@ class SearchTables:
     # False when a deadline stopped pricing before every mesh shape was priced
     # (builder.full_tables): the calls then have candidates on the priced shapes' meshes only.
     complete: bool = True
+    # Mesh shapes (builder.mesh_shape) full_tables priced, of all the cluster's shapes; they
+    # differ only when a deadline cut pricing (complete=False). 0: tables not from it.
+    shapes_priced: int = 0
+    shapes_total: int = 0
 
     @property
     def sizes(self) -> np.ndarray:

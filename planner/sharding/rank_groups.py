@@ -75,11 +75,10 @@ def placement_coordinate(placement: Placement, device: int) -> Coordinate:
 def rank_groups(device_ids: Sequence[int], dp: int, tp: int, pp: int) -> RankGroups:
     """The DP, TP and PP groups of layout (dp, tp, pp) on the ordered mesh `device_ids`."""
     assert len(device_ids) == dp * tp * pp, (len(device_ids), dp, tp, pp)
-
-    def at(d: int, t: int, p: int) -> int:
-        return device_ids[mesh_position(d, t, p, dp, tp)]
-
-    tp_groups = tuple(tuple(at(d, t, p) for t in range(tp)) for p in range(pp) for d in range(dp))
-    dp_groups = tuple(tuple(at(d, t, p) for d in range(dp)) for p in range(pp) for t in range(tp))
-    pp_groups = tuple(tuple(at(d, t, p) for p in range(pp)) for d in range(dp) for t in range(tp))
+    # mesh_position as strides: a tp group is tp adjacent positions, a dp group every tp-th
+    # position of its stage, a pp group every (dp x tp)-th position
+    ids, stage = tuple(device_ids), dp * tp
+    tp_groups = tuple(ids[k * tp:(k + 1) * tp] for k in range(pp * dp))
+    dp_groups = tuple(ids[p * stage + t:(p + 1) * stage:tp] for p in range(pp) for t in range(tp))
+    pp_groups = tuple(ids[k::stage] for k in range(stage))
     return RankGroups(dp_groups=dp_groups, tp_groups=tp_groups, pp_groups=pp_groups)

@@ -25,6 +25,7 @@ like parameters (same device, same node, least loaded). Pieces name the sequence
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -79,40 +80,79 @@ def _intersect(a: ShardSlice, b: ShardSlice) -> ShardSlice | None:
     return None if any(lo >= hi for lo, hi in out) else out
 
 
+class _Replicas:
+    """The devices holding one piece, arranged for `_SourcePicker`: as a set (is the
+    destination one of them), per node, and as a heap of (load, device) over all of them.
+    The heap is lazy: an entry whose load is stale is refreshed when it reaches the top,
+    which is exact because loads only grow (the top entry with a current load is the least
+    loaded device, ties to the lowest id)."""
+
+    def __init__(self, devices: Sequence[int], device_node: Sequence[int]):
+        self.devices = tuple(devices)
+        self.members = frozenset(self.devices)
+        self.by_node: dict[int, list[int]] = defaultdict(list)
+        for device in self.devices:
+            self.by_node[device_node[device]].append(device)
+        self.heap: list[tuple[int, int]] | None = None
+
+
 class _SourcePicker:
-    """Chooses among replicas: same device, then same node, then least loaded."""
+    """Chooses among replicas: same device, then same node, then least loaded (ties: the
+    lowest device id), counting the bytes assigned to each device so far."""
 
     def __init__(self, device_node: Sequence[int]):
         self.node = device_node
-        self.load: dict[int, int] = defaultdict(int)
+        self.load = [0] * len(device_node)
 
-    def pick(self, candidates: Sequence[int], dst: int, size: int) -> int:
-        if dst in candidates:
+    def replicas(self, devices: Sequence[int]) -> _Replicas:
+        return _Replicas(devices, self.node)
+
+    def pick(self, replicas: _Replicas, dst: int, size: int) -> int:
+        if dst in replicas.members:
             return dst
-        same_node = [c for c in candidates if self.node[c] == self.node[dst]]
-        pool = same_node or candidates
-        best = min(pool, key=lambda c: (self.load[c], c))
-        self.load[best] += size
+        load = self.load
+        same_node = replicas.by_node.get(self.node[dst])
+        if same_node:
+            best = same_node[0]
+            for c in same_node[1:]:
+                if load[c] < load[best] or (load[c] == load[best] and c < best):
+                    best = c
+            load[best] += size
+            return best
+        heap = replicas.heap
+        if heap is None:
+            heap = replicas.heap = sorted((load[c], c) for c in replicas.devices)
+        while heap[0][0] != load[heap[0][1]]:
+            heapq.heapreplace(heap, (load[heap[0][1]], heap[0][1]))
+        best = heap[0][1]
+        load[best] += size
+        heapq.heapreplace(heap, (load[best], best))
         return best
 
 
 def _group_into_steps(pieces: list[Piece], bytes_of) -> tuple[tuple[Piece, ...], ...]:
     messages: dict[tuple[int, int], list[Piece]] = defaultdict(list)
+    sizes: dict[tuple[int, int], int] = defaultdict(int)
     for piece in pieces:
-        messages[(piece.src, piece.dst)].append(piece)
-    order = sorted(messages, key=lambda pair: (-sum(bytes_of(p) for p in messages[pair]), pair))
-    senders: list[set[int]] = []
-    receivers: list[set[int]] = []
+        pair = (piece.src, piece.dst)
+        messages[pair].append(piece)
+        sizes[pair] += bytes_of(piece)
+    order = sorted(messages, key=lambda pair: (-sizes[pair], pair))
+    # The steps each device already sends / receives in: a message goes to the first step
+    # in neither of its ends' sets.
+    sending: dict[int, set[int]] = defaultdict(set)
+    receiving: dict[int, set[int]] = defaultdict(set)
     steps: list[list[Piece]] = []
     for src, dst in order:
-        for index in range(len(steps) + 1):
-            if index == len(steps):
-                senders.append(set()), receivers.append(set()), steps.append([])
-            if src not in senders[index] and dst not in receivers[index]:
-                senders[index].add(src)
-                receivers[index].add(dst)
-                steps[index].extend(messages[(src, dst)])
-                break
+        busy_send, busy_receive = sending[src], receiving[dst]
+        index = 0
+        while index in busy_send or index in busy_receive:
+            index += 1
+        if index == len(steps):
+            steps.append([])
+        busy_send.add(index)
+        busy_receive.add(index)
+        steps[index].extend(messages[(src, dst)])
     return tuple(tuple(step) for step in steps)
 
 
@@ -147,15 +187,31 @@ def param_schedule(spec: ModelSpec, head: HeadKind, src: Placement, dst: Placeme
     picker = _SourcePicker(device_node)
     local: list[Piece] = []
     remote: list[Piece] = []
+    # The replicas of a piece depend only on the source stage and tp ranks holding it.
+    replicas: dict[tuple[int, tuple[int, ...]], _Replicas] = {}
+
+    def holders(stage: int, ranks: tuple[int, ...]) -> _Replicas:
+        key = (stage, ranks)
+        if key not in replicas:
+            replicas[key] = picker.replicas([placement_device(src, d, r, stage)
+                                             for r in ranks for d in range(src.dp)])
+        return replicas[key]
+
+    targets: dict[tuple[int, int], list[int]] = {}   # (tp rank, stage) -> over dp ranks
+
+    def receivers(tp_rank: int, stage: int) -> list[int]:
+        if (tp_rank, stage) not in targets:
+            targets[tp_rank, stage] = [placement_device(dst, d, tp_rank, stage)
+                                       for d in range(dst.dp)]
+        return targets[tp_rank, stage]
+
     for param in model_params(spec, head, dst.pp):
         stage = src_stage[param.name]
         tp_pieces = _tp_pieces(spec, param.split, param.shape, src.tp, dst.tp)
         for dst_tp_rank in range(dst.tp):
-            wanted = [(piece, slice_elements(piece),
-                       [placement_device(src, d, r, stage) for r in ranks for d in range(src.dp)])
+            wanted = [(piece, slice_elements(piece), holders(stage, ranks))
                       for piece, ranks in tp_pieces[dst_tp_rank]]
-            for dst_dp_rank in range(dst.dp):
-                target = placement_device(dst, dst_dp_rank, dst_tp_rank, param.stage)
+            for target in receivers(dst_tp_rank, param.stage):
                 for piece, size, candidates in wanted:
                     source = picker.pick(candidates, target, size)
                     item = Piece(param.name, source, target, piece, size)
@@ -187,7 +243,7 @@ def data_schedule(src: Placement, dst: Placement, n_seqs: int,
             lo, hi = max(want_lo, have_lo), min(want_hi, have_hi)
             if lo >= hi:
                 continue
-            candidates = replica_devices(src, src_rank)
+            candidates = picker.replicas(replica_devices(src, src_rank))
             for target in replica_devices(dst, dst_rank):
                 source = picker.pick(candidates, target, hi - lo)
                 item = Piece("sequences", source, target, ((lo, hi),), hi - lo)
