@@ -61,6 +61,19 @@ def placement_geometry(devices: tuple[int, ...], dp: int, tp: int, pp: int, num_
                        cluster: ClusterSpec) -> Geometry:
     """Memoised: the search prices every micro-batch count and run policy of one placement,
     and finding NCCL's fabric of each group is most of a call's pricing otherwise."""
+    hardware, tp_links, dp_links, pp_link = placement_links(devices, dp, tp, pp, cluster)
+    return Geometry(tuple(stage_layer_counts(num_layers, pp)), hardware, tp_links, dp_links,
+                    pp_link)
+
+
+@lru_cache(maxsize=8192)
+def placement_links(devices: tuple[int, ...], dp: int, tp: int, pp: int, cluster: ClusterSpec
+                    ) -> tuple[tuple[tuple[HardwareSpec, ...], ...], tuple[comm.Link, ...],
+                               tuple[comm.Link, ...], comm.Link | None]:
+    """Per stage the hardware among its devices and the slowest link of its tp and of its
+    dp groups, and the slowest pp link (None for pp 1): the part of placement_geometry that
+    does not depend on the model, memoised apart so that models of other layer counts on
+    one placement (a 70B actor, a 7B critic) find their groups' fabrics once."""
     all_devices = devices
     groups = rank_groups(all_devices, dp, tp, pp)
     per_stage = dp * tp
@@ -77,8 +90,7 @@ def placement_geometry(devices: tuple[int, ...], dp: int, tp: int, pp: int, num_
         dp_links.append(_slowest_link(groups.dp_groups[stage * tp:(stage + 1) * tp],
                                       cluster))
     pp_link = _slowest_link(groups.pp_groups, cluster) if pp > 1 else None
-    return Geometry(tuple(stage_layer_counts(num_layers, pp)), tuple(hardware),
-                    tuple(tp_links), tuple(dp_links), pp_link)
+    return tuple(hardware), tuple(tp_links), tuple(dp_links), pp_link
 
 
 def _slowest_link(groups, cluster: ClusterSpec) -> comm.Link:

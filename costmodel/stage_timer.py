@@ -31,6 +31,38 @@ _STAGE_MEMO: dict[tuple, tuple] = {}
 # Ids of the (model, stage, hardware, link, knobs) parts of _STAGE_MEMO's keys (equal parts,
 # one id; never cleared, so an id always names the same part; a few per layout shape).
 _STAGE_KEYS: dict[tuple, int] = {}
+# Per (role, tp, geometry, profiles, knobs): each stage's part timers and the id of its
+# _STAGE_KEYS part (_timer_parts). Looked up by the identity of the role and the geometry
+# (call_geometry.placement_geometry returns one object per placement, the workflow one role
+# per model), each entry holding both so that their ids name them while it lives: the model
+# spec, hardware and links are hashed once per (role, placement), not once per priced layout.
+TIMER_PARTS_ENTRIES = 100_000
+_TIMER_PARTS: dict[tuple, tuple] = {}
+
+
+def _timer_parts(role: ModelRole, tp: int, geo: Geometry, profiles_dir: Path,
+                 knobs: CostKnobs) -> tuple[list, list[int]]:
+    """(per stage its part timers, per stage the id of its stage key), memoised
+    (_TIMER_PARTS). Alike stages (Geometry.stage_class) share their hardware, so their
+    timers. A stage's key is what stage_s reads of the role, execution and geometry for it:
+    the model spec and head, the profiles, tp, its layers, whether it is the first or the
+    last, its hardware and tp link, and the knobs."""
+    key = (id(role), id(geo), tp, profiles_dir, knobs)
+    hit = _TIMER_PARTS.get(key)
+    if hit is not None:
+        return hit[2], hit[3]
+    if len(_TIMER_PARTS) >= TIMER_PARTS_ENTRIES:
+        _TIMER_PARTS.clear()
+    by_class = [[part_timer(role.spec, hw, profiles_dir) for hw in geo.stage_hardware[s]]
+                for s in geo.stage_classes]
+    timers = [by_class[c] for c in geo.stage_class]
+    last = len(geo.stage_layers) - 1
+    ids = [_STAGE_KEYS.setdefault(part, len(_STAGE_KEYS)) for part in
+           ((role.spec, role.head, str(profiles_dir), tp, geo.stage_layers[stage], stage == 0,
+             stage == last, geo.stage_hardware[stage], geo.tp_link[stage], knobs)
+            for stage in range(last + 1))]
+    _TIMER_PARTS[key] = (role, geo, timers, ids)
+    return timers, ids
 
 
 class StageTimer:
@@ -42,12 +74,9 @@ class StageTimer:
         self.call_outputs = call_outputs
         self.head_part = "lm_head" if role.head == "lm" else "value_head"
         self.profiles_dir = profiles_dir
-        # alike stages (Geometry.stage_class) share their hardware, so their timers
-        by_class = [[part_timer(role.spec, hw, profiles_dir) for hw in geo.stage_hardware[s]]
-                    for s in geo.stage_classes]
-        self.timers = [by_class[c] for c in geo.stage_class]
+        self.timers, self._stage_ids = _timer_parts(role, execution.tp, geo, profiles_dir,
+                                                    knobs)
         self.sources: set[str] = set()
-        self._stage_keys: dict[int, int] = {}
 
     def tp_allreduces_s(self, stage: int, count: float, message_bytes) -> np.ndarray:
         link = self.knobs.link(self.geo.tp_link[stage])
@@ -57,31 +86,27 @@ class StageTimer:
         """Seconds of `op` on `stage` for a micro-batch of `b` sequences at `length`.
         Memoised (_STAGE_MEMO) on everything it reads: the model and head, the profiles,
         tp, the stage's layers, whether it is the first or the last, its hardware and tp
-        link, the knobs, op, b and the lengths; arrays come back read-only."""
+        link, the knobs (the stage's key id, _timer_parts), op, b and the lengths; arrays
+        come back read-only."""
+        return self._memoised(stage, op, b, length, self._stage_s)
+
+    def _memoised(self, stage: int, what, b: int, length, compute) -> np.ndarray:
+        """compute(stage, what, b, length, sources) memoised in _STAGE_MEMO on the stage's
+        key id, `what`, b and the lengths; the sources it adds are kept with it and added
+        to self.sources on every hit."""
         lengths = np.asarray(length, dtype=float)
-        key = (self._stage_key(stage), op, float(b), lengths.shape, lengths.tobytes())
+        key = (self._stage_ids[stage], what, float(b), lengths.shape, lengths.tobytes())
         hit = _STAGE_MEMO.get(key)
         if hit is None:
             if len(_STAGE_MEMO) >= STAGE_MEMO_ENTRIES:
                 _STAGE_MEMO.clear()
             sources: set[str] = set()
-            seconds = self._stage_s(stage, op, b, length, sources)
+            seconds = compute(stage, what, b, length, sources)
             if isinstance(seconds, np.ndarray):
                 seconds.setflags(write=False)
             hit = _STAGE_MEMO[key] = (seconds, frozenset(sources))
         self.sources |= hit[1]
         return hit[0]
-
-    def _stage_key(self, stage: int) -> int:
-        """The id of what stage_s reads of the role, execution and geometry for `stage`
-        (_STAGE_KEYS): hashing the model spec, hardware and link once per stage of this
-        timer instead of once per stage_s call."""
-        if stage not in self._stage_keys:
-            key = (self.role.spec, self.role.head, str(self.profiles_dir), self.ex.tp,
-                   self.geo.stage_layers[stage], stage == 0, stage == self.ex.pp - 1,
-                   self.geo.stage_hardware[stage], self.geo.tp_link[stage], self.knobs)
-            self._stage_keys[stage] = _STAGE_KEYS.setdefault(key, len(_STAGE_KEYS))
-        return self._stage_keys[stage]
 
     def _stage_s(self, stage: int, op: str, b: int, length, sources: set[str]) -> np.ndarray:
         tp, spec = self.ex.tp, self.role.spec
@@ -111,8 +136,15 @@ class StageTimer:
     def recompute_s(self, stage: int, b: int, length) -> np.ndarray:
         """What a train step's backward reruns on the stage under the execution's
         recomputation mode (recompute.py): that share of its blocks' forward time and the
-        rerun TP all-reduces; 0 for "none". The embedding and head are never rerun."""
-        mode, layers = self.ex.recompute, self.geo.stage_layers[stage]
+        rerun TP all-reduces; 0 for "none". The embedding and head are never rerun.
+        Memoised like stage_s (it reads what stage_s reads, and the mode); arrays come
+        back read-only."""
+        return self._memoised(stage, ("recompute", self.ex.recompute), b, length,
+                              self._recompute_s)
+
+    def _recompute_s(self, stage: int, what: tuple[str, str], b: int, length,
+                     sources: set[str]) -> np.ndarray:
+        mode, layers = what[1], self.geo.stage_layers[stage]
         share = recompute.recomputed_forward_share(self.role.spec, mode, length)
         if mode == "none":
             return share

@@ -75,12 +75,18 @@ class CallPricer:
         self.times: dict[tuple, float] = {}
         self.memories: dict[tuple, tuple[float, ...]] = {}
         self.shapes: dict[tuple[int, ...], tuple] = {}
+        self.shape_ids: dict[tuple, int] = {}
         self.capacities: dict[tuple[int, ...], float] = {}
 
     def shape_of(self, devices: tuple[int, ...]) -> tuple:
         if devices not in self.shapes:
             self.shapes[devices] = mesh_shape(devices, self.cluster)
         return self.shapes[devices]
+
+    def shape_id(self, devices: tuple[int, ...]) -> int:
+        """The id of the mesh's shape (one id per distinct shape): price keys hold it, not
+        the shape, whose nested tuples would be hashed on every look-up."""
+        return self.shape_ids.setdefault(self.shape_of(devices), len(self.shape_ids))
 
     def capacity_bytes(self, devices: tuple[int, ...]) -> float:
         """The smallest usable device memory over the mesh (memory less the headroom)."""
@@ -90,14 +96,18 @@ class CallPricer:
             self.capacities[devices] = min(self.cluster.usable_memory_bytes(d) for d in firsts)
         return self.capacities[devices]
 
-    def _key(self, call: ModelFunctionCall, ex: Execution) -> tuple:
+    def _key(self, call: ModelFunctionCall, ex: Execution, shape_id: int) -> tuple:
         # Everything the price depends on but the devices themselves (module docstring).
         return (call.name, ex.dp, ex.tp, ex.pp, ex.micro_batches, ex.shard_optimizer_over_dp,
-                ex.recompute, ex.shard_parameters_over_dp, self.shape_of(ex.devices))
+                ex.recompute, ex.shard_parameters_over_dp, shape_id)
 
-    def time_s(self, call: ModelFunctionCall, execution: Execution) -> float:
-        """Seconds of (call, execution) (costmodel.call_cost.call_time)."""
-        key = self._key(call, execution)
+    def time_s(self, call: ModelFunctionCall, execution: Execution,
+               shape_id: int | None = None) -> float:
+        """Seconds of (call, execution) (costmodel.call_cost.call_time); `shape_id` is
+        shape_id(execution.devices) when the caller has it (pricing many layouts of one
+        mesh: its devices are then not hashed once per layout)."""
+        key = self._key(call, execution, self.shape_id(execution.devices)
+                        if shape_id is None else shape_id)
         if key not in self.times:
             role: ModelRole = self.workflow.models[call.model]
             self.times[key] = call_time(call, role, execution, self.workflow.batch,
@@ -213,7 +223,8 @@ def _shape_prices(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec
     memory = pricer.memory_of(call, layouts)
     capacity = np.full(len(layouts), pricer.capacity_bytes(mesh)) if layouts else np.zeros(0)
     fits = memory[:, PRICE_COLUMNS.index("alone_peak_bytes") - 1] <= capacity
-    time_s = np.array([pricer.time_s(call, e) if price_unfit or fit else np.inf
+    shape_id = pricer.shape_id(mesh)
+    time_s = np.array([pricer.time_s(call, e, shape_id) if price_unfit or fit else np.inf
                        for e, fit in zip(layouts, fits)], dtype=np.float64)
     return ShapePrices(layouts, memory, time_s, capacity)
 

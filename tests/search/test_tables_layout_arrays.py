@@ -9,8 +9,8 @@ import itertools
 
 import numpy as np
 
-from costmodel import train_cost
-from costmodel.call_geometry import geometry
+from costmodel import comm, stage_timer, train_cost
+from costmodel.call_geometry import geometry, placement_geometry
 from costmodel.memory import (
     PART_KINDS,
     call_memory_parts,
@@ -24,6 +24,7 @@ from planner.domain.paths import PROFILES_DIR
 from planner.domain.workflow import BatchSpec
 from planner.domain.workflow_file import WorkflowFile, build_workflow
 from planner.sharding.param_shards import shard_elements
+from planner.sharding.rank_groups import rank_groups
 
 BATCH = BatchSpec(n_seqs=64, prompt_len=256, gen_len=256, ppo_minibatches=2)
 
@@ -110,3 +111,46 @@ def test_stage_maxima_over_classes_are_maxima_over_every_stage():
             assert np.array_equal(st.max_stage_s("decode", b, lengths, 0.5), every)
             checked += 1
     assert checked
+
+
+def test_memoised_stage_times_match_fresh_ones_in_any_order():
+    """StageTimer shares its part timers and stage keys across the layouts of one placement
+    (stage_timer._TIMER_PARTS) and memoises recompute_s beside stage_s: each layout's train
+    phases, priced after the others in reverse order, equal those priced with empty memos."""
+    wf, cluster = workflow(), cluster_preset("h100x16")
+    train = next(wf.call_by_name[n] for n in wf.call_order
+                 if wf.call_by_name[n].kind == "train")
+    role = wf.models[train.model]
+    elements = shard_elements(role.spec, role.head, 2, 4)
+
+    def phases(ex):
+        st = StageTimer(role, ex, geometry(ex, role.spec.num_layers, cluster), PROFILES_DIR)
+        return train_cost.train_phases_s(st, micro_batch_seqs(train, wf.batch, ex), wf.batch,
+                                         elements)
+
+    layouts = list(variants(tuple(range(16)), 2, 2, 4))
+    fresh = []
+    for ex in layouts:
+        stage_timer._STAGE_MEMO.clear()
+        stage_timer._TIMER_PARTS.clear()
+        fresh.append(phases(ex))
+    assert len({str(p) for p in fresh}) > len(layouts) // 2   # the variants do differ
+    assert [phases(ex) for ex in reversed(layouts)] == fresh[::-1]
+
+
+def test_models_of_other_depths_on_one_placement_share_its_links():
+    """call_geometry memoises a placement's links apart from its layer counts: a 32- and an
+    80-layer model on one placement get their own stage layers and the links of its groups
+    (comm.slowest_link over the rank groups of each stage)."""
+    cluster = cluster_preset("h100x16")
+    devices, dp, tp, pp = tuple(range(16)), 2, 4, 2
+    shallow = placement_geometry(devices, dp, tp, pp, 32, cluster)
+    deep = placement_geometry(devices, dp, tp, pp, 80, cluster)
+    assert shallow.stage_layers == (16, 16) and deep.stage_layers == (40, 40)
+    groups = rank_groups(devices, dp, tp, pp)
+    for geo in (shallow, deep):
+        assert geo.tp_link == tuple(comm.slowest_link(groups.tp_groups[s * dp:(s + 1) * dp],
+                                                      cluster) for s in range(pp))
+        assert geo.dp_link == tuple(comm.slowest_link(groups.dp_groups[s * tp:(s + 1) * tp],
+                                                      cluster) for s in range(pp))
+        assert geo.pp_link == comm.slowest_link(groups.pp_groups, cluster)
