@@ -9,14 +9,19 @@ in the train mesh; an untrained model adds the weights of each distinct placemen
 calls that covers d.
 extra(c, d) for a call c covering d = its working set (activations / KV cache / logits /
 workspace, and under FSDP / ZeRO-3 the gathered parameters and unsharded gradients), plus
-c's weights on d when c is a non-train call of a trained model whose placement (devices,
-dp, tp, pp) differs from the train call's, or that holds the weights otherwise than a train
-call sharding them over dp (Execution.shard_parameters_over_dp: the sharded train state
-has no full copy a call on the same placement could use, as verl's rollout engine keeps
-its own); that copy lives only during the call.
+every transient weights copy alive on d while c runs (below).
 extra(r, d) for a realloc node r = the receive buffer of d (its largest received message
-in one step), plus the destination weights on d when the destination call is such a
-transient copy.
+in one step), plus every transient copy alive on d while r runs.
+A transient copy is a trained model's weights held for a non-train call whose placement
+(devices, dp, tp, pp) differs from the train call's, or that holds the weights otherwise
+than a train call sharding them over dp (Execution.shard_parameters_over_dp: the sharded
+train state has no full copy a call on the same placement could use, as verl's rollout
+engine keeps its own). It lives as the runtime keeps it (runtime/executor/steps.py, the
+worker's run_realloc): made by the reallocation into its call (in the first iteration the
+model's first call makes its own), through every call and reallocation of the priority order
+(planner.domain.augment.scheduled_nodes) up to and including the reallocation out of it,
+which reads it as its source; so a call of another model on the same devices in between
+holds it too (live_copies).
 peak(d) = persistent(d) + max over call and realloc nodes covering d of extra(., d)
 (ties: the earlier node in call order, then the reallocations).
 The estimate keeps this by part (PlanMemory): each resident part (weights, gradients,
@@ -35,7 +40,7 @@ from typing import Mapping
 import numpy as np
 
 from costmodel.plan_cost import PlanCosts
-from planner.domain.augment import reallocations
+from planner.domain.augment import reallocations, scheduled_nodes
 from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import GIB
 from planner.domain.layout import Execution
@@ -53,13 +58,70 @@ def trained_executions(workflow: Workflow, executions: Mapping[str, Execution]
     return result
 
 
+def _holding(ex: Execution) -> tuple:
+    """What tells two holdings of a model's weights apart (augment.holds_parameters_alike)."""
+    return ex.placement, ex.shard_parameters_over_dp
+
+
 def _is_transient(workflow, executions, trained, call_name: str) -> bool:
     call = workflow.call_by_name[call_name]
     if call.kind == "train" or call.model not in trained:
         return False
-    ex, train_ex = executions[call_name], trained[call.model][1]
-    return (ex.placement != train_ex.placement
-            or ex.shard_parameters_over_dp != train_ex.shard_parameters_over_dp)
+    return _holding(executions[call_name]) != _holding(trained[call.model][1])
+
+
+# Two iterations: the first (no wrapping reallocations) and the steady state; a node holds
+# the copies alive during it in either.
+_LIFETIME_ITERATIONS = 2
+
+
+def live_copies(workflow: Workflow, executions: Mapping[str, Execution], trained: dict
+                ) -> dict[str, list[str]]:
+    """Node name (a call, or a reallocation's move name) -> the calls whose transient copy
+    (module docstring) is alive while it runs, one call per copy: the first of the model's
+    calls holding it. Mirrors the worker: a move makes its destination copy unless that is
+    the home, and frees its source after itself unless that is the home; a call whose copy
+    is not there yet (the model's first call, first iteration) makes it."""
+    holder = {}  # (model, holding) -> the first call holding it
+    for name in workflow.call_order:
+        model = workflow.call_by_name[name].model
+        if _is_transient(workflow, executions, trained, name):
+            holder.setdefault((model, _holding(executions[name])), name)
+    alive: set = set()
+    during: dict[str, list[str]] = {}
+
+    def record(node: str) -> None:
+        seen = during.setdefault(node, [])
+        seen.extend(holder[key] for key in sorted(alive, key=lambda k: holder[k])
+                    if holder[key] not in seen)
+
+    for node in scheduled_nodes(workflow, executions, _LIFETIME_ITERATIONS):
+        move = node.move
+        if move is None:
+            own = (workflow.call_by_name[node.call].model, _holding(executions[node.call]))
+            if own in holder:
+                alive.add(own)
+            record(node.call)
+            continue
+        dst = (move.model, _holding(executions[move.dst_call]))
+        if dst in holder:
+            alive.add(dst)
+        record(move.name)
+        alive.discard((move.model, _holding(executions[move.src_call])))
+    return during
+
+
+def _copy_parts(costs: PlanCosts, executions: Mapping[str, Execution], workflow: Workflow,
+                copies: list[str], devices: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """WEIGHTS_COPY parts on `devices` of the copies held for the calls `copies`."""
+    parts = []
+    for name in copies:
+        ex = executions[name]
+        on = dict(zip(ex.devices, costs.call_memory(name, ex).weights_bytes))
+        amount = np.array([on.get(int(d), 0.0) for d in devices], dtype=float)
+        if amount.any():
+            parts.append((WEIGHTS_COPY, workflow.call_by_name[name].model, amount))
+    return parts
 
 
 # Kinds of memory beside a call's parts (costmodel.memory.PART_KINDS), rule 6.
@@ -156,37 +218,35 @@ def _resident_layers(workflow: Workflow, executions: Mapping[str, Execution],
 
 
 def _call_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
-                trained: dict) -> list[NodeMemory]:
-    """Each call's working parts, plus its weights when it is a transient copy."""
+                copies: dict[str, list[str]]) -> list[NodeMemory]:
+    """Each call's working parts, plus the transient copies alive on its devices."""
     nodes = []
     for name in workflow.call_order:
         ex, model = executions[name], workflow.call_by_name[name].model
-        mem = costs.call_memory(name, ex)
-        parts = [(kind, model, amount) for kind, amount in mem.working_parts()]
-        if _is_transient(workflow, executions, trained, name):
-            parts.append((WEIGHTS_COPY, model, mem.weights_bytes))
-        nodes.append(NodeMemory(name, np.array(ex.devices), tuple(parts)))
+        devices = np.array(ex.devices)
+        parts = [(kind, model, amount)
+                 for kind, amount in costs.call_memory(name, ex).working_parts()]
+        parts += _copy_parts(costs, executions, workflow, copies.get(name, []), devices)
+        nodes.append(NodeMemory(name, devices, tuple(parts)))
     return nodes
 
 
 def _realloc_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
-                   trained: dict) -> list[NodeMemory]:
-    """Each reallocation's receive buffers, plus the destination weights on the receivers
-    when the destination call is a transient copy."""
+                   copies: dict[str, list[str]]) -> list[NodeMemory]:
+    """Each reallocation's receive buffers, plus the transient copies alive on its source
+    and destination devices (its destination's, made by it; its source's, freed after it)."""
     nodes = []
     for move in reallocations(workflow, executions):
         src, dst = executions[move.src_call], executions[move.dst_call]
         buffers = costs.realloc(move.model, src, dst).receive_buffer_bytes
-        copy = {}
-        if _is_transient(workflow, executions, trained, move.dst_call):
-            weights = costs.call_memory(move.dst_call, dst).weights_bytes
-            copy = dict(zip(dst.devices, weights))
-        devices = np.array(sorted(set(buffers) | set(copy)), dtype=np.int64)
+        held = copies.get(move.name, [])
+        with_copy = {d for name in held for d in executions[name].devices}
+        devices = np.array(sorted(set(buffers) | (with_copy & (set(src.devices)
+                                                              | set(dst.devices)))),
+                           dtype=np.int64)
         parts = [(RECEIVE_BUFFER, move.model,
-                  np.array([buffers.get(d, 0.0) for d in devices], dtype=float))]
-        if copy:
-            parts.append((WEIGHTS_COPY, move.model,
-                          np.array([copy.get(d, 0.0) for d in devices], dtype=float)))
+                  np.array([buffers.get(int(d), 0.0) for d in devices], dtype=float))]
+        parts += _copy_parts(costs, executions, workflow, held, devices)
         nodes.append(NodeMemory(move.name, devices, tuple(parts)))
     return nodes
 
@@ -197,8 +257,9 @@ def plan_memory(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[st
     n = cluster.num_devices
     trained = trained_executions(workflow, executions)
     resident = _resident_layers(workflow, executions, costs, trained, n)
-    call_nodes = _call_nodes(workflow, executions, costs, trained)
-    nodes = call_nodes + _realloc_nodes(workflow, executions, costs, trained)
+    copies = live_copies(workflow, executions, trained)
+    call_nodes = _call_nodes(workflow, executions, costs, copies)
+    nodes = call_nodes + _realloc_nodes(workflow, executions, costs, copies)
     persistent = sum((layer for _, _, layer in resident), np.zeros(n))
     extra, owner, position = np.zeros(n), np.full(n, -1), np.zeros(n, dtype=np.int64)
     for k, node in enumerate(nodes):

@@ -28,13 +28,18 @@ remember, per node type, the end of its latest instance (meshes are contiguous r
 Iteration time = (end of the last iteration - end of the first) / (iterations - 1), an
 iteration's end being the latest end of its calls.
 
-Memory rule (per device d): persistent(d) = trained models' train-layout state (weights,
-gradients, optimizer) on the train mesh + untrained models' weights on each distinct
-placement; each call c adds its working memory, plus its own weights when it is a non-train
-call of a trained model placed differently from its train call. Feasible iff for every call
-c and device d of its mesh, persistent(d) + extra(c) <= capacity, and likewise for every
-reallocation on its receiving devices (receive buffer, plus the new weights when the
-destination call is a transient copy).
+Memory rule (per device d, costmodel/plan_memory.py): persistent(d) = trained models'
+train-layout state (weights, gradients, optimizer) on the train mesh + untrained models'
+weights on each distinct placement. A non-train call of a trained model placed differently
+from its train call holds a transient weights copy on its mesh, alive (as the runtime keeps
+it) from the reallocation into that call through the reallocation out of it, in the
+priority order below, wrapping round into the next iteration; copies(x, d) = the copies
+alive on d while node x runs. Feasible iff for every call c and device d of its mesh,
+persistent(d) + copies(c, d) + working(c) <= capacity, and for every reallocation r,
+persistent(d) + copies(r, d) <= capacity on its source mesh and, plus the receive buffer,
+on its destination mesh. Each term is the largest over the mesh's pipeline stages; the
+level persistent + copies is maximised over the mesh's devices exactly (both are sums of
+per-mesh constants), so with no call pipelined the call peaks equal the exact ones.
 
 In code: `evaluate_plan` runs `fill_plan` (every call's candidate fields, every node's
 device ranges and duration, the transfer times, which nodes share devices, into a Scratch),
@@ -65,8 +70,8 @@ KernelTables = namedtuple("KernelTables", [
     "placement", "order", "edge_src", "edge_dst", "edge_bytes", "pair_src", "pair_dst",
     "pair_wraps", "pair_weights", "memory_role", "train_call_of", "model_id", "links",
     "device_node", "num_iterations", "move_scale", "move_overhead_s", "edges_into_offset",
-    "edges_into", "pair_into", "pairs_of_call_offset", "pairs_of_call", "edges_of_call_offset",
-    "edges_of_call"])
+    "edges_into", "pair_into", "pair_out_of", "position", "pairs_of_call_offset",
+    "pairs_of_call", "edges_of_call_offset", "edges_of_call"])
 
 
 @dataclass
@@ -91,7 +96,9 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
     order = list(tables.priority)
     train_call = {c.model: k for k, c in enumerate(calls) if c.kind == "train"}
     models = sorted({c.model for c in calls})
-    assert all(sum(p.dst == k for p in pairs) <= 1 for k in range(len(calls))), pairs
+    assert all(sum(p.dst == k for p in pairs) <= 1 and sum(p.src == k for p in pairs) <= 1
+               for k in range(len(calls))), pairs
+    assert sorted(order) == list(range(len(calls) + len(pairs))), order
     # A candidate's fields side by side in memory (one row each), so that the random
     # candidate lookups of an evaluation touch one cache line per call rather than one per
     # field: the per-field arrays below are column views of these rows.
@@ -131,6 +138,11 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
         # the reallocation node into each call (a call follows at most one call of its model)
         pair_into=np.array([next((p for p, pair in enumerate(pairs) if pair.dst == k), -1)
                             for k in range(len(calls))], dtype=np.int64),
+        # ... and the reallocation node out of it (to the model's next call), likewise
+        pair_out_of=np.array([next((p for p, pair in enumerate(pairs) if pair.src == k), -1)
+                              for k in range(len(calls))], dtype=np.int64),
+        # each node type's place in the priority order: order[position[x]] == x
+        position=np.argsort(np.array(order, dtype=np.int64)).astype(np.int64),
         # what a change of call k's candidate touches (apply_call): the reallocations into
         # and out of it, pairs_of_call[pairs_of_call_offset[k]:pairs_of_call_offset[k+1]],
         # and its data edges, likewise
@@ -164,9 +176,10 @@ class FastEvaluator:
     def call_peak_bytes(self, choice: np.ndarray) -> np.ndarray:
         """Bytes per device at the peak of each call of one plan (array [num_calls]).
 
-        `choice`: one candidate index per call. A call's peak is the persistent level over
-        its mesh plus the call's extra, each term the largest over the mesh's pipeline
-        stages: the quantity the memory rule compares with the call's capacity (module
+        `choice`: one candidate index per call. A call's peak is the largest over its mesh
+        of the persistent level plus the transient copies alive while it runs, plus the
+        call's working set, each term the largest over the mesh's pipeline stages: the
+        quantity the memory rule compares with the call's capacity (module
         docstring), computed by the same compiled piece as `evaluate`'s overflow."""
         choice = np.asarray(choice, dtype=np.int64)
         sizes = self.tables.sizes
@@ -196,16 +209,17 @@ Scratch = namedtuple("Scratch", [
     "latest_end",                 # end of each node type's latest scheduled instance
     "transfer",                   # seconds of each data edge
     "persistent",                 # per call: the persistent memory term it starts on its mesh
-    "extra",                      # per call: bytes it adds on its mesh while it runs
+    "extra",                      # per call: its working set on its mesh while it runs
     "start_level",                # per call: the persistent level at its mesh's first device
-    "persistent_peak",            # per call: the largest persistent level over its mesh
+    "held_peak",                  # per call: the largest persistent level plus transient
+    #                               copies alive while it runs, over its mesh
     "terms",                      # the calls whose persistent term is not 0, in call order
     "shares_devices"])            # [type, type]: the two node types share a device
 
 # Per call: fields copied from its candidate's row by `_load_call`, each the float64 of
 # Scratch (dp, tp, pp, weights, state, activation, capacity).
 _CALL_FLOATS = 7
-_CALL_FLOAT_SLOTS = 4         # persistent, extra, start_level, persistent_peak
+_CALL_FLOAT_SLOTS = 4         # persistent, extra, start_level, held_peak
 
 # Plans `_evaluate_many` evaluates with one scratch allocation (allocating per plan costs
 # about a third of an evaluation; chunks this size still spread over all threads).
@@ -234,7 +248,7 @@ def _call_peaks(g, kt, out):
     fill_plan(g, kt, scratch)
     count = _memory_terms(kt, scratch)
     for k in range(g.shape[0]):
-        out[k] = _persistent_peak_bytes(scratch.lo1[k], scratch.hi1[k], count, scratch) + \
+        out[k] = _held_peak_bytes(k, scratch.lo1[k], scratch.hi1[k], count, kt, scratch) + \
             scratch.extra[k]
 
 
@@ -526,9 +540,69 @@ def _devices_free_s(x, shares_devices, latest_end):
 @numba.njit(cache=True, inline="always")
 def _is_transient_copy(k, scratch, memory_role, train_call_of):
     """Call k is a non-train call of a trained model placed differently from its train
-    call: its weights live on its mesh only while it runs."""
+    call: it holds a transient copy of the weights on its mesh (module docstring)."""
     return memory_role[k] == TRAINED_MODEL_CALL and \
         scratch.placement[k] != scratch.placement[train_call_of[k]]
+
+
+@numba.njit(cache=True, inline="always")
+def _copy_lifetime(k, kt):
+    """(first place, number of places after it) in the priority order `kt.order` of the
+    nodes during which the transient copy of call k lives (module docstring): from the
+    reallocation into k through the reallocation out of k, wrapping round the order (the
+    wrapping reallocation of the previous iteration makes the copy of a model's first call).
+    Equal placements on both sides of a reallocation keep the copy, and the next call's
+    own lifetime takes over at that (empty) reallocation, so the union is the exact one."""
+    num_types = kt.order.shape[0]
+    into, out = kt.pair_into[k], kt.pair_out_of[k]
+    num_calls = kt.memory_role.shape[0]
+    first = kt.position[num_calls + into] if into >= 0 else kt.position[k]
+    last = kt.position[num_calls + out] if out >= 0 else kt.position[k]
+    return first, (last - first) % num_types
+
+
+@numba.njit(cache=True, inline="always")
+def _alive_during(x, first, span, kt):
+    """Node type x runs during the lifetime (`_copy_lifetime`'s first, span)."""
+    return (kt.position[x] - first) % kt.order.shape[0] <= span
+
+
+@numba.njit(cache=True, inline="always")
+def _copies_at(x, device, kt, scratch):
+    """Bytes on `device` of the transient copies alive while node type x runs, each the
+    copy's largest stage (an upper bound with pipeline stages, and where two copies held
+    alike, which the runtime keeps as one, are both alive: only at a reallocation)."""
+    memory_role, train_call_of, lo1, hi1 = kt.memory_role, kt.train_call_of, scratch.lo1, \
+        scratch.hi1
+    total = 0.0
+    for j in range(memory_role.shape[0]):
+        if lo1[j] <= device < hi1[j] and \
+                _is_transient_copy(j, scratch, memory_role, train_call_of):
+            first, span = _copy_lifetime(j, kt)
+            if _alive_during(x, first, span, kt):
+                total += scratch.weights[j]
+    return total
+
+
+@numba.njit(cache=True, inline="always")
+def _held_peak_bytes(x, check_lo, check_hi, count, kt, scratch):
+    """The largest over devices [check_lo, check_hi) of the persistent level plus the
+    transient copies alive while node type x runs (`_copies_at`). Both are sums of terms
+    constant over a contiguous mesh, so the maximum is reached at check_lo or at the first
+    device of a persistent term or of a copy inside the range; needs `_memory_terms`."""
+    lo1, start_level, terms = scratch.lo1, scratch.start_level, scratch.terms
+    best = _persistent_level(check_lo, count, scratch) + _copies_at(x, check_lo, kt, scratch)
+    for i in range(count):
+        q = terms[i]
+        if check_lo < lo1[q] < check_hi:
+            best = max(best, start_level[q] + _copies_at(x, lo1[q], kt, scratch))
+    for j in range(kt.memory_role.shape[0]):
+        if check_lo < lo1[j] < check_hi and \
+                _is_transient_copy(j, scratch, kt.memory_role, kt.train_call_of):
+            device = lo1[j]
+            best = max(best, _persistent_level(device, count, scratch)
+                       + _copies_at(x, device, kt, scratch))
+    return best
 
 
 @numba.njit(cache=True, inline="always")
@@ -536,13 +610,13 @@ def _memory_terms(kt, scratch):
     """Per call k of the plan `scratch` holds (memory rule of the module docstring):
     `persistent[k]`, the bytes per device its placement keeps resident on its mesh (a train
     call's train state; an untrained model's weights on the first call of each distinct
-    placement; else 0), and `extra[k]`, the bytes it adds while it runs (working set, plus
-    its weights when it is a transient copy). Every value is the largest over the mesh's
-    pipeline stages. The calls with a non-zero term go to `terms` (in call order; returns
-    their count), and `start_level[k]` of each is the persistent level at the first device
-    of its mesh, which `_persistent_peak_bytes` reads."""
+    placement; else 0), and `extra[k]`, the working set it adds while it runs (the
+    transient copies alive then are `_held_peak_bytes`'). Every value is the largest over
+    the mesh's pipeline stages. The calls with a non-zero term go to `terms` (in call order;
+    returns their count), and `start_level[k]` of each is the persistent level at the first
+    device of its mesh, which `_held_peak_bytes` reads."""
     persistent, extra, placement = scratch.persistent, scratch.extra, scratch.placement
-    memory_role, train_call_of, model_id = kt.memory_role, kt.train_call_of, kt.model_id
+    memory_role, model_id = kt.memory_role, kt.model_id
     terms = scratch.terms
     count = 0
     for k in range(placement.shape[0]):
@@ -551,10 +625,7 @@ def _memory_terms(kt, scratch):
         role = memory_role[k]
         if role == TRAIN_CALL:
             persistent[k] = scratch.state[k]
-        elif role == TRAINED_MODEL_CALL:
-            if _is_transient_copy(k, scratch, memory_role, train_call_of):
-                extra[k] += scratch.weights[k]
-        else:
+        elif role == UNTRAINED_MODEL_CALL:
             repeat = False
             for j in range(k):
                 if model_id[j] == model_id[k] and placement[j] == placement[k]:
@@ -584,45 +655,30 @@ def _persistent_level(device, count, scratch):
 
 
 @numba.njit(cache=True, inline="always")
-def _persistent_peak_bytes(check_lo, check_hi, count, scratch):
-    """The largest persistent level over devices [check_lo, check_hi): the sum of the
-    persistent terms whose call mesh [lo1, hi1) covers a device. The level is piecewise
-    constant and only rises where a non-zero term starts, so its maximum over a range is
-    reached at the range's first device or at the first device of a term inside it (whose
-    level `_memory_terms` keeps in start_level)."""
-    lo1, start_level, terms = scratch.lo1, scratch.start_level, scratch.terms
-    level_max = _persistent_level(check_lo, count, scratch)
-    for i in range(count):
-        q = terms[i]
-        if check_lo <= lo1[q] < check_hi:
-            level_max = max(level_max, start_level[q])
-    return level_max
-
-
-@numba.njit(cache=True, inline="always")
 def _memory_overflow(kt, scratch, count):
     """Worst (peak - capacity) / capacity over the calls and reallocations of the plan
     `scratch` holds (<= 0 when the plan fits); needs `_memory_terms` (`count` terms). A
-    reallocation's receivers are its destination call's mesh, so it reads that call's
-    persistent peak."""
+    reallocation runs on its source and destination meshes, so it reads those calls'
+    persistent peaks and capacities."""
     placement, capacity, weights = scratch.placement, scratch.capacity, scratch.weights
-    lo1, hi1, extra, persistent_peak = (scratch.lo1, scratch.hi1, scratch.extra,
-                                        scratch.persistent_peak)
+    lo1, hi1, extra, held_peak = scratch.lo1, scratch.hi1, scratch.extra, scratch.held_peak
     pair_src, pair_dst = kt.pair_src, kt.pair_dst
+    num_calls = placement.shape[0]
     worst = -np.inf
-    for k in range(placement.shape[0]):
-        persistent_peak[k] = _persistent_peak_bytes(lo1[k], hi1[k], count, scratch)
-        peak = persistent_peak[k] + extra[k]
+    for k in range(num_calls):
+        held_peak[k] = _held_peak_bytes(k, lo1[k], hi1[k], count, kt, scratch)
+        peak = held_peak[k] + extra[k]
         worst = max(worst, (peak - capacity[k]) / capacity[k])
     for p in range(pair_src.shape[0]):
-        k = pair_dst[p]
-        if placement[pair_src[p]] == placement[k]:
-            continue          # the model stays where it is: nothing is received
-        # The receivers hold a receive buffer (at most their whole new shard) and, when
-        # the destination call is a transient copy, its weights.
-        need = weights[k]
-        if _is_transient_copy(k, scratch, kt.memory_role, kt.train_call_of):
-            need += weights[k]
-        peak = persistent_peak[k] + need
+        a, k = pair_src[p], pair_dst[p]
+        if placement[a] == placement[k]:
+            continue          # the model stays where it is: no reallocation node
+        # The receivers hold a receive buffer (at most their whole new shard); both meshes
+        # hold the transient copies alive during it (the destination's, which it makes;
+        # the source's, which it reads).
+        x = num_calls + p
+        peak = _held_peak_bytes(x, lo1[k], hi1[k], count, kt, scratch) + weights[k]
         worst = max(worst, (peak - capacity[k]) / capacity[k])
+        peak = _held_peak_bytes(x, lo1[a], hi1[a], count, kt, scratch)
+        worst = max(worst, (peak - capacity[a]) / capacity[a])
     return worst

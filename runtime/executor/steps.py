@@ -19,7 +19,11 @@ and by the data transfers into it.
 - Each model has a *home* placement that lives for the whole run: its (first) train call's
   placement when trained, else its first call's. Any other placement holds a transient
   copy, made by the reallocation into it and freed right after the reallocation out of it;
-  a model whose calls share one placement is never copied.
+  a model whose calls share one placement is never copied. The first iteration has no
+  wrapping reallocation into a model's first call: that call's copy is made from the seed
+  (or checkpoint) inside the call's first step, so in every iteration a copy lives from just
+  before its call to the end of the reallocation out of it, never across the calls before
+  (costmodel/plan_memory.py prices that lifetime).
 """
 
 from __future__ import annotations
@@ -96,7 +100,8 @@ def model_homes(workflow: Workflow, executions: Mapping[str, Execution]) -> dict
 
 def initial_placements(workflow: Workflow, executions: Mapping[str, Execution]
                        ) -> dict[str, list[Placement]]:
-    """Placements each model is created on at start: its home and its first call's."""
+    """Placements each model is created on: its home (at start) and its first call's (by
+    that call's first step, module docstring), home first."""
     homes = model_homes(workflow, executions)
     result = {}
     for role in workflow.models:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from planner.domain.placement import Placement
 from planner.domain.plan import Plan, plan_from_mapping
 from planner.sharding.transfer_schedule import param_schedule
 from runtime.algorithms import ALGORITHMS
@@ -69,22 +70,15 @@ class RankState:
         self.reward = parse_reward(config.reward)
         skip = reward_roles(plan) if self.reward is not None else set()
         self.models: dict[str, dict[tuple, ParallelModel]] = {r: {} for r in wf.models}
+        # role -> its first call's copy, made by that call's first step (steps.py)
+        self.unmade: dict[str, Placement] = {}
         for role, placements in initial_placements(wf, plan.executions).items():
             if role in skip:
                 continue
-            role_spec = wf.models[role]
-            offset = _VALUE_SEED_OFFSET if role_spec.head == "value" else _LM_SEED_OFFSET
-            seed = config.seed * 2 + offset
-            checkpoint = dict(config.load).get(role)
-            for placement in placements:
-                ctx = self.ctxs[placement]
-                if ctx is None:
-                    continue
-                self.models[role][placement] = (
-                    ParallelModel.from_seed(role_spec.spec, role_spec.head, ctx, seed, device)
-                    if checkpoint is None else
-                    ParallelModel.from_hf(Path(checkpoint), role_spec.spec, role_spec.head, ctx,
-                                          device, seed))
+            home, *first = placements
+            self.make_copy(role, home)
+            if first:
+                self.unmade[role] = first[0]
         self.optimizers = {}
         for role in wf.trained_models():
             home = self.models[role].get(self.homes[role])
@@ -100,9 +94,27 @@ class RankState:
                                config.prompts and os.path.abspath(config.prompts))
         self.pending_sends: list = []
 
+    def make_copy(self, role: str, placement: Placement) -> None:
+        """`role`'s model on `placement` from the seed or its checkpoint (config.load); none
+        on a rank outside the placement."""
+        ctx = self.ctxs[placement]
+        if ctx is None:
+            return
+        role_spec = self.plan.workflow.models[role]
+        offset = _VALUE_SEED_OFFSET if role_spec.head == "value" else _LM_SEED_OFFSET
+        seed = self.config.seed * 2 + offset
+        checkpoint = dict(self.config.load).get(role)
+        self.models[role][placement] = (
+            ParallelModel.from_seed(role_spec.spec, role_spec.head, ctx, seed, self.device)
+            if checkpoint is None else
+            ParallelModel.from_hf(Path(checkpoint), role_spec.spec, role_spec.head, ctx,
+                                  self.device, seed))
+
     def run_call(self, step: CallStep) -> tuple[int, dict[str, float]]:
         wf, ex = self.plan.workflow, self.plan.executions[step.call]
         call = wf.call_by_name[step.call]
+        if self.unmade.get(call.model) == ex.placement:
+            self.make_copy(call.model, self.unmade.pop(call.model))
         env = calls.CallEnv(
             call=call, execution=ex, ctx=self.ctxs[ex.placement],
             model=self.models[call.model].get(ex.placement), batch=wf.batch,

@@ -55,7 +55,10 @@ def test_call_time_names_the_profile_it_used(profiles):
     assert "roofline:h100-sxm-80gb" in result.source  # head/embedding not in the table
 
 
-def ppo_plan(cluster_name="h100x8", gen_m=4, train_m=8):
+def ppo_plan(cluster_name="h100x8", gen_m=4, train_m=16):
+    # 16 train micro-batches: with 8, actor_train's activations do not fit beside the
+    # inference copies of the actor and critic (dp 8, unlike their tp-8 homes), which live
+    # from the reallocation into their call to the one out of it (costmodel/plan_memory.py)
     wf = builtin_workflow("ppo")
     cluster = cluster_preset(cluster_name)
     n = cluster.num_devices

@@ -55,7 +55,7 @@ def test_default_plan_is_refused_with_a_reason_per_feature():
     assert err.value.reasons == [
         ("executions.actor_gen: pp 2: we write ROLL's vLLM engines with "
          "pipeline_parallel_size 1 (tensor_parallel_size only)"),
-        ("executions.critic_inf: d8t1p1m1 on devices 0-7 differs from critic_train's "
+        ("executions.critic_inf: d2t1p4m256 on devices 0-7 differs from critic_train's "
          "d1t1p8m32 on 0-7: ROLL's critic is one worker group with one device_mapping and "
          "strategy")]
 

@@ -69,7 +69,7 @@ def test_default_plan_is_refused_with_a_reason_per_feature():
          "pipeline_model_parallel_size 1"),
         ("executions.rew_inf: pp 4: verl's vLLM / SGLang engines (rollout, reward loop) run "
          "pipeline_model_parallel_size 1"),
-        ("executions.critic_inf: d8t1p1m1 differs from critic_train's d1t1p8m32: verl's "
+        ("executions.critic_inf: d2t1p4m256 differs from critic_train's d1t1p8m32: verl's "
          "critic is one worker with one layout")]
 
 
