@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Iterator
 
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import RECOMPUTE_MODES, Execution
+from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes
 from planner.domain.workflow import Workflow
 from planner.frameworks.areal_export import backend_of
@@ -40,7 +40,7 @@ from planner.frameworks.areal_rules import (
 from planner.frameworks.engine_batching import kv_pool_rows_of
 from planner.frameworks.space_common import (
     MAX_TARGET_PLANS,
-    steps,
+    backend_options,
     thinned,
     valid_execution,
 )
@@ -79,25 +79,17 @@ def placements(workflow: Workflow, cluster: ClusterSpec) -> Iterator[Placement]:
 
 def _train_options(workflow: Workflow, cluster: ClusterSpec, name: str,
                    devices: tuple[int, ...]) -> list[Execution]:
-    train = workflow.call_by_name[name].kind == "train"
-    found = []
-    for fsdp in (False, True):
-        modes = (("none", "full") if fsdp else RECOMPUTE_MODES) if train else \
-            (Execution.model_fields["recompute"].default,)
-        for dp, tp, pp in layouts_for_mesh(len(devices)):
-            if fsdp and pp > 1:
-                continue
-            for micro in micro_batch_options(pp):
-                least = min_micro_batches(pp, not fsdp)
-                if steps(workflow, name) % (dp * micro) or micro < least or \
-                        (not fsdp and micro % pp):
-                    continue
-                for mode in modes:
-                    ex = Execution(devices=devices, dp=dp, tp=tp, pp=pp, micro_batches=micro,
-                                   recompute=mode, shard_parameters_over_dp=fsdp)
-                    if valid_execution(workflow, cluster, name, ex):
-                        found.append(ex)
-    return found
+    """Megatron (micro-batches at least AReaL's minimum and a multiple of pp) then FSDP
+    (pp 1) executions of call `name` on the engine's devices."""
+    def allowed(fsdp: bool):
+        def accept(dp: int, tp: int, pp: int, micro: int) -> bool:
+            if micro < min_micro_batches(pp, not fsdp):
+                return False
+            return pp == 1 if fsdp else micro % pp == 0
+        return accept
+
+    return [ex for fsdp in (False, True)
+            for ex in backend_options(workflow, cluster, name, devices, fsdp, allowed(fsdp))]
 
 
 def _rollout_options(workflow: Workflow, cluster: ClusterSpec,

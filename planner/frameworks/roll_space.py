@@ -26,7 +26,7 @@ import itertools
 from collections.abc import Iterator
 
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import RECOMPUTE_MODES, Execution
+from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes
 from planner.domain.workflow import Workflow
 from planner.frameworks.engine_batching import kv_pool_rows_of
@@ -39,7 +39,7 @@ from planner.frameworks.roll_rules import (
 )
 from planner.frameworks.space_common import (
     MAX_TARGET_PLANS,
-    steps,
+    backend_options,
     thinned,
     valid_execution,
 )
@@ -54,31 +54,19 @@ def _meshes(cluster: ClusterSpec) -> list[tuple[int, ...]]:
     return thinned([meshes], MAX_MESHES_PER_ROLE)[0]
 
 
-def _degrees(mesh: tuple[int, ...], fsdp: bool) -> list[tuple[int, int, int]]:
-    return [(len(mesh), 1, 1)] if fsdp else layouts_for_mesh(len(mesh))
-
-
 def _role_options(workflow: Workflow, cluster: ClusterSpec, name: str,
                   meshes: list[tuple[int, ...]]) -> list[Execution]:
-    """Executions of a Megatron / FSDP2 call `name` on each mesh (module docstring)."""
-    train = workflow.call_by_name[name].kind == "train"
+    """Executions of a Megatron / FSDP2 call `name` on each mesh (module docstring): FSDP2
+    over the whole mesh (tp 1, pp 1); a Megatron actor's dp divides the prompts."""
     prompts = workflow.batch.n_seqs // workflow.batch.group_size
-    found = []
-    for mesh, fsdp in itertools.product(meshes, (False, True)):
-        modes = (("none", "full") if fsdp else RECOMPUTE_MODES) if train else \
-            (Execution.model_fields["recompute"].default,)
-        for dp, tp, pp in _degrees(mesh, fsdp):
-            if name == "actor_train" and not fsdp and prompts % dp:
-                continue
-            for micro in micro_batch_options(pp):
-                if steps(workflow, name) % (dp * micro):
-                    continue
-                for mode in modes:
-                    ex = Execution(devices=mesh, dp=dp, tp=tp, pp=pp, micro_batches=micro,
-                                   recompute=mode, shard_parameters_over_dp=fsdp)
-                    if valid_execution(workflow, cluster, name, ex):
-                        found.append(ex)
-    return found
+
+    def allowed(fsdp: bool):
+        if fsdp:
+            return lambda dp, tp, pp, micro: (tp, pp) == (1, 1)
+        return lambda dp, tp, pp, micro: name != "actor_train" or prompts % dp == 0
+
+    return [ex for mesh, fsdp in itertools.product(meshes, (False, True))
+            for ex in backend_options(workflow, cluster, name, mesh, fsdp, allowed(fsdp))]
 
 
 def _engine_options(workflow: Workflow, cluster: ClusterSpec,

@@ -1,17 +1,20 @@
 """What the targets' plan spaces (planner/frameworks/*_space.py) share: the bound on a
 space's size, the sequences one step of a call splits, the layout check of one call's
-execution, and the even thinning of option groups that keeps a space within its bound.
+execution, the executions of a training-backend call on a mesh, and the even thinning of
+option groups that keeps a space within its bound.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
 
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import Execution, layout_problem
+from planner.domain.layout import RECOMPUTE_MODES, Execution, layout_problem
 from planner.domain.workflow import Workflow
+from planner.search.space import layouts_for_mesh, micro_batch_options
 
 # The most plans one target space yields (target.py: "at most a few hundred thousand").
 MAX_TARGET_PLANS = 200_000
@@ -33,6 +36,38 @@ def valid_execution(workflow: Workflow, cluster: ClusterSpec, name: str,
     call = workflow.call_by_name[name]
     role = workflow.models[call.model]
     return layout_problem(ex, role.spec, cluster, call, workflow.batch) is None
+
+
+# Recomputation of FSDP / ZeRO-3 train calls in the frameworks: one gradient-checkpointing
+# switch (verl's enable_gradient_checkpointing, ROLL's and AReaL's FSDP engines), whole
+# decoder layers or nothing.
+FSDP_RECOMPUTE_MODES = ("none", "full")
+
+
+def backend_options(workflow: Workflow, cluster: ClusterSpec, name: str,
+                    mesh: tuple[int, ...], fsdp: bool,
+                    allowed: Callable[[int, int, int, int], bool]) -> list[Execution]:
+    """Executions of call `name` on `mesh` by a training backend (Megatron: fsdp False;
+    FSDP / ZeRO-3: parameters sharded over dp): every dp x tp x pp of the mesh and
+    micro-batch count of the search's (planner.search.space) that splits a step into whole
+    micro-batches and that the target's `allowed(dp, tp, pp, micro_batches)` accepts, a
+    train call in each recomputation mode the backend has, in that order; only layouts the
+    call can run (valid_execution)."""
+    if workflow.call_by_name[name].kind != "train":
+        modes = (Execution.model_fields["recompute"].default,)
+    else:
+        modes = FSDP_RECOMPUTE_MODES if fsdp else RECOMPUTE_MODES
+    found = []
+    for dp, tp, pp in layouts_for_mesh(len(mesh)):
+        for micro in micro_batch_options(pp):
+            if steps(workflow, name) % (dp * micro) or not allowed(dp, tp, pp, micro):
+                continue
+            for mode in modes:
+                ex = Execution(devices=mesh, dp=dp, tp=tp, pp=pp, micro_batches=micro,
+                               recompute=mode, shard_parameters_over_dp=fsdp)
+                if valid_execution(workflow, cluster, name, ex):
+                    found.append(ex)
+    return found
 
 
 def thinned(groups: list[list[Option]], budget: float) -> list[list[Option]]:

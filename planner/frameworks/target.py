@@ -26,9 +26,9 @@ A target module defines:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Callable
 
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow

@@ -36,7 +36,11 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes, mesh_problem
 from planner.domain.workflow import Workflow
-from planner.frameworks.engine_batching import concurrency_for, micro_batches_for, rows_per_engine
+from planner.frameworks.engine_batching import (
+    concurrency_for,
+    micro_batches_for,
+    rows_per_engine,
+)
 from planner.frameworks.workflow_fit import builtin_call_problems, reference_problem
 
 ADV_ESTIMATOR = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "remax": "remax"}

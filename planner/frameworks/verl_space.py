@@ -24,13 +24,13 @@ import itertools
 from collections.abc import Iterator
 
 from planner.domain.cluster import ClusterSpec
-from planner.domain.layout import RECOMPUTE_MODES, Execution
+from planner.domain.layout import Execution
 from planner.domain.mesh import allowed_meshes
 from planner.domain.workflow import Workflow
 from planner.frameworks.engine_batching import kv_pool_rows_of
 from planner.frameworks.space_common import (
     MAX_TARGET_PLANS,
-    steps,
+    backend_options,
     thinned,
     valid_execution,
 )
@@ -48,26 +48,11 @@ Group = list[dict[str, Execution]]
 ROLLOUT_GPU_MEMORY_UTILIZATION = DEFAULTS["fsdp"][f"{AR}.rollout.gpu_memory_utilization"]
 
 
-def _degree_options(pool: tuple[int, ...], fsdp: bool) -> list[tuple[int, int, int]]:
-    return [(len(pool), 1, 1)] if fsdp else layouts_for_mesh(len(pool))
-
-
 def _call_options(workflow: Workflow, cluster: ClusterSpec, name: str, pool: tuple[int, ...],
                   fsdp: bool) -> list[Execution]:
-    train = workflow.call_by_name[name].kind == "train"
-    modes = (("none", "full") if fsdp else RECOMPUTE_MODES) if train else \
-        (Execution.model_fields["recompute"].default,)
-    found = []
-    for dp, tp, pp in _degree_options(pool, fsdp):
-        for micro in micro_batch_options(pp):
-            if steps(workflow, name) % (dp * micro):
-                continue
-            for mode in modes:
-                ex = Execution(devices=pool, dp=dp, tp=tp, pp=pp, micro_batches=micro,
-                               recompute=mode, shard_parameters_over_dp=fsdp)
-                if valid_execution(workflow, cluster, name, ex):
-                    found.append(ex)
-    return found
+    """verl's Megatron layouts, or FSDP over the whole pool (tp 1, pp 1)."""
+    return backend_options(workflow, cluster, name, pool, fsdp,
+                           lambda dp, tp, pp, micro: not fsdp or (tp, pp) == (1, 1))
 
 
 def _engine_options(workflow: Workflow, cluster: ClusterSpec, names: list[str],
