@@ -124,7 +124,7 @@ def attention_forward_flops_share(spec: ModelSpec, length):
     length = np.asarray(length, dtype=float)
     block = forward_flops_block(spec, 1, 1.0, length, decode=False)
     core = block - length * 2.0 * spec.matmul_params_per_layer()
-    attention_weights = spec.matmul_params_per_layer() - spec.mlp_params_per_layer()
+    attention_weights = spec.matmul_params_per_layer() - spec.active_mlp_params_per_layer()
     return (length * 2.0 * attention_weights + core) / block
 
 

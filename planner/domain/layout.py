@@ -38,6 +38,10 @@ class Execution(BaseModel):
     tp: int = Field(ge=1)
     pp: int = Field(ge=1)
     micro_batches: int = Field(default=1, ge=1)
+    ep: int = Field(default=1, ge=1, description=(
+        "mixture-of-experts models: expert-parallel degree, the routed experts of every "
+        "block split over ep consecutive dp ranks (planner.domain.placement); 1 for dense "
+        "models"))
     shard_optimizer_over_dp: bool = Field(default=True, description=(
         "train calls: ZeRO-1, the Adam states sharded over the dp group (gradients "
         "reduce-scattered, updated weights all-gathered); false keeps full states per replica "
@@ -63,11 +67,13 @@ class Execution(BaseModel):
     def placement(self) -> Placement:
         """Where the parameters and data rows live (planner.domain.placement). Executions
         that differ only in micro-batches or policy hold the parameters identically."""
-        return Placement(self.devices, self.dp, self.tp, self.pp)
+        return Placement(self.devices, self.dp, self.tp, self.pp, self.ep)
 
     def layout_text(self) -> str:
-        """Megatron-style short form, e.g. d2t4p1m2."""
-        return f"d{self.dp}t{self.tp}p{self.pp}m{self.micro_batches}"
+        """Megatron-style short form, e.g. d2t4p1m2, with the expert degree when above 1
+        (d8t1p1e8m2)."""
+        expert = f"e{self.ep}" if self.ep > 1 else ""
+        return f"d{self.dp}t{self.tp}p{self.pp}{expert}m{self.micro_batches}"
 
     def call_layout_text(self, call_kind: str) -> str:
         """layout_text, for a train call its recomputation mode (d2t4p1m2/selective), and
@@ -104,8 +110,13 @@ def parallel_degrees_problem(spec: ModelSpec, tp: int, pp: int) -> str | None:
     embedding and the LM head) need pp 1, since the two ends of the model sit on different
     stages otherwise.
     """
-    sizes = {"attention heads": spec.num_heads,
-             "intermediate_size": spec.intermediate_size, "vocab_size": spec.vocab_size}
+    sizes = {"attention heads": spec.num_heads, "vocab_size": spec.vocab_size}
+    if spec.moe is None:
+        sizes["intermediate_size"] = spec.intermediate_size
+    else:
+        sizes["expert_intermediate_size"] = spec.moe.expert_intermediate_size
+        if spec.moe.shared_expert_intermediate_size:
+            sizes["shared_expert_intermediate_size"] = spec.moe.shared_expert_intermediate_size
     uneven = [f"{value} {name}" for name, value in sizes.items() if value % tp]
     if uneven or not kv_heads_fit(spec.num_kv_heads, tp):
         valid = [t for t in range(1, spec.num_heads + 1)
@@ -118,6 +129,23 @@ def parallel_degrees_problem(spec: ModelSpec, tp: int, pp: int) -> str | None:
         return f"pp {pp} must be between 1 and the {spec.num_layers} layers of {spec.name}"
     if spec.tie_embeddings and pp > 1:
         return f"{spec.name} ties its embeddings to the LM head, which needs pp 1 (got pp {pp})"
+    return None
+
+
+def expert_degree_problem(spec: ModelSpec, dp: int, ep: int) -> str | None:
+    """Why model `spec` cannot split its experts over ep of its dp ranks, or None: ep above
+    1 needs a mixture-of-experts model, ep divides dp (experts live on data-parallel ranks,
+    planner.domain.placement) and the expert count (every rank holds as many)."""
+    if ep == 1:
+        return None
+    if spec.moe is None:
+        return f"ep {ep} applies to mixture-of-experts models; {spec.name} is dense (ep 1)"
+    if dp % ep:
+        return f"ep {ep} must divide dp {dp} (experts are split over data-parallel ranks)"
+    if spec.moe.num_experts % ep:
+        valid = [e for e in range(1, dp + 1) if dp % e == 0 and spec.moe.num_experts % e == 0]
+        return (f"ep {ep} does not divide the {spec.moe.num_experts} experts of {spec.name}; "
+                f"valid ep with dp {dp}: {valid}")
     return None
 
 
@@ -136,7 +164,8 @@ def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
     if ex.dp * ex.tp * ex.pp != ex.num_devices:
         return (f"dp {ex.dp} x tp {ex.tp} x pp {ex.pp} = {ex.dp * ex.tp * ex.pp}, "
                 f"mesh has {ex.num_devices} devices")
-    problem = parallel_degrees_problem(spec, ex.tp, ex.pp)
+    problem = (parallel_degrees_problem(spec, ex.tp, ex.pp)
+               or expert_degree_problem(spec, ex.dp, ex.ep))
     if problem:
         return problem
     defaults = Execution.model_fields

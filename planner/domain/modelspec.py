@@ -9,6 +9,15 @@ norm h; output head V*h unless tied. A critic or reward model replaces the head 
 value head of h (+1 bias). head_dim is hidden_size / heads unless the config says otherwise
 (Qwen3: 128 whatever the hidden size).
 
+Mixture-of-experts blocks (`moe`, MoeSpec): every block's MLP is replaced by a router (a
+linear of h -> experts, no bias), `num_experts` SwiGLU experts of `expert_intermediate_size`
+each (gate/up/down: 3 h I_e), of which `experts_per_token` run per token, and, in Qwen2-MoE,
+one shared SwiGLU expert of `shared_expert_intermediate_size` scaled by a sigmoid gate (a
+linear of h -> 1), as HF `MixtralSparseMoeBlock`, `Qwen2MoeSparseMoeBlock` and
+`Qwen3MoeSparseMoeBlock` compute. Active parameters count the router, the top-k experts and
+the shared expert. Models whose config keeps some blocks dense (`mlp_only_layers`,
+`decoder_sparse_step` > 1) are refused when read (model_files.py): every block is alike here.
+
 Rotary scaling (`rope_scaling`): the three kinds transformers' modeling_rope_utils.py
 ROPE_INIT_FUNCTIONS computes and that we run (runtime/rope.py): "llama3" (Llama 3.1/3.2/3.3),
 "linear" (position interpolation, Chen et al. 2023) and "yarn" (Peng et al. 2023).
@@ -43,7 +52,14 @@ MAX_HEAD_DIM = 4_096
 # context); 1024 bounds a stray digit.
 MAX_ROPE_FACTOR = 1_024.0
 
+# Published MoE models have 8 (Mixtral) to 256 (DeepSeek-V3) routed experts; 4,096 bounds a
+# stray digit.
+MAX_EXPERTS = 4_096
+
 _FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+# HF module naming and routing conventions of a MoE family (MoeSpec.family).
+MoeFamily = Literal["mixtral", "qwen2_moe", "qwen3_moe"]
 
 
 class Llama3RopeScaling(BaseModel):
@@ -129,6 +145,51 @@ class YarnRopeScaling(BaseModel):
         return get_mscale(self.factor)
 
 
+class MoeSpec(BaseModel):
+    """The mixture-of-experts MLP of every block (module docstring)."""
+
+    model_config = _FROZEN
+
+    family: MoeFamily = Field(description=(
+        "HF module naming and routing of the block: mixtral (block_sparse_moe.experts.j.w1/"
+        "w3/w2, top-k always renormalised), qwen2_moe (mlp.experts.j.gate/up/down_proj and a "
+        "gated shared expert), qwen3_moe (as qwen2_moe without the shared expert)"))
+    num_experts: int = Field(ge=2, le=MAX_EXPERTS, description="routed experts per block")
+    experts_per_token: int = Field(ge=1, le=MAX_EXPERTS,
+                                   description="experts each token is routed to (top-k)")
+    expert_intermediate_size: int = Field(ge=1, le=MAX_INTERMEDIATE_SIZE,
+                                          description="intermediate width of one expert")
+    shared_expert_intermediate_size: int = Field(
+        default=0, ge=0, le=MAX_INTERMEDIATE_SIZE,
+        description="intermediate width of the shared expert (qwen2_moe); 0: none")
+    normalize_top_k: bool = Field(description=(
+        "renormalise the top-k routing probabilities to sum to 1 (mixtral always; Qwen's "
+        "norm_topk_prob)"))
+
+    @model_validator(mode="after")
+    def _check_family(self) -> MoeSpec:
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(f"experts_per_token {self.experts_per_token} exceeds num_experts "
+                             f"{self.num_experts}")
+        if self.shared_expert_intermediate_size and self.family != "qwen2_moe":
+            raise ValueError(f"a shared expert is a qwen2_moe block; {self.family} has none")
+        if self.family == "mixtral" and not self.normalize_top_k:
+            raise ValueError("mixtral always renormalises its top-k routing weights")
+        return self
+
+    def router_params(self, hidden_size: int) -> int:
+        """The router (h -> experts) and, with a shared expert, its gate (h -> 1)."""
+        gate = hidden_size if self.shared_expert_intermediate_size else 0
+        return hidden_size * self.num_experts + gate
+
+    def expert_params(self, hidden_size: int) -> int:
+        """One routed expert: gate, up and down projections."""
+        return 3 * hidden_size * self.expert_intermediate_size
+
+    def shared_expert_params(self, hidden_size: int) -> int:
+        return 3 * hidden_size * self.shared_expert_intermediate_size
+
+
 RopeScaling = Annotated[Llama3RopeScaling | LinearRopeScaling | YarnRopeScaling,
                         Field(discriminator="type")]
 
@@ -157,6 +218,9 @@ class ModelSpec(BaseModel):
     qk_norm: bool = Field(default=False, description="RMSNorm of each q and k head over "
                                                      "head_dim before rotary (Qwen3)")
     tie_embeddings: bool = False
+    moe: MoeSpec | None = Field(default=None, description=(
+        "mixture-of-experts MLP of every block (MoeSpec); None: a dense SwiGLU MLP of "
+        "intermediate_size"))
 
     @model_validator(mode="before")
     @classmethod
@@ -201,7 +265,23 @@ class ModelSpec(BaseModel):
         return weights + biases + norms
 
     def mlp_params_per_layer(self) -> int:
-        return 3 * self.hidden_size * self.intermediate_size
+        """The block's MLP: dense gate/up/down, or the MoE router, every expert and the
+        shared expert."""
+        h = self.hidden_size
+        if self.moe is None:
+            return 3 * h * self.intermediate_size
+        return (self.moe.router_params(h) + self.moe.num_experts * self.moe.expert_params(h)
+                + self.moe.shared_expert_params(h))
+
+    def active_mlp_params_per_layer(self) -> int:
+        """The MLP parameters one token runs through: all of a dense MLP; the router, its
+        top-k experts and the shared expert of a MoE block."""
+        h = self.hidden_size
+        if self.moe is None:
+            return self.mlp_params_per_layer()
+        return (self.moe.router_params(h)
+                + self.moe.experts_per_token * self.moe.expert_params(h)
+                + self.moe.shared_expert_params(h))
 
     def params_per_layer(self) -> int:
         """Parameters of one transformer block (attention, MLP, two RMSNorm weights)."""
@@ -222,10 +302,17 @@ class ModelSpec(BaseModel):
         return (self.embedding_params() + self.num_layers * self.params_per_layer()
                 + self.head_params(head))
 
+    def active_params(self, head: HeadKind = "lm") -> int:
+        """Parameters one token runs through (num_params for a dense model; a MoE block
+        counts its router, top-k experts and shared expert only)."""
+        inactive = self.mlp_params_per_layer() - self.active_mlp_params_per_layer()
+        return self.num_params(head) - self.num_layers * inactive
+
     def matmul_params_per_layer(self) -> int:
-        """Parameters of one block that take part in matrix multiplies (no norms, no biases)."""
+        """Parameters of one block that one token multiplies by (no norms, no biases; of a
+        MoE block the router, the top-k experts and the shared expert)."""
         h = self.hidden_size
-        return 2 * h * self.q_dim + 2 * h * self.kv_dim + self.mlp_params_per_layer()
+        return 2 * h * self.q_dim + 2 * h * self.kv_dim + self.active_mlp_params_per_layer()
 
 
 def _llama2(name: str, layers: int, hidden: int, heads: int, kv_heads: int, inter: int,

@@ -84,6 +84,7 @@ class ExecutionEntry(BaseModel):
     tp: int = Field(ge=1)
     pp: int = Field(ge=1)
     micro_batches: int = Field(default=1, ge=1)
+    ep: int = Execution.model_fields["ep"].default   # MoE models; written when above 1
     # Train calls only (planner.domain.layout.Execution says what each does, and holds the
     # defaults); the file of a train call always has them, other calls leave them out.
     shard_optimizer_over_dp: bool = Execution.model_fields["shard_optimizer_over_dp"].default
@@ -122,7 +123,7 @@ def _resolve_execution(name: str, entry: ExecutionEntry, cluster: ClusterSpec,
                              f"but devices says {list(devices)}")
         devices = from_text
     return Execution(devices=tuple(devices), dp=entry.dp, tp=entry.tp, pp=entry.pp,
-                     micro_batches=entry.micro_batches,
+                     micro_batches=entry.micro_batches, ep=entry.ep,
                      shard_optimizer_over_dp=entry.shard_optimizer_over_dp,
                      recompute=entry.recompute,
                      shard_parameters_over_dp=entry.shard_parameters_over_dp)
@@ -158,6 +159,8 @@ def plan_to_mapping(plan: Plan) -> dict[str, Any]:
         ex = plan.executions[name]
         entry = {"mesh": mesh_text(ex.devices, plan.cluster), "devices": list(ex.devices),
                  "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "micro_batches": ex.micro_batches}
+        if ex.ep > 1:
+            entry["ep"] = ex.ep
         if plan.workflow.call_by_name[name].kind == "train":
             entry["shard_optimizer_over_dp"] = ex.shard_optimizer_over_dp
             entry["recompute"] = ex.recompute

@@ -13,6 +13,13 @@ Worked example, dp=2, tp=2, pp=2 on mesh devices [0..7]:
     dp groups: [0,2] [1,3] [4,6] [5,7]
     pp groups: [0,4] [1,5] [2,6] [3,7]
 Stage 0 holds devices 0-3, stage 1 holds 4-7.
+
+Expert parallelism (mixture-of-experts models, planner.domain.placement): ep consecutive dp
+ranks of one (tp rank, stage) form an expert-parallel group, which exchanges tokens by
+all-to-all; dp rank r holds the routed experts of expert rank r mod ep, so the dp ranks with
+the same expert rank (r mod ep equal) form an expert-data-parallel group of dp / ep ranks,
+over which those experts' gradients are reduced. With dp=4, tp=1, pp=1, ep=2 on [0..3]:
+    ep groups: [0,1] [2,3]      expert-dp groups: [0,2] [1,3]
 """
 
 from __future__ import annotations
@@ -39,6 +46,14 @@ class RankGroups:
     dp_groups: tuple[tuple[int, ...], ...]
     tp_groups: tuple[tuple[int, ...], ...]
     pp_groups: tuple[tuple[int, ...], ...]
+    # expert parallelism (module docstring); single-rank groups when ep is 1 / ep is dp
+    ep_groups: tuple[tuple[int, ...], ...] = ()
+    expert_dp_groups: tuple[tuple[int, ...], ...] = ()
+
+
+def expert_rank(dp_rank: int, ep: int) -> int:
+    """Which slice of the experts data-parallel rank `dp_rank` holds (module docstring)."""
+    return dp_rank % ep
 
 
 def mesh_position(dp_rank: int, tp_rank: int, pp_rank: int, dp: int, tp: int) -> int:
@@ -72,13 +87,19 @@ def placement_coordinate(placement: Placement, device: int) -> Coordinate:
                          placement.pp)
 
 
-def rank_groups(device_ids: Sequence[int], dp: int, tp: int, pp: int) -> RankGroups:
-    """The DP, TP and PP groups of layout (dp, tp, pp) on the ordered mesh `device_ids`."""
-    assert len(device_ids) == dp * tp * pp, (len(device_ids), dp, tp, pp)
+def rank_groups(device_ids: Sequence[int], dp: int, tp: int, pp: int, ep: int = 1
+                ) -> RankGroups:
+    """The DP, TP, PP, EP and expert-DP groups of layout (dp, tp, pp, ep) on the ordered mesh
+    `device_ids`."""
+    assert len(device_ids) == dp * tp * pp and dp % ep == 0, (len(device_ids), dp, tp, pp, ep)
     # mesh_position as strides: a tp group is tp adjacent positions, a dp group every tp-th
     # position of its stage, a pp group every (dp x tp)-th position
     ids, stage = tuple(device_ids), dp * tp
     tp_groups = tuple(ids[k * tp:(k + 1) * tp] for k in range(pp * dp))
     dp_groups = tuple(ids[p * stage + t:(p + 1) * stage:tp] for p in range(pp) for t in range(tp))
     pp_groups = tuple(ids[k::stage] for k in range(stage))
-    return RankGroups(dp_groups=dp_groups, tp_groups=tp_groups, pp_groups=pp_groups)
+    # a dp group split into blocks of ep consecutive ranks, and its every ep-th rank
+    ep_groups = tuple(group[b:b + ep] for group in dp_groups for b in range(0, dp, ep))
+    expert_dp_groups = tuple(group[e::ep] for group in dp_groups for e in range(ep))
+    return RankGroups(dp_groups=dp_groups, tp_groups=tp_groups, pp_groups=pp_groups,
+                      ep_groups=ep_groups, expert_dp_groups=expert_dp_groups)
