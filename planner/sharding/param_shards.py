@@ -14,6 +14,16 @@ Names and full shapes follow HF `LlamaForCausalLM`:
 - `model.layers.{i}.mlp.{gate,up}_proj.weight` [I, h]    column-parallel, dim 0
 - `model.layers.{i}.mlp.down_proj.weight` [h, I]         row-parallel, dim 1
 - `model.layers.{i}.{input,post_attention}_layernorm.weight` [h]   replicated
+Mixture-of-experts blocks (spec.moe) replace the three MLP tensors by (E experts, I_e
+expert width, I_s shared-expert width; experts stacked on dim 0, as transformers 5 holds
+them in memory, while checkpoints name each expert: the runtime maps one to the other):
+- `model.layers.{i}.mlp.gate.weight` [E, h]              router, replicated
+- `model.layers.{i}.mlp.experts.{gate,up}_proj` [E, I_e, h]   "expert_column": experts
+  split over ep on dim 0 (ep rank e holds [e E/ep, (e+1) E/ep)), then tp on dim 1
+- `model.layers.{i}.mlp.experts.down_proj` [E, h, I_e]   "expert_row": ep on dim 0, tp dim 2
+- `model.layers.{i}.mlp.shared_expert.{gate,up}_proj.weight` [I_s, h]   column (qwen2_moe)
+- `model.layers.{i}.mlp.shared_expert.down_proj.weight` [h, I_s]        row
+- `model.layers.{i}.mlp.shared_expert_gate.weight` [1, h]              replicated
 - `model.norm.weight` [h]                                last stage, replicated
 - `lm_head.weight` [V, h] (head "lm", untied)            last stage, vocab-split on dim 0
 - `value_head.weight` [1, h], `value_head.bias` [1] (head "value")   last stage, replicated
@@ -52,7 +62,8 @@ from planner.sharding.pipeline_partition import layer_ranges
 
 # One half-open (start, stop) range per dimension of the full tensor.
 ShardSlice = tuple[tuple[int, int], ...]
-SplitKind = Literal["column", "row", "kv", "replicated"]
+SplitKind = Literal["column", "row", "kv", "replicated", "expert_column", "expert_row"]
+EXPERT_SPLITS: frozenset[str] = frozenset({"expert_column", "expert_row"})
 
 EMBEDDING = "model.embed_tokens.weight"
 FINAL_NORM = "model.norm.weight"
@@ -74,9 +85,44 @@ class ParamInfo:
     def num_elements(self) -> int:
         return int(np.prod(self.shape))
 
+    @property
+    def is_expert(self) -> bool:
+        """Routed experts' weights: split over the ep ranks (and then tp), so data-parallel
+        ranks of different expert rank hold different slices."""
+        return self.split in EXPERT_SPLITS
+
+
+def _mlp_params(spec: ModelSpec, prefix: str, stage: int) -> list[ParamInfo]:
+    """The dense SwiGLU MLP, or the MoE block (module docstring)."""
+    h = spec.hidden_size
+    if spec.moe is None:
+        inter = spec.intermediate_size
+        return [ParamInfo(f"{prefix}mlp.gate_proj.weight", (inter, h), stage, "column"),
+                ParamInfo(f"{prefix}mlp.up_proj.weight", (inter, h), stage, "column"),
+                ParamInfo(f"{prefix}mlp.down_proj.weight", (h, inter), stage, "row")]
+    experts, inter = spec.moe.num_experts, spec.moe.expert_intermediate_size
+    params = [ParamInfo(f"{prefix}mlp.gate.weight", (experts, h), stage, "replicated"),
+              ParamInfo(f"{prefix}mlp.experts.gate_proj", (experts, inter, h), stage,
+                        "expert_column"),
+              ParamInfo(f"{prefix}mlp.experts.up_proj", (experts, inter, h), stage,
+                        "expert_column"),
+              ParamInfo(f"{prefix}mlp.experts.down_proj", (experts, h, inter), stage,
+                        "expert_row")]
+    shared = spec.moe.shared_expert_intermediate_size
+    if shared:
+        params += [ParamInfo(f"{prefix}mlp.shared_expert.gate_proj.weight", (shared, h), stage,
+                             "column"),
+                   ParamInfo(f"{prefix}mlp.shared_expert.up_proj.weight", (shared, h), stage,
+                             "column"),
+                   ParamInfo(f"{prefix}mlp.shared_expert.down_proj.weight", (h, shared), stage,
+                             "row"),
+                   ParamInfo(f"{prefix}mlp.shared_expert_gate.weight", (1, h), stage,
+                             "replicated")]
+    return params
+
 
 def _block_params(spec: ModelSpec, layer: int, stage: int) -> list[ParamInfo]:
-    h, q, kv, inter = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
+    h, q, kv = spec.hidden_size, spec.q_dim, spec.kv_dim
     p = f"model.layers.{layer}."
     params = [ParamInfo(f"{p}input_layernorm.weight", (h,), stage, "replicated"),
               ParamInfo(f"{p}post_attention_layernorm.weight", (h,), stage, "replicated"),
@@ -93,10 +139,7 @@ def _block_params(spec: ModelSpec, layer: int, stage: int) -> list[ParamInfo]:
         params += [ParamInfo(f"{p}self_attn.q_proj.bias", (q,), stage, "column"),
                    ParamInfo(f"{p}self_attn.k_proj.bias", (kv,), stage, "kv"),
                    ParamInfo(f"{p}self_attn.v_proj.bias", (kv,), stage, "kv")]
-    params += [ParamInfo(f"{p}mlp.gate_proj.weight", (inter, h), stage, "column"),
-               ParamInfo(f"{p}mlp.up_proj.weight", (inter, h), stage, "column"),
-               ParamInfo(f"{p}mlp.down_proj.weight", (h, inter), stage, "row")]
-    return params
+    return params + _mlp_params(spec, p, stage)
 
 
 @lru_cache(maxsize=256)
@@ -126,9 +169,18 @@ def kv_replicas(spec: ModelSpec, tp: int) -> int:
     return max(1, tp // spec.num_kv_heads)
 
 
-def shard_slice(spec: ModelSpec, param: ParamInfo, tp_rank: int, tp: int) -> ShardSlice:
-    """The slice of `param` held by tensor-parallel rank `tp_rank` of `tp`."""
+def shard_slice(spec: ModelSpec, param: ParamInfo, tp_rank: int, tp: int, ep_rank: int = 0,
+                ep: int = 1) -> ShardSlice:
+    """The slice of `param` held by tensor-parallel rank `tp_rank` of `tp` whose data-parallel
+    rank has expert rank `ep_rank` of `ep` (rank_groups.expert_rank; only routed experts'
+    weights depend on it)."""
     full = tuple((0, n) for n in param.shape)
+    if param.is_expert:
+        experts = param.shape[0] // ep
+        own = ((ep_rank * experts, (ep_rank + 1) * experts),)
+        inner = ParamInfo(param.name, param.shape[1:], param.stage,
+                          "column" if param.split == "expert_column" else "row")
+        return own + shard_slice(spec, inner, tp_rank, tp)
     if tp == 1 or param.split == "replicated":
         return full
     dim = 1 if param.split == "row" else 0
@@ -153,8 +205,10 @@ def stage_params(spec: ModelSpec, head: HeadKind, stage: int, pp: int) -> list[P
 
 
 @lru_cache(maxsize=1024)
-def shard_elements(spec: ModelSpec, head: HeadKind, tp: int, pp: int) -> np.ndarray:
-    """Parameter elements held by each device: array [pp, tp] (read-only)."""
+def shard_elements(spec: ModelSpec, head: HeadKind, tp: int, pp: int, ep: int = 1
+                   ) -> np.ndarray:
+    """Parameter elements held by each device: array [pp, tp] (read-only); every expert rank
+    of an ep split holds as many."""
     problem = parallel_degrees_problem(spec, tp, pp)
     if problem:
         raise ValueError(problem)
@@ -165,7 +219,7 @@ def shard_elements(spec: ModelSpec, head: HeadKind, tp: int, pp: int) -> np.ndar
     for param in model_params(spec, head, pp):
         key = (param.shape, param.split)
         if key not in per_rank:
-            per_rank[key] = np.array([slice_elements(shard_slice(spec, param, rank, tp))
+            per_rank[key] = np.array([slice_elements(shard_slice(spec, param, rank, tp, 0, ep))
                                       for rank in range(tp)], dtype=np.int64)
         counts[param.stage] += per_rank[key]
     counts.setflags(write=False)

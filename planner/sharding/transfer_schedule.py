@@ -6,7 +6,9 @@ The cost model prices these schedules and the runtime executes exactly them.
 model): every destination device (dp_rank, tp_rank, stage) needs, for each parameter of its
 stage, the slice `planner.sharding.param_shards.shard_slice` gives it. That slice is cut where it
 meets the source TP shards; each piece comes from one source replica holding it, chosen in
-this order:
+this order (routed experts' weights of a mixture-of-experts model are held by the source
+devices of matching expert rank only, and wanted per destination expert rank:
+rank_groups.expert_rank):
 1. the destination device itself (a local copy, zero link cost);
 2. a replica on the destination's node, the least loaded one (bytes assigned so far);
 3. otherwise the least loaded replica (ties: lowest device id).
@@ -156,25 +158,35 @@ def _group_into_steps(pieces: list[Piece], bytes_of) -> tuple[tuple[Piece, ...],
     return tuple(tuple(step) for step in steps)
 
 
+# A shard rank of a parameter: (expert rank, tp rank); the expert rank is 0 for tensors
+# every data-parallel rank holds alike.
+ShardRank = tuple[int, int]
+
+
 @lru_cache(maxsize=4096)
-def _tp_pieces(spec: ModelSpec, split: str, shape: tuple[int, ...], src_tp: int, dst_tp: int
-               ) -> tuple[tuple[tuple[ShardSlice, tuple[int, ...]], ...], ...]:
-    """Per destination tp rank: each piece it needs and the source tp ranks holding it.
+def _tp_pieces(spec: ModelSpec, split: str, shape: tuple[int, ...], src_tp: int, dst_tp: int,
+               src_ep: int = 1, dst_ep: int = 1
+               ) -> tuple[tuple[tuple[ShardSlice, tuple[ShardRank, ...]], ...], ...]:
+    """Per destination shard rank (ep rank major, then tp rank): each piece it needs and the
+    source shard ranks holding it. `src_ep` / `dst_ep` split expert tensors only (1 for the
+    others).
 
     Several source ranks hold the identical piece for replicated tensors and replicated kv
     heads; any of their devices may serve it, and it is delivered once.
     """
     template = ParamInfo("", shape, 0, split)
-    src_slices = [shard_slice(spec, template, r, src_tp) for r in range(src_tp)]
+    src_slices = {(e, r): shard_slice(spec, template, r, src_tp, e, src_ep)
+                  for e in range(src_ep) for r in range(src_tp)}
     per_dst = []
-    for dst_rank in range(dst_tp):
-        wanted = shard_slice(spec, template, dst_rank, dst_tp)
-        holders: dict[ShardSlice, list[int]] = defaultdict(list)
-        for src_rank, held in enumerate(src_slices):
-            piece = _intersect(wanted, held)
-            if piece is not None:
-                holders[piece].append(src_rank)
-        per_dst.append(tuple((piece, tuple(ranks)) for piece, ranks in holders.items()))
+    for dst_ep_rank in range(dst_ep):
+        for dst_rank in range(dst_tp):
+            wanted = shard_slice(spec, template, dst_rank, dst_tp, dst_ep_rank, dst_ep)
+            holders: dict[ShardSlice, list[ShardRank]] = defaultdict(list)
+            for src_rank, held in src_slices.items():
+                piece = _intersect(wanted, held)
+                if piece is not None:
+                    holders[piece].append(src_rank)
+            per_dst.append(tuple((piece, tuple(ranks)) for piece, ranks in holders.items()))
     return tuple(per_dst)
 
 
@@ -187,31 +199,35 @@ def param_schedule(spec: ModelSpec, head: HeadKind, src: Placement, dst: Placeme
     picker = _SourcePicker(device_node)
     local: list[Piece] = []
     remote: list[Piece] = []
-    # The replicas of a piece depend only on the source stage and tp ranks holding it.
-    replicas: dict[tuple[int, tuple[int, ...]], _Replicas] = {}
+    # The replicas of a piece depend only on the source stage and shard ranks holding it.
+    replicas: dict[tuple[int, tuple[ShardRank, ...], int], _Replicas] = {}
 
-    def holders(stage: int, ranks: tuple[int, ...]) -> _Replicas:
-        key = (stage, ranks)
+    def holders(stage: int, ranks: tuple[ShardRank, ...], ep: int) -> _Replicas:
+        key = (stage, ranks, ep)
         if key not in replicas:
             replicas[key] = picker.replicas([placement_device(src, d, r, stage)
-                                             for r in ranks for d in range(src.dp)])
+                                             for e, r in ranks for d in range(e, src.dp, ep)])
         return replicas[key]
 
-    targets: dict[tuple[int, int], list[int]] = {}   # (tp rank, stage) -> over dp ranks
+    targets: dict[tuple[int, int, int, int], list[int]] = {}
 
-    def receivers(tp_rank: int, stage: int) -> list[int]:
-        if (tp_rank, stage) not in targets:
-            targets[tp_rank, stage] = [placement_device(dst, d, tp_rank, stage)
-                                       for d in range(dst.dp)]
-        return targets[tp_rank, stage]
+    def receivers(tp_rank: int, ep_rank: int, ep: int, stage: int) -> list[int]:
+        """The destination devices of one shard rank: dp ranks of that expert rank."""
+        key = (tp_rank, ep_rank, ep, stage)
+        if key not in targets:
+            targets[key] = [placement_device(dst, d, tp_rank, stage)
+                            for d in range(ep_rank, dst.dp, ep)]
+        return targets[key]
 
     for param in model_params(spec, head, dst.pp):
         stage = src_stage[param.name]
-        tp_pieces = _tp_pieces(spec, param.split, param.shape, src.tp, dst.tp)
-        for dst_tp_rank in range(dst.tp):
-            wanted = [(piece, slice_elements(piece), holders(stage, ranks))
-                      for piece, ranks in tp_pieces[dst_tp_rank]]
-            for target in receivers(dst_tp_rank, param.stage):
+        src_ep, dst_ep = (src.ep, dst.ep) if param.is_expert else (1, 1)
+        tp_pieces = _tp_pieces(spec, param.split, param.shape, src.tp, dst.tp, src_ep, dst_ep)
+        for index, pieces in enumerate(tp_pieces):
+            dst_ep_rank, dst_tp_rank = divmod(index, dst.tp)
+            wanted = [(piece, slice_elements(piece), holders(stage, ranks, src_ep))
+                      for piece, ranks in pieces]
+            for target in receivers(dst_tp_rank, dst_ep_rank, dst_ep, param.stage):
                 for piece, size, candidates in wanted:
                     source = picker.pick(candidates, target, size)
                     item = Piece(param.name, source, target, piece, size)

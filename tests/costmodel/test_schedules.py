@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planner.domain.cluster import cluster_preset
-from planner.domain.modelspec import ModelSpec
+from planner.domain.modelspec import ModelSpec, MoeSpec
 from planner.domain.placement import Placement
 from planner.sharding.param_shards import model_params, shard_slice
 from planner.sharding.rank_groups import placement_device
@@ -16,17 +16,25 @@ from planner.sharding.transfer_schedule import data_schedule, param_schedule
 # Tiny shape exercising biases and kv-head replication (2 kv heads, tp up to 8).
 SPEC = ModelSpec(name="micro", num_layers=3, hidden_size=32, num_heads=8, num_kv_heads=2,
                  intermediate_size=48, vocab_size=64, max_positions=64, attention_bias=True)
+# Mixture-of-experts shape with a shared expert: 4 experts split over ep up to 4.
+MOE_SPEC = ModelSpec(name="micro-moe", num_layers=3, hidden_size=32, num_heads=8,
+                     num_kv_heads=2, intermediate_size=48, vocab_size=64, max_positions=64,
+                     moe=MoeSpec(family="qwen2_moe", num_experts=4, experts_per_token=2,
+                                 expert_intermediate_size=16,
+                                 shared_expert_intermediate_size=24, normalize_top_k=False))
 CLUSTER = cluster_preset("h100x16")
 
 
 @st.composite
-def layouts(draw):
+def layouts(draw, experts: bool = False):
     size = draw(st.sampled_from([1, 2, 4, 8, 16]))
     start = draw(st.sampled_from([s for s in (0, 4, 8) if s + size <= 16 and s % size == 0]
                                  or [0]))
     tp = draw(st.sampled_from([t for t in (1, 2, 4, 8) if size % t == 0]))
     pp = draw(st.sampled_from([p for p in (1, 3) if size % (tp * p) == 0]))
-    return Placement(tuple(range(start, start + size)), size // (tp * pp), tp, pp)
+    dp = size // (tp * pp)
+    ep = draw(st.sampled_from([e for e in (1, 2, 4) if dp % e == 0])) if experts else 1
+    return Placement(tuple(range(start, start + size)), dp, tp, pp, ep)
 
 
 def _check_steps(schedule):
@@ -42,13 +50,26 @@ def _check_steps(schedule):
 @settings(max_examples=60, deadline=None)
 @given(src=layouts(), dst=layouts(), head=st.sampled_from(["lm", "value"]))
 def test_every_parameter_element_reaches_every_destination_shard_once(src, dst, head):
-    schedule = param_schedule(SPEC, head, src, dst, CLUSTER.device_node)
+    _check_param_schedule(SPEC, head, src, dst)
+
+
+@settings(max_examples=60, deadline=None)
+@given(src=layouts(experts=True), dst=layouts(experts=True),
+       head=st.sampled_from(["lm", "value"]))
+def test_expert_shards_reach_every_destination_expert_rank_once(src, dst, head):
+    """Routed experts' weights come from a device of the matching source expert rank and
+    reach every destination device of each expert rank (reallocation between ep degrees)."""
+    _check_param_schedule(MOE_SPEC, head, src, dst)
+
+
+def _check_param_schedule(spec, head, src, dst):
+    schedule = param_schedule(spec, head, src, dst, CLUSTER.device_node)
     if src == dst:
         assert schedule.is_empty
         return
     _check_steps(schedule)
-    params = {p.name: p for p in model_params(SPEC, head, dst.pp)}
-    src_stage = {p.name: p.stage for p in model_params(SPEC, head, src.pp)}
+    params = {p.name: p for p in model_params(spec, head, dst.pp)}
+    src_stage = {p.name: p.stage for p in model_params(spec, head, src.pp)}
     received = {}
     for piece in schedule.local + schedule.sends():
         key = (piece.dst, piece.name)
@@ -58,7 +79,8 @@ def test_every_parameter_element_reaches_every_destination_shard_once(src, dst, 
         # the sender holds the piece in the source layout
         position = src.devices.index(piece.src)
         pp_rank, rest = divmod(position, src.dp * src.tp)
-        held = shard_slice(SPEC, params[piece.name], rest % src.tp, src.tp)
+        dp_rank, tp_rank = divmod(rest, src.tp)
+        held = shard_slice(spec, params[piece.name], tp_rank, src.tp, dp_rank % src.ep, src.ep)
         assert pp_rank == src_stage[piece.name]
         assert all(h0 <= a and b <= h1 for (a, b), (h0, h1) in zip(piece.ranges, held))
     for param in params.values():
@@ -66,7 +88,8 @@ def test_every_parameter_element_reaches_every_destination_shard_once(src, dst, 
             for t in range(dst.tp):
                 device = placement_device(dst, d, t, param.stage)
                 want = np.zeros(param.shape, dtype=int)
-                want[tuple(slice(a, b) for a, b in shard_slice(SPEC, param, t, dst.tp))] = 1
+                mine = shard_slice(spec, param, t, dst.tp, d % dst.ep, dst.ep)
+                want[tuple(slice(a, b) for a, b in mine)] = 1
                 assert np.array_equal(received.pop((device, param.name)), want)
     assert not received  # nothing delivered that was not wanted
 

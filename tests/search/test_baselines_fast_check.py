@@ -91,7 +91,7 @@ def naive_param_schedule(src: Placement, dst: Placement):
             for dp_rank in range(dst.dp):
                 target = placement_device(dst, dp_rank, tp_rank, param.stage)
                 for piece, ranks in per_rank[tp_rank]:
-                    holders = [placement_device(src, d, r, stage) for r in ranks
+                    holders = [placement_device(src, d, r, stage) for _, r in ranks
                                for d in range(src.dp)]
                     size = slice_elements(piece)
                     source = naive_pick(load, holders, target, size)
