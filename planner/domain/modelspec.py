@@ -1,7 +1,7 @@
 """Model specs of the LLaMA family: architecture and parameter counts.
 
 Sources: the HF `config.json` of each published checkpoint (LLaMA-2, Code Llama 34B,
-Llama 3, Qwen2.5). Parameter counts follow the module shapes of HF `LlamaForCausalLM`,
+Llama 3, Qwen2.5, Qwen3-MoE, Mixtral). Parameter counts follow the module shapes of HF `LlamaForCausalLM`,
 `Qwen2ForCausalLM` and `Qwen3ForCausalLM`: embedding V*h; per layer q of (heads*head_dim)*h,
 o of h*(heads*head_dim), k,v of (kv_heads*head_dim)*h (plus q/k/v biases for Qwen2), Qwen3's
 q_norm and k_norm of head_dim each, gate/up/down of h*I each, two RMSNorm weights of h; final
@@ -17,6 +17,10 @@ linear of h -> 1), as HF `MixtralSparseMoeBlock`, `Qwen2MoeSparseMoeBlock` and
 `Qwen3MoeSparseMoeBlock` compute. Active parameters count the router, the top-k experts and
 the shared expert. Models whose config keeps some blocks dense (`mlp_only_layers`,
 `decoder_sparse_step` > 1) are refused when read (model_files.py): every block is alike here.
+`intermediate_size` of a MoE spec is its config's: Mixtral's expert width (the one MLP width
+MixtralConfig has, so it must equal `expert_intermediate_size`); Qwen-MoE's dense-MLP width,
+which only the dense blocks that are refused would use (kept so that a config written back
+from the spec is the one read).
 
 Rotary scaling (`rope_scaling`): the three kinds transformers' modeling_rope_utils.py
 ROPE_INIT_FUNCTIONS computes and that we run (runtime/rope.py): "llama3" (Llama 3.1/3.2/3.3),
@@ -204,7 +208,8 @@ class ModelSpec(BaseModel):
     hidden_size: int = Field(ge=1, le=MAX_HIDDEN_SIZE)
     num_heads: int = Field(ge=1, le=MAX_HEADS)
     num_kv_heads: int = Field(ge=1, le=MAX_HEADS)
-    intermediate_size: int = Field(ge=1, le=MAX_INTERMEDIATE_SIZE)
+    intermediate_size: int = Field(ge=1, le=MAX_INTERMEDIATE_SIZE, description=(
+        "width of the dense SwiGLU MLP; with `moe`, the config's (module docstring)"))
     vocab_size: int = Field(ge=2, le=MAX_VOCAB_SIZE)
     max_positions: int = Field(ge=1, le=MAX_POSITIONS)
     head_dim: int = Field(ge=2, le=MAX_HEAD_DIM,
@@ -244,6 +249,16 @@ class ModelSpec(BaseModel):
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} is odd; rotary embeddings pair the "
                              f"two halves of a head, so it must be even")
+        return self
+
+    @model_validator(mode="after")
+    def _check_mixtral_width(self) -> ModelSpec:
+        """MixtralConfig has one MLP width, intermediate_size, that of every expert."""
+        if self.moe is not None and self.moe.family == "mixtral" and \
+                self.intermediate_size != self.moe.expert_intermediate_size:
+            raise ValueError(f"a mixtral expert is intermediate_size wide: "
+                             f"expert_intermediate_size {self.moe.expert_intermediate_size} "
+                             f"differs from intermediate_size {self.intermediate_size}")
         return self
 
     @property
@@ -351,10 +366,45 @@ PRESETS: dict[str, ModelSpec] = {
         ModelSpec(name="qwen2.5-32b", num_layers=64, hidden_size=5120, num_heads=40,
                   num_kv_heads=8, intermediate_size=27648, vocab_size=152064,
                   max_positions=32768, rope_theta=1e6, norm_eps=1e-6, attention_bias=True),
+        # Qwen/Qwen3-30B-A3B config.json (qwen3_moe: 128 experts of 768, top 8 renormalised,
+        # q/k norms, head_dim 128); its model card: 30.5B parameters, 3.3B activated, 29.9B
+        # non-embedding (tests/foundation/test_moe_specs.py).
+        ModelSpec(name="qwen3-30b-a3b", num_layers=48, hidden_size=2048, num_heads=32,
+                  num_kv_heads=4, head_dim=128, intermediate_size=6144, vocab_size=151936,
+                  max_positions=40960, rope_theta=1e6, norm_eps=1e-6, qk_norm=True,
+                  moe=MoeSpec(family="qwen3_moe", num_experts=128, experts_per_token=8,
+                              expert_intermediate_size=768, normalize_top_k=True)),
+        # Qwen/Qwen3-235B-A22B config.json (as Qwen3-30B-A3B, 128 experts of 1536); its model
+        # card: 235B parameters, 22B activated, 234B non-embedding.
+        ModelSpec(name="qwen3-235b-a22b", num_layers=94, hidden_size=4096, num_heads=64,
+                  num_kv_heads=4, head_dim=128, intermediate_size=12288, vocab_size=151936,
+                  max_positions=40960, rope_theta=1e6, norm_eps=1e-6, qk_norm=True,
+                  moe=MoeSpec(family="qwen3_moe", num_experts=128, experts_per_token=8,
+                              expert_intermediate_size=1536, normalize_top_k=True)),
+        # mistralai/Mixtral-8x7B-v0.1 config.json (8 experts of 14336, top 2, no sliding
+        # window); its model card: 46.7B parameters, 12.9B used per token.
+        ModelSpec(name="mixtral-8x7b", num_layers=32, hidden_size=4096, num_heads=32,
+                  num_kv_heads=8, intermediate_size=14336, vocab_size=32000,
+                  max_positions=32768, rope_theta=1e6,
+                  moe=MoeSpec(family="mixtral", num_experts=8, experts_per_token=2,
+                              expert_intermediate_size=14336, normalize_top_k=True)),
         # Tiny sizes for tests: train in seconds on a CPU.
         ModelSpec(name="llama-tiny", num_layers=4, hidden_size=256, num_heads=8, num_kv_heads=4,
                   intermediate_size=688, vocab_size=1024, max_positions=512),
         ModelSpec(name="llama-small", num_layers=8, hidden_size=512, num_heads=8, num_kv_heads=8,
                   intermediate_size=1376, vocab_size=4096, max_positions=1024),
+        # Qwen3-MoE style (q/k norms, top-k renormalised) and Qwen2-MoE style (q/k/v biases,
+        # a gated shared expert, top-k not renormalised as in Qwen1.5-MoE-A2.7B).
+        ModelSpec(name="moe-tiny", num_layers=4, hidden_size=128, num_heads=4, num_kv_heads=2,
+                  intermediate_size=256, vocab_size=1024, max_positions=512, norm_eps=1e-6,
+                  qk_norm=True,
+                  moe=MoeSpec(family="qwen3_moe", num_experts=8, experts_per_token=2,
+                              expert_intermediate_size=64, normalize_top_k=True)),
+        ModelSpec(name="moe-tiny-shared", num_layers=4, hidden_size=128, num_heads=4,
+                  num_kv_heads=2, intermediate_size=256, vocab_size=1024, max_positions=512,
+                  norm_eps=1e-6, attention_bias=True,
+                  moe=MoeSpec(family="qwen2_moe", num_experts=8, experts_per_token=2,
+                              expert_intermediate_size=64, shared_expert_intermediate_size=128,
+                              normalize_top_k=False)),
     ]
 }

@@ -3,8 +3,9 @@ a local checkpoint directory) as one of our model specs.
 
 Nothing is downloaded: a local directory with a `config.json` is read
 (planner.domain.model_files); a hub id is matched to a preset by its architecture, its
-repository name lower-cased with the organisation and the post-training suffix removed
-(`Qwen/Qwen2.5-7B-Instruct` -> `qwen2.5-7b`, `meta-llama/Meta-Llama-3-8B` -> `llama3-8b`),
+repository name lower-cased with the organisation, the post-training and release-version
+suffixes removed (`Qwen/Qwen2.5-7B-Instruct` -> `qwen2.5-7b`, `meta-llama/Meta-Llama-3-8B` ->
+`llama3-8b`, `mistralai/Mixtral-8x7B-Instruct-v0.1` -> `mixtral-8x7b`),
 or failing that to the longest preset its name starts with, followed by a dash
 (`OpenRLHF/Llama-3-8b-rm-700k` -> `llama3-8b`).
 Fine-tuned variants (Instruct, Chat, Base, SFT, RM) share their base model's architecture,
@@ -21,8 +22,9 @@ from planner.domain.model_files import resolve_model
 from planner.domain.modelspec import PRESETS, ModelSpec
 from planner.domain.workflow import Workflow
 
-# Suffixes of fine-tuned variants that keep the base architecture, as hub names spell them.
-VARIANT_SUFFIX = re.compile(r"(-(instruct|chat|base|sft|rm|hf|it))+$")
+# Suffixes of fine-tuned variants and releases (Mistral's -v0.1) that keep the base
+# architecture, as hub names spell them.
+VARIANT_SUFFIX = re.compile(r"(-(instruct|chat|base|sft|rm|hf|it|v\d+(\.\d+)*))+$")
 # Hub spellings of a family that our preset names write differently.
 FAMILY_SPELLINGS = (("meta-llama-3.1-", "llama3-"), ("meta-llama-3-", "llama3-"),
                     ("llama-3.1-", "llama3-"), ("llama-3-", "llama3-"),
@@ -71,7 +73,8 @@ PRESET_HUB_IDS = {
     "llama-7b": "meta-llama/Llama-2-7b-hf", "llama-13b": "meta-llama/Llama-2-13b-hf",
     "llama-70b": "meta-llama/Llama-2-70b-hf", "llama3-8b": "meta-llama/Meta-Llama-3-8B",
     "llama3-70b": "meta-llama/Meta-Llama-3-70B", "qwen2.5-7b": "Qwen/Qwen2.5-7B",
-    "qwen2.5-32b": "Qwen/Qwen2.5-32B",
+    "qwen2.5-32b": "Qwen/Qwen2.5-32B", "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
+    "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B", "mixtral-8x7b": "mistralai/Mixtral-8x7B-v0.1",
 }
 
 

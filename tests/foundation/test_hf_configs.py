@@ -82,7 +82,7 @@ def test_qwen2_has_qkv_biases_and_its_unused_window_is_no_window(tmp_path):
     ({"model_type": "qwen2", "sliding_window": 128, "use_sliding_window": True},
      "sliding_window"),
     ({"quantization_config": {"quant_method": "awq"}}, "quantization_config"),
-    ({"model_type": "mixtral"}, "model_type"),
+    ({"model_type": "deepseek_v3"}, "model_type"),
 ])
 def test_what_we_do_not_run_is_refused_naming_the_field(tmp_path, change, field):
     with pytest.raises(ValueError) as refused:
