@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.batch import MicroBatch
-from runtime.comm import broadcast
+from runtime.comm import all_reduce, broadcast
 from runtime.model import ParallelModel, attention_mask_4d, positions_from_mask
 from runtime.pipeline import StageLink
 from runtime.vocab_parallel import choose_tokens, gumbel_noise
@@ -102,9 +102,17 @@ class _Decode:
                 and self.step % self.config.stop_check_interval_steps == 0)
 
     def goes_on(self) -> bool:
-        """First stage: whether the micro-batch runs another step (a host sync on a check)."""
+        """First stage: whether the micro-batch runs another step (a host sync on a check).
+
+        The dp ranks of an expert-parallel group (MoE models, ep > 1) run every MoE block
+        together (all-to-alls over the group), so they decode until all of their rows have
+        stopped: the check takes the maximum over the group. The group lies inside one
+        pipeline stage, so the first stages decide together."""
         if self.checks_stop():
-            return not bool(self.finished.all())
+            unfinished = torch.tensor([int(not bool(self.finished.all()))],
+                                      device=self.ids.device)
+            all_reduce(unfinished, self.model.ctx.ep_group, op=torch.distributed.ReduceOp.MAX)
+            return bool(unfinished.item())
         return self.step < self.config.max_new_tokens
 
     def first_stage_input(self) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from planner.domain.modelspec import RopeScaling
 from runtime.comm import copy_to_tp, reduce_from_tp
+from runtime.moe import ExpertParallel, moe_mlp
 from runtime.parallel_context import Group
 from runtime.rope import attention_scaling, inverse_frequencies
 
@@ -133,8 +134,10 @@ def attention_sublayer(x: torch.Tensor, p: dict[str, torch.Tensor], layer: int, 
 
 def decoder_block(x: torch.Tensor, p: dict[str, torch.Tensor], layer: int, head_dim: int,
                   eps: float, inputs: AttentionInputs, tp: Group, cache: LayerCache | None,
-                  recompute_attention: bool = False) -> torch.Tensor:
-    """One pre-norm transformer block.
+                  recompute_attention: bool = False, moe: ExpertParallel | None = None
+                  ) -> torch.Tensor:
+    """One pre-norm transformer block; its MLP is the SwiGLU MLP, or with `moe` (a
+    mixture-of-experts model) the MoE block of runtime/moe.py.
 
     recompute_attention (the "selective" Execution.recompute): keep only the sub-layer's
     input x (the block input, which the checkpoint holds) and rerun the attention sub-layer
@@ -154,8 +157,10 @@ def decoder_block(x: torch.Tensor, p: dict[str, torch.Tensor], layer: int, head_
         x = x + checkpoint(attention_sublayer, *sublayer_args, use_reentrant=False)
     else:
         x = x + attention_sublayer(*sublayer_args)
-    return x + swiglu_mlp(rms_norm(x, p[f"{prefix}post_attention_layernorm.weight"], eps), p,
-                          f"{prefix}mlp.", tp)
+    normed = rms_norm(x, p[f"{prefix}post_attention_layernorm.weight"], eps)
+    if moe is not None:
+        return x + moe_mlp(normed, p, f"{prefix}mlp.", moe)
+    return x + swiglu_mlp(normed, p, f"{prefix}mlp.", tp)
 
 
 def vocab_parallel_embedding(ids: torch.Tensor, weight: torch.Tensor, vocab_start: int,

@@ -12,11 +12,17 @@ only each decoder block's input and runs the block again in backward (torch.util
 non-reentrant); "selective" does so for the block's attention sub-layer only
 (runtime/layers.decoder_block says what it reruns); "none" keeps everything. The rerun TP
 all-reduces run in the same order on every TP rank, since all run the same graph.
+
+Mixture-of-experts models (spec.moe) run every block's MLP as runtime/moe.py's block: this
+rank holds the routed experts of its expert rank (ctx.ep_rank) and exchanges tokens with its
+ep group by all-to-all, whose bytes `moe_traffic` (runtime.comm.AllToAllLedger) counts.
+Every rank of an ep group must then run the same sequence of stage forwards (and backwards),
+with any number of rows each, since each MoE block is a collective over the group.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +39,7 @@ from planner.sharding.param_shards import (
     VALUE_HEAD_WEIGHT,
 )
 from planner.sharding.pipeline_partition import layer_ranges
-from runtime.comm import copy_to_tp
+from runtime.comm import AllToAllLedger, copy_to_tp
 from runtime.device import DeviceConfig
 from runtime.layers import (
     AttentionInputs,
@@ -43,6 +49,7 @@ from runtime.layers import (
     rotary_cos_sin,
     vocab_parallel_embedding,
 )
+from runtime.moe import ExpertParallel
 from runtime.parallel_context import ParallelContext
 from runtime.params import check_layout_supported, init_params, load_hf_params
 
@@ -72,28 +79,37 @@ class ParallelModel:
     ctx: ParallelContext
     device: DeviceConfig
     params: dict[str, torch.Tensor]
+    moe_traffic: AllToAllLedger = field(default_factory=AllToAllLedger)
 
     @classmethod
     def from_seed(cls, spec: ModelSpec, head: HeadKind, ctx: ParallelContext, seed: int,
                   device: DeviceConfig) -> "ParallelModel":
         """Seeded random init, identical whatever the layout."""
-        check_layout_supported(spec, ctx.tp, ctx.pp)
+        check_layout_supported(spec, ctx.tp, ctx.pp, ctx.dp, ctx.ep)
         params = init_params(spec, head, ctx.coord.tp_rank, ctx.tp, ctx.coord.pp_rank, ctx.pp,
-                             seed, device)
+                             seed, device, ctx.ep_rank, ctx.ep)
         return cls(spec, head, ctx, device, params)
 
     @classmethod
     def from_hf(cls, directory: Path, spec: ModelSpec, head: HeadKind, ctx: ParallelContext,
                 device: DeviceConfig, seed: int = 0) -> "ParallelModel":
         """This rank's shards of a local HF checkpoint (`seed` inits a missing value head)."""
-        check_layout_supported(spec, ctx.tp, ctx.pp)
+        check_layout_supported(spec, ctx.tp, ctx.pp, ctx.dp, ctx.ep)
         params = load_hf_params(directory, spec, head, ctx.coord.tp_rank, ctx.tp,
-                                ctx.coord.pp_rank, ctx.pp, seed, device)
+                                ctx.coord.pp_rank, ctx.pp, seed, device, ctx.ep_rank, ctx.ep)
         return cls(spec, head, ctx, device, params)
 
     @property
     def layers(self) -> range:
         return range(*layer_ranges(self.spec.num_layers, self.ctx.pp)[self.ctx.coord.pp_rank])
+
+    @property
+    def expert_parallel(self) -> ExpertParallel | None:
+        """What the MoE blocks need (runtime/moe.py); None for a dense model."""
+        if self.spec.moe is None:
+            return None
+        return ExpertParallel(moe=self.spec.moe, tp=self.ctx.tp_group, ep=self.ctx.ep_group,
+                              ledger=self.moe_traffic)
 
     @property
     def vocab_start(self) -> int:
@@ -128,13 +144,15 @@ class ParallelModel:
         if self.ctx.is_first_stage:
             x = vocab_parallel_embedding(x, self.params[EMBEDDING], self.vocab_start,
                                          self.ctx.tp_group)
+        moe = self.expert_parallel
         for i, layer in enumerate(self.layers):
             block_args = (self.params, layer, self.spec.head_dim, self.spec.norm_eps, inputs,
                           self.ctx.tp_group, None if caches is None else caches[i])
             if recompute == "full":
-                x = checkpoint(decoder_block, x, *block_args, use_reentrant=False)
+                x = checkpoint(decoder_block, x, *block_args, moe=moe, use_reentrant=False)
             else:
-                x = decoder_block(x, *block_args, recompute_attention=recompute == "selective")
+                x = decoder_block(x, *block_args, recompute_attention=recompute == "selective",
+                                  moe=moe)
         if self.ctx.is_last_stage:
             if head_positions is not None:
                 rows = torch.arange(x.shape[0], device=x.device)

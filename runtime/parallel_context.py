@@ -2,7 +2,9 @@
 
 A placement (planner.domain.placement: ordered mesh devices = global ranks, dp, tp, pp) is a
 pure description; a `ParallelContext` is what one member rank needs to run a model under it:
-its coordinate and its TP, DP and PP process groups (with their global ranks), and the
+its coordinate and its TP, DP and PP process groups (with their global ranks), its
+expert-parallel (EP) and expert-data-parallel groups (mixture-of-experts models, placement
+ep; planner.sharding.rank_groups says which ranks form them), and the
 blocks of consecutive ranks of its TP group that share a replicated kv head (tp above a
 model's kv heads: planner.sharding.param_shards kv_replicas), over which the optimizer sums
 those heads' gradients. A placement does not know the models it runs, so every block size a
@@ -13,7 +15,11 @@ module-global, so one process can hold contexts of several placements at once.
 Trap (see runtime-notes): every process group must be created by all ranks of the world in
 the same order, members or not. `create_contexts` does that for a list of layouts: groups are
 created layout by layout, TP then DP then PP groups, each in `rank_groups` order, then the
-TP blocks (by size, then TP group, then block).
+TP blocks (by size, then TP group, then block), then the EP groups and the expert-DP groups
+(each in `rank_groups` order). EP and expert-DP groups are created only when they differ
+from a group already there: with ep 1 an EP group is the rank alone and the expert-DP group
+is the DP group; with ep = dp the EP group is the DP group and the expert-DP group the rank
+alone. So a dense layout (ep 1) creates exactly the groups it did before experts existed.
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ from dataclasses import dataclass, field
 import torch.distributed as dist
 
 from planner.domain.placement import Placement
-from planner.sharding.rank_groups import Coordinate, placement_coordinate, rank_groups
+from planner.sharding.rank_groups import (
+    Coordinate,
+    expert_rank,
+    placement_coordinate,
+    rank_groups,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,17 @@ class ParallelContext:
     pp_group: Group  # ranks[s] is the rank of stage s with this rank's tp and dp ranks
     # (d, the block of d consecutive ranks of tp_group holding this rank) per 1 < d < tp
     tp_blocks: tuple[tuple[int, Group], ...] = field(default=())
+    # the ep consecutive dp ranks exchanging tokens with this one (rank_groups.ep_groups),
+    # and the dp ranks holding the same experts (expert_dp_groups); None: this rank alone
+    # (ep_group) and dp_group (expert_dp_group), the ep-1 groups (set in __post_init__)
+    ep_group: Group | None = None
+    expert_dp_group: Group | None = None
+
+    def __post_init__(self):
+        if self.ep_group is None:
+            object.__setattr__(self, "ep_group", Group(handle=None, ranks=(self.global_rank,)))
+        if self.expert_dp_group is None:
+            object.__setattr__(self, "expert_dp_group", self.dp_group)
 
     @property
     def tp(self) -> int:
@@ -62,6 +84,15 @@ class ParallelContext:
     @property
     def dp(self) -> int:
         return self.layout.dp
+
+    @property
+    def ep(self) -> int:
+        return self.layout.ep
+
+    @property
+    def ep_rank(self) -> int:
+        """Which slice of the routed experts this rank holds (rank_groups.expert_rank)."""
+        return expert_rank(self.coord.dp_rank, self.layout.ep)
 
     @property
     def is_first_stage(self) -> bool:
@@ -109,7 +140,7 @@ def create_contexts(layouts: list[Placement], backend: str | None = None
     me = dist.get_rank()
     contexts: list[ParallelContext | None] = []
     for layout in layouts:
-        groups = rank_groups(layout.devices, layout.dp, layout.tp, layout.pp)
+        groups = rank_groups(layout.devices, layout.dp, layout.tp, layout.pp, layout.ep)
         mine: dict[str, Group] = {}
         for kind, members in (("tp", groups.tp_groups), ("dp", groups.dp_groups),
                               ("pp", groups.pp_groups)):
@@ -125,11 +156,22 @@ def create_contexts(layouts: list[Placement], backend: str | None = None
                     handle = _new_group(block, backend)
                     if me in block:
                         blocks.append((size, Group(handle=handle, ranks=block)))
+        # expert groups last (module docstring), only where they are neither the rank alone
+        # nor the dp group
+        expert_kinds = (("ep", groups.ep_groups), ("expert_dp", groups.expert_dp_groups))
+        for kind, members in expert_kinds if 1 < layout.ep < layout.dp else ():
+            for ranks in members:
+                handle = _new_group(ranks, backend)
+                if me in ranks:
+                    mine[kind] = Group(handle=handle, ranks=ranks)
         if me in layout.devices:
+            if layout.ep > 1 and layout.ep == layout.dp:
+                mine["ep"], mine["expert_dp"] = mine["dp"], Group(handle=None, ranks=(me,))
             contexts.append(ParallelContext(layout=layout, global_rank=me,
                                             coord=placement_coordinate(layout, me), tp_group=mine["tp"],
                                             dp_group=mine["dp"], pp_group=mine["pp"],
-                                            tp_blocks=tuple(blocks)))
+                                            tp_blocks=tuple(blocks), ep_group=mine.get("ep"),
+                                            expert_dp_group=mine.get("expert_dp")))
         else:
             contexts.append(None)
     return contexts

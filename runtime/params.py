@@ -15,10 +15,21 @@ layer does not have, `nn.Linear(h, num_labels, bias=False)` in modeling_llama.py
 `value_head.bias`, zero when absent, so the value is exactly transformers' score. A `score`
 of another shape is refused; a checkpoint without one (a critic started from a causal LM)
 leaves the value head to the seeded init (`checkpoint_reads` says which).
+
+Mixture-of-experts blocks: our shards hold the routed experts stacked on dim 0
+(planner.sharding.param_shards), checkpoints name each expert (transformers 5.24
+`save_pretrained`, as published checkpoints do): qwen2_moe / qwen3_moe
+`model.layers.{i}.mlp.experts.{j}.{gate,up,down}_proj.weight`, mixtral
+`model.layers.{i}.block_sparse_moe.experts.{j}.{w1,w3,w2}.weight` (w1 gate, w3 up, w2 down:
+MixtralBlockSparseTop2MLP's w2(act(w1 x) * w3 x)) with its router at
+`model.layers.{i}.block_sparse_moe.gate.weight`. A rank reads only its experts' slices (its
+tp shard of each) and stacks them; seeded init draws the full stacked tensor, so it does not
+depend on ep either.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from pathlib import Path
 
@@ -27,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 
 from planner.domain.errors import InputError
 from planner.domain.input_files import load_json_input
-from planner.domain.layout import parallel_degrees_problem
+from planner.domain.layout import expert_degree_problem, parallel_degrees_problem
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.sharding.param_shards import (
     VALUE_HEAD_BIAS,
@@ -52,10 +63,12 @@ def param_seed(seed: int, name: str) -> int:
     return zlib.crc32(f"{seed}/{name}".encode())
 
 
-def check_layout_supported(spec: ModelSpec, tp: int, pp: int) -> None:
-    """ValueError unless the runtime can run `spec` under (tp, pp): the one rule of
-    planner.domain.layout.parallel_degrees_problem, which the search and cost model use."""
-    problem = parallel_degrees_problem(spec, tp, pp)
+def check_layout_supported(spec: ModelSpec, tp: int, pp: int, dp: int = 1, ep: int = 1
+                           ) -> None:
+    """ValueError unless the runtime can run `spec` under (tp, pp) and ep of its dp ranks:
+    the rules of planner.domain.layout.parallel_degrees_problem and expert_degree_problem,
+    which the search and cost model use."""
+    problem = parallel_degrees_problem(spec, tp, pp) or expert_degree_problem(spec, dp, ep)
     if problem:
         raise ValueError(problem)
 
@@ -65,10 +78,15 @@ def param_infos(spec: ModelSpec, head: HeadKind) -> dict[str, ParamInfo]:
     return {p.name: p for p in model_params(spec, head, 1)}
 
 
+ROUTER_SUFFIXES = (".mlp.gate.weight", ".mlp.shared_expert_gate.weight")  # MoE, replicated
+
+
 def is_tp_replicated(name: str) -> bool:
-    """True when every TP rank holds the whole tensor: the norm weights and the value head
-    (planner.sharding.param_shards split "replicated"; a test checks the two agree)."""
-    return name.endswith("norm.weight") or name in (VALUE_HEAD_WEIGHT, VALUE_HEAD_BIAS)
+    """True when every TP rank holds the whole tensor: the norm weights, the value head and
+    a MoE block's router and shared-expert gate (planner.sharding.param_shards split
+    "replicated"; a test checks the two agree)."""
+    return (name.endswith("norm.weight") or name.endswith(ROUTER_SUFFIXES)
+            or name in (VALUE_HEAD_WEIGHT, VALUE_HEAD_BIAS))
 
 
 def full_shape(spec: ModelSpec, name: str) -> tuple[int, ...]:
@@ -93,11 +111,13 @@ def _slice(tensor: torch.Tensor, ranges) -> torch.Tensor:
 
 
 def init_params(spec: ModelSpec, head: HeadKind, tp_rank: int, tp: int, pp_stage: int, pp: int,
-                seed: int, device: DeviceConfig) -> dict[str, torch.Tensor]:
-    """This rank's shards under seeded random init, each its own storage: a slice of the
-    full seeded tensor that stayed a view would keep the whole tensor alive."""
+                seed: int, device: DeviceConfig, ep_rank: int = 0, ep: int = 1
+                ) -> dict[str, torch.Tensor]:
+    """This rank's shards under seeded random init (expert slice `ep_rank` of `ep`), each
+    its own storage: a slice of the full seeded tensor that stayed a view would keep the
+    whole tensor alive."""
     return {p.name: own_storage(_slice(init_full_param(spec, p.name, seed),
-                                       shard_slice(spec, p, tp_rank, tp))
+                                       shard_slice(spec, p, tp_rank, tp, ep_rank, ep))
                                 .to(device.device, device.dtype).contiguous())
             for p in stage_params(spec, head, pp_stage, pp)}
 
@@ -176,20 +196,47 @@ ZERO, SEED = "zero", "seed"  # what stands in for a value-head tensor absent fro
 
 
 def checkpoint_name(name: str) -> str:
-    """The tensor's name in an HF checkpoint (our value head is transformers' `score`)."""
+    """The tensor's name in an HF checkpoint (our value head is transformers' `score`), for
+    every parameter but a MoE block's (`checkpoint_names`)."""
     return CHECKPOINT_NAMES.get(name, name)
 
 
+MIXTRAL_EXPERT_NAMES = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+_STACKED = re.compile(r"(model\.layers\.\d+\.)mlp\.experts\.(gate_proj|up_proj|down_proj)")
+_ROUTER = re.compile(r"(model\.layers\.\d+\.)mlp\.gate\.weight")
+
+
+def checkpoint_names(spec: ModelSpec, name: str) -> tuple[str, ...]:
+    """The checkpoint tensors holding our parameter `name` (module docstring): one, or for a
+    stacked routed-expert tensor one per expert, in expert order."""
+    stacked = _STACKED.fullmatch(name)
+    mixtral = spec.moe is not None and spec.moe.family == "mixtral"
+    if stacked:
+        layer, proj = stacked.groups()
+        if mixtral:
+            return tuple(f"{layer}block_sparse_moe.experts.{j}.{MIXTRAL_EXPERT_NAMES[proj]}.weight"
+                         for j in range(spec.moe.num_experts))
+        return tuple(f"{layer}mlp.experts.{j}.{proj}.weight"
+                     for j in range(spec.moe.num_experts))
+    router = _ROUTER.fullmatch(name)
+    if router and mixtral:
+        return (f"{router.group(1)}block_sparse_moe.gate.weight",)
+    return (checkpoint_name(name),)
+
+
 def checkpoint_reads(checkpoint: HFCheckpoint, spec: ModelSpec, head: HeadKind, pp: int = 1
-                     ) -> dict[str, str]:
-    """{our parameter: the checkpoint tensor it is read from, or ZERO / SEED} for the whole
-    model (its parameters under `pp` stages); ValueError naming the directory and the
-    tensor when a tensor is missing or its shape is not the one the spec implies. Reads
-    headers only."""
+                     ) -> dict[str, str | tuple[str, ...]]:
+    """{our parameter: the checkpoint tensor it is read from (a tuple of one per expert for
+    stacked routed experts), or ZERO / SEED} for the whole model (its parameters under `pp`
+    stages); ValueError naming the directory and the tensor when a tensor is missing or its
+    shape is not the one the spec implies. Reads headers only."""
     reads = {}
     has_score = SCORE_WEIGHT in checkpoint
     for param in model_params(spec, head, pp):
-        source = checkpoint_name(param.name)
+        if param.is_expert:
+            reads[param.name] = _expert_sources(checkpoint, spec, param)
+            continue
+        source = checkpoint_names(spec, param.name)[0]
         if source in checkpoint:
             shape = checkpoint.shape(source)
             if shape != param.shape:
@@ -206,17 +253,36 @@ def checkpoint_reads(checkpoint: HFCheckpoint, spec: ModelSpec, head: HeadKind, 
     return reads
 
 
+def _expert_sources(checkpoint: HFCheckpoint, spec: ModelSpec, param: ParamInfo
+                    ) -> tuple[str, ...]:
+    """The per-expert tensors of stacked `param`, each checked to be there with the shape of
+    one expert's slice of it."""
+    sources = checkpoint_names(spec, param.name)
+    for source in sources:
+        if source not in checkpoint:
+            raise ValueError(f"{checkpoint.directory}: checkpoint has no tensor {source}")
+        shape = checkpoint.shape(source)
+        if shape != param.shape[1:]:
+            raise ValueError(f"{checkpoint.directory}: {source} has shape {list(shape)}, "
+                             f"the model spec implies {list(param.shape[1:])}")
+    return sources
+
+
 def load_hf_params(directory: Path, spec: ModelSpec, head: HeadKind, tp_rank: int, tp: int,
-                   pp_stage: int, pp: int, seed: int, device: DeviceConfig
-                   ) -> dict[str, torch.Tensor]:
-    """This rank's shards read from an HF checkpoint (module docstring: the value head)."""
+                   pp_stage: int, pp: int, seed: int, device: DeviceConfig, ep_rank: int = 0,
+                   ep: int = 1) -> dict[str, torch.Tensor]:
+    """This rank's shards (expert slice `ep_rank` of `ep`) read from an HF checkpoint
+    (module docstring: the value head, the experts)."""
     checkpoint = HFCheckpoint(directory)
     reads = checkpoint_reads(checkpoint, spec, head, pp)
     params = {}
     for param in stage_params(spec, head, pp_stage, pp):
-        name, ranges = param.name, shard_slice(spec, param, tp_rank, tp)
+        name, ranges = param.name, shard_slice(spec, param, tp_rank, tp, ep_rank, ep)
         source = reads[name]
-        if source == SEED:
+        if isinstance(source, tuple):   # stacked experts: this rank's, each its tp slice
+            (first, stop), inner = ranges[0], ranges[1:]
+            tensor = torch.stack([checkpoint.read(source[j], inner) for j in range(first, stop)])
+        elif source == SEED:
             tensor = _slice(init_full_param(spec, name, seed), ranges)
         elif source == ZERO:
             tensor = torch.zeros(param.shape)

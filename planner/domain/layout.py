@@ -110,13 +110,14 @@ def parallel_degrees_problem(spec: ModelSpec, tp: int, pp: int) -> str | None:
     embedding and the LM head) need pp 1, since the two ends of the model sit on different
     stages otherwise.
     """
-    sizes = {"attention heads": spec.num_heads, "vocab_size": spec.vocab_size}
+    sizes = {"attention heads": spec.num_heads}
     if spec.moe is None:
         sizes["intermediate_size"] = spec.intermediate_size
     else:
         sizes["expert_intermediate_size"] = spec.moe.expert_intermediate_size
         if spec.moe.shared_expert_intermediate_size:
             sizes["shared_expert_intermediate_size"] = spec.moe.shared_expert_intermediate_size
+    sizes["vocab_size"] = spec.vocab_size
     uneven = [f"{value} {name}" for name, value in sizes.items() if value % tp]
     if uneven or not kv_heads_fit(spec.num_kv_heads, tp):
         valid = [t for t in range(1, spec.num_heads + 1)
