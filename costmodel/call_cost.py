@@ -91,7 +91,8 @@ def call_time_with_knobs(call: ModelFunctionCall, role: ModelRole, execution: Ex
     elif call.kind == "inference":
         phases = inference_phases_s(st, b, batch)
     else:
-        elements = shard_elements(role.spec, role.head, execution.tp, execution.pp)
+        elements = shard_elements(role.spec, role.head, execution.tp, execution.pp,
+                                  execution.ep)
         phases = train_phases_s(st, b, batch, elements)
     return CallTime(time_s=sum(phases.values()), phases_s=phases,
                     source=", ".join(sorted(st.sources)))

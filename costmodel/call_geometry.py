@@ -3,7 +3,8 @@
 `geometry` gives, per pipeline stage, its layer count, the hardware among its devices and
 the link of its tp and dp groups (the slowest over the groups that run at once: their
 point-to-point figures and, on cuda, NCCL's fabric of nodes, ranks per node, NVLink and the
-NICs of their rails, costmodel.comm), and the link of the pp sends. `CostKnobs` is what a calibration (costmodel/calibration.py) changes
+NICs of their rails, costmodel.comm), the link of the pp sends, and with expert parallelism
+(ep > 1) the links of each stage's ep groups (the all-to-all) and expert-dp groups. `CostKnobs` is what a calibration (costmodel/calibration.py) changes
 inside one call's model.
 """
 
@@ -29,6 +30,10 @@ class Geometry:
     tp_link: tuple[comm.Link, ...]
     dp_link: tuple[comm.Link, ...]
     pp_link: comm.Link | None
+    # expert parallelism (ep > 1; empty otherwise): per stage the slowest link of its ep
+    # groups (the all-to-all) and of its expert-dp groups (the experts' gradients)
+    ep_link: tuple[comm.Link, ...] = ()
+    expert_dp_link: tuple[comm.Link, ...] = ()
 
     @cached_property
     def stage_class(self) -> tuple[int, ...]:
@@ -40,9 +45,15 @@ class Geometry:
         last = len(self.stage_layers) - 1
         ids: dict[tuple, int] = {}
         return tuple(ids.setdefault((self.stage_layers[s], s == 0, s == last,
-                                     self.stage_hardware[s], self.tp_link[s], self.dp_link[s]),
-                                    len(ids))
+                                     self.stage_hardware[s], self.tp_link[s], self.dp_link[s])
+                                    + self.expert_links(s), len(ids))
                      for s in range(len(self.stage_layers)))
+
+    def expert_links(self, stage: int) -> tuple[comm.Link, ...]:
+        """The stage's ep and expert-dp links; () without expert parallelism."""
+        if not self.ep_link:
+            return ()
+        return self.ep_link[stage], self.expert_dp_link[stage]
 
     @cached_property
     def stage_classes(self) -> tuple[int, ...]:
@@ -53,17 +64,36 @@ class Geometry:
 def geometry(execution: Execution, num_layers: int, cluster: ClusterSpec) -> Geometry:
     """The geometry of the execution's placement (it depends on nothing else)."""
     ex = execution
-    return placement_geometry(ex.devices, ex.dp, ex.tp, ex.pp, num_layers, cluster)
+    return placement_geometry(ex.devices, ex.dp, ex.tp, ex.pp, num_layers, cluster, ex.ep)
 
 
 @lru_cache(maxsize=8192)
 def placement_geometry(devices: tuple[int, ...], dp: int, tp: int, pp: int, num_layers: int,
-                       cluster: ClusterSpec) -> Geometry:
+                       cluster: ClusterSpec, ep: int = 1) -> Geometry:
     """Memoised: the search prices every micro-batch count and run policy of one placement,
     and finding NCCL's fabric of each group is most of a call's pricing otherwise."""
     hardware, tp_links, dp_links, pp_link = placement_links(devices, dp, tp, pp, cluster)
+    ep_links, expert_dp_links = (placement_expert_links(devices, dp, tp, pp, ep, cluster)
+                                 if ep > 1 else ((), ()))
     return Geometry(tuple(stage_layer_counts(num_layers, pp)), hardware, tp_links, dp_links,
-                    pp_link)
+                    pp_link, ep_links, expert_dp_links)
+
+
+@lru_cache(maxsize=8192)
+def placement_expert_links(devices: tuple[int, ...], dp: int, tp: int, pp: int, ep: int,
+                           cluster: ClusterSpec
+                           ) -> tuple[tuple[comm.Link, ...], tuple[comm.Link, ...]]:
+    """Per stage the slowest link of its ep groups and of its expert-dp groups
+    (planner.sharding.rank_groups: a stage holds tp x dp / ep ep groups and tp x ep
+    expert-dp groups, in that order)."""
+    groups = rank_groups(devices, dp, tp, pp, ep)
+    per_stage_ep, per_stage_edp = tp * (dp // ep), tp * ep
+    ep_links = tuple(_slowest_link(groups.ep_groups[s * per_stage_ep:(s + 1) * per_stage_ep],
+                                   cluster) for s in range(pp))
+    edp_links = tuple(_slowest_link(
+        groups.expert_dp_groups[s * per_stage_edp:(s + 1) * per_stage_edp], cluster)
+        for s in range(pp))
+    return ep_links, edp_links
 
 
 @lru_cache(maxsize=8192)

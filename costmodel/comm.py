@@ -14,6 +14,9 @@ A `Link` describes one group (or the slowest of several that run at once):
   alpha = the link's latency per step and beta its bandwidth:
       all-reduce of B bytes        2 (n-1) alpha + 2 (n-1)/n B / bw
       all-gather / reduce-scatter  (n-1) alpha + (n-1)/n B / bw   (B = the full buffer)
+All-to-all (a mixture-of-experts block's token dispatch and combine over its ep group):
+all_to_all_time_s, NCCL's grouped sends over NVLink and the rails (nccl_model), gloo's
+pairwise exchange.
 Point to point (pipeline sends, reallocation, data transfers): alpha + B / bw, inside a node
 over NVLink (NCCL's figure) or the host, across nodes through the NICs of the sender's and
 the receiver's rails: each GPU's share of its NIC (planner.domain.cluster.NodeGroup), the
@@ -201,6 +204,21 @@ def zero1_gradient_reduce_time_s(total_bytes, num_devices: int, link: Link):
     if link.fabric is None:
         return allreduce_time_s(total_bytes, num_devices, link)
     return reduce_scatter_time_s(total_bytes, num_devices, link)
+
+
+def all_to_all_time_s(buffer_bytes, num_devices: int, link: Link):
+    """An all-to-all over `num_devices` ranks of `buffer_bytes` per rank (its whole send
+    buffer): NCCL's grouped sends (nccl_model.alltoall_time_s); on gloo the pairwise
+    exchange, (n-1) alpha + (n-1)/n B / bw."""
+    if num_devices <= 1:
+        seconds = 0.0 * np.asarray(buffer_bytes, dtype=float)
+    elif link.fabric is None:
+        steps = num_devices - 1
+        seconds = _gloo_ring_s(steps, steps / num_devices, buffer_bytes, link)
+    else:
+        seconds = nccl_model.alltoall_time_s(buffer_bytes, num_devices, link.fabric,
+                                             link.step_latency_s)
+    return _same_shape(buffer_bytes, seconds)
 
 
 def p2p_time_s(message_bytes, link: Link):

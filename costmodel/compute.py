@@ -61,5 +61,10 @@ class PartTimer:
 @lru_cache(maxsize=256)
 def part_timer(spec: ModelSpec, hardware: HardwareSpec,
                profiles_dir: Path = PROFILES_DIR) -> PartTimer:
-    """The timer for (spec, hardware), using profiles/<device>/<shape>.yaml when present."""
+    """The timer for (spec, hardware), using profiles/<device>/<shape>.yaml when present;
+    the roofline alone for a mixture-of-experts model (its routed experts depend on ep,
+    which a part's table does not have: costmodel/moe_cost.py prices them, and the blocks'
+    other parts with the roofline, so that both come from one source)."""
+    if spec.moe is not None:
+        return PartTimer(spec, hardware, None)
     return PartTimer(spec, hardware, find_profile(profiles_dir, hardware.name, spec))

@@ -87,6 +87,29 @@ EAGER_OPS_PER_PART = {"block": 41, "embedding": 5, "lm_head": 17, "value_head": 
 # One RMSNorm (rms_norm: float, pow, mean, add eps, rsqrt, mul, to, weight mul); Qwen3's
 # q/k norms add two per block.
 RMSNORM_EAGER_OPS = 8
+# A mixture-of-experts block's router and dispatch beside the block's count (whose 5 SwiGLU
+# ops stand for the shared expert's, or without one for nothing), counted in runtime/moe.py
+# route / routed_experts / moe_mlp: route's linear, fp32 softmax, top-k, renormalisation
+# (sum, div) and cast (6); the sort of the copies by expert, token index, bincount, counts
+# exchange, two row sums (6); the gather into the send buffer and the dispatch (2); the
+# received rows' expert ids (arange, repeat, repeat_interleave), their sort and gather, split
+# (6); the concatenation, inverse gather and combine (3); the weighting, cast, zeros and
+# index_add (4); copy_to_tp on the input and the router weight (2) = 29.
+MOE_ROUTER_EAGER_OPS = 29
+# Host synchronisations of one MoE block's forward: the three .tolist() of row counts
+# (runtime/moe.py routed_experts).
+MOE_HOST_SYNCS_PER_BLOCK = 3
+# Eager ops per local expert, each run also on zero rows (runtime/moe.py: every rank builds
+# the same graph): the SwiGLU's gate, up, silu, product and down = 5.
+MOE_EAGER_OPS_PER_EXPERT = 5
+# Router logits in fp32: written by the cast, read and written by the softmax, read by the
+# top-k: 4 passes of 4 bytes per expert and token.
+MOE_ROUTER_FP32_PASSES = 4
+MOE_ROUTER_BYTES = 4
+# Copies of a routed row of h per token and chosen expert: the permutation into the send
+# buffer (read + write 2), the gather of each expert's rows (2), the routing-weight multiply
+# (2) and the scatter-add of the combine (read, read, write 3) = 9 passes.
+MOE_COPY_PASSES_PER_ROUTED_ROW = 9
 # Backward launches about two kernels per forward op (input and weight gradients).
 BACKWARD_KERNELS_PER_FORWARD_OP = 2
 # One host-device synchronisation (a .item()/bool() on a CUDA tensor, a copy to host): the

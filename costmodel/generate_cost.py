@@ -32,6 +32,10 @@ generate (runtime/generate.py, runtime/executor/calls.py run_generate):
   Under FSDP / ZeRO-3 (Execution.shard_parameters_over_dp, pp 1: verl's ref and old-logprob
   forward) the phase "fsdp_forward" adds the per-layer all-gathers compute does not hide
   (costmodel/fsdp_cost.py inference_exposed_s).
+- all_to_all (mixture-of-experts models, costmodel/moe_cost.py): the dispatch and combine
+  of every block, priced apart from the phases above with their multipliers: prefill's and
+  each forward's (pp + m - 1) x the slowest stage's, each decode round's pp x the slowest
+  stage's over the expected rounds (generate_all_to_all_s); 0 at ep 1.
 """
 
 from __future__ import annotations
@@ -80,18 +84,41 @@ def sampling_noise_s(st: StageTimer, b: int) -> float:
     return float(seconds) * st.knobs.compute_scale
 
 
+def decode_running(st: StageTimer, b: int, batch: BatchSpec) -> np.ndarray:
+    """P(step s runs) of each decode wave (module docstring): array [waves, gen_len - 1]."""
+    steps = np.arange(1, batch.gen_len)
+    interval = stop_check_interval_steps(st.timers[-1][0].hardware.kind)
+    done = batch.gen_lengths.cdf(steps // interval * interval)   # F(0) = 0: no check yet
+    # the waves but the last have equal rows: each distinct count's powers once
+    rows, wave_of = np.unique(wave_rows(st.ex, b), return_inverse=True)
+    return (1.0 - done[None, :] ** rows.astype(float)[:, None])[wave_of]
+
+
 def decode_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool) -> float:
     steps = np.arange(1, batch.gen_len)
     contexts = float(batch.prompt_lengths.expected_longest(b)) + steps
     noise = sampling_noise_s(st, b) if sampled else 0.0
     round_s = st.ex.pp * (st.max_stage_s("decode", b, contexts, last_stage_extra_s=noise)
                           + st.send_s(b, 1))
-    interval = stop_check_interval_steps(st.timers[-1][0].hardware.kind)
-    done = batch.gen_lengths.cdf(steps // interval * interval)   # F(0) = 0: no check yet
-    # the waves but the last have equal rows: each distinct count's powers once
-    rows, wave_of = np.unique(wave_rows(st.ex, b), return_inverse=True)
-    running = (1.0 - done[None, :] ** rows.astype(float)[:, None])[wave_of]
+    running = decode_running(st, b, batch)
     return float(np.sum(running @ np.broadcast_to(round_s, steps.shape)))
+
+
+def generate_all_to_all_s(st: StageTimer, b: int, batch: BatchSpec) -> float:
+    """The all-to-alls of a generate call of a mixture-of-experts model (phase
+    "all_to_all", priced apart from prefill and decode): the prefill's, in the same
+    expectation over the longest prompt, and each decode round's, pp stages' worth of the
+    slowest stage's (a round passes every stage; a decode all-to-all does not depend on the
+    context) over the expected rounds."""
+    ex = st.ex
+    prompts = batch.prompt_lengths
+    widths = prompts.support.astype(float)
+    prefill = np.broadcast_to(st.max_all_to_all_s(("prefill",), b, widths), widths.shape)
+    prefill_s = (ex.pp + ex.micro_batches - 1) * float(np.dot(prompts.longest_pmf(b),
+                                                              prefill))
+    rounds = float(np.sum(decode_running(st, b, batch)))
+    decode_s = rounds * ex.pp * float(st.max_all_to_all_s(("decode",), b, 1.0))
+    return prefill_s + decode_s
 
 
 def generate_phases_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool
@@ -104,7 +131,19 @@ def generate_phases_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool
               "decode": decode_s(st, b, batch, sampled)}
     if "logprobs" in st.call_outputs:
         phases["logprobs"] = inference_phases_s(st, b, batch)["forward"]
+    if st.role.spec.moe is not None:
+        logprobs = inference_all_to_all_s(st, b, batch) if "logprobs" in st.call_outputs \
+            else 0.0
+        phases["all_to_all"] = generate_all_to_all_s(st, b, batch) + logprobs
     return phases
+
+
+def inference_all_to_all_s(st: StageTimer, b: int, batch: BatchSpec) -> float:
+    """The all-to-alls of one forward pass over the call's micro-batches (inference, a
+    generate call's logprobs): (pp + m - 1) x the slowest stage's of one micro-batch."""
+    ex = st.ex
+    return float((ex.pp + ex.micro_batches - 1)
+                 * st.max_all_to_all_s(("forward",), b, batch.seq_len))
 
 
 def inference_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
@@ -113,4 +152,6 @@ def inference_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str, fl
     phases = {"forward": float((ex.pp + ex.micro_batches - 1) * step)}
     if ex.shard_parameters_over_dp:
         phases["fsdp_forward"] = inference_exposed_s(st, b, batch.seq_len, ex.micro_batches)
+    if st.role.spec.moe is not None:
+        phases["all_to_all"] = inference_all_to_all_s(st, b, batch)
     return phases

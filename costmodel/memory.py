@@ -10,6 +10,10 @@ The parts (PART_KINDS) and their formulas:
   parameter in bf16, 8 in fp32 (efficiency.OPTIMIZER_STATE_BYTES_PER_PARAM), divided over
   dp when the execution shards them (ZeRO-1, Execution.shard_optimizer_over_dp). With
   dp = 1 and bf16, weights + gradients + optimizer = 16 bytes/param.
+- mixture-of-experts models (costmodel/moe_cost.py): weights and gradients hold the rank's
+  ep shard of the routed experts (param_shards.shard_elements with ep); their Adam states
+  are divided over the expert-dp group (dp / ep ranks) under ZeRO-1; the blocks'
+  activations are the MoE block's (router outputs, routed rows, all-to-all buffers).
 - activations: train calls keep min(m, pp - stage) micro-batches in flight on a stage (1F1B),
   each block keeping what its recomputation mode (Execution.recompute) keeps, per token:
   both sub-layers with "none", its input and the MLP sub-layer with "selective", its input
@@ -54,7 +58,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from costmodel import efficiency as eff
-from costmodel import recompute
+from costmodel import moe_cost, recompute
 from costmodel.fsdp_cost import gathered_parameter_bytes, unsharded_gradient_bytes
 from costmodel.roofline import kv_heads_per_rank
 from planner.domain.layout import RECOMPUTE_MODES, Execution
@@ -168,7 +172,8 @@ def optimizer_state_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, p
 
 def optimizer_step_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp: int,
                                     shards: np.ndarray, fsdp: np.ndarray,
-                                    dtype_bytes: int) -> np.ndarray:
+                                    dtype_bytes: int, eps: np.ndarray | None = None,
+                                    expert_shards: np.ndarray | None = None) -> np.ndarray:
     """Temporaries of the optimizer step on each (stage, tp rank) of layouts of `tp` x `pp`
     whose optimizer states are divided over `shards` ranks, under FSDP where `fsdp` (arrays
     [n]): array [n, pp, tp].
@@ -176,21 +181,39 @@ def optimizer_step_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp
     runtime/optimizer.py: over this rank's part of the gradients (its shard, divided over dp
     under ZeRO-1), ADAM_STEP_FP32_TEMPORARIES fp32 tensors (the clipped gradient and the
     denominator) alive together, and under ZeRO-1 the reduced part in the compute dtype
-    (under FSDP / ZeRO-3 the sharded gradient is the gradients part itself).
+    (under FSDP / ZeRO-3 the sharded gradient is the gradients part itself). A
+    mixture-of-experts model's routed experts (expert degrees `eps`, arrays [n]) are a
+    second part, divided over `expert_shards` ranks (moe_cost.expert_optimizer_shards).
     """
-    owned = shard_elements(spec, head, tp, pp).astype(float) / shards[:, None, None]
     per_element = eff.ADAM_STEP_FP32_TEMPORARIES * eff.ADAM_STEP_TEMPORARY_BYTES
-    per_element = np.where((shards > 1) & ~fsdp, per_element + dtype_bytes, per_element)
-    return owned * per_element[:, None, None]
+
+    def step_bytes(elements: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        owned = elements / ranks[:, None, None]
+        ranks_element = np.where((ranks > 1) & ~fsdp, per_element + dtype_bytes, per_element)
+        return owned * ranks_element[:, None, None]
+
+    if spec.moe is None:
+        return step_bytes(shard_elements(spec, head, tp, pp).astype(float), shards)
+    experts = np.stack([moe_cost.expert_shard_elements(spec, head, tp, pp, int(ep))
+                        for ep in eps]).astype(float)
+    dense = shard_elements(spec, head, tp, pp).astype(float) \
+        - moe_cost.expert_shard_elements(spec, head, tp, pp, 1)
+    return step_bytes(dense[None], shards) + step_bytes(experts, expert_shards)
 
 
 def block_working_bytes(spec: ModelSpec, tp: int, tokens: float, keys: float,
-                        dtype_bytes: int) -> float:
+                        dtype_bytes: int, ep=1) -> float:
     """One block's working set for `tokens` tokens of `keys` keys each without autograd
     (efficiency.NO_GRAD_*): the residual stream and norm output, plus the larger of the
-    attention core's tensors and the MLP's."""
+    attention core's tensors and the MLP's (a mixture-of-experts block's under expert degree
+    `ep`, a number or an array like `tokens`: moe_cost.mlp_no_grad_bytes_per_token)."""
     q_width, kv_width = spec.q_dim / tp, kv_heads_per_rank(spec, tp) * spec.head_dim
     attention = (q_width * 2 + kv_width * 2) * dtype_bytes + eff.SDPA_MASK_BYTES_PER_KEY * keys
+    if spec.moe is not None:
+        mlp = np.vectorize(lambda e: moe_cost.mlp_no_grad_bytes_per_token(
+            spec, tp, int(e), dtype_bytes))(ep)
+        residual = eff.NO_GRAD_RESIDUAL_TENSORS * spec.hidden_size * dtype_bytes
+        return tokens * (residual + np.maximum(attention, mlp))
     mlp = eff.NO_GRAD_SWIGLU_TENSORS * spec.intermediate_size / tp * dtype_bytes
     residual = eff.NO_GRAD_RESIDUAL_TENSORS * spec.hidden_size * dtype_bytes
     return tokens * (residual + max(attention, mlp))
@@ -227,7 +250,8 @@ def kv_cache_bytes(spec: ModelSpec, tp: int, num_layers: int, num_seqs: float,
 def train_stage_activation_bytes(spec: ModelSpec, head: HeadKind, tp: int, pp: int,
                                  micro_batches: np.ndarray, modes: np.ndarray,
                                  micro_seqs: np.ndarray, seq_len: int,
-                                 dtype_bytes: int) -> np.ndarray:
+                                 dtype_bytes: int, eps: np.ndarray | None = None
+                                 ) -> np.ndarray:
     """Block activations one device of each stage holds at the peak of a 1F1B train step
     (logits apart), for layouts of `tp` x `pp` with the given micro-batch counts,
     recomputation modes (RECOMPUTE_MODES codes) and micro-batch sequences (arrays [n]):
@@ -236,20 +260,35 @@ def train_stage_activation_bytes(spec: ModelSpec, head: HeadKind, tp: int, pp: i
     rerun part is alive again (costmodel/recompute.py). The head's backward (logits and their
     gradients) is over before the first block's rerun begins, so the last stage's peak holds
     the larger of the two: the rerun counts here only by what it exceeds the logits part
-    (logits_bytes)."""
+    (logits_bytes). A mixture-of-experts model's blocks keep what they keep under their
+    expert degrees `eps` (arrays [n]; None: 1), and one block's all-to-all buffers are alive
+    beside them (moe_cost.all_to_all_working_bytes_per_token)."""
     layers = np.asarray(stage_layer_counts(spec.num_layers, pp), dtype=np.int64)
     tokens = (np.asarray(micro_seqs, dtype=np.int64) * seq_len)[:, None]
     in_flight = np.minimum(np.asarray(micro_batches, dtype=np.int64)[:, None],
                            pp - np.arange(pp, dtype=np.int64)[None, :])
-    kept = np.array([recompute.kept_bytes_per_token(spec, mode, tp, seq_len, dtype_bytes)
-                     for mode in RECOMPUTE_MODES])[modes][:, None]
-    rerun_per_token = np.array([recompute.recomputed_bytes_per_token(
-        spec, mode, tp, seq_len, dtype_bytes) for mode in RECOMPUTE_MODES])[modes][:, None]
+    if spec.moe is None:
+        kept = np.array([recompute.kept_bytes_per_token(spec, mode, tp, seq_len, dtype_bytes)
+                         for mode in RECOMPUTE_MODES])[modes][:, None]
+        rerun_per_token = np.array([recompute.recomputed_bytes_per_token(
+            spec, mode, tp, seq_len, dtype_bytes) for mode in RECOMPUTE_MODES])[modes][:, None]
+        exchange = 0.0
+    else:
+        eps = np.ones(len(modes), dtype=np.int64) if eps is None else np.asarray(eps)
+        pairs = [(RECOMPUTE_MODES[m], int(e)) for m, e in zip(modes, eps)]
+        kept = np.array([recompute.kept_bytes_per_token(spec, mode, tp, seq_len, dtype_bytes,
+                                                        e) for mode, e in pairs])[:, None]
+        rerun_per_token = np.array([recompute.recomputed_bytes_per_token(
+            spec, mode, tp, seq_len, dtype_bytes, e) for mode, e in pairs])[:, None]
+        exchange = tokens * np.array([moe_cost.all_to_all_working_bytes_per_token(
+            spec, int(e), dtype_bytes) for e in eps])[:, None]
     rerun = tokens * recompute.RECOMPUTED_WORKING_COPIES * rerun_per_token
     last = np.arange(pp) == pp - 1
     head_kept = np.where(last, final_norm_bytes_per_token(spec, dtype_bytes), 0.0)
     logits = np.where(last, logits_bytes(spec, head, tp, tokens, True, dtype_bytes), 0.0)
-    return tokens * (in_flight * layers * kept + head_kept) + np.maximum(0.0, rerun - logits)
+    activations = tokens * (in_flight * layers * kept + head_kept) \
+        + np.maximum(0.0, rerun - logits)
+    return activations if spec.moe is None else activations + exchange
 
 
 def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execution) -> int:
@@ -261,24 +300,26 @@ def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execu
 def _stage_activation_and_kv_bytes(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
                                    tp: int, pp: int, micro_batches: np.ndarray,
                                    modes: np.ndarray, micro_seqs: np.ndarray,
-                                   batch: BatchSpec, dtype_bytes: int
+                                   batch: BatchSpec, dtype_bytes: int, eps: np.ndarray
                                    ) -> tuple[np.ndarray, np.ndarray]:
     """(activations, KV cache) of one device of each stage during the call, for layouts of
     `tp` x `pp` (arrays [n] as in train_stage_activation_bytes): arrays [n, pp]."""
     n = len(micro_seqs)
     b = np.asarray(micro_seqs, dtype=np.int64)[:, None]
+    ep = eps[:, None]
     if call.kind == "train":
         return train_stage_activation_bytes(spec, head, tp, pp, micro_batches, modes,
-                                            micro_seqs, batch.seq_len, dtype_bytes), \
+                                            micro_seqs, batch.seq_len, dtype_bytes, eps), \
             np.zeros((n, pp))
     if call.kind == "inference":
-        working = block_working_bytes(spec, tp, b * batch.seq_len, batch.seq_len, dtype_bytes)
+        working = block_working_bytes(spec, tp, b * batch.seq_len, batch.seq_len, dtype_bytes,
+                                      ep)
         return np.broadcast_to(working, (n, pp)), np.zeros((n, pp))
     layers = np.asarray(stage_layer_counts(spec.num_layers, pp), dtype=np.int64)[None, :]
     wave_seqs = b * np.minimum(np.asarray(micro_batches, dtype=np.int64)[:, None], pp)
     kv = kv_cache_bytes(spec, tp, layers, wave_seqs, batch.seq_len, dtype_bytes)
     working = block_working_bytes(spec, tp, b * batch.prompt_len, batch.prompt_len,
-                                  dtype_bytes)
+                                  dtype_bytes, ep)
     return np.broadcast_to(working, (n, pp)), kv
 
 
@@ -292,9 +333,10 @@ def layout_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind
                         executions: list[Execution], batch: BatchSpec, dtype_bytes: int,
                         device_kind: str) -> MemoryParts:
     """Every part of `call`'s memory (module docstring) on each of `executions`, which share
-    tp and pp (they differ in dp, micro-batches, recomputation, ZeRO-1 and FSDP), per
+    tp and pp (they differ in dp, ep, micro-batches, recomputation, ZeRO-1 and FSDP), per
     (stage, tp rank): arrays [n, pp, tp]. A mesh position holds the value of its stage and
-    tp rank (per_position); the largest over the mesh is the largest over (stage, tp rank)."""
+    tp rank (per_position; every expert rank holds as many experts, so as many bytes); the
+    largest over the mesh is the largest over (stage, tp rank)."""
     tp, pp = executions[0].tp, executions[0].pp
     assert all(e.tp == tp and e.pp == pp for e in executions), "one tp x pp per call"
     n = len(executions)
@@ -307,19 +349,25 @@ def layout_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind
     fsdp = column(lambda e: e.shard_parameters_over_dp, np.bool_)
     shards = column(optimizer_shards)
     micro_seqs = column(lambda e: micro_batch_seqs(call, batch, e))
+    eps = column(lambda e: e.ep)
+    expert_shards = column(moe_cost.expert_optimizer_shards)
     shape = (n, pp, tp)
     train = call.kind == "train"
-    weights = np.broadcast_to(weight_bytes_per_device(spec, head, tp, pp, dtype_bytes),
-                              shape) / column(parameter_shards)[:, None, None]
+    if spec.moe is None:
+        held = np.broadcast_to(weight_bytes_per_device(spec, head, tp, pp, dtype_bytes), shape)
+    else:
+        held = np.stack([shard_elements(spec, head, tp, pp, int(ep)) for ep in eps]) \
+            * float(dtype_bytes)
+    weights = held / column(parameter_shards)[:, None, None]
     zeros = np.zeros(shape)
     gradients, optimizer = zeros, zeros
     if train:
         gradients = weights.copy()
-        elements = shard_elements(spec, head, tp, pp).astype(float)
-        optimizer = elements * (eff.OPTIMIZER_STATE_BYTES_PER_PARAM[dtype_bytes]
-                                / shards[:, None, None])
+        optimizer = optimizer_state_bytes(spec, head, tp, pp, eps, shards, expert_shards,
+                                          dtype_bytes)
     activations, kv = _stage_activation_and_kv_bytes(call, spec, head, tp, pp, micro_batches,
-                                                     modes, micro_seqs, batch, dtype_bytes)
+                                                     modes, micro_seqs, batch, dtype_bytes,
+                                                     eps)
     logits = np.zeros((n, pp))
     logits[:, -1] = logits_bytes(spec, head, tp, _logits_tokens(call, batch, micro_seqs),
                                  train, dtype_bytes)
@@ -327,7 +375,8 @@ def layout_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind
     logits = np.broadcast_to(logits[:, :, None], shape)
     optimizer_step = zeros
     if train:
-        step = optimizer_step_bytes_per_device(spec, head, tp, pp, shards, fsdp, dtype_bytes)
+        step = optimizer_step_bytes_per_device(spec, head, tp, pp, shards, fsdp, dtype_bytes,
+                                               eps, expert_shards)
         optimizer_step = np.maximum(0.0, step - activations - logits)
     gathered = np.where(fsdp[:, None, None],
                         gathered_parameter_bytes(spec, head, tp, dtype_bytes), 0.0) \
@@ -341,6 +390,23 @@ def layout_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind
         gathered_parameters=np.broadcast_to(gathered, shape),
         unsharded_gradients=np.broadcast_to(unsharded, shape), optimizer_step=optimizer_step,
         workspace=np.full(shape, float(eff.WORKSPACE_BYTES[device_kind])))
+
+
+def optimizer_state_bytes(spec: ModelSpec, head: HeadKind, tp: int, pp: int, eps: np.ndarray,
+                          shards: np.ndarray, expert_shards: np.ndarray, dtype_bytes: int
+                          ) -> np.ndarray:
+    """Adam states of each (stage, tp rank) of layouts with expert degrees `eps`, dense
+    parameters divided over `shards` ranks and routed experts (their ep shard) over
+    `expert_shards` (arrays [n]): array [n, pp, tp] (optimizer_state_bytes_per_device)."""
+    per_param = eff.OPTIMIZER_STATE_BYTES_PER_PARAM[dtype_bytes]
+    elements = shard_elements(spec, head, tp, pp).astype(float)
+    if spec.moe is None:
+        return elements * (per_param / shards[:, None, None])
+    dense = elements - moe_cost.expert_shard_elements(spec, head, tp, pp, 1)
+    experts = np.stack([moe_cost.expert_shard_elements(spec, head, tp, pp, int(ep))
+                        for ep in eps]).astype(float)
+    return dense * (per_param / shards[:, None, None]) \
+        + experts * (per_param / expert_shards[:, None, None])
 
 
 def call_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,

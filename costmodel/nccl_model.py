@@ -273,3 +273,33 @@ def best_choice(coll: str, nbytes: float, n: int, fabric: Fabric,
     times = candidate_times_s(coll, nbytes, n, fabric, step_latency_s)
     (a, p), t = min(times.items(), key=lambda item: float(item[1]))
     return Choice(a, p, float(t))
+
+
+def alltoall_time_s(nbytes, n: int, fabric: Fabric, step_latency_s: float | None = None):
+    """An all-to-all of `nbytes` per rank (its whole send buffer, its own rows included)
+    over n ranks, as NCCL runs torch's all_to_all_single: one group of ncclSend/ncclRecv to
+    every peer (NCCL's p2p path, Simple protocol; the tuner of the collectives above does
+    not see it). Each rank sends nbytes / n to each of its n - 1 peers and keeps its own
+    share: the g - 1 peers on its node over NVLink (nvlink_gb_per_s per direction), the
+    n - g on other nodes through its rail's NIC, net_gb_per_s / g (the NICs its node's g
+    ranks drive together, each its own rail; across rails NCCL forwards over NVLink first,
+    PXN, so the node's NICs carry the node's inter-node bytes together). The peers proceed
+    at once, so time = latency + max(intra bytes / NVLink, inter bytes / NIC share).
+    Latency: one Simple step, BASE_LATENCY_US + the NVLink hwLat on one node or the NET
+    hwLat across nodes (ring rows); a calibrated step latency replaces it (one step).
+    Elementwise over `nbytes`."""
+    nbytes = float(nbytes) if np.ndim(nbytes) == 0 else np.asarray(nbytes, dtype=float)
+    if n <= 1:
+        return nbytes * 0.0
+    g = fabric.ranks_per_node
+    k = PROTOCOLS.index(SIMPLE)
+    if step_latency_s is not None:
+        latency_s = step_latency_s
+    else:
+        hop = NVLINK_HW_LATENCY_US if fabric.nodes == 1 else NET_HW_LATENCY_US
+        latency_s = (BASE_LATENCY_US[RING][k] + hop[RING][k]) * 1e-6
+    intra_s = nbytes * (g - 1) / n / (fabric.nvlink_gb_per_s * 1e9)
+    if fabric.nodes == 1:
+        return latency_s + intra_s
+    inter_s = nbytes * (n - g) / n / (fabric.net_gb_per_s / g * 1e9)
+    return latency_s + np.maximum(intra_s, inter_s)

@@ -61,12 +61,19 @@ OpName = str
 
 
 def model_shape_key(spec: ModelSpec) -> str:
-    """File stem of a model shape's profile table (per-part shapes, layer count excluded)."""
+    """File stem of a model shape's profile table (per-part shapes, layer count excluded;
+    a mixture-of-experts block's experts, top-k and shared width too, so that no dense
+    table answers for it)."""
     bias = "-bias" if spec.attention_bias else ""
     head = f"-d{spec.head_dim}" if spec.q_dim != spec.hidden_size else ""
     qk_norm = "-qknorm" if spec.qk_norm else ""
+    moe = ""
+    if spec.moe is not None:
+        m = spec.moe
+        moe = (f"-moe{m.num_experts}x{m.expert_intermediate_size}k{m.experts_per_token}"
+               f"s{m.shared_expert_intermediate_size}")
     return (f"h{spec.hidden_size}-a{spec.num_heads}-kv{spec.num_kv_heads}{head}-"
-            f"i{spec.intermediate_size}-v{spec.vocab_size}{bias}{qk_norm}")
+            f"i{spec.intermediate_size}-v{spec.vocab_size}{bias}{qk_norm}{moe}")
 
 
 class ProfileEntry(BaseModel):

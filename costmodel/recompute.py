@@ -11,7 +11,9 @@ the rank's query width, i = intermediate / t, and keys the keys per query:
   (4 keys); with Qwen3's q/k norms also theirs (fp32 input 4 and normed d per element of q
   and of the rank's kv width, rsqrt 4 per head);
 - MLP sub-layer with its norm: the norm (4h + 4 + d h), its output as gate/up input (d h),
-  and SwiGLU's gate, silu(gate), up and product (4 d i).
+  and SwiGLU's gate, silu(gate), up and product (4 d i); a mixture-of-experts block keeps
+  its router's outputs, the routed rows and their SwiGLU, the combined outputs and the
+  shared expert's instead of the SwiGLU (costmodel/moe_cost.py).
 Korthikanti et al. 2022 (section 4.1) count h (10 + 24/t) in 16-bit for GPT (a GeLU MLP of
 4h, no fp32 norm copies); our SwiGLU MLP of intermediate width and the fp32 norm copies keep
 more (llama-tiny in fp32: 80.2 h bytes per token where their count, scaled to fp32, gives
@@ -45,6 +47,7 @@ from __future__ import annotations
 import numpy as np
 
 from costmodel import efficiency as eff
+from costmodel import moe_cost
 from costmodel.roofline import forward_flops_block, kv_heads_per_rank
 from planner.domain.modelspec import ModelSpec
 
@@ -80,40 +83,45 @@ def attention_bytes_per_token(spec: ModelSpec, tp: int, keys: float, dtype_bytes
     return kept
 
 
-def mlp_bytes_per_token(spec: ModelSpec, tp: int, dtype_bytes: int) -> float:
-    """Bytes per token the MLP sub-layer with its norm keeps (module docstring)."""
+def mlp_bytes_per_token(spec: ModelSpec, tp: int, dtype_bytes: int, ep: int = 1) -> float:
+    """Bytes per token the MLP sub-layer with its norm keeps (module docstring); of a
+    mixture-of-experts block under expert degree `ep`, the norm and its output and what
+    costmodel.moe_cost.mlp_kept_bytes_per_token counts instead of the SwiGLU."""
     h = spec.hidden_size
-    return (rms_norm_bytes(h, 1, dtype_bytes) + h * dtype_bytes
-            + eff.SWIGLU_SAVED_TENSORS * spec.intermediate_size / tp * dtype_bytes)
+    norm = rms_norm_bytes(h, 1, dtype_bytes) + h * dtype_bytes
+    if spec.moe is not None:
+        return norm + moe_cost.mlp_kept_bytes_per_token(spec, tp, ep, dtype_bytes)
+    return norm + eff.SWIGLU_SAVED_TENSORS * spec.intermediate_size / tp * dtype_bytes
 
 
-def block_bytes_per_token(spec: ModelSpec, tp: int, keys: float, dtype_bytes: int) -> float:
+def block_bytes_per_token(spec: ModelSpec, tp: int, keys: float, dtype_bytes: int,
+                          ep: int = 1) -> float:
     """Bytes per token a whole block keeps (both sub-layers)."""
     return attention_bytes_per_token(spec, tp, keys, dtype_bytes) + mlp_bytes_per_token(
-        spec, tp, dtype_bytes)
+        spec, tp, dtype_bytes, ep)
 
 
 def kept_bytes_per_token(spec: ModelSpec, mode: str, tp: int, keys: float,
-                         dtype_bytes: int) -> float:
+                         dtype_bytes: int, ep: int = 1) -> float:
     """Bytes per token a block keeps from its forward to its backward under `mode`."""
     if mode == "none":
-        return block_bytes_per_token(spec, tp, keys, dtype_bytes)
+        return block_bytes_per_token(spec, tp, keys, dtype_bytes, ep)
     block_input = spec.hidden_size * dtype_bytes
     if mode == "selective":
-        return block_input + mlp_bytes_per_token(spec, tp, dtype_bytes)
+        return block_input + mlp_bytes_per_token(spec, tp, dtype_bytes, ep)
     assert mode == "full", mode
     return block_input
 
 
 def recomputed_bytes_per_token(spec: ModelSpec, mode: str, tp: int, keys: float,
-                               dtype_bytes: int) -> float:
+                               dtype_bytes: int, ep: int = 1) -> float:
     """Bytes per token of the part of a block `mode` reruns."""
     if mode == "none":
         return 0.0
     if mode == "selective":
         return attention_bytes_per_token(spec, tp, keys, dtype_bytes)
     assert mode == "full", mode
-    return block_bytes_per_token(spec, tp, keys, dtype_bytes)
+    return block_bytes_per_token(spec, tp, keys, dtype_bytes, ep)
 
 
 def attention_forward_flops_share(spec: ModelSpec, length):

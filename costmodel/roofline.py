@@ -55,11 +55,16 @@ def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
 
 
 def part_params_per_rank(spec: ModelSpec, part: str, tp: int) -> float:
-    """Parameters of one part on one tp rank (roofline; param_shards has the exact split)."""
+    """Parameters of one part on one tp rank (roofline; param_shards has the exact split).
+    A mixture-of-experts block counts its router and shared expert here, not its routed
+    experts, whose share of a rank depends on ep (costmodel/moe_cost.py prices them)."""
     h = spec.hidden_size
     if part == "block":
         kv = kv_heads_per_rank(spec, tp) * spec.head_dim
         attn = 2 * h * spec.q_dim / tp + 2 * h * kv
+        if spec.moe is not None:
+            shared = spec.moe.shared_expert_params(h)
+            return attn + (spec.moe.router_params(h) + shared / tp) + 2 * h
         return attn + spec.mlp_params_per_layer() / tp + 2 * h
     if part == "embedding":
         return spec.vocab_size * h / tp
@@ -69,13 +74,36 @@ def part_params_per_rank(spec: ModelSpec, part: str, tp: int) -> float:
 
 
 def block_gemm_shapes(spec: ModelSpec, tp: int) -> list[tuple[float, float]]:
-    """(output width N, input width K) of each GEMM of one block on one tp rank, as the
-    runtime runs them: q, k, v (column-parallel), o (row-parallel), gate, up, down. q and o
-    are heads x head_dim wide, which is not h when the config sets head_dim (Qwen3)."""
+    """(output width N, input width K) of each GEMM of one block on one tp rank that every
+    token runs, as the runtime runs them: q, k, v (column-parallel), o (row-parallel), gate,
+    up, down. q and o are heads x head_dim wide, which is not h when the config sets head_dim
+    (Qwen3). A mixture-of-experts block runs instead of gate/up/down its router (E x h,
+    replicated: every tp rank computes it) and, in Qwen2-MoE, the shared expert's gate, up
+    and down (tp-split like a dense MLP) and its sigmoid gate (1 x h, replicated); its
+    routed experts, which a token runs k of and whose rows depend on ep, are priced apart
+    (costmodel/moe_cost.py routed_experts_time_s)."""
     h, inter, q = spec.hidden_size, spec.intermediate_size, spec.q_dim
     kv = kv_heads_per_rank(spec, tp) * spec.head_dim
-    return [(q / tp, h), (kv, h), (kv, h), (h, q / tp),
-            (inter / tp, h), (inter / tp, h), (h, inter / tp)]
+    attention = [(q / tp, h), (kv, h), (kv, h), (h, q / tp)]
+    if spec.moe is None:
+        return attention + [(inter / tp, h), (inter / tp, h), (h, inter / tp)]
+    moe = [(float(spec.moe.num_experts), h)]
+    shared = spec.moe.shared_expert_intermediate_size
+    if shared:
+        moe += [(shared / tp, h), (shared / tp, h), (h, shared / tp), (1.0, h)]
+    return attention + moe
+
+
+def routed_expert_flops(spec: ModelSpec, tp: int, tokens):
+    """Forward FLOPs of the routed experts of one mixture-of-experts block on one tp rank,
+    on average over the ranks: 2 per weight MAC of the k experts each token runs (gate, up,
+    down of h x I_e / tp each); 0 for a dense block. With the router and the shared expert
+    (block_gemm_shapes) this is 2 x matmul_params_per_layer (active parameters) per token
+    at tp 1."""
+    if spec.moe is None:
+        return tokens * 0.0
+    return tokens * 2.0 * spec.moe.experts_per_token * spec.moe.expert_params(
+        spec.hidden_size) / tp
 
 
 def head_gemm_shapes(spec: ModelSpec, part: str, tp: int) -> list[tuple[float, float]]:
@@ -89,7 +117,8 @@ def head_gemm_shapes(spec: ModelSpec, part: str, tp: int) -> list[tuple[float, f
 def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: bool):
     """Forward FLOPs of one block on one tp rank: 2 per weight MAC of its GEMMs
     (block_gemm_shapes: with replicated kv heads each rank computes its kv head's k and v)
-    + attention 4 x heads x head_dim x keys.
+    + attention 4 x heads x head_dim x keys, + a mixture-of-experts block's routed experts
+    (routed_expert_flops: FLOPs by active parameters).
 
     The runtime's SDPA gets an explicit boolean mask (runtime/layers.py), which no fused
     kernel can skip tiles of, so a forward token computes scores against all `length` keys
@@ -98,7 +127,10 @@ def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: 
     """
     tokens = batch if decode else batch * np.asarray(length, dtype=float)
     weight_macs = sum(n * k for n, k in block_gemm_shapes(spec, tp))
-    return tokens * 2.0 * weight_macs + attention_flops(spec, tp, batch, length, decode)
+    flops = tokens * 2.0 * weight_macs + attention_flops(spec, tp, batch, length, decode)
+    if spec.moe is not None:
+        flops = flops + routed_expert_flops(spec, tp, tokens)
+    return flops
 
 
 def forward_flops_part(spec: ModelSpec, part: str, tp: int, batch: float, length, decode: bool):
@@ -203,7 +235,9 @@ def block_elementwise_bytes(spec: ModelSpec, tp: int, op: str, batch: float, len
     two RMSNorms and two residual adds over h (replicated over tp), rotary on q and k, the
     attention output copy, SwiGLU over I / tp, and
     the KV-cache write of the new tokens (prefill and decode); with q/k norms (Qwen3) an
-    RMSNorm over this rank's q and k widths. q widths are heads x head_dim / tp."""
+    RMSNorm over this rank's q and k widths. q widths are heads x head_dim / tp. A
+    mixture-of-experts block's SwiGLU is its shared expert's (dense_swiglu_width), and its
+    router adds the fp32 passes over the E logits (efficiency.MOE_ROUTER_FP32_PASSES)."""
     h = spec.hidden_size
     kv = kv_heads_per_rank(spec, tp) * spec.head_dim
     q = spec.q_dim / tp
@@ -213,10 +247,22 @@ def block_elementwise_bytes(spec: ModelSpec, tp: int, op: str, batch: float, len
     norm = (2.0 * h + ((q + kv) if spec.qk_norm else 0.0)) * norm_bytes
     per_token_passes = (eff.ROTARY_PASSES * (q + kv) + eff.ATTENTION_OUTPUT_COPY_PASSES * q
                         + 2.0 * eff.RESIDUAL_ADD_PASSES * h
-                        + eff.SWIGLU_PASSES * spec.intermediate_size / tp)
+                        + eff.SWIGLU_PASSES * dense_swiglu_width(spec) / tp)
     if op in ("prefill", "decode"):
         per_token_passes += eff.KV_CACHE_WRITE_PASSES * 2.0 * kv
-    return tokens * (norm + per_token_passes * dtype_bytes)
+    router = 0.0
+    if spec.moe is not None:
+        router = eff.MOE_ROUTER_FP32_PASSES * spec.moe.num_experts * eff.MOE_ROUTER_BYTES
+    return tokens * (norm + per_token_passes * dtype_bytes + router)
+
+
+def dense_swiglu_width(spec: ModelSpec) -> float:
+    """Intermediate width of the SwiGLU every token of a block runs: the dense MLP's, or a
+    mixture-of-experts block's shared expert (0 without one; the routed experts' SwiGLU is
+    costmodel/moe_cost.py's)."""
+    if spec.moe is None:
+        return float(spec.intermediate_size)
+    return float(spec.moe.shared_expert_intermediate_size)
 
 
 def part_elementwise_bytes(spec: ModelSpec, part: str, tp: int, op: str, batch: float, length,
@@ -258,6 +304,8 @@ def host_time_s(spec: ModelSpec, part: str, op: str) -> float:
     ops = eff.EAGER_OPS_PER_PART[part]
     if part == "block" and spec.qk_norm:
         ops += 2 * eff.RMSNORM_EAGER_OPS
+    if part == "block" and spec.moe is not None:
+        ops += eff.MOE_ROUTER_EAGER_OPS
     if op == "backward":
         return ops * eff.BACKWARD_KERNELS_PER_FORWARD_OP * eff.AUTOGRAD_KERNEL_HOST_S
     return ops * eff.EAGER_OP_HOST_S

@@ -1,5 +1,7 @@
 """Stage times of one (role, execution): compute of the stage's parts plus its TP
-all-reduces, the recomputed forward of a train step, and the pipeline sends.
+all-reduces, the recomputed forward of a train step, and the pipeline sends. A
+mixture-of-experts block's routed experts count in its compute; its all-to-alls are timed
+apart (all_to_all_s), for the calls' "all_to_all" phase (costmodel/moe_cost.py).
 
 A stage's time is the slowest hardware among its devices: its blocks (+ the embedding on
 stage 0, the head on the last) plus the TP all-reduces of its blocks; pipeline sends (p2p of
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from costmodel import comm, recompute
+from costmodel import comm, moe_cost, recompute
 from costmodel.call_geometry import NEUTRAL_KNOBS, CostKnobs, Geometry
 from costmodel.compute import part_timer
 from planner.domain.layout import Execution
@@ -41,13 +43,14 @@ _TIMER_PARTS: dict[tuple, tuple] = {}
 
 
 def _timer_parts(role: ModelRole, tp: int, geo: Geometry, profiles_dir: Path,
-                 knobs: CostKnobs) -> tuple[list, list[int]]:
+                 knobs: CostKnobs, ep: int = 1) -> tuple[list, list[int]]:
     """(per stage its part timers, per stage the id of its stage key), memoised
     (_TIMER_PARTS). Alike stages (Geometry.stage_class) share their hardware, so their
     timers. A stage's key is what stage_s reads of the role, execution and geometry for it:
     the model spec and head, the profiles, tp, its layers, whether it is the first or the
-    last, its hardware and tp link, and the knobs."""
-    key = (id(role), id(geo), tp, profiles_dir, knobs)
+    last, its hardware and tp link, the knobs, and ep with the stage's ep link (a
+    mixture-of-experts block's routed experts and all-to-alls)."""
+    key = (id(role), id(geo), tp, profiles_dir, knobs, ep)
     hit = _TIMER_PARTS.get(key)
     if hit is not None:
         return hit[2], hit[3]
@@ -59,7 +62,8 @@ def _timer_parts(role: ModelRole, tp: int, geo: Geometry, profiles_dir: Path,
     last = len(geo.stage_layers) - 1
     ids = [_STAGE_KEYS.setdefault(part, len(_STAGE_KEYS)) for part in
            ((role.spec, role.head, str(profiles_dir), tp, geo.stage_layers[stage], stage == 0,
-             stage == last, geo.stage_hardware[stage], geo.tp_link[stage], knobs)
+             stage == last, geo.stage_hardware[stage], geo.tp_link[stage], knobs, ep,
+             geo.expert_links(stage))
             for stage in range(last + 1))]
     _TIMER_PARTS[key] = (role, geo, timers, ids)
     return timers, ids
@@ -75,7 +79,7 @@ class StageTimer:
         self.head_part = "lm_head" if role.head == "lm" else "value_head"
         self.profiles_dir = profiles_dir
         self.timers, self._stage_ids = _timer_parts(role, execution.tp, geo, profiles_dir,
-                                                    knobs)
+                                                    knobs, execution.ep)
         self.sources: set[str] = set()
 
     def tp_allreduces_s(self, stage: int, count: float, message_bytes) -> np.ndarray:
@@ -122,6 +126,9 @@ class StageTimer:
             for part, count in parts:
                 sources.add(timer.source_for(op, part, tp))
                 total = total + count * timer.time_s(op, part, tp, b, length)
+            if spec.moe is not None:
+                total = total + self.geo.stage_layers[stage] * moe_cost.routed_experts_time_s(
+                    spec, timer.hardware, op, tp, self.ex.ep, b, length)
             worst = total if worst is None else np.maximum(worst, total)
         tokens = b * (1 if op == "decode" else np.asarray(length, dtype=float))
         dtype = self.timers[stage][0].hardware.compute_dtype_bytes
@@ -148,13 +155,56 @@ class StageTimer:
         share = recompute.recomputed_forward_share(self.role.spec, mode, length)
         if mode == "none":
             return share
-        worst = max(layers * timer.time_s("forward", "block", self.ex.tp, b, length)
+        worst = max(layers * self._block_forward_s(timer, b, length)
                     for timer in self.timers[stage])
         dtype = self.timers[stage][0].hardware.compute_dtype_bytes
         act_bytes = b * np.asarray(length, dtype=float) * self.role.spec.hidden_size * dtype
         count = recompute.RECOMPUTED_TP_ALLREDUCES[mode] * layers
         return share * worst * self.knobs.compute_scale + \
             self.tp_allreduces_s(stage, count, act_bytes)
+
+    def _block_forward_s(self, timer, b: int, length):
+        """One block's forward on `timer`'s hardware, a mixture-of-experts block's routed
+        experts included."""
+        seconds = timer.time_s("forward", "block", self.ex.tp, b, length)
+        spec = self.role.spec
+        if spec.moe is None:
+            return seconds
+        return seconds + moe_cost.routed_experts_time_s(spec, timer.hardware, "forward",
+                                                        self.ex.tp, self.ex.ep, b, length)
+
+    def all_to_all_s(self, stage: int, op: str, b: int, length) -> np.ndarray:
+        """Seconds of the all-to-alls of the stage's mixture-of-experts blocks for one
+        micro-batch (costmodel/moe_cost.py): `op` "forward", "prefill", "decode",
+        "backward", or "recompute" (those the execution's recomputation mode reruns); 0 for
+        a dense model or ep 1. Memoised like stage_s."""
+        if self.role.spec.moe is None or self.ex.ep == 1:
+            return np.asarray(length, dtype=float) * 0.0
+        what = ("all_to_all", op, self.ex.recompute if op == "recompute" else "")
+        return self._memoised(stage, what, b, length, self._all_to_all_s)
+
+    def _all_to_all_s(self, stage: int, what: tuple[str, str, str], b: int, length,
+                      sources: set[str]) -> np.ndarray:
+        op, mode = what[1], what[2]
+        recomputed = op == "recompute"
+        calls = (moe_cost.RECOMPUTED_ALL_TO_ALLS_PER_BLOCK[mode] if recomputed
+                 else moe_cost.ALL_TO_ALLS_PER_BLOCK[op])
+        counts = (moe_cost.RECOMPUTED_COUNT_EXCHANGES_PER_BLOCK[mode] if recomputed
+                  else moe_cost.COUNT_EXCHANGES_PER_BLOCK[op])
+        tokens = b * (1 if op == "decode" else np.asarray(length, dtype=float))
+        dtype = self.timers[stage][0].hardware.compute_dtype_bytes
+        link = self.knobs.link(self.geo.ep_link[stage])
+        spec, ep = self.role.spec, self.ex.ep
+        one = moe_cost.all_to_all_s(spec, ep, link, tokens, dtype)
+        return self.geo.stage_layers[stage] * (calls * one
+                                               + counts * moe_cost.count_exchange_s(spec, ep,
+                                                                                    link))
+
+    def max_all_to_all_s(self, ops: tuple[str, ...], b: int, length) -> np.ndarray:
+        """The largest over the stages of the summed all-to-alls of `ops` (all_to_all_s) of
+        one micro-batch."""
+        return np.max([sum(self.all_to_all_s(s, op, b, length) for op in ops)
+                       for s in self.geo.stage_classes], axis=0)
 
     def max_stage_s(self, op: str, b: int, length, last_stage_extra_s: float = 0.0
                     ) -> np.ndarray:

@@ -51,6 +51,19 @@ the step waits for every stage, so the slowest stage's counts. 0 when r = 1.
 
 optimizer: the Adam step of the stage's parts, on 1/dp of them under ZeRO-1.
 
+Mixture-of-experts models (costmodel/moe_cost.py): the routed experts' gradients are a
+second flat buffer of the rank's ep shard, cut into buckets like the dense one and reduced
+over the expert-dp group (dp / ep ranks, its own link; under ZeRO-1 reduce-scattered and
+the updated experts all-gathered over it). Assumption: the runtime launches those buckets
+as backward finishes them, like the dense ones (ready as backward passes the blocks, no
+embedding term); the two buffers' buckets are priced as one in-order chain by ready time
+(they share the links), so dp_sync and dp_gather cover both. dp_sync adds the all-reduce of
+the experts' squared gradient norm over the ep group. The experts' Adam step runs on their
+shard, 1 / (dp / ep) of it under ZeRO-1. Phase "all_to_all": per minibatch
+(pp + m - 1) x the slowest stage's all-to-alls of one micro-batch (forward, backward and the
+recomputed forward's), priced apart from forward_backward (an upper bound of the joint
+slowest stage when the stages' compute and all-to-alls peak on different stages).
+
 Under FSDP / ZeRO-3 (Execution.shard_parameters_over_dp, pp 1; sharded_train_phases_s):
 forward_backward is the same compute, m x (F + B) per minibatch; fsdp_forward and
 fsdp_backward are the per-layer all-gathers and gradient reduce-scatters of every
@@ -63,7 +76,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from costmodel import comm
+from costmodel import comm, moe_cost
 from costmodel.fsdp_cost import train_exposed_s
 from costmodel.memory import optimizer_shards
 from costmodel.stage_timer import StageTimer
@@ -156,14 +169,55 @@ def kv_sync_s(st: StageTimer, stage: int) -> float:
 
 
 def _stage_optimizer_s(st: StageTimer, stage: int) -> float:
-    ex, worst = st.ex, 0.0
+    ex, worst, spec = st.ex, 0.0, st.role.spec
     for timer in st.timers[stage]:
         parts = [("block", st.geo.stage_layers[stage])]
         parts += [("embedding", 1)] if stage == 0 else []
         parts += [(st.head_part, 1)] if stage == ex.pp - 1 else []
         t = sum(n * float(timer.time_s("optimizer", p, ex.tp, 1, 1)) for p, n in parts)
-        worst = max(worst, t * st.knobs.compute_scale / optimizer_shards(ex))
+        seconds = t * st.knobs.compute_scale / optimizer_shards(ex)
+        if spec.moe is not None:
+            experts = moe_cost.routed_experts_optimizer_s(
+                spec, timer.hardware, ex.tp, ex.ep, moe_cost.expert_optimizer_shards(ex))
+            seconds += st.geo.stage_layers[stage] * experts * st.knobs.compute_scale
+        worst = max(worst, seconds)
     return worst
+
+
+def expert_buckets(st: StageTimer, stage: int, elements: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """_stage_buckets of the stage's routed experts' flat buffer (module docstring,
+    mixture-of-experts): `elements` on a rank, reduced (and under ZeRO-1 gathered) over the
+    expert-dp group of dp / ep ranks, ready as backward passes the blocks (no embedding)."""
+    ex = st.ex
+    ranks = ex.dp // ex.ep
+    zero1 = ex.shard_optimizer_over_dp and ranks > 1
+    dtype = st.timers[stage][0].hardware.compute_dtype_bytes
+    link = st.knobs.link(st.geo.expert_dp_link[stage] if ex.ep > 1 else st.geo.dp_link[stage])
+    key = ("experts", elements, ranks, zero1, dtype, link, comm.allreduce_time_s,
+           comm.reduce_scatter_time_s, comm.zero1_gradient_reduce_time_s,
+           comm.allgather_time_s)
+    hit = _BUCKET_MEMO.get(key)
+    if hit is None:
+        if len(_BUCKET_MEMO) >= BUCKET_MEMO_ENTRIES:
+            _BUCKET_MEMO.clear()
+        hit = _BUCKET_MEMO[key] = _bucket_times(elements, ranks, zero1, dtype, 0, link)
+    return hit
+
+
+def expert_norm_s(st: StageTimer, stage: int) -> float:
+    """The all-reduce of the experts' squared gradient norm over the ep group (one fp32
+    scalar; the dense part's norm is alike on every dp rank); 0 at ep 1."""
+    if st.role.spec.moe is None or st.ex.ep == 1:
+        return 0.0
+    link = st.knobs.link(st.geo.ep_link[stage])
+    return float(comm.allreduce_time_s(4.0, st.ex.ep, link))
+
+
+def train_all_to_all_s(st: StageTimer, b: int, length: int) -> float:
+    """One micro-batch's all-to-alls of the slowest stage: forward, backward and what the
+    recomputation mode reruns (costmodel/moe_cost.py)."""
+    return float(st.max_all_to_all_s(("forward", "backward", "recompute"), b, length))
 
 
 def sharded_train_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str, float]:
@@ -173,9 +227,12 @@ def sharded_train_phases_s(st: StageTimer, b: int, batch: BatchSpec) -> dict[str
                  + st.recompute_s(0, b, s))
     forward_s, backward_s = train_exposed_s(st, b, s)
     micro = k * ex.micro_batches
-    return {"forward_backward": micro * step, "fsdp_forward": micro * forward_s,
-            "fsdp_backward": micro * backward_s, "dp_sync": 0.0, "dp_gather": 0.0,
-            "kv_sync": k * kv_sync_s(st, 0), "optimizer": k * _stage_optimizer_s(st, 0)}
+    phases = {"forward_backward": micro * step, "fsdp_forward": micro * forward_s,
+              "fsdp_backward": micro * backward_s, "dp_sync": 0.0, "dp_gather": 0.0,
+              "kv_sync": k * kv_sync_s(st, 0), "optimizer": k * _stage_optimizer_s(st, 0)}
+    if st.role.spec.moe is not None:
+        phases["all_to_all"] = micro * train_all_to_all_s(st, b, s)
+    return phases
 
 
 def alike_stages(st: StageTimer, spec_elements: np.ndarray) -> list[int]:
@@ -204,18 +261,43 @@ def train_phases_s(st: StageTimer, b: int, batch: BatchSpec, spec_elements: np.n
     pipeline = (ex.pp + ex.micro_batches - 1) * (max(steps) + 2 * send)
     slowest_backward = max(backward.values())
     sync = gather = optimizer = kv_sync = 0.0
+    moe = st.role.spec.moe is not None
     for stage in stages:
-        ready, reduce_s, gather_s = _stage_buckets(st, stage, int(spec_elements[stage].max()))
+        if moe:
+            ready, reduce_s, gather_s = _moe_stage_buckets(st, stage, spec_elements)
+        else:
+            ready, reduce_s, gather_s = _stage_buckets(st, stage,
+                                                       int(spec_elements[stage].max()))
         if overlaps_backward(st, stage):
             drain = stage * (slowest_backward + send)
             stage_sync = exposed_sync_s(ready * backward[stage], reduce_s,
                                         backward[stage] + drain)
         else:
             stage_sync = float(reduce_s.sum())
+        if moe:
+            stage_sync += expert_norm_s(st, stage)
         sync = max(sync, stage_sync)
         gather = max(gather, float(gather_s.sum()))
         optimizer = max(optimizer, _stage_optimizer_s(st, stage))
         kv_sync = max(kv_sync, kv_sync_s(st, stage))
     k = batch.ppo_minibatches
-    return {"forward_backward": float(k * pipeline), "dp_sync": k * sync,
-            "dp_gather": k * gather, "kv_sync": k * kv_sync, "optimizer": k * optimizer}
+    phases = {"forward_backward": float(k * pipeline), "dp_sync": k * sync,
+              "dp_gather": k * gather, "kv_sync": k * kv_sync, "optimizer": k * optimizer}
+    if moe:
+        phases["all_to_all"] = float(k * (ex.pp + ex.micro_batches - 1)
+                                     * train_all_to_all_s(st, b, s))
+    return phases
+
+
+def _moe_stage_buckets(st: StageTimer, stage: int, spec_elements: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stage's dense and expert buckets as one in-order chain (module docstring,
+    mixture-of-experts): ready fractions, reduce and gather seconds, sorted by ready time."""
+    ex, spec = st.ex, st.role.spec
+    experts = moe_cost.expert_shard_elements(spec, st.role.head, ex.tp, ex.pp, ex.ep)
+    dense = int((spec_elements[stage] - experts[stage]).max())
+    chains = [_stage_buckets(st, stage, dense),
+              expert_buckets(st, stage, int(experts[stage].max()))]
+    ready, reduce_s, gather_s = (np.concatenate(parts) for parts in zip(*chains))
+    order = np.argsort(ready, kind="stable")
+    return ready[order], reduce_s[order], gather_s[order]
