@@ -57,9 +57,9 @@ over the expert-dp group (dp / ep ranks, its own link; under ZeRO-1 reduce-scatt
 the updated experts all-gathered over it). Assumption: the runtime launches those buckets
 as backward finishes them, like the dense ones (ready as backward passes the blocks, no
 embedding term); the two buffers' buckets are priced as one in-order chain by ready time
-(they share the links), so dp_sync and dp_gather cover both. dp_sync adds the all-reduce of
-the experts' squared gradient norm over the ep group. The experts' Adam step runs on their
-shard, 1 / (dp / ep) of it under ZeRO-1. Phase "all_to_all": per minibatch
+(they share the links), so dp_sync and dp_gather cover both. Without ZeRO-1 dp_sync adds
+the all-reduce of the experts' squared gradient norm over the ep group. The experts' Adam
+step runs on their shard, 1 / (dp / ep) of it under ZeRO-1. Phase "all_to_all": per minibatch
 (pp + m - 1) x the slowest stage's all-to-alls of one micro-batch (forward, backward and the
 recomputed forward's), priced apart from forward_backward (an upper bound of the joint
 slowest stage when the stages' compute and all-to-alls peak on different stages).
@@ -207,8 +207,10 @@ def expert_buckets(st: StageTimer, stage: int, elements: int
 
 def expert_norm_s(st: StageTimer, stage: int) -> float:
     """The all-reduce of the experts' squared gradient norm over the ep group (one fp32
-    scalar; the dense part's norm is alike on every dp rank); 0 at ep 1."""
-    if st.role.spec.moe is None or st.ex.ep == 1:
+    scalar; the dense part's norm is alike on every dp rank); 0 at ep 1, and under ZeRO-1,
+    where runtime/optimizer.py adds the expert squares to the dense ones before the one
+    all-reduce over dp that ZeRO-1's pieces need anyway (the ep group lies inside dp)."""
+    if st.role.spec.moe is None or st.ex.ep == 1 or st.ex.shard_optimizer_over_dp:
         return 0.0
     link = st.knobs.link(st.geo.ep_link[stage])
     return float(comm.allreduce_time_s(4.0, st.ex.ep, link))

@@ -14,8 +14,9 @@ by `micro_batch.loss_mask`; the engine divides by the total loss_mask weight of 
 over all DP replicas, so the update is the same whatever the split into replicas and
 micro-batches.
 
-The optimizer reduces the gradients over DP (all-reduce, or reduce-scatter for ZeRO-1) in
-buckets, each launched while the backward of the minibatch's last micro-batch still runs, as
+The optimizer reduces the gradients over DP (all-reduce, or reduce-scatter for ZeRO-1; a
+mixture-of-experts model's routed experts over their expert-DP group, runtime/optimizer.py)
+in buckets, each launched while the backward of the minibatch's last micro-batch still runs, as
 soon as backward has finished its gradients (runtime/grad_buckets.py, Megatron-LM's
 overlap_grad_reduce); earlier micro-batches only accumulate. The step waits for them, then
 sums the gradients of replicated kv heads (tp above the model's kv heads) over the ranks

@@ -58,7 +58,7 @@ def runnable_problem(plan: Plan, config: RunConfig) -> str | None:
             continue
         role = wf.models[call.model]
         try:
-            check_layout_supported(role.spec, ex.tp, ex.pp)
+            check_layout_supported(role.spec, ex.tp, ex.pp, ex.dp, ex.ep)
         except ValueError as err:
             return f"executions.{name}: {err}"
         if call.kind == "train":

@@ -7,8 +7,10 @@ dtype. Steps run one after another (as the cost model prices them): each rank po
 and its receive of the step, waits for both, and unpacks.
 
 Shard offsets: a piece names a slice of the full tensor; the sender's shard of that
-parameter starts at its own `shard_slice`, the receiver's at its own, so indices are the
-piece's ranges minus the shard's start on each side.
+parameter starts at its own `shard_slice` (of its tp rank and, for a mixture-of-experts
+model's routed experts, its expert rank: rank_groups.expert_rank of its dp rank under the
+layout's ep), the receiver's at its own, so indices are the piece's ranges minus the shard's
+start on each side.
 """
 
 from __future__ import annotations
@@ -21,23 +23,25 @@ import torch.distributed as dist
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.domain.placement import Placement
 from planner.sharding.param_shards import ShardSlice, model_params, shard_slice
-from planner.sharding.rank_groups import placement_coordinate
+from planner.sharding.rank_groups import expert_rank, placement_coordinate
 from planner.sharding.transfer_schedule import Piece, Schedule
 
 
 @dataclass(frozen=True)
 class Holding:
-    """Where this rank sits in a layout: (tp_rank, stage), or None when not a member."""
+    """Where this rank sits in a layout: (tp_rank, stage, expert rank of its dp rank), or
+    None when not a member."""
 
     tp_rank: int
     stage: int
+    ep_rank: int = 0
 
 
 def holding(layout: Placement, rank: int) -> Holding | None:
     if rank not in layout.devices:
         return None
     c = placement_coordinate(layout, rank)
-    return Holding(c.tp_rank, c.pp_rank)
+    return Holding(c.tp_rank, c.pp_rank, expert_rank(c.dp_rank, layout.ep))
 
 
 def _local_index(ranges: ShardSlice, shard: ShardSlice) -> tuple[slice, ...]:
@@ -51,7 +55,8 @@ class _Shards:
                  params: dict[str, torch.Tensor]):
         infos = {p.name: p for p in model_params(spec, head, layout.pp)}
         self.params = params
-        self.start = {name: shard_slice(spec, infos[name], where.tp_rank, layout.tp)
+        self.start = {name: shard_slice(spec, infos[name], where.tp_rank, layout.tp,
+                                        where.ep_rank, layout.ep)
                       for name in params}
 
     def view(self, piece: Piece) -> torch.Tensor:
@@ -64,7 +69,7 @@ def empty_shards(spec: ModelSpec, head: HeadKind, layout: Placement, where: Hold
     out = {}
     for p in model_params(spec, head, layout.pp):
         if p.stage == where.stage:
-            ranges = shard_slice(spec, p, where.tp_rank, layout.tp)
+            ranges = shard_slice(spec, p, where.tp_rank, layout.tp, where.ep_rank, layout.ep)
             out[p.name] = torch.empty([b - a for a, b in ranges], dtype=dtype, device=device)
     return out
 

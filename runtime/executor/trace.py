@@ -4,9 +4,11 @@ A step's start is the latest start over its ranks (when all its devices are ther
 simulator starts a node when all its devices are free), its end the latest end. Keys:
 - iteration_s: (end of iteration K-1 - end of iteration 0) / (K-1), the simulator's
   steady-state rule (one iteration: its end minus the first start);
-- calls: [{name, model, mesh, devices, dp, tp, pp, micro_batches, time_s, peak_memory_gib,
-  peak_memory_by_device}] with time_s the mean over iterations 1.. (all iterations when
-  there is one), peak_memory_gib the peak over ranks and iterations (on CPU only the first
+- calls: [{name, model, mesh, devices, dp, tp, pp, ep, micro_batches, time_s,
+  all_to_all_bytes, peak_memory_gib, peak_memory_by_device}] with time_s the mean over
+  iterations 1.. (all iterations when there is one), all_to_all_bytes the bytes the call's
+  mixture-of-experts all-to-alls sent, summed over its ranks, per run of it (the same
+  mean; runtime.comm.AllToAllLedger says what counts; 0 for a dense model or at ep 1), peak_memory_gib the peak over ranks and iterations (on CPU only the first
   iteration is metered: runtime/executor/worker.py), and
   peak_memory_by_device [{device, gib}] each device's peak over iterations (what the
   estimate's per-call peak_memory_parts price at the call's highest device and
@@ -30,18 +32,20 @@ from planner.domain.plan import Plan
 
 
 def merge_records(messages: list[dict]) -> dict[str, dict]:
-    """{node name: {kind, label, iteration, start, end, bytes, peak_bytes, devices,
-    peak_bytes_by_device}}."""
+    """{node name: {kind, label, iteration, start, end, bytes, all_to_all_bytes,
+    peak_bytes, devices, peak_bytes_by_device}}."""
     nodes: dict[str, dict] = {}
     for message in messages:
         for r in message["records"]:
             node = nodes.setdefault(r["node"], {"kind": r["kind"], "label": r["label"],
                                                 "iteration": r["iteration"], "start": r["start"],
-                                                "end": r["end"], "bytes": 0, "peak_bytes": 0,
+                                                "end": r["end"], "bytes": 0,
+                                                "all_to_all_bytes": 0, "peak_bytes": 0,
                                                 "devices": [], "peak_bytes_by_device": {}})
             node["start"] = max(node["start"], r["start"])
             node["end"] = max(node["end"], r["end"])
             node["bytes"] += r["bytes"]
+            node["all_to_all_bytes"] += r["all_to_all_bytes"]
             node["peak_bytes"] = max(node["peak_bytes"], r["peak_bytes"])
             node["devices"].append(message["rank"])
             node["peak_bytes_by_device"][message["rank"]] = r["peak_bytes"]
@@ -83,8 +87,11 @@ def build_trace(plan: Plan, messages: list[dict], iterations: int) -> dict:
         runs = by_label[("call", name)]
         calls.append({"name": name, "model": plan.workflow.call_by_name[name].model,
                       "mesh": mesh_text(ex.devices, plan.cluster), "devices": list(ex.devices),
-                      "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "micro_batches": ex.micro_batches,
+                      "dp": ex.dp, "tp": ex.tp, "pp": ex.pp, "ep": ex.ep,
+                      "micro_batches": ex.micro_batches,
                       "time_s": _steady({i: n["end"] - n["start"] for i, n in runs.items()}),
+                      "all_to_all_bytes": _steady({i: n["all_to_all_bytes"]
+                                                   for i, n in runs.items()}),
                       "peak_memory_gib": max(n["peak_bytes"] for n in runs.values()) / GIB,
                       "peak_memory_by_device": _peaks_by_device(runs.values())})
 

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from planner.domain.placement import Placement
 from planner.domain.plan import Plan, plan_from_mapping
+from planner.sharding.param_shards import model_params, shard_slice
 from planner.sharding.transfer_schedule import param_schedule
 from runtime.algorithms import ALGORITHMS
 from runtime.checkpoint_save import save_hf_checkpoint
@@ -110,7 +111,9 @@ class RankState:
             ParallelModel.from_hf(Path(checkpoint), role_spec.spec, role_spec.head, ctx,
                                   self.device, seed))
 
-    def run_call(self, step: CallStep) -> tuple[int, dict[str, float]]:
+    def run_call(self, step: CallStep) -> tuple[int, dict[str, float], int]:
+        """(bytes sent, metrics to report, the bytes this rank's MoE all-to-alls sent: the
+        model's runtime.comm.AllToAllLedger over the call, 0 for a dense model)."""
         wf, ex = self.plan.workflow, self.plan.executions[step.call]
         call = wf.call_by_name[step.call]
         if self.unmade.get(call.model) == ex.placement:
@@ -126,9 +129,11 @@ class RankState:
                                       reward_roles(self.plan)):
             raise RuntimeError(f"rank {self.rank}: no copy of {call.model} on the placement "
                                f"of {step.call}")
+        traffic_before = env.model.moe_traffic.bytes if env.model is not None else 0
         metrics = calls.HANDLERS[call.kind](env)
+        all_to_all = env.model.moe_traffic.bytes - traffic_before if env.model is not None else 0
         report = self.rank == ex.devices[0]
-        return 0, metrics if report else {}
+        return 0, metrics if report else {}, all_to_all
 
     def run_realloc(self, step: ReallocStep) -> int:
         wf, move = self.plan.workflow, step.move
@@ -154,13 +159,14 @@ class RankState:
             copies.pop(src_pl, None)  # a transient copy lives until it has been moved on
         return sent
 
-    def run_step(self, step) -> tuple[int, dict[str, float]]:
+    def run_step(self, step) -> tuple[int, dict[str, float], int]:
+        """(bytes sent, metrics, MoE all-to-all bytes sent) of one step on this rank."""
         if isinstance(step, CallStep):
             return self.run_call(step)
         if isinstance(step, ReallocStep):
-            return self.run_realloc(step), {}
+            return self.run_realloc(step), {}, 0
         return run_transfer(step, self.store, self.rank, self.plan.workflow.batch,
-                            self.device.device, self.pending_sends), {}
+                            self.device.device, self.pending_sends), {}, 0
 
     def finish_iteration(self, iteration: int) -> None:
         for work, _ in self.pending_sends:
@@ -177,17 +183,24 @@ class RankState:
                 save_hf_checkpoint(model, directory / role)
 
     def home_weights(self) -> dict[str, dict[str, tuple]]:
-        """{role: {name: (ranges, tensor)}} of this rank's home shards, first replica only."""
-        from planner.sharding.param_shards import model_params, shard_slice
+        """{role: {name: (ranges, tensor)}} of this rank's home shards: the first replica's,
+        and a MoE model's routed experts from the first ep group (dp ranks below ep), which
+        hold every expert slice once."""
         out = {}
         for role, copies in self.models.items():
             model = copies.get(self.homes[role])
-            if model is None or model.ctx.coord.dp_rank != 0:
+            if model is None:
                 continue
-            infos = {p.name: p for p in model_params(model.spec, model.head, model.ctx.pp)}
-            out[role] = {n: (shard_slice(model.spec, infos[n], model.ctx.coord.tp_rank,
-                                         model.ctx.tp), t.detach().float().cpu().clone())
-                         for n, t in model.params.items()}
+            ctx = model.ctx
+            infos = {p.name: p for p in model_params(model.spec, model.head, ctx.pp)}
+            mine = {n: t for n, t in model.params.items()
+                    if ctx.coord.dp_rank == 0 or (infos[n].is_expert
+                                                  and ctx.coord.dp_rank < ctx.ep)}
+            if mine:
+                out[role] = {n: (shard_slice(model.spec, infos[n], ctx.coord.tp_rank, ctx.tp,
+                                             ctx.ep_rank, ctx.ep),
+                                 t.detach().float().cpu().clone())
+                             for n, t in mine.items()}
         return out
 
 
@@ -240,12 +253,13 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
             # trace's times come from the later ones (runtime/executor/trace.py)
             with PeakMemory(device.device, count_tensors=iteration == 0) as memory:
                 start = device.clock_s()
-                sent, step_metrics = state.run_step(step)
+                sent, step_metrics, all_to_all = state.run_step(step)
                 end = device.clock_s()
             metrics.update(step_metrics)
             records.append({"node": step.name, "kind": _step_kind(step), "label": _label(step),
                             "iteration": iteration, "start": start, "end": end,
-                            "bytes": sent, "peak_bytes": memory.peak_bytes})
+                            "bytes": sent, "all_to_all_bytes": all_to_all,
+                            "peak_bytes": memory.peak_bytes})
         state.finish_iteration(iteration)
         post({"rank": rank, "iteration": iteration, "records": records, "metrics": metrics,
               "memory_source": PeakMemory(device.device).source})
