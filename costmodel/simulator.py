@@ -62,6 +62,8 @@ class Estimate:
     compute_source: str
     memory: PlanMemory       # rule 6 by part: what peak_memory_bytes and the call peaks hold
     node_times: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # per call, the seconds of each phase of its time (costmodel.call_cost.CallTime.phases_s)
+    call_phases_s: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def not_finite_reason(call_times: dict[str, float], realloc_times: dict[str, float],
@@ -93,6 +95,7 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
     end_of: dict[str, float] = {}
     binding: dict[str, str | None] = {}
     call_times, realloc_times, transfer_times = {}, {}, {}
+    call_phases: dict[str, dict[str, float]] = {}
     sources: set[str] = set()
     timeline: dict[int, list[tuple[float, float, str]]] = {}
     scheduled = scheduled_nodes(workflow, executions, num_iterations)
@@ -107,6 +110,7 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
             duration = result.time_s
             sources.update(s for s in result.source.split(", ") if s)
             call_times[attrs["call"]] = duration
+            call_phases[attrs["call"]] = dict(result.phases_s)
         else:
             src, dst = executions[attrs["src"]], executions[attrs["dst"]]
             duration = costs.realloc(attrs["model"], src, dst).time_s
@@ -151,7 +155,8 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
                     call_peak_memory_bytes=dict(memory.call_peak_bytes),
                     feasible=reason is None, reason=reason,
                     critical_path=path[::-1], compute_source=", ".join(sorted(sources)),
-                    memory=memory, node_times={n: (start_of[n], end_of[n]) for n in start_of})
+                    memory=memory, node_times={n: (start_of[n], end_of[n]) for n in start_of},
+                    call_phases_s=call_phases)
 
 
 def estimate_plan(plan, num_iterations: int = DEFAULT_ITERATIONS,

@@ -113,16 +113,27 @@ def plan_as_text(plan: Plan, est: Estimate, compute_bound: bool = False) -> str:
         lines.append(f"{name:<16} {call.model:<8} {call.kind:<10} "
                      f"{mesh_text(ex.devices, cluster):<10} {ex.num_devices:>7}  "
                      f"{ex.call_layout_text(call.kind)}")
-    lines.append("(layout dXtYpZmW = data x tensor x pipeline degrees, micro-batches;")
+    lines.append("(layout dXtYpZ[eE]mW = data x tensor x pipeline degrees, [expert degree,] "
+                 "micro-batches;")
+    lines.append(" eE: a mixture-of-experts model's experts split over E dp ranks, when E > 1;")
     lines.append(" /none, /selective, /full = a train call's activation recomputation)")
     on_path = {split_node_id(n)[1] for n in est.critical_path}
-    lines.append(f"{'call':<16} {'time s':>8} {'peak GiB':>9}  on critical path")
+    # mixture-of-experts calls price their all-to-alls as phase "all_to_all" (moe_cost.py)
+    experts = any(est.call_phases_s.get(name, {}).get("all_to_all") is not None
+                  for name in wf.call_order)
+    a2a_head = f" {'all-to-all s':>12}" if experts else ""
+    lines.append(f"{'call':<16} {'time s':>8} {'peak GiB':>9}{a2a_head}  on critical path")
     for name in wf.call_order:
+        a2a = est.call_phases_s.get(name, {}).get("all_to_all")
+        a2a_text = (f" {a2a:>12.2f}" if a2a is not None else f" {'-':>12}") if experts else ""
         lines.append(f"{name:<16} {est.call_times_s[name]:>8.2f} "
-                     f"{est.call_peak_memory_bytes[name] / GIB:>9.1f}  "
+                     f"{est.call_peak_memory_bytes[name] / GIB:>9.1f}{a2a_text}  "
                      f"{'yes' if name in on_path else 'no'}")
     lines.append("(peak GiB = the call's highest device during the call, resident models "
                  "included)")
+    if experts:
+        lines.append("(all-to-all s = part of the time: a mixture-of-experts call's token "
+                     "dispatch and combine)")
     moves = reallocations(wf, plan.executions)
     lines.append(f"reallocations: {len(moves)}")
     for move in moves:

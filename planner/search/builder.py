@@ -7,7 +7,7 @@ prices are cached by that shape.
 
 Pruning (neither step can remove the optimum):
 1. candidates that do not fit in memory even alone on their devices are dropped;
-2. among candidates with the same placement (devices, dp, tp, pp), which only differ in
+2. among candidates with the same placement (devices, dp, tp, pp, ep), which only differ in
    micro-batches and so have the same reallocation and transfer costs, a candidate that is
    no faster and needs no less working memory than another is dropped.
 Candidates listed in `keep` (e.g. the baselines' executions) are never dropped by step 2.
@@ -170,7 +170,7 @@ def mesh_classes(meshes: list[tuple[int, ...]], pricer: CallPricer
 
 
 # Placement ids (CallTable.placement) are mesh index x PLACEMENT_SPAN + the id of (dp, tp,
-# pp), so they are shared by all calls without a table of every placement.
+# pp, ep), so they are shared by all calls without a table of every placement.
 PLACEMENT_SPAN = 1 << 24
 
 
@@ -207,7 +207,7 @@ class ShapePrices:
             least = np.argsort(excess, kind="stable")[:1]
             return least, least
         degrees: dict = {}
-        group = np.array([degrees.setdefault((e.dp, e.tp, e.pp), len(degrees))
+        group = np.array([degrees.setdefault((e.dp, e.tp, e.pp, e.ep), len(degrees))
                           for e in self.layouts], dtype=np.int64)
         order, starts = _groups(group)
         dominated = _dominated(order, starts, self.time_s, self.column("activation_bytes"),
@@ -260,7 +260,7 @@ def _call_table(call: ModelFunctionCall, meshes: list[tuple[int, ...]], of_mesh:
     counts = np.array([len(rows) for rows in rows_of_mesh], dtype=np.int64)
     mesh_index = np.repeat(np.arange(len(meshes), dtype=np.int64), counts)
     layout_index = np.concatenate(rows_of_mesh or [np.zeros(0, dtype=np.int64)])
-    degrees = np.array([degree_ids.setdefault((e.dp, e.tp, e.pp), len(degree_ids))
+    degrees = np.array([degree_ids.setdefault((e.dp, e.tp, e.pp, e.ep), len(degree_ids))
                         for e in layouts], dtype=np.int64)
     assert len(degree_ids) < PLACEMENT_SPAN
     columns = {"time_s": time_s[layout_index]}

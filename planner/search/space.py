@@ -9,8 +9,12 @@ most the layer count, and micro-batch counts from
 {1, 2, 4, 8, 16, pp, 2pp, 4pp} that the batch allows, plus, for large batches, those that
 make micro-batches of 8, 4, 2 or 1 rows (micro_batch_options); a train call also tries each
 activation recomputation mode (Execution.recompute: none, selective, full), which trades
-the memory of kept activations against a forward rerun in backward. Candidates that do not
-fit in device memory even alone are dropped later, once the cost model has priced them.
+the memory of kept activations against a forward rerun in backward. A mixture-of-experts
+model also tries every expert-parallel degree ep that divides both dp and its expert count
+(expert_degree_options; planner.domain.placement says where the experts then live): more ep
+holds fewer experts per device and reads fewer weights per token, at the price of
+all-to-alls over the ep group. Candidates that do not fit in device memory even alone are
+dropped later, once the cost model has priced them.
 """
 
 from __future__ import annotations
@@ -69,6 +73,14 @@ def recompute_options(call: ModelFunctionCall) -> tuple[str, ...]:
     return (Execution.model_fields["recompute"].default,)
 
 
+def expert_degree_options(spec: ModelSpec, dp: int) -> list[int]:
+    """Expert-parallel degrees tried at data-parallel degree `dp`: 1 for a dense model, else
+    every divisor of dp that divides the expert count (module docstring)."""
+    if spec.moe is None:
+        return [1]
+    return [ep for ep in divisors(dp) if spec.moe.num_experts % ep == 0]
+
+
 def candidate_executions(call: ModelFunctionCall, spec: ModelSpec, cluster: ClusterSpec,
                          batch: BatchSpec,
                          meshes: list[tuple[int, ...]] | None = None) -> list[Execution]:
@@ -77,10 +89,11 @@ def candidate_executions(call: ModelFunctionCall, spec: ModelSpec, cluster: Clus
     for mesh in meshes if meshes is not None else allowed_meshes(cluster):
         for dp, tp, pp in layouts_for_mesh(len(mesh)):
             rows = sequences_per_micro_batch_step(call, batch) // dp
-            for micro_batches in micro_batch_options(pp, rows):
-                for recompute in recompute_options(call):
-                    execution = Execution(devices=mesh, dp=dp, tp=tp, pp=pp,
-                                          micro_batches=micro_batches, recompute=recompute)
-                    if layout_problem(execution, spec, cluster, call, batch) is None:
-                        result.append(execution)
+            for ep in expert_degree_options(spec, dp):
+                for micro_batches in micro_batch_options(pp, rows):
+                    for recompute in recompute_options(call):
+                        execution = Execution(devices=mesh, dp=dp, tp=tp, pp=pp, ep=ep,
+                                              micro_batches=micro_batches, recompute=recompute)
+                        if layout_problem(execution, spec, cluster, call, batch) is None:
+                            result.append(execution)
     return result
