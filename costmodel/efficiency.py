@@ -182,16 +182,16 @@ ADAM_TRAFFIC_BYTES_PER_PARAM = 28.0
 # fp32 compute dtype there is no master copy: 8 bytes of moments.
 OPTIMIZER_STATE_BYTES_PER_PARAM = {2: 12, 4: 8}
 
-# The optimizer step's temporaries (runtime/optimizer.py Adam.step and _adam), per element of
-# this rank's part of the gradients: the clipped fp32 gradient (grad.float() * clip, a new
-# tensor; with bf16 gradients the fp32 upcast before the multiply is alive with it for a
-# moment, the same 8 bytes) and Adam's denominator sqrt(v_hat) + eps, 4 bytes each, alive
-# together; under ZeRO-1 (dp > 1) also the reduced part of the gradients
+# The optimizer step's temporaries (runtime/optimizer.py Adam.step and FlatPart), per
+# element of one chunk of this rank's part of the gradients (the step works chunk by
+# chunk, planner.sharding.grad_buckets.OPTIMIZER_CHUNK_ELEMENTS): one fp32 tensor at a time,
+# 4 bytes per element: the squares for the norm (an fp32 copy squared in place), then the
+# clipped gradient (an fp32 copy scaled in place), freed before Adam's denominator
+# sqrt(v_hat) + eps is made; under ZeRO-1 (dp > 1) also the reduced part of the gradients
 # (GradBuckets.reduced_gradient: a torch.cat of this rank's pieces on gloo, the
-# reduce-scatter output on NCCL), one compute-dtype element each. Measured on llama-small
-# (fp32, one CPU rank): a train call's live tensor bytes rise by 8 bytes per parameter
-# during the step (tests/runtime/test_runtime_memory_meter.py).
-ADAM_STEP_FP32_TEMPORARIES = 2
+# reduce-scatter output on NCCL), one compute-dtype element per element of the whole part
+# (tests/runtime/test_runtime_memory_meter.py measures these against the price).
+ADAM_STEP_FP32_TEMPORARIES = 1
 ADAM_STEP_TEMPORARY_BYTES = 4
 
 # What the full recomputation of a train call (Execution.recompute "full") reruns: the

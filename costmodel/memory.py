@@ -31,8 +31,9 @@ The parts (PART_KINDS) and their formulas:
   working set. The step runs after backward, when the activations and logits are gone, so
   the call's peak is the larger of the two: this part is max(0, step temporaries -
   (activations + logits)), the step temporaries being the fp32 clipped gradient and Adam's
-  denominator over this rank's part of the gradients, plus the reduced part itself under
-  ZeRO-1 (efficiency.ADAM_STEP_*; optimizer_step_bytes_per_device).
+  denominator of one chunk of this rank's part of the gradients (the step works in chunks),
+  plus the reduced part itself under ZeRO-1 (efficiency.ADAM_STEP_*;
+  optimizer_step_bytes_per_device).
 - workspace: a fixed amount per call (efficiency.WORKSPACE_BYTES).
 
 Under FSDP / ZeRO-3 (Execution.shard_parameters_over_dp; costmodel/fsdp_cost.py for the
@@ -64,6 +65,7 @@ from costmodel.roofline import kv_heads_per_rank
 from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
+from planner.sharding.grad_buckets import GRAD_BUCKET_BYTES, OPTIMIZER_CHUNK_ELEMENTS
 from planner.sharding.param_shards import shard_elements
 from planner.sharding.pipeline_partition import stage_layer_counts
 
@@ -178,27 +180,41 @@ def optimizer_step_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp
     whose optimizer states are divided over `shards` ranks, under FSDP where `fsdp` (arrays
     [n]): array [n, pp, tp].
 
-    runtime/optimizer.py: over this rank's part of the gradients (its shard, divided over dp
-    under ZeRO-1), ADAM_STEP_FP32_TEMPORARIES fp32 tensors (the clipped gradient and the
-    denominator) alive together, and under ZeRO-1 the reduced part in the compute dtype
-    (under FSDP / ZeRO-3 the sharded gradient is the gradients part itself). A
-    mixture-of-experts model's routed experts (expert degrees `eps`, arrays [n]) are a
-    second part, divided over `expert_shards` ranks (moe_cost.expert_optimizer_shards).
+    runtime/optimizer.py, per flat part of this rank's gradients (its shard, divided over
+    the part's group under ZeRO-1): under ZeRO-1 the reduced part in the compute dtype
+    (under FSDP / ZeRO-3 the sharded gradient is the gradients part itself), alive through
+    the whole step for every part at once; the step then works chunk by chunk
+    (planner.sharding.grad_buckets.OPTIMIZER_CHUNK_ELEMENTS), ADAM_STEP_FP32_TEMPORARIES fp32
+    tensors (the clipped gradient and the denominator) of one chunk (or of the whole part
+    when smaller) alive together, and, under ZeRO-1, the copy of this rank's piece of one
+    bucket for the all-gather after the update; one part at a time, so the largest of those
+    counts. A mixture-of-experts model's routed experts (expert degrees `eps`, arrays [n])
+    are a second part, divided over `expert_shards` ranks (moe_cost.expert_optimizer_shards).
     """
-    per_element = eff.ADAM_STEP_FP32_TEMPORARIES * eff.ADAM_STEP_TEMPORARY_BYTES
+    fp32_bytes = eff.ADAM_STEP_FP32_TEMPORARIES * eff.ADAM_STEP_TEMPORARY_BYTES
 
-    def step_bytes(elements: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    def parts_bytes(elements: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the reduced part, the largest transient) of one flat part, [n, pp, tp]."""
         owned = elements / ranks[:, None, None]
-        ranks_element = np.where((ranks > 1) & ~fsdp, per_element + dtype_bytes, per_element)
-        return owned * ranks_element[:, None, None]
+        sharded = ((ranks > 1) & ~fsdp)[:, None, None]
+        reduced = np.where(sharded, owned * dtype_bytes, 0.0)
+        gather_copy = np.where(sharded, np.minimum(owned * dtype_bytes,
+                                                   GRAD_BUCKET_BYTES / ranks[:, None, None]),
+                               0.0)
+        chunk = np.minimum(owned, OPTIMIZER_CHUNK_ELEMENTS) * fp32_bytes
+        return reduced, np.maximum(chunk, gather_copy)
 
     if spec.moe is None:
-        return step_bytes(shard_elements(spec, head, tp, pp).astype(float), shards)
+        reduced, transient = parts_bytes(shard_elements(spec, head, tp, pp).astype(float)[None],
+                                         shards)
+        return reduced + transient
     experts = np.stack([moe_cost.expert_shard_elements(spec, head, tp, pp, int(ep))
                         for ep in eps]).astype(float)
     dense = shard_elements(spec, head, tp, pp).astype(float) \
         - moe_cost.expert_shard_elements(spec, head, tp, pp, 1)
-    return step_bytes(dense[None], shards) + step_bytes(experts, expert_shards)
+    dense_reduced, dense_transient = parts_bytes(dense[None], shards)
+    expert_reduced, expert_transient = parts_bytes(experts, expert_shards)
+    return dense_reduced + expert_reduced + np.maximum(dense_transient, expert_transient)
 
 
 def block_working_bytes(spec: ModelSpec, tp: int, tokens: float, keys: float,

@@ -170,12 +170,11 @@ class GradBuckets:
         return part
 
     def all_gather(self, flat_params: torch.Tensor) -> None:
-        """Every rank's pieces of `flat_params` into every rank's buffer, bucket by bucket."""
-        works, inputs = [], []
+        """Every rank's pieces of `flat_params` into every rank's buffer, bucket by bucket,
+        one at a time: each bucket's input is a copy of this rank's piece (it lies in the
+        output), so only one bucket's piece is copied at once (costmodel/memory.py prices
+        one)."""
         for k, (lo, hi) in enumerate(self.bounds):
             piece = self._piece_of(k)
-            inputs.append(flat_params[piece.start:piece.stop].clone())  # it lies in the output
-            works.append(dist.all_gather_single(flat_params[lo:hi], inputs[-1],
-                                                group=self.group.handle, async_op=True))
-        for work in works:
-            work.wait()
+            mine = flat_params[piece.start:piece.stop].clone()
+            dist.all_gather_single(flat_params[lo:hi], mine, group=self.group.handle)

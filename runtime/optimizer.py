@@ -72,7 +72,7 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.sharding.grad_buckets import GRAD_BUCKET_BYTES
+from planner.sharding.grad_buckets import GRAD_BUCKET_BYTES, OPTIMIZER_CHUNK_ELEMENTS
 from runtime.comm import all_reduce
 from runtime.grad_buckets import GradBuckets
 from runtime.parallel_context import Group, ParallelContext
@@ -180,21 +180,43 @@ class FlatPart:
         return spans
 
     def squares(self, grad: torch.Tensor) -> torch.Tensor:
-        """Sum of the squares of the counted spans of this rank's part `grad` (fp32)."""
-        return sum((grad[lo:hi].float().pow(2).sum() for lo, hi in self.counted),
-                   torch.zeros((), device=grad.device))
+        """Sum of the squares of the counted spans of this rank's part `grad` (fp32), chunk
+        by chunk (OPTIMIZER_CHUNK_ELEMENTS: the fp32 squares of one chunk at a time)."""
+        total = torch.zeros((), dtype=torch.float32, device=grad.device)
+        for lo, hi in self.counted:
+            for start in range(lo, hi, OPTIMIZER_CHUNK_ELEMENTS):
+                stop = min(hi, start + OPTIMIZER_CHUNK_ELEMENTS)
+                squared = grad[start:stop].to(torch.float32, copy=True)
+                total += squared.mul_(squared).sum()
+                del squared   # before the next chunk's copy is made
+        return total
 
-    def adam(self, grad: torch.Tensor, config: AdamConfig, step_count: int) -> None:
+    def adam(self, grad: torch.Tensor, clip: float, config: AdamConfig, step_count: int
+             ) -> None:
+        """Adam(W) on this rank's part, gradients `grad` (compute dtype) times `clip`, chunk
+        by chunk (OPTIMIZER_CHUNK_ELEMENTS): one fp32 tensor of one chunk alive at a time,
+        the clipped gradient (a copy, scaled in place), then Adam's denominator; every
+        element's arithmetic is the unchunked one's."""
         c = config
-        self.m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
-        self.v.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
-        denom = (self.v / (1 - c.beta2 ** step_count)).sqrt_().add_(c.eps)
-        for offset, weights in self.master_pieces:
-            span = slice(offset, offset + weights.numel())
-            if c.weight_decay:
-                weights.mul_(1 - c.lr * c.weight_decay)
-            weights.addcdiv_(self.m[span], denom[span],
-                             value=-c.lr / (1 - c.beta1 ** step_count))
+        step_size = -c.lr / (1 - c.beta1 ** step_count)
+        for lo in range(0, grad.numel(), OPTIMIZER_CHUNK_ELEMENTS):
+            hi = min(grad.numel(), lo + OPTIMIZER_CHUNK_ELEMENTS)
+            g = grad[lo:hi].to(torch.float32, copy=True).mul_(clip)
+            m, v = self.m[lo:hi], self.v[lo:hi]
+            m.mul_(c.beta1).add_(g, alpha=1 - c.beta1)
+            v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
+            del g
+            denom = (v / (1 - c.beta2 ** step_count)).sqrt_().add_(c.eps)
+            for offset, weights in self.master_pieces:
+                start, stop = max(lo, offset), min(hi, offset + weights.numel())
+                if start >= stop:
+                    continue
+                w = weights[start - offset:stop - offset]
+                if c.weight_decay:
+                    w.mul_(1 - c.lr * c.weight_decay)
+                w.addcdiv_(m[start - lo:stop - lo], denom[start - lo:stop - lo],
+                           value=step_size)
+            del denom   # before the next chunk's gradient copy is made
 
     def write_back(self) -> None:
         """The updated part into the parameter buffer (a no-op for fp32 weights, their own
@@ -282,10 +304,10 @@ class Adam:
         norm = math.sqrt(float(squares))
         factor = clip_factor(norm, self.config.max_grad_norm)
         self.step_count += 1
-        self.dense.adam(grad.float() * factor, self.config, self.step_count)
+        self.dense.adam(grad, factor, self.config, self.step_count)
         self.dense.write_back()
         if expert_grad is not None:
-            self.experts.adam(expert_grad.float() * factor, self.config, self.step_count)
+            self.experts.adam(expert_grad, factor, self.config, self.step_count)
             self.experts.write_back()
         return norm
 

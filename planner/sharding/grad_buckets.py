@@ -22,6 +22,13 @@ from __future__ import annotations
 import numpy as np
 
 GRAD_BUCKET_BYTES = 25 * 2**20  # torch.nn.parallel.DistributedDataParallel bucket_cap_mb=25
+# The optimizer step (runtime/optimizer.py) works through a rank's part of the gradients in
+# chunks of this many elements, so its fp32 temporaries (upcast and clipped gradient, Adam's
+# denominator, the norm's squares) hold one chunk, not the part: 2^24 elements = 64 MiB per
+# fp32 tensor. Apex's FusedAdam and torch's fused Adam likewise work in chunks
+# (multi_tensor_apply); a chunk this large keeps the per-chunk launches negligible (a 3.5
+# billion-element part takes about 200).
+OPTIMIZER_CHUNK_ELEMENTS = 1 << 24
 
 
 def grad_bucket_elements(element_bytes: int, multiple: int = 1,

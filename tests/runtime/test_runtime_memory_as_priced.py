@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
 import torch
 
 from planner.domain.modelspec import PRESETS
@@ -140,3 +141,46 @@ def test_adam_with_bf16_weights_keeps_an_fp32_master_of_twelve_bytes_in_all():
     adam.step()
     assert not torch.equal(adam.master, before)           # the fp32 master moved, and the
     assert torch.equal(adam.flat_params, adam.master.to(torch.bfloat16))   # weights follow it
+
+
+def _stepped(params: dict[str, torch.Tensor], chunk: int, monkeypatch) -> tuple:
+    """Weights after two Adam steps with gradients of a fixed seed, the step done in chunks
+    of `chunk` elements, and the live bytes the second step added (runtime/memory_meter.py)."""
+    from runtime import optimizer as optimizer_module
+    from runtime.memory_meter import LiveBytes
+
+    monkeypatch.setattr(optimizer_module, "OPTIMIZER_CHUNK_ELEMENTS", chunk)
+    params = {n: p.detach().clone() for n, p in params.items()}
+    adam = optimizer_module.Adam(params, optimizer_module.AdamConfig(
+        lr=1e-2, weight_decay=0.1, max_grad_norm=None), _one_rank_model().ctx)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        for p in params.values():
+            p.grad.copy_(torch.randn(p.shape, generator=generator))
+        with LiveBytes(scan=True) as meter:
+            norm = adam.step()
+    return adam.flat_params.clone(), norm, meter.peak_bytes - meter.entry_bytes
+
+
+def test_the_optimizer_step_in_chunks_updates_alike_and_holds_one_chunk(monkeypatch):
+    """Chunking the step (planner.sharding.grad_buckets.OPTIMIZER_CHUNK_ELEMENTS) changes
+    no weight (no clipping here: the norm, a sum of per-chunk sums, differs in its last
+    bits) and bounds its fp32 temporaries by the chunk, as costmodel/memory.py prices."""
+    from costmodel import memory as memory_module
+    from costmodel.efficiency import ADAM_STEP_FP32_TEMPORARIES, ADAM_STEP_TEMPORARY_BYTES
+
+    fp32 = dict(_one_rank_model().params)
+    numel = sum(p.numel() for p in fp32.values())
+    chunk = 1 << 15
+    for params in (fp32, {n: p.to(torch.bfloat16) for n, p in fp32.items()}):
+        whole, whole_norm, whole_rise = _stepped(params, numel, monkeypatch)
+        parts, parts_norm, parts_rise = _stepped(params, chunk, monkeypatch)
+        assert torch.equal(whole, parts)
+        assert abs(whole_norm - parts_norm) <= 1e-6 * whole_norm   # sums of partial sums
+        one = ADAM_STEP_FP32_TEMPORARIES * ADAM_STEP_TEMPORARY_BYTES
+        assert whole_rise <= one * numel * 1.01 and parts_rise <= one * chunk * 1.01
+        assert parts_rise < whole_rise / 50
+    monkeypatch.setattr(memory_module, "OPTIMIZER_CHUNK_ELEMENTS", chunk)
+    priced = memory_module.optimizer_step_bytes_per_device(
+        TINY, "lm", 1, 1, np.ones(1), np.zeros(1, dtype=bool), 4)
+    assert float(priced.max()) == one * chunk
