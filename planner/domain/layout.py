@@ -26,6 +26,11 @@ from planner.domain.workflow import BatchSpec, ModelFunctionCall
 # says what each reruns, costmodel/recompute.py what each keeps and costs).
 RecomputeMode = Literal["none", "selective", "full"]
 RECOMPUTE_MODES: tuple[RecomputeMode, ...] = get_args(RecomputeMode)
+# How a generate call batches its rows while decoding (costmodel/generate_cost.py prices
+# each, runtime/generate.py runs each): "static" runs each micro-batch until its longest row
+# ends; "continuous" refills a finished row's slot with the call's next prompt.
+DecodeBatching = Literal["static", "continuous"]
+DECODE_BATCHINGS: tuple[DecodeBatching, ...] = get_args(DecodeBatching)
 
 
 class Execution(BaseModel):
@@ -52,6 +57,11 @@ class Execution(BaseModel):
         "and reruns the block; 'selective' reruns the attention sub-layer only (input norm, "
         "q/k/v projections, rotary, attention, output projection) and keeps the MLP's "
         "activations; 'none' keeps everything"))
+    decode_batching: DecodeBatching = Field(default="static", description=(
+        "generate calls: 'static' decodes each micro-batch until its longest row ends (its "
+        "finished rows' slots idle); 'continuous' gives a finished row's slot (its KV "
+        "cache rows) to the call's next prompt, so slots stay busy until the prompts run "
+        "out (continuous batching, as vLLM and SGLang schedule)"))
     shard_parameters_over_dp: bool = Field(default=False, description=(
         "FSDP / ZeRO-3 (train and inference calls, pp 1): parameters, gradients and "
         "optimizer states sharded over the dp group, each layer's parameters all-gathered "
@@ -76,9 +86,12 @@ class Execution(BaseModel):
         return f"d{self.dp}t{self.tp}p{self.pp}{expert}m{self.micro_batches}"
 
     def call_layout_text(self, call_kind: str) -> str:
-        """layout_text, for a train call its recomputation mode (d2t4p1m2/selective), and
-        /fsdp when the parameters are sharded FSDP-style (d8t1p1m4/full/fsdp)."""
+        """layout_text, for a train call its recomputation mode (d2t4p1m2/selective),
+        /continuous for a generate call decoding with continuous batching, and /fsdp when
+        the parameters are sharded FSDP-style (d8t1p1m4/full/fsdp)."""
         suffix = f"/{self.recompute}" if call_kind == "train" else ""
+        if self.decode_batching == "continuous":
+            suffix += "/continuous"
         return self.layout_text() + suffix + ("/fsdp" if self.shard_parameters_over_dp else "")
 
 
@@ -176,6 +189,9 @@ def layout_problem(execution: Execution, spec: ModelSpec, cluster: ClusterSpec,
         return ("shard_optimizer_over_dp and recompute apply to train calls only; "
                 f"{call.name} is {'an' if call.kind == 'inference' else 'a'} {call.kind} call "
                 f"(leave them out)")
+    if ex.decode_batching != defaults["decode_batching"].default and call.kind != "generate":
+        return (f"decode_batching applies to generate calls only; {call.name} is "
+                f"{'an' if call.kind == 'inference' else 'a'} {call.kind} call (leave it out)")
     if ex.shard_parameters_over_dp:
         if call.kind == "generate":
             return (f"shard_parameters_over_dp (FSDP / ZeRO-3) applies to train and inference "

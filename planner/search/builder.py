@@ -99,7 +99,8 @@ class CallPricer:
     def _key(self, call: ModelFunctionCall, ex: Execution, shape_id: int) -> tuple:
         # Everything the price depends on but the devices themselves (module docstring).
         return (call.name, ex.dp, ex.tp, ex.pp, ex.ep, ex.micro_batches,
-                ex.shard_optimizer_over_dp, ex.recompute, ex.shard_parameters_over_dp, shape_id)
+                ex.shard_optimizer_over_dp, ex.recompute, ex.decode_batching,
+                ex.shard_parameters_over_dp, shape_id)
 
     def time_s(self, call: ModelFunctionCall, execution: Execution,
                shape_id: int | None = None) -> float:
@@ -120,8 +121,8 @@ class CallPricer:
         # kind (its workspace): meshes of any shape share the memory of a layout.
         hw = self.cluster.hardware_of(ex.devices[0])
         return (call.name, ex.dp, ex.tp, ex.pp, ex.ep, ex.micro_batches,
-                ex.shard_optimizer_over_dp, ex.recompute, ex.shard_parameters_over_dp,
-                hw.compute_dtype_bytes, hw.kind)
+                ex.shard_optimizer_over_dp, ex.recompute, ex.decode_batching,
+                ex.shard_parameters_over_dp, hw.compute_dtype_bytes, hw.kind)
 
     def memory_of(self, call: ModelFunctionCall, layouts: list[Execution]) -> np.ndarray:
         """PRICE_COLUMNS but the time of each of `layouts`, array [n, 4]: bytes per device
