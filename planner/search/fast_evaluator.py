@@ -99,18 +99,11 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
     assert all(sum(p.dst == k for p in pairs) <= 1 and sum(p.src == k for p in pairs) <= 1
                for k in range(len(calls))), pairs
     assert sorted(order) == list(range(len(calls) + len(pairs))), order
-    # A candidate's fields side by side in memory (one row each), so that the random
-    # candidate lookups of an evaluation touch one cache line per call rather than one per
-    # field: the per-field arrays below are column views of these rows.
-    floats = np.stack([_concat(tables, name, np.float64) for name in (
-        "time_s", "weights_bytes", "state_bytes", "activation_bytes", "capacity_bytes", "dp",
-        "tp", "pp")], axis=1)
-    ints = np.stack([_concat(tables, name, np.int64) for name in ("lo", "hi", "placement")],
-                    axis=1)
+    floats, ints = _candidate_rows(tables)
     return KernelTables(
         time_s=floats[:, 0], weights=floats[:, 1], state=floats[:, 2], activation=floats[:, 3],
-        capacity=floats[:, 4], dp=floats[:, 5], tp=floats[:, 6], pp=floats[:, 7],
-        lo=ints[:, 0], hi=ints[:, 1], placement=ints[:, 2],
+        capacity=floats[:, 4], dp=ints[:, 10], tp=ints[:, 11], pp=ints[:, 12],
+        lo=ints[:, 13], hi=ints[:, 14], placement=ints[:, 15],
         order=np.array(order, dtype=np.int64),
         edge_src=np.array([e.src for e in edges], dtype=np.int64),
         edge_dst=np.array([e.dst for e in edges], dtype=np.int64),
@@ -151,6 +144,48 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
                                       for k in range(len(calls))]),
         **_touching("edges_of_call", [[i for i, e in enumerate(edges) if k in (e.src, e.dst)]
                                       for k in range(len(calls))]))
+
+
+# A candidate's fields in one 64-byte row (one cache line: the random candidate lookups of
+# a move touch one line per call rather than one per field; at 1,024 devices the tables are
+# far larger than the caches): five float64 (seconds and bytes), then six int32 (the
+# degrees, which the kernels read into float64 exactly, the mesh, and the placement as a
+# dense rank of the tables' placement ids, which the kernels only compare for equality).
+_ROW_FLOATS = ("time_s", "weights_bytes", "state_bytes", "activation_bytes", "capacity_bytes")
+_ROW_INTS = ("dp", "tp", "pp", "lo", "hi", "placement")
+_ROW_BYTES = 64
+
+
+def _candidate_rows(tables: SearchTables) -> tuple[np.ndarray, np.ndarray]:
+    """(floats, ints): the candidates' rows as [candidates, 8] float64 and the same memory
+    as [candidates, 16] int32, the rows aligned to 64 bytes; the float fields are columns
+    0-4 of `floats`, the int fields columns 10-15 of `ints`."""
+    total = int(sum(len(c) for c in tables.calls))
+    words = _ROW_BYTES // 8
+    raw = np.zeros(total * words + words)
+    skip = (-raw.ctypes.data % _ROW_BYTES) // 8
+    floats = raw[skip:skip + total * words].reshape(total, words)
+    ints = floats.view(np.int32)
+    for column, name in enumerate(_ROW_FLOATS):
+        floats[:, column] = _concat(tables, name, np.float64)
+    for column, name in enumerate(_ROW_INTS):
+        values = _concat(tables, name, np.int64)
+        if name == "placement":
+            values = _dense_rank(values)
+        ints[:, 2 * len(_ROW_FLOATS) + column] = values
+        assert (ints[:, 2 * len(_ROW_FLOATS) + column] == values).all(), name
+    return floats, ints
+
+
+def _dense_rank(values: np.ndarray) -> np.ndarray:
+    """Each value's rank among the distinct values (equal values, equal ranks): a stable
+    argsort, 10x faster than np.unique(return_inverse=True) on the millions of candidates
+    of 1,024 devices."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.concatenate([[0], np.cumsum(ordered[1:] != ordered[:-1])])
+    return rank
 
 
 def _touching(name: str, lists: list[list[int]]) -> dict[str, np.ndarray]:
@@ -214,6 +249,9 @@ Scratch = namedtuple("Scratch", [
     "held_peak",                  # per call: the largest persistent level plus transient
     #                               copies alive while it runs, over its mesh
     "terms",                      # the calls whose persistent term is not 0, in call order
+    "copies",                     # the calls that hold a transient copy, in call order
+    "copy_first", "copy_span",    # ... and each one's lifetime (`_copy_lifetime`)
+    "share_count",                # per node type: the node types it shares a device with
     "shares_devices"])            # [type, type]: the two node types share a device
 
 # Per call: fields copied from its candidate's row by `_load_call`, each the float64 of
@@ -246,10 +284,9 @@ def _call_peaks(g, kt, out):
     """`out[k]`: bytes per device at the peak of call k of plan `g` (global indices)."""
     scratch = new_scratch(kt)
     fill_plan(g, kt, scratch)
-    count = _memory_terms(kt, scratch)
+    count, num_copies = _memory_terms(kt, scratch)
     for k in range(g.shape[0]):
-        out[k] = _held_peak_bytes(k, scratch.lo1[k], scratch.hi1[k], count, kt, scratch) + \
-            scratch.extra[k]
+        out[k] = _held_peak_bytes(k, k, count, num_copies, kt, scratch) + scratch.extra[k]
 
 
 @numba.njit(cache=True)
@@ -259,7 +296,7 @@ def scratch_sizes(kt):
     num_calls = kt.memory_role.shape[0]
     num_types = num_calls + kt.pair_src.shape[0]
     num_edges = kt.edge_src.shape[0]
-    return (4 * num_types + 2 * num_calls,
+    return (5 * num_types + 5 * num_calls,
             4 * num_types + num_edges + (_CALL_FLOATS + _CALL_FLOAT_SLOTS) * num_calls,
             num_types)
 
@@ -268,7 +305,7 @@ def scratch_sizes(kt):
 def scratch_view(ints, floats, shares, kt):
     """A Scratch cut from buffers of the sizes `scratch_sizes` gives (views, no copies): the
     search keeps one per chain in rows of larger buffers. Inlined, so that a caller compiled
-    without reference counting makes it without counting the 23 views."""
+    without reference counting makes it without counting the 27 views."""
     c = kt.memory_role.shape[0]
     t = c + kt.pair_src.shape[0]
     e = 4 * t + kt.edge_src.shape[0]
@@ -281,7 +318,9 @@ def scratch_view(ints, floats, shares, kt):
                    floats[4 * t:e],
                    floats[e + 7 * c:e + 8 * c], floats[e + 8 * c:e + 9 * c],
                    floats[e + 9 * c:e + 10 * c], floats[e + 10 * c:e + 11 * c],
-                   ints[4 * t + c:4 * t + 2 * c], shares)
+                   ints[4 * t + c:4 * t + 2 * c], ints[4 * t + 2 * c:4 * t + 3 * c],
+                   ints[4 * t + 3 * c:4 * t + 4 * c], ints[4 * t + 4 * c:4 * t + 5 * c],
+                   ints[4 * t + 5 * c:5 * t + 5 * c], shares)
 
 
 @numba.njit(cache=True)
@@ -342,7 +381,7 @@ def fill_plan(g, kt, scratch):
     for e in range(kt.edge_src.shape[0]):
         _update_edge(e, kt, scratch)
     _fill_shares_devices(scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2,
-                         scratch.shares_devices)
+                         scratch.shares_devices, scratch.share_count)
 
 
 @numba.njit(cache=True, _nrt=False)
@@ -357,8 +396,8 @@ def _price(kt, scratch):
     """`price`, inlined into `evaluate_plan` (a call hands both namedtuples over field by
     field: ~20% of an evaluation of a whole plan)."""
     iteration_s = _list_schedule(kt, scratch)
-    count = _memory_terms(kt, scratch)
-    return iteration_s, _memory_overflow(kt, scratch, count)
+    count, num_copies = _memory_terms(kt, scratch)
+    return iteration_s, _memory_overflow(kt, scratch, count, num_copies)
 
 
 @numba.njit(cache=True, inline="always")
@@ -448,8 +487,9 @@ def _types_share(x, y, lo1, hi1, lo2, hi2):
 
 
 @numba.njit(cache=True, inline="always")
-def _fill_shares_devices(lo1, hi1, lo2, hi2, shares):
-    """`shares[x, y]`: node types x and y share a device. Computed once per plan (and per
+def _fill_shares_devices(lo1, hi1, lo2, hi2, shares, share_count):
+    """`shares[x, y]`: node types x and y share a device, and `share_count[x]`: the number
+    of node types x shares a device with (itself included). Computed once per plan (and per
     changed node type, `_update_shares_row`), where the list schedule would otherwise test
     the ranges of every pair of nodes in every iteration."""
     num_types = lo1.shape[0]
@@ -457,21 +497,39 @@ def _fill_shares_devices(lo1, hi1, lo2, hi2, shares):
         shares[x, x] = True
         for y in range(x + 1, num_types):
             shares[x, y] = shares[y, x] = _types_share(x, y, lo1, hi1, lo2, hi2)
+    for x in range(num_types):
+        count = 0
+        for y in range(num_types):
+            count += shares[x, y]
+        share_count[x] = count
 
 
 @numba.njit(cache=True, inline="always")
 def _update_shares_row(x, scratch):
-    """Row and column x of `shares_devices` after node type x's ranges changed."""
-    lo1, hi1, lo2, hi2, shares = (scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2,
-                                  scratch.shares_devices)
+    """Row and column x of `shares_devices`, and the `share_count`s they change, after
+    node type x's ranges changed."""
+    lo1, hi1, lo2, hi2, shares, share_count = (scratch.lo1, scratch.hi1, scratch.lo2,
+                                               scratch.hi2, scratch.shares_devices,
+                                               scratch.share_count)
+    count = 0
     for y in range(lo1.shape[0]):
-        shares[x, y] = shares[y, x] = y == x or _types_share(x, y, lo1, hi1, lo2, hi2)
+        now = y == x or _types_share(x, y, lo1, hi1, lo2, hi2)
+        share_count[y] += now - shares[y, x]
+        shares[x, y] = shares[y, x] = now
+        count += now
+    share_count[x] = count
 
 
 @numba.njit(cache=True, inline="always")
 def _list_schedule(kt, scratch):
     """Seconds per iteration of the list schedule (module docstring), from the ranges,
-    durations and transfer times in `scratch`; overwrites its end times."""
+    durations and transfer times in `scratch`; overwrites its end times.
+
+    A node type that shares a device with every node type (`share_count`; the usual case
+    where calls are colocated) waits for the latest end of all nodes scheduled so far,
+    `latest`, which is `_devices_free_s` with every share true: each type's latest end is
+    its largest (an instance starts after the previous one, its own devices being shared),
+    and max is exact, so both give the same number bit for bit."""
     num_calls = scratch.persistent.shape[0]
     num_types = scratch.duration.shape[0]
     order, num_iterations = kt.order, kt.num_iterations
@@ -479,8 +537,10 @@ def _list_schedule(kt, scratch):
     edge_src, edges_into, edges_into_offset = kt.edge_src, kt.edges_into, kt.edges_into_offset
     duration, transfer = scratch.duration, scratch.transfer
     end, previous_end, latest_end = scratch.end, scratch.previous_end, scratch.latest_end
+    share_count = scratch.share_count
     latest_end[:] = 0.0
     end[:] = 0.0
+    latest = 0.0
     first_iteration_end = 0.0
     iteration_end = 0.0
     for i in range(num_iterations):
@@ -507,9 +567,13 @@ def _list_schedule(kt, scratch):
                 p = pair_into[x]
                 if p >= 0 and not (pair_wraps[p] and i == 0):
                     ready = max(ready, end[num_calls + p])
-            free = _devices_free_s(x, scratch.shares_devices, latest_end)
+            if share_count[x] == num_types:
+                free = latest
+            else:
+                free = _devices_free_s(x, scratch.shares_devices, latest_end)
             end[x] = max(ready, free) + duration[x]
             latest_end[x] = end[x]
+            latest = max(latest, end[x])
         iteration_end = 0.0
         for k in range(num_calls):
             iteration_end = max(iteration_end, end[k])
@@ -562,47 +626,71 @@ def _copy_lifetime(k, kt):
 
 
 @numba.njit(cache=True, inline="always")
-def _alive_during(x, first, span, kt):
-    """Node type x runs during the lifetime (`_copy_lifetime`'s first, span)."""
-    return (kt.position[x] - first) % kt.order.shape[0] <= span
+def _alive_during(place, first, span, num_types):
+    """The node at `place` in the priority order runs during the lifetime (`first`, `span`
+    of `_copy_lifetime`). `place - first` lies in (-num_types, num_types), so one addition
+    takes it modulo num_types."""
+    after = place - first
+    if after < 0:
+        after += num_types
+    return after <= span
 
 
 @numba.njit(cache=True, inline="always")
-def _copies_at(x, device, kt, scratch):
+def _copies_at(x, device, num_copies, kt, scratch):
     """Bytes on `device` of the transient copies alive while node type x runs, each the
     copy's largest stage (an upper bound with pipeline stages, and where two copies held
-    alike, which the runtime keeps as one, are both alive: only at a reallocation)."""
-    memory_role, train_call_of, lo1, hi1 = kt.memory_role, kt.train_call_of, scratch.lo1, \
-        scratch.hi1
+    alike, which the runtime keeps as one, are both alive: only at a reallocation); reads
+    the plan's `num_copies` copies listed by `_memory_terms`, added in call order."""
+    copies, lo1, hi1, weights = scratch.copies, scratch.lo1, scratch.hi1, scratch.weights
+    place, num_types = kt.position[x], kt.order.shape[0]
     total = 0.0
-    for j in range(memory_role.shape[0]):
+    for i in range(num_copies):
+        j = copies[i]
         if lo1[j] <= device < hi1[j] and \
-                _is_transient_copy(j, scratch, memory_role, train_call_of):
-            first, span = _copy_lifetime(j, kt)
-            if _alive_during(x, first, span, kt):
-                total += scratch.weights[j]
+                _alive_during(place, scratch.copy_first[i], scratch.copy_span[i], num_types):
+            total += weights[j]
     return total
 
 
 @numba.njit(cache=True, inline="always")
-def _held_peak_bytes(x, check_lo, check_hi, count, kt, scratch):
-    """The largest over devices [check_lo, check_hi) of the persistent level plus the
+def _held_peak_bytes(x, k, count, num_copies, kt, scratch):
+    """The largest over the devices of call k's mesh of the persistent level plus the
     transient copies alive while node type x runs (`_copies_at`). Both are sums of terms
-    constant over a contiguous mesh, so the maximum is reached at check_lo or at the first
-    device of a persistent term or of a copy inside the range; needs `_memory_terms`."""
-    lo1, start_level, terms = scratch.lo1, scratch.start_level, scratch.terms
-    best = _persistent_level(check_lo, count, scratch) + _copies_at(x, check_lo, kt, scratch)
+    constant over a contiguous mesh, so the maximum is reached at the mesh's first device
+    or at the first device of a persistent term or of a copy inside the mesh; needs
+    `_memory_terms` (`count` terms, `num_copies` copies)."""
+    lo1, start_level, terms, copies = scratch.lo1, scratch.start_level, scratch.terms, \
+        scratch.copies
+    check_lo, check_hi = lo1[k], scratch.hi1[k]
+    best = start_level[k] + _copies_at(x, check_lo, num_copies, kt, scratch)
     for i in range(count):
         q = terms[i]
         if check_lo < lo1[q] < check_hi:
-            best = max(best, start_level[q] + _copies_at(x, lo1[q], kt, scratch))
-    for j in range(kt.memory_role.shape[0]):
-        if check_lo < lo1[j] < check_hi and \
-                _is_transient_copy(j, scratch, kt.memory_role, kt.train_call_of):
-            device = lo1[j]
-            best = max(best, _persistent_level(device, count, scratch)
-                       + _copies_at(x, device, kt, scratch))
+            best = max(best, start_level[q] + _copies_at(x, lo1[q], num_copies, kt, scratch))
+    for i in range(num_copies):
+        j = copies[i]
+        if check_lo < lo1[j] < check_hi:
+            best = max(best, start_level[j] + _copies_at(x, lo1[j], num_copies, kt, scratch))
     return best
+
+
+@numba.njit(cache=True, inline="always")
+def _held_peak_during(x, k, count, num_copies, kt, scratch):
+    """`_held_peak_bytes(x, k, ...)`, read from `held_peak[k]` (call k's own, computed
+    first) where the same copies on call k's mesh are alive during x as during call k:
+    the value depends on x only through which of those copies are alive, so it is the same
+    number bit for bit."""
+    copies, lo1, hi1 = scratch.copies, scratch.lo1, scratch.hi1
+    place_x, place_k, num_types = kt.position[x], kt.position[k], kt.order.shape[0]
+    for i in range(num_copies):
+        j = copies[i]
+        first, span = scratch.copy_first[i], scratch.copy_span[i]
+        if _ranges_overlap(lo1[j], hi1[j], lo1[k], hi1[k]) and \
+                _alive_during(place_x, first, span, num_types) != \
+                _alive_during(place_k, first, span, num_types):
+            return _held_peak_bytes(x, k, count, num_copies, kt, scratch)
+    return scratch.held_peak[k]
 
 
 @numba.njit(cache=True, inline="always")
@@ -612,13 +700,15 @@ def _memory_terms(kt, scratch):
     call's train state; an untrained model's weights on the first call of each distinct
     placement; else 0), and `extra[k]`, the working set it adds while it runs (the
     transient copies alive then are `_held_peak_bytes`'). Every value is the largest over
-    the mesh's pipeline stages. The calls with a non-zero term go to `terms` (in call order;
-    returns their count), and `start_level[k]` of each is the persistent level at the first
-    device of its mesh, which `_held_peak_bytes` reads."""
+    the mesh's pipeline stages. The calls with a non-zero term go to `terms` (in call order),
+    the calls holding a transient copy to `copies` (in call order, each with its lifetime
+    in `copy_first` and `copy_span`), and `start_level[k]` is the persistent level at the
+    first device of call k's mesh; returns (terms, copies), the two counts, which
+    `_held_peak_bytes` reads."""
     persistent, extra, placement = scratch.persistent, scratch.extra, scratch.placement
-    memory_role, model_id = kt.memory_role, kt.model_id
-    terms = scratch.terms
-    count = 0
+    memory_role, model_id, train_call_of = kt.memory_role, kt.model_id, kt.train_call_of
+    terms, copies = scratch.terms, scratch.copies
+    count = num_copies = 0
     for k in range(placement.shape[0]):
         persistent[k] = 0.0
         extra[k] = scratch.activation[k]
@@ -632,13 +722,17 @@ def _memory_terms(kt, scratch):
                     repeat = True
             if not repeat:
                 persistent[k] = scratch.weights[k]
+        elif _is_transient_copy(k, scratch, memory_role, train_call_of):
+            copies[num_copies] = k
+            scratch.copy_first[num_copies], scratch.copy_span[num_copies] = \
+                _copy_lifetime(k, kt)
+            num_copies += 1
         if persistent[k] != 0.0:
             terms[count] = k
             count += 1
-    for i in range(count):
-        q = terms[i]
-        scratch.start_level[q] = _persistent_level(scratch.lo1[q], count, scratch)
-    return count
+    for k in range(placement.shape[0]):
+        scratch.start_level[k] = _persistent_level(scratch.lo1[k], count, scratch)
+    return count, num_copies
 
 
 @numba.njit(cache=True, inline="always")
@@ -655,18 +749,18 @@ def _persistent_level(device, count, scratch):
 
 
 @numba.njit(cache=True, inline="always")
-def _memory_overflow(kt, scratch, count):
+def _memory_overflow(kt, scratch, count, num_copies):
     """Worst (peak - capacity) / capacity over the calls and reallocations of the plan
-    `scratch` holds (<= 0 when the plan fits); needs `_memory_terms` (`count` terms). A
-    reallocation runs on its source and destination meshes, so it reads those calls'
-    persistent peaks and capacities."""
+    `scratch` holds (<= 0 when the plan fits); needs `_memory_terms` (`count` terms,
+    `num_copies` copies). A reallocation runs on its source and destination meshes, so it
+    reads those calls' persistent peaks and capacities."""
     placement, capacity, weights = scratch.placement, scratch.capacity, scratch.weights
-    lo1, hi1, extra, held_peak = scratch.lo1, scratch.hi1, scratch.extra, scratch.held_peak
+    extra, held_peak = scratch.extra, scratch.held_peak
     pair_src, pair_dst = kt.pair_src, kt.pair_dst
     num_calls = placement.shape[0]
     worst = -np.inf
     for k in range(num_calls):
-        held_peak[k] = _held_peak_bytes(k, lo1[k], hi1[k], count, kt, scratch)
+        held_peak[k] = _held_peak_bytes(k, k, count, num_copies, kt, scratch)
         peak = held_peak[k] + extra[k]
         worst = max(worst, (peak - capacity[k]) / capacity[k])
     for p in range(pair_src.shape[0]):
@@ -677,8 +771,8 @@ def _memory_overflow(kt, scratch, count):
         # hold the transient copies alive during it (the destination's, which it makes;
         # the source's, which it reads).
         x = num_calls + p
-        peak = _held_peak_bytes(x, lo1[k], hi1[k], count, kt, scratch) + weights[k]
+        peak = _held_peak_during(x, k, count, num_copies, kt, scratch) + weights[k]
         worst = max(worst, (peak - capacity[k]) / capacity[k])
-        peak = _held_peak_bytes(x, lo1[a], hi1[a], count, kt, scratch)
+        peak = _held_peak_during(x, a, count, num_copies, kt, scratch)
         worst = max(worst, (peak - capacity[a]) / capacity[a])
     return worst
