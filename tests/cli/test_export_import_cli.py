@@ -316,7 +316,7 @@ def test_search_target_writes_the_targets_best_and_its_ratio(cli, fake_target, t
     (tmp_path / "tiny.yaml").write_text(TINY_WORKFLOW)
     out = tmp_path / "best-verl.plan.yaml"
     code, stdout, err = cli("search", "--workflow", tmp_path / "tiny.yaml", "--cluster",
-                            "cpu2", "--time-limit", "30", "--target", TARGET, "--out", out)
+                            "cpu2", "--time-limit", "120", "--target", TARGET, "--out", out)
     assert code == 0, err
     plan = load_plan(out)
     assert plan.provenance.created_by == f"plan search --target {TARGET}"
@@ -332,7 +332,7 @@ def test_search_with_a_baseline_plan_and_json(cli, fake_target, tmp_path):
     assert cli("import", config, "--from", TARGET, "--cluster", "cpu2", "--out", mine)[0] == 0
     out = tmp_path / "best.plan.yaml"
     # no --workflow / --cluster: the baseline plan's are searched
-    code, stdout, err = cli("search", "--baseline", mine, "--time-limit", "30", "--target",
+    code, stdout, err = cli("search", "--baseline", mine, "--time-limit", "120", "--target",
                             TARGET, "--json", "--out", out)
     assert code == 0, err
     data = json.loads(stdout)
@@ -352,7 +352,7 @@ def test_search_with_a_baseline_plan_and_json(cli, fake_target, tmp_path):
 
 def test_search_text_lists_the_baseline_plan(cli, tmp_path):
     mine = save_tiny_plan(tmp_path / "mine.yaml", split)
-    code, stdout, err = cli("search", "--baseline", mine, "--time-limit", "30", "--out",
+    code, stdout, err = cli("search", "--baseline", mine, "--time-limit", "120", "--out",
                             tmp_path / "best.yaml")
     assert code == 0, err
     [line] = [x for x in stdout.splitlines() if f"your plan {mine}" in x]
@@ -405,7 +405,7 @@ def test_a_published_config_imports_and_is_a_baseline_of_the_search(cli, tmp_pat
                             "--out", mine)
     assert code in (0, 1), err
     assert mine.exists() and "iteration:" in stdout
-    code, stdout, err = cli("search", "--baseline", mine, "--time-limit", "10", "--json",
+    code, stdout, err = cli("search", "--baseline", mine, "--time-limit", "60", "--json",
                             "--out", tmp_path / "best.yaml")
     assert code == 0, err
     data = json.loads(stdout)
