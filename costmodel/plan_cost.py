@@ -5,6 +5,7 @@
     costs.call_memory(call_name, execution)    -> CallMemory (bytes per mesh position, by part)
     costs.realloc(model_role, src_ex, dst_ex)  -> ScheduleCost (time_s, receive buffers)
     costs.transfer(src_call, dst_call, src_ex, dst_ex) -> ScheduleCost
+    costs.proximal_time(train_call_name, execution) -> float  (seconds, staleness >= 1)
 
 Every method is memoised on its arguments (Executions are frozen and hashable).
 With a `calibration` (costmodel/calibration.py), call times use its fitted factors and
@@ -23,7 +24,10 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.data_keys import payload_bytes
 from planner.domain.layout import Execution
 from planner.domain.paths import PROFILES_DIR
-from planner.domain.workflow import Workflow
+from planner.domain.workflow import ModelFunctionCall, Workflow
+
+# The phase a train call's proximal forward adds under staleness >= 1 (proximal_time).
+PROXIMAL_PHASE = "proximal_logprobs"
 
 
 class PlanCosts:
@@ -39,6 +43,7 @@ class PlanCosts:
         self._memory: dict = {}
         self._reallocs: dict = {}
         self._transfers: dict = {}
+        self._proximal: dict = {}
 
     def call_time(self, call_name: str, execution: Execution) -> CallTime:
         key = (call_name, execution)
@@ -48,6 +53,24 @@ class PlanCosts:
             self._times[key] = call_time(call, role, execution, self.workflow.batch,
                                          self.cluster, self.profiles_dir, self.calibration)
         return self._times[key]
+
+    def proximal_time(self, call_name: str, execution: Execution) -> float:
+        """Seconds of the proximal forward a rollout model's train call `call_name` runs
+        first when staleness >= 1: a no-grad forward of the training copy over the call's
+        whole batch giving the current version's log-probabilities (AReaL's decoupled PPO,
+        Fu et al. 2025, eq. 5; areal/engine/ppo/actor.py recomputes them the same way).
+        Priced as an inference call of the same model that outputs `logprobs`, on the train
+        call's execution (its layout and micro-batches), with the same calibration."""
+        key = (call_name, execution)
+        if key not in self._proximal:
+            train = self.workflow.call_by_name[call_name]
+            forward = ModelFunctionCall(name=f"{call_name}:{PROXIMAL_PHASE}", model=train.model,
+                                        kind="inference", inputs=train.inputs,
+                                        outputs=("logprobs",))
+            self._proximal[key] = call_time(forward, self.workflow.models[train.model],
+                                            execution, self.workflow.batch, self.cluster,
+                                            self.profiles_dir, self.calibration).time_s
+        return self._proximal[key]
 
     def call_memory(self, call_name: str, execution: Execution) -> CallMemory:
         key = (call_name, execution)

@@ -22,8 +22,14 @@ model's first call makes its own), through every call and reallocation of the pr
 (planner.domain.augment.scheduled_nodes) up to and including the reallocation out of it,
 which reads it as its source; so a call of another model on the same devices in between
 holds it too (live_copies).
-peak(d) = persistent(d) + max over call and realloc nodes covering d of extra(., d)
-(ties: the earlier node in call order, then the reallocations).
+peak(d) = persistent(d) + max over call, realloc and push nodes covering d of extra(., d)
+(ties: the earlier node in call order, then the reallocations, then the pushes).
+Staleness s >= 1 (planner/domain/augment.py): a rollout model's rollout copy is resident on
+its generate placement (ROLLOUT_COPY: the weights of that placement on each of its devices,
+beside the train state, also where the two placements share devices), its generate calls
+hold no transient copy (they read the rollout copy), and a weight push node needs the
+receive buffer of its reallocation (train call's execution -> generate call's), plus the
+transient copies alive on its devices, as a reallocation does. With s = 0 none of this.
 The estimate keeps this by part (PlanMemory): each resident part (weights, gradients,
 optimizer states per model), each working part of a call (activations, KV cache, logits,
 workspace; costmodel/memory.py), transient weights copies and receive buffers.
@@ -40,7 +46,13 @@ from typing import Mapping
 import numpy as np
 
 from costmodel.plan_cost import PlanCosts
-from planner.domain.augment import reallocations, scheduled_nodes
+from planner.domain.augment import (
+    holds_parameters_alike,
+    reallocations,
+    rollout_models,
+    scheduled_nodes,
+    weight_pushes,
+)
 from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import GIB
 from planner.domain.layout import Execution
@@ -63,9 +75,16 @@ def _holding(ex: Execution) -> tuple:
     return ex.placement, ex.shard_parameters_over_dp
 
 
-def _is_transient(workflow, executions, trained, call_name: str) -> bool:
+def _reads_rollout_copy(workflow: Workflow, call_name: str, staleness: int) -> bool:
+    """A generate call of a rollout model under staleness >= 1 reads the rollout copy."""
     call = workflow.call_by_name[call_name]
-    if call.kind == "train" or call.model not in trained:
+    return bool(staleness) and call.kind == "generate" and call.model in rollout_models(workflow)
+
+
+def _is_transient(workflow, executions, trained, call_name: str, staleness: int = 0) -> bool:
+    call = workflow.call_by_name[call_name]
+    if call.kind == "train" or call.model not in trained \
+            or _reads_rollout_copy(workflow, call_name, staleness):
         return False
     return _holding(executions[call_name]) != _holding(trained[call.model][1])
 
@@ -75,17 +94,18 @@ def _is_transient(workflow, executions, trained, call_name: str) -> bool:
 _LIFETIME_ITERATIONS = 2
 
 
-def live_copies(workflow: Workflow, executions: Mapping[str, Execution], trained: dict
-                ) -> dict[str, list[str]]:
-    """Node name (a call, or a reallocation's move name) -> the calls whose transient copy
-    (module docstring) is alive while it runs, one call per copy: the first of the model's
-    calls holding it. Mirrors the worker: a move makes its destination copy unless that is
-    the home, and frees its source after itself unless that is the home; a call whose copy
-    is not there yet (the model's first call, first iteration) makes it."""
+def live_copies(workflow: Workflow, executions: Mapping[str, Execution], trained: dict,
+                staleness: int = 0) -> dict[str, list[str]]:
+    """Node name (a call, or a reallocation's move name, or a weight push's name) -> the
+    calls whose transient copy (module docstring) is alive while it runs, one call per copy:
+    the first of the model's calls holding it. Mirrors the worker: a move makes its
+    destination copy unless that is the home, and frees its source after itself unless that
+    is the home; a call whose copy is not there yet (the model's first call, first
+    iteration) makes it; a push writes the resident rollout copy and makes or frees none."""
     holder = {}  # (model, holding) -> the first call holding it
     for name in workflow.call_order:
         model = workflow.call_by_name[name].model
-        if _is_transient(workflow, executions, trained, name):
+        if _is_transient(workflow, executions, trained, name, staleness):
             holder.setdefault((model, _holding(executions[name])), name)
     alive: set = set()
     during: dict[str, list[str]] = {}
@@ -95,7 +115,12 @@ def live_copies(workflow: Workflow, executions: Mapping[str, Execution], trained
         seen.extend(holder[key] for key in sorted(alive, key=lambda k: holder[k])
                     if holder[key] not in seen)
 
-    for node in scheduled_nodes(workflow, executions, _LIFETIME_ITERATIONS):
+    # with staleness s the first push runs in iteration s + 1
+    for node in scheduled_nodes(workflow, executions, _LIFETIME_ITERATIONS + staleness,
+                                staleness):
+        if node.push is not None:
+            record(node.push.name)
+            continue
         move = node.move
         if move is None:
             own = (workflow.call_by_name[node.call].model, _holding(executions[node.call]))
@@ -126,6 +151,7 @@ def _copy_parts(costs: PlanCosts, executions: Mapping[str, Execution], workflow:
 
 # Kinds of memory beside a call's parts (costmodel.memory.PART_KINDS), rule 6.
 WEIGHTS_COPY = "weights_copy"        # a transient copy of a trained model's weights
+ROLLOUT_COPY = "rollout_copy"        # staleness >= 1: a rollout model's generation weights
 RECEIVE_BUFFER = "receive_buffer"    # a reallocation's largest received message
 MemoryItem = tuple[str, str, float]  # (kind, model, bytes)
 
@@ -195,15 +221,22 @@ class PlanMemory:
 
 
 def _resident_layers(workflow: Workflow, executions: Mapping[str, Execution],
-                     costs: PlanCosts, trained: dict, num_devices: int
+                     costs: PlanCosts, trained: dict, num_devices: int, staleness: int = 0
                      ) -> list[tuple[str, str, np.ndarray]]:
     """(kind, model, bytes per cluster device) of every resident part (rule 6)."""
     layers = []
+    rollout_calls = {push.model: push.gen_call for push in weight_pushes(workflow, staleness)}
     for model, (train_call, ex) in trained.items():
         for kind, amount in costs.call_memory(train_call, ex).resident_parts():
             layer = np.zeros(num_devices)
             layer[list(ex.devices)] = amount
             layers.append((kind, model, layer))
+        if model in rollout_calls:
+            gen_ex = executions[rollout_calls[model]]
+            layer = np.zeros(num_devices)
+            layer[list(gen_ex.devices)] = costs.call_memory(rollout_calls[model],
+                                                            gen_ex).weights_bytes
+            layers.append((ROLLOUT_COPY, model, layer))
     for model in workflow.models:
         if model in trained:
             continue
@@ -232,34 +265,58 @@ def _call_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: 
 
 
 def _realloc_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
-                   copies: dict[str, list[str]]) -> list[NodeMemory]:
+                   copies: dict[str, list[str]], staleness: int = 0) -> list[NodeMemory]:
     """Each reallocation's receive buffers, plus the transient copies alive on its source
     and destination devices (its destination's, made by it; its source's, freed after it)."""
     nodes = []
-    for move in reallocations(workflow, executions):
+    for move in reallocations(workflow, executions, staleness):
         src, dst = executions[move.src_call], executions[move.dst_call]
         buffers = costs.realloc(move.model, src, dst).receive_buffer_bytes
-        held = copies.get(move.name, [])
-        with_copy = {d for name in held for d in executions[name].devices}
-        devices = np.array(sorted(set(buffers) | (with_copy & (set(src.devices)
-                                                              | set(dst.devices)))),
-                           dtype=np.int64)
-        parts = [(RECEIVE_BUFFER, move.model,
-                  np.array([buffers.get(int(d), 0.0) for d in devices], dtype=float))]
-        parts += _copy_parts(costs, executions, workflow, held, devices)
-        nodes.append(NodeMemory(move.name, devices, tuple(parts)))
+        nodes.append(_moving_node(move.name, move.model, src, dst, buffers, executions,
+                                  workflow, costs, copies.get(move.name, [])))
+    return nodes
+
+
+def _moving_node(name: str, model: str, src: Execution, dst: Execution,
+                 buffers: Mapping[int, float], executions: Mapping[str, Execution],
+                 workflow: Workflow, costs: PlanCosts, held: list[str]) -> NodeMemory:
+    """A reallocation's or push's receive `buffers` (device -> bytes), plus the transient
+    copies `held` alive on its source and destination devices."""
+    with_copy = {d for call in held for d in executions[call].devices}
+    devices = np.array(sorted(set(buffers) | (with_copy & (set(src.devices)
+                                                          | set(dst.devices)))),
+                       dtype=np.int64)
+    parts = [(RECEIVE_BUFFER, model,
+              np.array([buffers.get(int(d), 0.0) for d in devices], dtype=float))]
+    parts += _copy_parts(costs, executions, workflow, held, devices)
+    return NodeMemory(name, devices, tuple(parts))
+
+
+def _push_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
+                copies: dict[str, list[str]], staleness: int) -> list[NodeMemory]:
+    """Each weight push's receive buffers (none for a local copy between placements holding
+    the parameters alike, which the simulator prices at 0 s) and the transient copies alive
+    on its devices."""
+    nodes = []
+    for push in weight_pushes(workflow, staleness):
+        src, dst = executions[push.train_call], executions[push.gen_call]
+        buffers = {} if holds_parameters_alike(src, dst) else \
+            costs.realloc(push.model, src, dst).receive_buffer_bytes
+        nodes.append(_moving_node(push.name, push.model, src, dst, buffers, executions,
+                                  workflow, costs, copies.get(push.name, [])))
     return nodes
 
 
 def plan_memory(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, Execution],
-                costs: PlanCosts) -> PlanMemory:
+                costs: PlanCosts, staleness: int = 0) -> PlanMemory:
     """Rule 6: persistent(d), peak(d), the node setting it and each call's peak, by part."""
     n = cluster.num_devices
     trained = trained_executions(workflow, executions)
-    resident = _resident_layers(workflow, executions, costs, trained, n)
-    copies = live_copies(workflow, executions, trained)
+    resident = _resident_layers(workflow, executions, costs, trained, n, staleness)
+    copies = live_copies(workflow, executions, trained, staleness)
     call_nodes = _call_nodes(workflow, executions, costs, copies)
-    nodes = call_nodes + _realloc_nodes(workflow, executions, costs, copies)
+    nodes = call_nodes + _realloc_nodes(workflow, executions, costs, copies, staleness) \
+        + _push_nodes(workflow, executions, costs, copies, staleness)
     persistent = sum((layer for _, _, layer in resident), np.zeros(n))
     extra, owner, position = np.zeros(n), np.full(n, -1), np.zeros(n, dtype=np.int64)
     for k, node in enumerate(nodes):

@@ -69,8 +69,8 @@ def plan_differences(a: Plan, b: Plan, est_a: Estimate, est_b: Estimate) -> dict
                    "delta": est_b.call_times_s[n] - est_a.call_times_s[n]}
                   for n in calls if n in est_a.call_times_s and n in est_b.call_times_s
                   and abs(est_b.call_times_s[n] - est_a.call_times_s[n]) > TIME_EPSILON_S]
-    moves_a = {m.name: m for m in reallocations(a.workflow, a.executions)}
-    moves_b = {m.name: m for m in reallocations(b.workflow, b.executions)}
+    moves_a = {m.name: m for m in reallocations(a.workflow, a.executions, a.staleness)}
+    moves_b = {m.name: m for m in reallocations(b.workflow, b.executions, b.staleness)}
     data_a = {f"{t.src_call}->{t.dst_call}" for t in transfers(a.workflow, a.executions)}
     data_b = {f"{t.src_call}->{t.dst_call}" for t in transfers(b.workflow, b.executions)}
     peak_a = max(est_a.peak_memory_bytes.values()) / GIB

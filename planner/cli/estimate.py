@@ -10,11 +10,15 @@ from costmodel.calibration import load_calibration
 from costmodel.plan_cost import PlanCosts
 from costmodel.simulator import DEFAULT_ITERATIONS, Estimate, estimate_plan
 from costmodel.simulator import memory_problem as _memory_problem
+from costmodel.simulator import simulated_iterations
 from planner.cli.arguments import integer_in_range
 from planner.cli.processor_check import warn_if_measured_elsewhere
+from planner.domain.augment import weight_pushes
+from planner.domain.errors import InputError
 from planner.domain.hardware import GIB
 from planner.domain.mesh import mesh_text
 from planner.domain.plan import Plan, load_plan
+from planner.figures.common import format_seconds
 
 SHORT_TRANSFER_S = 1e-3     # the text output lists transfers this long or longer
 # The estimate is the steady state, reached within a few iterations (the default is
@@ -45,7 +49,56 @@ def estimate_as_mapping(plan: Plan, est: Estimate) -> dict:
             "transfers": [{"name": n, "time_s": t} for n, t in est.transfer_times_s.items()],
             "peak_memory_gib": max(est.peak_memory_bytes.values()) / GIB,
             "memory_by_device": memory_by_device(plan, est),
-            "critical_path": est.critical_path, "compute_source": est.compute_source}
+            "critical_path": est.critical_path, "compute_source": est.compute_source,
+            **staleness_mapping(plan, est)}
+
+
+def split_of(plan: Plan) -> list[dict]:
+    """Per weight push (staleness >= 1): the rollout model, the devices of its rollout copy
+    (its generate calls' placement) and of its training copy (its train call's)."""
+    split = []
+    for push in weight_pushes(plan.workflow, plan.staleness):
+        rollout = plan.executions[push.gen_call].devices
+        training = plan.executions[push.train_call].devices
+        split.append({"model": push.model, "push": push.name,
+                      "generation_mesh": mesh_text(rollout, plan.cluster),
+                      "generation_devices": list(rollout),
+                      "training_mesh": mesh_text(training, plan.cluster),
+                      "training_devices": list(training),
+                      "shared_devices": len(set(rollout) & set(training))})
+    return split
+
+
+def staleness_mapping(plan: Plan, est: Estimate) -> dict:
+    """JSON keys of an asynchronous plan (staleness >= 1); none for a synchronous one."""
+    if est.staleness == 0:
+        return {}
+    return {"staleness": est.staleness, "max_staleness": plan.workflow.max_staleness,
+            "staleness_reached": est.staleness_reached,
+            "weight_pushes": [{"name": n, "time_s": t} for n, t in est.push_times_s.items()],
+            "split": split_of(plan)}
+
+
+def staleness_lines(plan: Plan, est: Estimate) -> list[str]:
+    """What `plan show` and `plan estimate` say of an asynchronous plan (none when s = 0):
+    the staleness, the steady state and the staleness reached, the split and the pushes."""
+    if est.staleness == 0:
+        return []
+    lines = [f"asynchronous: staleness {est.staleness} (workflow max_staleness "
+             f"{plan.workflow.max_staleness}): generation of iteration i uses weights of "
+             f"iteration i - {est.staleness} or later; steady state {est.iteration_s:.2f} s "
+             f"per iteration, staleness reached {est.staleness_reached}"]
+    for entry in split_of(plan):
+        shared = (f", {entry['shared_devices']} device(s) shared"
+                  if entry["shared_devices"] else ", disjoint")
+        seconds = est.push_times_s.get(entry["push"])
+        push = format_seconds(seconds) if seconds is not None else "not simulated"
+        lines.append(f"  split of {entry['model']}: generation (rollout copy) on "
+                     f"{entry['generation_mesh']} ({len(entry['generation_devices'])} "
+                     f"devices), training (training copy) on {entry['training_mesh']} "
+                     f"({len(entry['training_devices'])} devices){shared}; weight push "
+                     f"{push} per iteration")
+    return lines
 
 
 def memory_by_device(plan: Plan, est: Estimate) -> list[dict]:
@@ -78,7 +131,10 @@ def estimate_as_text(plan: Plan, est: Estimate) -> str:
     if short:
         lines.append(f"  {len(short)} data transfer(s) under {SHORT_TRANSFER_S * 1e3:g} ms "
                      f"each (see --json)")
+    for name, seconds in est.push_times_s.items():
+        lines.append(f"  {name}: {seconds:.3f} s")
     lines.append(f"iteration: {est.iteration_s:.2f} s  (compute source: {est.compute_source})")
+    lines.extend(staleness_lines(plan, est))
     lines.append("feasible" if est.feasible else f"infeasible: {est.reason}")
     return "\n".join(lines)
 
@@ -91,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         costs = PlanCosts(plan.workflow, plan.cluster, calibration=calibration)
     warn_if_measured_elsewhere("plan estimate", plan.workflow, plan.cluster, calibration,
                                getattr(args, "profile", None))
+    if args.iterations is not None and args.iterations < plan.staleness + 2:
+        raise InputError(f"--iterations: got {args.iterations}; a plan of staleness "
+                         f"{plan.staleness} needs at least {plan.staleness + 2} (default "
+                         f"{simulated_iterations(plan.staleness)})")
     est = estimate_plan(plan, args.iterations, costs)
     if args.json:
         print(json.dumps(estimate_as_mapping(plan, est), indent=2))
@@ -114,12 +174,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "(name, model, devices, dp, tp, pp, micro_batches, time_s, "
                     "peak_memory_gib, peak_memory_parts at the call's highest device), "
                     "reallocations, transfers, compute_source, memory_by_device (device, "
-                    "mesh, peak_gib, during, parts: kind, model, gib).")
+                    "mesh, peak_gib, during, parts: kind, model, gib); for a plan with "
+                    "staleness s >= 1 (generation on weights up to s iterations old, a "
+                    "rollout copy of the actor on the generation devices) also staleness, "
+                    "max_staleness, staleness_reached, weight_pushes (name, time_s) and "
+                    "split (model, generation and training mesh and devices, "
+                    "shared_devices); the text says the same in an 'asynchronous' line.")
     parser.add_argument("plan", metavar="PLAN.yaml", help="plan file")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--iterations", type=integer_in_range(2, MAX_ITERATIONS),
-                        default=DEFAULT_ITERATIONS, metavar="K",
-                        help=f"iterations to simulate (default {DEFAULT_ITERATIONS}, from 2 to "
+                        default=None, metavar="K",
+                        help=f"iterations to simulate (default {DEFAULT_ITERATIONS}, plus 2 "
+                             f"per unit of the plan's staleness; from 2 (staleness + 2) to "
                              f"{MAX_ITERATIONS:,})")
     add_profile_option(parser)
     parser.set_defaults(handler=run)

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 from costmodel.simulator import Estimate, estimate_plan
+from planner.cli.estimate import staleness_lines
 from planner.domain.augment import augmented_graph, reallocations, transfers
 from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import GIB
@@ -32,11 +33,13 @@ BOUND_MAX_DEVICES = 8
 
 def critical_path_lines(plan: Plan, est: Estimate) -> list[str]:
     """The simulator's critical path, one line per iteration: node (seconds) -> ..."""
-    graph = augmented_graph(plan.workflow, plan.executions,
-                            1 + max(split_node_id(n)[0] for n in est.node_times))
+    simulated = 1 + max(split_node_id(n)[0] for n in est.node_times
+                        if n.split("/", 1)[1] in plan.workflow.call_by_name)
+    graph = augmented_graph(plan.workflow, plan.executions, simulated, est.staleness)
     by_iteration: dict[int, list[str]] = {}
     for node_id in est.critical_path:
         attrs = graph.nodes[node_id]
+        # a reallocation or weight push belongs to the iteration of the call it feeds
         iteration = attrs["iteration"] if attrs["kind"] == "call" else \
             graph.nodes[next(iter(graph.successors(node_id)))]["iteration"]
         start, end = est.node_times[node_id]
@@ -81,6 +84,9 @@ def lower_bound_line(plan: Plan, est: Estimate, compute: bool) -> str:
     lower_bound): the bound `plan search` stored with its saved estimate (both priced at
     search time, with the calibration it used), else computed now with the cost model
     `est` comes from when `compute` or the cluster is small (BOUND_MAX_DEVICES)."""
+    if plan.staleness:
+        return (f"lower bound: the search space's bound is of synchronous plans; a plan of "
+                f"staleness {plan.staleness} may run below it")
     search = plan.provenance.search or {}
     saved_bound, saved = search.get("lower_bound_s"), (plan.estimate or {}).get("iteration_s")
     if isinstance(saved_bound, (int, float)) and isinstance(saved, (int, float)) \
@@ -134,7 +140,7 @@ def plan_as_text(plan: Plan, est: Estimate, compute_bound: bool = False) -> str:
     if experts:
         lines.append("(all-to-all s = part of the time: a mixture-of-experts call's token "
                      "dispatch and combine)")
-    moves = reallocations(wf, plan.executions)
+    moves = reallocations(wf, plan.executions, plan.staleness)
     lines.append(f"reallocations: {len(moves)}")
     for move in moves:
         suffix = " (next iteration)" if move.wraps else ""
@@ -151,6 +157,7 @@ def plan_as_text(plan: Plan, est: Estimate, compute_bound: bool = False) -> str:
     fits = "fits in device memory" if est.feasible else f"DOES NOT FIT: {est.reason}"
     lines.append(f"estimate: {est.iteration_s:.2f} s per iteration (steady state), peak "
                  f"memory {peak:.1f} GiB, {fits}")
+    lines.extend(staleness_lines(plan, est))
     lines.append(lower_bound_line(plan, est, compute_bound))
     lines.extend(peak_device_lines(plan, est))
     lines.append(f"compute times from: {est.compute_source}")

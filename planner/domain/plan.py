@@ -7,6 +7,10 @@ policy: shard_optimizer_over_dp, recompute; shard_parameters_over_dp when an imp
 config trains or infers FSDP-style), the augmented steps
 (reallocations and transfers; derived, rewritten on save), the estimate when one was made,
 and provenance. Saving, loading and saving again gives byte-identical text.
+`staleness: s` (top level, written only when s > 0; 0 <= s <= workflow.max_staleness) runs
+generation of iteration i on the rollout model's weights of iteration i - s
+(planner/domain/augment.py); with s >= 1 all generate calls of a rollout model share one
+placement, the rollout copy's.
 """
 
 from __future__ import annotations
@@ -17,10 +21,16 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner import __version__
-from planner.domain.augment import reallocations, transfers
+from planner.domain.augment import (
+    holds_parameters_alike,
+    reallocations,
+    rollout_models,
+    transfers,
+    weight_pushes,
+)
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError, validated
-from planner.domain.layout import Execution, RecomputeMode, execution_problem
+from planner.domain.layout import DecodeBatching, Execution, RecomputeMode, execution_problem
 from planner.domain.mesh import mesh_text, parse_mesh_text
 from planner.domain.output_files import atomic_write_text
 from planner.domain.workflow import Workflow
@@ -51,6 +61,7 @@ class Plan(BaseModel):
     executions: dict[str, Execution]
     estimate: Optional[dict[str, Any]] = None
     provenance: Provenance
+    staleness: int = Field(default=0, strict=True)
 
     def problems(self) -> list[str]:
         """Every reason this plan is invalid for its workflow and cluster (empty when valid)."""
@@ -70,6 +81,31 @@ class Plan(BaseModel):
                                         self.workflow.batch)
             if problem:
                 found.append(f"executions.{name}: {problem}")
+        if not missing:
+            found.extend(self._staleness_problems())
+        return found
+
+    def _staleness_problems(self) -> list[str]:
+        """The staleness within the workflow's bound; with s >= 1 one placement for each
+        rollout model's generate calls (its rollout copy)."""
+        bound = self.workflow.max_staleness
+        if not 0 <= self.staleness <= bound:
+            return [f"staleness: got {self.staleness}; valid: an integer from 0 to the "
+                    f"workflow's max_staleness {bound}"]
+        if self.staleness == 0:
+            return []
+        found = []
+        for role in rollout_models(self.workflow):
+            generate = [c for c in self.workflow.calls_of_model(role)
+                        if self.workflow.call_by_name[c].kind == "generate"]
+            first = self.executions[generate[0]]
+            differ = [c for c in generate[1:]
+                      if not holds_parameters_alike(self.executions[c], first)]
+            if differ:
+                found.append(f"staleness: {self.staleness} keeps one rollout copy of "
+                             f"{role}, so its generate calls need one placement; "
+                             f"{', '.join(differ)} differ(s) from {generate[0]} "
+                             f"({first.layout_text} on devices {list(first.devices)})")
         return found
 
 
@@ -89,6 +125,8 @@ class ExecutionEntry(BaseModel):
     # defaults); the file of a train call always has them, other calls leave them out.
     shard_optimizer_over_dp: bool = Execution.model_fields["shard_optimizer_over_dp"].default
     recompute: RecomputeMode = Execution.model_fields["recompute"].default
+    # Generate calls (Execution says what it does); written when continuous.
+    decode_batching: DecodeBatching = Execution.model_fields["decode_batching"].default
     # Imported framework configs only (Execution says what it does); written when true.
     shard_parameters_over_dp: bool = Execution.model_fields["shard_parameters_over_dp"].default
 
@@ -105,6 +143,7 @@ class PlanFile(BaseModel):
     augmented: Optional[dict[str, Any]] = None
     estimate: Optional[dict[str, Any]] = None
     provenance: Provenance
+    staleness: int = Field(default=0, strict=True)   # range: Plan.problems checks it
 
 
 def _resolve_execution(name: str, entry: ExecutionEntry, cluster: ClusterSpec,
@@ -125,7 +164,7 @@ def _resolve_execution(name: str, entry: ExecutionEntry, cluster: ClusterSpec,
     return Execution(devices=tuple(devices), dp=entry.dp, tp=entry.tp, pp=entry.pp,
                      micro_batches=entry.micro_batches, ep=entry.ep,
                      shard_optimizer_over_dp=entry.shard_optimizer_over_dp,
-                     recompute=entry.recompute,
+                     recompute=entry.recompute, decode_batching=entry.decode_batching,
                      shard_parameters_over_dp=entry.shard_parameters_over_dp)
 
 
@@ -139,7 +178,8 @@ def plan_from_mapping(data: dict[str, Any], source: str) -> Plan:
     executions = {name: _resolve_execution(name, entry, parsed.cluster, source)
                   for name, entry in parsed.executions.items()}
     plan = Plan(workflow=parsed.workflow, cluster=parsed.cluster, executions=executions,
-                estimate=parsed.estimate, provenance=parsed.provenance)
+                estimate=parsed.estimate, provenance=parsed.provenance,
+                staleness=parsed.staleness)
     problems = plan.problems()
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
@@ -164,20 +204,29 @@ def plan_to_mapping(plan: Plan) -> dict[str, Any]:
         if plan.workflow.call_by_name[name].kind == "train":
             entry["shard_optimizer_over_dp"] = ex.shard_optimizer_over_dp
             entry["recompute"] = ex.recompute
+        if ex.decode_batching != Execution.model_fields["decode_batching"].default:
+            entry["decode_batching"] = ex.decode_batching
         if ex.shard_parameters_over_dp:
             entry["shard_parameters_over_dp"] = True
         executions[name] = entry
     augmented = {
         "reallocations": [{"model": r.model, "from": r.src_call, "to": r.dst_call,
                            "next_iteration": r.wraps}
-                          for r in reallocations(plan.workflow, plan.executions)],
+                          for r in reallocations(plan.workflow, plan.executions,
+                                                 plan.staleness)],
         "transfers": [{"from": t.src_call, "to": t.dst_call, "keys": list(t.keys)}
                       for t in transfers(plan.workflow, plan.executions)],
     }
+    pushes = weight_pushes(plan.workflow, plan.staleness)
+    if pushes:
+        augmented["weight_pushes"] = [{"model": p.model, "from": p.train_call,
+                                       "to": p.gen_call} for p in pushes]
+    staleness = {"staleness": plan.staleness} if plan.staleness else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "workflow": plan.workflow.model_dump(mode="json"),
         "cluster": plan.cluster.model_dump(mode="json"),
+        **staleness,
         "executions": executions,
         "augmented": augmented,
         "estimate": plan.estimate,

@@ -8,6 +8,10 @@ come from the dataset (prompts, preference pairs) rather than from another call.
 The order of calls matters in one place: calls of the same model run in the workflow's
 topological order (ties broken by the order calls are listed), and that order is what the
 augmented graph and the runtime follow.
+
+`max_staleness: k` (default 0, synchronous) lets generation of iteration i use a rollout
+model's weights from iteration i - k (planner.domain.augment says what it implies); it needs
+a rollout model, a trained model with a generate call (rollout_models).
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from pydantic import (
     Field,
     PrivateAttr,
     SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_serializer,
+    field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -43,6 +51,11 @@ CallKind = Literal["generate", "inference", "train"]
 MAX_SEQS_PER_ITERATION = 1_048_576
 LENGTH_FIELDS = ("prompt_len", "gen_len")
 Algorithm = Literal["ppo", "grpo", "remax", "dpo", "rloo", "custom"]
+# Largest staleness bound a workflow may allow. Published asynchronous trainers run 1 to 8
+# (verl's one-step off-policy trainer: 1; AReaL's max_head_offpolicyness, its paper's sweeps
+# up to 8); each unit of staleness adds two simulated iterations (costmodel/simulator.py) and
+# keeps samples of older weights, so a larger bound is refused rather than silently priced.
+MAX_STALENESS = 8
 
 
 class ModelFunctionCall(BaseModel):
@@ -141,6 +154,30 @@ class Workflow(BaseModel):
     batch: BatchSpec
     inputs: tuple[str, ...] = ("prompts",)
     calls: tuple[ModelFunctionCall, ...] = Field(min_length=1)
+    max_staleness: int = Field(default=0, strict=True)
+
+    @model_serializer(mode="wrap")
+    def _without_default_staleness(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A synchronous workflow (max_staleness 0) writes no max_staleness key, so plan
+        files of synchronous workflows stay as they were."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("max_staleness") == 0:
+            del data["max_staleness"]
+        return data
+
+    @field_validator("max_staleness")
+    @classmethod
+    def _check_staleness(cls, k: int, info: ValidationInfo) -> int:
+        """0 <= k <= MAX_STALENESS, and k > 0 only with a rollout model to run stale."""
+        if not 0 <= k <= MAX_STALENESS:
+            raise ValueError(f"got {k}; valid: an integer from 0 (synchronous) to "
+                             f"{MAX_STALENESS}")
+        calls, algorithm = info.data.get("calls", ()), info.data.get("algorithm")
+        if k > 0 and not _rollout_roles(info.data.get("models", {}), calls):
+            raise ValueError(f"got {k}, but the {algorithm} workflow has no rollout model "
+                             f"(a trained model with a generate call), so no generation "
+                             f"can run on older weights; valid: 0")
+        return k
 
     @model_validator(mode="after")
     def _check_graph(self) -> "Workflow":
@@ -213,3 +250,15 @@ class Workflow(BaseModel):
 
     def trained_models(self) -> set[str]:
         return {c.model for c in self.calls if c.kind == "train"}
+
+    def rollout_models(self) -> tuple[str, ...]:
+        """Trained model roles with at least one generate call, in the order of `models`
+        (planner.domain.augment.rollout_models)."""
+        return _rollout_roles(self.models, self.calls)
+
+
+def _rollout_roles(models: dict, calls: tuple[ModelFunctionCall, ...]) -> tuple[str, ...]:
+    """Roles of `models` (in their order) with a train call and a generate call."""
+    trained = {c.model for c in calls if c.kind == "train"}
+    generating = {c.model for c in calls if c.kind == "generate"}
+    return tuple(role for role in models if role in trained and role in generating)

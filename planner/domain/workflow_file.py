@@ -10,6 +10,8 @@ A model may be a preset name, a directory with an HF config.json (relative to th
 `{model: NAME, head: lm|value}`. `algorithm: custom` (or any algorithm with `calls:`) gives
 the calls explicitly, each {name, model, kind, inputs, outputs}; `inputs:` names the keys the
 dataset provides (default [prompts]).
+`max_staleness: k` (0 to MAX_STALENESS, default 0) lets generation of iteration i use the
+rollout model's weights of iteration i - k (planner/domain/workflow.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from planner.domain.builtin_workflows import (
     BUILTIN_CALLS,
@@ -56,6 +58,7 @@ class WorkflowFile(BaseModel):
     batch: BatchSpec
     inputs: Optional[tuple[str, ...]] = None
     calls: Optional[tuple[ModelFunctionCall, ...]] = None
+    max_staleness: int = Field(default=0, strict=True)   # bounds: Workflow checks them
 
     @field_validator("models", mode="before")
     @classmethod
@@ -106,7 +109,7 @@ def build_workflow(spec: WorkflowFile, source: str, base_dir: Path | None = None
             raise InputError(f"{source}: models.{name}: {err}") from None
     try:
         return Workflow(algorithm=spec.algorithm, models=roles, batch=spec.batch,
-                        inputs=inputs, calls=calls)
+                        inputs=inputs, calls=calls, max_staleness=spec.max_staleness)
     except ValidationError as err:
         raise describe_validation_error(err, source, model=Workflow) from None
 
@@ -117,11 +120,13 @@ def load_workflow_file(path: Path) -> Workflow:
     return build_workflow(spec, str(path), Path(path).parent)
 
 
-def builtin_workflow(name: str, model: str = DEFAULT_MODEL, batch: dict | None = None) -> Workflow:
+def builtin_workflow(name: str, model: str = DEFAULT_MODEL, batch: dict | None = None,
+                     max_staleness: int = 0) -> Workflow:
     """A built-in workflow with every role on `model` and the default batch of design.md."""
     roles = sorted({c.model for c in BUILTIN_CALLS[name]})
     spec = WorkflowFile(algorithm=name, models={r: model for r in roles},
-                        batch=BatchSpec(**(batch or DEFAULT_BATCH[name])))
+                        batch=BatchSpec(**(batch or DEFAULT_BATCH[name])),
+                        max_staleness=max_staleness)
     return build_workflow(spec, f"workflow {name}")
 
 

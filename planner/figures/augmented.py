@@ -87,7 +87,7 @@ def draw_augmented_graph(plan: Plan, graph: nx.DiGraph, est: Estimate, out: Path
         nx.draw_networkx_nodes(graph, pos, nodelist=nodes, node_shape=marker, ax=ax,
                                node_size=CALL_SIZE, edgecolors="black", linewidths=0.6,
                                node_color=[colours[graph.nodes[n]["model"]] for n in nodes])
-    moves = [n for n in graph if graph.nodes[n]["kind"] == "realloc"]
+    moves = [n for n in graph if graph.nodes[n]["kind"] in ("realloc", "push")]
     if moves:
         drawn = nx.draw_networkx_nodes(graph, pos, nodelist=moves, node_shape="s", ax=ax,
                                        node_size=REALLOC_SIZE, edgecolors="black",
@@ -104,8 +104,10 @@ def draw_augmented_graph(plan: Plan, graph: nx.DiGraph, est: Estimate, out: Path
                 fontsize=7, bbox=LABEL_BOX)
     for node in moves:
         x, y = pos[node]
-        seconds = est.realloc_times_s[node.split("/", 1)[1]]
-        ax.text(x, y - 0.2, f"realloc\n{format_seconds(seconds)}", ha="center", va="top",
+        kind = graph.nodes[node]["kind"]
+        times = est.push_times_s if kind == "push" else est.realloc_times_s
+        seconds = times[node.split("/", 1)[1]]
+        ax.text(x, y - 0.2, f"{kind}\n{format_seconds(seconds)}", ha="center", va="top",
                 fontsize=6.5, bbox=LABEL_BOX)
     ax.set_yticks([-r for r in rows.values()], [f"model: {m}" for m in rows], fontsize=8)
     ax.set_xticks([])

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from costmodel.plan_memory import RECEIVE_BUFFER, WEIGHTS_COPY  # noqa: E402
+from costmodel.plan_memory import RECEIVE_BUFFER, ROLLOUT_COPY, WEIGHTS_COPY  # noqa: E402
 from costmodel.simulator import Estimate  # noqa: E402
 from planner.domain.hardware import GIB  # noqa: E402
 from planner.domain.plan import Plan  # noqa: E402
@@ -42,6 +42,7 @@ KIND_STYLE = {
     "unsharded_gradients": ("xx.", "unsharded gradients before reduce-scatter (FSDP / ZeRO-3)"),
     WEIGHTS_COPY: ("xx", "temporary weights copy (call placed unlike its train call)"),
     RECEIVE_BUFFER: ("++", "reallocation receive buffer"),
+    ROLLOUT_COPY: ("##", "rollout copy of the weights (staleness >= 1, generation placement)"),
 }
 LEGEND_PART_COLOUR = "#8c8c8c"  # dark enough for the white hatching to show
 MAX_DEVICES_WITH_NOTES = 16

@@ -41,7 +41,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from costmodel.plan_cost import PlanCosts
-from costmodel.simulator import DEFAULT_ITERATIONS, Estimate, simulate
+from costmodel.simulator import Estimate, simulate, simulated_iterations
 from planner.domain.augment import augmented_graph
 from planner.domain.errors import validated
 from planner.domain.hardware import GIB
@@ -277,17 +277,19 @@ def perfetto_trace(plan: Plan, label: str, trace: Path | None = None) -> dict:
     """The trace-event JSON object of `plan`'s estimate, and of the measured run in
     `trace` when given (module docstring)."""
     costs = PlanCosts(plan.workflow, plan.cluster)
-    est = simulate(plan.workflow, plan.cluster, plan.executions, DEFAULT_ITERATIONS, costs)
-    graph = augmented_graph(plan.workflow, plan.executions, DEFAULT_ITERATIONS)
+    iterations = simulated_iterations(plan.staleness)
+    est = simulate(plan.workflow, plan.cluster, plan.executions, iterations, costs,
+                   staleness=plan.staleness)
+    graph = augmented_graph(plan.workflow, plan.executions, iterations, plan.staleness)
     ends = iteration_ends([(_runs_in(graph, n), end) for n, (_, end) in est.node_times.items()],
-                          DEFAULT_ITERATIONS)
+                          iterations)
     heading = f"{plan.workflow.algorithm} on {plan.cluster.describe()}"
     events = process_events(ESTIMATE_PID, f"estimate: {label}, {heading}, "
                             f"{est.iteration_s:.3f} s per iteration", plan,
                             estimated_slices(plan, est, graph, costs), ends, 0.0)
     other = {"plan": label, "workflow": plan.workflow.algorithm,
              "cluster": plan.cluster.describe(), "estimated_iteration_s": est.iteration_s,
-             "estimate_feasible": est.feasible, "iterations": DEFAULT_ITERATIONS}
+             "estimate_feasible": est.feasible, "iterations": iterations}
     if trace is not None:
         nodes = load_trace(trace, plan)
         count = max(n.iteration for n in nodes) + 1

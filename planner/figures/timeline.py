@@ -3,7 +3,9 @@
 The simulator schedules K iterations (K = 3 by default); iteration 0 starts from idle
 devices, so the chart shows the steady-state iterations 1..K-1. Each device row holds the
 calls and reallocations that occupy it; data transfers occupy no device (they delay the
-consumer), so they are drawn as thin strips at the bottom of the consumer's rows.
+consumer), so they are drawn as thin strips at the bottom of the consumer's rows. A plan
+with staleness >= 1 shows its weight pushes (tagged P#, listed below the chart) and its
+iterations overlapping: generation of iteration i + 1 beside training of iteration i.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ LABEL_FONT_PT = 7.5
 NOTE_WIDTH_CHARS = 190
 TAG_WIDTH_PT = 14         # room one "R#" tag needs above its bar
 CHAR_WIDTH_PT = 0.62 * LABEL_FONT_PT  # mean glyph width of the default sans font
+PUSH_PREFIX = "push:"     # planner.domain.augment.WeightPush.name
+MOVE_HATCH = {REALLOC_PREFIX: "////", PUSH_PREFIX: "\\\\\\\\"}
 
 
 @dataclass(frozen=True)
@@ -171,18 +175,21 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
     chart = _Chart(ax, window, axis_width_pt, row_in * 72, two_lanes=bool(measured_bars))
 
     realloc_tags: dict[str, str] = {}
+    push_tags: dict[str, str] = {}
     tag_spots: list[tuple[float, float, str]] = []
-    # calls first, reallocations on top: a reallocation is often a few milliseconds long
-    for bar in sorted(shown_bars, key=lambda b: (b.name.startswith(REALLOC_PREFIX), b.start_s)):
+    # calls first, reallocations and pushes on top: they are often milliseconds long
+    for bar in sorted(shown_bars, key=lambda b: (_move_prefix(b.name) is not None, b.start_s)):
         colour = colours[bar.model]
-        is_realloc = bar.name.startswith(REALLOC_PREFIX)
+        prefix = _move_prefix(bar.name)
+        is_realloc = prefix is not None
         style = dict(facecolor=colour, edgecolor="black" if is_realloc else "white",
                      linewidth=0.8 if is_realloc else 0.6,
-                     hatch="////" if is_realloc else None, zorder=3 if is_realloc else 2)
+                     hatch=MOVE_HATCH.get(prefix), zorder=3 if is_realloc else 2)
+        tags, letter = (push_tags, "P") if prefix == PUSH_PREFIX else (realloc_tags, "R")
         for first, last in device_runs(bar.devices, merge=True):
             box = chart.run_rects(first, last, bar.start_s, bar.end_s, False, style)
             if is_realloc:
-                tag = realloc_tags.setdefault(bar.name, f"R{len(realloc_tags) + 1}")
+                tag = tags.setdefault(bar.name, f"{letter}{len(tags) + 1}")
                 if first == min(bar.devices):
                     tag_spots.append((box[0] + box[2] / 2, box[1], tag))
             else:
@@ -208,6 +215,10 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
     handles = [Patch(facecolor=c, label=f"model: {m}") for m, c in colours.items()]
     handles.append(Patch(facecolor="#bbbbbb", edgecolor="black", hatch="////",
                          label="reallocation (R#, listed below)"))
+    if push_tags:
+        handles.append(Patch(facecolor="#bbbbbb", edgecolor="black",
+                             hatch=MOVE_HATCH[PUSH_PREFIX],
+                             label="weight push to the generation copy (P#, listed below)"))
     if transfer_count:
         handles.append(Patch(facecolor="#bbbbbb", hatch="....",
                              label="data transfer (strip under the consumer)"))
@@ -218,6 +229,9 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
               frameon=False)
     notes = [f"{tag}: {short_realloc(name)}, {format_seconds(est.realloc_times_s[name])}"
              for name, tag in realloc_tags.items()]
+    notes += [f"{tag}: weight push {name[len(PUSH_PREFIX):].replace(':', ': ', 1)}, "
+              f"{format_seconds(est.push_times_s[name])} (staleness {est.staleness})"
+              for name, tag in push_tags.items()]
     notes.append(_transfer_note(est, transfer_count))
     if measured_note:
         notes.append(measured_note)
@@ -226,6 +240,11 @@ def draw_timeline(plan: Plan, est: Estimate, graph, out: Path, title: str,
         fig.text(0.01, -0.01, "\n".join(wrapped), fontsize=7.5, va="top", ha="left")
     fig.tight_layout()
     save_figure(fig, out)
+
+
+def _move_prefix(name: str) -> str | None:
+    """REALLOC_PREFIX or PUSH_PREFIX for a reallocation's or weight push's name, else None."""
+    return next((prefix for prefix in MOVE_HATCH if name.startswith(prefix)), None)
 
 
 def _draw_tags(ax, spots: list[tuple[float, float, str]], min_gap_s: float) -> None:

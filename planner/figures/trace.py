@@ -71,7 +71,8 @@ def load_trace(path: Path, plan: Plan) -> list[MeasuredNode]:
                          f"{type(data).__name__}")
     parsed = validated(TraceFile, data, path)
     num_devices = plan.cluster.num_devices
-    wrapping = {m.name for m in reallocations(plan.workflow, plan.executions) if m.wraps}
+    wrapping = {m.name for m in reallocations(plan.workflow, plan.executions, plan.staleness)
+                if m.wraps}
     result = []
     for index, node in enumerate(parsed.nodes):
         field = f"{path}: nodes[{index}]"
