@@ -1,4 +1,12 @@
-"""Shared pieces of the RL losses: the rollout a train call sees, masked sums, clipping, KL."""
+"""Shared pieces of the RL losses: the rollout a train call sees, masked sums, clipping, KL.
+
+The policy surrogate is PPO's clipped one; with stale samples (a plan's staleness s >= 1)
+it is the decoupled objective of AReaL (Fu et al. 2025, eq. 5): the ratio is taken to the
+proximal policy (the training copy's logprobs recomputed at the start of the train call,
+key `prox_logprobs`) and each token is weighted by the behaviour importance weight
+min(pi_prox / pi_behav, BEHAVIOUR_WEIGHT_CAP), pi_behav being the generating version's
+logprobs (key `logprobs`), with no gradient through the weight.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,13 @@ from dataclasses import dataclass, field
 import torch
 
 from runtime.batch import ModelOutputs
+
+
+# AReaL v1.0.4 (areal/api/cli_args.py, RejectionSamplingConfig; a copy is in
+# tests/frameworks/data/areal/cli_args.py): upper = 5.0 by default, the default of the
+# behave_imp_weight_cap it replaced; its action "clamp" (truncation of the token weight to
+# [0, upper]) is the min() used here.
+BEHAVIOUR_WEIGHT_CAP = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,36 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
     ratio = (logprobs - old_logprobs).exp()
     return torch.maximum(-advantages * ratio,
                          -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+
+
+def decoupled_policy_loss(logprobs: torch.Tensor, prox_logprobs: torch.Tensor,
+                          behav_logprobs: torch.Tensor, advantages: torch.Tensor,
+                          clip_eps: float) -> torch.Tensor:
+    """Per-token decoupled surrogate (module docstring): the clipped surrogate of the ratio
+    to the proximal policy, times w = min(exp(prox - behav), BEHAVIOUR_WEIGHT_CAP). With
+    prox = behav, w is exactly 1 and the result is clipped_policy_loss's, bit for bit."""
+    weight = (prox_logprobs - behav_logprobs).exp().clamp(max=BEHAVIOUR_WEIGHT_CAP)
+    return clipped_policy_loss(logprobs, prox_logprobs, advantages, clip_eps) * weight.detach()
+
+
+def policy_extras(rollout: Rollout) -> dict[str, torch.Tensor]:
+    """The logprobs the surrogate compares with: the behaviour ones (`old_logprobs`, from
+    the generate call) and, when the train call recomputed them, the proximal ones."""
+    extras = {"old_logprobs": rollout.keys["logprobs"]}
+    if "prox_logprobs" in rollout.keys:
+        extras["prox_logprobs"] = rollout.keys["prox_logprobs"]
+    return extras
+
+
+def policy_loss(logprobs: torch.Tensor, extras: dict[str, torch.Tensor],
+                clip_eps: float) -> torch.Tensor:
+    """Per-token surrogate of a micro-batch: decoupled when `prox_logprobs` is given, else
+    today's clipped surrogate to the behaviour logprobs."""
+    if "prox_logprobs" in extras:
+        return decoupled_policy_loss(logprobs, extras["prox_logprobs"], extras["old_logprobs"],
+                                     extras["advantages"], clip_eps)
+    return clipped_policy_loss(logprobs, extras["old_logprobs"], extras["advantages"],
+                               clip_eps)
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """GRPO (Shao et al. 2024): group-normalised sequence rewards as advantages, no critic.
 
 A_i = (r_i - mean of its group) / (std of its group + eps) on every response token, the
-clipped surrogate, plus grpo_kl_beta times the k3 KL estimate to the reference per token.
+clipped surrogate (decoupled with stale samples, runtime.algorithms.common), plus
+grpo_kl_beta times the k3 KL estimate to the reference per token (not importance weighted:
+the behaviour weight corrects the surrogate only; AReaL keeps its KL in the reward).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import torch
 from runtime.algorithms.common import (
     AlgoConfig,
     Rollout,
-    clipped_policy_loss,
     group_view,
     k3_kl,
     local_rows,
+    policy_extras,
+    policy_loss,
     response,
 )
 from runtime.batch import MicroBatch, ModelOutputs
@@ -33,13 +36,13 @@ def actor_extras(rollout: Rollout, config: AlgoConfig) -> dict[str, torch.Tensor
     advantages = local_rows(rollout, group_advantages(rollout.global_keys["rewards"],
                                                       rollout.group_size))
     mask = rollout.response_mask
-    return {"old_logprobs": rollout.keys["logprobs"], "ref_logprobs": rollout.keys["ref_logprobs"],
+    return {**policy_extras(rollout), "ref_logprobs": rollout.keys["ref_logprobs"],
             "advantages": advantages[:, None] * mask}
 
 
 def actor_loss(outputs: ModelOutputs, mb: MicroBatch, config: AlgoConfig) -> torch.Tensor:
     e = mb.extras
     logprobs = response(outputs, e["advantages"].shape[1])
-    loss = clipped_policy_loss(logprobs, e["old_logprobs"], e["advantages"], config.clip_eps)
+    loss = policy_loss(logprobs, e, config.clip_eps)
     loss = loss + config.grpo_kl_beta * k3_kl(logprobs, e["ref_logprobs"])
     return (loss * mb.loss_mask).sum()

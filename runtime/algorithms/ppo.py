@@ -2,15 +2,22 @@
 
 Token reward r_t = -kl_coef (logp_old - logp_ref) on every response token, plus the
 sequence reward on its last response token. Advantages and returns by GAE(gamma, lambda)
-over the critic's values of the rollout; no advantage whitening (it would need batch-wide
-statistics and the same update under every layout).
+over the critic's values of the rollout (the KL in the reward is to the behaviour logprobs);
+no advantage whitening (it would need batch-wide statistics and the same update under every
+layout). The policy surrogate is decoupled for stale samples (runtime.algorithms.common).
 """
 
 from __future__ import annotations
 
 import torch
 
-from runtime.algorithms.common import AlgoConfig, Rollout, clipped_policy_loss, response
+from runtime.algorithms.common import (
+    AlgoConfig,
+    Rollout,
+    policy_extras,
+    policy_loss,
+    response,
+)
 from runtime.batch import MicroBatch, ModelOutputs
 
 
@@ -39,7 +46,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 def actor_extras(rollout: Rollout, config: AlgoConfig) -> dict[str, torch.Tensor]:
     advantages, returns = gae(token_rewards(rollout, config), rollout.keys["values"],
                               rollout.response_mask, config.gamma, config.gae_lambda)
-    return {"old_logprobs": rollout.keys["logprobs"], "advantages": advantages,
+    return {**policy_extras(rollout), "advantages": advantages,
             "returns": returns, "old_values": rollout.keys["values"]}
 
 
@@ -49,8 +56,7 @@ critic_extras = actor_extras
 def actor_loss(outputs: ModelOutputs, mb: MicroBatch, config: AlgoConfig) -> torch.Tensor:
     e = mb.extras
     logprobs = response(outputs, e["advantages"].shape[1])
-    loss = clipped_policy_loss(logprobs, e["old_logprobs"], e["advantages"], config.clip_eps)
-    return (loss * mb.loss_mask).sum()
+    return (policy_loss(logprobs, e, config.clip_eps) * mb.loss_mask).sum()
 
 
 def critic_loss(outputs: ModelOutputs, mb: MicroBatch, config: AlgoConfig) -> torch.Tensor:

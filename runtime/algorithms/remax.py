@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime.algorithms.common import AlgoConfig, Rollout, sequence_kl
+from runtime.algorithms.common import AlgoConfig, Rollout, policy_extras, sequence_kl
 from runtime.algorithms.ppo import actor_loss
 
 __all__ = ["actor_extras", "actor_loss"]
@@ -17,5 +17,5 @@ __all__ = ["actor_extras", "actor_loss"]
 def actor_extras(rollout: Rollout, config: AlgoConfig) -> dict[str, torch.Tensor]:
     advantages = (rollout.keys["rewards"] - config.kl_coef * sequence_kl(rollout)
                   - rollout.keys["greedy_rewards"])
-    return {"old_logprobs": rollout.keys["logprobs"],
+    return {**policy_extras(rollout),
             "advantages": advantages[:, None] * rollout.response_mask}

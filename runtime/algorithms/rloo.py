@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from runtime.algorithms.common import AlgoConfig, Rollout, group_view, local_rows
+from runtime.algorithms.common import (
+    AlgoConfig,
+    Rollout,
+    group_view,
+    local_rows,
+    policy_extras,
+)
 from runtime.algorithms.ppo import actor_loss  # same surrogate on per-token advantages
 
 __all__ = ["actor_extras", "actor_loss", "leave_one_out"]
@@ -27,5 +33,5 @@ def actor_extras(rollout: Rollout, config: AlgoConfig) -> dict[str, torch.Tensor
     g = rollout.global_keys
     penalised = g["rewards"] - config.kl_coef * g["sequence_kl"]
     advantages = local_rows(rollout, leave_one_out(penalised, rollout.group_size))
-    return {"old_logprobs": rollout.keys["logprobs"],
+    return {**policy_extras(rollout),
             "advantages": advantages[:, None] * rollout.response_mask}

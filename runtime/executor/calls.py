@@ -10,9 +10,13 @@ the store, where transfers put them) and writes its replica's rows of each outpu
 - inference: rewards (reward model value at the last token, or the programmatic reward),
   ref_logprobs / logprobs (response tokens), values (critic value before each response
   token).
-- train: the algorithm's loss on minibatches that do not depend on the layout: global
-  sequence i (pair i // 2 for dpo) belongs to minibatch (i // unit) mod ppo_minibatches, so
-  every replica holds an equal share of every minibatch.
+- train: with staleness >= 1 a rollout model's train call first recomputes the logprobs of
+  its batch with the training copy (no grad; the micro-batches and code path of an inference
+  call in the train call's execution), the proximal logprobs `prox_logprobs` of the
+  decoupled objective (runtime.algorithms.common). Then the algorithm's loss on minibatches
+  that do not depend on the layout: global sequence i (pair i // 2 for dpo) belongs to
+  minibatch (i // unit) mod ppo_minibatches, so every replica holds an equal share of every
+  minibatch.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class CallEnv:
     algo_config: AlgoConfig
     optimizer: Adam | None
     group_size: int
+    proximal: bool = False  # a rollout model's train call with staleness >= 1
 
     @property
     def rows(self) -> tuple[int, int]:
@@ -205,6 +210,10 @@ def run_train(env: CallEnv) -> dict[str, float]:
     b = env.batch
     ids, mask = sequences(env)
     rollout = build_rollout(env, ids, mask)
+    if env.proximal:
+        outs = inference(env.model, _micro_batches(ids, mask, env.execution.micro_batches))
+        rollout.keys["prox_logprobs"] = torch.cat([o.logprobs[:, -b.gen_len:].cpu()
+                                                   for o in outs]).float()
     critic = env.model.head == "value"
     algo = env.algorithm
     extras = (algo.critic_extras if critic else algo.actor_extras)(rollout, env.algo_config)

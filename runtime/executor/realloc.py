@@ -48,7 +48,7 @@ def _local_index(ranges: ShardSlice, shard: ShardSlice) -> tuple[slice, ...]:
     return tuple(slice(a - s, b - s) for (a, b), (s, _) in zip(ranges, shard))
 
 
-class _Shards:
+class ShardViews:
     """Index pieces into one rank's shards of one layout."""
 
     def __init__(self, spec: ModelSpec, head: HeadKind, layout: Placement, where: Holding,
@@ -83,9 +83,9 @@ def reallocate(schedule: Schedule, spec: ModelSpec, head: HeadKind, me: int,
     bytes this rank sent to other ranks."""
     source = target = None
     if src is not None:
-        source = _Shards(spec, head, src[0], holding(src[0], me), src[1])
+        source = ShardViews(spec, head, src[0], holding(src[0], me), src[1])
     if dst is not None:
-        target = _Shards(spec, head, dst[0], holding(dst[0], me), dst[1])
+        target = ShardViews(spec, head, dst[0], holding(dst[0], me), dst[1])
     for piece in schedule.local:
         if piece.dst == me:
             target.view(piece).copy_(source.view(piece))

@@ -24,6 +24,13 @@ and by the data transfers into it.
   (or checkpoint) inside the call's first step, so in every iteration a copy lives from just
   before its call to the end of the reallocation out of it, never across the calls before
   (costmodel/plan_memory.py prices that lifetime).
+- Staleness s >= 1 (Plan.staleness): a rollout model's generate calls read its rollout copy,
+  made at start on their placement from the initial weights (version 0); a PushStep of
+  push(j) (planner.domain.augment.WeightPush), listed right after its last generate call of
+  iteration j + s, writes version j + 1 into it for iteration j + s + 1
+  (runtime/executor/weight_push.py). Its
+  other calls (the training chain) hold the training copy as above: the home, the
+  transient copies and the first call's copy are the training chain's.
 """
 
 from __future__ import annotations
@@ -31,7 +38,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
-from planner.domain.augment import Reallocation, scheduled_nodes
+from planner.domain.augment import (
+    Reallocation,
+    WeightPush,
+    rollout_models,
+    scheduled_nodes,
+)
 from planner.domain.layout import Execution
 from planner.domain.placement import Placement
 from planner.domain.workflow import Workflow
@@ -82,7 +94,23 @@ class TransferStep:
         return f"{self.iteration}/transfer:{self.edge}"
 
 
-Step = Union[CallStep, ReallocStep, TransferStep]
+@dataclass(frozen=True)
+class PushStep:
+    """push(iteration): the weights after train(iteration) into the rollout copy, for the
+    generation of iteration + staleness + 1; listed (and run) in `runs_in` = iteration +
+    staleness, right after the model's last generate call there (scheduled_nodes)."""
+
+    iteration: int
+    push: WeightPush
+    devices: tuple[int, ...]  # union of the train and generate meshes
+    runs_in: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.iteration}/{self.push.name}"
+
+
+Step = Union[CallStep, ReallocStep, TransferStep, PushStep]
 
 
 def home_call(workflow: Workflow, role: str) -> str:
@@ -98,14 +126,24 @@ def model_homes(workflow: Workflow, executions: Mapping[str, Execution]) -> dict
     return {role: executions[home_call(workflow, role)].placement for role in workflow.models}
 
 
-def initial_placements(workflow: Workflow, executions: Mapping[str, Execution]
-                       ) -> dict[str, list[Placement]]:
-    """Placements each model is created on: its home (at start) and its first call's (by
-    that call's first step, module docstring), home first."""
+def training_chain(workflow: Workflow, role: str, staleness: int) -> list[str]:
+    """The calls of `role` that use its training copy: all of them, or with staleness >= 1
+    a rollout model's non-generate calls (module docstring)."""
+    calls = workflow.calls_of_model(role)
+    if staleness and role in rollout_models(workflow):
+        return [c for c in calls if workflow.call_by_name[c].kind != "generate"]
+    return calls
+
+
+def initial_placements(workflow: Workflow, executions: Mapping[str, Execution],
+                       staleness: int = 0) -> dict[str, list[Placement]]:
+    """Placements each model's training copy is created on: its home (at start) and its
+    first call's of the training chain (by that call's first step, module docstring), home
+    first."""
     homes = model_homes(workflow, executions)
     result = {}
     for role in workflow.models:
-        first = executions[workflow.calls_of_model(role)[0]].placement
+        first = executions[training_chain(workflow, role, staleness)[0]].placement
         result[role] = [homes[role]] + ([first] if first != homes[role] else [])
     return result
 
@@ -128,15 +166,20 @@ def transfer_steps_into(workflow: Workflow, executions: Mapping[str, Execution],
 
 
 def build_steps(workflow: Workflow, executions: Mapping[str, Execution], num_iterations: int,
-                device_node: Sequence[int]) -> list[Step]:
+                device_node: Sequence[int], staleness: int = 0) -> list[Step]:
     """Every step of `num_iterations` iterations in the global order: the shared priority
     order (planner.domain.augment.scheduled_nodes), with each call's data transfers right
     before it."""
     transfers = {c: transfer_steps_into(workflow, executions, c, 0, device_node)
                  for c in workflow.call_order}
     steps: list[Step] = []
-    for node in scheduled_nodes(workflow, executions, num_iterations):
-        i, call, move = node.iteration, node.call, node.move
+    for node in scheduled_nodes(workflow, executions, num_iterations, staleness):
+        i, call, move, push = node.iteration, node.call, node.move, node.push
+        if push is not None:
+            union = set(executions[push.train_call].devices) | set(
+                executions[push.gen_call].devices)
+            steps.append(PushStep(i - staleness - 1, push, tuple(sorted(union)), i - 1))
+            continue
         if move is not None:
             union = set(executions[move.src_call].devices) | set(
                 executions[move.dst_call].devices)

@@ -2,8 +2,9 @@
 
 A step's start is the latest start over its ranks (when all its devices are there, as the
 simulator starts a node when all its devices are free), its end the latest end. Keys:
-- iteration_s: (end of iteration K-1 - end of iteration 0) / (K-1), the simulator's
-  steady-state rule (one iteration: its end minus the first start);
+- iteration_s: (end of iteration K-1 - end of iteration s) / (K-1-s) with the plan's
+  staleness s (0: synchronous), the simulator's steady-state rule (with K <= s + 1
+  iterations: the whole run over K);
 - calls: [{name, model, mesh, devices, dp, tp, pp, ep, micro_batches, time_s,
   all_to_all_bytes, peak_memory_gib, peak_memory_by_device}] with time_s the mean over
   iterations 1.. (all iterations when there is one), all_to_all_bytes the bytes the call's
@@ -19,6 +20,11 @@ simulator starts a node when all its devices are free), its end the latest end. 
 - nodes: [{name: "<iteration>/<node>", start_s, end_s, devices}], seconds from the first start;
 - peak_memory_gib, memory_source (cpu_live_tensor_bytes | cuda_max_memory_allocated), and
   iterations: [{iteration, seconds, metrics}].
+With staleness s >= 1 also: staleness (s), pushes [{name, time_s, bytes}] like
+reallocations, versions [{call, iteration, version, staleness}] (the weight version each
+generate call of a rollout model read, the version of all its samples, and iteration -
+version), each iteration's `staleness` (the largest of its generate calls') and
+staleness_reached (the largest over the run).
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def merge_records(messages: list[dict]) -> dict[str, dict]:
             node["peak_bytes"] = max(node["peak_bytes"], r["peak_bytes"])
             node["devices"].append(message["rank"])
             node["peak_bytes_by_device"][message["rank"]] = r["peak_bytes"]
+            if "version" in r:
+                node["version"] = r["version"]
     return nodes
 
 
@@ -77,7 +85,9 @@ def build_trace(plan: Plan, messages: list[dict], iterations: int) -> dict:
     nodes = merge_records(messages)
     t0 = min(n["start"] for n in nodes.values())
     ends = iteration_ends(nodes, iterations)
-    iteration_s = ((ends[-1] - ends[0]) / (iterations - 1) if iterations > 1 else ends[0] - t0)
+    s = plan.staleness
+    iteration_s = ((ends[-1] - ends[s]) / (iterations - 1 - s) if iterations > s + 1
+                   else (ends[-1] - t0) / iterations)
     by_label: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     for n in nodes.values():
         by_label[(n["kind"], n["label"])][n["iteration"]] = n
@@ -105,6 +115,7 @@ def build_trace(plan: Plan, messages: list[dict], iterations: int) -> dict:
     for message in messages:
         metrics[message["iteration"]].update(message["metrics"])
     starts = [t0] + ends[:-1]
+    asynchronous = _asynchronous(nodes, iterations) if s else {}
     return {
         "iteration_s": iteration_s,
         "calls": calls,
@@ -115,9 +126,25 @@ def build_trace(plan: Plan, messages: list[dict], iterations: int) -> dict:
         "nodes": [{"name": name, "start_s": n["start"] - t0, "end_s": n["end"] - t0,
                    "devices": sorted(n["devices"])}
                   for name, n in sorted(nodes.items(), key=lambda kv: kv[1]["start"])],
-        "iterations": [{"iteration": i, "seconds": ends[i] - starts[i], "metrics": metrics[i]}
+        "iterations": [{"iteration": i, "seconds": ends[i] - starts[i], "metrics": metrics[i],
+                        **({"staleness": asynchronous["by_iteration"][i]} if s else {})}
                        for i in range(iterations)],
+        **({"staleness": s, "pushes": moves("push"), "versions": asynchronous["versions"],
+            "staleness_reached": max(asynchronous["by_iteration"])} if s else {}),
     }
+
+
+def _asynchronous(nodes: dict[str, dict], iterations: int) -> dict:
+    """The versions generate calls read and the staleness of each iteration (module
+    docstring); an iteration without a versioned call has staleness 0."""
+    versions = sorted(({"call": n["label"], "iteration": n["iteration"], "version": n["version"],
+                        "staleness": n["iteration"] - n["version"]}
+                       for n in nodes.values() if "version" in n),
+                      key=lambda v: (v["iteration"], v["call"]))
+    by_iteration = [0] * iterations
+    for v in versions:
+        by_iteration[v["iteration"]] = max(by_iteration[v["iteration"]], v["staleness"])
+    return {"versions": versions, "by_iteration": by_iteration}
 
 
 def progress_line(iteration: int, iterations: int, seconds: float, metrics: dict) -> str:

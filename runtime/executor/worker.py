@@ -5,6 +5,11 @@ runtime.executor.launcher, or under torchrun through runtime.executor.torchrun).
 Models start from the seed, or from an HF checkpoint for the roles of config.load; after
 the iterations config.saves_after names, the trained roles are written to config.save as HF
 checkpoints (runtime.checkpoint_save), outside the timed steps.
+With staleness s >= 1 (Plan.staleness) a rollout model's generate calls run on its rollout
+copy, made at start on their placement (version 0), which push steps update
+(runtime/executor/steps.py, weight_push.py); its train call first recomputes the proximal
+logprobs with the training copy (runtime/executor/calls.py); each generate call's record
+carries the version it read.
 It posts one message per iteration, {"rank", "iteration", "records", "metrics"}, and
 returns {"rank", "weights"} (full-tensor slices of the models' home copies when
 config.return_weights).
@@ -23,6 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from planner.domain.augment import WeightPush, weight_pushes
 from planner.domain.placement import Placement
 from planner.domain.plan import Plan, plan_from_mapping
 from planner.sharding.param_shards import model_params, shard_slice
@@ -38,6 +44,7 @@ from runtime.executor.measure import PeakMemory
 from runtime.executor.realloc import empty_shards, holding, reallocate
 from runtime.executor.steps import (
     CallStep,
+    PushStep,
     ReallocStep,
     TransferStep,
     build_steps,
@@ -46,6 +53,7 @@ from runtime.executor.steps import (
     initial_placements,
     model_homes,
 )
+from runtime.executor.weight_push import PostedPush, finish_push, post_push
 from runtime.model import ParallelModel
 from runtime.optimizer import Adam, AdamConfig
 from runtime.parallel_context import create_contexts
@@ -65,6 +73,7 @@ class RankState:
     def __init__(self, plan: Plan, config: RunConfig, rank: int, device: DeviceConfig):
         self.plan, self.config, self.rank, self.device = plan, config, rank, device
         wf = plan.workflow
+        self.staleness = plan.staleness
         self.placements = distinct_layouts(wf, plan.executions)
         self.ctxs = dict(zip(self.placements, create_contexts(self.placements, device.backend)))
         self.homes = model_homes(wf, plan.executions)
@@ -73,13 +82,26 @@ class RankState:
         self.models: dict[str, dict[tuple, ParallelModel]] = {r: {} for r in wf.models}
         # role -> its first call's copy, made by that call's first step (steps.py)
         self.unmade: dict[str, Placement] = {}
-        for role, placements in initial_placements(wf, plan.executions).items():
+        for role, placements in initial_placements(wf, plan.executions,
+                                                   self.staleness).items():
             if role in skip:
                 continue
             home, *first = placements
             self.make_copy(role, home)
             if first:
                 self.unmade[role] = first[0]
+        # staleness >= 1: role -> its rollout copy on this rank (version 0 at start), the
+        # version it holds, and the push each rollout model's train call starts
+        self.rollout: dict[str, ParallelModel] = {}
+        self.versions: dict[str, int] = {}
+        self.push_after: dict[str, WeightPush] = {}
+        self.posted: dict[tuple[str, int], PostedPush] = {}
+        for push in weight_pushes(wf, self.staleness):
+            model = self.new_model(push.model, plan.executions[push.gen_call].placement)
+            if model is not None:
+                self.rollout[push.model] = model
+            self.versions[push.model] = 0
+            self.push_after[push.train_call] = push
         self.optimizers = {}
         for role in wf.trained_models():
             home = self.models[role].get(self.homes[role])
@@ -93,19 +115,25 @@ class RankState:
         self.dataset = Dataset(wf.batch, next(iter(wf.models.values())).spec.vocab_size,
                                config.seed, wf.algorithm == "dpo",
                                config.prompts and os.path.abspath(config.prompts))
-        self.pending_sends: list = []
+        self.pending_sends: dict[int, list] = {}  # iteration -> (work, buffer) of its sends
 
     def make_copy(self, role: str, placement: Placement) -> None:
-        """`role`'s model on `placement` from the seed or its checkpoint (config.load); none
+        """`role`'s (training) copy on `placement` (new_model); none on a rank outside it."""
+        model = self.new_model(role, placement)
+        if model is not None:
+            self.models[role][placement] = model
+
+    def new_model(self, role: str, placement: Placement) -> ParallelModel | None:
+        """`role`'s model on `placement` from the seed or its checkpoint (config.load); None
         on a rank outside the placement."""
         ctx = self.ctxs[placement]
         if ctx is None:
-            return
+            return None
         role_spec = self.plan.workflow.models[role]
         offset = _VALUE_SEED_OFFSET if role_spec.head == "value" else _LM_SEED_OFFSET
         seed = self.config.seed * 2 + offset
         checkpoint = dict(self.config.load).get(role)
-        self.models[role][placement] = (
+        return (
             ParallelModel.from_seed(role_spec.spec, role_spec.head, ctx, seed, self.device)
             if checkpoint is None else
             ParallelModel.from_hf(Path(checkpoint), role_spec.spec, role_spec.head, ctx,
@@ -116,15 +144,20 @@ class RankState:
         model's runtime.comm.AllToAllLedger over the call, 0 for a dense model)."""
         wf, ex = self.plan.workflow, self.plan.executions[step.call]
         call = wf.call_by_name[step.call]
-        if self.unmade.get(call.model) == ex.placement:
+        rollout = call.model in self.versions
+        reads_rollout_copy = rollout and call.kind == "generate"
+        if self.unmade.get(call.model) == ex.placement and not reads_rollout_copy:
             self.make_copy(call.model, self.unmade.pop(call.model))
+        model = (self.rollout.get(call.model) if reads_rollout_copy
+                 else self.models[call.model].get(ex.placement))
         env = calls.CallEnv(
             call=call, execution=ex, ctx=self.ctxs[ex.placement],
-            model=self.models[call.model].get(ex.placement), batch=wf.batch,
+            model=model, batch=wf.batch,
             iteration=step.iteration, store=self.store, dataset=self.dataset,
             seed=self.config.seed, temperature=self.config.temperature, reward=self.reward,
             algorithm=ALGORITHMS[wf.algorithm], algo_config=self.config.algo,
-            optimizer=self.optimizers.get(call.model), group_size=wf.batch.group_size)
+            optimizer=self.optimizers.get(call.model), group_size=wf.batch.group_size,
+            proximal=rollout and call.kind == "train")
         if env.model is None and not (self.reward is not None and call.model in
                                       reward_roles(self.plan)):
             raise RuntimeError(f"rank {self.rank}: no copy of {call.model} on the placement "
@@ -132,8 +165,50 @@ class RankState:
         traffic_before = env.model.moe_traffic.bytes if env.model is not None else 0
         metrics = calls.HANDLERS[call.kind](env)
         all_to_all = env.model.moe_traffic.bytes - traffic_before if env.model is not None else 0
+        push = self.push_after.get(step.call)
+        if (push is not None and self.staleness >= 2
+                and step.iteration + self.staleness + 1 < self.config.iterations):
+            self.start_push(push, step.iteration)  # version j + 1 exists only now
         report = self.rank == ex.devices[0]
         return 0, metrics if report else {}, all_to_all
+
+    def version_read(self, step) -> int | None:
+        """The weight version a generate call of a rollout model read (staleness >= 1)."""
+        if not isinstance(step, CallStep):
+            return None
+        call = self.plan.workflow.call_by_name[step.call]
+        if call.kind != "generate" or call.model not in self.versions:
+            return None
+        return self.versions[call.model]
+
+    def _push_schedule(self, push: WeightPush):
+        role = self.plan.workflow.models[push.model]
+        src = self.plan.executions[push.train_call].placement
+        dst = self.plan.executions[push.gen_call].placement
+        schedule = param_schedule(role.spec, role.head, src, dst, self.plan.cluster.device_node)
+        return role, src, dst, schedule
+
+    def start_push(self, push: WeightPush, iteration: int) -> None:
+        """Post this rank's part of push(iteration) while its training copy holds version
+        iteration + 1: right after train(iteration) with staleness >= 2, at the push node
+        with staleness 1 (runtime/executor/weight_push.py)."""
+        role, src, dst, schedule = self._push_schedule(push)
+        self.posted[(push.model, iteration)] = post_push(
+            schedule, role.spec, role.head, self.rank,
+            (src, self.models[push.model][src].params), dst)
+
+    def run_push(self, step: PushStep) -> int:
+        """push(step.iteration) at its place in the order: the rollout copy gets version
+        step.iteration + 1 (runtime/executor/weight_push.py)."""
+        role, src, dst, schedule = self._push_schedule(step.push)
+        if self.staleness == 1 and self.rank in src.devices:
+            self.start_push(step.push, step.iteration)
+        posted = self.posted.pop((step.push.model, step.iteration), None)
+        copy = self.rollout.get(step.push.model)
+        sent = finish_push(schedule, role.spec, role.head, self.rank, posted,
+                           (dst, copy.params) if copy is not None else None)
+        self.versions[step.push.model] = step.iteration + 1
+        return sent
 
     def run_realloc(self, step: ReallocStep) -> int:
         wf, move = self.plan.workflow, step.move
@@ -165,13 +240,21 @@ class RankState:
             return self.run_call(step)
         if isinstance(step, ReallocStep):
             return self.run_realloc(step), {}, 0
+        if isinstance(step, PushStep):
+            return self.run_push(step), {}, 0
         return run_transfer(step, self.store, self.rank, self.plan.workflow.batch,
-                            self.device.device, self.pending_sends), {}, 0
+                            self.device.device,
+                            self.pending_sends.setdefault(step.iteration, [])), {}, 0
 
     def finish_iteration(self, iteration: int) -> None:
-        for work, _ in self.pending_sends:
-            work.wait()
-        self.pending_sends.clear()
+        """Drop the iteration's data; wait for the data sends of iteration - staleness (all
+        at the last iteration): with staleness s the receivers of iteration i's data may
+        still be s iterations behind (generation runs ahead of training)."""
+        last = iteration == self.config.iterations - 1
+        for i in sorted(self.pending_sends):
+            if last or i <= iteration - self.staleness:
+                for work, _ in self.pending_sends.pop(i):
+                    work.wait()
         self.store.drop(iteration)
 
     def save_trained(self, directory: Path) -> None:
@@ -205,7 +288,8 @@ class RankState:
 
 
 def _step_kind(step) -> str:
-    return {CallStep: "call", ReallocStep: "realloc", TransferStep: "transfer"}[type(step)]
+    return {CallStep: "call", ReallocStep: "realloc", TransferStep: "transfer",
+            PushStep: "push"}[type(step)]
 
 
 def _label(step) -> str:
@@ -213,6 +297,8 @@ def _label(step) -> str:
         return step.call
     if isinstance(step, ReallocStep):
         return step.move.name
+    if isinstance(step, PushStep):
+        return step.push.name
     return step.edge
 
 
@@ -240,7 +326,7 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
     torch.manual_seed(config.seed)
     state = RankState(plan, config, rank, device)
     steps = build_steps(plan.workflow, plan.executions, config.iterations,
-                        plan.cluster.device_node)
+                        plan.cluster.device_node, plan.staleness)
     dist.barrier()
     for iteration in range(config.iterations):
         records, metrics = [], {}
@@ -256,10 +342,14 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
                 sent, step_metrics, all_to_all = state.run_step(step)
                 end = device.clock_s()
             metrics.update(step_metrics)
-            records.append({"node": step.name, "kind": _step_kind(step), "label": _label(step),
-                            "iteration": iteration, "start": start, "end": end,
-                            "bytes": sent, "all_to_all_bytes": all_to_all,
-                            "peak_bytes": memory.peak_bytes})
+            record = {"node": step.name, "kind": _step_kind(step), "label": _label(step),
+                      "iteration": iteration, "start": start, "end": end,
+                      "bytes": sent, "all_to_all_bytes": all_to_all,
+                      "peak_bytes": memory.peak_bytes}
+            version = state.version_read(step)
+            if version is not None:
+                record["version"] = version
+            records.append(record)
         state.finish_iteration(iteration)
         post({"rank": rank, "iteration": iteration, "records": records, "metrics": metrics,
               "memory_source": PeakMemory(device.device).source})
