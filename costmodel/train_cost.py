@@ -112,14 +112,21 @@ def _stage_buckets(st: StageTimer, stage: int, elements: int
     dtype = st.timers[stage][0].hardware.compute_dtype_bytes
     embedding = spec.vocab_size * spec.hidden_size // ex.tp if stage == 0 else 0
     link = st.knobs.link(st.geo.dp_link[stage])
-    key = (elements, ex.dp, zero1, dtype, embedding, link, comm.allreduce_time_s,
+    return _memoised_buckets(elements, ex.dp, zero1, dtype, embedding, link)
+
+
+def _memoised_buckets(elements: int, ranks: int, zero1: bool, dtype: int, embedding: int,
+                      link) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """_bucket_times through _BUCKET_MEMO, keyed also by the comm functions that price the
+    collectives (so that a replaced one, as tests do, is not answered from the memo)."""
+    key = (elements, ranks, zero1, dtype, embedding, link, comm.allreduce_time_s,
            comm.reduce_scatter_time_s, comm.zero1_gradient_reduce_time_s,
            comm.allgather_time_s)
     hit = _BUCKET_MEMO.get(key)
     if hit is None:
         if len(_BUCKET_MEMO) >= BUCKET_MEMO_ENTRIES:
             _BUCKET_MEMO.clear()
-        hit = _BUCKET_MEMO[key] = _bucket_times(elements, ex.dp, zero1, dtype, embedding,
+        hit = _BUCKET_MEMO[key] = _bucket_times(elements, ranks, zero1, dtype, embedding,
                                                 link)
     return hit
 
@@ -194,15 +201,7 @@ def expert_buckets(st: StageTimer, stage: int, elements: int
     zero1 = ex.shard_optimizer_over_dp and ranks > 1
     dtype = st.timers[stage][0].hardware.compute_dtype_bytes
     link = st.knobs.link(st.geo.expert_dp_link[stage] if ex.ep > 1 else st.geo.dp_link[stage])
-    key = ("experts", elements, ranks, zero1, dtype, link, comm.allreduce_time_s,
-           comm.reduce_scatter_time_s, comm.zero1_gradient_reduce_time_s,
-           comm.allgather_time_s)
-    hit = _BUCKET_MEMO.get(key)
-    if hit is None:
-        if len(_BUCKET_MEMO) >= BUCKET_MEMO_ENTRIES:
-            _BUCKET_MEMO.clear()
-        hit = _BUCKET_MEMO[key] = _bucket_times(elements, ranks, zero1, dtype, 0, link)
-    return hit
+    return _memoised_buckets(elements, ranks, zero1, dtype, 0, link)
 
 
 def expert_norm_s(st: StageTimer, stage: int) -> float:
