@@ -36,6 +36,12 @@ The parts (PART_KINDS) and their formulas:
   optimizer_step_bytes_per_device).
 - workspace: a fixed amount per call (efficiency.WORKSPACE_BYTES).
 
+The attention mask: generation's passes, and train and inference passes on devices that run
+them with a mask (cpu), hold SDPA's mask (efficiency.SDPA_MASK_BYTES_PER_KEY per key and
+query) in their working set and, in train, among what autograd keeps; train and inference
+passes on devices that run them right-aligned and causal (roofline.causal_attention: cuda,
+runtime/model.py forward_sequences) have no mask tensor, so none of it is counted there.
+
 Under FSDP / ZeRO-3 (Execution.shard_parameters_over_dp; costmodel/fsdp_cost.py for the
 sources): weights, and in train calls gradients and optimizer states, are divided over dp
 (each rank holds 1/dp of every flat parameter; FSDP's padding to a multiple of dp is
@@ -61,7 +67,7 @@ import numpy as np
 from costmodel import efficiency as eff
 from costmodel import moe_cost, recompute
 from costmodel.fsdp_cost import gathered_parameter_bytes, unsharded_gradient_bytes
-from costmodel.roofline import kv_heads_per_rank
+from costmodel.roofline import kv_heads_per_rank, op_is_causal
 from planner.domain.layout import RECOMPUTE_MODES, Execution
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.domain.workflow import BatchSpec, ModelFunctionCall
@@ -217,12 +223,20 @@ def optimizer_step_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp
     return dense_reduced + expert_reduced + np.maximum(dense_transient, expert_transient)
 
 
+def mask_keys(device_kind: str, op: str, keys: float) -> float:
+    """Keys per query of the attention mask an `op` pass holds on a device of
+    `device_kind` (module docstring): `keys`, or 0 for a cache-less pass that the device
+    runs causal without a mask (roofline.op_is_causal)."""
+    return 0.0 if op_is_causal(op, device_kind) else keys
+
+
 def block_working_bytes(spec: ModelSpec, tp: int, tokens: float, keys: float,
                         dtype_bytes: int, ep=1) -> float:
-    """One block's working set for `tokens` tokens of `keys` keys each without autograd
-    (efficiency.NO_GRAD_*): the residual stream and norm output, plus the larger of the
-    attention core's tensors and the MLP's (a mixture-of-experts block's under expert degree
-    `ep`, a number or an array like `tokens`: moe_cost.mlp_no_grad_bytes_per_token)."""
+    """One block's working set for `tokens` tokens without autograd (efficiency.NO_GRAD_*)
+    with a mask of `keys` keys per token (0: no mask, mask_keys): the residual stream and
+    norm output, plus the larger of the attention core's tensors and the MLP's (a
+    mixture-of-experts block's under expert degree `ep`, a number or an array like
+    `tokens`: moe_cost.mlp_no_grad_bytes_per_token)."""
     q_width, kv_width = spec.q_dim / tp, kv_heads_per_rank(spec, tp) * spec.head_dim
     attention = (q_width * 2 + kv_width * 2) * dtype_bytes + eff.SDPA_MASK_BYTES_PER_KEY * keys
     if spec.moe is not None:
@@ -266,12 +280,14 @@ def kv_cache_bytes(spec: ModelSpec, tp: int, num_layers: int, num_seqs: float,
 def train_stage_activation_bytes(spec: ModelSpec, head: HeadKind, tp: int, pp: int,
                                  micro_batches: np.ndarray, modes: np.ndarray,
                                  micro_seqs: np.ndarray, seq_len: int,
-                                 dtype_bytes: int, eps: np.ndarray | None = None
-                                 ) -> np.ndarray:
+                                 dtype_bytes: int, eps: np.ndarray | None = None, *,
+                                 device_kind: str) -> np.ndarray:
     """Block activations one device of each stage holds at the peak of a 1F1B train step
     (logits apart), for layouts of `tp` x `pp` with the given micro-batch counts,
     recomputation modes (RECOMPUTE_MODES codes) and micro-batch sequences (arrays [n]):
-    array [n, pp]. Every block of the micro-batches in flight keeps what the recomputation
+    array [n, pp], on a device of `device_kind` (whether its attention keeps a mask:
+    mask_keys; recompute.py counts its keys for the mask only, so 0 keys is no mask).
+    Every block of the micro-batches in flight keeps what the recomputation
     mode keeps, the last stage the final norm and head input, and in backward one block's
     rerun part is alive again (costmodel/recompute.py). The head's backward (logits and their
     gradients) is over before the first block's rerun begins, so the last stage's peak holds
@@ -283,19 +299,20 @@ def train_stage_activation_bytes(spec: ModelSpec, head: HeadKind, tp: int, pp: i
     tokens = (np.asarray(micro_seqs, dtype=np.int64) * seq_len)[:, None]
     in_flight = np.minimum(np.asarray(micro_batches, dtype=np.int64)[:, None],
                            pp - np.arange(pp, dtype=np.int64)[None, :])
+    keys = mask_keys(device_kind, "forward", seq_len)
     if spec.moe is None:
-        kept = np.array([recompute.kept_bytes_per_token(spec, mode, tp, seq_len, dtype_bytes)
+        kept = np.array([recompute.kept_bytes_per_token(spec, mode, tp, keys, dtype_bytes)
                          for mode in RECOMPUTE_MODES])[modes][:, None]
         rerun_per_token = np.array([recompute.recomputed_bytes_per_token(
-            spec, mode, tp, seq_len, dtype_bytes) for mode in RECOMPUTE_MODES])[modes][:, None]
+            spec, mode, tp, keys, dtype_bytes) for mode in RECOMPUTE_MODES])[modes][:, None]
         exchange = 0.0
     else:
         eps = np.ones(len(modes), dtype=np.int64) if eps is None else np.asarray(eps)
         pairs = [(RECOMPUTE_MODES[m], int(e)) for m, e in zip(modes, eps)]
-        kept = np.array([recompute.kept_bytes_per_token(spec, mode, tp, seq_len, dtype_bytes,
+        kept = np.array([recompute.kept_bytes_per_token(spec, mode, tp, keys, dtype_bytes,
                                                         e) for mode, e in pairs])[:, None]
         rerun_per_token = np.array([recompute.recomputed_bytes_per_token(
-            spec, mode, tp, seq_len, dtype_bytes, e) for mode, e in pairs])[:, None]
+            spec, mode, tp, keys, dtype_bytes, e) for mode, e in pairs])[:, None]
         exchange = tokens * np.array([moe_cost.all_to_all_working_bytes_per_token(
             spec, int(e), dtype_bytes) for e in eps])[:, None]
     rerun = tokens * recompute.RECOMPUTED_WORKING_COPIES * rerun_per_token
@@ -316,25 +333,28 @@ def micro_batch_seqs(call: ModelFunctionCall, batch: BatchSpec, execution: Execu
 def _stage_activation_and_kv_bytes(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind,
                                    tp: int, pp: int, micro_batches: np.ndarray,
                                    modes: np.ndarray, micro_seqs: np.ndarray,
-                                   batch: BatchSpec, dtype_bytes: int, eps: np.ndarray
-                                   ) -> tuple[np.ndarray, np.ndarray]:
+                                   batch: BatchSpec, dtype_bytes: int, eps: np.ndarray,
+                                   device_kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(activations, KV cache) of one device of each stage during the call, for layouts of
-    `tp` x `pp` (arrays [n] as in train_stage_activation_bytes): arrays [n, pp]."""
+    `tp` x `pp` (arrays [n] as in train_stage_activation_bytes) on a device of
+    `device_kind`: arrays [n, pp]."""
     n = len(micro_seqs)
     b = np.asarray(micro_seqs, dtype=np.int64)[:, None]
     ep = eps[:, None]
     if call.kind == "train":
         return train_stage_activation_bytes(spec, head, tp, pp, micro_batches, modes,
-                                            micro_seqs, batch.seq_len, dtype_bytes, eps), \
-            np.zeros((n, pp))
+                                            micro_seqs, batch.seq_len, dtype_bytes, eps,
+                                            device_kind=device_kind), np.zeros((n, pp))
     if call.kind == "inference":
-        working = block_working_bytes(spec, tp, b * batch.seq_len, batch.seq_len, dtype_bytes,
-                                      ep)
+        working = block_working_bytes(spec, tp, b * batch.seq_len,
+                                      mask_keys(device_kind, "forward", batch.seq_len),
+                                      dtype_bytes, ep)
         return np.broadcast_to(working, (n, pp)), np.zeros((n, pp))
     layers = np.asarray(stage_layer_counts(spec.num_layers, pp), dtype=np.int64)[None, :]
     wave_seqs = b * np.minimum(np.asarray(micro_batches, dtype=np.int64)[:, None], pp)
     kv = kv_cache_bytes(spec, tp, layers, wave_seqs, batch.seq_len, dtype_bytes)
-    working = block_working_bytes(spec, tp, b * batch.prompt_len, batch.prompt_len,
+    working = block_working_bytes(spec, tp, b * batch.prompt_len,
+                                  mask_keys(device_kind, "prefill", batch.prompt_len),
                                   dtype_bytes, ep)
     return np.broadcast_to(working, (n, pp)), kv
 
@@ -383,7 +403,7 @@ def layout_memory_parts(call: ModelFunctionCall, spec: ModelSpec, head: HeadKind
                                           dtype_bytes)
     activations, kv = _stage_activation_and_kv_bytes(call, spec, head, tp, pp, micro_batches,
                                                      modes, micro_seqs, batch, dtype_bytes,
-                                                     eps)
+                                                     eps, device_kind)
     logits = np.zeros((n, pp))
     logits[:, -1] = logits_bytes(spec, head, tp, _logits_tokens(call, batch, micro_seqs),
                                  train, dtype_bytes)

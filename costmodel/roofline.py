@@ -13,6 +13,10 @@ roofline, summed on the device:
   bytes / (bandwidth x efficiency)); its backward as two GEMMs of the same curve (input
   gradient and weight gradient);
 - attention (one SDPA kernel) as max(FLOPs / (MAMF x attention efficiency), bytes / bw);
+  the forward and backward of a cache-less pass (train, inference) on a device that runs
+  them right-aligned and causal (causal_attention: cuda) over the key blocks on and below
+  the diagonal only, without a mask; every other op (prefill, decode, cpu) over all keys
+  with a mask;
 - the element-wise ops (norms, rotary, SwiGLU, residual adds, KV-cache writes)
   as their bytes / bw.
 On CUDA the host issues the kernels asynchronously: a part takes max(device time, host time
@@ -45,6 +49,51 @@ from planner.domain.modelspec import ModelSpec
 
 PARTS = ("embedding", "block", "lm_head", "value_head")
 OPS = ("forward", "backward", "prefill", "decode", "optimizer")
+# The ops of cache-less passes (train, inference): runtime/model.py forward_sequences.
+CACHE_LESS_OPS = ("forward", "backward")
+# Query rows per block of FlashAttention-2's forward kernel, the granularity at which a
+# causal pass skips the score blocks above the diagonal: kBlockM = 128 (kBlockN = 64) for
+# head dims 64 and 128 on A100 / H100 (flash_fwd_launch_template.h run_mha_fwd_hdim64 /
+# hdim128, Flash_fwd_kernel_traits<d, 128, 64 or 128, 4>, as vendored by PyTorch's SDPA).
+FLASH_ATTENTION_CAUSAL_BLOCK_QUERIES = 128
+
+
+def causal_attention(device_kind: str) -> bool:
+    """Whether cache-less passes on a device of `device_kind` (HardwareSpec.kind) run
+    attention right-aligned and causal, without a mask: on cuda (runtime/device.py
+    RIGHT_ALIGNED_ATTENTION, the same rule by device kind;
+    tests/runtime/test_runtime_causal_path.py checks they agree)."""
+    return device_kind == "cuda"
+
+
+def op_is_causal(op: str, device_kind: str) -> bool:
+    """Whether `op`'s attention runs causal without a mask on a device of `device_kind`
+    (causal_attention): the forward and backward of cache-less passes; generation's prefill
+    and decode keep their masks (runtime/generate.py)."""
+    return op in CACHE_LESS_OPS and causal_attention(device_kind)
+
+
+def causal_keys_per_query(length):
+    """Keys per query, on average, a causal FlashAttention-2 pass computes scores for over
+    a sequence of `length` tokens (vectorised).
+
+    FlashAttention-2 (Dao 2023, sec. 3.1.1 "Causal masking") skips every block of the score
+    matrix above the diagonal: query block m (rows m B .. m B + B - 1, B = kBlockM) runs the
+    key blocks up to (m + 1) B (flash_fwd_kernel.h: n_block_max = ceil_div((m_block + 1) x
+    kBlockM, kBlockN) for square causal attention). With T = ceil(L / B) query blocks the
+    full blocks give B^2 T (T - 1) / 2 scores and the last (L - (T - 1) B rows) all L keys:
+    L^2 (T + 1) / (2 T) when B divides L, half of L^2 for long sequences, all of it for
+    L <= B. The diagonal blocks are computed whole (masked inside the block), so this counts
+    them whole. The backward skips the same blocks (its own block sizes, taken as the
+    forward's: FLASH_ATTENTION_CAUSAL_BLOCK_QUERIES).
+    """
+    length = np.asarray(length, dtype=float)
+    block = float(FLASH_ATTENTION_CAUSAL_BLOCK_QUERIES)
+    blocks = np.maximum(np.ceil(length / block), 1.0)
+    full = block * block * blocks * (blocks - 1.0) / 2.0
+    last_rows = length - (blocks - 1.0) * block
+    scores = full + last_rows * length
+    return np.divide(scores, length, out=np.zeros_like(scores), where=length > 0)
 
 
 def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
@@ -114,20 +163,24 @@ def head_gemm_shapes(spec: ModelSpec, part: str, tp: int) -> list[tuple[float, f
     return []
 
 
-def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: bool):
+def forward_flops_block(spec: ModelSpec, tp: int, batch: float, length, decode: bool,
+                        causal: bool = False):
     """Forward FLOPs of one block on one tp rank: 2 per weight MAC of its GEMMs
     (block_gemm_shapes: with replicated kv heads each rank computes its kv head's k and v)
     + attention 4 x heads x head_dim x keys, + a mixture-of-experts block's routed experts
     (routed_expert_flops: FLOPs by active parameters).
 
-    The runtime's SDPA gets an explicit boolean mask (runtime/layers.py), which no fused
-    kernel can skip tiles of, so a forward token computes scores against all `length` keys
-    of its sequence; a decode token attends to `length`. Source: Kaplan et al. 2020 (2N per
+    With a mask (the default: cpu, and generation everywhere) the runtime's SDPA gets an
+    explicit boolean mask (runtime/layers.py), which no fused kernel can skip tiles of, so a
+    forward token computes scores against all `length` keys of its sequence; a decode token
+    attends to `length`. `causal` (a right-aligned cache-less pass, op_is_causal): the keys
+    FlashAttention-2 computes, causal_keys_per_query. Source: Kaplan et al. 2020 (2N per
     token) plus the attention term (FlashAttention-2 sec. 4.1: 4 x seqlen^2 x d x heads).
     """
     tokens = batch if decode else batch * np.asarray(length, dtype=float)
     weight_macs = sum(n * k for n, k in block_gemm_shapes(spec, tp))
-    flops = tokens * 2.0 * weight_macs + attention_flops(spec, tp, batch, length, decode)
+    flops = tokens * 2.0 * weight_macs + attention_flops(spec, tp, batch, length, decode,
+                                                         causal)
     if spec.moe is not None:
         flops = flops + routed_expert_flops(spec, tp, tokens)
     return flops
@@ -196,11 +249,14 @@ def gemms_time_s(shapes, tokens, backward: bool, hardware: HardwareSpec):
     return total
 
 
-def attention_flops(spec: ModelSpec, tp: int, batch: float, length, decode: bool):
-    """Score and value FLOPs of one block's SDPA on one tp rank (forward_flops_block)."""
+def attention_flops(spec: ModelSpec, tp: int, batch: float, length, decode: bool,
+                    causal: bool = False):
+    """Score and value FLOPs of one block's SDPA on one tp rank (forward_flops_block): over
+    all `length` keys per query, or with `causal` over causal_keys_per_query."""
     length = np.asarray(length, dtype=float)
     queries = batch if decode else batch * length
-    return queries * 4.0 * (spec.q_dim / tp) * length
+    keys = causal_keys_per_query(length) if causal and not decode else length
+    return queries * 4.0 * (spec.q_dim / tp) * keys
 
 
 def attention_time_s(spec: ModelSpec, tp: int, op: str, batch: float, length,
@@ -208,17 +264,22 @@ def attention_time_s(spec: ModelSpec, tp: int, op: str, batch: float, length,
     """SDPA of one block: max(FLOPs / (MAMF x efficiency), bytes / bw). Bytes: q and the
     output (per query, query width), K and V (per key, the rank's kv width: grouped-query
     attention runs through enable_gqa, no repeated copies), and the boolean mask
-    (queries x keys); backward 2.5x the FLOPs and twice the bytes. Widths are this rank's
-    heads x head_dim."""
+    (queries x keys) unless the op runs causal without one (op_is_causal: its FLOPs then
+    over the causal blocks only, attention_flops); backward 2.5x the FLOPs and twice the
+    bytes. Widths are this rank's heads x head_dim. The efficiency is FlashAttention-2's
+    causal figure either way (efficiency.ATTENTION_EFFICIENCY_OF_MAMF), which the paper
+    counts over the computed half of the scores, as the causal FLOPs here are."""
     decode = op == "decode"
+    causal = op_is_causal(op, hardware.kind)
     length = np.asarray(length, dtype=float)
     width = spec.q_dim / tp
     kv_width = kv_heads_per_rank(spec, tp) * spec.head_dim
     dtype = hardware.compute_dtype_bytes
     queries = batch if decode else batch * length
     keys = batch * length
-    moved = (2.0 * queries * width + 2.0 * keys * kv_width) * dtype + queries * length
-    flops = attention_flops(spec, tp, batch, length, decode)
+    mask = 0.0 if causal else queries * length
+    moved = (2.0 * queries * width + 2.0 * keys * kv_width) * dtype + mask
+    flops = attention_flops(spec, tp, batch, length, decode, causal)
     direction = "forward"
     if op == "backward":
         flops, moved, direction = flops * eff.ATTENTION_BACKWARD_FLOPS_FACTOR, 2.0 * moved, op

@@ -12,6 +12,16 @@ and calibration are fp32 measurements (profiles/hardware/cpu.yaml, `plan profile
 cpu`), torch emulates bf16 matmuls on CPUs without native bf16 units (several times slower
 than fp32), and the executor tests compare layouts exactly in fp32. A cpu plan with bf16
 would run at a speed no estimate describes.
+
+Cache-less passes (train, inference: runtime/model.py forward_sequences) run attention
+right-aligned on cuda (`right_aligned_attention`): each row's real tokens are moved to the
+first slots, so SDPA runs `is_causal=True` without a mask tensor, which keeps it eligible for
+the flash kernels (PyTorch's SDPA dispatch rules out flash attention for any attn_mask,
+aten/src/ATen/native/transformers/cuda/sdp_utils.cpp check_for_attn_mask) and lets them skip
+the key blocks above the diagonal. The cost model prices the same rule
+(costmodel/roofline.py causal_attention: hardware.kind == "cuda"). On cpu the masked path
+stays, so CPU results are bit-unchanged; the tests switch the path on there with
+`dataclasses.replace(config, right_aligned_attention=True)`.
 """
 
 from __future__ import annotations
@@ -29,11 +39,21 @@ BACKENDS = {"cuda": "nccl", "cpu": "gloo"}
 RUNNABLE_DTYPES = {"cuda": ("bf16", "fp32"), "cpu": ("fp32",)}   # module docstring: why
 
 
+# Which device kinds run cache-less attention right-aligned (module docstring); one truth
+# with costmodel/roofline.py causal_attention (tests/runtime/test_runtime_causal_path.py).
+RIGHT_ALIGNED_ATTENTION = {"cuda": True, "cpu": False}
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
+    """device, dtype and backend of a rank; right_aligned_attention: whether cache-less
+    passes shift each row's real tokens to the first slots and run causal SDPA without a
+    mask (module docstring, runtime/model.py forward_sequences)."""
+
     device: torch.device
     dtype: torch.dtype
     backend: str
+    right_aligned_attention: bool
 
     def clock_s(self) -> float:
         """Wall-clock seconds once the device has done the work queued so far.
@@ -51,12 +71,14 @@ class DeviceConfig:
 
 
 def device_config(kind: str, compute_dtype: str, local_rank: int = 0) -> DeviceConfig:
-    """GPU `local_rank` with NCCL for cuda, the CPU with gloo for cpu, in `compute_dtype`.
+    """GPU `local_rank` with NCCL for cuda, the CPU with gloo for cpu, in `compute_dtype`,
+    with cache-less attention right-aligned on cuda only (RIGHT_ALIGNED_ATTENTION).
 
     Assumes the pair passed `cluster_device_problem` (the launchers check before starting).
     """
     device = torch.device("cuda", local_rank) if kind == "cuda" else torch.device("cpu")
-    return DeviceConfig(device, TORCH_DTYPES[compute_dtype], BACKENDS[kind])
+    return DeviceConfig(device, TORCH_DTYPES[compute_dtype], BACKENDS[kind],
+                        RIGHT_ALIGNED_ATTENTION[kind])
 
 
 def rank_device_config(cluster: ClusterSpec, rank: int, local_rank: int) -> DeviceConfig:

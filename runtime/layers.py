@@ -61,13 +61,15 @@ class LayerCache:
 class AttentionInputs:
     """What every attention layer of one forward pass shares.
 
-    mask: bool [batch, 1, seq, keys], True where a query may attend. cache_start: the cache
-    slot of the first query token (only with caches).
+    mask: bool [batch, 1, seq, keys], True where a query may attend; None for a cache-less
+    pass whose rows are right-aligned (runtime/model.py forward_sequences: real tokens in the
+    first slots), which attends causally (query slot i to key slots 0..i) with no mask
+    tensor. cache_start: the cache slot of the first query token (only with caches).
     """
 
     cos: torch.Tensor
     sin: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     cache_start: int = 0
 
 
@@ -106,8 +108,13 @@ def attention(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, head_dim
         cache.v[:, :, inputs.cache_start:end] = v
         k, v = cache.k[:, :, :end], cache.v[:, :, :end]
     # grouped-query attention: each kv head serves q heads / kv heads query heads; SDPA
-    # reads K and V at kv width (enable_gqa), no copies repeated to the query heads
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask,
+    # reads K and V at kv width (enable_gqa), no copies repeated to the query heads. Without
+    # a mask (right-aligned rows) it runs is_causal, which keeps it eligible for the flash
+    # kernels on CUDA (any attn_mask rules them out) and lets them skip the key blocks above
+    # the diagonal.
+    causal = inputs.mask is None
+    assert not causal or cache is None, "causal attention without a mask is cache-less"
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask, is_causal=causal,
                                          enable_gqa=q.shape[1] != k.shape[1])
     out = out.transpose(1, 2).reshape(batch, seq, -1)
     return reduce_from_tp(F.linear(out, p[f"{prefix}o_proj.weight"]), tp)

@@ -13,6 +13,22 @@ non-reentrant); "selective" does so for the block's attention sub-layer only
 (runtime/layers.decoder_block says what it reruns); "none" keeps everything. The rerun TP
 all-reduces run in the same order on every TP rank, since all run the same graph.
 
+Cache-less passes (`forward_sequences`: train and inference) run right-aligned where the
+device says so (DeviceConfig.right_aligned_attention, on cuda): rows arrive padded anywhere
+(prompts left-padded, responses, right pads), and each row's real tokens are moved, in order,
+to its first slots (`real_tokens_first`), the pads after them. Attention is then causal by
+slot (SDPA is_causal, no mask tensor, flash-eligible on CUDA): a real token at slot j attends
+to slots 0..j, which are exactly the real tokens before it, as the mask of the unshifted
+layout says, and its rotary position is j, as positions_from_mask gives it. The pads, now
+after every real token, attend only to real tokens and to pads; no real token attends to
+them, and their outputs are never used (losses and callers read real positions only). The
+first pipeline stage shifts the token ids, every stage runs its blocks on the shifted layout
+(activations and their gradients cross stages shifted), and the last stage shifts its
+blocks' output back before the head (cheaper than shifting the logits), so callers see
+today's positions. Every other op of a block is per token (norms, projections, MLP; the MoE
+block routes each token by itself), so only attention sees the shift. Generation keeps its
+masks (runtime/generate.py: caches, prompts of different lengths).
+
 Mixture-of-experts models (spec.moe) run every block's MLP as runtime/moe.py's block: this
 rank holds the routed experts of its expert rank (ctx.ep_rank) and exchanges tokens with its
 ep group by all-to-all, whose bytes `moe_traffic` (runtime.comm.AllToAllLedger) counts.
@@ -70,6 +86,27 @@ def attention_mask_4d(key_valid: torch.Tensor, query_slots: torch.Tensor) -> tor
     return ((causal[None] & key_valid[:, None, :]) | own[None])[:, None]
 
 
+def real_tokens_first(attention_mask: torch.Tensor) -> torch.Tensor:
+    """int64 [batch, seq]: for each slot of the right-aligned layout, the slot of the given
+    layout it takes its token from: the real tokens of the row in their order, then the pads
+    (a stable partition, so padding on the left, the right or both is handled alike)."""
+    pads = (attention_mask == 0).to(torch.uint8)
+    return torch.argsort(pads, dim=1, stable=True)
+
+
+def gather_slots(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """x [batch, seq, ...] with row b's slot i taken from its slot slots[b, i]."""
+    index = slots.reshape(slots.shape + (1,) * (x.dim() - 2)).expand(slots.shape + x.shape[2:])
+    return x.gather(1, index)
+
+
+def inverse_slots(slots: torch.Tensor) -> torch.Tensor:
+    """The permutation per row that undoes `slots` (gather_slots with it restores x)."""
+    inverse = torch.empty_like(slots)
+    order = torch.arange(slots.shape[1], device=slots.device).expand_as(slots)
+    return inverse.scatter_(1, slots, order)
+
+
 @dataclass
 class ParallelModel:
     """Parameter shards and stage forward of one rank under one layout."""
@@ -123,7 +160,7 @@ class ParallelModel:
                            torch.zeros(shape, dtype=self.device.dtype, device=self.device.device))
                 for _ in self.layers]
 
-    def attention_inputs(self, positions: torch.Tensor, mask: torch.Tensor,
+    def attention_inputs(self, positions: torch.Tensor, mask: torch.Tensor | None,
                          cache_start: int = 0) -> AttentionInputs:
         cos, sin = rotary_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta,
                                   self.device.dtype, self.spec.rope_scaling)
@@ -139,6 +176,39 @@ class ParallelModel:
         that one position of each row only, giving [batch, 1, ...] (a prefill needs the
         logits of each prompt's last token, not of every prompt position).
         """
+        x = self._stage_blocks(stage_input, inputs, caches, recompute)
+        if self.ctx.is_last_stage:
+            if head_positions is not None:
+                rows = torch.arange(x.shape[0], device=x.device)
+                x = x[rows, head_positions][:, None]
+            x = self._head(x)
+        return x
+
+    def forward_sequences(self, stage_input: torch.Tensor, attention_mask: torch.Tensor,
+                          recompute: RecomputeMode = "none") -> torch.Tensor:
+        """`stage_forward` over whole (padded) sequences without a cache; right-aligned
+        with causal attention where the device says so (module docstring), with a mask
+        otherwise. stage_input and the result are in the given layout either way, except
+        between stages of a right-aligned pass, which exchange the shifted layout."""
+        if not self.device.right_aligned_attention:
+            positions = positions_from_mask(attention_mask)
+            slots = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+            mask = attention_mask_4d(attention_mask.bool(), slots)
+            return self.stage_forward(stage_input, self.attention_inputs(positions, mask),
+                                      recompute=recompute)
+        order = real_tokens_first(attention_mask)
+        x = gather_slots(stage_input, order) if self.ctx.is_first_stage else stage_input
+        # slot j holds the row's real token j: rotary position j for every row
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None]
+        x = self._stage_blocks(x, self.attention_inputs(positions, None), None, recompute)
+        if self.ctx.is_last_stage:
+            x = self._head(gather_slots(x, inverse_slots(order)))
+        return x
+
+    def _stage_blocks(self, stage_input: torch.Tensor, inputs: AttentionInputs,
+                      caches: list[LayerCache] | None, recompute: RecomputeMode
+                      ) -> torch.Tensor:
+        """Embedding (first stage) and this stage's blocks (stage_forward)."""
         assert recompute == "none" or caches is None, "recompute is for cache-less passes"
         x = stage_input
         if self.ctx.is_first_stage:
@@ -153,21 +223,7 @@ class ParallelModel:
             else:
                 x = decoder_block(x, *block_args, recompute_attention=recompute == "selective",
                                   moe=moe)
-        if self.ctx.is_last_stage:
-            if head_positions is not None:
-                rows = torch.arange(x.shape[0], device=x.device)
-                x = x[rows, head_positions][:, None]
-            x = self._head(x)
         return x
-
-    def forward_sequences(self, stage_input: torch.Tensor, attention_mask: torch.Tensor,
-                          recompute: RecomputeMode = "none") -> torch.Tensor:
-        """`stage_forward` over whole (padded) sequences without a cache."""
-        positions = positions_from_mask(attention_mask)
-        slots = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        mask = attention_mask_4d(attention_mask.bool(), slots)
-        return self.stage_forward(stage_input, self.attention_inputs(positions, mask),
-                                  recompute=recompute)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = rms_norm(x, self.params[FINAL_NORM], self.spec.norm_eps)

@@ -121,13 +121,20 @@ class ShardBench:
         return torch.randint(0, self.spec.vocab_size, (batch, length), generator=self.generator,
                              device=self.device.device)
 
-    def _full_sequence_inputs(self, batch: int, length: int) -> AttentionInputs:
+    def _full_sequence_inputs(self, batch: int, length: int, cached: bool = False
+                              ) -> AttentionInputs:
+        """Attention inputs of a whole-sequence pass: the causal path without a mask where
+        the device runs cache-less passes right-aligned (DeviceConfig
+        .right_aligned_attention: train and inference passes on CUDA, runtime/model.py),
+        else, and for a prefill into a cache (`cached`), the boolean mask."""
         dev = self.device.device
         positions = torch.arange(length, device=dev).expand(batch, length)
-        valid = torch.ones(batch, length, dtype=torch.bool, device=dev)
-        mask = attention_mask_4d(valid, torch.arange(length, device=dev))
         cos, sin = rotary_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta,
                                   self.device.dtype, self.spec.rope_scaling)
+        if self.device.right_aligned_attention and not cached:
+            return AttentionInputs(cos=cos, sin=sin, mask=None, cache_start=0)
+        valid = torch.ones(batch, length, dtype=torch.bool, device=dev)
+        mask = attention_mask_4d(valid, torch.arange(length, device=dev))
         return AttentionInputs(cos=cos, sin=sin, mask=mask, cache_start=0)
 
     def _decode_inputs(self, batch: int, context: int) -> AttentionInputs:
@@ -191,7 +198,8 @@ class ShardBench:
         return self._no_grad(lambda: self._block(x, inputs, None))
 
     def _block_prefill(self, batch, length):
-        x, inputs = self._hidden(batch, length), self._full_sequence_inputs(batch, length)
+        x = self._hidden(batch, length)
+        inputs = self._full_sequence_inputs(batch, length, cached=True)
         cache = self._cache(batch, length)
         return self._no_grad(lambda: self._block(x, inputs, cache))
 

@@ -174,7 +174,8 @@ def test_activations_without_recompute_keep_every_block_by_hand():
     kept_all, _, _ = _memory(1, 1, recompute="none")
     h, layers, d, s = spec.hidden_size, spec.num_layers, 2, batch.seq_len
     tokens = batch.n_seqs // batch.ppo_minibatches * s  # dp 1, one micro-batch
-    block = tokens * recompute.block_bytes_per_token(spec, 1, s, d)
+    # h100: a causal pass without a mask, so no mask keys (costmodel.memory.mask_keys)
+    block = tokens * recompute.block_bytes_per_token(spec, 1, 0, d)
     head = tokens * (4 * h + 4 + 2 * d * h)   # final norm (fp32 input, rsqrt, normed), head input
     logits = tokens * spec.vocab_size * (eff.TRAIN_LOGITS_FP32_COPIES * 4 + d)
     # with recomputation: each block's input (d bytes per element), plus one block being

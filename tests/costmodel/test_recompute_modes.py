@@ -69,9 +69,9 @@ def test_activation_bytes_of_each_mode_by_hand(tp):
         batch, spec = workflow.batch, role.spec
         s, d, h = batch.seq_len, 2, spec.hidden_size
         tokens = batch.n_seqs // batch.ppo_minibatches * s
-        kept = recompute.kept_bytes_per_token(spec, mode, tp, s, d)
+        kept = recompute.kept_bytes_per_token(spec, mode, tp, 0, d)  # h100: causal, no mask keys
         rerun = tokens * recompute.RECOMPUTED_WORKING_COPIES * \
-            recompute.recomputed_bytes_per_token(spec, mode, tp, s, d)
+            recompute.recomputed_bytes_per_token(spec, mode, tp, 0, d)
         logits = tokens * spec.vocab_size / tp * (eff.TRAIN_LOGITS_FP32_COPIES * 4 + d)
         head = 4 * h + 4 + d * h + d * h
         expected = tokens * (spec.num_layers * kept + head) + max(0.0, rerun - logits)
