@@ -14,7 +14,8 @@ import causal_path_workers as W
 import pytest
 import torch
 import torch.nn.functional as F
-from test_runtime_hf_families import FAMILIES, _randomised
+from hf_reference import randomised
+from test_runtime_hf_families import FAMILIES
 
 from costmodel.roofline import causal_attention
 from planner.domain.hardware import hardware_by_name, known_hardware
@@ -58,7 +59,7 @@ def hf_checkpoint(tmp_path_factory) -> dict:
     """A transformers-saved Llama-3.1-style tiny model and its logits on the padded batch
     (position ids as our runtime numbers the real tokens, pads masked out)."""
     torch.manual_seed(0)
-    model = _randomised(FAMILIES[HF_FAMILY]())
+    model = randomised(FAMILIES[HF_FAMILY]())
     directory = tmp_path_factory.mktemp("hf") / HF_FAMILY
     model.save_pretrained(directory)
     ids, mask = W.padded_sequences(model.config.vocab_size)

@@ -17,6 +17,7 @@ import hf_family_workers as W
 import pytest
 import torch
 import transformers
+from hf_reference import hf_greedy, randomised
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from planner.domain.model_files import resolve_model
@@ -53,27 +54,6 @@ FAMILIES = {
 }
 
 
-def _randomised(model: torch.nn.Module) -> torch.nn.Module:
-    """Norm weights and biases away from their HF init (ones, zeros), so both are tested."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(torch.rand(p.shape, generator=generator) + 0.5)
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
-    return model.eval()
-
-
-def _hf_greedy(model, prompts: torch.Tensor, steps: int) -> torch.Tensor:
-    """Greedy tokens by full recomputation (no cache, no stop tokens)."""
-    ids = prompts
-    with torch.no_grad():
-        for _ in range(steps):
-            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[:, prompts.shape[1]:]
-
-
 def _hf_gradients(model) -> dict[str, torch.Tensor]:
     """Gradients of the summed next-token logprobs of the sequences (the workers' loss)."""
     ids = W.token_ids()
@@ -90,14 +70,14 @@ def checkpoints(tmp_path_factory) -> dict[str, dict]:
     out = {}
     for family, build in FAMILIES.items():
         torch.manual_seed(0)
-        model = _randomised(build())
+        model = randomised(build())
         directory = tmp_path_factory.mktemp("hf") / family
         model.save_pretrained(directory)
         ids = W.token_ids()
         with torch.no_grad():
             logits = model(ids).logits
         out[family] = {"dir": str(directory), "logits": logits,
-                       "greedy": _hf_greedy(model, ids[:, :W.PROMPT_LEN],
+                       "greedy": hf_greedy(model, ids[:, :W.PROMPT_LEN],
                                             W.GREEDY.max_new_tokens),
                        "gradients": _hf_gradients(model) if family == "qwen3" else None}
     return out

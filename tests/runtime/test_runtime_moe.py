@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from hf_reference import hf_greedy, randomised
 from safetensors import safe_open
 
 from planner.domain.placement import Placement
@@ -42,25 +43,8 @@ def _hf_model(family: str) -> torch.nn.Module:
     """The family's tiny model, seeded, norm weights and biases away from ones and zeros."""
     config_class, kwargs = W.HF_CONFIGS[family]
     torch.manual_seed(0)
-    model = getattr(transformers, MODEL_CLASSES[family])(
-        getattr(transformers, config_class)(**kwargs))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(torch.rand(p.shape, generator=generator) + 0.5)
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
-    return model.eval()
-
-
-def _hf_greedy(model, prompts: torch.Tensor, steps: int) -> torch.Tensor:
-    """Greedy tokens by full recomputation (no cache, no stop tokens)."""
-    ids = prompts
-    with torch.no_grad():
-        for _ in range(steps):
-            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[:, prompts.shape[1]:]
+    return randomised(getattr(transformers, MODEL_CLASSES[family])(
+        getattr(transformers, config_class)(**kwargs)))
 
 
 def _hf_gradients(model, rows: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -90,7 +74,7 @@ def checkpoints(tmp_path_factory) -> dict[str, dict]:
         with torch.no_grad():
             logits = model(ids).logits
         out[family] = {"dir": str(directory), "logits": logits,
-                       "greedy": _hf_greedy(model, ids[:, :W.PROMPT_LEN],
+                       "greedy": hf_greedy(model, ids[:, :W.PROMPT_LEN],
                                             W.GREEDY.max_new_tokens)}
         if family == W.GRADIENT_CASE[0]:
             dp = W.GRADIENT_CASE[1][0]
