@@ -40,8 +40,9 @@ device processes on its busiest node (the profile times one process alone on a c
          + slowdown x (call_overhead_s[kind] + decode_steps x decode_step_s)
 
 decode_steps = ceil(m / pp) x pp x gen_len (the rounds of call_cost's decoding model) for
-generate calls, 0 otherwise. A calibration applies only to executions whose devices are all
-of its `device` hardware; anything else keeps the uncalibrated model.
+static generate calls of fixed length (decode_steps below: length distributions and
+continuous batching), 0 for other calls. A calibration applies only to executions whose
+devices are all of its `device` hardware; anything else keeps the uncalibrated model.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from costmodel.call_geometry import CostKnobs
-from costmodel.generate_cost import wave_rows
+from costmodel.generate_cost import (
+    continuous_decode_rounds,
+    lockstep,
+    refill_forwards,
+    wave_rows,
+)
 from costmodel.memory import micro_batch_seqs
 from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import validated
@@ -179,13 +185,27 @@ def busiest_node_processes(execution: Execution, cluster: ClusterSpec) -> int:
 
 
 def decode_steps(call: ModelFunctionCall, execution: Execution, batch: BatchSpec) -> float:
-    """Expected decode steps of a generate call: per wave of micro-batches, pp x the longest
-    response of the wave's rows over all replicas (costmodel/generate_cost.py), i.e.
-    waves x pp x gen_len for a fixed length; 0 for other calls."""
+    """Expected host steps (forwards of a micro-batch or slot group, each with its sampling
+    and Python) of a generate call, x pp as every step's chain passes the pp stages
+    (costmodel/generate_cost.py); 0 for other calls.
+    static (and continuous under fixed lengths, which runs static's schedule): per wave of
+    micro-batches, pp x the longest response of the wave's rows over all replicas (its
+    prefill and decode steps), i.e. waves x pp x gen_len for a fixed length.
+    continuous: pp x (1 + R + refills), the first fill, R decode rounds
+    (continuous_decode_rounds) and the refill prefills, one per check that refills some
+    slot of a group (refill_forwards): what the runtime runs per stage
+    (runtime/generate.py DecodeCounts: prefill_forwards + decode_rounds).
+    Both count the steps that make tokens, checked every step: a sparser stop check's
+    padding steps are left out (exact on CPU, where every step is checked)."""
     if call.kind != "generate":
         return 0.0
-    rows = wave_rows(execution, micro_batch_seqs(call, batch, execution))
-    return execution.pp * float(batch.gen_lengths.expected_longest(rows).sum())
+    b, lengths = micro_batch_seqs(call, batch, execution), batch.gen_lengths
+    if execution.decode_batching == "continuous" and not lockstep(lengths):
+        rounds = continuous_decode_rounds(lengths, execution.micro_batches, execution.pp,
+                                          execution.dp, b, 1, batch.gen_len)
+        return execution.pp * (1.0 + rounds + refill_forwards(lengths, execution, b, 1))
+    rows = wave_rows(execution, b)
+    return execution.pp * float(lengths.expected_longest(rows).sum())
 
 
 def load_calibration(path: Path) -> Calibration:

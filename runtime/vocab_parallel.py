@@ -73,14 +73,17 @@ def _low32(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
 
 
-def gumbel_noise(row_keys: torch.Tensor, step: int, vocab_start: int, local_vocab: int
-                 ) -> torch.Tensor:
+def gumbel_noise(row_keys: torch.Tensor, step: int | torch.Tensor, vocab_start: int,
+                 local_vocab: int) -> torch.Tensor:
     """Gumbel(0, 1) noise [batch, local_vocab] for Gumbel-max sampling, counter-based: the
     value for (row key, step, token id) is a hash of the three, computed on the keys' device
     for this rank's vocabulary slice only. So a token's noise does not depend on tp (which
     slice holds it), on dp or the micro-batch split (a row's key travels with it), and no
     noise crosses from the host. Per row the key and step are hashed once; per token id one
-    hash and 24 of its bits as a uniform in (0, 1). row_keys: int64 [batch]."""
+    hash and 24 of its bits as a uniform in (0, 1). row_keys: int64 [batch]; step: the
+    row's decode step (1: the token sampled from the prefill), one int for every row or an
+    int32 tensor [batch] of each row's own (continuous batching, runtime/generate.py: the
+    slots of one forward hold rows at different steps)."""
     keys = row_keys.to(torch.int64)
     h = _hash32(_hash32(_low32(keys)) ^ _low32(keys >> 32))
     h = _hash32(h ^ step)[:, None]

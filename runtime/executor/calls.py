@@ -141,7 +141,7 @@ def run_generate(env: CallEnv) -> dict[str, float]:
                               greedy=env.call.greedy, temperature=env.temperature, seed=env.seed,
                               stop_check_interval_steps=stop_check_interval_steps(
                                   env.model.device.device.type))
-    gens = generate(env.model, mbs, config)
+    gens = generate(env.model, mbs, config, decode_batching=env.execution.decode_batching)
     tokens = torch.cat([g.tokens.cpu() for g in gens])
     tokens = torch.nn.functional.pad(tokens, (0, b.gen_len - tokens.shape[1]),
                                      value=PAD_TOKEN_ID)
