@@ -30,6 +30,14 @@ from planner.domain.workflow import ModelFunctionCall, Workflow
 PROXIMAL_PHASE = "proximal_logprobs"
 
 
+def proximal_forward(train: ModelFunctionCall) -> ModelFunctionCall:
+    """The proximal forward of a rollout model's train call under staleness >= 1, as a call
+    to price: an inference call of the same model over the train call's inputs that outputs
+    `logprobs` (PlanCosts.proximal_time)."""
+    return ModelFunctionCall(name=f"{train.name}:{PROXIMAL_PHASE}", model=train.model,
+                             kind="inference", inputs=train.inputs, outputs=("logprobs",))
+
+
 class PlanCosts:
     """Memoised call, reallocation and transfer costs for one workflow on one cluster."""
 
@@ -64,9 +72,7 @@ class PlanCosts:
         key = (call_name, execution)
         if key not in self._proximal:
             train = self.workflow.call_by_name[call_name]
-            forward = ModelFunctionCall(name=f"{call_name}:{PROXIMAL_PHASE}", model=train.model,
-                                        kind="inference", inputs=train.inputs,
-                                        outputs=("logprobs",))
+            forward = proximal_forward(train)
             self._proximal[key] = call_time(forward, self.workflow.models[train.model],
                                             execution, self.workflow.batch, self.cluster,
                                             self.profiles_dir, self.calibration).time_s

@@ -29,7 +29,13 @@ its generate placement (ROLLOUT_COPY: the weights of that placement on each of i
 beside the train state, also where the two placements share devices), its generate calls
 hold no transient copy (they read the rollout copy), and a weight push node needs the
 receive buffer of its reallocation (train call's execution -> generate call's), plus the
-transient copies alive on its devices, as a reallocation does. With s = 0 none of this.
+transient copies alive on its devices, as a reallocation does. With s >= 2 the senders of
+push(j) pack their outgoing messages and copy their local pieces right after train(j) and
+keep them until push(j) (runtime/executor/weight_push.py post_push): PUSH_SENDS, on each
+device of the train mesh the bytes of the schedule's pieces it sends or copies (with equal
+placements, its whole training weights), during every node on it from right after train(j)
+through push(j), as many pushes at once as the priority order holds (posted_sends). With
+s = 0 none of this.
 The estimate keeps this by part (PlanMemory): each resident part (weights, gradients,
 optimizer states per model), each working part of a call (activations, KV cache, logits,
 workspace; costmodel/memory.py), transient weights copies and receive buffers.
@@ -39,8 +45,9 @@ with the largest excess (node:slot), the bytes needed and available, and the cal
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Mapping
 
 import numpy as np
@@ -56,7 +63,10 @@ from planner.domain.augment import (
 from planner.domain.cluster import ClusterSpec
 from planner.domain.hardware import GIB
 from planner.domain.layout import Execution
+from planner.domain.modelspec import HeadKind, ModelSpec
+from planner.domain.placement import Placement
 from planner.domain.workflow import Workflow
+from planner.sharding.transfer_schedule import param_schedule
 
 
 def trained_executions(workflow: Workflow, executions: Mapping[str, Execution]
@@ -136,6 +146,100 @@ def live_copies(workflow: Workflow, executions: Mapping[str, Execution], trained
     return during
 
 
+def posted_sends(workflow: Workflow, executions: Mapping[str, Execution], staleness: int
+                 ) -> dict[str, Counter]:
+    """Node name (as live_copies names them) -> push name -> how many of that push's posted
+    sends are alive while the node runs, the largest over the iterations (staleness >= 2,
+    module docstring; empty otherwise). Mirrors the worker: a rank of the train call posts
+    push(j) right after train(j) when push(j) exists, and push(j) finishes (and frees) it;
+    the 2 + 2 s iterations walked hold, around iteration s, every node with as many posted
+    sends as any later iteration."""
+    if staleness < 2:
+        return {}
+    pushes = {push.train_call: push for push in weight_pushes(workflow, staleness)}
+    num_iterations = _LIFETIME_ITERATIONS + 2 * staleness
+    alive: Counter = Counter()
+    during: dict[str, Counter] = {}
+
+    def record(node: str) -> None:
+        seen = during.setdefault(node, Counter())
+        for name, count in alive.items():
+            seen[name] = max(seen[name], count)
+
+    for node in scheduled_nodes(workflow, executions, num_iterations, staleness):
+        if node.push is not None:
+            record(node.push.name)
+            alive[node.push.name] -= 1
+            continue
+        record(node.call if node.move is None else node.move.name)
+        push = pushes.get(node.call) if node.move is None else None
+        if push is not None and node.iteration + staleness + 1 < num_iterations:
+            alive[push.name] += 1
+    return during
+
+
+@lru_cache(maxsize=256)
+def _schedule_send_bytes(spec: ModelSpec, head: HeadKind, src: Placement, dst: Placement,
+                         cluster: ClusterSpec) -> tuple[tuple[int, float], ...]:
+    """(device, bytes) each source device of the parameter schedule from `src` to `dst`
+    sends or copies locally, in the source's compute dtype (what post_push packs)."""
+    schedule = param_schedule(spec, head, src, dst, cluster.device_node)
+    dtype_bytes = cluster.hardware_of(src.devices[0]).compute_dtype_bytes
+    sent: dict[int, float] = defaultdict(float)
+    for piece in schedule.local:
+        sent[piece.src] += piece.num_elements * dtype_bytes
+    for step in schedule.steps:
+        for piece in step:
+            sent[piece.src] += piece.num_elements * dtype_bytes
+    return tuple(sorted(sent.items()))
+
+
+def push_send_bytes(workflow: Workflow, executions: Mapping[str, Execution],
+                    costs: PlanCosts, staleness: int) -> dict[str, dict[int, float]]:
+    """Push name -> train-mesh device -> the bytes it keeps posted per push (staleness >=
+    2, module docstring): with equal placements its training weights (post_push copies
+    every shard it holds), else the pieces it sends or copies in the push's schedule."""
+    if staleness < 2:
+        return {}
+    result = {}
+    for push in weight_pushes(workflow, staleness):
+        src, dst = executions[push.train_call], executions[push.gen_call]
+        if src.placement == dst.placement:
+            weights = costs.call_memory(push.train_call, src).weights_bytes
+            result[push.name] = {d: float(w) for d, w in zip(src.devices, weights)}
+            continue
+        role = workflow.models[push.model]
+        result[push.name] = dict(_schedule_send_bytes(role.spec, role.head, src.placement,
+                                                      dst.placement, costs.cluster))
+    return result
+
+
+# Per node: the rollout model -> device -> bytes of its posted push sends there.
+Sends = dict[str, dict[int, float]]
+
+
+def _sends_during(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
+                  staleness: int) -> dict[str, Sends]:
+    """Node name -> the posted push sends alive while it runs (Sends)."""
+    per_push = push_send_bytes(workflow, executions, costs, staleness)
+    model_of = {push.name: push.model for push in weight_pushes(workflow, staleness)}
+    result: dict[str, Sends] = {}
+    for node, counts in posted_sends(workflow, executions, staleness).items():
+        result[node] = {model_of[name]: {d: count * size for d, size in per_push[name].items()}
+                        for name, count in counts.items() if count > 0}
+    return result
+
+
+def _send_parts(sends: Sends, devices: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """The PUSH_SENDS parts on `devices` of the posted sends `sends`."""
+    parts = []
+    for model, held in sends.items():
+        amount = np.array([held.get(int(d), 0.0) for d in devices], dtype=float)
+        if amount.any():
+            parts.append((PUSH_SENDS, model, amount))
+    return parts
+
+
 def _copy_parts(costs: PlanCosts, executions: Mapping[str, Execution], workflow: Workflow,
                 copies: list[str], devices: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
     """WEIGHTS_COPY parts on `devices` of the copies held for the calls `copies`."""
@@ -153,6 +257,7 @@ def _copy_parts(costs: PlanCosts, executions: Mapping[str, Execution], workflow:
 WEIGHTS_COPY = "weights_copy"        # a transient copy of a trained model's weights
 ROLLOUT_COPY = "rollout_copy"        # staleness >= 1: a rollout model's generation weights
 RECEIVE_BUFFER = "receive_buffer"    # a reallocation's largest received message
+PUSH_SENDS = "push_sends"            # staleness >= 2: a push's sends posted after train(j)
 MemoryItem = tuple[str, str, float]  # (kind, model, bytes)
 
 
@@ -251,8 +356,9 @@ def _resident_layers(workflow: Workflow, executions: Mapping[str, Execution],
 
 
 def _call_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
-                copies: dict[str, list[str]]) -> list[NodeMemory]:
-    """Each call's working parts, plus the transient copies alive on its devices."""
+                copies: dict[str, list[str]], sends: dict[str, Sends]) -> list[NodeMemory]:
+    """Each call's working parts, plus the transient copies and posted push sends alive
+    on its devices."""
     nodes = []
     for name in workflow.call_order:
         ex, model = executions[name], workflow.call_by_name[name].model
@@ -260,12 +366,14 @@ def _call_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: 
         parts = [(kind, model, amount)
                  for kind, amount in costs.call_memory(name, ex).working_parts()]
         parts += _copy_parts(costs, executions, workflow, copies.get(name, []), devices)
+        parts += _send_parts(sends.get(name, {}), devices)
         nodes.append(NodeMemory(name, devices, tuple(parts)))
     return nodes
 
 
 def _realloc_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
-                   copies: dict[str, list[str]], staleness: int = 0) -> list[NodeMemory]:
+                   copies: dict[str, list[str]], staleness: int = 0,
+                   sends: dict[str, Sends] | None = None) -> list[NodeMemory]:
     """Each reallocation's receive buffers, plus the transient copies alive on its source
     and destination devices (its destination's, made by it; its source's, freed after it)."""
     nodes = []
@@ -273,27 +381,33 @@ def _realloc_nodes(workflow: Workflow, executions: Mapping[str, Execution], cost
         src, dst = executions[move.src_call], executions[move.dst_call]
         buffers = costs.realloc(move.model, src, dst).receive_buffer_bytes
         nodes.append(_moving_node(move.name, move.model, src, dst, buffers, executions,
-                                  workflow, costs, copies.get(move.name, [])))
+                                  workflow, costs, copies.get(move.name, []),
+                                  (sends or {}).get(move.name, {})))
     return nodes
 
 
 def _moving_node(name: str, model: str, src: Execution, dst: Execution,
                  buffers: Mapping[int, float], executions: Mapping[str, Execution],
-                 workflow: Workflow, costs: PlanCosts, held: list[str]) -> NodeMemory:
+                 workflow: Workflow, costs: PlanCosts, held: list[str],
+                 sends: Sends) -> NodeMemory:
     """A reallocation's or push's receive `buffers` (device -> bytes), plus the transient
-    copies `held` alive on its source and destination devices."""
-    with_copy = {d for call in held for d in executions[call].devices}
-    devices = np.array(sorted(set(buffers) | (with_copy & (set(src.devices)
-                                                          | set(dst.devices)))),
+    copies `held` and the posted push sends `sends` alive on its source and destination
+    devices."""
+    holding = {d for call in held for d in executions[call].devices}
+    holding |= {d for per_device in sends.values() for d in per_device}
+    devices = np.array(sorted(set(buffers) | (holding
+                                              & (set(src.devices) | set(dst.devices)))),
                        dtype=np.int64)
     parts = [(RECEIVE_BUFFER, model,
               np.array([buffers.get(int(d), 0.0) for d in devices], dtype=float))]
     parts += _copy_parts(costs, executions, workflow, held, devices)
+    parts += _send_parts(sends, devices)
     return NodeMemory(name, devices, tuple(parts))
 
 
 def _push_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
-                copies: dict[str, list[str]], staleness: int) -> list[NodeMemory]:
+                copies: dict[str, list[str]], staleness: int,
+                sends: dict[str, Sends]) -> list[NodeMemory]:
     """Each weight push's receive buffers (none for a local copy between placements holding
     the parameters alike, which the simulator prices at 0 s) and the transient copies alive
     on its devices."""
@@ -303,7 +417,8 @@ def _push_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: 
         buffers = {} if holds_parameters_alike(src, dst) else \
             costs.realloc(push.model, src, dst).receive_buffer_bytes
         nodes.append(_moving_node(push.name, push.model, src, dst, buffers, executions,
-                                  workflow, costs, copies.get(push.name, [])))
+                                  workflow, costs, copies.get(push.name, []),
+                                  sends.get(push.name, {})))
     return nodes
 
 
@@ -314,9 +429,11 @@ def plan_memory(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[st
     trained = trained_executions(workflow, executions)
     resident = _resident_layers(workflow, executions, costs, trained, n, staleness)
     copies = live_copies(workflow, executions, trained, staleness)
-    call_nodes = _call_nodes(workflow, executions, costs, copies)
-    nodes = call_nodes + _realloc_nodes(workflow, executions, costs, copies, staleness) \
-        + _push_nodes(workflow, executions, costs, copies, staleness)
+    sends = _sends_during(workflow, executions, costs, staleness)
+    call_nodes = _call_nodes(workflow, executions, costs, copies, sends)
+    nodes = call_nodes + _realloc_nodes(workflow, executions, costs, copies, staleness,
+                                        sends) \
+        + _push_nodes(workflow, executions, costs, copies, staleness, sends)
     persistent = sum((layer for _, _, layer in resident), np.zeros(n))
     extra, owner, position = np.zeros(n), np.full(n, -1), np.zeros(n, dtype=np.int64)
     for k, node in enumerate(nodes):

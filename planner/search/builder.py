@@ -9,7 +9,9 @@ Pruning (neither step can remove the optimum):
 1. candidates that do not fit in memory even alone on their devices are dropped;
 2. among candidates with the same placement (devices, dp, tp, pp, ep), which only differ in
    micro-batches and so have the same reallocation and transfer costs, a candidate that is
-   no faster and needs no less working memory than another is dropped.
+   no faster and needs no less working memory than another is dropped (no faster both
+   with and without the proximal forward a rollout model's train call adds under staleness
+   >= 1, CallTable.proximal_s).
 Candidates listed in `keep` (e.g. the baselines' executions) are never dropped by step 2.
 """
 
@@ -25,6 +27,7 @@ import numpy as np
 from costmodel import comm
 from costmodel.call_cost import call_time
 from costmodel.memory import RESIDENT_KINDS, WORKING_KINDS, layout_memory_parts
+from costmodel.plan_cost import proximal_forward
 from planner.domain.augment import model_call_pairs, priority_order
 from planner.domain.cluster import ClusterSpec
 from planner.domain.data_keys import payload_bytes
@@ -116,6 +119,23 @@ class CallPricer:
                                         calibration=self.calibration).time_s
         return self.times[key]
 
+    def prices_proximal(self, call: ModelFunctionCall) -> bool:
+        """Whether `call` runs a proximal forward under some staleness >= 1: a train call of
+        a rollout model, in a workflow whose max_staleness is >= 1."""
+        return (self.workflow.max_staleness >= 1 and call.kind == "train"
+                and call.model in self.workflow.rollout_models())
+
+    def proximal_s(self, call: ModelFunctionCall, execution: Execution,
+                   shape_id: int | None = None) -> float:
+        """Seconds of the proximal forward of `call` on `execution` (0 when
+        prices_proximal is False): as costmodel.plan_cost.PlanCosts.proximal_time, an
+        inference call of the same model over the train call's inputs that outputs
+        `logprobs`, on the train call's execution, with the same calibration; cached like
+        time_s, by mesh shape."""
+        if not self.prices_proximal(call):
+            return 0.0
+        return self.time_s(proximal_forward(call), execution, shape_id)
+
     def _memory_key(self, call: ModelFunctionCall, ex: Execution) -> tuple:
         # call_memory reads of the devices only the first one's compute dtype and device
         # kind (its workspace): meshes of any shape share the memory of a layout.
@@ -179,12 +199,14 @@ PLACEMENT_SPAN = 1 << 24
 class ShapePrices:
     """One call's candidates on one representative mesh: its layouts (candidate_executions
     order), PRICE_COLUMNS but the time (memory, one row per layout), the time (+inf where
-    unpriced) and the mesh's capacity."""
+    unpriced), the mesh's capacity and the proximal forward's seconds (CallTable.proximal_s,
+    +inf where the time is unpriced)."""
 
     layouts: list[Execution]
     memory: np.ndarray
     time_s: np.ndarray
     capacity_bytes: np.ndarray
+    proximal_s: np.ndarray
 
     def column(self, name: str) -> np.ndarray:
         """A memory column (PRICE_COLUMNS but the time) of every layout."""
@@ -211,7 +233,8 @@ class ShapePrices:
         group = np.array([degrees.setdefault((e.dp, e.tp, e.pp, e.ep), len(degrees))
                           for e in self.layouts], dtype=np.int64)
         order, starts = _groups(group)
-        dominated = _dominated(order, starts, self.time_s, self.column("activation_bytes"),
+        dominated = _dominated(order, starts, self.time_s, self.time_s + self.proximal_s,
+                               self.column("activation_bytes"),
                                np.zeros(len(group), dtype=np.bool_), fits)
         return np.flatnonzero(fits & ~dominated), np.flatnonzero(fits)
 
@@ -228,7 +251,11 @@ def _shape_prices(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec
     shape_id = pricer.shape_id(mesh)
     time_s = np.array([pricer.time_s(call, e, shape_id) if price_unfit or fit else np.inf
                        for e, fit in zip(layouts, fits)], dtype=np.float64)
-    return ShapePrices(layouts, memory, time_s, capacity)
+    proximal_s = np.zeros(len(layouts))
+    if pricer.prices_proximal(call):
+        proximal_s = np.array([pricer.proximal_s(call, e, shape_id) if price_unfit or fit
+                               else np.inf for e, fit in zip(layouts, fits)], dtype=np.float64)
+    return ShapePrices(layouts, memory, time_s, capacity, proximal_s)
 
 
 def _call_table(call: ModelFunctionCall, meshes: list[tuple[int, ...]], of_mesh: np.ndarray,
@@ -256,6 +283,7 @@ def _call_table(call: ModelFunctionCall, meshes: list[tuple[int, ...]], of_mesh:
                             [empty.reshape(0, len(PRICE_COLUMNS) - 1)])
     capacity = np.concatenate([p.capacity_bytes for p in priced if p is not None] or [empty])
     time_s = np.concatenate([p.time_s for p in priced if p is not None] or [empty])
+    proximal_s = np.concatenate([p.proximal_s for p in priced if p is not None] or [empty])
     rows_of_mesh = [per_class_baseline[c] if baseline_mesh is not None and baseline_mesh[m]
                     else per_class[c] for m, c in enumerate(of_mesh)]
     counts = np.array([len(rows) for rows in rows_of_mesh], dtype=np.int64)
@@ -270,7 +298,8 @@ def _call_table(call: ModelFunctionCall, meshes: list[tuple[int, ...]], of_mesh:
     return CallTable(name=call.name, model=call.model, kind=call.kind,
                      executions=Candidates(meshes, layouts, mesh_index, layout_index),
                      capacity_bytes=capacity[layout_index],
-                     placement=mesh_index * PLACEMENT_SPAN + degrees[layout_index], **columns)
+                     placement=mesh_index * PLACEMENT_SPAN + degrees[layout_index],
+                     proximal_s=proximal_s[layout_index], **columns)
 
 
 def shape_order(representatives: list[tuple[int, ...]], of_mesh: np.ndarray,
@@ -305,13 +334,16 @@ def undominated(table: CallTable, keep: set[int],
     protected = np.zeros(len(table), dtype=np.bool_)
     protected[list(keep)] = True
     among = np.ones(len(table), dtype=np.bool_) if among is None else among
-    return ~_dominated(order, starts, table.time_s, table.activation_bytes, protected, among)
+    return ~_dominated(order, starts, table.time_s, table.time_s + table.proximal_s,
+                       table.activation_bytes, protected, among)
 
 
 @numba.njit(cache=True)
-def _dominated(order, starts, time_s, memory, protected, among):
+def _dominated(order, starts, time_s, async_time_s, memory, protected, among):
     """Rows dominated by a row of `among` inside their group (rows order[starts[g]:
-    starts[g + 1]], ascending)."""
+    starts[g + 1]], ascending). A row dominates only when it is no slower both without and
+    with its proximal forward (`async_time_s`, the time under staleness >= 1), so pruning
+    keeps the optimum of every staleness; without proximal seconds the two are equal."""
     out = np.zeros(order.shape[0], dtype=np.bool_)
     for g in range(starts.shape[0] - 1):
         for a in range(starts[g], starts[g + 1]):
@@ -321,6 +353,7 @@ def _dominated(order, starts, time_s, memory, protected, among):
             for b in range(starts[g], starts[g + 1]):
                 j = order[b]
                 if j != i and among[j] and time_s[j] <= time_s[i] and memory[j] <= memory[i] \
+                        and async_time_s[j] <= async_time_s[i] \
                         and (time_s[j] < time_s[i] or memory[j] < memory[i] or j < i):
                     out[i] = True
                     break
@@ -418,7 +451,8 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
         inter_node_bandwidth_bytes_per_s=min(comm.nic_share_bytes_per_s(cluster, d)
                                              for d in range(cluster.num_devices)),
         inter_node_latency_s=cluster.inter_node_latency_us * US,
-        num_iterations=num_iterations, move_scale=move_scale, move_overhead_s=move_overhead_s,
+        num_iterations=num_iterations, max_staleness=workflow.max_staleness,
+        move_scale=move_scale, move_overhead_s=move_overhead_s,
         priority=tuple(priority), complete=complete, shapes_priced=shapes_priced,
         shapes_total=len(order))
 

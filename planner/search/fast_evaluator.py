@@ -41,6 +41,24 @@ on its destination mesh. Each term is the largest over the mesh's pipeline stage
 level persistent + copies is maximised over the mesh's devices exactly (both are sums of
 per-mesh constants), so with no call pipelined the call peaks equal the exact ones.
 
+Staleness s >= 1 (FastEvaluator(tables, staleness=s); planner.domain.augment, the exact
+simulator's rules): a rollout model's generate calls and its other calls form two chains
+(`rollout_structure`); a push node type per rollout model, from its train call's candidate
+to its first generate call's, listed right after its last generate call, priced by the
+reallocation closed form above (zero between equal placements), occupying both meshes; it
+runs in iteration i >= s (pushing the weights of train(i - s), so it waits for that end,
+kept per iteration, and for the generation of i), when iteration i + 1 is simulated, and
+the first generate call of i + 1 waits for it. The train call adds its proximal forward
+(tables' proximal_s). K + 2 s iterations; iteration time = (end of the last iteration -
+end of iteration s) / (K + 2 s - 1 - s). Memory: the rollout copy is a persistent term of
+the first generate call (its weights on its mesh); the rollout model's generate calls hold
+no transient copy; a push's receivers hold a receive buffer as a reallocation's; with
+s >= 2, each device of the train mesh holds the packed sends of every push posted right
+after its train(j) and not yet run (`_posted_during`), bounded by `_send_bytes` (the exact
+rule uses the schedule's pieces). A plan whose rollout model's generate calls differ in
+placement, which plans refuse, gets SPLIT_ROLLOUT_OVERFLOW. With s = 0 none of this, and
+every number is the synchronous evaluator's bit for bit.
+
 In code: `evaluate_plan` runs `fill_plan` (every call's candidate fields, every node's
 device ranges and duration, the transfer times, which nodes share devices, into a Scratch),
 then `_list_schedule` (the schedule above), `_memory_terms` and `_memory_overflow` (the
@@ -58,10 +76,16 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from planner.search.tables import SearchTables
+from planner.search.tables import ModelPair, SearchTables
 
-# Memory role of a call in the rule above.
-TRAIN_CALL, TRAINED_MODEL_CALL, UNTRAINED_MODEL_CALL = 0, 1, 2
+# Memory role of a call in the rule above; with staleness >= 1 a rollout model's first
+# generate call holds its rollout copy (ROLLOUT_HOME) and its other generate calls read it.
+TRAIN_CALL, TRAINED_MODEL_CALL, UNTRAINED_MODEL_CALL, ROLLOUT_HOME, ROLLOUT_READER = \
+    0, 1, 2, 3, 4
+# The overflow given to a plan whose rollout model's generate calls differ in placement
+# under staleness >= 1, which planner.domain.plan refuses (one rollout copy): as if it
+# needed twice the memory it has, infeasible and far from every plan that fits.
+SPLIT_ROLLOUT_OVERFLOW = 1.0
 
 # The tables as flat arrays for the compiled kernels (numba reads namedtuple fields).
 # Candidate arrays are indexed by global candidate index = offset[call] + local index.
@@ -71,7 +95,9 @@ KernelTables = namedtuple("KernelTables", [
     "pair_wraps", "pair_weights", "memory_role", "train_call_of", "model_id", "links",
     "device_node", "num_iterations", "move_scale", "move_overhead_s", "edges_into_offset",
     "edges_into", "pair_into", "pair_out_of", "position", "pairs_of_call_offset",
-    "pairs_of_call", "edges_of_call_offset", "edges_of_call"])
+    "pairs_of_call", "edges_of_call_offset", "edges_of_call", "staleness", "proximal_s",
+    "adds_proximal", "push_src", "push_dst", "push_after", "push_weights", "push_into",
+    "pushes_of_call_offset", "pushes_of_call"])
 
 
 @dataclass
@@ -90,16 +116,83 @@ def _concat(tables: SearchTables, field: str, dtype) -> np.ndarray:
     return np.concatenate([getattr(c, field) for c in tables.calls]).astype(dtype)
 
 
-def kernel_tables(tables: SearchTables) -> KernelTables:
-    """Flatten `tables` into the arrays the kernels read."""
-    calls, pairs, edges = tables.calls, tables.pairs, tables.edges
-    order = list(tables.priority)
+@dataclass(frozen=True)
+class PushType:
+    """A rollout model's weight push under staleness >= 1 (planner.domain.augment.
+    WeightPush): from its train call `src` to its first generate call `dst`, listed right
+    after its last generate call `after` (indices into the call list)."""
+
+    model: str
+    src: int
+    dst: int
+    after: int
+
+
+def rollout_structure(tables: SearchTables, staleness: int
+                      ) -> tuple[list[ModelPair], list[PushType], list[int]]:
+    """(pairs, pushes, priority) of the node types at `staleness`, from the tables' calls
+    alone, as planner.domain.augment builds them from the workflow: with 0 the tables' own;
+    with s >= 1 each rollout model (a trained model with a generate call) has the rollout
+    chain of its generate calls (consecutive pairs, no wrap) and the training chain of its
+    other calls (consecutive pairs and the wrap) instead of one chain (model_call_pairs), a
+    push (weight_pushes), and the push is listed right after its last generate call
+    (scheduled_nodes). Node types: call k, then pair p as len(calls) + p, then push q as
+    len(calls) + len(pairs) + q (tests/search/test_fast_async.py checks them against
+    planner.domain.augment)."""
+    calls = tables.calls
+    if staleness == 0:
+        return list(tables.pairs), [], list(tables.priority)
+    trained = {c.model for c in calls if c.kind == "train"}
+    rollout = [m for m in dict.fromkeys(c.model for c in calls)
+               if m in trained and any(c.model == m and c.kind == "generate" for c in calls)]
+    weights = {p.model: p.weights_bytes_total for p in tables.pairs}
+    pairs = [p for p in tables.pairs if p.model not in rollout]
+    pushes = []
+    for model in rollout:
+        mine = [k for k, c in enumerate(calls) if c.model == model]
+        generate = [k for k in mine if calls[k].kind == "generate"]
+        training = [k for k in mine if calls[k].kind != "generate"]
+        for chain, wraps in ((generate, False), (training, True)):
+            pairs += [ModelPair(model, a, b, False, weights[model])
+                      for a, b in zip(chain, chain[1:])]
+            if wraps:
+                pairs.append(ModelPair(model, chain[-1], chain[0], True, weights[model]))
+        train = [k for k in mine if calls[k].kind == "train"]
+        pushes.append(PushType(model, train[-1], generate[0], generate[-1]))
+    into = {p.dst: len(calls) + i for i, p in enumerate(pairs)}
+    priority = []
+    for k in range(len(calls)):
+        priority += [into[k]] if k in into else []
+        priority.append(k)
+        priority += [len(calls) + len(pairs) + q for q, push in enumerate(pushes)
+                     if push.after == k]
+    return pairs, pushes, priority
+
+
+def _memory_roles(tables: SearchTables, pushes: list[PushType]) -> np.ndarray:
+    """Each call's memory role (module docstring) at the staleness `pushes` belong to."""
+    calls = tables.calls
+    trained = {c.model for c in calls if c.kind == "train"}
+    homes = {push.dst for push in pushes}
+    readers = {push.model for push in pushes}
+    return np.array([TRAIN_CALL if c.kind == "train" else
+                     ROLLOUT_HOME if k in homes else
+                     ROLLOUT_READER if c.kind == "generate" and c.model in readers else
+                     TRAINED_MODEL_CALL if c.model in trained else
+                     UNTRAINED_MODEL_CALL for k, c in enumerate(calls)], dtype=np.int64)
+
+
+def kernel_tables(tables: SearchTables, staleness: int = 0) -> KernelTables:
+    """Flatten `tables` into the arrays the kernels read, for plans at `staleness`."""
+    calls, edges = tables.calls, tables.edges
+    pairs, pushes, order = rollout_structure(tables, staleness)
     train_call = {c.model: k for k, c in enumerate(calls) if c.kind == "train"}
     models = sorted({c.model for c in calls})
     assert all(sum(p.dst == k for p in pairs) <= 1 and sum(p.src == k for p in pairs) <= 1
                for k in range(len(calls))), pairs
-    assert sorted(order) == list(range(len(calls) + len(pairs))), order
+    assert sorted(order) == list(range(len(calls) + len(pairs) + len(pushes))), order
     floats, ints = _candidate_rows(tables)
+    proximal = {push.src for push in pushes}
     return KernelTables(
         time_s=floats[:, 0], weights=floats[:, 1], state=floats[:, 2], activation=floats[:, 3],
         capacity=floats[:, 4], dp=ints[:, 10], tp=ints[:, 11], pp=ints[:, 12],
@@ -112,16 +205,15 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
         pair_dst=np.array([p.dst for p in pairs], dtype=np.int64),
         pair_wraps=np.array([p.wraps for p in pairs], dtype=np.bool_),
         pair_weights=np.array([p.weights_bytes_total for p in pairs], dtype=np.float64),
-        memory_role=np.array([TRAIN_CALL if c.kind == "train" else
-                              TRAINED_MODEL_CALL if c.model in train_call else
-                              UNTRAINED_MODEL_CALL for c in calls], dtype=np.int64),
+        memory_role=_memory_roles(tables, pushes),
         train_call_of=np.array([train_call.get(c.model, -1) for c in calls], dtype=np.int64),
         model_id=np.array([models.index(c.model) for c in calls], dtype=np.int64),
         links=np.array([tables.intra_node_bandwidth_bytes_per_s, tables.intra_node_latency_s,
                         tables.inter_node_bandwidth_bytes_per_s, tables.inter_node_latency_s],
                        dtype=np.float64),
         device_node=np.asarray(tables.device_node, dtype=np.int64),
-        num_iterations=int(tables.num_iterations),
+        # K + 2 s iterations (costmodel.simulator.simulated_iterations: 3 + 2 s)
+        num_iterations=int(tables.num_iterations) + 2 * staleness,
         move_scale=float(tables.move_scale), move_overhead_s=float(tables.move_overhead_s),
         # data edges into each call: edges_into[edges_into_offset[k]:edges_into_offset[k+1]]
         edges_into_offset=np.cumsum([0] + [sum(e.dst == k for e in edges)
@@ -143,7 +235,28 @@ def kernel_tables(tables: SearchTables) -> KernelTables:
                                        if k in (pair.src, pair.dst)]
                                       for k in range(len(calls))]),
         **_touching("edges_of_call", [[i for i, e in enumerate(edges) if k in (e.src, e.dst)]
-                                      for k in range(len(calls))]))
+                                      for k in range(len(calls))]),
+        staleness=int(staleness),
+        # the proximal forward's seconds by global candidate, read for the calls marked in
+        # adds_proximal only (none at staleness 0, where the array is empty)
+        proximal_s=(_concat(tables, "proximal_s", np.float64) if pushes
+                    else np.zeros(0, dtype=np.float64)),
+        adds_proximal=np.array([k in proximal for k in range(len(calls))], dtype=np.bool_),
+        push_src=np.array([q.src for q in pushes], dtype=np.int64),
+        push_dst=np.array([q.dst for q in pushes], dtype=np.int64),
+        push_after=np.array([q.after for q in pushes], dtype=np.int64),
+        push_weights=np.array([weights_of(pairs, q.model) for q in pushes], dtype=np.float64),
+        # the push into each call (its first generate call), -1 if none
+        push_into=np.array([next((q for q, push in enumerate(pushes) if push.dst == k), -1)
+                            for k in range(len(calls))], dtype=np.int64),
+        **_touching("pushes_of_call", [[q for q, push in enumerate(pushes)
+                                        if k in (push.src, push.dst)]
+                                       for k in range(len(calls))]))
+
+
+def weights_of(pairs: list[ModelPair], model: str) -> float:
+    """The whole weights of `model` in the compute dtype, as its pairs carry them."""
+    return next(p.weights_bytes_total for p in pairs if p.model == model)
 
 
 # A candidate's fields in one 64-byte row (one cache line: the random candidate lookups of
@@ -195,13 +308,20 @@ def _touching(name: str, lists: list[list[int]]) -> dict[str, np.ndarray]:
 
 
 class FastEvaluator:
-    """Evaluates arrays of plans against fixed `SearchTables`."""
+    """Evaluates arrays of plans against fixed `SearchTables`, all at one `staleness` s
+    (0: synchronous; s >= 1 needs tables of a workflow with max_staleness >= s, whose
+    proximal_s columns are priced)."""
 
-    def __init__(self, tables: SearchTables):
+    def __init__(self, tables: SearchTables, staleness: int = 0):
+        if not isinstance(staleness, (int, np.integer)) or \
+                not 0 <= staleness <= tables.max_staleness:
+            raise ValueError(f"staleness {staleness!r}: the tables price 0 to "
+                             f"{tables.max_staleness} (the workflow's max_staleness)")
         self.tables = tables
+        self.staleness = int(staleness)
         sizes = [len(c) for c in tables.calls]
         self.offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self.kernel = kernel_tables(tables)
+        self.kernel = kernel_tables(tables, self.staleness)
 
     def evaluate(self, choice: np.ndarray) -> Evaluation:
         choice = np.ascontiguousarray(np.atleast_2d(choice), dtype=np.int64)
@@ -252,7 +372,11 @@ Scratch = namedtuple("Scratch", [
     "copies",                     # the calls that hold a transient copy, in call order
     "copy_first", "copy_span",    # ... and each one's lifetime (`_copy_lifetime`)
     "share_count",                # per node type: the node types it shares a device with
-    "shares_devices"])            # [type, type]: the two node types share a device
+    "shares_devices",             # [type, type]: the two node types share a device
+    "train_end_history",          # [iteration x push]: the end of each push's train call
+    #                               in each iteration (staleness >= 1)
+    "send_bytes"])                # per push: bytes per device its senders keep posted from
+#                                   train(j) to push(j) (staleness >= 2, `_update_push`)
 
 # Per call: fields copied from its candidate's row by `_load_call`, each the float64 of
 # Scratch (dp, tp, pp, weights, state, activation, capacity).
@@ -293,11 +417,12 @@ def _call_peaks(g, kt, out):
 def scratch_sizes(kt):
     """(int64 count, float64 count, node types) of one Scratch: the sizes of the buffers
     `scratch_view` cuts (the shares matrix is [node types, node types] of bool)."""
-    num_calls = kt.memory_role.shape[0]
-    num_types = num_calls + kt.pair_src.shape[0]
+    num_calls, num_pushes = kt.memory_role.shape[0], kt.push_src.shape[0]
+    num_types = num_calls + kt.pair_src.shape[0] + num_pushes
     num_edges = kt.edge_src.shape[0]
     return (5 * num_types + 5 * num_calls,
-            4 * num_types + num_edges + (_CALL_FLOATS + _CALL_FLOAT_SLOTS) * num_calls,
+            4 * num_types + num_edges + (_CALL_FLOATS + _CALL_FLOAT_SLOTS) * num_calls
+            + (kt.num_iterations + 1) * num_pushes,
             num_types)
 
 
@@ -305,10 +430,11 @@ def scratch_sizes(kt):
 def scratch_view(ints, floats, shares, kt):
     """A Scratch cut from buffers of the sizes `scratch_sizes` gives (views, no copies): the
     search keeps one per chain in rows of larger buffers. Inlined, so that a caller compiled
-    without reference counting makes it without counting the 27 views."""
-    c = kt.memory_role.shape[0]
-    t = c + kt.pair_src.shape[0]
+    without reference counting makes it without counting the 29 views."""
+    c, q = kt.memory_role.shape[0], kt.push_src.shape[0]
+    t = c + kt.pair_src.shape[0] + q
     e = 4 * t + kt.edge_src.shape[0]
+    h = e + (_CALL_FLOATS + _CALL_FLOAT_SLOTS) * c + kt.num_iterations * q
     return Scratch(ints[0:t], ints[t:2 * t], ints[2 * t:3 * t], ints[3 * t:4 * t],
                    ints[4 * t:4 * t + c],
                    floats[e:e + c], floats[e + c:e + 2 * c], floats[e + 2 * c:e + 3 * c],
@@ -320,7 +446,8 @@ def scratch_view(ints, floats, shares, kt):
                    floats[e + 9 * c:e + 10 * c], floats[e + 10 * c:e + 11 * c],
                    ints[4 * t + c:4 * t + 2 * c], ints[4 * t + 2 * c:4 * t + 3 * c],
                    ints[4 * t + 3 * c:4 * t + 4 * c], ints[4 * t + 4 * c:4 * t + 5 * c],
-                   ints[4 * t + 5 * c:5 * t + 5 * c], shares)
+                   ints[4 * t + 5 * c:5 * t + 5 * c], shares,
+                   floats[e + 11 * c:h], floats[h:h + q])
 
 
 @numba.njit(cache=True)
@@ -356,7 +483,8 @@ def apply_call(k, c, kt, scratch):
     """Make `scratch` (holding a plan, from `fill_plan` or an earlier change) hold that plan
     with call k on the global candidate c: call k's fields, the durations and device ranges
     of the reallocations into and out of it, the transfer times of its data edges, and the
-    device sharing of those node types. Also undoes a change: apply the old candidate."""
+    device sharing of those node types, and likewise the weight pushes out of or into it.
+    Also undoes a change: apply the old candidate."""
     _load_call(k, c, kt, scratch)
     num_calls = scratch.placement.shape[0]
     pairs_of_call, edges_of_call = kt.pairs_of_call, kt.edges_of_call
@@ -365,21 +493,29 @@ def apply_call(k, c, kt, scratch):
         _update_pair(pairs_of_call[j], kt, scratch)
     for j in range(kt.edges_of_call_offset[k], kt.edges_of_call_offset[k + 1]):
         _update_edge(edges_of_call[j], kt, scratch)
+    first_push, last_push = kt.pushes_of_call_offset[k], kt.pushes_of_call_offset[k + 1]
+    for j in range(first_push, last_push):
+        _update_push(kt.pushes_of_call[j], kt, scratch)
     _update_shares_row(k, scratch)
     for j in range(first_pair, last_pair):
         _update_shares_row(num_calls + pairs_of_call[j], scratch)
+    for j in range(first_push, last_push):
+        _update_shares_row(num_calls + kt.pair_src.shape[0] + kt.pushes_of_call[j], scratch)
 
 
 @numba.njit(cache=True, inline="always")
 def fill_plan(g, kt, scratch):
     """Make `scratch` hold plan `g` (global candidate indices): every call's fields, every
-    node type's range and duration, every transfer time, which node types share a device."""
+    node type's range and duration, every transfer time, every push's send bytes, which
+    node types share a device."""
     for k in range(g.shape[0]):
         _load_call(k, g[k], kt, scratch)
     for p in range(kt.pair_src.shape[0]):
         _update_pair(p, kt, scratch)
     for e in range(kt.edge_src.shape[0]):
         _update_edge(e, kt, scratch)
+    for q in range(kt.push_src.shape[0]):
+        _update_push(q, kt, scratch)
     _fill_shares_devices(scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2,
                          scratch.shares_devices, scratch.share_count)
 
@@ -403,10 +539,14 @@ def _price(kt, scratch):
 @numba.njit(cache=True, inline="always")
 def _load_call(k, c, kt, scratch):
     """Copy the fields of global candidate c into call k's slots of `scratch` (its mesh as
-    node type k's both ranges, its time as type k's duration)."""
+    node type k's both ranges, its time as type k's duration, with the proximal forward
+    where the staleness adds one: the exact simulator's sum, in its order)."""
     scratch.lo1[k] = scratch.lo2[k] = kt.lo[c]
     scratch.hi1[k] = scratch.hi2[k] = kt.hi[c]
-    scratch.duration[k] = kt.time_s[c]
+    if kt.adds_proximal[k]:
+        scratch.duration[k] = kt.time_s[c] + kt.proximal_s[c]
+    else:
+        scratch.duration[k] = kt.time_s[c]
     scratch.placement[k] = kt.placement[c]
     scratch.dp[k] = kt.dp[c]
     scratch.tp[k] = kt.tp[c]
@@ -460,6 +600,52 @@ def _update_pair(p, kt, scratch):
         scratch.duration[x] = kt.move_overhead_s + kt.move_scale * _reallocation_s(
             kt.pair_weights[p], hi1[a] - lo1[a], scratch.dp[b], scratch.tp[b], scratch.pp[b],
             bandwidth, latency)
+
+
+@numba.njit(cache=True, inline="always")
+def _update_push(q, kt, scratch):
+    """Device ranges, duration and send bytes of push q (staleness >= 1) from its train and
+    generate calls' fields in `scratch`: a reallocation from the train call's candidate to
+    the generate call's (the closed form, zero between equal placements), and the bytes a
+    sender keeps packed from train(j) to push(j) when the staleness is 2 or more
+    (`_send_bytes`)."""
+    lo1, hi1, lo2, hi2, placement = (scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2,
+                                     scratch.placement)
+    a, b = kt.push_src[q], kt.push_dst[q]
+    x = placement.shape[0] + kt.pair_src.shape[0] + q
+    lo1[x], hi1[x], lo2[x], hi2[x] = lo1[a], hi1[a], lo1[b], hi1[b]
+    if placement[a] == placement[b]:
+        scratch.duration[x] = 0.0
+    else:
+        bandwidth, latency = _link(lo1[a], hi1[a], lo1[b], hi1[b], kt.device_node, kt.links)
+        scratch.duration[x] = kt.move_overhead_s + kt.move_scale * _reallocation_s(
+            kt.push_weights[q], hi1[a] - lo1[a], scratch.dp[b], scratch.tp[b], scratch.pp[b],
+            bandwidth, latency)
+    scratch.send_bytes[q] = _send_bytes(a, b, kt.push_weights[q], scratch) \
+        if kt.staleness >= 2 else 0.0
+
+
+@numba.njit(cache=True, inline="always")
+def _send_bytes(a, b, model_bytes, scratch):
+    """An upper bound of the bytes one sender of a push of a model of `model_bytes` from
+    call a's placement to call b's packs and keeps posted (runtime/executor/weight_push.py
+    post_push: its outgoing messages and a copy of its local pieces; costmodel/plan_memory.py
+    prices the exact schedule's). Equal placements: its whole training shard (weights[a],
+    the largest stage). Else, per destination replica (tp_b x pp_b devices), each element
+    the sender holds goes to one device, or to several where the destination replicates it
+    over tp (norms, kv heads), and what the replica holds beyond one model is at most
+    tp_b x pp_b x weights[b] - model_bytes: at most weights[a] + that excess per replica,
+    dp_b replicas; and each destination device gets at most min(weights[a], weights[b]).
+    The smaller of the two. No balance of the schedule's source choice is assumed (a
+    replica on the receivers' node may serve them all), so where the training side has
+    several replicas the bound can exceed the exact bytes by up to their number."""
+    weights = scratch.weights
+    if scratch.placement[a] == scratch.placement[b]:
+        return weights[a]
+    receivers = scratch.hi1[b] - scratch.lo1[b]
+    excess = max(0.0, scratch.tp[b] * scratch.pp[b] * weights[b] - model_bytes)
+    return min(receivers * min(weights[a], weights[b]),
+               scratch.dp[b] * (weights[a] + excess))
 
 
 @numba.njit(cache=True, inline="always")
@@ -532,8 +718,11 @@ def _list_schedule(kt, scratch):
     and max is exact, so both give the same number bit for bit."""
     num_calls = scratch.persistent.shape[0]
     num_types = scratch.duration.shape[0]
-    order, num_iterations = kt.order, kt.num_iterations
+    order, num_iterations, staleness = kt.order, kt.num_iterations, kt.staleness
     pair_src, pair_wraps, pair_into = kt.pair_src, kt.pair_wraps, kt.pair_into
+    first_push = num_calls + pair_src.shape[0]
+    num_pushes, push_into, history = kt.push_src.shape[0], kt.push_into, \
+        scratch.train_end_history
     edge_src, edges_into, edges_into_offset = kt.edge_src, kt.edges_into, kt.edges_into_offset
     duration, transfer = scratch.duration, scratch.transfer
     end, previous_end, latest_end = scratch.end, scratch.previous_end, scratch.latest_end
@@ -549,7 +738,14 @@ def _list_schedule(kt, scratch):
             end[t] = 0.0
         for x in order:
             ready = 0.0
-            if x >= num_calls:
+            if x >= first_push:
+                # push(i - s), listed in iteration i (i >= s, its receiver i + 1 simulated):
+                # after its train call of iteration i - s and the generation of iteration i.
+                q = x - first_push
+                if i < staleness or i + 1 >= num_iterations:
+                    continue
+                ready = max(history[(i - staleness) * num_pushes + q], end[kt.push_after[q]])
+            elif x >= num_calls:
                 # A reallocation waits for its source call; a wrapping one moves the model
                 # of the previous iteration's call, so it first runs in iteration 1.
                 p = x - num_calls
@@ -567,6 +763,11 @@ def _list_schedule(kt, scratch):
                 p = pair_into[x]
                 if p >= 0 and not (pair_wraps[p] and i == 0):
                     ready = max(ready, end[num_calls + p])
+                # a first generate call of a rollout model waits for the push listed in
+                # the iteration before (none into iterations up to s)
+                q = push_into[x]
+                if q >= 0 and i > staleness:
+                    ready = max(ready, previous_end[first_push + q])
             if share_count[x] == num_types:
                 free = latest
             else:
@@ -574,12 +775,14 @@ def _list_schedule(kt, scratch):
             end[x] = max(ready, free) + duration[x]
             latest_end[x] = end[x]
             latest = max(latest, end[x])
+        for q in range(num_pushes):
+            history[i * num_pushes + q] = end[kt.push_src[q]]
         iteration_end = 0.0
         for k in range(num_calls):
             iteration_end = max(iteration_end, end[k])
-        if i == 0:
+        if i == staleness:
             first_iteration_end = iteration_end
-    return (iteration_end - first_iteration_end) / (num_iterations - 1)
+    return (iteration_end - first_iteration_end) / (num_iterations - 1 - staleness)
 
 
 @numba.njit(cache=True, inline="always")
@@ -663,26 +866,68 @@ def _held_peak_bytes(x, k, count, num_copies, kt, scratch):
     lo1, start_level, terms, copies = scratch.lo1, scratch.start_level, scratch.terms, \
         scratch.copies
     check_lo, check_hi = lo1[k], scratch.hi1[k]
-    best = start_level[k] + _copies_at(x, check_lo, num_copies, kt, scratch)
+    best = start_level[k] + _held_at(x, check_lo, num_copies, kt, scratch)
     for i in range(count):
         q = terms[i]
         if check_lo < lo1[q] < check_hi:
-            best = max(best, start_level[q] + _copies_at(x, lo1[q], num_copies, kt, scratch))
+            best = max(best, start_level[q] + _held_at(x, lo1[q], num_copies, kt, scratch))
     for i in range(num_copies):
         j = copies[i]
         if check_lo < lo1[j] < check_hi:
-            best = max(best, start_level[j] + _copies_at(x, lo1[j], num_copies, kt, scratch))
+            best = max(best, start_level[j] + _held_at(x, lo1[j], num_copies, kt, scratch))
     return best
+
+
+@numba.njit(cache=True, inline="always")
+def _held_at(x, device, num_copies, kt, scratch):
+    """Bytes on `device` held while node type x runs beside the persistent level: the
+    transient copies (`_copies_at`) and, with staleness >= 2, the pushes' posted sends
+    (`_sends_at`)."""
+    held = _copies_at(x, device, num_copies, kt, scratch)
+    if kt.staleness >= 2:
+        held += _sends_at(x, device, kt, scratch)
+    return held
+
+
+@numba.njit(cache=True, inline="always")
+def _posted_during(x, q, kt):
+    """How many of push q's posted sends are alive while node type x runs (staleness s >=
+    2): those of push(j) live from right after train(j) through push(j), which is listed in
+    iteration j + s, so a node at place p of the priority order meets those of s + [p after
+    the train call] - [p after the push] iterations j (every iteration's nodes, in the
+    steady state the simulated iterations reach)."""
+    place = kt.position[x]
+    push = kt.memory_role.shape[0] + kt.pair_src.shape[0] + q
+    return kt.staleness + (place > kt.position[kt.push_src[q]]) - (place > kt.position[push])
+
+
+@numba.njit(cache=True, inline="always")
+def _sends_at(x, device, kt, scratch):
+    """Bytes on `device` of the pushes' sends posted while node type x runs: on each
+    push's train mesh, `_posted_during` times its `send_bytes`."""
+    total = 0.0
+    for q in range(kt.push_src.shape[0]):
+        a = kt.push_src[q]
+        if scratch.lo1[a] <= device < scratch.hi1[a]:
+            total += _posted_during(x, q, kt) * scratch.send_bytes[q]
+    return total
 
 
 @numba.njit(cache=True, inline="always")
 def _held_peak_during(x, k, count, num_copies, kt, scratch):
     """`_held_peak_bytes(x, k, ...)`, read from `held_peak[k]` (call k's own, computed
     first) where the same copies on call k's mesh are alive during x as during call k:
-    the value depends on x only through which of those copies are alive, so it is the same
-    number bit for bit."""
+    the value depends on x only through which of those copies (and with staleness >= 2 how
+    many posted sends of a push, `_posted_during`) are alive, so it is the same number bit
+    for bit."""
     copies, lo1, hi1 = scratch.copies, scratch.lo1, scratch.hi1
     place_x, place_k, num_types = kt.position[x], kt.position[k], kt.order.shape[0]
+    if kt.staleness >= 2:
+        for q in range(kt.push_src.shape[0]):
+            a = kt.push_src[q]
+            if _ranges_overlap(lo1[a], hi1[a], lo1[k], hi1[k]) and \
+                    _posted_during(x, q, kt) != _posted_during(k, q, kt):
+                return _held_peak_bytes(x, k, count, num_copies, kt, scratch)
     for i in range(num_copies):
         j = copies[i]
         first, span = scratch.copy_first[i], scratch.copy_span[i]
@@ -715,6 +960,8 @@ def _memory_terms(kt, scratch):
         role = memory_role[k]
         if role == TRAIN_CALL:
             persistent[k] = scratch.state[k]
+        elif role == ROLLOUT_HOME:
+            persistent[k] = scratch.weights[k]
         elif role == UNTRAINED_MODEL_CALL:
             repeat = False
             for j in range(k):
@@ -752,9 +999,9 @@ def _persistent_level(device, count, scratch):
 def _memory_overflow(kt, scratch, count, num_copies):
     """Worst (peak - capacity) / capacity over the calls and reallocations of the plan
     `scratch` holds (<= 0 when the plan fits); needs `_memory_terms` (`count` terms,
-    `num_copies` copies). A reallocation runs on its source and destination meshes, so it
-    reads those calls' persistent peaks and capacities."""
-    placement, capacity, weights = scratch.placement, scratch.capacity, scratch.weights
+    `num_copies` copies). A reallocation or push runs on its source and destination
+    meshes, so it reads those calls' persistent peaks and capacities."""
+    placement, capacity = scratch.placement, scratch.capacity
     extra, held_peak = scratch.extra, scratch.held_peak
     pair_src, pair_dst = kt.pair_src, kt.pair_dst
     num_calls = placement.shape[0]
@@ -767,12 +1014,32 @@ def _memory_overflow(kt, scratch, count, num_copies):
         a, k = pair_src[p], pair_dst[p]
         if placement[a] == placement[k]:
             continue          # the model stays where it is: no reallocation node
+        if kt.memory_role[a] == ROLLOUT_HOME or kt.memory_role[a] == ROLLOUT_READER:
+            # generate calls of a rollout model on two placements: refused (one copy)
+            worst = max(worst, SPLIT_ROLLOUT_OVERFLOW)
         # The receivers hold a receive buffer (at most their whole new shard); both meshes
         # hold the transient copies alive during it (the destination's, which it makes;
         # the source's, which it reads).
-        x = num_calls + p
-        peak = _held_peak_during(x, k, count, num_copies, kt, scratch) + weights[k]
-        worst = max(worst, (peak - capacity[k]) / capacity[k])
-        peak = _held_peak_during(x, a, count, num_copies, kt, scratch)
-        worst = max(worst, (peak - capacity[a]) / capacity[a])
+        worst = max(worst, _moving_overflow(num_calls + p, a, k, count, num_copies, kt,
+                                            scratch))
+    for q in range(kt.push_src.shape[0]):
+        a, k = kt.push_src[q], kt.push_dst[q]
+        # A push between equal placements receives nothing; what is alive during it is
+        # alive during the generate call listed right before it on the same devices.
+        if placement[a] != placement[k]:
+            worst = max(worst, _moving_overflow(num_calls + pair_src.shape[0] + q, a, k,
+                                                count, num_copies, kt, scratch))
     return worst
+
+
+@numba.njit(cache=True, inline="always")
+def _moving_overflow(x, a, k, count, num_copies, kt, scratch):
+    """Worst relative overflow of node type x moving a model from call a's placement to
+    call k's (a reallocation or a push): the receivers hold a receive buffer (at most their
+    whole new shard) beside what is held during x on k's mesh; the senders what is held
+    during x on a's mesh."""
+    capacity = scratch.capacity
+    peak = _held_peak_during(x, k, count, num_copies, kt, scratch) + scratch.weights[k]
+    worst = (peak - capacity[k]) / capacity[k]
+    peak = _held_peak_during(x, a, count, num_copies, kt, scratch)
+    return max(worst, (peak - capacity[a]) / capacity[a])

@@ -134,7 +134,7 @@ def _run_column(s, chains, moves, steps, kt):
 
 # Without reference counting, like fast_evaluator.evaluate_plan (see the note there): the
 # chains' Scratch views are cut here once per chain and step, which with counting would
-# cost 27 atomic updates each way, and the namedtuples are handed to the pieces per step.
+# cost 29 atomic updates each way, and the namedtuples are handed to the pieces per step.
 @numba.njit(cache=True, _nrt=False)
 def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt):
     """The rounds of column s: `plans[j]` and Scratch row `slot[j]` (of `ints`, `floats`,

@@ -134,6 +134,10 @@ class CallTable:
                                        #   needs alone on its mesh (CallMemory.alone_bytes)
     capacity_bytes: np.ndarray         # smallest device memory over the mesh
     placement: np.ndarray              # id of (devices, dp, tp, pp), shared by all calls
+    # Seconds of the proximal-logprob forward a rollout model's train call runs first under
+    # staleness >= 1 (costmodel.plan_cost.PlanCosts.proximal_time; builder.CallPricer):
+    # 0 for every other call and when the workflow's max_staleness is 0 (None: all 0).
+    proximal_s: np.ndarray | None = None
     lo: np.ndarray = field(init=False)  # first device of the mesh
     hi: np.ndarray = field(init=False)  # one past the last device
     dp: np.ndarray = field(init=False)
@@ -146,6 +150,8 @@ class CallTable:
         if not isinstance(self.executions, Candidates):
             self.executions = Candidates.of(list(self.executions))
         ex = self.executions
+        if self.proximal_s is None:
+            self.proximal_s = np.zeros(len(ex))
         self.lo = ex.mesh_field(lambda m: m[0])
         self.hi = ex.mesh_field(lambda m: m[-1] + 1)
         self.dp = ex.layout_field(lambda e: e.dp, dtype=np.float64)
@@ -170,7 +176,7 @@ class CallTable:
                          activation_bytes=self.activation_bytes[index],
                          alone_peak_bytes=self.alone_peak_bytes[index],
                          capacity_bytes=self.capacity_bytes[index],
-                         placement=self.placement[index])
+                         placement=self.placement[index], proximal_s=self.proximal_s[index])
 
     def index_of(self, execution: Execution) -> int:
         return self.executions.index(execution)
@@ -211,6 +217,9 @@ class SearchTables:
     inter_node_bandwidth_bytes_per_s: float  # a device's share of its rail's NIC
     inter_node_latency_s: float
     num_iterations: int = 3
+    # The workflow's max_staleness: the fast evaluator prices staleness s <= it (the
+    # proximal_s columns are priced only when it is >= 1).
+    max_staleness: int = 0
     move_scale: float = 1.0             # calibrated reallocation / transfer time:
     move_overhead_s: float = 0.0        #   move_overhead_s + move_scale x priced time
     # Node types in the shared priority order (planner.domain.augment.priority_order): call k
