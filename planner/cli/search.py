@@ -32,6 +32,7 @@ from planner.domain.output_files import check_writable_path
 from planner.domain.plan import Plan, check_same_cluster, load_plan, save_plan
 from planner.domain.workflow import Workflow
 from planner.frameworks.target import TARGET_NAMES, target_module
+from planner.search.baselines import ASYNC_GENERATION_SHARE, async_split
 from planner.search.deadline import Deadline
 from planner.search.mcmc import MCMCSettings
 from planner.search.lower_bound import gap_fraction, gap_text
@@ -179,7 +180,7 @@ def run_search(workflow, cluster, settings: MCMCSettings, progress: ProgressLine
 
 def search_stats(outcome: SearchOutcome, evaluations_per_s: float) -> dict:
     mcmc = outcome.mcmc
-    return {"evaluations": mcmc.evaluations, "evaluations_per_s": round(evaluations_per_s),
+    stats = {"evaluations": mcmc.evaluations, "evaluations_per_s": round(evaluations_per_s),
             "wall_s": round(mcmc.wall_s, 3), "steps": mcmc.steps,
             "stopped_by": mcmc.stopped_by,
             "space_size": f"{outcome.tables.space_size():.3g}",
@@ -191,11 +192,58 @@ def search_stats(outcome: SearchOutcome, evaluations_per_s: float) -> dict:
                               else round(outcome.lower_bound_s, 4)),
             # phase -> what --time-limit left out of it (planner.search.pipeline)
             "time_limit_cut": dict(outcome.cut)}
+    if outcome.chains:   # max_staleness >= 1 (a synchronous search's stats are as before)
+        stats.update(staleness_stats(outcome))
+    return stats
+
+
+def staleness_stats(outcome: SearchOutcome) -> dict:
+    """What a search over staleness adds to the stats: the best exact iteration seconds at
+    each staleness searched (None where no plan of it fits) and each baseline's staleness."""
+    return {"iteration_s_by_staleness": {
+                s: (round(outcome.best_by_staleness[s].estimate.iteration_s, 4)
+                    if s in outcome.best_by_staleness else None) for s in outcome.chains},
+            "baselines_staleness": dict(outcome.baseline_staleness)}
+
+
+def decode_batching_of(plan: Plan) -> dict[str, str]:
+    """Each generate call's decode batching mode (static or continuous)."""
+    return {name: plan.executions[name].decode_batching for name in plan.workflow.call_order
+            if plan.workflow.call_by_name[name].kind == "generate"}
+
+
+def staleness_search_lines(outcome: SearchOutcome, plan: Plan) -> list[str]:
+    """What `plan search` says of a search over staleness (max_staleness >= 1): the
+    staleness chosen and the best plan of each, and the decode batching of every generate
+    call; nothing for a synchronous search."""
+    if not outcome.chains:
+        return []
+    per = ", ".join(f"s={s}: " + (f"{outcome.best_by_staleness[s].estimate.iteration_s:.2f} s"
+                                   if s in outcome.best_by_staleness else "none fits")
+                    for s in outcome.chains)
+    modes = ", ".join(f"{name} {mode}" for name, mode in decode_batching_of(plan).items())
+    return [(f"search: staleness {plan.staleness} chosen (max_staleness "
+             f"{plan.workflow.max_staleness}); best plan per staleness: {per}"),
+            f"search: decode batching: {modes}"]
+
+
+def lower_bound_lines(outcome: SearchOutcome, best: PricedPlan, which: str) -> list[str]:
+    """The best plan's gap to the space's lower bound; for a plan of staleness >= 1, that
+    the bound (one of synchronous plans, planner.search.lower_bound) does not apply."""
+    if not outcome.lower_bound_s:
+        return []
+    if best.staleness:
+        return [(f"search: lower bound {outcome.lower_bound_s:.2f} s is of synchronous "
+                 f"plans (staleness 0); it does not bound {which}, of staleness "
+                 f"{best.staleness}")]
+    return [(f"search: {which} is {gap_text(best.estimate.iteration_s, outcome.lower_bound_s)}"
+             f" (no plan of the searched space takes less)")]
 
 
 def bound_gap(outcome: SearchOutcome) -> float | None:
-    """The searched best plan's gap to the space's lower bound (iteration / bound - 1)."""
-    if not outcome.lower_bound_s:
+    """The searched best plan's gap to the space's lower bound (iteration / bound - 1);
+    None without a bound or when the plan is asynchronous (the bound is synchronous)."""
+    if not outcome.lower_bound_s or outcome.best.staleness:
         return None
     return gap_fraction(outcome.best.estimate.iteration_s, outcome.lower_bound_s)
 
@@ -204,7 +252,8 @@ def price_user_plans(user_plans: list[UserPlan], inputs: PlanningInputs) -> dict
     """Each --baseline plan priced by the search's cost model, by label."""
     costs = PlanCosts(inputs.workflow, inputs.cluster, calibration=inputs.calibration)
     return {user.label: simulate(inputs.workflow, inputs.cluster, user.plan.executions,
-                                 costs=costs) for user in user_plans}
+                                 costs=costs, staleness=user.plan.staleness)
+            for user in user_plans}
 
 
 def run_target_search(args: argparse.Namespace, inputs: PlanningInputs,
@@ -336,6 +385,10 @@ def run(args: argparse.Namespace) -> int:
                           "lower_bound_s": outcome.lower_bound_s,
                           "lower_bound_gap": bound_gap(outcome),
                           "time_limit_cut": dict(outcome.cut)}
+        if outcome.chains:
+            data["search"].update(staleness_stats(outcome))
+            data["search"]["staleness"] = plan.staleness
+            data["decode_batching"] = decode_batching_of(plan)
         if summary:
             data["target"] = summary
         data["plan_path"] = str(out)
@@ -348,10 +401,10 @@ def run(args: argparse.Namespace) -> int:
           f"({rate:,.0f}/s), stopped by {mcmc.stopped_by}, seed {args.seed}")
     for phase, what_was_cut in outcome.cut.items():
         print(f"search: {phase}: {what_was_cut}")
-    if outcome.lower_bound_s:
-        which = "the searched plan" if not summary else "the best plan of the full space"
-        print(f"search: {which} is {gap_text(outcome.best.estimate.iteration_s, outcome.lower_bound_s)}"
-              f" (no plan of the searched space takes less)")
+    for line in staleness_search_lines(outcome, plan) + lower_bound_lines(
+            outcome, outcome.best,
+            "the searched plan" if not summary else "the best plan of the full space"):
+        print(line)
     print("compared with today's heuristics (same cost model):")
     width = max([18] + [len(k) for k in baselines])
     for name, seconds in baselines.items():
@@ -361,6 +414,11 @@ def run(args: argparse.Namespace) -> int:
             text = "not priced: no time left (--time-limit)"
         if name in outcome.unbuilt_baselines:
             text = "not built: no time left (--time-limit)"
+        if name in ASYNC_GENERATION_SHARE and \
+                async_split(cluster, ASYNC_GENERATION_SHARE[name]) is None:
+            text = "not built: the split makes no two allowed meshes (one node: halves only)"
+        if outcome.baseline_staleness.get(name):
+            text += f"  (staleness {outcome.baseline_staleness[name]})"
         print(f"  {name:<{width}} {text}" + (f": {reason}" if seconds is None and reason
                                               else ""))
     print(f"wrote {out}")
@@ -396,7 +454,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "fit), baseline_plans (path, iteration_s, feasible, reason), search, "
                     "target (with --target: name, version, iteration_s, "
                     "best_searched_iteration_s, slowdown_vs_best, plans_priced, stopped_by) "
-                    "and plan_path.")
+                    "and plan_path. A workflow with max_staleness k >= 1 is searched at "
+                    "every staleness 0..k (generation on weights up to s iterations old, "
+                    "with continuous decode batching offered), the fastest plan written "
+                    "with its staleness; the text names the staleness chosen, the best plan "
+                    "of each and every generate call's decode batching, and the JSON adds "
+                    "search.staleness, search.iteration_s_by_staleness, "
+                    "search.baselines_staleness and decode_batching; the async-75/25 and "
+                    "async-50/50 baselines (AReaL-style splits, staleness k) join the "
+                    "others.")
     add_planning_options(parser)
     parser.add_argument("--time-limit", type=positive_seconds, default=60.0, metavar="S",
                         help="return within about S seconds (default 60), everything "

@@ -13,6 +13,20 @@ All are priced by the same cost model as the search:
 Train calls recompute activations as the baseline's framework can (BASELINE_RECOMPUTE), the
 mode tried like a layout. A baseline is None when it cannot be built or does not fit on the
 cluster.
+
+Asynchronous baselines (ASYNC_BASELINES; only for a workflow with max_staleness k >= 1),
+as AReaL users run today: the rollout models' generate calls on the first share of the
+devices, every other call on the rest, each call with its fastest layouts there
+(best_combination), at staleness k (the loosest bound the user allowed, AReaL's
+max_head_offpolicyness):
+- `async-75/25`: the split issue 14 names as AReaL's hand-set default (AReaL writes it
+  in `allocation_mode`, inference devices first: `sglang.dXtYpZ+dUtVpW`);
+- `async-50/50`: half and half (AReaL's documentation example `sglang.d2t2p1+d1t4p1`
+  gives inference 4 of 8 GPUs).
+Device counts (async_split): on several nodes whole nodes, the generation share of the
+node count rounded half up and kept within 1 and nodes - 1 (75/25 of 8 nodes: 6 + 2; of 2
+nodes: 1 + 1); inside one node the two parts must be aligned power-of-two slices, so only
+halves exist and 75/25 cannot be built there (None).
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import numpy as np
 
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import RECOMPUTE_MODES, Execution
+from planner.domain.mesh import mesh_problem
 from planner.domain.workflow import Workflow
 from planner.search.deadline import Deadline
 from planner.search.fast_evaluator import FastEvaluator
@@ -40,8 +55,11 @@ MAX_COMBINATIONS = 200_000
 # switch that checkpoints whole decoder layers (--gradient_checkpointing;
 # gradient_checkpointing in ReaLHF's model config): none or full.
 LAYER_CHECKPOINTING = ("none", "full")
+# AReaL (async) trains HF models under FSDP or Megatron; its FSDP engine has the same one
+# switch (gradient_checkpointing in its TrainEngineConfig): none or full.
 BASELINE_RECOMPUTE = {"symmetric": RECOMPUTE_MODES, "colocated": RECOMPUTE_MODES,
-                      "separate": LAYER_CHECKPOINTING, "realhf-heuristic": LAYER_CHECKPOINTING}
+                      "separate": LAYER_CHECKPOINTING, "realhf-heuristic": LAYER_CHECKPOINTING,
+                      "async": LAYER_CHECKPOINTING}
 
 
 def layout_options(table: CallTable, devices: tuple[int, ...], count: int,
@@ -206,16 +224,71 @@ def side_by_side_calls(workflow: Workflow) -> list[str]:
 
 def baseline_meshes(workflow: Workflow, cluster: ClusterSpec) -> list[tuple[int, ...]]:
     """Every mesh a baseline may put a call on: all devices, the pools of each of
-    separate's colocation steps and realhf-heuristic's slices (the meshes the search
-    tables price first, builder.full_tables)."""
+    separate's colocation steps, realhf-heuristic's slices and, with max_staleness >= 1,
+    the asynchronous baselines' splits (the meshes the search tables price first,
+    builder.full_tables)."""
     meshes = [tuple(range(cluster.num_devices))]
     side_by_side = side_by_side_calls(workflow)
     splits = [split_devices([pool_weight(workflow, g) for g in groups], cluster)
               for groups in colocation_steps(workflow)]
     splits.append(split_devices([1.0] * len(side_by_side), cluster) if side_by_side else [])
+    splits.append(async_meshes(workflow, cluster))
     for split in splits:
         meshes += [m for m in split or [] if m not in meshes]
     return meshes
+
+
+# Generation's share of the devices in each asynchronous baseline (module docstring).
+ASYNC_GENERATION_SHARE = {"async-75/25": 0.75, "async-50/50": 0.5}
+
+
+def async_split(cluster: ClusterSpec, generation_share: float
+                ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(generation mesh, training mesh) splitting the cluster at `generation_share` (module
+    docstring: whole nodes on several nodes, halves inside one); None when the split
+    cannot be made of two allowed meshes."""
+    if cluster.num_nodes >= 2:
+        nodes = int(generation_share * cluster.num_nodes + 0.5)   # half up (positive)
+        nodes = min(max(nodes, 1), cluster.num_nodes - 1)
+        cut = cluster.node_first_device[nodes]
+    else:
+        cut = int(round(generation_share * cluster.num_devices))
+    generation, training = tuple(range(cut)), tuple(range(cut, cluster.num_devices))
+    if not generation or not training or mesh_problem(generation, cluster) \
+            or mesh_problem(training, cluster):
+        return None
+    return generation, training
+
+
+def async_meshes(workflow: Workflow, cluster: ClusterSpec) -> list[tuple[int, ...]]:
+    """The meshes of the asynchronous baselines (none when max_staleness is 0)."""
+    if workflow.max_staleness < 1:
+        return []
+    meshes: list[tuple[int, ...]] = []
+    for share in ASYNC_GENERATION_SHARE.values():
+        for mesh in async_split(cluster, share) or ():
+            if mesh not in meshes:
+                meshes.append(mesh)
+    return meshes
+
+
+def async_baseline(share: float) -> Callable:
+    """The builder of the asynchronous baseline giving generation `share` of the devices;
+    `judge` must price plans at the workflow's max_staleness (build_baselines)."""
+    def build(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
+              workflow: Workflow) -> np.ndarray | None:
+        split = async_split(cluster, share)
+        if split is None or workflow.max_staleness < 1:
+            return None
+        generation, training = split
+        rollout = set(workflow.rollout_models())
+
+        def mesh_of(name: str) -> tuple[int, ...]:
+            call = workflow.call_by_name[name]
+            return generation if call.kind == "generate" and call.model in rollout \
+                else training
+        return best_combination(tables, judge, mesh_of, BASELINE_RECOMPUTE["async"])
+    return build
 
 
 def realhf_heuristic(tables: SearchTables, judge: "BaselineJudge", cluster: ClusterSpec,
@@ -278,12 +351,18 @@ BASELINES: dict[str, Callable] = {
     "separate": separate,
     "realhf-heuristic": realhf_heuristic,
 }
+# Built only for max_staleness >= 1, with a judge at that staleness (build_baselines).
+ASYNC_BASELINES: dict[str, Callable] = {name: async_baseline(share)
+                                        for name, share in ASYNC_GENERATION_SHARE.items()}
 
 
 def build_baselines(tables: SearchTables, judge: BaselineJudge, cluster: ClusterSpec,
-                    workflow: Workflow, deadline: Deadline | None = None
+                    workflow: Workflow, deadline: Deadline | None = None,
+                    async_judge: BaselineJudge | None = None
                     ) -> dict[str, np.ndarray | None]:
-    """Every baseline's choice over `tables` (None when it cannot run on the cluster).
+    """Every baseline's choice over `tables` (None when it cannot run on the cluster):
+    BASELINES with `judge` (staleness 0) and, when the workflow's max_staleness k >= 1 and
+    an `async_judge` (one pricing at staleness k) is given, ASYNC_BASELINES with it.
 
     With a `deadline`, once some baseline has a plan (so that the search always has one to
     fall back on, as full_tables always prices a fitting candidate of each call), a
@@ -293,15 +372,18 @@ def build_baselines(tables: SearchTables, judge: BaselineJudge, cluster: Cluster
     before keep their plans."""
     judge.cut = []
     choices: dict[str, np.ndarray | None] = {}
-    for name, build in BASELINES.items():
-        judge.stopped = False
-        judge.deadline = deadline if any(c is not None for c in choices.values()) else None
-        if judge.deadline is not None and judge.deadline.expired():
+    builders = [(name, build, judge) for name, build in BASELINES.items()]
+    if async_judge is not None and workflow.max_staleness >= 1:
+        builders += [(name, build, async_judge) for name, build in ASYNC_BASELINES.items()]
+    for name, build, pricer in builders:
+        pricer.stopped = False
+        pricer.deadline = deadline if any(c is not None for c in choices.values()) else None
+        if pricer.deadline is not None and pricer.deadline.expired():
             choices[name] = None
             judge.cut.append(name)
             continue
-        choices[name] = build(tables, judge, cluster, workflow)
-        if judge.stopped and choices[name] is None:
+        choices[name] = build(tables, pricer, cluster, workflow)
+        if pricer.stopped and choices[name] is None:
             judge.cut.append(name)
-    judge.deadline = None
+        pricer.deadline = None
     return choices

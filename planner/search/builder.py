@@ -244,7 +244,8 @@ def _shape_prices(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec
     """The call's layouts on `mesh`, memory priced first and times only for those that fit
     alone unless `price_unfit` (a candidate that cannot fit alone is in no feasible plan,
     pruned_tables step 1: its time is +inf)."""
-    layouts = candidate_executions(call, role.spec, cluster, batch, [mesh])
+    layouts = candidate_executions(call, role.spec, cluster, batch, [mesh],
+                                   pricer.workflow.max_staleness)
     memory = pricer.memory_of(call, layouts)
     capacity = np.full(len(layouts), pricer.capacity_bytes(mesh)) if layouts else np.zeros(0)
     fits = memory[:, PRICE_COLUMNS.index("alone_peak_bytes") - 1] <= capacity

@@ -259,3 +259,22 @@ def _remember(top: dict[tuple, float], best_time: np.ndarray, best_choice: np.nd
     if len(top) > 4 * top_k:
         for key in sorted(top, key=lambda plan: (top[plan], plan))[top_k:]:
             del top[key]
+
+
+def merged_result(results: list[MCMCResult]) -> MCMCResult:
+    """Several runs (one per staleness, planner.search.pipeline) as one summary: the
+    evaluations, steps and seconds summed, the best of the run with the least best time
+    (its choices index the same tables), the stopping reasons in run order without
+    repeats, and the histories one after another on one clock."""
+    best = min(results, key=lambda r: r.best_iteration_s)
+    history, offset_s = [], 0.0
+    for r in results:
+        history += [(offset_s + t, b) for t, b in r.history]
+        offset_s += r.wall_s
+    reasons = list(dict.fromkeys(r.stopped_by for r in results))
+    return MCMCResult(best_choice=best.best_choice, best_iteration_s=best.best_iteration_s,
+                      top_choices=best.top_choices,
+                      evaluations=sum(r.evaluations for r in results),
+                      steps=sum(r.steps for r in results),
+                      wall_s=sum(r.wall_s for r in results),
+                      stopped_by=", ".join(reasons), history=history)

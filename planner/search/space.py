@@ -13,14 +13,18 @@ the memory of kept activations against a forward rerun in backward. A mixture-of
 model also tries every expert-parallel degree ep that divides both dp and its expert count
 (expert_degree_options; planner.domain.placement says where the experts then live): more ep
 holds fewer experts per device and reads fewer weights per token, at the price of
-all-to-alls over the ep group. Candidates that do not fit in device memory even alone are
-dropped later, once the cost model has priced them.
+all-to-alls over the ep group. With a staleness bound (workflow max_staleness k >= 1) a
+generate call also tries continuous batching (Execution.decode_batching "continuous":
+decode_batching_options), which refills a finished row's slot with the next prompt; with
+k = 0 the space is today's, static decoding only. Candidates that do not fit in device
+memory even alone are dropped later, once the cost model has priced them.
 """
 
 from __future__ import annotations
 
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import (
+    DECODE_BATCHINGS,
     RECOMPUTE_MODES,
     Execution,
     layout_problem,
@@ -73,6 +77,20 @@ def recompute_options(call: ModelFunctionCall) -> tuple[str, ...]:
     return (Execution.model_fields["recompute"].default,)
 
 
+def decode_batching_options(call: ModelFunctionCall, pp: int, micro_batches: int,
+                            max_staleness: int) -> tuple[str, ...]:
+    """Decode batching modes tried for `call` at `pp` stages and `micro_batches`: static
+    only, except for a generate call of a workflow with max_staleness >= 1 (the issue's
+    "the search chooses the mode per plan, only where k >= 1"), which also tries
+    continuous where it differs from static: with micro_batches <= pp every micro-batch
+    is in the first wave and no slot is ever refilled, so continuous runs and is priced as
+    static (costmodel/generate_cost.py), a duplicate candidate."""
+    default = Execution.model_fields["decode_batching"].default
+    if call.kind != "generate" or max_staleness < 1 or micro_batches <= pp:
+        return (default,)
+    return DECODE_BATCHINGS
+
+
 def expert_degree_options(spec: ModelSpec, dp: int) -> list[int]:
     """Expert-parallel degrees tried at data-parallel degree `dp`: 1 for a dense model, else
     every divisor of dp that divides the expert count (module docstring)."""
@@ -83,8 +101,10 @@ def expert_degree_options(spec: ModelSpec, dp: int) -> list[int]:
 
 def candidate_executions(call: ModelFunctionCall, spec: ModelSpec, cluster: ClusterSpec,
                          batch: BatchSpec,
-                         meshes: list[tuple[int, ...]] | None = None) -> list[Execution]:
-    """Every valid execution of `call` (memory not yet considered)."""
+                         meshes: list[tuple[int, ...]] | None = None,
+                         max_staleness: int = 0) -> list[Execution]:
+    """Every valid execution of `call` (memory not yet considered); `max_staleness` is the
+    workflow's bound (decode_batching_options)."""
     result = []
     for mesh in meshes if meshes is not None else allowed_meshes(cluster):
         for dp, tp, pp in layouts_for_mesh(len(mesh)):
@@ -92,8 +112,11 @@ def candidate_executions(call: ModelFunctionCall, spec: ModelSpec, cluster: Clus
             for ep in expert_degree_options(spec, dp):
                 for micro_batches in micro_batch_options(pp, rows):
                     for recompute in recompute_options(call):
-                        execution = Execution(devices=mesh, dp=dp, tp=tp, pp=pp, ep=ep,
-                                              micro_batches=micro_batches, recompute=recompute)
-                        if layout_problem(execution, spec, cluster, call, batch) is None:
-                            result.append(execution)
+                        for decode in decode_batching_options(call, pp, micro_batches,
+                                                              max_staleness):
+                            execution = Execution(devices=mesh, dp=dp, tp=tp, pp=pp, ep=ep,
+                                                  micro_batches=micro_batches,
+                                                  recompute=recompute, decode_batching=decode)
+                            if layout_problem(execution, spec, cluster, call, batch) is None:
+                                result.append(execution)
     return result
