@@ -602,7 +602,10 @@ def _update_pair(p, kt, scratch):
             bandwidth, latency)
 
 
-@numba.njit(cache=True, inline="always")
+# Compiled as a function of its own, not inlined: inlined with its nested helpers at every
+# call site it took a cold numba compile of the kernels from about 1 to 5.5 minutes (default
+# `plan search`, 2 cores); the call costs about a fifth of the MCMC rate at 128 GPUs.
+@numba.njit(cache=True)
 def _update_push(q, kt, scratch):
     """Device ranges, duration and send bytes of push q (staleness >= 1) from its train and
     generate calls' fields in `scratch`: a reallocation from the train call's candidate to
@@ -625,7 +628,7 @@ def _update_push(q, kt, scratch):
         if kt.staleness >= 2 else 0.0
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _send_bytes(a, b, model_bytes, scratch):
     """An upper bound of the bytes one sender of a push of a model of `model_bytes` from
     call a's placement to call b's packs and keeps posted (runtime/executor/weight_push.py
@@ -889,7 +892,7 @@ def _held_at(x, device, num_copies, kt, scratch):
     return held
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _posted_during(x, q, kt):
     """How many of push q's posted sends are alive while node type x runs (staleness s >=
     2): those of push(j) live from right after train(j) through push(j), which is listed in
@@ -901,7 +904,7 @@ def _posted_during(x, q, kt):
     return kt.staleness + (place > kt.position[kt.push_src[q]]) - (place > kt.position[push])
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _sends_at(x, device, kt, scratch):
     """Bytes on `device` of the pushes' sends posted while node type x runs: on each
     push's train mesh, `_posted_during` times its `send_bytes`."""
@@ -1032,7 +1035,10 @@ def _memory_overflow(kt, scratch, count, num_copies):
     return worst
 
 
-@numba.njit(cache=True, inline="always")
+# Compiled as a function of its own, not inlined: inlined with its nested helpers at every
+# call site it took a cold numba compile of the kernels from about 1 to 5.5 minutes (default
+# `plan search`, 2 cores); the call costs about a fifth of the MCMC rate at 128 GPUs.
+@numba.njit(cache=True)
 def _moving_overflow(x, a, k, count, num_copies, kt, scratch):
     """Worst relative overflow of node type x moving a model from call a's placement to
     call k's (a reallocation or a push): the receivers hold a receive buffer (at most their
