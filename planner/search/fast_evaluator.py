@@ -588,17 +588,24 @@ def _reallocation_s(model_bytes, src_devices, dst_dp, dst_tp, dst_pp, bandwidth,
 def _update_pair(p, kt, scratch):
     """Device ranges and duration of pair p's reallocation from its two calls' fields in
     `scratch`. A reallocation between equal placements takes no time."""
+    _update_move(scratch.placement.shape[0] + p, kt.pair_src[p], kt.pair_dst[p],
+                 kt.pair_weights[p], kt, scratch)
+
+
+@numba.njit(cache=True, inline="always")
+def _update_move(x, a, b, weights, kt, scratch):
+    """Node type x moves `weights` bytes of a model from call a's candidate to call b's (a
+    reallocation or a push): its device ranges (both meshes) and its duration, the closed
+    form of the module docstring, zero between equal placements."""
     lo1, hi1, lo2, hi2, placement = (scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2,
                                      scratch.placement)
-    a, b = kt.pair_src[p], kt.pair_dst[p]
-    x = placement.shape[0] + p
     lo1[x], hi1[x], lo2[x], hi2[x] = lo1[a], hi1[a], lo1[b], hi1[b]
     if placement[a] == placement[b]:
         scratch.duration[x] = 0.0
     else:
         bandwidth, latency = _link(lo1[a], hi1[a], lo1[b], hi1[b], kt.device_node, kt.links)
         scratch.duration[x] = kt.move_overhead_s + kt.move_scale * _reallocation_s(
-            kt.pair_weights[p], hi1[a] - lo1[a], scratch.dp[b], scratch.tp[b], scratch.pp[b],
+            weights, hi1[a] - lo1[a], scratch.dp[b], scratch.tp[b], scratch.pp[b],
             bandwidth, latency)
 
 
@@ -612,18 +619,9 @@ def _update_push(q, kt, scratch):
     the generate call's (the closed form, zero between equal placements), and the bytes a
     sender keeps packed from train(j) to push(j) when the staleness is 2 or more
     (`_send_bytes`)."""
-    lo1, hi1, lo2, hi2, placement = (scratch.lo1, scratch.hi1, scratch.lo2, scratch.hi2,
-                                     scratch.placement)
     a, b = kt.push_src[q], kt.push_dst[q]
-    x = placement.shape[0] + kt.pair_src.shape[0] + q
-    lo1[x], hi1[x], lo2[x], hi2[x] = lo1[a], hi1[a], lo1[b], hi1[b]
-    if placement[a] == placement[b]:
-        scratch.duration[x] = 0.0
-    else:
-        bandwidth, latency = _link(lo1[a], hi1[a], lo1[b], hi1[b], kt.device_node, kt.links)
-        scratch.duration[x] = kt.move_overhead_s + kt.move_scale * _reallocation_s(
-            kt.push_weights[q], hi1[a] - lo1[a], scratch.dp[b], scratch.tp[b], scratch.pp[b],
-            bandwidth, latency)
+    _update_move(scratch.placement.shape[0] + kt.pair_src.shape[0] + q, a, b,
+                 kt.push_weights[q], kt, scratch)
     scratch.send_bytes[q] = _send_bytes(a, b, kt.push_weights[q], scratch) \
         if kt.staleness >= 2 else 0.0
 
