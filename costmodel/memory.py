@@ -172,10 +172,12 @@ def optimizer_state_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, p
     """Adam states of each (stage, tp rank), divided over `shards` ranks: array [pp, tp].
 
     Mixed-precision Adam (ZeRO paper, Rajbhandari et al. 2020, section 3.1): 12 bytes per
-    parameter beside the bf16 weight and gradient; ZeRO-1 divides them over dp.
+    parameter beside the bf16 weight and gradient; ZeRO-1 divides them over dp. One layout
+    at ep 1 of optimizer_state_bytes, the rule the call memory uses.
     """
-    elements = shard_elements(spec, head, tp, pp).astype(float)
-    return elements * (eff.OPTIMIZER_STATE_BYTES_PER_PARAM[dtype_bytes] / shards)
+    one = np.ones(1, dtype=np.int64)
+    return optimizer_state_bytes(spec, head, tp, pp, one, one * shards, one * shards,
+                                 dtype_bytes)[0]
 
 
 def optimizer_step_bytes_per_device(spec: ModelSpec, head: HeadKind, tp: int, pp: int,

@@ -16,9 +16,9 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
-
 import test_fast_incremental as incremental
 import test_fast_shortcuts as shortcuts
+
 from costmodel.plan_cost import PlanCosts
 from costmodel.plan_memory import PUSH_SENDS, posted_sends, push_send_bytes
 from costmodel.simulator import simulate
@@ -192,12 +192,9 @@ def test_incremental_prices_equal_whole_plan_prices(case, staleness):
     tables = setup(*case)[2]
     fast = evaluator(*case, staleness)
     steps = 600
-    rng = np.random.default_rng(30 + staleness)
     sizes, offset = tables.sizes, fast.offset
-    calls = rng.integers(0, len(sizes), steps)
-    candidates = offset[calls] + (rng.random(steps) * sizes[calls]).astype(np.int64)
-    keep = rng.random(steps) < 0.3
-    start = (rng.random(len(sizes)) * sizes).astype(np.int64) + offset
+    start, calls, candidates, keep = incremental.random_walk(tables, fast, steps,
+                                                             30 + staleness)
     out_time, out_overflow = np.empty(steps), np.empty(steps)
     out_plan = np.empty((steps, len(sizes)), dtype=np.int64)
     incremental._walk(start, fast.kernel, calls, candidates, keep, out_time, out_overflow,
@@ -212,13 +209,8 @@ def test_shortcuts_equal_their_rules(staleness):
     """PPO: its critic's inference holds a transient copy (GRPO at s >= 1 has none)."""
     tables = setup("ppo", "h100x8")[2]
     fast = evaluator("ppo", "h100x8", staleness)
-    steps = 600
-    rng = np.random.default_rng(40 + staleness)
-    sizes, offset = tables.sizes, fast.offset
-    calls = rng.integers(0, len(sizes), steps)
-    candidates = offset[calls] + (rng.random(steps) * sizes[calls]).astype(np.int64)
-    keep = rng.random(steps) < 0.3
-    start = (rng.random(len(sizes)) * sizes).astype(np.int64) + offset
+    start, calls, candidates, keep = incremental.random_walk(tables, fast, 600,
+                                                             40 + staleness)
     counts = np.zeros(4, dtype=np.int64)
     assert shortcuts._walk(start, fast.kernel, calls, candidates, keep, counts) == -1
     assert (counts > 0).all(), counts

@@ -34,17 +34,25 @@ def _walk(start, kt, calls, candidates, keep, out_time, out_overflow, out_plan):
             fe.apply_call(k, old, kt, scratch)
 
 
+def random_walk(tables, evaluator, steps: int, seed: int):
+    """(start plan, call changed at each step, its new global candidate, whether the
+    change is kept): a seeded walk of one-call changes, 30% kept, as the MCMC makes them."""
+    rng = np.random.default_rng(seed)
+    sizes, offset = tables.sizes, evaluator.offset
+    calls = rng.integers(0, len(sizes), steps)
+    candidates = offset[calls] + (rng.random(steps) * sizes[calls]).astype(np.int64)
+    keep = rng.random(steps) < 0.3
+    start = (rng.random(len(sizes)) * sizes).astype(np.int64) + offset
+    return start, calls, candidates, keep
+
+
 @pytest.mark.parametrize("algorithm,cluster_name", [("ppo", "h100x16"), ("grpo", "h100x8")])
 def test_incremental_prices_equal_whole_plan_prices(algorithm, cluster_name):
     tables, _ = pruned_tables(full_tables(builtin_workflow(algorithm),
                                           cluster_preset(cluster_name)), {})
     evaluator = fe.FastEvaluator(tables)
-    rng = np.random.default_rng(5)
     sizes, offset = tables.sizes, evaluator.offset
-    calls = rng.integers(0, len(sizes), STEPS)
-    candidates = offset[calls] + (rng.random(STEPS) * sizes[calls]).astype(np.int64)
-    keep = rng.random(STEPS) < 0.3
-    start = (rng.random(len(sizes)) * sizes).astype(np.int64) + offset
+    start, calls, candidates, keep = random_walk(tables, evaluator, STEPS, 5)
     out_time, out_overflow = np.empty(STEPS), np.empty(STEPS)
     out_plan = np.empty((STEPS, len(sizes)), dtype=np.int64)
     _walk(start, evaluator.kernel, calls, candidates, keep, out_time, out_overflow, out_plan)

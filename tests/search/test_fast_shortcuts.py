@@ -15,6 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+from test_fast_incremental import random_walk
 
 from planner.domain.cluster import cluster_preset
 from planner.domain.workflow_file import builtin_workflow
@@ -98,12 +99,7 @@ def test_shortcuts_equal_their_rules(algorithm, cluster_name):
     tables, _ = pruned_tables(full_tables(builtin_workflow(algorithm),
                                           cluster_preset(cluster_name)), {})
     evaluator = fe.FastEvaluator(tables)
-    rng = np.random.default_rng(11)
-    sizes, offset = tables.sizes, evaluator.offset
-    calls = rng.integers(0, len(sizes), STEPS)
-    candidates = offset[calls] + (rng.random(STEPS) * sizes[calls]).astype(np.int64)
-    keep = rng.random(STEPS) < 0.3
-    start = (rng.random(len(sizes)) * sizes).astype(np.int64) + offset
+    start, calls, candidates, keep = random_walk(tables, evaluator, STEPS, 11)
     counts = np.zeros(4, dtype=np.int64)
     assert _walk(start, evaluator.kernel, calls, candidates, keep, counts) == -1
     assert (counts > 0).all(), counts            # both sides of each shortcut were reached
