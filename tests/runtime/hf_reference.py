@@ -24,3 +24,14 @@ def hf_greedy(model, prompts: torch.Tensor, steps: int) -> torch.Tensor:
         for _ in range(steps):
             ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return ids[:, prompts.shape[1]:]
+
+
+def saved_reference(model, directory, ids: torch.Tensor, prompt_len: int,
+                    new_tokens: int) -> dict:
+    """`model` saved to `directory` (save_pretrained), with its logits on `ids` and the
+    greedy tokens of the first `prompt_len` columns: {"dir", "logits", "greedy"}."""
+    model.save_pretrained(directory)
+    with torch.no_grad():
+        logits = model(ids).logits
+    return {"dir": str(directory), "logits": logits,
+            "greedy": hf_greedy(model, ids[:, :prompt_len], new_tokens)}

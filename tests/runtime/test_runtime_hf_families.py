@@ -17,7 +17,7 @@ import hf_family_workers as W
 import pytest
 import torch
 import transformers
-from hf_reference import hf_greedy, randomised
+from hf_reference import randomised, saved_reference
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from planner.domain.model_files import resolve_model
@@ -71,15 +71,9 @@ def checkpoints(tmp_path_factory) -> dict[str, dict]:
     for family, build in FAMILIES.items():
         torch.manual_seed(0)
         model = randomised(build())
-        directory = tmp_path_factory.mktemp("hf") / family
-        model.save_pretrained(directory)
-        ids = W.token_ids()
-        with torch.no_grad():
-            logits = model(ids).logits
-        out[family] = {"dir": str(directory), "logits": logits,
-                       "greedy": hf_greedy(model, ids[:, :W.PROMPT_LEN],
-                                            W.GREEDY.max_new_tokens),
-                       "gradients": _hf_gradients(model) if family == "qwen3" else None}
+        out[family] = saved_reference(model, tmp_path_factory.mktemp("hf") / family,
+                                      W.token_ids(), W.PROMPT_LEN, W.GREEDY.max_new_tokens)
+        out[family]["gradients"] = _hf_gradients(model) if family == "qwen3" else None
     return out
 
 

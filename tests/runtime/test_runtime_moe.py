@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_reference import hf_greedy, randomised
+from hf_reference import randomised, saved_reference
 from safetensors import safe_open
 
 from planner.domain.placement import Placement
@@ -68,14 +68,8 @@ def checkpoints(tmp_path_factory) -> dict[str, dict]:
     out = {}
     for family in W.FAMILIES:
         model = _hf_model(family)
-        directory = tmp_path_factory.mktemp("hf") / family
-        model.save_pretrained(directory)
-        ids = W.token_ids()
-        with torch.no_grad():
-            logits = model(ids).logits
-        out[family] = {"dir": str(directory), "logits": logits,
-                       "greedy": hf_greedy(model, ids[:, :W.PROMPT_LEN],
-                                            W.GREEDY.max_new_tokens)}
+        out[family] = saved_reference(model, tmp_path_factory.mktemp("hf") / family,
+                                      W.token_ids(), W.PROMPT_LEN, W.GREEDY.max_new_tokens)
         if family == W.GRADIENT_CASE[0]:
             dp = W.GRADIENT_CASE[1][0]
             out[family]["gradients"] = {
