@@ -21,7 +21,12 @@ Semantics (a vectorised re-implementation must reproduce exactly these):
    with transfer=True (the transfer delays the consumer and occupies no device); the time
    every one of its devices becomes free). It ends start + duration; its devices are busy
    until then. A realloc or push node's devices are the union of its source and
-   destination meshes (the senders and receivers of the transfer schedule).
+   destination meshes (the senders and receivers of the transfer schedule). On a CPU node
+   with fewer cores than devices (known from the calibration), the calls running at once
+   share its cores: each progresses at min(1, cores / cores they need together) of its
+   speed alone, and the schedule is simulated event by event
+   (costmodel/core_sharing.py; with no such node, every rate is 1 and this is the list
+   schedule above).
 5. Steady-state iteration time = (end(K-1) - end(s)) / (K-1-s), end(i) = max end over the
    nodes of iteration i in the priority order: its call nodes and the reallocation and push
    nodes placed before them (so a wrapping reallocation out of iteration i counts in i+1,
@@ -46,6 +51,12 @@ from typing import Mapping
 
 import numpy as np
 
+from costmodel.core_sharing import (
+    ScheduledWork,
+    core_demand,
+    core_limited_nodes,
+    shared_core_schedule,
+)
 from costmodel.plan_cost import PROXIMAL_PHASE, PlanCosts
 from costmodel.plan_memory import PlanMemory, memory_reason, plan_memory
 from planner.domain.augment import (
@@ -110,6 +121,31 @@ def not_finite_reason(call_times: dict[str, float], realloc_times: dict[str, flo
     return None
 
 
+def list_schedule(order: list[str], work: dict[str, ScheduledWork], num_devices: int
+                  ) -> tuple[dict[str, float], dict[str, float], dict[str, str | None]]:
+    """(start, end, binding) of every node by rule 4 in the priority order `order`."""
+    free = np.zeros(num_devices)
+    holder: list[str | None] = [None] * num_devices
+    start_of: dict[str, float] = {}
+    end_of: dict[str, float] = {}
+    binding: dict[str, str | None] = {}
+    for node in order:
+        w = work[node]
+        ready, bound = 0.0, None
+        for pred, delay in w.preds:
+            if end_of[pred] + delay > ready:
+                ready, bound = end_of[pred] + delay, pred
+        devices = list(w.devices)
+        busy_index = int(np.argmax(free[devices]))
+        if free[devices][busy_index] > ready:
+            ready, bound = float(free[devices][busy_index]), holder[devices[busy_index]]
+        start_of[node], end_of[node], binding[node] = ready, ready + w.duration_s, bound
+        free[devices] = ready + w.duration_s
+        for d in devices:
+            holder[d] = node
+    return start_of, end_of, binding
+
+
 def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, Execution],
              num_iterations: int | None = None, costs: PlanCosts | None = None,
              profiles_dir: Path = PROFILES_DIR, staleness: int = 0) -> Estimate:
@@ -125,11 +161,8 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
     proximal = {name for name in workflow.call_order if staleness
                 and workflow.call_by_name[name].kind == "train"
                 and workflow.call_by_name[name].model in rollout_models(workflow)}
-    free = np.zeros(cluster.num_devices)
-    holder: list[str | None] = [None] * cluster.num_devices
-    start_of: dict[str, float] = {}
-    end_of: dict[str, float] = {}
-    binding: dict[str, str | None] = {}
+    limited = core_limited_nodes(cluster, costs.calibration)
+    work: dict[str, ScheduledWork] = {}
     call_times, realloc_times, transfer_times, push_times = {}, {}, {}, {}
     call_phases: dict[str, dict[str, float]] = {}
     sources: set[str] = set()
@@ -160,27 +193,23 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
             src, dst = executions[attrs["src"]], executions[attrs["dst"]]
             duration = costs.realloc(attrs["model"], src, dst).time_s
             realloc_times[node.split("/", 1)[1]] = duration
-        ready, bound = 0.0, None
+        preds = []
         for pred in graph.predecessors(node):
-            edge = graph.edges[pred, node]
-            t = end_of[pred]
-            if edge.get("transfer"):
+            delay = 0.0
+            if graph.edges[pred, node].get("transfer"):
                 pa = graph.nodes[pred]
-                cost = costs.transfer(pa["call"], attrs["call"], executions[pa["call"]],
-                                      executions[attrs["call"]])
-                t += cost.time_s
-                transfer_times[f"{pa['call']}->{attrs['call']}"] = cost.time_s
-            if t > ready:
-                ready, bound = t, pred
-        devices = list(attrs["devices"])
-        busy_index = int(np.argmax(free[devices]))
-        if free[devices][busy_index] > ready:
-            ready, bound = float(free[devices][busy_index]), holder[devices[busy_index]]
-        start_of[node], end_of[node], binding[node] = ready, ready + duration, bound
-        free[devices] = ready + duration
-        for d in devices:
-            holder[d] = node
-            timeline.setdefault(d, []).append((ready, ready + duration, node))
+                delay = costs.transfer(pa["call"], attrs["call"], executions[pa["call"]],
+                                       executions[attrs["call"]]).time_s
+                transfer_times[f"{pa['call']}->{attrs['call']}"] = delay
+            preds.append((pred, delay))
+        demand = core_demand(executions[attrs["call"]], cluster, limited) \
+            if attrs["kind"] == "call" and limited else {}
+        work[node] = ScheduledWork(tuple(attrs["devices"]), duration, demand, tuple(preds))
+    start_of, end_of, binding = (shared_core_schedule(order, work, limited) if limited
+                                 else list_schedule(order, work, cluster.num_devices))
+    for node in order:
+        for d in work[node].devices:
+            timeline.setdefault(d, []).append((start_of[node], end_of[node], node))
     iteration_end = [0.0] * num_iterations
     for node, group in iteration_group.items():
         iteration_end[group] = max(iteration_end[group], end_of[node])

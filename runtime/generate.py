@@ -15,7 +15,10 @@ the three, computed on the device for the rank's vocabulary slice only, so sampl
 depend on tp or pp. A row's key is its `extras["sample_seeds"]` entry (int64 [batch], what
 the executor gives), so its sample does not depend on dp or the micro-batch split either;
 without it, rows are keyed by (seed, micro-batch index, row), and replicas should get
-different seeds. Nothing is drawn on the host, so the decode loop's only host
+different seeds. A row may also have a length limit of its own, `extras["response_limits"]`
+(int64 [batch], each in [1, max_new_tokens]): the row stops when it has made that many
+tokens, as at a stop token (the executor's programmatic lengths, runtime/executor/lengths.py);
+without it every row's limit is max_new_tokens. Nothing is drawn on the host, so the decode loop's only host
 synchronisation is the stop check of `goes_on`, made every `stop_check_interval_steps`
 steps (planner.domain.decode_policy: every step on CPU, every 16 on CUDA); between checks
 the stages go on without asking, and steps after every row has stopped make padding.
@@ -107,6 +110,20 @@ class Generation:
     lengths: torch.Tensor
 
 
+def _row_limits(prompt: MicroBatch, config: GenerationConfig, device: torch.device
+                ) -> torch.Tensor:
+    """Each row's own limit on the tokens it makes (module docstring), int64 [batch]."""
+    limits = prompt.extras.get("response_limits")
+    if limits is None:
+        return torch.full((prompt.input_ids.shape[0],), config.max_new_tokens,
+                          dtype=torch.long, device=device)
+    if limits.shape != prompt.input_ids.shape[:1] or not bool(
+            ((limits >= 1) & (limits <= config.max_new_tokens)).all()):
+        raise ValueError(f"response_limits {limits.tolist()}: expected one limit per row in "
+                         f"[1, max_new_tokens = {config.max_new_tokens}]")
+    return limits.to(device, torch.long)
+
+
 class _Decode:
     """Decoding state of one micro-batch on one rank."""
 
@@ -134,6 +151,7 @@ class _Decode:
             seeds = (config.seed * _SEED_STRIDE + index) * _SEED_STRIDE + \
                 torch.arange(self.batch, dtype=torch.long)
         self.row_keys = None if config.greedy else seeds.to(dev, torch.long)
+        self.limits = _row_limits(prompt, config, dev)
 
     def checks_stop(self) -> bool:
         """Whether the step about to run starts with a stop check (module docstring); the
@@ -194,7 +212,7 @@ class _Decode:
     def record(self, tokens: torch.Tensor) -> None:
         tokens = torch.where(self.finished, self.config.pad_token_id, tokens)
         self.lengths += (~self.finished).long()
-        self.finished |= torch.isin(tokens, self.stop)
+        self.finished |= torch.isin(tokens, self.stop) | (self.lengths >= self.limits)
         self.tokens.append(tokens)
 
 
@@ -286,8 +304,9 @@ class _Rows:
         self.width = max(p.input_ids.shape[1] for p in prompts)   # P of the module docstring
         self.count = sum(self.sizes)
         ids = torch.full((self.count, self.width), config.pad_token_id, dtype=torch.long)
-        lengths, keys = [], []
+        lengths, keys, limits = [], [], []
         for index, prompt in enumerate(prompts):
+            limits.append(_row_limits(prompt, config, torch.device("cpu")))
             mask = prompt.attention_mask.bool().cpu()
             for row in range(prompt.input_ids.shape[0]):
                 real = prompt.input_ids[row].cpu()[mask[row]]
@@ -301,6 +320,8 @@ class _Rows:
         self.ids = ids.to(dev)
         self.lengths = lengths                    # host ints: refill widths need them
         self.keys = torch.cat(keys).to(dev)
+        # the spare row (below) never stops by its limit: its slots are not live
+        self.limits = torch.cat(limits + [torch.tensor([config.max_new_tokens])]).to(dev)
         # one spare row and column take the writes of slots that make no token
         self.tokens = torch.full((self.count + 1, config.max_new_tokens + 1),
                                  config.pad_token_id, dtype=torch.long, device=dev)
@@ -475,7 +496,7 @@ class _Slots:
         self.lengths += live.long()
         self.rows.made[rows] = torch.where(live, self.lengths, 0)
         self.finished |= live & (torch.isin(tokens, self.stop)
-                                 | (self.lengths >= self.config.max_new_tokens))
+                                 | (self.lengths >= self.rows.limits[rows]))
         self.last = tokens
 
 

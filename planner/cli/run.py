@@ -39,6 +39,13 @@ plan's dtype (LlamaForCausalLM or Qwen2ForCausalLM; a value head as
 *ForSequenceClassification with num_labels 1) that transformers' from_pretrained loads.
 Files are written under temporary names and renamed; nothing is written outside DIR.
 
+Lengths: every response ends at a length drawn from the workflow's gen_len (a fixed
+gen_len: that length), every synthetic prompt has one drawn from prompt_len, per sequence
+and iteration from --seed, the same under every layout (runtime/executor/lengths.py): the
+engine's models have no stop token of their own, and this is the law the estimate prices.
+The progress line and the trace's metrics give the mean response length
+(response_length_mean).
+
 Rewards: --reward model uses the workflow's reward model; --reward
 programmatic:target_token=7 rewards the fraction of generated tokens equal to 7 (no reward
 model; learning is visible on tiny models within minutes of CPU time).

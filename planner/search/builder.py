@@ -26,6 +26,7 @@ import numpy as np
 
 from costmodel import comm
 from costmodel.call_cost import call_time
+from costmodel.core_sharing import core_limited_nodes
 from costmodel.memory import RESIDENT_KINDS, WORKING_KINDS, layout_memory_parts
 from costmodel.plan_cost import proximal_forward
 from planner.domain.augment import model_call_pairs, priority_order
@@ -454,6 +455,7 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
         inter_node_latency_s=cluster.inter_node_latency_us * US,
         num_iterations=num_iterations, max_staleness=workflow.max_staleness,
         move_scale=move_scale, move_overhead_s=move_overhead_s,
+        core_limited=core_limited_nodes(cluster, calibration),
         priority=tuple(priority), complete=complete, shapes_priced=shapes_priced,
         shapes_total=len(order))
 

@@ -222,6 +222,8 @@ class SearchTables:
     max_staleness: int = 0
     move_scale: float = 1.0             # calibrated reallocation / transfer time:
     move_overhead_s: float = 0.0        #   move_overhead_s + move_scale x priced time
+    # CPU nodes with fewer cores than devices (costmodel/core_sharing.py): node -> cores.
+    core_limited: dict[int, int] = field(default_factory=dict)
     # Node types in the shared priority order (planner.domain.augment.priority_order): call k
     # as k, pair p (the reallocation slot into its dst call) as len(calls) + p.
     priority: tuple[int, ...] = ()

@@ -2,7 +2,8 @@
 
 A call reads its replica's rows of each input key (dataset keys from the dataset, others from
 the store, where transfers put them) and writes its replica's rows of each output key.
-- generate: prompts -> sequences (prompt + response), masks, and the behaviour logprobs
+- generate: prompts -> sequences (prompt + response, each response as long as the batch's
+  length distribution draws it: runtime/executor/lengths.py), masks, and the behaviour logprobs
   (recomputed by a forward pass of the generated sequences, the same computation training
   does); greedy calls decode greedily. Sampled sequences draw their noise from one
   generator per sequence seeded by (run seed, iteration, call, sequence index), so rollouts
@@ -38,6 +39,7 @@ from runtime.comm import all_reduce
 from runtime.executor.config import ProgrammaticReward
 from runtime.executor.data import DataStore, key_format
 from runtime.executor.dataset import PAD_TOKEN_ID, Dataset
+from runtime.executor.lengths import drawn_lengths
 from runtime.generate import GenerationConfig, generate
 from runtime.inference import inference
 from runtime.model import ParallelModel
@@ -134,17 +136,19 @@ def run_generate(env: CallEnv) -> dict[str, float]:
     ids, mask = prompts.ids[first:env.rows[1]], prompts.mask[first:env.rows[1]]
     seeds = torch.tensor([sample_seed(env.seed, env.iteration, env.call.name, first + r)
                           for r in range(ids.shape[0])], dtype=torch.long)
+    limits = drawn_lengths(b.gen_lengths, env.seed, env.iteration, "response",
+                           range(*env.rows))
     mbs = [MicroBatch(*longest_prompt_columns(ids[i], mask[i]),
-                      extras={"sample_seeds": seeds[i]})
+                      extras={"sample_seeds": seeds[i], "response_limits": limits[i]})
            for i in split_rows(ids.shape[0], env.execution.micro_batches)]
     config = GenerationConfig(max_new_tokens=b.gen_len, pad_token_id=PAD_TOKEN_ID,
                               greedy=env.call.greedy, temperature=env.temperature, seed=env.seed,
                               stop_check_interval_steps=stop_check_interval_steps(
                                   env.model.device.device.type))
     gens = generate(env.model, mbs, config, decode_batching=env.execution.decode_batching)
-    tokens = torch.cat([g.tokens.cpu() for g in gens])
-    tokens = torch.nn.functional.pad(tokens, (0, b.gen_len - tokens.shape[1]),
-                                     value=PAD_TOKEN_ID)
+    # each micro-batch's tokens are as wide as its longest response: pad every one to gen_len
+    tokens = torch.cat([torch.nn.functional.pad(g.tokens.cpu(), (0, b.gen_len - g.tokens.shape[1]),
+                                                value=PAD_TOKEN_ID) for g in gens])
     lengths = torch.cat([g.lengths.cpu() for g in gens])
     response_mask = (torch.arange(b.gen_len)[None] < lengths[:, None]).long()
     seqs, masks = torch.cat([ids, tokens], 1), torch.cat([mask, response_mask], 1)
@@ -156,7 +160,7 @@ def run_generate(env: CallEnv) -> dict[str, float]:
         elif key == "logprobs":
             outs = inference(env.model, _micro_batches(seqs, masks, env.execution.micro_batches))
             env.write(key, torch.cat([o.logprobs[:, -b.gen_len:].cpu() for o in outs]))
-    return {}
+    return {"response_length_mean": _replica_mean(env, lengths.sum(), lengths.numel())}
 
 
 def run_inference(env: CallEnv) -> dict[str, float]:

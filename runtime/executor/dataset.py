@@ -7,7 +7,8 @@ left-padded (or left-truncated) to prompt_len, responses right-padded (or trunca
 gen_len; each prompt is repeated group_size times in a row (GRPO / RLOO groups).
 
 Without a file, tokens are drawn uniformly from [1, vocab) with a generator seeded by
-(seed, iteration); token 0 is the pad. Every rank builds the whole batch and keeps its rows.
+(seed, iteration), each prompt as long as the batch's prompt length distribution draws it
+(runtime/executor/lengths.py; prompt_len when that is a fixed length); token 0 is the pad. Every rank builds the whole batch and keeps its rows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from planner.domain.errors import InputError
 from planner.domain.workflow import BatchSpec
+from runtime.executor.lengths import drawn_lengths
 
 PAD_TOKEN_ID = 0
 _SEED_STRIDE = 1_000_003
@@ -94,9 +96,10 @@ class Dataset:
     def _synthetic(self, iteration: int, count: int) -> list[dict[str, list[int]]]:
         g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + iteration)
         b = self.batch
+        lengths = drawn_lengths(b.prompt_lengths, self.seed, iteration, "prompt", range(count))
         out = []
-        for _ in range(count):
-            item = {"prompt": torch.randint(1, self.vocab_size, (b.prompt_len,), generator=g)}
+        for length in lengths.tolist():
+            item = {"prompt": torch.randint(1, self.vocab_size, (length,), generator=g)}
             if self.pairs:
                 item["chosen"] = torch.randint(1, self.vocab_size, (b.gen_len,), generator=g)
                 item["rejected"] = torch.randint(1, self.vocab_size, (b.gen_len,), generator=g)

@@ -111,6 +111,8 @@ def test_the_references_train_their_experts(runs):
     for algorithm, (plan, index) in references.items():
         metrics = _metrics(single[0][index]["messages"])
         for key, last in metrics[ITERATIONS - 1].items():
+            if key == "response_length_mean":   # a fixed gen_len: constant
+                continue
             assert abs(last - metrics[0][key]) > 100 * _metric_tolerance(last), (algorithm, key)
         weights = _full_weights(single, index)
         for role in plan.workflow.trained_models():

@@ -127,8 +127,14 @@ def test_the_single_process_reference_is_trained_from_the_seeded_init(invariance
     one the executor started from)."""
     _, _, single = invariance_runs
     reference = _metrics(single[0][0]["messages"])
-    assert set(reference[ITERATIONS - 1]) == {"rewards_mean", "actor_loss", "critic_loss", "kl"}
+    assert set(reference[ITERATIONS - 1]) == {"rewards_mean", "actor_loss", "critic_loss", "kl",
+                                              "response_length_mean"}
+    # a fixed gen_len: every response runs to it (runtime/executor/lengths.py)
+    gen_len = W.single_process_ppo().workflow.batch.gen_len
+    assert {it["response_length_mean"] for it in reference.values()} == {gen_len}
     for key, last in reference[ITERATIONS - 1].items():
+        if key == "response_length_mean":
+            continue
         first = reference[0][key]
         assert abs(last - first) > 100 * _metric_tolerance(last), (key, first, last)
     plan, weights = W.single_process_ppo(), _full_weights(single, 0)

@@ -192,3 +192,38 @@ def test_continuous_gives_the_static_tokens_under_expert_parallelism(two_ranks):
         assert [g.tokens.shape[0] for g in continuous] == [MOE_ROWS[rank]] * 3
         _assert_same_tokens(static, continuous)
         assert _distinct_lengths(static) > 2, rank
+
+
+@pytest.mark.parametrize("decode_batching", ["static", "continuous"])
+def test_a_row_stops_at_its_own_response_limit(decode_batching):
+    """`extras["response_limits"]` ends each row after that many tokens, as a stop token
+    would: the tokens are the first ones generation without limits makes, and a static
+    micro-batch stops after its longest row (the rule the cost model prices)."""
+    model, prompts = _one_rank_model(), _prompts(3, rows=4)
+    config = GenerationConfig(max_new_tokens=12, pad_token_id=0, greedy=False, seed=3)
+    free = generate(model, prompts, config, decode_batching)
+    g = torch.Generator().manual_seed(7)
+    limited = [MicroBatch(p.input_ids, p.attention_mask,
+                          extras={"response_limits": torch.randint(1, 13, (4,), generator=g)})
+               for p in prompts]
+    counts = DecodeCounts()
+    out = generate(model, limited, config, decode_batching, counts)
+    for f, o, p in zip(free, out, limited, strict=True):
+        limits = p.extras["response_limits"]
+        assert torch.equal(o.lengths, limits)
+        for row, n in enumerate(limits.tolist()):
+            assert torch.equal(o.tokens[row, :n], f.tokens[row, :n])
+            assert bool((o.tokens[row, n:] == 0).all())
+    if decode_batching == "static":
+        assert counts.slot_steps == sum(4 * (int(p.extras["response_limits"].max()) - 1)
+                                        for p in limited)
+
+
+def test_response_limits_outside_one_to_max_new_tokens_are_refused():
+    model, (prompt,) = _one_rank_model(), _prompts(1, rows=2)
+    config = GenerationConfig(max_new_tokens=4, pad_token_id=0)
+    for limits in ([0, 2], [2, 5], [1, 2, 3]):
+        bad = MicroBatch(prompt.input_ids, prompt.attention_mask,
+                         extras={"response_limits": torch.tensor(limits)})
+        with pytest.raises(ValueError, match="response_limits"):
+            generate(model, [bad], config)

@@ -110,34 +110,45 @@ def test_interrupted_search_keeps_best_so_far():
     assert outcome.best is not None and outcome.best.estimate.feasible
 
 
-def test_calibrated_search_prices_with_the_profile_and_matches_the_simulator():
+CALIBRATED_BATCH = {"n_seqs": 16, "prompt_len": 32, "gen_len": 16, "ppo_minibatches": 2}
+
+
+@pytest.mark.parametrize("cores_per_node", [4, 2])
+def test_calibrated_search_prices_with_the_profile_and_matches_the_simulator(cores_per_node):
     """With `plan calibrate`'s profile the fast evaluator and the exact simulator still agree
-    (calls, reallocations and transfers all carry the fitted factors)."""
+    (calls, reallocations and transfers all carry the fitted factors): within 5% where the
+    node has a core per device; where its 4 devices share 2 cores (the shipped calibration's
+    machine) the exact simulator shares them among the calls running at once and the
+    evaluator takes its per-node core-seconds bound (fast_evaluator's docstring): measured
+    on 40 random plans a median ratio of 0.999 and a range of 0.978-1.089."""
     from pathlib import Path
 
     from costmodel.calibration import load_calibration
     from planner.domain.paths import PROFILES_DIR
 
-    calibration = load_calibration(Path(PROFILES_DIR) / "cpu" / "calibration.yaml")
-    workflow = builtin_workflow("ppo", model="llama-tiny",
-                                batch={"n_seqs": 16, "prompt_len": 32, "gen_len": 16,
-                                       "ppo_minibatches": 2})
+    shipped = load_calibration(Path(PROFILES_DIR) / "cpu" / "calibration.yaml")
+    calibration = shipped.model_copy(update={"cores_per_node": cores_per_node})
+    workflow = builtin_workflow("ppo", model="llama-tiny", batch=CALIBRATED_BATCH)
     cluster = cluster_preset("cpu4")
     tables = full_tables(workflow, cluster, calibration=calibration)
     plain = full_tables(workflow, cluster)      # same candidates, uncalibrated prices
     assert tables.move_scale != 1.0 or tables.move_overhead_s != 0.0
+    assert tables.core_limited == ({0: 2} if cores_per_node == 2 else {})
     evaluator = FastEvaluator(tables)
     rng = np.random.default_rng(3)
     choices = np.stack([rng.integers(0, len(t), 200) for t in tables.calls], axis=1)
     result = evaluator.evaluate(choices)
     costs = PlanCosts(workflow, cluster, calibration=calibration)
-    checked = 0
-    for i in np.flatnonzero(result.feasible)[:15]:
+    ratios = []
+    for i in np.flatnonzero(result.feasible)[:40]:
         exact = simulate(workflow, cluster, tables.executions_of(choices[i]), costs=costs)
         assert "calibration:cpu" in exact.compute_source
-        assert exact.iteration_s == pytest.approx(result.iteration_s[i], rel=0.05)
-        checked += 1
-    assert checked >= 5
+        ratios.append(exact.iteration_s / result.iteration_s[i])
+    assert len(ratios) >= 20
+    if cores_per_node == 4:
+        assert np.allclose(ratios, 1.0, rtol=0.05), ratios
+    else:
+        assert 0.98 <= np.median(ratios) <= 1.02 and np.allclose(ratios, 1.0, rtol=0.1), ratios
     uncalibrated = FastEvaluator(plain).evaluate(choices)
     assert not np.allclose(uncalibrated.iteration_s, result.iteration_s)
 
