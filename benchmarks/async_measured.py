@@ -2,7 +2,7 @@
 (issue 14).
 
 Cases: tiny GRPO and tiny PPO (llama-tiny in every role, 32 sequences, prompts of 16
-tokens, long-tailed responses `gen_len: {mean: 6, max: 48}`, planner/domain/length_distribution.py)
+tokens, long-tailed responses `gen_len: {mean: 16, max: 128}`, planner/domain/length_distribution.py)
 on the cpu4 cluster (four processes on this machine). `plan run` ends every response at a
 length drawn from that distribution (runtime/executor/lengths.py), as the cost model
 prices it. For each case the benchmark:
@@ -23,12 +23,13 @@ prices it. For each case the benchmark:
    LEARNED_REWARD, for each plan.
 
     .venv/bin/python benchmarks/async_measured.py [--case grpo|ppo|both] [--rounds N]
-        [--iterations K] [--time-limit S] [--learn-iterations L] [--lr LR]
+        [--iterations K] [--time-limit S] [--learn-iterations L] [--lr LR] [--dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -37,7 +38,7 @@ CASES = {
     "ppo": {"actor": "llama-tiny", "ref": "llama-tiny", "critic": "llama-tiny",
             "reward": "llama-tiny"},
 }
-BATCH = {"n_seqs": 32, "prompt_len": 16, "gen_len": {"mean": 6, "max": 48},
+BATCH = {"n_seqs": 32, "prompt_len": 16, "gen_len": {"mean": 16, "max": 128},
          "ppo_minibatches": 2}
 GROUP_SIZE = 4
 MAX_STALENESS = 2
@@ -46,10 +47,10 @@ SEARCH_PLATEAU_STEPS = 500
 ROUNDS = 2
 ITERATIONS = 10
 LEARN_ITERATIONS = 30
-LEARNING_RATE = 3e-3
+LEARNING_RATE = 1e-3
 # 1/32 of a random policy's tokens are token 7: a few per sequence batch, enough signal
 LEARNING_VOCAB = 32
-LEARNED_REWARD = 0.15
+LEARNED_REWARD = 0.5
 TARGET_REWARD = "programmatic:target_token=7"
 
 
@@ -83,15 +84,23 @@ def describe(plan) -> str:
     return f"s={plan.staleness} [{layout}]"
 
 
-def measure(plans: dict, rounds: int, iterations: int) -> dict[str, list[float]]:
-    """Seconds per iteration of each plan, the plans run alternately round by round."""
+def measure(plans: dict, rounds: int, iterations: int, directory: Path
+            ) -> dict[str, list[float]]:
+    """Seconds per iteration of each plan, the plans run alternately round by round; each
+    plan and the trace of its last run are written to `directory` (NAME.yaml,
+    NAME.trace.json: `plan estimate` / `plan viz --trace` read them)."""
+    from planner.domain.output_files import atomic_write_text
+    from planner.domain.plan import save_plan
     from runtime.executor.config import RunConfig
     from runtime.executor.launcher import run_plan
+    directory.mkdir(parents=True, exist_ok=True)
     measured = {name: [] for name in plans}
     for _ in range(rounds):
         for name, plan in plans.items():
             trace, _ = run_plan(plan, RunConfig(iterations=iterations), emit=lambda line: None)
             measured[name].append(trace["iteration_s"])
+            save_plan(plan, directory / f"{name}.yaml")
+            atomic_write_text(directory / f"{name}.trace.json", json.dumps(trace, indent=1))
     return measured
 
 
@@ -137,6 +146,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=SEARCH_TIME_LIMIT_S)
     parser.add_argument("--learn-iterations", type=int, default=LEARN_ITERATIONS)
     parser.add_argument("--lr", type=float, default=LEARNING_RATE)
+    parser.add_argument("--dir", default="/tmp/async_measured",
+                        help="where the plans and traces go (DIR/CASE/NAME.yaml, "
+                             "NAME.trace.json)")
     args = parser.parse_args()
     calibration = load_calibration(Path(PROFILES_DIR) / "cpu" / "calibration.yaml")
     print(f"machine: {cpu_processor().describe()}; calibration of "
@@ -150,7 +162,7 @@ def main() -> None:
                                                          calibration)
             print(f"  {name:<12} searched (max_staleness {k}): estimated "
                   f"{estimates[name].iteration_s:.3f} s  {describe(plans[name])}", flush=True)
-        measured = measure(plans, args.rounds, args.iterations)
+        measured = measure(plans, args.rounds, args.iterations, Path(args.dir) / case)
         for name in plans:
             median = statistics.median(measured[name])
             print(f"  {name:<12} measured {median:.3f} s (runs "

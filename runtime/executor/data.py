@@ -7,8 +7,10 @@ gen_len), per-token floats fp32 over the response, per-sequence rewards one fp32
 Every rank of a call's data-parallel replica holds the replica's rows (global sequences
 `sequence_range(n_seqs, dp, dp_rank)`) of each key the call writes. A transfer executes
 planner.sharding.transfer_schedule.data_schedule: per message (sender, receiver) the pieces' rows of
-every key of the edge, packed into one byte buffer. Senders post their sends without waiting
-(waited at the end of the iteration); receivers post theirs step by step and wait.
+every key of the edge, packed into one byte buffer, tagged with the transfer's tag. Senders
+post their sends right after the source call, without waiting (the worker waits for them
+once their receivers are sure to have come by, runtime/executor/worker.py); receivers take
+theirs step by step at the transfer's place in the order.
 """
 
 from __future__ import annotations
@@ -93,9 +95,10 @@ def _piece_bytes(keys, batch: BatchSpec, num_rows: int) -> list[tuple[str, int, 
     return out
 
 
-def run_transfer(step: TransferStep, store: DataStore, me: int, batch: BatchSpec,
-                 device: torch.device, pending: list) -> int:
-    """This rank's part of a transfer; returns the bytes it sent."""
+def post_transfer_sends(step: TransferStep, store: DataStore, me: int,
+                        device: torch.device, pending: list) -> int:
+    """Post this rank's sends of a transfer, right after its source call (their rows are in
+    the store then), without waiting; returns the bytes posted."""
     sent = 0
     for messages in step.schedule.steps:
         for piece in messages:
@@ -104,18 +107,24 @@ def run_transfer(step: TransferStep, store: DataStore, me: int, batch: BatchSpec
                 parts = [store.rows(step.iteration, k, lo, hi).contiguous().view(-1)
                          .view(torch.uint8) for k in step.keys]
                 buffer = torch.cat(parts).to(device)
-                pending.append((dist.isend(buffer, dst=piece.dst), buffer))
+                pending.append((dist.isend(buffer, dst=piece.dst, tag=step.tag), buffer))
                 sent += buffer.numel()
+    return sent
+
+
+def receive_transfer(step: TransferStep, store: DataStore, me: int, batch: BatchSpec,
+                     device: torch.device) -> None:
+    """This rank's receives of a transfer, step by step, into the store."""
+    for messages in step.schedule.steps:
         for piece in messages:
             if piece.dst == me:
                 (lo, hi), = piece.ranges
                 layout = _piece_bytes(step.keys, batch, hi - lo)
                 buffer = torch.empty(sum(b for _, b, _, _ in layout), dtype=torch.uint8,
                                      device=device)
-                dist.recv(buffer, src=piece.src)
+                dist.recv(buffer, src=piece.src, tag=step.tag)
                 offset = 0
                 for key, size, dtype, shape in layout:
                     rows = buffer[offset:offset + size].cpu().view(dtype).view(hi - lo, *shape)
                     store.put(step.iteration, key, lo, rows.clone())
                     offset += size
-    return sent

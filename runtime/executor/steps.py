@@ -12,7 +12,10 @@ and by the data transfers into it.
   destination call's (planner.domain.augment.reallocations; placement = devices, dp, tp, pp) by
   planner.sharding.transfer_schedule.param_schedule, the schedule the cost model prices.
 - A transfer moves the keys of one data edge between calls whose layouts differ, by
-  planner.sharding.transfer_schedule.data_schedule. Calls on the same devices with another dp split
+  planner.sharding.transfer_schedule.data_schedule: its senders post their messages as soon
+  as the source call has ended (they do not wait for the transfer's place in the order, so
+  no later step of theirs delays the consumer: the simulator's transfer occupies no
+  device), its receivers take them at that place. Calls on the same devices with another dp split
   still exchange rows (the cost model counts no transfer there); such a step runs when the
   schedule has messages between devices. Dataset inputs (prompts, pairs) are never moved:
   every rank reads its own rows.
@@ -35,6 +38,7 @@ and by the data transfers into it.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
@@ -76,14 +80,24 @@ class ReallocStep:
         return f"{self.iteration}/{self.move.name}"
 
 
+# Message tags of data transfers: TRANSFER_TAG_OFFSET + the transfer's index in the step
+# list, so that each transfer's messages match only each other wherever its sends are posted
+# (runtime/executor/data.py); above the tags of reallocations (0) and pushes (14).
+TRANSFER_TAG_OFFSET = 1 << 16
+
+
 @dataclass(frozen=True)
 class TransferStep:
+    """A data edge's move (module docstring). Its senders post their messages right after
+    the source call, its receivers take them at the step's place in the order."""
+
     iteration: int
     src_call: str
     dst_call: str
     keys: tuple[str, ...]
     schedule: Schedule
     devices: tuple[int, ...]  # senders and receivers of its messages
+    tag: int = 0              # its messages' tag (TRANSFER_TAG_OFFSET + index)
 
     @property
     def edge(self) -> str:
@@ -173,6 +187,7 @@ def build_steps(workflow: Workflow, executions: Mapping[str, Execution], num_ite
     transfers = {c: transfer_steps_into(workflow, executions, c, 0, device_node)
                  for c in workflow.call_order}
     steps: list[Step] = []
+    tags = itertools.count(TRANSFER_TAG_OFFSET)
     for node in scheduled_nodes(workflow, executions, num_iterations, staleness):
         i, call, move, push = node.iteration, node.call, node.move, node.push
         if push is not None:
@@ -187,7 +202,7 @@ def build_steps(workflow: Workflow, executions: Mapping[str, Execution], num_ite
             continue
         for t in transfers[call]:
             steps.append(TransferStep(i, t.src_call, t.dst_call, t.keys, t.schedule,
-                                      t.devices))
+                                      t.devices, next(tags)))
         steps.append(CallStep(i, call, tuple(executions[call].devices)))
     return steps
 

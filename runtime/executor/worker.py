@@ -38,7 +38,7 @@ from runtime.checkpoint_save import save_hf_checkpoint
 from runtime.device import DeviceConfig, rank_device_config
 from runtime.executor import calls
 from runtime.executor.config import RunConfig, parse_reward
-from runtime.executor.data import DataStore, run_transfer
+from runtime.executor.data import DataStore, post_transfer_sends, receive_transfer
 from runtime.executor.dataset import Dataset
 from runtime.executor.measure import PeakMemory
 from runtime.executor.realloc import empty_shards, holding, reallocate
@@ -116,6 +116,15 @@ class RankState:
                                config.seed, wf.algorithm == "dpo",
                                config.prompts and os.path.abspath(config.prompts))
         self.pending_sends: dict[int, list] = {}  # iteration -> (work, buffer) of its sends
+        # (iteration, call) -> the transfers out of it, whose sends post after it (index_steps)
+        self.transfers_from: dict[tuple[int, str], list[TransferStep]] = {}
+        self.posted_bytes: dict[str, int] = {}     # transfer name -> bytes this rank posted
+
+    def index_steps(self, steps: list) -> None:
+        """Know, for each call of the run, the transfers out of it (post_sends_after)."""
+        for step in steps:
+            if isinstance(step, TransferStep):
+                self.transfers_from.setdefault((step.iteration, step.src_call), []).append(step)
 
     def make_copy(self, role: str, placement: Placement) -> None:
         """`role`'s (training) copy on `placement` (new_model); none on a rank outside it."""
@@ -242,9 +251,17 @@ class RankState:
             return self.run_realloc(step), {}, 0
         if isinstance(step, PushStep):
             return self.run_push(step), {}, 0
-        return run_transfer(step, self.store, self.rank, self.plan.workflow.batch,
-                            self.device.device,
-                            self.pending_sends.setdefault(step.iteration, [])), {}, 0
+        receive_transfer(step, self.store, self.rank, self.plan.workflow.batch,
+                         self.device.device)
+        return self.posted_bytes.pop(step.name, 0), {}, 0
+
+    def post_sends_after(self, step: CallStep) -> None:
+        """Post this rank's sends of every transfer out of the call just run."""
+        for transfer in self.transfers_from.get((step.iteration, step.call), ()):
+            if self.rank in transfer.devices:
+                self.posted_bytes[transfer.name] = post_transfer_sends(
+                    transfer, self.store, self.rank, self.device.device,
+                    self.pending_sends.setdefault(transfer.iteration, []))
 
     def finish_iteration(self, iteration: int) -> None:
         """Drop the iteration's data; wait for the data sends of iteration - staleness (all
@@ -327,6 +344,7 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
     state = RankState(plan, config, rank, device)
     steps = build_steps(plan.workflow, plan.executions, config.iterations,
                         plan.cluster.device_node, plan.staleness)
+    state.index_steps(steps)
     dist.barrier()
     for iteration in range(config.iterations):
         records, metrics = [], {}
@@ -341,6 +359,8 @@ def execute(rank: int, world_size: int, post: Callable[[dict], None], plan_data:
                 start = device.clock_s()
                 sent, step_metrics, all_to_all = state.run_step(step)
                 end = device.clock_s()
+            if isinstance(step, CallStep):
+                state.post_sends_after(step)   # outside the call's time and memory
             metrics.update(step_metrics)
             record = {"node": step.name, "kind": _step_kind(step), "label": _label(step),
                       "iteration": iteration, "start": start, "end": end,
