@@ -61,6 +61,21 @@ def core_demand(execution: Execution, cluster: ClusterSpec, limited: dict[int, i
     return {node: min(count, limited[node]) for node, count in per_node.items()}
 
 
+def core_work_s(call_times_s: dict[str, float], executions, cluster: ClusterSpec,
+                limited: dict[int, int]) -> float:
+    """The seconds per iteration the busiest core-limited node's cores need for one
+    iteration's calls (each call's time x the cores it needs there, over the cores): the
+    period a shared node cannot beat in the long run, however the calls overlap. A
+    simulated window of a few iterations can come out shorter (the pipeline of stale
+    generation fills it with work of the iterations before), so the simulator and the fast
+    evaluator report the larger of the two. 0 with no limited node."""
+    work: dict[int, float] = {}
+    for call, seconds in call_times_s.items():
+        for node, cores in core_demand(executions[call], cluster, limited).items():
+            work[node] = work.get(node, 0.0) + seconds * cores
+    return max((w / limited[node] for node, w in work.items()), default=0.0)
+
+
 @dataclass(frozen=True)
 class ScheduledWork:
     """One node of the list schedule: its devices, seconds alone, the cores it needs per

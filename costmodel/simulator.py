@@ -31,6 +31,9 @@ Semantics (a vectorised re-implementation must reproduce exactly these):
    nodes of iteration i in the priority order: its call nodes and the reallocation and push
    nodes placed before them (so a wrapping reallocation out of iteration i counts in i+1,
    where it runs; counting it in i would make end(0) late and the estimate too short).
+   With core-limited nodes (rule 4), at least the seconds per iteration the busiest one's
+   cores need for one iteration's calls (core_sharing.core_work_s: the long-run period a
+   few simulated iterations can undercut).
    Iterations up to s generate on the initial weights without waiting for any push, so the
    steady state starts after them. The staleness reached: the largest i - v over the
    generate calls of iteration i, v the version they read (1 + the last j whose push(j)
@@ -55,6 +58,7 @@ from costmodel.core_sharing import (
     ScheduledWork,
     core_demand,
     core_limited_nodes,
+    core_work_s,
     shared_core_schedule,
 )
 from costmodel.plan_cost import PROXIMAL_PHASE, PlanCosts
@@ -215,6 +219,8 @@ def simulate(workflow: Workflow, cluster: ClusterSpec, executions: Mapping[str, 
         iteration_end[group] = max(iteration_end[group], end_of[node])
     iteration_s = (iteration_end[-1] - iteration_end[staleness]) / \
         (num_iterations - 1 - staleness)
+    if limited:
+        iteration_s = max(iteration_s, core_work_s(call_times, executions, cluster, limited))
     path, node = [], max(end_of, key=end_of.get)
     while node is not None:
         path.append(node)

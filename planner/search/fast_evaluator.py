@@ -19,10 +19,9 @@ simulator does not:
   shares the cores among the calls running at once, event by event; the evaluator takes the
   larger of its list schedule (which lets them run at full speed) and, per such node, the
   seconds its cores need for one iteration's calls (each call's time x min(its processes
-  there, cores), over the cores): the period a saturated node cannot beat, close to the
-  shared schedule when the node's cores stay busy (within 5% on the calibrated cpu4 tests;
-  the window of K iterations can hold work of the iterations before it, so it is no strict
-  bound of the windowed estimate).
+  there, cores), over the cores: core_sharing.core_work_s, which the exact simulator takes
+  too), so it differs from the exact estimate only where the shared schedule's window is
+  longer than both.
 The search therefore re-prices its best plans with the exact simulator before choosing.
 With a calibration, moves cost move_overhead_s + move_scale x the closed form, as in
 costmodel.calibration.
