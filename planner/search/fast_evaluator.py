@@ -966,15 +966,25 @@ def _held_peak_during(x, k, count, num_copies, kt, scratch):
             a = kt.push_src[q]
             if _ranges_overlap(lo1[a], hi1[a], lo1[k], hi1[k]) and \
                     _posted_during(x, q, kt) != _posted_during(k, q, kt):
-                return _held_peak_bytes(x, k, count, num_copies, kt, scratch)
+                return _held_peak_recomputed(x, k, count, num_copies, kt, scratch)
     for i in range(num_copies):
         j = copies[i]
         first, span = scratch.copy_first[i], scratch.copy_span[i]
         if _ranges_overlap(lo1[j], hi1[j], lo1[k], hi1[k]) and \
                 _alive_during(place_x, first, span, num_types) != \
                 _alive_during(place_k, first, span, num_types):
-            return _held_peak_bytes(x, k, count, num_copies, kt, scratch)
+            return _held_peak_recomputed(x, k, count, num_copies, kt, scratch)
     return scratch.held_peak[k]
+
+
+# Compiled as a function of its own, not inlined: `_held_peak_bytes` with its nested
+# helpers inlined at every site of `_held_peak_during` took a cold numba compile of the
+# kernels from about 1 to 5.5 minutes (default `plan search`, 2 cores). Only the nodes
+# during which other copies are alive than during the call come here.
+@numba.njit(cache=True)
+def _held_peak_recomputed(x, k, count, num_copies, kt, scratch):
+    """`_held_peak_bytes` for `_held_peak_during`'s slow path."""
+    return _held_peak_bytes(x, k, count, num_copies, kt, scratch)
 
 
 @numba.njit(cache=True, inline="always")
@@ -1071,10 +1081,7 @@ def _memory_overflow(kt, scratch, count, num_copies):
     return worst
 
 
-# Compiled as a function of its own, not inlined: inlined with its nested helpers at every
-# call site it took a cold numba compile of the kernels from about 1 to 5.5 minutes (default
-# `plan search`, 2 cores); the call costs about a fifth of the MCMC rate at 128 GPUs.
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _moving_overflow(x, a, k, count, num_copies, kt, scratch):
     """Worst relative overflow of node type x moving a model from call a's placement to
     call k's (a reallocation or a push): the receivers hold a receive buffer (at most their
