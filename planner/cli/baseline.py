@@ -11,9 +11,10 @@ from costmodel.simulator import simulate
 from planner.cli.estimate import estimate_as_mapping, estimate_as_text
 from planner.cli.plan_output import priced_plan
 from planner.cli.planning_inputs import add_planning_options, resolve_planning_inputs
+from planner.domain.errors import InputError
 from planner.domain.output_files import check_writable_path
 from planner.domain.plan import save_plan
-from planner.search.baselines import BASELINES
+from planner.search.baselines import ASYNC_BASELINES, BASELINES
 from planner.search.builder import full_tables
 from planner.search.pipeline import exact_judge
 
@@ -22,15 +23,22 @@ def run(args: argparse.Namespace) -> int:
     check_writable_path(args.out, "--out")
     inputs = resolve_planning_inputs(args)
     workflow, cluster, calibration = inputs.workflow, inputs.cluster, inputs.calibration
+    staleness = 0
+    if args.kind in ASYNC_BASELINES:
+        if workflow.max_staleness < 1:
+            raise InputError(f"--kind {args.kind}: an asynchronous baseline needs a workflow "
+                             f"with max_staleness >= 1 (it runs at that staleness); "
+                             f"{args.workflow} has max_staleness 0")
+        staleness = workflow.max_staleness
     tables = full_tables(workflow, cluster, calibration=calibration, price_unfit=False)
     costs = PlanCosts(workflow, cluster, calibration=calibration)
-    judge = exact_judge(tables, workflow, cluster, costs)
-    choice = BASELINES[args.kind](tables, judge, cluster, workflow)
+    judge = exact_judge(tables, workflow, cluster, costs, staleness)
+    choice = {**BASELINES, **ASYNC_BASELINES}[args.kind](tables, judge, cluster, workflow)
     if choice is None:
         print(f"baseline {args.kind}: no such plan fits {cluster.describe()}")
         return 1
     executions = tables.executions_of(choice)
-    estimate = simulate(workflow, cluster, executions, costs=costs)
+    estimate = simulate(workflow, cluster, executions, costs=costs, staleness=staleness)
     plan = priced_plan(workflow, cluster, executions, estimate, f"plan baseline {args.kind}")
     if args.out:
         save_plan(plan, Path(args.out))
@@ -55,8 +63,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "layout for every call on all devices), colocated (verl: every model on "
                     "all devices, each call its own layout), separate (OpenRLHF: pools of "
                     "devices per model and for generation), realhf-heuristic (trained "
-                    "models on all devices with reallocation, inference side by side).")
-    parser.add_argument("--kind", required=True, choices=sorted(BASELINES),
+                    "models on all devices with reallocation, inference side by side); "
+                    "for a workflow with max_staleness k >= 1 also async-75/25 and "
+                    "async-50/50 (AReaL: generation on the first 75% or half of the "
+                    "devices, everything else on the rest, at staleness k; 75/25 needs "
+                    "several nodes).")
+    parser.add_argument("--kind", required=True,
+                        choices=sorted(BASELINES) + sorted(ASYNC_BASELINES),
                         help="which baseline")
     add_planning_options(parser)
     parser.add_argument("--out", metavar="FILE", help="write the plan to this file")

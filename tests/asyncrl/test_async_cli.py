@@ -60,3 +60,29 @@ def test_estimate_refuses_too_few_iterations(tmp_path, capsys):
     assert main(["estimate", "--iterations", "2", str(path)]) == 2
     assert "--iterations: got 2; a plan of staleness 1 needs at least 3" in \
         capsys.readouterr().err
+
+
+def test_async_baselines_from_the_command_line(tmp_path, capsys):
+    """`plan baseline --kind async-50/50` builds AReaL's split at the workflow's
+    max_staleness: generation on the first half of the devices, the rest on the other, and
+    the plan file keeps the staleness; a synchronous workflow gets one line and exit 2."""
+    workflow = tmp_path / "grpo.yaml"
+    workflow.write_text("algorithm: grpo\nmodels: {actor: llama-tiny, ref: llama-tiny, "
+                        "reward: llama-tiny}\nbatch: {n_seqs: 64, prompt_len: 16, gen_len: "
+                        "{mean: 8, max: 64}, ppo_minibatches: 2, group_size: 8}\n"
+                        "max_staleness: 1\n")
+    out = tmp_path / "b.yaml"
+    assert main(["baseline", "--kind", "async-50/50", "--workflow", str(workflow),
+                 "--json", "--out", str(out)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["baseline"] == "async-50/50" and data["staleness"] == 1
+    assert data["split"][0]["generation_devices"] == [0, 1, 2, 3]
+    assert data["split"][0]["training_devices"] == [4, 5, 6, 7]
+    from planner.domain.plan import load_plan
+    assert load_plan(out).staleness == 1
+    # 75/25 of one node's 8 devices is no aligned split
+    assert main(["baseline", "--kind", "async-75/25", "--workflow", str(workflow)]) == 1
+    assert "no such plan fits" in capsys.readouterr().out
+    assert main(["baseline", "--kind", "async-50/50", "--workflow", "grpo"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "max_staleness >= 1" in err
