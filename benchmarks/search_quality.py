@@ -1,6 +1,7 @@
 """Search quality: MCMC against the exhaustive optimum, and against today's baselines.
 
-Part 1 (enumerable spaces: GRPO and DPO on up to 8 H100, PPO on 2 CPU processes): the exhaustive optimum of the pruned space, then
+Part 1 (enumerable spaces: GRPO and DPO on up to 8 H100, PPO on 2 CPU processes, and the
+spaces of GRPO and PPO plans at staleness 1 and 2): the exhaustive optimum of the pruned space, then
 MCMC from random starting plans (no baseline seeds) for 10 seeds with a 2 s limit each.
 Prints, per space, the worst gap to the optimum and the slowest time to get within 0.5%.
 Times exclude building the tables (pricing every candidate), which both searches share.
@@ -9,7 +10,7 @@ Part 2: PPO with a LLaMA-70B actor (and reference) and LLaMA-7B critic and rewar
 16 nodes x 8 H100; `plan search`'s pipeline with a 60 s limit; prints the exact-simulator
 iteration time of the found plan and of every baseline, and the ratios.
 
-Usage: python benchmarks/search_quality.py [--part 1|2|both] [--seeds 10]
+Usage: python benchmarks/search_quality.py [--part 1|2|both] [--seeds 10] [--only-async]
 """
 
 from __future__ import annotations
@@ -32,16 +33,22 @@ from planner.search.pipeline import search
 # after pruning, so PPO is enumerated on the CPU cluster (tiny models, a small batch), where
 # the runtime runs plans too. None means the workflow's default batch.
 CPU_BATCH = {"n_seqs": 64, "prompt_len": 128, "gen_len": 128, "ppo_minibatches": 2}
+# (algorithm, model, cluster, staleness s): s >= 1 enumerates the space of plans at
+# staleness s (the workflow's max_staleness s, so continuous batching is offered; the
+# search's MCMC runs once per s, planner/search/pipeline.py, each against its optimum).
 ENUMERABLE = [
-    ("ppo", "llama-tiny", "cpu2"),
-    ("ppo", "llama-small", "cpu2"),
-    ("grpo", "llama-7b", "h100x4"),
-    ("grpo", "llama-13b", "h100x8"),
-    ("grpo", "llama3-8b", "h100x8"),
-    ("grpo", "llama-7b", "h100x8"),
-    ("dpo", "llama-7b", "h100x8"),
-    ("dpo", "llama-13b", "h100x8"),
-    ("dpo", "llama3-8b", "h100x8"),
+    ("ppo", "llama-tiny", "cpu2", 0),
+    ("ppo", "llama-small", "cpu2", 0),
+    ("grpo", "llama-7b", "h100x4", 0),
+    ("grpo", "llama-13b", "h100x8", 0),
+    ("grpo", "llama3-8b", "h100x8", 0),
+    ("grpo", "llama-7b", "h100x8", 0),
+    ("dpo", "llama-7b", "h100x8", 0),
+    ("dpo", "llama-13b", "h100x8", 0),
+    ("dpo", "llama3-8b", "h100x8", 0),
+    ("ppo", "llama-tiny", "cpu2", 1),
+    ("grpo", "llama-7b", "h100x4", 1),
+    ("grpo", "llama-7b", "h100x4", 2),
 ]
 TOLERANCE = 0.005
 MCMC_LIMIT_S = 2.0
@@ -55,19 +62,23 @@ def time_to_within(history: list[tuple[float, float]], target: float) -> float:
     return float("inf")
 
 
-def part_one(num_seeds: int) -> None:
+def part_one(num_seeds: int, only_async: bool = False) -> None:
     print(f"part 1: MCMC vs exhaustive optimum ({num_seeds} seeds, {MCMC_LIMIT_S:g} s limit, "
           f"random starts)")
     all_pass = True
-    for algorithm, model, cluster_name in ENUMERABLE:
+    for algorithm, model, cluster_name, staleness in ENUMERABLE:
+        if only_async and not staleness:
+            continue
         batch = CPU_BATCH if cluster_name.startswith("cpu") else None
-        workflow = builtin_workflow(algorithm, model=model, batch=batch)
+        workflow = builtin_workflow(algorithm, model=model, batch=batch,
+                                    max_staleness=staleness)
         tables, _ = pruned_tables(full_tables(workflow, cluster_preset(cluster_name)), {})
-        evaluator = FastEvaluator(tables)
+        evaluator = FastEvaluator(tables, staleness=staleness)
+        space = f"{algorithm:>4} {model:<10} {cluster_name:<7} s={staleness}"
         start = time.perf_counter()
         size = int(np.prod(tables.sizes.astype(object)))
         if size > MAX_EXHAUSTIVE_PLANS:
-            print(f"  {algorithm:>4} {model:<10} {cluster_name:<7} plans {size:>12,}: over the "
+            print(f"  {space} plans {size:>12,}: over the "
                   f"{MAX_EXHAUSTIVE_PLANS:,} plans enumerated here, not compared")
             continue
         truth = exhaustive_search(evaluator, max_plans=MAX_EXHAUSTIVE_PLANS)
@@ -80,7 +91,7 @@ def part_one(num_seeds: int) -> None:
             times.append(time_to_within(result.history, target))
         passed = sum(g <= TOLERANCE and t <= MCMC_LIMIT_S for g, t in zip(gaps, times))
         all_pass &= passed == num_seeds
-        print(f"  {algorithm:>4} {model:<10} {cluster_name:<7} plans {truth.num_plans:>12,} "
+        print(f"  {space} plans {truth.num_plans:>12,} "
               f"(feasible {truth.num_feasible:,}) exhaustive {exhaustive_s:6.1f} s, optimum "
               f"{truth.best_iteration_s:8.2f} s | MCMC worst gap {max(gaps) * 100:.3f}%, "
               f"slowest to within 0.5% {max(times):.2f} s, {passed}/{num_seeds} seeds pass")
@@ -125,9 +136,11 @@ def main() -> None:
     parser.add_argument("--part", choices=["1", "2", "both"], default="both")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--only-async", action="store_true",
+                        help="part 1: only the spaces at staleness >= 1")
     args = parser.parse_args()
     if args.part in ("1", "both"):
-        part_one(args.seeds)
+        part_one(args.seeds, args.only_async)
     if args.part in ("2", "both"):
         part_two(args.time_limit)
 
