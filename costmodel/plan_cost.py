@@ -3,7 +3,7 @@
     costs = PlanCosts(workflow, cluster)
     costs.call_time(call_name, execution)      -> CallTime   (seconds, phases, source)
     costs.call_memory(call_name, execution)    -> CallMemory (bytes per mesh position, by part)
-    costs.realloc(model_role, src_ex, dst_ex)  -> ScheduleCost (time_s, receive buffers)
+    costs.realloc(model_role, src_ex, dst_ex)  -> ScheduleCost (time_s, message buffers)
     costs.transfer(src_call, dst_call, src_ex, dst_ex) -> ScheduleCost
     costs.proximal_time(train_call_name, execution) -> float  (seconds, staleness >= 1)
 

@@ -10,8 +10,9 @@ calls that covers d.
 extra(c, d) for a call c covering d = its working set (activations / KV cache / logits /
 workspace, and under FSDP / ZeRO-3 the gathered parameters and unsharded gradients), plus
 every transient weights copy alive on d while c runs (below).
-extra(r, d) for a realloc node r = the receive buffer of d (its largest received message
-in one step), plus every transient copy alive on d while r runs.
+extra(r, d) for a realloc node r = the message buffers of d (the bytes it sends plus the
+bytes it receives in its largest step, costmodel/realloc_cost.py), plus every transient copy
+alive on d while r runs.
 A transient copy is a trained model's weights held for a non-train call whose placement
 (devices, dp, tp, pp) differs from the train call's, or that holds the weights otherwise
 than a train call sharding them over dp (Execution.shard_parameters_over_dp: the sharded
@@ -28,17 +29,18 @@ Staleness s >= 1 (planner/domain/augment.py): a rollout model's rollout copy is 
 its generate placement (ROLLOUT_COPY: the weights of that placement on each of its devices,
 beside the train state, also where the two placements share devices), its generate calls
 hold no transient copy (they read the rollout copy), and a weight push node needs the
-receive buffer of its reallocation (train call's execution -> generate call's), plus the
-transient copies alive on its devices, as a reallocation does. With s >= 2 the senders of
+message buffers of its reallocation (train call's execution -> generate call's), plus the
+transient copies alive on its devices, as a reallocation does (with s = 1 the push runs as a
+reallocation at its node, runtime/executor/weight_push.py). With s >= 2 the senders of
 push(j) pack their outgoing messages and copy their local pieces right after train(j) and
 keep them until push(j) (runtime/executor/weight_push.py post_push): PUSH_SENDS, on each
 device of the train mesh the bytes of the schedule's pieces it sends or copies (with equal
 placements, its whole training weights), during every node on it from right after train(j)
-through push(j), as many pushes at once as the priority order holds (posted_sends). With
-s = 0 none of this.
+through push(j), as many pushes at once as the priority order holds (posted_sends), and
+the push node itself needs only the receive buffers. With s = 0 none of this.
 The estimate keeps this by part (PlanMemory): each resident part (weights, gradients,
 optimizer states per model), each working part of a call (activations, KV cache, logits,
-workspace; costmodel/memory.py), transient weights copies and receive buffers.
+workspace; costmodel/memory.py), transient weights copies and message buffers.
 Feasible iff peak(d) <= device memory for every d; otherwise the reason names the device
 with the largest excess (node:slot), the bytes needed and available, and the call.
 """
@@ -256,7 +258,7 @@ def _copy_parts(costs: PlanCosts, executions: Mapping[str, Execution], workflow:
 # Kinds of memory beside a call's parts (costmodel.memory.PART_KINDS), rule 6.
 WEIGHTS_COPY = "weights_copy"        # a transient copy of a trained model's weights
 ROLLOUT_COPY = "rollout_copy"        # staleness >= 1: a rollout model's generation weights
-RECEIVE_BUFFER = "receive_buffer"    # a reallocation's largest received message
+MESSAGE_BUFFERS = "message_buffers"  # a reallocation's largest step: sent + received bytes
 PUSH_SENDS = "push_sends"            # staleness >= 2: a push's sends posted after train(j)
 MemoryItem = tuple[str, str, float]  # (kind, model, bytes)
 
@@ -374,12 +376,12 @@ def _call_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: 
 def _realloc_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
                    copies: dict[str, list[str]], staleness: int = 0,
                    sends: dict[str, Sends] | None = None) -> list[NodeMemory]:
-    """Each reallocation's receive buffers, plus the transient copies alive on its source
+    """Each reallocation's message buffers, plus the transient copies alive on its source
     and destination devices (its destination's, made by it; its source's, freed after it)."""
     nodes = []
     for move in reallocations(workflow, executions, staleness):
         src, dst = executions[move.src_call], executions[move.dst_call]
-        buffers = costs.realloc(move.model, src, dst).receive_buffer_bytes
+        buffers = costs.realloc(move.model, src, dst).message_buffer_bytes
         nodes.append(_moving_node(move.name, move.model, src, dst, buffers, executions,
                                   workflow, costs, copies.get(move.name, []),
                                   (sends or {}).get(move.name, {})))
@@ -390,7 +392,7 @@ def _moving_node(name: str, model: str, src: Execution, dst: Execution,
                  buffers: Mapping[int, float], executions: Mapping[str, Execution],
                  workflow: Workflow, costs: PlanCosts, held: list[str],
                  sends: Sends) -> NodeMemory:
-    """A reallocation's or push's receive `buffers` (device -> bytes), plus the transient
+    """A reallocation's or push's message `buffers` (device -> bytes), plus the transient
     copies `held` and the posted push sends `sends` alive on its source and destination
     devices."""
     holding = {d for call in held for d in executions[call].devices}
@@ -398,7 +400,7 @@ def _moving_node(name: str, model: str, src: Execution, dst: Execution,
     devices = np.array(sorted(set(buffers) | (holding
                                               & (set(src.devices) | set(dst.devices)))),
                        dtype=np.int64)
-    parts = [(RECEIVE_BUFFER, model,
+    parts = [(MESSAGE_BUFFERS, model,
               np.array([buffers.get(int(d), 0.0) for d in devices], dtype=float))]
     parts += _copy_parts(costs, executions, workflow, held, devices)
     parts += _send_parts(sends, devices)
@@ -408,14 +410,16 @@ def _moving_node(name: str, model: str, src: Execution, dst: Execution,
 def _push_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: PlanCosts,
                 copies: dict[str, list[str]], staleness: int,
                 sends: dict[str, Sends]) -> list[NodeMemory]:
-    """Each weight push's receive buffers (none for a local copy between placements holding
-    the parameters alike, which the simulator prices at 0 s) and the transient copies alive
-    on its devices."""
+    """Each weight push's buffers (none for a local copy between placements holding the
+    parameters alike, which the simulator prices at 0 s): with staleness 1 the message
+    buffers of a reallocation, with s >= 2 the receive buffers (its sends are posted after
+    training, `sends`); and the transient copies alive on its devices."""
     nodes = []
     for push in weight_pushes(workflow, staleness):
         src, dst = executions[push.train_call], executions[push.gen_call]
-        buffers = {} if holds_parameters_alike(src, dst) else \
-            costs.realloc(push.model, src, dst).receive_buffer_bytes
+        cost = costs.realloc(push.model, src, dst)
+        buffers = {} if holds_parameters_alike(src, dst) else (
+            cost.message_buffer_bytes if staleness == 1 else cost.receive_buffer_bytes)
         nodes.append(_moving_node(push.name, push.model, src, dst, buffers, executions,
                                   workflow, costs, copies.get(push.name, []),
                                   sends.get(push.name, {})))

@@ -9,8 +9,12 @@ on different rails do not contend and those sharing a NIC split it). Local copie
 = receiver) read and write HBM once: the device with the most local bytes sets their time,
 before the first step. Equal executions give the empty schedule and zero time.
 
-Receive buffer of a device: the bytes it receives in its largest step (the staging buffer
-the runtime needs before writing into the destination shards).
+Message buffers of a device: the bytes it sends plus the bytes it receives in its largest
+step (runtime/executor/realloc.py packs a step's outgoing pieces into one buffer and stages
+its incoming message in another before writing it into the destination shards; both are
+alive until the step's messages are done). Its receive buffer alone: the bytes it receives
+in its largest step (what a push of staleness >= 2 stages; its sends were packed after
+training, costmodel/plan_memory.py).
 
 Sources and destinations under FSDP / ZeRO-3 (Execution.shard_parameters_over_dp, imported
 framework configs only; the search's plans never have it, so their moves price as above):
@@ -47,12 +51,14 @@ from planner.sharding.transfer_schedule import Schedule, data_schedule, param_sc
 
 @dataclass(frozen=True)
 class ScheduleCost:
-    """Time of a schedule, the bytes it puts on each link kind, and receive buffers."""
+    """Time of a schedule, the bytes it puts on each link kind, and each device's message
+    buffers and receive buffer (module docstring)."""
 
     time_s: float
     intra_node_bytes: float = 0.0
     inter_node_bytes: float = 0.0
     num_steps: int = 0
+    message_buffer_bytes: dict[int, float] = field(default_factory=dict)
     receive_buffer_bytes: dict[int, float] = field(default_factory=dict)
 
 
@@ -84,12 +90,14 @@ def schedule_cost(schedule: Schedule, bytes_per_element: float,
     total = local_copy_time_s(schedule, bytes_per_element, cluster)
     intra = inter = 0.0
     buffers: dict[int, float] = defaultdict(float)
+    received: dict[int, float] = defaultdict(float)
     node = cluster.device_node
     for step in schedule.steps:
         messages: dict[tuple[int, int], float] = defaultdict(float)
         for piece in step:
             messages[(piece.src, piece.dst)] += piece.num_elements * bytes_per_element
         slowest = 0.0
+        step_bytes: dict[int, float] = defaultdict(float)
         for (src, dst), size in messages.items():
             same = node[src] == node[dst]
             slowest = max(slowest, comm.p2p_time_s(size, comm.p2p_link(cluster, src, dst)))
@@ -97,9 +105,14 @@ def schedule_cost(schedule: Schedule, bytes_per_element: float,
                 intra += size
             else:
                 inter += size
-            buffers[dst] = max(buffers[dst], size)
+            received[dst] = max(received[dst], size)
+            step_bytes[src] += size
+            step_bytes[dst] += size
+        for d, size in step_bytes.items():
+            buffers[d] = max(buffers[d], size)
         total += slowest
-    return ScheduleCost(total, intra, inter, len(schedule.steps), dict(buffers))
+    return ScheduleCost(total, intra, inter, len(schedule.steps), dict(buffers),
+                        dict(received))
 
 
 def realloc_cost(spec: ModelSpec, head: HeadKind, src: Execution, dst: Execution,
@@ -146,7 +159,7 @@ def sharded_source_sync_cost(spec: ModelSpec, head: HeadKind, src: Execution, ds
         moved = schedule_cost(param_schedule(spec, head, src.placement, dst.placement,
                                              node), dtype, cluster)
         host_s = len(gathered) * fsdp_cost.sync_host_latency_s(broadcasts=False)
-        for d, size in moved.receive_buffer_bytes.items():
+        for d, size in moved.message_buffer_bytes.items():
             buffers[d] = max(buffers.get(d, 0.0), size)
         return ScheduleCost(float(np.sum(gather_s)) + host_s + moved.time_s,
                             intra + moved.intra_node_bytes, inter + moved.inter_node_bytes,

@@ -201,7 +201,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "the plan implies with their times, the steady-state seconds per "
                     "iteration, the memory of the device with the highest peak part by part "
                     "(weights, gradients, optimizer states, activations, KV cache, logits, "
-                    "workspace, weights copy, receive buffer; per model), and the critical "
+                    "workspace, weights copy, message buffers; per model), and the critical "
                     "path of the simulated schedule, and how far the plan is above a "
                     "lower bound on every plan of the search space (stored by `plan "
                     "search`; computed for other plans on clusters of up to "

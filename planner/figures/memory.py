@@ -5,7 +5,7 @@ composed here: a device's resident parts (each trained model's weights, gradient
 optimizer states on its train mesh; each untrained model's weights), then the parts of the
 node that sets its peak: a call's activations, KV cache, logits and workspace (plus a
 temporary copy of the weights for a non-train call of a trained model placed unlike its train
-call), or a reallocation's receive buffer (plus that copy when it feeds one). Colour says the
+call), or a reallocation's message buffers (plus that copy when it feeds one). Colour says the
 model, hatching the part.
 """
 
@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from costmodel.plan_memory import RECEIVE_BUFFER, ROLLOUT_COPY, WEIGHTS_COPY  # noqa: E402
+from costmodel.plan_memory import MESSAGE_BUFFERS, ROLLOUT_COPY, WEIGHTS_COPY  # noqa: E402
 from costmodel.simulator import Estimate  # noqa: E402
 from planner.domain.hardware import GIB  # noqa: E402
 from planner.domain.plan import Plan  # noqa: E402
@@ -41,7 +41,7 @@ KIND_STYLE = {
     "gathered_parameters": ("oo", "gathered parameters (FSDP / ZeRO-3)"),
     "unsharded_gradients": ("xx.", "unsharded gradients before reduce-scatter (FSDP / ZeRO-3)"),
     WEIGHTS_COPY: ("xx", "temporary weights copy (call placed unlike its train call)"),
-    RECEIVE_BUFFER: ("++", "reallocation receive buffer"),
+    MESSAGE_BUFFERS: ("++", "reallocation message buffers"),
     ROLLOUT_COPY: ("##", "rollout copy of the weights (staleness >= 1, generation placement)"),
 }
 LEGEND_PART_COLOUR = "#8c8c8c"  # dark enough for the white hatching to show

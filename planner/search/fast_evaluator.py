@@ -12,9 +12,10 @@ simulator does not:
 - a data transfer costs latency + payload / dp_dst / bandwidth when the placements differ
   (an upper bound where the two meshes overlap and some rows are already local);
 - per-device memory is the largest over the mesh's pipeline stages, and a reallocation's
-  receive buffer is bounded by the receiver's whole new shard (the exact simulator uses the
-  largest message of the transfer schedule), so it never calls a plan feasible that the
-  exact memory rule rejects for that reason.
+  message buffers are bounded by whole shards: a receiver's by its whole new shard, a
+  sender's by its whole old one, a device of both meshes (where they overlap) by both (the
+  exact simulator uses the schedule's largest step: sent plus received bytes), so it never
+  calls a plan feasible that the exact memory rule rejects for that reason.
 - on a CPU node with fewer cores than devices (costmodel/core_sharing.py) the exact simulator
   shares the cores among the calls running at once, event by event; the evaluator takes the
   larger of its list schedule (which lets them run at full speed) and, per such node, the
@@ -43,8 +44,8 @@ it) from the reallocation into that call through the reallocation out of it, in 
 priority order below, wrapping round into the next iteration; copies(x, d) = the copies
 alive on d while node x runs. Feasible iff for every call c and device d of its mesh,
 persistent(d) + copies(c, d) + working(c) <= capacity, and for every reallocation r,
-persistent(d) + copies(r, d) <= capacity on its source mesh and, plus the receive buffer,
-on its destination mesh. Each term is the largest over the mesh's pipeline stages; the
+persistent(d) + copies(r, d) + message buffers <= capacity on its source and destination
+meshes. Each term is the largest over the mesh's pipeline stages; the
 level persistent + copies is maximised over the mesh's devices exactly (both are sums of
 per-mesh constants), so with no call pipelined the call peaks equal the exact ones.
 
@@ -59,7 +60,7 @@ the first generate call of i + 1 waits for it. The train call adds its proximal 
 (tables' proximal_s). K + 2 s iterations; iteration time = (end of the last iteration -
 end of iteration s) / (K + 2 s - 1 - s). Memory: the rollout copy is a persistent term of
 the first generate call (its weights on its mesh); the rollout model's generate calls hold
-no transient copy; a push's receivers hold a receive buffer as a reallocation's; with
+no transient copy; a push holds message buffers as a reallocation does; with
 s >= 2, each device of the train mesh holds the packed sends of every push posted right
 after its train(j) and not yet run (`_posted_during`), bounded by `_send_bytes` (the exact
 rule uses the schedule's pieces). A plan whose rollout model's generate calls differ in
@@ -1066,9 +1067,8 @@ def _memory_overflow(kt, scratch, count, num_copies):
         if kt.memory_role[a] == ROLLOUT_HOME or kt.memory_role[a] == ROLLOUT_READER:
             # generate calls of a rollout model on two placements: refused (one copy)
             worst = max(worst, SPLIT_ROLLOUT_OVERFLOW)
-        # The receivers hold a receive buffer (at most their whole new shard); both meshes
-        # hold the transient copies alive during it (the destination's, which it makes;
-        # the source's, which it reads).
+        # Message buffers (`_moving_overflow`); both meshes hold the transient copies alive
+        # during it (the destination's, which it makes; the source's, which it reads).
         worst = max(worst, _moving_overflow(num_calls + p, a, k, count, num_copies, kt,
                                             scratch))
     for q in range(kt.push_src.shape[0]):
@@ -1084,11 +1084,15 @@ def _memory_overflow(kt, scratch, count, num_copies):
 @numba.njit(cache=True, inline="always")
 def _moving_overflow(x, a, k, count, num_copies, kt, scratch):
     """Worst relative overflow of node type x moving a model from call a's placement to
-    call k's (a reallocation or a push): the receivers hold a receive buffer (at most their
-    whole new shard) beside what is held during x on k's mesh; the senders what is held
-    during x on a's mesh."""
-    capacity = scratch.capacity
-    peak = _held_peak_during(x, k, count, num_copies, kt, scratch) + scratch.weights[k]
+    call k's (a reallocation or a push): beside what is held during x on each mesh, the
+    receivers hold a receive buffer (at most their whole new shard, weights[k]) and the
+    senders a send buffer (at most their whole old one, weights[a]); where the meshes
+    overlap, a device may hold both."""
+    capacity, weights, lo1, hi1 = scratch.capacity, scratch.weights, scratch.lo1, scratch.hi1
+    both = _ranges_overlap(lo1[a], hi1[a], lo1[k], hi1[k])
+    buffers_k = weights[k] + (weights[a] if both else 0.0)
+    buffers_a = weights[a] + (weights[k] if both else 0.0)
+    peak = _held_peak_during(x, k, count, num_copies, kt, scratch) + buffers_k
     worst = (peak - capacity[k]) / capacity[k]
-    peak = _held_peak_during(x, a, count, num_copies, kt, scratch)
+    peak = _held_peak_during(x, a, count, num_copies, kt, scratch) + buffers_a
     return max(worst, (peak - capacity[a]) / capacity[a])

@@ -15,8 +15,9 @@ simulator starts a node when all its devices are free), its end the latest end. 
   estimate's per-call peak_memory_parts price at the call's highest device and
   memory_by_device per device: every tensor on the device during the call, the resident
   models of other calls included; runtime/executor/measure.py);
-- reallocations / transfers: [{name, time_s, bytes}] named like the estimate's
-  (`realloc:<model>:<src>-><dst>`, `<src>-><dst>`); bytes = sent between ranks per run of it;
+- reallocations / transfers: [{name, time_s, bytes, peak_memory_by_device}] named like the
+  estimate's (`realloc:<model>:<src>-><dst>`, `<src>-><dst>`); bytes = sent between ranks
+  per run of it; peak_memory_by_device as for calls (during the step);
 - nodes: [{name: "<iteration>/<node>", start_s, end_s, devices}], seconds from the first start;
 - peak_memory_gib, memory_source (cpu_live_tensor_bytes | cuda_max_memory_allocated), and
   iterations: [{iteration, seconds, metrics}].
@@ -108,7 +109,8 @@ def build_trace(plan: Plan, messages: list[dict], iterations: int) -> dict:
     def moves(kind: str) -> list[dict]:
         return [{"name": label,
                  "time_s": _steady({i: n["end"] - n["start"] for i, n in runs.items()}),
-                 "bytes": _steady({i: n["bytes"] for i, n in runs.items()})}
+                 "bytes": _steady({i: n["bytes"] for i, n in runs.items()}),
+                 "peak_memory_by_device": _peaks_by_device(runs.values())}
                 for (k, label), runs in sorted(by_label.items()) if k == kind]
 
     metrics = defaultdict(dict)

@@ -10,15 +10,17 @@ copies its training shards into its rollout shards (a local copy, zero link cost
 Every rank posts its steps in the priority order, where push(j) sits right after the last
 generate call of iteration j + s (planner.domain.augment.scheduled_nodes), before that
 iteration's train call: there the training copy holds version j + s, which is j + 1 for
-s = 1, so the senders pack and send at the push node. For s >= 2 train(j + 1) ..
+s = 1, so the push runs at its node as a reallocation does (`push_now`: step by step, each
+step's outgoing pieces packed into one buffer and its incoming message staged in another,
+the message buffers the cost model prices). For s >= 2 train(j + 1) ..
 train(j + s - 1) have changed the weights by then, so the senders take version j + 1 when
 it exists: right after train(j) (`post_push`) each packs its outgoing messages and posts
 them as non-blocking sends on PUSH_TAG, and keeps a copy of the pieces it copies locally
 (memory: those pieces, at most its training shards, from train(j) to push(j)). At the push
 node (`finish_push`) the receivers receive step by step into the rollout copy (each device
 receives at most one message per step) and the senders wait for their sends. Sends on
-their own tag never match a receive of a data transfer or reallocation (tag 0) posted in
-between.
+their own tag never match a receive of a reallocation (tag 0) or a data transfer (its own
+tag, runtime/executor/steps.py) posted in between.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ import torch.distributed as dist
 from planner.domain.modelspec import HeadKind, ModelSpec
 from planner.domain.placement import Placement
 from planner.sharding.transfer_schedule import Piece, Schedule
-from runtime.executor.realloc import ShardViews, holding
+from runtime.executor.realloc import ShardViews, holding, reallocate
 
-# Any tag but 0, the one data transfers and reallocations use (runtime/executor/data.py,
-# realloc.py); 14 for the issue that added pushes.
+# Any tag but 0, the one reallocations use (realloc.py), and below the data transfers'
+# (steps.TRANSFER_TAG_OFFSET and up); 14 for the issue that added pushes.
 PUSH_TAG = 14
 
 Shards = tuple[Placement, dict[str, torch.Tensor]]
@@ -58,6 +60,19 @@ def _local_pieces(schedule: Schedule, src_views: ShardViews, me: int,
         return [p for p in schedule.local if p.dst == me]
     return [Piece(name, me, me, src_views.start[name], t.numel())
             for name, t in src_views.params.items()]
+
+
+@torch.no_grad()
+def push_now(schedule: Schedule, spec: ModelSpec, head: HeadKind, me: int,
+             src: Shards | None, dst: Shards | None) -> int:
+    """A push of staleness 1 at its node (module docstring): the training shards `src` (None
+    off the train placement) into the rollout shards `dst` (None off the generate
+    placement); equal placements copy shard by shard. Returns the bytes this rank sent."""
+    if src is not None and dst is not None and src[0] == dst[0]:
+        for name, tensor in src[1].items():
+            dst[1][name].copy_(tensor)
+        return 0
+    return reallocate(schedule, spec, head, me, src, dst)
 
 
 @torch.no_grad()

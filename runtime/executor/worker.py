@@ -53,7 +53,7 @@ from runtime.executor.steps import (
     initial_placements,
     model_homes,
 )
-from runtime.executor.weight_push import PostedPush, finish_push, post_push
+from runtime.executor.weight_push import PostedPush, finish_push, post_push, push_now
 from runtime.model import ParallelModel
 from runtime.optimizer import Adam, AdamConfig
 from runtime.parallel_context import create_contexts
@@ -199,8 +199,8 @@ class RankState:
 
     def start_push(self, push: WeightPush, iteration: int) -> None:
         """Post this rank's part of push(iteration) while its training copy holds version
-        iteration + 1: right after train(iteration) with staleness >= 2, at the push node
-        with staleness 1 (runtime/executor/weight_push.py)."""
+        iteration + 1: right after train(iteration), with staleness >= 2
+        (runtime/executor/weight_push.py)."""
         role, src, dst, schedule = self._push_schedule(push)
         self.posted[(push.model, iteration)] = post_push(
             schedule, role.spec, role.head, self.rank,
@@ -210,12 +210,15 @@ class RankState:
         """push(step.iteration) at its place in the order: the rollout copy gets version
         step.iteration + 1 (runtime/executor/weight_push.py)."""
         role, src, dst, schedule = self._push_schedule(step.push)
-        if self.staleness == 1 and self.rank in src.devices:
-            self.start_push(step.push, step.iteration)
-        posted = self.posted.pop((step.push.model, step.iteration), None)
         copy = self.rollout.get(step.push.model)
-        sent = finish_push(schedule, role.spec, role.head, self.rank, posted,
-                           (dst, copy.params) if copy is not None else None)
+        target = (dst, copy.params) if copy is not None else None
+        if self.staleness == 1:
+            training = self.models[step.push.model].get(src)
+            sent = push_now(schedule, role.spec, role.head, self.rank,
+                            (src, training.params) if training is not None else None, target)
+        else:
+            posted = self.posted.pop((step.push.model, step.iteration), None)
+            sent = finish_push(schedule, role.spec, role.head, self.rank, posted, target)
         self.versions[step.push.model] = step.iteration + 1
         return sent
 

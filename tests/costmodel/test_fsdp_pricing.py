@@ -171,7 +171,7 @@ def test_weight_sync_of_a_7b_model_out_of_fsdp_dp8_into_tp2_dp4(grpo):
     assert cost.num_steps == tensors
     assert cost.time_s == pytest.approx(expected, rel=1e-9)
     largest = fsdp_cost.SYNC_PARAMETER_BYTES * spec.vocab_size * spec.hidden_size
-    assert cost.receive_buffer_bytes == {d: largest for d in range(8)}
+    assert cost.message_buffer_bytes == {d: largest for d in range(8)}
 
 
 def test_weight_sync_to_devices_outside_the_source_is_a_broadcast_and_slower():
@@ -187,7 +187,7 @@ def test_weight_sync_to_devices_outside_the_source_is_a_broadcast_and_slower():
     assert apart.time_s > colocated.time_s
     assert apart.inter_node_bytes > 0 and colocated.inter_node_bytes == 0
     full = fsdp_cost.SYNC_PARAMETER_BYTES * spec.vocab_size * spec.hidden_size
-    assert all(apart.receive_buffer_bytes[d] == full for d in range(8, 16))
+    assert all(apart.message_buffer_bytes[d] == full for d in range(8, 16))
 
 
 def test_moves_into_a_sharded_engine_are_free_and_unsharded_moves_unchanged(grpo):

@@ -14,7 +14,7 @@ from costmodel.call_geometry import geometry
 from costmodel.compute import part_timer
 from costmodel.memory import PART_KINDS
 from costmodel.plan_cost import PlanCosts
-from costmodel.plan_memory import RECEIVE_BUFFER, WEIGHTS_COPY
+from costmodel.plan_memory import MESSAGE_BUFFERS, WEIGHTS_COPY
 from costmodel.simulator import simulate
 from planner.domain.cluster import cluster_preset
 from planner.domain.hardware import GIB
@@ -24,7 +24,7 @@ from planner.domain.workflow_file import builtin_workflow
 from planner.figures.memory import bar_segments
 from planner.search.builder import PRICE_COLUMNS, CallPricer, full_tables
 
-BREAKDOWN_KINDS = set(PART_KINDS) | {WEIGHTS_COPY, RECEIVE_BUFFER}
+BREAKDOWN_KINDS = set(PART_KINDS) | {WEIGHTS_COPY, MESSAGE_BUFFERS}
 PLANS_PER_WORKFLOW = 12
 
 
@@ -124,8 +124,8 @@ def test_transient_copies_and_receive_buffers_are_named_parts():
             if kind == WEIGHTS_COPY and model == "critic"]
     assert len(copy) == 1 and np.allclose(copy[0], weights)
     into = nodes["realloc:critic:critic_train->critic_inf"]
-    buffers = costs.realloc("critic", train, inference).receive_buffer_bytes
-    (buffer,) = [amount for kind, _, amount in into.parts if kind == RECEIVE_BUFFER]
+    buffers = costs.realloc("critic", train, inference).message_buffer_bytes
+    (buffer,) = [amount for kind, _, amount in into.parts if kind == MESSAGE_BUFFERS]
     assert dict(zip(into.devices.tolist(), buffer)) == pytest.approx(
         {d: buffers.get(d, 0.0) for d in into.devices.tolist()})
     assert max(buffers.values()) > 0

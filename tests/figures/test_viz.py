@@ -145,4 +145,4 @@ def test_memory_bars_stack_to_the_simulated_peak(plan_files, name):
         assert all(s.height_gib > 0 and s.model in plan.workflow.models for s in segments)
         # every device runs a call, so its peak includes a call's working set
         assert {"activations", "workspace"} & {s.kind for s in segments} or \
-            "receive_buffer" in {s.kind for s in segments}, device
+            "message_buffers" in {s.kind for s in segments}, device

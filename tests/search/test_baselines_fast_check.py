@@ -145,6 +145,10 @@ def test_a_priced_move_depends_on_the_placements_only():
     assert cost == schedule_cost(param_schedule(SPEC, "lm", src.placement, dst.placement,
                                                 NODE), 2, CLUSTER)
     assert cost.time_s > 0 and set(cost.receive_buffer_bytes) <= set(range(8, 16))
+    # the senders hold their packed messages too
+    assert set(cost.message_buffer_bytes) == set(range(16))
+    assert all(cost.message_buffer_bytes[d] >= cost.receive_buffer_bytes[d]
+               for d in range(8, 16))
 
 
 def tiny_ppo_tables():
