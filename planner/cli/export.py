@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(Path(args.plan))
     module = target_module(args.to)
     try:
-        exported = module.export_config(plan.workflow, plan.cluster, plan.executions)
+        exported = module.export_config(plan.workflow, plan.cluster, plan.executions,
+                                        staleness=plan.staleness)
     except Unexpressible as refused:
         for reason in refused.reasons:
             print(f"plan export: {args.to} cannot express: {reason}", file=sys.stderr)

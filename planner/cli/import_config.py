@@ -36,11 +36,13 @@ def run(args: argparse.Namespace) -> int:
     workflow, executions = imported.workflow, imported.executions
     created_by = f"plan import --from {args.from_} {config.name}"
     problems = Plan(workflow=workflow, cluster=cluster, executions=executions,
-                    provenance=Provenance(created_by=created_by)).problems()
+                    provenance=Provenance(created_by=created_by),
+                    staleness=imported.staleness).problems()
     if problems:
         raise InputError(f"{config}: the {module.TARGET_VERSION} config implies a plan we "
                          f"cannot run on {cluster.describe()}: {problems[0]}")
-    estimate = simulate(workflow, cluster, executions, costs=PlanCosts(workflow, cluster))
+    estimate = simulate(workflow, cluster, executions, costs=PlanCosts(workflow, cluster),
+                        staleness=imported.staleness)
     plan = priced_plan(workflow, cluster, executions, estimate, created_by)
     save_plan(plan, out)
     if args.json:

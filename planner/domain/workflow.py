@@ -56,6 +56,13 @@ Algorithm = Literal["ppo", "grpo", "remax", "dpo", "rloo", "custom"]
 # up to 8); each unit of staleness adds two simulated iterations (costmodel/simulator.py) and
 # keeps samples of older weights, so a larger bound is refused rather than silently priced.
 MAX_STALENESS = 8
+# The decoupled objective's cap on a stale token's behaviour importance weight, min(pi_prox /
+# pi_behav, cap) (runtime/algorithms/common.py; exported to AReaL, frameworks/areal_export.py).
+# AReaL v1.0.4 (areal/api/cli_args.py, RejectionSamplingConfig; a copy is in
+# tests/frameworks/data/areal/cli_args.py): upper = 5.0 by default, the default of the
+# behave_imp_weight_cap it replaced; its action "clamp" (truncation of the token weight to
+# [0, upper]) is that min().
+BEHAVIOUR_WEIGHT_CAP = 5.0
 
 
 class ModelFunctionCall(BaseModel):

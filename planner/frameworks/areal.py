@@ -29,11 +29,12 @@ __all__ = ["KEY_SOURCES", "NAME", "TARGET_VERSION", "export_config", "import_con
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,
-                  executions: dict[str, Execution]) -> ExportedConfig:
-    """The AReaL config of an expressible plan; Unexpressible (one line per feature)
-    otherwise."""
+                  executions: dict[str, Execution], staleness: int = 0) -> ExportedConfig:
+    """The AReaL config of an expressible plan, asynchronous at `staleness` s >= 1
+    (areal_export.py); Unexpressible (one line per feature) otherwise."""
     return checked_export(NAME, unexpressible(workflow, cluster, executions),
-                          lambda: config_text(workflow, cluster, executions), ".yaml")
+                          lambda: config_text(workflow, cluster, executions, staleness),
+                          ".yaml")
 
 
 def import_config(path: Path, cluster: ClusterSpec) -> ImportedConfig:

@@ -12,10 +12,18 @@ Choices made here:
   call's (critic_inf then runs ppo_minibatches times as many);
 - recomputation: gradient_checkpointing; Megatron's selective mode through
   megatron.recompute_granularity (its full mode is AReaL's default: uniform, 1 layer);
-- synchronous training: rollout.max_head_offpolicyness 0, and no recomputed proximal
-  log-probabilities (actor.recompute_logprob, use_decoupled_loss false), since a synchronous
-  rollout's log-probabilities are the current actor's; the reference's KL coefficient is
-  AReaL's default kl_ctl 0.1 (0.0 and no ref section without a reference call);
+- staleness: a synchronous plan (s = 0) writes rollout.max_head_offpolicyness 0 and no
+  recomputed proximal log-probabilities (actor.recompute_logprob, use_decoupled_loss false),
+  since a synchronous rollout's log-probabilities are the current actor's. An asynchronous
+  plan (s >= 1: generation on weights up to s versions old, on its own GPUs, as AReaL's
+  rollout servers always are) writes max_head_offpolicyness s and AReaL's decoupled PPO as
+  our runtime runs it (runtime/algorithms/common.py): use_decoupled_loss and
+  recompute_logprob true, prox_logp_method recompute (the proximal forward the cost model
+  prices), and the behaviour importance weight clamped at BEHAVIOUR_WEIGHT_CAP per token
+  (actor.rejection_sampling: level token, action clamp, metric ratio, upper the cap; AReaL
+  v1.0.4's replacement of behav_imp_weight_cap);
+- the reference's KL coefficient is AReaL's default kl_ctl 0.1 (0.0 and no ref section
+  without a reference call);
 - the rollout's micro-batches (waves of in-flight prompts, areal_rules.py):
   rollout.max_concurrent_rollouts = prompts / micro_batches, consumer_batch_size = prompts;
 - scheduler.type local on one node, ray on several.
@@ -29,7 +37,7 @@ import yaml
 
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
-from planner.domain.workflow import Workflow
+from planner.domain.workflow import BEHAVIOUR_WEIGHT_CAP, Workflow
 from planner.frameworks.areal_backend import Backend
 from planner.frameworks.areal_keys import ACTOR_ONLY, AREAL_TAG, AREAL_VERSION
 from planner.frameworks.config_reader import nested
@@ -77,9 +85,9 @@ def _colocation(role_devices: tuple[int, ...], actor_devices: tuple[int, ...]) -
     return {"scheduling_strategy.type": "separation"}
 
 
-def config_for(workflow: Workflow, cluster: ClusterSpec,
-               executions: dict[str, Execution]) -> tuple[dict[str, Any], list[str]]:
-    """({dotted key: value}, notes) of an expressible plan."""
+def config_for(workflow: Workflow, cluster: ClusterSpec, executions: dict[str, Execution],
+               staleness: int = 0) -> tuple[dict[str, Any], list[str]]:
+    """({dotted key: value}, notes) of an expressible plan at `staleness`."""
     notes: list[str] = []
     batch = workflow.batch
     train = executions["actor_train"]
@@ -89,7 +97,7 @@ def config_for(workflow: Workflow, cluster: ClusterSpec,
         "cluster.n_gpus_per_node": cluster.node_devices_per_node[0],
         "scheduler.type": "local" if cluster.num_nodes == 1 else "ray",
         "rollout.backend": backend_of(workflow, "actor_gen", executions["actor_gen"]).text(),
-        "rollout.max_head_offpolicyness": 0,
+        "rollout.max_head_offpolicyness": staleness,
         "rollout.consumer_batch_size": prompts,
         "rollout.max_concurrent_rollouts": prompts // executions["actor_gen"].micro_batches,
         "gconfig.n_samples": batch.group_size,
@@ -99,7 +107,12 @@ def config_for(workflow: Workflow, cluster: ClusterSpec,
     }
     actor = _engine_keys(workflow, "actor", "actor_train", train, notes)
     actor.update({"kl_ctl": ACTOR_ONLY["kl_ctl"] if "ref_inf" in executions else NO_KL,
-                  "recompute_logprob": False, "use_decoupled_loss": False})
+                  "recompute_logprob": staleness > 0, "use_decoupled_loss": staleness > 0})
+    if staleness:
+        actor.update({"prox_logp_method": "recompute",
+                      "rejection_sampling": {"level": "token", "action": "clamp",
+                                             "metric": "ratio",
+                                             "upper": BEHAVIOUR_WEIGHT_CAP}})
     keys.update({f"actor.{k}": v for k, v in actor.items()})
     if "ref_inf" in executions:
         ref = executions["ref_inf"]
@@ -117,18 +130,24 @@ def config_for(workflow: Workflow, cluster: ClusterSpec,
     return keys, notes
 
 
-def config_text(workflow: Workflow, cluster: ClusterSpec,
-                executions: dict[str, Execution]) -> str:
+def config_text(workflow: Workflow, cluster: ClusterSpec, executions: dict[str, Execution],
+                staleness: int = 0) -> str:
     """The YAML text (module docstring), with a header naming the version."""
-    keys, notes = config_for(workflow, cluster, executions)
+    keys, notes = config_for(workflow, cluster, executions, staleness)
+    timing = ([f"# Asynchronous: rollout.max_head_offpolicyness {staleness} (the plan's "
+               f"staleness), with the decoupled",
+               "# PPO loss (proximal log-probabilities recomputed, behaviour weights clamped "
+               f"at {BEHAVIOUR_WEIGHT_CAP:g})."]
+              if staleness else
+              ["# Synchronous: rollout.max_head_offpolicyness 0 (the plan's staleness), so",
+               "# actor.recompute_logprob / use_decoupled_loss are false."])
     header = [
         (f"# {AREAL_VERSION} (inclusionAI/AReaL, tag {AREAL_TAG}): the keys of an experiment "
         f"config"),
         f"# for {workflow.algorithm} on {cluster.describe()}, written by rlhf-plan.",
         "# Copy them into your config (e.g. AReaL's examples/math/gsm8k_grpo_megatron.yaml) and",
         "# run: python3 examples/math/gsm8k_rl.py --config <that config>.",
-        "# Synchronous: rollout.max_head_offpolicyness 0 (asynchronous plans are not modelled",
-        "# yet), so actor.recompute_logprob / use_decoupled_loss are false.",
+        *timing,
         "# Set train_dataset.path (and your reward function) before running.",
         *[f"# Note: {note}" for note in notes],
     ]

@@ -23,10 +23,15 @@ Mapping (areal_rules.py says where each rule comes from):
   function); batch: train_dataset.batch_size prompts x gconfig.n_samples, ppo_minibatches =
   actor.ppo_n_minibatches, prompt length train_dataset.max_length (the dataset's filter),
   generation length gconfig.max_new_tokens.
+- staleness: rollout.max_head_offpolicyness k is the workflow's max_staleness and the plan's
+  staleness; with k >= 1 the rollout batches continuously (its servers refill a finished
+  row's slot) and the actor must run the decoupled loss with the proximal forward
+  (use_decoupled_loss, prox_logp_method recompute or metrics), as our asynchronous plans do.
 Anything that changes cost and that we cannot represent is refused with one line: an
-asynchronous rollout (max_head_offpolicyness > 0), the recomputed proximal log-probabilities
-of the decoupled loss, offloading, LoRA, disk weight updates, a teacher, dynamic batches,
-the deprecated allocation_mode, context / expert parallelism, interleaved pipelines.
+asynchronous rollout without the decoupled loss or with a forward-free proximal method, the
+recomputed proximal log-probabilities of a synchronous run, offloading, LoRA, disk weight
+updates, a teacher, dynamic batches, the deprecated allocation_mode, context / expert
+parallelism, interleaved pipelines.
 """
 
 from __future__ import annotations
@@ -45,7 +50,13 @@ from planner.domain.cluster import ClusterSpec
 from planner.domain.errors import InputError
 from planner.domain.layout import Execution, layout_problem
 from planner.domain.mesh import mesh_problem
-from planner.domain.workflow import BatchSpec, ModelRole, Workflow
+from planner.domain.workflow import (
+    BEHAVIOUR_WEIGHT_CAP,
+    MAX_STALENESS,
+    BatchSpec,
+    ModelRole,
+    Workflow,
+)
 from planner.frameworks.areal_backend import Backend, parse_backend
 from planner.frameworks.areal_keys import MEMORY_FRACTION_KEYS, ROLE_ORDER
 from planner.frameworks.areal_launch import read_config
@@ -64,6 +75,17 @@ from planner.frameworks.target import ImportedConfig
 ROLE_CALLS = {"actor": ("actor_train",), "ref": ("ref_inf",), "rollout": ("actor_gen",),
               "critic": ("critic_inf", "critic_train")}
 PROX_LOGP_FORWARD_FREE = ("loglinear",)   # areal/utils/constants.py ProxLogpMethod
+PROX_LOGP_FORWARD = ("recompute", "metrics")   # ... the two that run the proximal forward
+
+
+def staleness_of(cfg: ConfigReader) -> int:
+    """rollout.max_head_offpolicyness: the plan's staleness (0 to MAX_STALENESS)."""
+    value = cfg.get("rollout.max_head_offpolicyness")
+    if not isinstance(value, int) or isinstance(value, bool) or \
+            not 0 <= value <= MAX_STALENESS:
+        raise cfg.refuse("rollout.max_head_offpolicyness", f"expected a whole number from 0 "
+                         f"to {MAX_STALENESS} (the staleness bound we price)")
+    return value
 
 
 def _refuse_unsupported(cfg: ConfigReader, roles: list[str]) -> None:
@@ -74,13 +96,21 @@ def _refuse_unsupported(cfg: ConfigReader, roles: list[str]) -> None:
                          "(rollout.backend, actor.backend) and leave it empty")
     cfg.require("teacher", (None,), "a distillation teacher is not modelled")
     cfg.require("dynamic_bs", (False,), "dynamic batch sizes are not modelled")
-    cfg.require("rollout.max_head_offpolicyness", (0,), "asynchronous plans are not modelled "
-                "yet (issue 14): our plans are synchronous")
+    staleness = staleness_of(cfg)
     decoupled = cfg.get("actor.use_decoupled_loss")
-    if decoupled and cfg.get("actor.prox_logp_method") not in PROX_LOGP_FORWARD_FREE:
+    if staleness:
+        # Our asynchronous plans run AReaL's decoupled PPO with the proximal forward priced.
+        cfg.require("actor.use_decoupled_loss", (True,), "an asynchronous rollout "
+                    "(max_head_offpolicyness >= 1) without the decoupled loss is not "
+                    "modelled: our asynchronous plans recompute the proximal log-"
+                    "probabilities")
+        cfg.require("actor.prox_logp_method", PROX_LOGP_FORWARD, "asynchronous plans price the "
+                    "proximal forward pass; a forward-free approximation is not modelled")
+    elif decoupled and cfg.get("actor.prox_logp_method") not in PROX_LOGP_FORWARD_FREE:
         raise cfg.refuse("actor.use_decoupled_loss", "recomputing the proximal log-"
-                         "probabilities (an extra actor forward pass) is not modelled; set it "
-                         "false (a synchronous run does not need it)")
+                         "probabilities (an extra actor forward pass) is priced only in "
+                         "asynchronous plans (max_head_offpolicyness >= 1); set it false (a "
+                         "synchronous run does not need it)")
     if not decoupled:
         cfg.require("actor.recompute_logprob", (False,), "recomputing the log-probabilities "
                     "(an extra actor forward pass) is not modelled; a synchronous run does not "
@@ -191,7 +221,8 @@ def _workflow(cfg: ConfigReader, roles: list[str], base_dir: Path) -> Workflow:
         message = err.errors()[0]["msg"]
         raise InputError(f"{cfg.source}: actor.ppo_n_minibatches: {message}") from None
     return Workflow(algorithm=algorithm, models=models, batch=batch,
-                    inputs=BUILTIN_INPUTS[algorithm], calls=calls)
+                    inputs=BUILTIN_INPUTS[algorithm], calls=calls,
+                    max_staleness=staleness_of(cfg))
 
 
 def _micro_batches(cfg: ConfigReader, role: str, seqs: int, backend: Backend, seq_len: int,
@@ -275,6 +306,8 @@ def _executions(cfg: ConfigReader, workflow: Workflow, backends: dict[str, Backe
             if role == "rollout":
                 fields["micro_batches"] = _rollout_waves(cfg, workflow, backend,
                                                          devices[role], cluster, notes)
+                if workflow.max_staleness:   # the servers refill finished rows' slots
+                    fields["decode_batching"] = "continuous"
             else:
                 fields["micro_batches"] = _micro_batches(cfg, role, steps(workflow, name),
                                                          backend, batch.seq_len, notes)
@@ -301,4 +334,9 @@ def import_areal(path: Path, cluster: ClusterSpec) -> ImportedConfig:
     executions = _executions(cfg, workflow, backends, devices, cluster, notes)
     notes.append(f"{cfg.source}: rewards come from the rollout workflow's reward function "
                  f"(rule-based), not priced")
-    return ImportedConfig(workflow=workflow, executions=executions, notes=notes)
+    if workflow.max_staleness:
+        notes.append(f"{cfg.source}: asynchronous at staleness {workflow.max_staleness}; "
+                     f"actor.rejection_sampling shapes the loss, not its cost (`plan run` "
+                     f"clamps each token's behaviour weight at {BEHAVIOUR_WEIGHT_CAP:g})")
+    return ImportedConfig(workflow=workflow, executions=executions, notes=notes,
+                          staleness=workflow.max_staleness)

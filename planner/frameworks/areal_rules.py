@@ -31,7 +31,8 @@ From inclusionAI/AReaL v1.0.4:
   consumer_batch_size per weight version, which must be train_dataset.batch_size for a step
   to take one batch. The servers batch what is in flight continuously, so a generate call's
   micro-batches are the waves of in-flight prompts: prompts / concurrent rollouts.
-Our plans are synchronous: export writes rollout.max_head_offpolicyness 0.
+Export writes the plan's staleness as rollout.max_head_offpolicyness, with the decoupled loss
+when it is >= 1 (areal_export.py); import reads synchronous configs only.
 """
 
 from __future__ import annotations

@@ -21,7 +21,12 @@ from planner.frameworks.openrlhf_export import layout_from_plan, workflow_proble
 from planner.frameworks.openrlhf_import import import_command
 from planner.frameworks.openrlhf_script import command_script
 from planner.frameworks.openrlhf_space import target_plans as _target_plans
-from planner.frameworks.target import ExportedConfig, ImportedConfig, checked_export
+from planner.frameworks.target import (
+    ExportedConfig,
+    ImportedConfig,
+    checked_export,
+    synchronous_only,
+)
 
 NAME = "openrlhf"
 TARGET_VERSION = VERSION_NAME
@@ -40,10 +45,10 @@ def unexpressible(workflow: Workflow, cluster: ClusterSpec,
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,
-                  executions: dict[str, Execution]) -> ExportedConfig:
+                  executions: dict[str, Execution], staleness: int = 0) -> ExportedConfig:
     layout, reasons = layout_from_plan(workflow, cluster, executions)
-    return checked_export(NAME, reasons, lambda: command_script(layout, workflow, cluster),
-                          ".sh")
+    return checked_export(NAME, reasons + synchronous_only(TARGET_VERSION, staleness),
+                          lambda: command_script(layout, workflow, cluster), ".sh")
 
 
 def import_config(path: Path, cluster: ClusterSpec) -> ImportedConfig:

@@ -20,7 +20,12 @@ from planner.frameworks.roll_import import import_roll
 from planner.frameworks.roll_keys import KEY_SOURCES, ROLL_VERSION
 from planner.frameworks.roll_rules import unexpressible, workflow_problems
 from planner.frameworks.roll_space import target_plans as _target_plans
-from planner.frameworks.target import ExportedConfig, ImportedConfig, checked_export
+from planner.frameworks.target import (
+    ExportedConfig,
+    ImportedConfig,
+    checked_export,
+    synchronous_only,
+)
 
 NAME = "roll"
 TARGET_VERSION = ROLL_VERSION
@@ -29,10 +34,11 @@ __all__ = ["KEY_SOURCES", "NAME", "TARGET_VERSION", "export_config", "import_con
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,
-                  executions: dict[str, Execution]) -> ExportedConfig:
+                  executions: dict[str, Execution], staleness: int = 0) -> ExportedConfig:
     """The ROLL config of an expressible plan; Unexpressible (one line per feature)
     otherwise."""
-    return checked_export(NAME, unexpressible(workflow, cluster, executions),
+    return checked_export(NAME, unexpressible(workflow, cluster, executions)
+                          + synchronous_only(TARGET_VERSION, staleness),
                           lambda: config_text(workflow, cluster, executions), ".yaml")
 
 

@@ -13,8 +13,10 @@ A target module defines:
 - `unexpressible(workflow, cluster, executions) -> list[str]`: one line per feature of the
   plan the target cannot express (empty when it can express all of it; it includes
   workflow_problems);
-- `export_config(workflow, cluster, executions) -> ExportedConfig`, raising `Unexpressible`
-  with those lines when the list is not empty;
+- `export_config(workflow, cluster, executions, staleness=0) -> ExportedConfig`, raising
+  `Unexpressible` with those lines when the list is not empty; `staleness` is the plan's
+  (Plan.staleness): a target that runs synchronous training only refuses s >= 1 with
+  `synchronous_only`'s line;
 - `import_config(path, cluster) -> ImportedConfig`: the plan a user's config implies on
   `cluster`; InputError (one line: file, key, what is wrong, what would be valid) on a key we
   cannot read or a value we do not implement;
@@ -61,12 +63,23 @@ class ImportedConfig:
     workflow: Workflow
     executions: dict[str, Execution]
     notes: list[str] = field(default_factory=list)
+    staleness: int = 0          # the plan's (Plan.staleness); the workflow allows it
 
 
 def target_module(name: str) -> ModuleType:
     """The module of target `name` (one of TARGET_NAMES)."""
     assert name in TARGET_NAMES, name
     return importlib.import_module(f"planner.frameworks.{name}")
+
+
+def synchronous_only(target_version: str, staleness: int) -> list[str]:
+    """The line of a target whose trainer (the one its export writes for) is synchronous,
+    for a plan of staleness s >= 1; empty for s = 0."""
+    if staleness == 0:
+        return []
+    return [f"plan staleness {staleness}: the {target_version} trainer this export writes "
+            f"for is synchronous (generation waits for the last training step); export a "
+            f"plan of staleness 0 (`plan search` with max_staleness 0), or to areal"]
 
 
 def checked_export(target: str, reasons: list[str], text: Callable[[], str],

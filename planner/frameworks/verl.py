@@ -13,7 +13,12 @@ from pathlib import Path
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 from planner.domain.workflow import Workflow
-from planner.frameworks.target import ExportedConfig, ImportedConfig, checked_export
+from planner.frameworks.target import (
+    ExportedConfig,
+    ImportedConfig,
+    checked_export,
+    synchronous_only,
+)
 from planner.frameworks.verl_export import script_text
 from planner.frameworks.verl_import import import_verl
 from planner.frameworks.verl_keys import KEY_SOURCES, VERL_VERSION
@@ -27,10 +32,11 @@ __all__ = ["KEY_SOURCES", "NAME", "TARGET_VERSION", "export_config", "import_con
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,
-                  executions: dict[str, Execution]) -> ExportedConfig:
+                  executions: dict[str, Execution], staleness: int = 0) -> ExportedConfig:
     """The verl script of an expressible plan; Unexpressible (one line per feature)
     otherwise."""
-    return checked_export(NAME, unexpressible(workflow, cluster, executions),
+    return checked_export(NAME, unexpressible(workflow, cluster, executions)
+                          + synchronous_only(TARGET_VERSION, staleness),
                           lambda: script_text(workflow, cluster, executions), ".sh")
 
 

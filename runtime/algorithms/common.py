@@ -14,14 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from planner.domain.workflow import BEHAVIOUR_WEIGHT_CAP
 from runtime.batch import ModelOutputs
-
-
-# AReaL v1.0.4 (areal/api/cli_args.py, RejectionSamplingConfig; a copy is in
-# tests/frameworks/data/areal/cli_args.py): upper = 5.0 by default, the default of the
-# behave_imp_weight_cap it replaced; its action "clamp" (truncation of the token weight to
-# [0, upper]) is the min() used here.
-BEHAVIOUR_WEIGHT_CAP = 5.0
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def make_fake_target(name: str) -> ModuleType:
             reasons.append("calls with different tp or micro-batches; fake has one of each")
         return reasons
 
-    def export_config(workflow, cluster, executions):
+    def export_config(workflow, cluster, executions, staleness=0):
         reasons = unexpressible(workflow, cluster, executions)
         if reasons:
             raise Unexpressible(name, reasons)

@@ -267,12 +267,71 @@ def test_128_gpu_ppo_plans_export_or_are_refused(tmp_path):
 
 # --- import -------------------------------------------------------------------------------
 
-def test_published_example_is_refused_as_asynchronous():
+def test_published_example_imports_as_asynchronous(tmp_path):
+    """AReaL's GRPO example (max_head_offpolicyness 2, the decoupled loss) is a plan of
+    staleness 2 with continuous generation; priced with the proximal forward."""
+    script = _write(tmp_path, "run.sh", "python3 examples/math/gsm8k_rl.py --config "
+                    f"{GRPO_EXAMPLE} actor.path=Qwen/Qwen2.5-7B-Instruct actor.kl_ctl=0.01\n")
+    imported = areal.import_config(script, cluster_preset("h100x8"))
+    assert imported.staleness == imported.workflow.max_staleness == 2
+    assert imported.executions["actor_gen"].decode_batching == "continuous"
+    assert any("asynchronous at staleness 2" in note for note in imported.notes)
+    plan = Plan(workflow=imported.workflow, cluster=cluster_preset("h100x8"),
+                executions=imported.executions, staleness=2,
+                provenance=Provenance(created_by="tests"))
+    assert plan.problems() == []
+    estimate = simulate(plan.workflow, plan.cluster, plan.executions, staleness=2)
+    assert estimate.staleness == 2 and "proximal_logprobs" in estimate.call_phases_s[
+        "actor_train"]
+
+
+@pytest.mark.parametrize("override,words", [
+    ("actor.use_decoupled_loss=false actor.recompute_logprob=false",
+     "without the decoupled loss is not modelled"),
+    ("actor.prox_logp_method=loglinear", "forward-free approximation is not modelled"),
+    ("rollout.max_head_offpolicyness=9", "expected a whole number from 0 to 8"),
+])
+def test_asynchronous_configs_we_cannot_price_are_refused(tmp_path, override, words):
+    script = _write(tmp_path, "run.sh", "python3 examples/math/gsm8k_rl.py --config "
+                    f"{GRPO_EXAMPLE} actor.path=Qwen/Qwen2.5-7B-Instruct {override}\n")
     with pytest.raises(InputError) as err:
-        areal.import_config(GRPO_EXAMPLE, cluster_preset("h100x8"))
-    assert str(err.value) == (
-        f"{GRPO_EXAMPLE}: rollout.max_head_offpolicyness: 2: asynchronous plans are not "
-        f"modelled yet (issue 14): our plans are synchronous; supported: 0")
+        areal.import_config(script, cluster_preset("h100x8"))
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_asynchronous_plan_exports_and_imports_back(tmp_path):
+    """A plan of staleness 1 (generation continuous on its own GPUs) exports AReaL's
+    decoupled PPO as our runtime runs it and imports back to the same plan; the other
+    targets refuse it in one line."""
+    workflow = _areal_workflow("grpo").model_copy(update={"max_staleness": 1})
+    workflow = Workflow.model_validate(workflow.model_dump())
+    cluster = cluster_preset("h100x8")
+    executions = next(p for p in areal.target_plans(workflow, cluster)
+                      if not p["actor_train"].shard_parameters_over_dp)
+    executions = {**executions, "actor_gen": executions["actor_gen"].model_copy(
+        update={"decode_batching": "continuous"})}
+    exported = areal.export_config(workflow, cluster, executions, staleness=1)
+    keys = dict(_flat(yaml.safe_load(exported.text)))
+    assert [k for k in keys if _areal_field(k) is None] == []    # every key is AReaL's
+    assert keys["rollout.max_head_offpolicyness"] == 1
+    assert keys["actor.use_decoupled_loss"] is True and keys["actor.recompute_logprob"]
+    assert keys["actor.prox_logp_method"] == "recompute"
+    assert keys["actor.rejection_sampling.action"] == "clamp"
+    assert keys["actor.rejection_sampling.upper"] == 5.0
+    assert "# Asynchronous: rollout.max_head_offpolicyness 1" in exported.text
+    back = areal.import_config(_write(tmp_path, "async.yaml", exported.text), cluster)
+    assert back.staleness == 1
+    for name, ex in executions.items():
+        assert _plan_fields(back.executions[name]) == _plan_fields(ex), name
+    assert back.executions["actor_gen"].decode_batching == "continuous"
+    plan = Plan(workflow=workflow, cluster=cluster, executions=executions, staleness=1,
+                provenance=Provenance(created_by="tests"))
+    for other in ("verl", "roll", "openrlhf"):
+        module = target_module(other)
+        with pytest.raises(Unexpressible) as err:
+            module.export_config(plan.workflow, plan.cluster, plan.executions, staleness=1)
+        assert any(r.startswith("plan staleness 1: the ") and "synchronous" in r
+                   for r in err.value.reasons), other
 
 
 def test_published_example_run_synchronously_imports_validates_and_prices():
@@ -321,7 +380,10 @@ BASE = {"cluster": {"n_nodes": 1, "n_gpus_per_node": 8},
 @pytest.mark.parametrize("change,key", [
     ({"actor": {"backend": "megatron:d4x2"}}, "actor.backend"),
     ({"actor": {"backend": "megatron:d2c2"}}, "actor.backend"),
+    # asynchronous without the decoupled loss: the loss is what we cannot price
     ({"rollout": {**BASE["rollout"], "max_head_offpolicyness": 2}},
+     "actor.use_decoupled_loss"),
+    ({"rollout": {**BASE["rollout"], "max_head_offpolicyness": -1}},
      "rollout.max_head_offpolicyness"),
     ({"rollout": {**BASE["rollout"], "backend": "sglang:d8"}}, "cluster.n_nodes"),
     ({"rollout": {"backend": "sglang:d4"}}, "rollout.consumer_batch_size"),
