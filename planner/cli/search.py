@@ -260,9 +260,11 @@ def run_target_search(args: argparse.Namespace, inputs: PlanningInputs,
                       deadline: Deadline) -> TargetSearchResult:
     """The best plan of the target's space (planner.search.target_search), within
     `deadline` (its tables included)."""
-    plans = target_module(args.target).target_plans(inputs.workflow, inputs.cluster)
+    module = target_module(args.target)
+    plans = module.target_plans(inputs.workflow, inputs.cluster)
     return search_target_space(inputs.workflow, inputs.cluster, plans,
-                               calibration=inputs.calibration, deadline=deadline)
+                               calibration=inputs.calibration, deadline=deadline,
+                               staleness=module.plan_staleness(inputs.workflow))
 
 
 def no_target_plan_message(target: str, result: TargetSearchResult, cluster) -> str:

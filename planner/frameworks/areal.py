@@ -25,7 +25,13 @@ from planner.frameworks.target import ExportedConfig, ImportedConfig, checked_ex
 NAME = "areal"
 TARGET_VERSION = AREAL_VERSION
 __all__ = ["KEY_SOURCES", "NAME", "TARGET_VERSION", "export_config", "import_config",
-           "target_plans", "unexpressible", "workflow_problems"]
+           "plan_staleness", "target_plans", "unexpressible", "workflow_problems"]
+
+
+def plan_staleness(workflow: Workflow) -> int:
+    """The staleness AReaL's plans of `workflow` run at: its max_staleness, which export
+    writes as rollout.max_head_offpolicyness (AReaL keeps the rollout that far ahead)."""
+    return workflow.max_staleness
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,

@@ -11,6 +11,9 @@ recomputation none or full), micro-batch counts from planner.search.space's opti
 give whole micro-batches per GPU and that AReaL's engines make (Megatron: at least 2 pp, a
 multiple of pp); the critic's two calls share one engine and one micro-batch budget.
 
+With a workflow of max_staleness k >= 1 the plans are AReaL's asynchronous ones, priced at
+staleness k (`STALENESS_OF`), their rollout batching continuously (`rollout_batching`).
+
 Each placement's choices form groups (the rollout, the actor's training, the reference, the
 critic's two calls); a plan is one option per group, and when all combinations would exceed
 MAX_TARGET_PLANS the groups are thinned evenly (space_common.thinned).
@@ -92,6 +95,14 @@ def _train_options(workflow: Workflow, cluster: ClusterSpec, name: str,
             for ex in backend_options(workflow, cluster, name, devices, fsdp, allowed(fsdp))]
 
 
+def rollout_batching(workflow: Workflow) -> str:
+    """How the rollout servers decode as the plan prices them: asynchronous (max_staleness
+    k >= 1, exported as max_head_offpolicyness k) they refill a finished row's slot with
+    the next prompt (continuous), synchronous they run waves of in-flight prompts (static,
+    areal_rules.py)."""
+    return "continuous" if workflow.max_staleness else "static"
+
+
 def _rollout_options(workflow: Workflow, cluster: ClusterSpec,
                      devices: tuple[int, ...]) -> Group:
     batch = workflow.batch
@@ -100,7 +111,8 @@ def _rollout_options(workflow: Workflow, cluster: ClusterSpec,
     for dp, tp, pp in layouts_for_mesh(len(devices)):
         kv_rows = None
         for waves in micro_batch_options(1):
-            ex = Execution(devices=devices, dp=dp, tp=tp, pp=pp, micro_batches=waves)
+            ex = Execution(devices=devices, dp=dp, tp=tp, pp=pp, micro_batches=waves,
+                           decode_batching=rollout_batching(workflow))
             if prompts % waves or batch.n_seqs % (dp * waves) \
                     or not valid_execution(workflow, cluster, "actor_gen", ex):
                 continue

@@ -39,6 +39,11 @@ KEY_SOURCES = (
 )
 
 
+def plan_staleness(workflow: Workflow) -> int:
+    """The staleness this target's plans run at: 0, its trainer is synchronous."""
+    return 0
+
+
 def unexpressible(workflow: Workflow, cluster: ClusterSpec,
                   executions: dict[str, Execution]) -> list[str]:
     return layout_from_plan(workflow, cluster, executions)[1]

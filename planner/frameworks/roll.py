@@ -30,7 +30,12 @@ from planner.frameworks.target import (
 NAME = "roll"
 TARGET_VERSION = ROLL_VERSION
 __all__ = ["KEY_SOURCES", "NAME", "TARGET_VERSION", "export_config", "import_config",
-           "target_plans", "unexpressible", "workflow_problems"]
+           "plan_staleness", "target_plans", "unexpressible", "workflow_problems"]
+
+
+def plan_staleness(workflow: Workflow) -> int:
+    """The staleness this target's plans run at: 0, its trainer is synchronous."""
+    return 0
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,

@@ -22,7 +22,9 @@ A target module defines:
   cannot read or a value we do not implement;
 - `target_plans(workflow, cluster) -> Iterator[dict[str, Execution]]`: every plan of
   `workflow` on `cluster` the target can express (the space `plan search --target` searches;
-  finite, at most a few hundred thousand plans), memory not yet considered.
+  finite, at most a few hundred thousand plans), memory not yet considered;
+- `plan_staleness(workflow) -> int`: the staleness those plans run at (0 for a synchronous
+  trainer; AReaL: the workflow's max_staleness).
 """
 
 from __future__ import annotations

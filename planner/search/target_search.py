@@ -114,12 +114,13 @@ def search_target_space(workflow: Workflow, cluster: ClusterSpec,
                         plans: Iterable[Mapping[str, Execution]],
                         time_limit_s: float | None = None, calibration=None,
                         profiles_dir: Path = PROFILES_DIR, tables: SearchTables | None = None,
-                        deadline: Deadline | None = None) -> TargetSearchResult:
-    """Price `plans` (a target's `target_plans(workflow, cluster)`) and return the best
-    feasible one (module docstring), within `deadline` (everything included), or else for
-    at most `time_limit_s` after the tables are built (one of the two is required).
-    `tables`: the full tables of (workflow, cluster, calibration), when the caller has
-    them."""
+                        deadline: Deadline | None = None,
+                        staleness: int = 0) -> TargetSearchResult:
+    """Price `plans` (a target's `target_plans(workflow, cluster)`) at `staleness` (the
+    target's `plan_staleness(workflow)`) and return the best feasible one (module
+    docstring), within `deadline` (everything included), or else for at most `time_limit_s`
+    after the tables are built (one of the two is required). `tables`: the full tables of
+    (workflow, cluster, calibration), when the caller has them."""
     if (deadline is None) == (time_limit_s is None):
         raise ValueError("give search_target_space one of time_limit_s and deadline")
     if tables is None:
@@ -128,7 +129,7 @@ def search_target_space(workflow: Workflow, cluster: ClusterSpec,
     if deadline is None:
         deadline = Deadline(time_limit_s)
     costs = PlanCosts(workflow, cluster, profiles_dir, calibration=calibration)
-    evaluator = FastEvaluator(tables)
+    evaluator = FastEvaluator(tables, staleness)
     index = candidate_index(tables)
     names = [table.name for table in tables.calls]
     ranked = _Ranked(REPRICE_TOP)
@@ -172,7 +173,7 @@ def search_target_space(workflow: Workflow, cluster: ClusterSpec,
         if out_of_time():
             stopped_by = TIME_LIMIT
             break
-        estimate = simulate(workflow, cluster, executions, costs=costs)
+        estimate = simulate(workflow, cluster, executions, costs=costs, staleness=staleness)
         ranked.offer(estimate.feasible, estimate.iteration_s, order, executions, estimate)
         counts["simulated"] += 1
     repriced = []
@@ -180,7 +181,7 @@ def search_target_space(workflow: Workflow, cluster: ClusterSpec,
         if repriced and estimate is None and out_of_time():
             break                         # the fastest plan is always re-priced
         repriced.append(PricedPlan(executions, estimate or simulate(
-            workflow, cluster, executions, costs=costs)))
+            workflow, cluster, executions, costs=costs, staleness=staleness)))
     feasible = [p for p in repriced if p.estimate.feasible]
     best = min(feasible, key=lambda p: p.estimate.iteration_s) if feasible else None
     reason = None if best or not repriced else repriced[0].estimate.reason

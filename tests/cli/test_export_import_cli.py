@@ -53,6 +53,7 @@ def make_fake_target(name: str) -> ModuleType:
     """A module implementing planner.frameworks.target's interface (module docstring)."""
     fake = ModuleType(f"planner.frameworks.{name}")
     fake.NAME, fake.TARGET_VERSION = name, "fake 1.0"
+    fake.plan_staleness = lambda workflow: 0
     fake.KEY_SOURCES = ("tests/cli/test_export_import_cli.py",)
 
     def unexpressible(workflow, cluster, executions):

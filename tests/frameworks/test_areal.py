@@ -1,6 +1,7 @@
 """AReaL target: backend strings, export, import, round trips, the expressible space."""
 
 import ast
+import itertools
 import math
 from pathlib import Path
 
@@ -433,3 +434,19 @@ def test_concurrent_rollouts_set_the_generation_waves(tmp_path):
     imported = areal.import_config(_write(tmp_path, "c.yaml", yaml.safe_dump(config)), cluster)
     assert imported.executions["actor_gen"].micro_batches == 3      # 64 / 24, rounded up
     assert any("the last one is partial" in note for note in imported.notes)
+
+
+def test_an_asynchronous_workflows_areal_plans_run_at_its_staleness():
+    """With max_staleness k AReaL's plans are asynchronous at k (exported as
+    max_head_offpolicyness k), their rollout batching continuously; the synchronous
+    targets' plans stay at 0."""
+    sync = _areal_workflow("grpo")
+    stale = Workflow.model_validate(sync.model_copy(update={"max_staleness": 2}).model_dump())
+    cluster = cluster_preset("h100x8")
+    assert areal.plan_staleness(sync) == 0 and areal.plan_staleness(stale) == 2
+    for workflow, batching in ((sync, "static"), (stale, "continuous")):
+        rollouts = {p["actor_gen"].decode_batching
+                    for p in itertools.islice(areal.target_plans(workflow, cluster), 200)}
+        assert rollouts == {batching}
+    for other in ("verl", "roll", "openrlhf"):
+        assert target_module(other).plan_staleness(stale) == 0
