@@ -34,7 +34,7 @@ from planner.domain.workflow import Workflow
 from planner.frameworks.target import TARGET_NAMES, target_module
 from planner.search.baselines import ASYNC_GENERATION_SHARE, async_split
 from planner.search.deadline import Deadline
-from planner.search.mcmc import MCMCSettings
+from planner.search.mcmc import MCMCSettings, compiled_in_this_process
 from planner.search.lower_bound import gap_fraction, gap_text
 from planner.search.pipeline import PRICING, SEARCHING, PricedPlan, SearchOutcome, search
 from planner.search.target_search import TIME_LIMIT, TargetSearchResult, search_target_space
@@ -403,6 +403,10 @@ def run(args: argparse.Namespace) -> int:
           f"({rate:,.0f}/s), stopped by {mcmc.stopped_by}, seed {args.seed}")
     for phase, what_was_cut in outcome.cut.items():
         print(f"search: {phase}: {what_was_cut}")
+    if (outcome.cut or mcmc.stopped_by == "time_limit") and compiled_in_this_process():
+        print("search: this run compiled the search kernels (numba had none cached for this "
+              "machine), which took part of --time-limit; the next run loads them and "
+              "searches for all of it")
     for line in staleness_search_lines(outcome, plan) + lower_bound_lines(
             outcome, outcome.best,
             "the searched plan" if not summary else "the best plan of the full space"):

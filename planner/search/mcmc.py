@@ -168,6 +168,18 @@ def _copy_arrays(tables: SearchTables) -> tuple[np.ndarray, ...]:
             (np.concatenate(copy_map) if copy_map else np.zeros(0)).astype(np.int32))
 
 
+def compiled_in_this_process() -> bool:
+    """Whether this process compiled any of the search's kernels (planner/search/
+    fast_evaluator.py, mcmc_kernel.py) instead of loading them from numba's cache: the first
+    search on a machine (or after their code changed) does, which takes about a minute on 2
+    cores and counts against `plan search --time-limit`."""
+    from planner.search import fast_evaluator, mcmc_kernel
+    dispatchers = [f for module in (fast_evaluator, mcmc_kernel)
+                   for f in vars(module).values() if hasattr(f, "stats")
+                   and hasattr(f.stats, "cache_misses")]
+    return any(sum(f.stats.cache_misses.values()) for f in dispatchers)
+
+
 def warm_up(evaluator: FastEvaluator) -> MoveTables:
     """Compile (or load from numba's cache) the kernels with a one-step run of four chains,
     so that the search's clock and its evaluations-per-second figure exclude the one-time

@@ -130,3 +130,20 @@ def test_ctrl_c_while_the_chains_run_writes_the_best_plan_so_far(tmp_path):
     assert "stopped by interrupted" in stdout and f"wrote {out}" in stdout
     plan = load_plan(out)
     assert plan.provenance.search["stopped_by"] == "interrupted"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_run_cut_short_by_compiling_its_kernels_says_so(tmp_path, capsys, monkeypatch,
+                                                          compiled):
+    """The first search on a machine compiles the kernels within --time-limit; when the
+    limit then cut the search, one line says why and that the next run will not pay it
+    (planner.search.mcmc.compiled_in_this_process, faked here: the real compile takes a
+    minute)."""
+    import planner.cli.search as search_cli
+    monkeypatch.setattr(search_cli, "compiled_in_this_process", lambda: compiled)
+    # h100x64's tables alone take longer than the limit: the search is cut
+    assert main(["search", "--cluster", "h100x64", "--time-limit", "2",
+                 "--out", str(tmp_path / "p.yaml")]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "--time-limit" in out
+    assert ("this run compiled the search kernels" in out) == compiled
