@@ -2,10 +2,10 @@
 (issue 14).
 
 Cases: tiny GRPO and tiny PPO (llama-tiny in every role, 32 sequences, prompts of 16
-tokens, long-tailed responses `gen_len: {mean: 16, max: 128}`, planner/domain/length_distribution.py)
-on the cpu4 cluster (four processes on this machine). `plan run` ends every response at a
-length drawn from that distribution (runtime/executor/lengths.py), as the cost model
-prices it. For each case the benchmark:
+tokens, long-tailed responses `gen_len: {mean: 16, max: 128}`,
+planner/domain/length_distribution.py) on the cpu4 cluster (four processes on this machine).
+`plan run` ends every response at a length drawn from that distribution
+(runtime/executor/lengths.py), as the cost model prices it. For each case the benchmark:
 1. searches twice with the shipped profile tables and calibration (profiles/cpu/, as
    `plan search --profile` would): the workflow with max_staleness 0 (the best
    synchronous plan) and with max_staleness 2 (every staleness 0..2, continuous
@@ -185,9 +185,10 @@ def main() -> None:
                   f"{' / '.join(f'{m:.3f}' for m in measured[name])}), estimate / measured "
                   f"{estimates[name].iteration_s / median:.3f}", flush=True)
         sync, asyn = (statistics.median(measured[n]) for n in ("synchronous", "asynchronous"))
+        estimated = (estimates["synchronous"].iteration_s
+                     / estimates["asynchronous"].iteration_s)
         print(f"  asynchronous speedup: measured {sync / asyn:.3f}x, estimated "
-              f"{estimates['synchronous'].iteration_s / estimates['asynchronous'].iteration_s:.3f}x",
-              flush=True)
+              f"{estimated:.3f}x", flush=True)
         if case != "grpo":
             continue
         learned = {}

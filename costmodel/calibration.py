@@ -175,13 +175,18 @@ class Calibration(BaseModel):
                 f"co-running process")
 
 
-def busiest_node_processes(execution: Execution, cluster: ClusterSpec) -> int:
-    """Device processes of the execution on the node that holds most of them."""
+def node_processes(execution: Execution, cluster: ClusterSpec) -> dict[int, int]:
+    """Device processes of the execution on each node it runs on."""
     per_node: dict[int, int] = {}
     for d in execution.devices:
         node = cluster.device_node[d]
         per_node[node] = per_node.get(node, 0) + 1
-    return max(per_node.values())
+    return per_node
+
+
+def busiest_node_processes(execution: Execution, cluster: ClusterSpec) -> int:
+    """Device processes of the execution on the node that holds most of them."""
+    return max(node_processes(execution, cluster).values())
 
 
 def decode_steps(call: ModelFunctionCall, execution: Execution, batch: BatchSpec) -> float:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from costmodel.calibration import node_processes
 from planner.domain.cluster import ClusterSpec
 from planner.domain.layout import Execution
 
@@ -41,24 +42,16 @@ def core_limited_nodes(cluster: ClusterSpec, calibration) -> dict[int, int]:
     if calibration is None:
         return {}
     cores = calibration.cores_per_node
-    out = {}
-    for node in range(cluster.num_nodes):
-        hardware = cluster.node_hardware[node]
-        devices = sum(1 for n in cluster.device_node if n == node)
-        if hardware.kind == "cpu" and hardware.name == calibration.device and devices > cores:
-            out[node] = cores
-    return out
+    return {node: cores for node, (hardware, devices) in enumerate(zip(
+        cluster.node_hardware, cluster.node_devices_per_node))
+        if hardware.kind == "cpu" and hardware.name == calibration.device and devices > cores}
 
 
 def core_demand(execution: Execution, cluster: ClusterSpec, limited: dict[int, int]
                 ) -> dict[int, int]:
     """Cores a call needs on each core-limited node it runs on."""
-    per_node: dict[int, int] = {}
-    for device in execution.devices:
-        node = cluster.device_node[device]
-        if node in limited:
-            per_node[node] = per_node.get(node, 0) + 1
-    return {node: min(count, limited[node]) for node, count in per_node.items()}
+    return {node: min(count, limited[node])
+            for node, count in node_processes(execution, cluster).items() if node in limited}
 
 
 def core_work_s(call_times_s: dict[str, float], executions, cluster: ClusterSpec,

@@ -417,9 +417,11 @@ def _push_nodes(workflow: Workflow, executions: Mapping[str, Execution], costs: 
     nodes = []
     for push in weight_pushes(workflow, staleness):
         src, dst = executions[push.train_call], executions[push.gen_call]
-        cost = costs.realloc(push.model, src, dst)
-        buffers = {} if holds_parameters_alike(src, dst) else (
-            cost.message_buffer_bytes if staleness == 1 else cost.receive_buffer_bytes)
+        buffers = {}
+        if not holds_parameters_alike(src, dst):
+            cost = costs.realloc(push.model, src, dst)
+            buffers = cost.message_buffer_bytes if staleness == 1 else \
+                cost.receive_buffer_bytes
         nodes.append(_moving_node(push.name, push.model, src, dst, buffers, executions,
                                   workflow, costs, copies.get(push.name, []),
                                   sends.get(push.name, {})))

@@ -17,10 +17,11 @@ the executor gives), so its sample does not depend on dp or the micro-batch spli
 without it, rows are keyed by (seed, micro-batch index, row), and replicas should get
 different seeds. A row may also have a length limit of its own, `extras["response_limits"]`
 (int64 [batch], each in [1, max_new_tokens]): the row stops when it has made that many
-tokens, as at a stop token (the executor's programmatic lengths, runtime/executor/lengths.py);
-without it every row's limit is max_new_tokens. Nothing is drawn on the host, so the decode loop's only host
-synchronisation is the stop check of `goes_on`, made every `stop_check_interval_steps`
-steps (planner.domain.decode_policy: every step on CPU, every 16 on CUDA); between checks
+tokens, as at a stop token (the executor's programmatic lengths,
+runtime/executor/lengths.py); without it every row's limit is max_new_tokens. Nothing is
+drawn on the host, so the decode loop's only host synchronisation is the stop check of
+`goes_on`, made every `stop_check_interval_steps` steps (planner.domain.decode_policy:
+every step on CPU, every 16 on CUDA); between checks
 the stages go on without asking, and steps after every row has stopped make padding.
 
 Continuous batching (`decode_batching="continuous"`, Execution.decode_batching): the call's

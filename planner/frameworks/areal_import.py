@@ -80,9 +80,8 @@ PROX_LOGP_FORWARD = ("recompute", "metrics")   # ... the two that run the proxim
 
 def staleness_of(cfg: ConfigReader) -> int:
     """rollout.max_head_offpolicyness: the plan's staleness (0 to MAX_STALENESS)."""
-    value = cfg.get("rollout.max_head_offpolicyness")
-    if not isinstance(value, int) or isinstance(value, bool) or \
-            not 0 <= value <= MAX_STALENESS:
+    value = cfg.count("rollout.max_head_offpolicyness", minimum=0)
+    if value > MAX_STALENESS:
         raise cfg.refuse("rollout.max_head_offpolicyness", f"expected a whole number from 0 "
                          f"to {MAX_STALENESS} (the staleness bound we price)")
     return value

@@ -26,6 +26,7 @@ from planner.frameworks.target import (
     ImportedConfig,
     checked_export,
     synchronous_only,
+    synchronous_plan_staleness,
 )
 
 NAME = "openrlhf"
@@ -39,9 +40,7 @@ KEY_SOURCES = (
 )
 
 
-def plan_staleness(workflow: Workflow) -> int:
-    """The staleness this target's plans run at: 0, its trainer is synchronous."""
-    return 0
+plan_staleness = synchronous_plan_staleness   # its trainer is synchronous
 
 
 def unexpressible(workflow: Workflow, cluster: ClusterSpec,

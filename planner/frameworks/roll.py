@@ -25,6 +25,7 @@ from planner.frameworks.target import (
     ImportedConfig,
     checked_export,
     synchronous_only,
+    synchronous_plan_staleness,
 )
 
 NAME = "roll"
@@ -33,9 +34,7 @@ __all__ = ["KEY_SOURCES", "NAME", "TARGET_VERSION", "export_config", "import_con
            "plan_staleness", "target_plans", "unexpressible", "workflow_problems"]
 
 
-def plan_staleness(workflow: Workflow) -> int:
-    """The staleness this target's plans run at: 0, its trainer is synchronous."""
-    return 0
+plan_staleness = synchronous_plan_staleness   # its trainer is synchronous
 
 
 def export_config(workflow: Workflow, cluster: ClusterSpec,

@@ -74,6 +74,12 @@ def target_module(name: str) -> ModuleType:
     return importlib.import_module(f"planner.frameworks.{name}")
 
 
+def synchronous_plan_staleness(workflow: Workflow) -> int:
+    """`plan_staleness` of a target whose trainer is synchronous: 0, whatever the workflow's
+    max_staleness allows."""
+    return 0
+
+
 def synchronous_only(target_version: str, staleness: int) -> list[str]:
     """The line of a target whose trainer (the one its export writes for) is synchronous,
     for a plan of staleness s >= 1; empty for s = 0."""

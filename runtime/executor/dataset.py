@@ -8,7 +8,8 @@ gen_len; each prompt is repeated group_size times in a row (GRPO / RLOO groups).
 
 Without a file, tokens are drawn uniformly from [1, vocab) with a generator seeded by
 (seed, iteration), each prompt as long as the batch's prompt length distribution draws it
-(runtime/executor/lengths.py; prompt_len when that is a fixed length); token 0 is the pad. Every rank builds the whole batch and keeps its rows.
+(runtime/executor/lengths.py; prompt_len when that is a fixed length); token 0 is the pad.
+Every rank builds the whole batch and keeps its rows.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ and by the data transfers into it.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence, Union
 
 from planner.domain.augment import (
@@ -97,7 +97,7 @@ class TransferStep:
     keys: tuple[str, ...]
     schedule: Schedule
     devices: tuple[int, ...]  # senders and receivers of its messages
-    tag: int = 0              # its messages' tag (TRANSFER_TAG_OFFSET + index)
+    tag: int = 0              # its messages' tag (build_steps: TRANSFER_TAG_OFFSET + index)
 
     @property
     def edge(self) -> str:
@@ -201,8 +201,7 @@ def build_steps(workflow: Workflow, executions: Mapping[str, Execution], num_ite
             steps.append(ReallocStep(i - move.wraps, move, tuple(sorted(union)), i))
             continue
         for t in transfers[call]:
-            steps.append(TransferStep(i, t.src_call, t.dst_call, t.keys, t.schedule,
-                                      t.devices, next(tags)))
+            steps.append(replace(t, iteration=i, tag=next(tags)))
         steps.append(CallStep(i, call, tuple(executions[call].devices)))
     return steps
 

@@ -9,8 +9,9 @@ simulator starts a node when all its devices are free), its end the latest end. 
   all_to_all_bytes, peak_memory_gib, peak_memory_by_device}] with time_s the mean over
   iterations 1.. (all iterations when there is one), all_to_all_bytes the bytes the call's
   mixture-of-experts all-to-alls sent, summed over its ranks, per run of it (the same
-  mean; runtime.comm.AllToAllLedger says what counts; 0 for a dense model or at ep 1), peak_memory_gib the peak over ranks and iterations (on CPU only the first
-  iteration is metered: runtime/executor/worker.py), and
+  mean; runtime.comm.AllToAllLedger says what counts; 0 for a dense model or at ep 1),
+  peak_memory_gib the peak over ranks and iterations (on CPU only the first iteration is
+  metered: runtime/executor/worker.py), and
   peak_memory_by_device [{device, gib}] each device's peak over iterations (what the
   estimate's per-call peak_memory_parts price at the call's highest device and
   memory_by_device per device: every tensor on the device during the call, the resident

@@ -218,7 +218,8 @@ def test_without_zero1_gradients_are_all_reduced_and_every_replica_steps_in_full
     k = workflow.batch.ppo_minibatches
     local_bytes = role.spec.num_params("lm") * cluster.hardware_of(0).compute_dtype_bytes
     link = geometry(ex, role.spec.num_layers, cluster).dp_link[0]
-    # the reduction overlaps backward: only a small exposed part (tests/costmodel/test_dp_overlap.py)
+    # the reduction overlaps backward: only a small exposed part
+    # (tests/costmodel/test_dp_overlap.py)
     assert 0 < plain["dp_sync"] < k * comm.allreduce_time_s(local_bytes, dp, link)
     assert 0 < zero1["dp_sync"] < k * comm.reduce_scatter_time_s(local_bytes, dp, link)
     # the ZeRO-1 weight all-gather after the step is not overlapped
