@@ -126,18 +126,34 @@ def placement_links(devices: tuple[int, ...], dp: int, tp: int, pp: int, cluster
 def _slowest_link(groups, cluster: ClusterSpec) -> comm.Link:
     """comm.slowest_link of `groups`: the same result, since it depends only on the
     distinct links in order, while each group's link is memoised (_group_links) across
-    placements that share the group."""
+    groups and placements alike by translation (_translation_key)."""
     links = _group_links(cluster)
     if len(links) >= GROUP_LINK_ENTRIES:
         links.clear()
     distinct: dict[comm.Link, None] = {}
     for group in groups:
-        key = tuple(group)
+        key = _translation_key(group, cluster)
         link = links.get(key)
         if link is None:
-            link = links[key] = comm.group_link(key, cluster)
+            link = links[key] = comm.group_link(group, cluster)
         distinct[link] = None
     return comm.slowest_of(list(distinct))
+
+
+def _translation_key(group, cluster: ClusterSpec) -> tuple:
+    """What a group's link (comm.group_link) depends on: inside one node group, the slots
+    of its devices relative to the first device of the node its lowest device is on. The
+    link reads of each device only its node's hardware and node group, its slot (its NIC)
+    and which devices share a node, so groups that are translations of each other by whole
+    nodes of one node group (the dp groups of alike replicas, the tp groups of alike
+    stages) have one link. A group spanning node groups is keyed by its devices."""
+    lowest, highest = min(group), max(group)
+    node = cluster.device_node[lowest]
+    node_group = cluster.node_group_index_of_node[node]
+    if cluster.node_group_index_of_node[cluster.device_node[highest]] != node_group:
+        return (-1, tuple(group))
+    base = cluster.node_first_device[node]
+    return (node_group, tuple(d - base for d in group))
 
 
 # Memoised group links, per cluster (hashing a ClusterSpec once per _slowest_link, not once

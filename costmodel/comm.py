@@ -103,8 +103,9 @@ def _cpu_vendor(vendors: Iterable[str]) -> str:
 def _fabric(devices: list[int], cluster: ClusterSpec) -> Fabric:
     per_node = Counter(cluster.device_node[d] for d in devices)
     rails: dict[int, set[int]] = {}
+    nics = cluster.device_nics
     for d in devices:
-        node, nic = cluster.nic_of(d)
+        node, nic = nics[d]
         rails.setdefault(node, set()).add(nic)
     hardware = [cluster.node_hardware[n] for n in per_node]
     architecture = _oldest_architecture(h.gpu_architecture for h in hardware)

@@ -168,12 +168,25 @@ class ClusterSpec(BaseModel):
         """The node group of each node, in node order."""
         return tuple(g for g in self.node_groups for _ in range(g.nodes))
 
+    @cached_property
+    def node_group_index_of_node(self) -> tuple[int, ...]:
+        """The index in node_groups of each node's group, in node order."""
+        return tuple(i for i, g in enumerate(self.node_groups) for _ in range(g.nodes))
+
+    @cached_property
+    def device_nics(self) -> tuple[tuple[int, int], ...]:
+        """nic_of of every device, in device order (a look-up where mesh shapes and NCCL
+        fabrics read millions of them at 1,024 devices)."""
+        nics = []
+        for device, node in enumerate(self.device_node):
+            group = self.node_group_of_node[node]
+            nics.append((node, nic_of_slot(self.slot_of(device), group.devices_per_node,
+                                           group.nics_per_node)))
+        return tuple(nics)
+
     def nic_of(self, device: int) -> tuple[int, int]:
         """(node, NIC index on that node) of the NIC `device` sends through (nic_of_slot)."""
-        node = self.device_node[device]
-        group = self.node_group_of_node[node]
-        return node, nic_of_slot(self.slot_of(device), group.devices_per_node,
-                                 group.nics_per_node)
+        return self.device_nics[device]
 
     @property
     def num_nodes(self) -> int:

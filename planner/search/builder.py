@@ -38,6 +38,7 @@ from planner.domain.paths import PROFILES_DIR
 from planner.domain.workflow import ModelFunctionCall, ModelRole, Workflow
 from planner.search.baselines import baseline_meshes
 from planner.search.deadline import Deadline
+from planner.search.shape_pricing import price_shapes
 from planner.search.space import candidate_executions
 from planner.search.tables import Candidates, CallTable, DataEdge, ModelPair, SearchTables
 
@@ -50,8 +51,9 @@ def mesh_shape(devices: tuple[int, ...], cluster: ClusterSpec) -> tuple:
     bandwidth), since collectives across nodes run at the NICs the group drives."""
     counts: dict[int, int] = defaultdict(int)
     rails: dict[int, set[int]] = defaultdict(set)
+    nics = cluster.device_nics
     for d in devices:
-        node, nic = cluster.nic_of(d)
+        node, nic = nics[d]
         counts[node] += 1
         rails[node].add(nic)
     shape = []
@@ -240,6 +242,29 @@ class ShapePrices:
         return np.flatnonzero(fits & ~dominated), np.flatnonzero(fits)
 
 
+# The fields of an Execution but its devices, in order: what ShapePrices.packed keeps of a
+# layout (every layout of one ShapePrices is on the same mesh).
+LAYOUT_FIELDS = tuple(name for name in Execution.model_fields if name != "devices")
+
+
+def packed_prices(prices: list[ShapePrices]) -> list[tuple]:
+    """Shape prices in a form that pickles in a few bytes per layout (shape_pricing sends it
+    between processes): each layout as its LAYOUT_FIELDS values, the mesh once. Pickled
+    Executions carry their mesh each, which made the 1,024-GPU tables' 170,000 layouts
+    228 MB and 8 s to read back."""
+    return [(p.layouts[0].devices if p.layouts else (),
+             [tuple(getattr(e, f) for f in LAYOUT_FIELDS) for e in p.layouts],
+             p.memory, p.time_s, p.capacity_bytes, p.proximal_s) for p in prices]
+
+
+def unpacked_prices(packed: list[tuple]) -> list[ShapePrices]:
+    """The shape prices of packed_prices. The layouts were validated where they were built
+    (space.candidate_executions), so they are rebuilt without validating them again."""
+    return [ShapePrices([Execution.model_construct(devices=mesh, **dict(zip(LAYOUT_FIELDS, row)))
+                         for row in rows], memory, time_s, capacity, proximal)
+            for mesh, rows, memory, time_s, capacity, proximal in packed]
+
+
 def _shape_prices(call: ModelFunctionCall, role: ModelRole, cluster: ClusterSpec, batch,
                   mesh: tuple[int, ...], pricer: CallPricer, price_unfit: bool) -> ShapePrices:
     """The call's layouts on `mesh`, memory priced first and times only for those that fit
@@ -375,14 +400,16 @@ def move_factors(calibration, cluster: ClusterSpec) -> tuple[float, float]:
 
 def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 3,
                 calibration=None, profiles_dir: Path = PROFILES_DIR,
-                price_unfit: bool = True, deadline: Deadline | None = None) -> SearchTables:
+                price_unfit: bool = True, deadline: Deadline | None = None,
+                workers: int | None = None) -> SearchTables:
     """Every valid candidate of every call, priced, not yet pruned. `calibration` is a
     costmodel.calibration.Calibration (from `plan calibrate`) or None; `profiles_dir` holds
     the profile tables (<dir>/<device>/<shape>.yaml). `price_unfit=False` leaves the time
     of candidates that cannot fit alone unpriced (+inf): what the search does, since
     pruning drops them.
 
-    Mesh shapes (mesh_shape) are priced one at a time, every call on each, in this order:
+    Mesh shapes (mesh_shape) are priced every call on each, by up to `workers` processes
+    (None: one per available core; planner/search/shape_pricing.py), in this order:
     the all-devices mesh's shape, then the shapes of the meshes the baselines use
     (baselines.baseline_meshes), then the others from the most devices to the fewest.
     With a `deadline` (planner.search.deadline.Deadline) that has expired when a shape is
@@ -406,21 +433,21 @@ def full_tables(workflow: Workflow, cluster: ClusterSpec, num_iterations: int = 
     calls_of = [workflow.call_by_name[name] for name in workflow.call_order]
     priced: list[list[ShapePrices | None]] = [[None] * len(representatives)
                                               for _ in calls_of]
-    fits_somewhere = [False] * len(calls_of)
-    complete = True
     first = [tuple(range(cluster.num_devices))] + baseline_meshes(workflow, cluster)
     order = shape_order(representatives, of_mesh, meshes, first)
-    shapes_priced = 0
-    for step, c in enumerate(order):
-        if step > 0 and deadline is not None and deadline.expired() and all(fits_somewhere):
-            complete = False
-            break
-        shapes_priced += 1
-        for k, call in enumerate(calls_of):
-            prices = _shape_prices(call, workflow.models[call.model], cluster, workflow.batch,
-                                   representatives[c], pricer, price_unfit)
-            priced[k][c] = prices
-            fits_somewhere[k] |= prices.fits_any()
+
+    def price_shape(c: int) -> list[ShapePrices]:
+        return [_shape_prices(call, workflow.models[call.model], cluster, workflow.batch,
+                              representatives[c], pricer, price_unfit) for call in calls_of]
+
+    by_shape = price_shapes(order, price_shape,
+                            lambda prices: [p.fits_any() for p in prices], len(calls_of),
+                            deadline, workers, pack=packed_prices, unpack=unpacked_prices)
+    for c, prices in by_shape.items():
+        for k in range(len(calls_of)):
+            priced[k][c] = prices[k]
+    shapes_priced = len(by_shape)
+    complete = shapes_priced == len(order)
     degree_ids: dict = {}
     firsts = set(first)
     baseline_mesh = None if price_unfit else np.array([m in firsts for m in meshes],
