@@ -36,7 +36,11 @@ device processes on its busiest node (the profile times one process alone on a c
     time = compute_scale[kind] x slowdown x compute
          + communication with collective_latency_s x max(1, n / cores_per_node) as the
            latency of every step (a step waits for every member to be scheduled; with more
-           processes than cores a member is often descheduled)
+           processes than cores a member is often descheduled), and on a CPU device its
+           bytes-over-bandwidth part x slowdown (gloo copies and reduces the messages on
+           the same cores as the compute, so they share them alike; without it the
+           held-out estimate of a dp x tp plan on 4 processes over 2 cores, llama-small,
+           was 25% below its measurement, with it 16%: docs/accuracy.md)
          + slowdown x (call_overhead_s[kind] + decode_steps x decode_step_s)
 
 decode_steps = ceil(m / pp) x pp x gen_len (the rounds of call_cost's decoding model) for
@@ -144,11 +148,13 @@ class Calibration(BaseModel):
                 * (1.0 + self.process_slowdown * self.co_running(execution, cluster)))
 
     def knobs(self, kind: str, execution: Execution, cluster: ClusterSpec) -> CostKnobs:
-        scale = self.compute_scale[kind] * self.slowdown(execution, cluster)
+        slowdown = self.slowdown(execution, cluster)
         latency = self.collective_latency_s
         if latency is not None:
             latency *= self.oversubscription(execution, cluster)
-        return CostKnobs(compute_scale=scale, latency_s=latency)
+        bandwidth_scale = slowdown if communicates_on_cores(execution, cluster) else 1.0
+        return CostKnobs(compute_scale=self.compute_scale[kind] * slowdown, latency_s=latency,
+                         bandwidth_scale=bandwidth_scale)
 
     def overhead_phases_s(self, call: ModelFunctionCall, execution: Execution,
                           batch: BatchSpec, cluster: ClusterSpec) -> dict[str, float]:
@@ -173,6 +179,12 @@ class Calibration(BaseModel):
                 f"{self.move_scale:.2f} + {self.move_overhead_s * 1e3:.1f} ms; "
                 f"{self.cores_per_node} cores per node, +{self.process_slowdown:.0%} per "
                 f"co-running process")
+
+
+def communicates_on_cores(execution: Execution, cluster: ClusterSpec) -> bool:
+    """The call's collectives copy and reduce on the cores its compute runs on (CPU
+    devices, gloo), so they share the node's cores as the compute does."""
+    return cluster.hardware_of(execution.devices[0]).kind == "cpu"
 
 
 def node_processes(execution: Execution, cluster: ClusterSpec) -> dict[int, int]:

@@ -3,7 +3,9 @@
 Each call time is linear in the factors (costmodel/calibration_data.py features):
 
     measured = contention x compute_scale[kind] x compute_s
-             + collective_latency_s x latency_steps + bandwidth_s
+             + collective_latency_s x latency_steps
+             + bandwidth_s (x contention x oversubscription on CPU devices, where the
+               messages are copied on the shared cores: CallFeatures.bandwidth_time_s)
              + contention x oversubscription x (call_overhead_s[kind]
                                                 + decode_step_s x decode_steps)
     contention = 1 + process_slowdown x co_running
@@ -107,7 +109,8 @@ def _fit_linear(features: list[CallFeatures], process_slowdown: float
                 ) -> tuple[np.ndarray, np.ndarray, float]:
     measured = np.array([f.measured_s for f in features])
     matrix = np.array([design_row(f, process_slowdown) for f in features]) / measured[:, None]
-    target = (measured - np.array([f.bandwidth_s for f in features])) / measured
+    target = (measured - np.array([f.bandwidth_time_s(process_slowdown)
+                                   for f in features])) / measured
     return _solve(matrix, target)
 
 

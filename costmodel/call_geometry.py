@@ -10,7 +10,7 @@ inside one call's model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 
 from costmodel import comm
@@ -168,14 +168,20 @@ def _group_links(cluster: ClusterSpec) -> dict[tuple[int, ...], comm.Link]:
 
 @dataclass(frozen=True)
 class CostKnobs:
-    """What a calibration changes inside one call's model: a factor on every compute time
-    and, when set, the latency of every collective step and send (seconds; comm.Link's
-    step_latency_s)."""
+    """What a calibration changes inside one call's model: a factor on every compute time,
+    when set the latency of every collective step and send (seconds; comm.Link's
+    step_latency_s), and a factor (> 0) on the bytes-over-bandwidth time of each (on a
+    CPU, where the collective's copies and reductions run on the cores the call's
+    processes share: costmodel/calibration.py)."""
 
     compute_scale: float = 1.0
     latency_s: float | None = None
+    bandwidth_scale: float = 1.0
 
     def link(self, link: comm.Link) -> comm.Link:
+        if self.bandwidth_scale != 1.0:
+            link = replace(link, bandwidth_bytes_per_s=link.bandwidth_bytes_per_s
+                           / self.bandwidth_scale)
         if self.latency_s is None:
             return link
         return link.with_step_latency(self.latency_s)

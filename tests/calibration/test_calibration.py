@@ -12,6 +12,8 @@ import pytest
 from costmodel.calibration import Calibration, load_calibration, save_calibration
 from costmodel.calibration_data import MeasuredPlan, predict_plan
 from costmodel.calibration_fit import fit_calibration
+from costmodel.call_cost import call_time_with_knobs
+from costmodel.call_geometry import CostKnobs
 from planner.cli.main import main
 from planner.domain.cluster import cluster_preset
 from planner.domain.layout import Execution
@@ -222,3 +224,42 @@ def test_cli_calibrate_records_this_machines_processor(tmp_path, plans, capsys, 
     assert main(["calibrate", str(trace), "--out", str(out), "--cores", "2"]) == 0
     assert "processor: AMD EPYC 7B13, 2 logical cores" in capsys.readouterr().out
     assert load_calibration(out).processor == FAKE_CPU
+
+
+def test_gloo_messages_share_the_cores_as_the_compute_does(plans):
+    plan = plans[2]                     # cpu2, dp 2: the train call all-reduces gradients
+    ex, cluster = plan.executions["actor_train"], plan.cluster
+    call = plan.workflow.call_by_name["actor_train"]
+    role = plan.workflow.models[call.model]
+
+    def bandwidth_s(scale: float) -> float:
+        knobs = CostKnobs(compute_scale=0.0, latency_s=0.0, bandwidth_scale=scale)
+        return call_time_with_knobs(call, role, ex, plan.workflow.batch, cluster,
+                                    knobs=knobs).time_s
+
+    assert bandwidth_s(1.0) > 0
+    assert bandwidth_s(2.5) == pytest.approx(2.5 * bandwidth_s(1.0), rel=1e-9)
+    cal = KNOWN.model_copy(update={"process_slowdown": 0.25})
+    assert cal.knobs("train", ex, cluster).bandwidth_scale == pytest.approx(1.25)
+    # NCCL's copies run on the GPU, not on the cores the host processes share
+    gpu = cluster_preset("h100x2")
+    on_gpu = cal.model_copy(update={"device": "h100-sxm-80gb"})
+    assert on_gpu.knobs("train", ex, gpu).bandwidth_scale == 1.0
+
+
+def test_move_factors_are_fitted_to_reallocations_not_transfer_waits(plans):
+    # a transfer's senders post eagerly, so its trace time is the receiver's short wait
+    split = []
+    for p in plans[2:4]:        # cpu2: generation and inference on device 0 alone
+        alone = Execution(devices=(0,), dp=1, tp=1, pp=1)
+        executions = {c: (ex if c.endswith("train") else alone)
+                      for c, ex in p.executions.items()}
+        split.append(p.model_copy(update={"executions": executions}))
+    cases = []
+    for i, p in enumerate(split):
+        case = synthetic_case(i, p, KNOWN)
+        assert any("realloc" in n for n in case.move_times_s)
+        waits = {n: (1e-5 if "realloc" not in n else t) for n, t in case.move_times_s.items()}
+        cases.append(MeasuredPlan(case.name, p, case.iteration_s, case.call_times_s, waits))
+    fit = fit_calibration(cases, cores_per_node=2).calibration
+    assert fit.move_scale == pytest.approx(KNOWN.move_scale, rel=0.05)
