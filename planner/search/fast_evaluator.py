@@ -397,8 +397,10 @@ Scratch = namedtuple("Scratch", [
     "shares_devices",             # [type, type]: the two node types share a device
     "train_end_history",          # [iteration x push]: the end of each push's train call
     #                               in each iteration (staleness >= 1)
-    "send_bytes"])                # per push: bytes per device its senders keep posted from
-#                                   train(j) to push(j) (staleness >= 2, `_update_push`)
+    "send_bytes",                 # per push: bytes per device its senders keep posted from
+    #                               train(j) to push(j) (staleness >= 2, `_update_push`)
+    "call_duration"])             # per call: its duration while `_shared_cores_s` stretches
+#                                   the durations (core-limited nodes only)
 
 # Per call: fields copied from its candidate's row by `_load_call`, each the float64 of
 # Scratch (dp, tp, pp, weights, state, activation, capacity).
@@ -444,7 +446,7 @@ def scratch_sizes(kt):
     num_edges = kt.edge_src.shape[0]
     return (5 * num_types + 5 * num_calls,
             4 * num_types + num_edges + (_CALL_FLOATS + _CALL_FLOAT_SLOTS) * num_calls
-            + (kt.num_iterations + 1) * num_pushes,
+            + (kt.num_iterations + 1) * num_pushes + num_calls,
             num_types)
 
 
@@ -469,7 +471,7 @@ def scratch_view(ints, floats, shares, kt):
                    ints[4 * t + c:4 * t + 2 * c], ints[4 * t + 2 * c:4 * t + 3 * c],
                    ints[4 * t + 3 * c:4 * t + 4 * c], ints[4 * t + 4 * c:4 * t + 5 * c],
                    ints[4 * t + 5 * c:5 * t + 5 * c], shares,
-                   floats[e + 11 * c:h], floats[h:h + q])
+                   floats[e + 11 * c:h], floats[h:h + q], floats[h + q:h + q + c])
 
 
 @numba.njit(cache=True)
@@ -553,7 +555,10 @@ def price(kt, scratch):
 def _price(kt, scratch):
     """`price`, inlined into `evaluate_plan` (a call hands both namedtuples over field by
     field: ~20% of an evaluation of a whole plan)."""
-    iteration_s = max(_list_schedule(kt, scratch), _core_work_s(kt, scratch))
+    iteration_s = _list_schedule(kt, scratch)
+    if kt.core_node_lo.shape[0] > 0:
+        iteration_s = max(iteration_s, _shared_cores_s(kt, scratch),
+                          _core_work_s(kt, scratch))
     count, num_copies = _memory_terms(kt, scratch)
     return iteration_s, _memory_overflow(kt, scratch, count, num_copies)
 
@@ -806,6 +811,48 @@ def _list_schedule(kt, scratch):
         if i == staleness:
             first_iteration_end = iteration_end
     return (iteration_end - first_iteration_end) / (num_iterations - 1 - staleness)
+
+
+# Compiled as a function of its own, not inlined (a second inlined list schedule in every
+# caller): it runs only for plans on core-limited CPU nodes.
+@numba.njit(cache=True)
+def _shared_cores_s(kt, scratch):
+    """Seconds per iteration of the list schedule with every call slowed by the cores it
+    shares (module docstring): from the schedule just run (`_list_schedule`, calls at full
+    speed), each call's duration x max(1, over each core-limited node it runs on, the cores
+    needed on average while it runs / the node's cores), where the cores needed are those
+    of every call whose interval of the last simulated iteration overlaps its own, each
+    min(its processes there, cores), weighted by the overlap (the exact simulator's
+    processor sharing, core_sharing.py, with each call's rate averaged over its run); then
+    the list schedule again with those durations. The durations are restored after."""
+    num_calls = scratch.placement.shape[0]
+    duration, end, saved = scratch.duration, scratch.end, scratch.call_duration
+    lo1, hi1 = scratch.lo1, scratch.hi1
+    for k in range(num_calls):
+        saved[k] = duration[k]
+    for k in range(num_calls):
+        if saved[k] <= 0.0:
+            continue
+        start_k, end_k = end[k] - saved[k], end[k]
+        stretch = 1.0
+        for n in range(kt.core_node_lo.shape[0]):
+            lo, hi, cores = kt.core_node_lo[n], kt.core_node_hi[n], kt.core_node_cores[n]
+            if min(hi1[k], hi) <= max(lo1[k], lo):
+                continue
+            core_seconds = 0.0
+            for j in range(num_calls):
+                processes = min(hi1[j], hi) - max(lo1[j], lo)
+                if processes <= 0 or saved[j] <= 0.0:
+                    continue
+                overlap = min(end_k, end[j]) - max(start_k, end[j] - saved[j])
+                if overlap > 0.0:
+                    core_seconds += min(processes, cores) * overlap
+            stretch = max(stretch, core_seconds / (saved[k] * cores))
+        duration[k] = saved[k] * stretch
+    shared_s = _list_schedule(kt, scratch)
+    for k in range(num_calls):
+        duration[k] = saved[k]
+    return shared_s
 
 
 @numba.njit(cache=True, inline="always")
