@@ -23,6 +23,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 
+from planner.search import fast_evaluator, kernel_cache
 from planner.search.fast_evaluator import (
     apply_call,
     fill_plan,
@@ -30,6 +31,9 @@ from planner.search.fast_evaluator import (
     scratch_sizes,
     scratch_view,
 )
+
+# This file's kernels compile in fast_evaluator's: recompile them when it changes.
+kernel_cache.depends_on(__file__, fast_evaluator.__file__)
 
 # Moves: a random candidate; a candidate of the same group (grouping 0: the same mesh,
 # grouping 1: the same tp, pp and micro-batches on any mesh); a placement copied from

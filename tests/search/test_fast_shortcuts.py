@@ -20,7 +20,11 @@ from test_fast_incremental import random_walk
 from planner.domain.cluster import cluster_preset
 from planner.domain.workflow_file import builtin_workflow
 from planner.search import fast_evaluator as fe
+from planner.search import kernel_cache
 from planner.search.builder import full_tables, pruned_tables
+
+# The walks below compile in fast_evaluator's kernels: recompile them when it changes.
+kernel_cache.depends_on(__file__, fe.__file__)
 
 STEPS = 2000
 
