@@ -4,8 +4,9 @@
 the link of its tp and dp groups (the slowest over the groups that run at once: their
 point-to-point figures and, on cuda, NCCL's fabric of nodes, ranks per node, NVLink and the
 NICs of their rails, costmodel.comm), the link of the pp sends, and with expert parallelism
-(ep > 1) the links of each stage's ep groups (the all-to-all) and expert-dp groups. `CostKnobs` is what a calibration (costmodel/calibration.py) changes
-inside one call's model.
+(ep > 1) the links of each stage's ep groups (the all-to-all) and expert-dp groups.
+`CostKnobs` is what a calibration (costmodel/calibration.py) changes inside one call's
+model.
 """
 
 from __future__ import annotations
@@ -157,12 +158,12 @@ def _translation_key(group, cluster: ClusterSpec) -> tuple:
 
 
 # Memoised group links, per cluster (hashing a ClusterSpec once per _slowest_link, not once
-# per group): a dict of at most GROUP_LINK_ENTRIES groups each.
+# per group): a dict of at most GROUP_LINK_ENTRIES groups each, by _translation_key.
 GROUP_LINK_ENTRIES = 1 << 16
 
 
 @lru_cache(maxsize=8)
-def _group_links(cluster: ClusterSpec) -> dict[tuple[int, ...], comm.Link]:
+def _group_links(cluster: ClusterSpec) -> dict[tuple, comm.Link]:
     return {}
 
 

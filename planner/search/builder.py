@@ -242,7 +242,7 @@ class ShapePrices:
         return np.flatnonzero(fits & ~dominated), np.flatnonzero(fits)
 
 
-# The fields of an Execution but its devices, in order: what ShapePrices.packed keeps of a
+# The fields of an Execution but its devices, in order: what packed_prices keeps of a
 # layout (every layout of one ShapePrices is on the same mesh).
 LAYOUT_FIELDS = tuple(name for name in Execution.model_fields if name != "devices")
 
