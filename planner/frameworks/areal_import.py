@@ -65,6 +65,7 @@ from planner.frameworks.areal_rules import (
     REWARD_CALLS,
     min_micro_batches,
     role_devices,
+    rollout_batching,
 )
 from planner.frameworks.config_reader import ConfigReader
 from planner.frameworks.engine_batching import engine_batching
@@ -305,8 +306,7 @@ def _executions(cfg: ConfigReader, workflow: Workflow, backends: dict[str, Backe
             if role == "rollout":
                 fields["micro_batches"] = _rollout_waves(cfg, workflow, backend,
                                                          devices[role], cluster, notes)
-                if workflow.max_staleness:   # the servers refill finished rows' slots
-                    fields["decode_batching"] = "continuous"
+                fields["decode_batching"] = rollout_batching(workflow)
             else:
                 fields["micro_batches"] = _micro_batches(cfg, role, steps(workflow, name),
                                                          backend, batch.seq_len, notes)

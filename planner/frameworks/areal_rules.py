@@ -32,7 +32,9 @@ From inclusionAI/AReaL v1.0.4:
   to take one batch. The servers batch what is in flight continuously, so a generate call's
   micro-batches are the waves of in-flight prompts: prompts / concurrent rollouts.
 Export writes the plan's staleness as rollout.max_head_offpolicyness, with the decoupled loss
-when it is >= 1 (areal_export.py); import reads synchronous configs only.
+when it is >= 1 (areal_export.py); import reads it as the plan's staleness (areal_import.py).
+Asynchronous (max_head_offpolicyness >= 1) the servers refill a finished row's slot with the
+next prompt: continuous batching (rollout_batching).
 """
 
 from __future__ import annotations
@@ -178,3 +180,11 @@ def unexpressible(workflow: Workflow, cluster: ClusterSpec,
     for name, ex in executions.items():
         problems.extend(_call_problems(workflow, name, ex))
     return problems + _critic_problems(workflow, executions)
+
+
+def rollout_batching(workflow: Workflow) -> str:
+    """How the rollout servers decode as the plan prices them: asynchronous (max_staleness
+    k >= 1, max_head_offpolicyness k) they refill a finished row's slot with the next
+    prompt (continuous), synchronous they run waves of in-flight prompts (static; module
+    docstring)."""
+    return "continuous" if workflow.max_staleness else "static"

@@ -12,7 +12,8 @@ give whole micro-batches per GPU and that AReaL's engines make (Megatron: at lea
 multiple of pp); the critic's two calls share one engine and one micro-batch budget.
 
 With a workflow of max_staleness k >= 1 the plans are AReaL's asynchronous ones, priced at
-staleness k (`STALENESS_OF`), their rollout batching continuously (`rollout_batching`).
+staleness k (areal.plan_staleness), their rollout batching continuously
+(areal_rules.rollout_batching).
 
 Each placement's choices form groups (the rollout, the actor's training, the reference, the
 critic's two calls); a plan is one option per group, and when all combinations would exceed
@@ -38,6 +39,7 @@ from planner.frameworks.areal_keys import (
 from planner.frameworks.areal_rules import (
     COLOCATABLE,
     min_micro_batches,
+    rollout_batching,
     workflow_problems,
 )
 from planner.frameworks.engine_batching import kv_pool_rows_of
@@ -93,14 +95,6 @@ def _train_options(workflow: Workflow, cluster: ClusterSpec, name: str,
 
     return [ex for fsdp in (False, True)
             for ex in backend_options(workflow, cluster, name, devices, fsdp, allowed(fsdp))]
-
-
-def rollout_batching(workflow: Workflow) -> str:
-    """How the rollout servers decode as the plan prices them: asynchronous (max_staleness
-    k >= 1, exported as max_head_offpolicyness k) they refill a finished row's slot with
-    the next prompt (continuous), synchronous they run waves of in-flight prompts (static,
-    areal_rules.py)."""
-    return "continuous" if workflow.max_staleness else "static"
 
 
 def _rollout_options(workflow: Workflow, cluster: ClusterSpec,
