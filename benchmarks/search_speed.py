@@ -8,7 +8,8 @@ on 1,024 and 4,096 H100.
 
 Prints, per case: the time to build the search tables (price every candidate and prune, as
 `plan search` does), the raw evaluator throughput on batches of random plans, and the
-throughput inside a real MCMC run (proposals, acceptance and bookkeeping included), each
+throughput inside a real MCMC run (proposals, acceptance and bookkeeping included; the share
+of its plans whose time alone decided the step, planner/search/mcmc_kernel._take_step), each
 with the machine's load average (os.getloadavg, 1 minute) when it was taken: on a shared
 machine the figures are only comparable at a low load, so each rate is also given per
 CPU-second of this process (time.process_time, all its threads): the work one evaluation
@@ -93,7 +94,7 @@ def evaluator_rate(evaluator: FastEvaluator, rng: np.random.Generator,
     return BATCH_PLANS / best_s, BATCH_PLANS / best_cpu_s
 
 
-def run_case(name: str, case: Case, mcmc_seconds: float) -> None:
+def run_case(name: str, case: Case, mcmc_seconds: float, early_rejection: bool) -> None:
     workflow, cluster = case.workflow(), cluster_preset(case.cluster)
     start = time.perf_counter()
     tables, _ = pruned_tables(full_tables(workflow, cluster, price_unfit=False), {})
@@ -103,16 +104,19 @@ def run_case(name: str, case: Case, mcmc_seconds: float) -> None:
     raw, raw_cpu = evaluator_rate(evaluator, np.random.default_rng(0))
     raw_load = load()
     moves = warm_up(evaluator)
-    settings = MCMCSettings(seed=0, time_limit_s=mcmc_seconds, plateau_steps=10**9)
+    settings = MCMCSettings(seed=0, time_limit_s=mcmc_seconds, plateau_steps=10**9,
+                            early_rejection=early_rejection)
     start_cpu = time.process_time()
     result = run_mcmc(evaluator, [], settings, moves=moves)
     in_search = result.evaluations / result.wall_s
     in_search_cpu = result.evaluations / (time.process_time() - start_cpu)
+    decided = result.decided_on_time / result.evaluations
     print(f"{name}: {cluster.num_devices} devices, candidates per call "
           f"{list(map(int, tables.sizes))}; tables built in {build_s:.1f} s ({build_load}); "
           f"evaluator {raw:,.0f} plans/s, {raw_cpu:,.0f}/CPU-s ({raw_load}); inside MCMC "
           f"{in_search:,.0f} plans/s, {in_search_cpu:,.0f}/CPU-s ({result.evaluations:,} in "
-          f"{result.wall_s:.1f} s, {load()})", flush=True)
+          f"{result.wall_s:.1f} s, {decided:.0%} decided on the time alone, {load()})",
+          flush=True)
 
 
 def main() -> None:
@@ -121,6 +125,8 @@ def main() -> None:
     parser.add_argument("--cases", default=DEFAULT_CASES,
                         help=f"comma-separated, of: {', '.join(CASES)}")
     parser.add_argument("--mcmc-seconds", type=float, default=10.0)
+    parser.add_argument("--no-early-rejection", action="store_true",
+                        help="run the memory rule on every step (the same chains, slower)")
     args = parser.parse_args()
     names = args.cases.split(",")
     unknown = [n for n in names if n not in CASES]
@@ -128,7 +134,7 @@ def main() -> None:
         parser.error(f"--cases: unknown {unknown}; valid: {', '.join(CASES)}")
     print(f"{os.cpu_count()} CPU cores")
     for name in names:
-        run_case(name, CASES[name], args.mcmc_seconds)
+        run_case(name, CASES[name], args.mcmc_seconds, not args.no_early_rejection)
 
 
 if __name__ == "__main__":

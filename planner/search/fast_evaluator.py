@@ -112,6 +112,17 @@ KernelTables = namedtuple("KernelTables", [
     "core_node_cores"])
 
 
+# The KernelTables fields the memory rule and `scratch_view` read, for `memory_overflow`.
+MemoryTables = namedtuple("MemoryTables", [
+    "edge_src", "memory_role", "model_id", "num_iterations", "order", "pair_dst", "pair_into",
+    "pair_out_of", "pair_src", "position", "push_dst", "push_src", "staleness",
+    "train_call_of"])
+
+
+def memory_tables(kt: KernelTables) -> MemoryTables:
+    return MemoryTables(**{name: getattr(kt, name) for name in MemoryTables._fields})
+
+
 @dataclass
 class Evaluation:
     """Results for N plans."""
@@ -347,6 +358,7 @@ class FastEvaluator:
         sizes = [len(c) for c in tables.calls]
         self.offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.kernel = kernel_tables(tables, self.staleness)
+        self.memory = memory_tables(self.kernel)
 
     def evaluate(self, choice: np.ndarray) -> Evaluation:
         choice = np.ascontiguousarray(np.atleast_2d(choice), dtype=np.int64)
@@ -512,6 +524,14 @@ def apply_call(k, c, kt, scratch):
     of the reallocations into and out of it, the transfer times of its data edges, and the
     device sharing of those node types, and likewise the weight pushes out of or into it.
     Also undoes a change: apply the old candidate."""
+    apply_call_inline(k, c, kt, scratch)
+
+
+@numba.njit(cache=True, inline="always")
+def apply_call_inline(k, c, kt, scratch):
+    """`apply_call`, compiled into its caller: the search's step (a call of a function that
+    takes both namedtuples hands their ~80 arrays over field by field, ~150 ns on the CI
+    kind of machine, more than the work of a typical change)."""
     _load_call(k, c, kt, scratch)
     num_calls = scratch.placement.shape[0]
     pairs_of_call, edges_of_call = kt.pairs_of_call, kt.edges_of_call
@@ -558,12 +578,39 @@ def price(kt, scratch):
 def _price(kt, scratch):
     """`price`, inlined into `evaluate_plan` (a call hands both namedtuples over field by
     field: ~20% of an evaluation of a whole plan)."""
+    return schedule_s(kt, scratch), _memory_rule(kt, scratch)
+
+
+@numba.njit(cache=True, inline="always")
+def schedule_s(kt, scratch):
+    """The first half of `price`: seconds per iteration of the plan `scratch` holds (the
+    list schedule, and on core-limited nodes the shared-core terms). Inlined; it neither
+    reads nor writes what `memory_overflow` does, so the two run in either order, or the
+    search's step runs only this one when the time alone decides (mcmc_kernel)."""
     iteration_s = _list_schedule(kt, scratch)
     if kt.core_node_lo.shape[0] > 0:
         iteration_s = max(iteration_s, _shared_cores_s(kt, scratch),
                           _core_work_s(kt, scratch))
+    return iteration_s
+
+
+# A function of its own, not inlined into the search's step: compiled into it, the step's
+# cold numba compile took 79 s -> 271 s (2 cores). It takes the MemoryTables and the
+# Scratch's buffers, not the KernelTables and the Scratch: a call hands a namedtuple's
+# arrays over one by one (7 words each), ~190 ns for those two against ~55 ns for these.
+@numba.njit(cache=True, _nrt=False)
+def memory_overflow(mt, ints, floats, shares):
+    """The second half of `price`: the worst relative memory overflow of the plan held in
+    the Scratch buffers `ints`, `floats`, `shares` (`scratch_view`; <= 0 when it fits);
+    `mt`: the evaluator's MemoryTables."""
+    return _memory_rule(mt, scratch_view(ints, floats, shares, mt))
+
+
+@numba.njit(cache=True, inline="always")
+def _memory_rule(kt, scratch):
+    """`memory_overflow`, inlined into `evaluate_plan`."""
     count, num_copies = _memory_terms(kt, scratch)
-    return iteration_s, _memory_overflow(kt, scratch, count, num_copies)
+    return _memory_overflow(kt, scratch, count, num_copies)
 
 
 @numba.njit(cache=True, inline="always")

@@ -60,6 +60,9 @@ class MCMCSettings:
     plateau_steps: int = 2000
     time_limit_s: float = 60.0
     top_k: int = 16                     # distinct best plans kept for exact re-pricing
+    # skip the memory rule where the time alone rejects a move (mcmc_kernel._take_step; the
+    # chains' paths are the same without it, only slower)
+    early_rejection: bool = True
 
 
 @dataclass
@@ -72,6 +75,9 @@ class MCMCResult:
     wall_s: float
     stopped_by: str
     history: list[tuple[float, float]] = field(default_factory=list)  # (wall_s, best)
+    # of the evaluations, those the iteration time alone decided (early rejection,
+    # mcmc_kernel._take_step): the memory rule did not run for them
+    decided_on_time: int = 0
 
 
 def style_key(call) -> np.ndarray:
@@ -218,7 +224,8 @@ def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSe
     best_choice = state.copy()
     evaluations = np.zeros(n, dtype=np.int64)
     chains = Chains(state=state, energy=energy, temperature=temperature, best_time=best_time,
-                    best_choice=best_choice, evaluations=evaluations)
+                    best_choice=best_choice, evaluations=evaluations,
+                    decided_on_time=np.zeros(n, dtype=np.int64))
     top: dict[tuple, float] = {}
     _remember(top, best_time, best_choice, np.ones(n, dtype=bool), settings.top_k)
     best = min(top.values()) if top else np.inf
@@ -232,7 +239,9 @@ def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSe
         sweep(chains, moves, StepSettings(seed=settings.seed, first_step=step,
                                           num_rounds=rounds, swap_every=settings.swap_every,
                                           chains_per_temperature=per, scale=scale,
-                                          move_cumulative=cumulative), evaluator.kernel)
+                                          move_cumulative=cumulative,
+                                          early_rejection=settings.early_rejection),
+              evaluator.kernel, evaluator.memory)
         step += rounds * settings.swap_every
         _remember(top, best_time, best_choice, best_time < before, settings.top_k)
         if top and min(top.values()) < best * (1 - 1e-9):
@@ -257,7 +266,7 @@ def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSe
                       best_iteration_s=best, top_choices=top_choices,
                       evaluations=int(n + evaluations.sum()), steps=step,
                       wall_s=time.perf_counter() - start, stopped_by=stopped_by,
-                      history=history)
+                      history=history, decided_on_time=int(chains.decided_on_time.sum()))
 
 
 def _remember(top: dict[tuple, float], best_time: np.ndarray, best_choice: np.ndarray,
@@ -289,4 +298,5 @@ def merged_result(results: list[MCMCResult]) -> MCMCResult:
                       evaluations=sum(r.evaluations for r in results),
                       steps=sum(r.steps for r in results),
                       wall_s=sum(r.wall_s for r in results),
-                      stopped_by=", ".join(reasons), history=history)
+                      stopped_by=", ".join(reasons), history=history,
+                      decided_on_time=sum(r.decided_on_time for r in results))

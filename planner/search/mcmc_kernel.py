@@ -5,15 +5,18 @@ slot), so a chain's path depends only on the seed, never on which thread ran it 
 many rounds one `sweep` runs: same seed, same result. Each step proposes one move (see
 planner/search/mcmc.py), which changes one call's candidate, evaluates the new plan
 incrementally (planner.search.fast_evaluator.apply_call updates the chain's Scratch, which
-holds its current plan's evaluation state, then fast_evaluator.price), accepts by the
-Metropolis rule at the chain's temperature (a rejected move is undone in the Scratch with
-apply_call), and remembers the chain's best feasible plan.
+holds its current plan's evaluation state, then fast_evaluator's schedule_s and, unless
+the time alone rejects the move, memory_overflow), accepts by the Metropolis rule at the
+chain's temperature (a rejected move is undone in the Scratch with apply_call), and
+remembers the chain's best feasible plan.
 
 `sweep` takes three bundles besides the evaluator's tables: `Chains` (the chains' state,
 updated in place), `MoveTables` (the neighbourhoods, planner.search.mcmc.move_tables) and
-`StepSettings`; a step is `_propose`, `apply_call`, then `_take_step` (`price`,
-`_remember_if_best`, `_metropolis_accepts`), and a round of steps ends with
-`_exchange_column` (parallel tempering).
+`StepSettings`; a step is `_propose`, `apply_call`, then `_take_step` (`schedule_s`,
+`_rejected_by_time`, `memory_overflow`, `_remember_if_best`, `_metropolis_accepts`), and a
+round of steps ends with `_exchange_column` (parallel tempering). The evaluator's pieces
+are compiled into the step (their `*_inline` / inline forms): a call of a function that
+takes the KernelTables and a Scratch costs more than a typical change's work.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import numpy as np
 
 from planner.search import fast_evaluator, kernel_cache
 from planner.search.fast_evaluator import (
-    apply_call,
+    apply_call_inline,
     fill_plan,
-    price,
+    memory_overflow,
+    schedule_s,
     scratch_sizes,
     scratch_view,
 )
@@ -75,9 +79,10 @@ def energy_of(time_s, overflow, scale):
 # The chains, updated in place by `sweep`; row n of each array belongs to chain n:
 # state [chains, calls] (local candidate index per call), energy, temperature, best_time (best
 # feasible iteration seconds so far, inf when none), best_choice [chains, calls] (that plan),
-# evaluations (count of plans evaluated).
+# evaluations (count of plans evaluated: every step that changed the plan), decided_on_time
+# (how many of those the time alone decided, without the memory rule: `_take_step`).
 Chains = namedtuple("Chains", ["state", "energy", "temperature", "best_time", "best_choice",
-                               "evaluations"])
+                               "evaluations", "decided_on_time"])
 
 # Move neighbourhoods as flat arrays (built by planner.search.mcmc.move_tables):
 # - offset, sizes: global index of each call's first candidate, and its candidate count;
@@ -93,18 +98,19 @@ MoveTables = namedtuple("MoveTables", [
 # function of seed, chain and step), the number of rounds (each `swap_every` steps of every
 # chain, then an exchange between neighbouring temperatures), the chains per temperature
 # (chain j x chains_per_temperature + s has temperature level j), the cost scale of the
-# infeasible penalty (energy_of), and the cumulative probabilities of the moves MOVE_RANDOM,
-# MOVE_SAME_MESH and MOVE_SAME_STYLE (MOVE_COPY_PLACEMENT has the rest).
+# infeasible penalty (energy_of), the cumulative probabilities of the moves MOVE_RANDOM,
+# MOVE_SAME_MESH and MOVE_SAME_STYLE (MOVE_COPY_PLACEMENT has the rest), and whether a step
+# the time alone decides skips the memory rule (`_take_step`; the same path either way).
 StepSettings = namedtuple("StepSettings", ["seed", "first_step", "num_rounds", "swap_every",
                                            "chains_per_temperature", "scale",
-                                           "move_cumulative"])
+                                           "move_cumulative", "early_rejection"])
 
 # Slots of the random numbers of a step (`uniform`); SLOT_SWAP: the exchange after it.
 SLOT_KIND, SLOT_CALL, SLOT_PICK, SLOT_ACCEPT, SLOT_SWAP = 0, 1, 2, 3, 4
 
 
 @numba.njit(cache=True, parallel=True)
-def sweep(chains, moves, steps, kt):
+def sweep(chains, moves, steps, kt, mt):
     """Advance every chain by `steps.num_rounds` rounds (`chains` updated in place): in a
     round, each chain takes `swap_every` Metropolis steps, then neighbouring temperature
     levels exchange states (`_exchange_column`).
@@ -114,15 +120,16 @@ def sweep(chains, moves, steps, kt):
     others: the threads meet once per sweep, not once per round. Each chain of the column
     keeps its evaluation state (a Scratch, in row slot[j] of the column's buffers for level
     j; an exchange swaps the rows) from one step to the next. `chains`: a Chains, `moves`:
-    a MoveTables, `steps`: a StepSettings, `kt`: the evaluator's KernelTables."""
+    a MoveTables, `steps`: a StepSettings, `kt` and `mt`: the evaluator's KernelTables and
+    MemoryTables."""
     for s in numba.prange(steps.chains_per_temperature):
-        _run_column(s, chains, moves, steps, kt)
+        _run_column(s, chains, moves, steps, kt, mt)
 
 
 # A function of its own, not the body of the prange loop: numba's parallel transforms
 # (hoisting, fusing array expressions) stay out of it.
 @numba.njit(cache=True)
-def _run_column(s, chains, moves, steps, kt):
+def _run_column(s, chains, moves, steps, kt, mt):
     """Column s of the ladder through every round of a sweep (`sweep`): the buffers of its
     chains' Scratch rows and moves, then `_run_rounds`."""
     temperatures = chains.state.shape[0] // steps.chains_per_temperature
@@ -133,14 +140,15 @@ def _run_column(s, chains, moves, steps, kt):
     plans = np.empty((temperatures, chains.state.shape[1]), np.int64)
     slot = np.arange(temperatures)
     moved = np.empty((2, temperatures), np.int64)
-    _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt)
+    _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt, mt)
 
 
 # Without reference counting, like fast_evaluator.evaluate_plan (see the note there): the
 # chains' Scratch views are cut here once per chain and step, which with counting would
 # cost 29 atomic updates each way, and the namedtuples are handed to the pieces per step.
 @numba.njit(cache=True, _nrt=False)
-def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt):
+def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt,
+                mt):
     """The rounds of column s: `plans[j]` and Scratch row `slot[j]` (of `ints`, `floats`,
     `shares`) hold the plan of the chain at temperature level j (filled here); `moved`:
     work array [2, levels].
@@ -172,14 +180,13 @@ def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, step
                 if news[j] >= 0:
                     call, r = calls[j], slot[j]
                     plans[j, call] = offset[call] + news[j]
-                    apply_call(call, plans[j, call], kt,
-                               scratch_view(ints[r], floats[r], shares[r], kt))
+                    apply_call_inline(call, plans[j, call], kt,
+                                      scratch_view(ints[r], floats[r], shares[r], kt))
             for j in range(levels):
                 if news[j] >= 0:
                     r = slot[j]
                     _take_step(j * per + s, plans[j], step_in_round, calls[j], news[j],
-                               scratch_view(ints[r], floats[r], shares[r], kt), chains,
-                               moves, steps, kt)
+                               ints[r], floats[r], shares[r], chains, moves, steps, kt, mt)
         step += steps.swap_every
         _exchange_column(s, per, plans, slot, (step // steps.swap_every) % 2, step,
                          chains, steps.seed)
@@ -206,23 +213,56 @@ def _exchange_column(s, per, plans, slot, parity, step, chains, seed):
 
 # Part of _run_rounds (inlined, so compiled without reference counting as it is).
 @numba.njit(cache=True, inline="always")
-def _take_step(n, plan, step, call, new, scratch, chains, moves, steps, kt):
+def _take_step(n, plan, step, call, new, ints, floats, shares, chains, moves, steps, kt,
+               mt):
     """The rest of chain n's `step`, after its move (call `call` to local candidate `new`)
-    was applied to `plan` (global indices) and to `scratch` (its evaluation state, kept in
-    step with it, fast_evaluator.apply_call): price the plan, remember it when it is the
-    chain's best that fits, and keep or undo the move by the Metropolis rule."""
+    was applied to `plan` (global indices) and to its evaluation state (the Scratch in the
+    buffers `ints`, `floats`, `shares`, kept in step with it, fast_evaluator.apply_call):
+    price the plan, remember it when it is the chain's best that fits, and keep or undo the
+    move by the Metropolis rule.
+
+    Early rejection (Solonen et al. 2012, "Efficient MCMC for climate model parameter
+    estimation", Bayesian Analysis 7(3), section 3): the energy is at least the iteration
+    time (`energy_of`), so when the time alone puts the plan beyond what the step's
+    random number accepts (`_rejected_by_time`) and it is no faster than the chain's best,
+    the memory rule cannot change the outcome and is not run. The chain's path and bests
+    are the same bit for bit; `chains.decided_on_time` counts these steps."""
     state, offset = chains.state, moves.offset
-    time_s, overflow = price(kt, scratch)
+    scratch = scratch_view(ints, floats, shares, kt)
+    r_accept = uniform(steps.seed, n, step, SLOT_ACCEPT)
+    time_s = schedule_s(kt, scratch)
     chains.evaluations[n] += 1
-    _remember_if_best(n, plan, time_s, overflow, chains, offset)
-    proposed = energy_of(time_s, overflow, steps.scale)
-    if _metropolis_accepts(chains.energy[n], proposed, chains.temperature[n],
-                           uniform(steps.seed, n, step, SLOT_ACCEPT)):
-        state[n, call] = new
-        chains.energy[n] = proposed
+    if steps.early_rejection and time_s >= chains.best_time[n] and _rejected_by_time(
+            chains.energy[n], time_s, chains.temperature[n], r_accept):
+        chains.decided_on_time[n] += 1
+        accepted = False
     else:
+        overflow = memory_overflow(mt, ints, floats, shares)
+        _remember_if_best(n, plan, time_s, overflow, chains, offset)
+        proposed = energy_of(time_s, overflow, steps.scale)
+        accepted = _metropolis_accepts(chains.energy[n], proposed, chains.temperature[n],
+                                       r_accept)
+        if accepted:
+            state[n, call] = new
+            chains.energy[n] = proposed
+    if not accepted:
         plan[call] = offset[call] + state[n, call]
-        apply_call(call, plan[call], kt, scratch)
+        apply_call_inline(call, plan[call], kt, scratch)
+
+
+# Below this margin (in log space) an early rejection leaves room for the rounding of exp
+# and of the energy's sum (a relative 1e-9 against errors of ~1e-16).
+EARLY_REJECTION_MARGIN = 1e-9
+
+
+@numba.njit(cache=True, inline="always")
+def _rejected_by_time(energy, time_s, temperature, r_accept):
+    """`_metropolis_accepts` rejects every energy of at least `time_s`: the log of its
+    acceptance ratio at `time_s`, (energy - time_s) / temperature, which only falls as the
+    energy grows, is below log(r_accept) by EARLY_REJECTION_MARGIN (so exp of it is below
+    r_accept, and it is negative)."""
+    delta = (energy - time_s) / temperature
+    return delta < 0.0 and delta < np.log(r_accept) - EARLY_REJECTION_MARGIN
 
 
 @numba.njit(cache=True, inline="always")
