@@ -21,8 +21,9 @@ to a file that `plan estimate --profile FILE` (and `plan search --profile FILE`)
     compute_scale: {generate: 1.4, inference: 1.1, train: 0.9}   # x every compute time
     call_overhead_s: {generate: 0.004, inference: 0.002, train: 0.01}  # fixed per call
     decode_step_s: 0.0007        # fixed per decode step (sampling, Python, stop checks)
-    collective_latency_s: 0.0004 # latency of one collective step / send (replaces alpha),
-                                 # x oversubscription
+    collective_latency_s: 0.0004 # latency of one collective step / send (replaces alpha)
+    oversubscribed_latency_s: 0.0  # + this per step x (oversubscription - 1); absent in
+                                 # older files: equal to collective_latency_s
     move_scale: 1.5              # x the priced time of a reallocation or data transfer
     move_overhead_s: 0.002       # + fixed per reallocation or data transfer
     fit: {calls: 40, ...}        # optional: the fit's summary (written by plan calibrate)
@@ -34,9 +35,11 @@ device processes on its busiest node (the profile times one process alone on a c
              x (1 + process_slowdown x (min(n, cores_per_node) - 1))   # shared caches and
                                                                # memory bandwidth, fitted
     time = compute_scale[kind] x slowdown x compute
-         + communication with collective_latency_s x max(1, n / cores_per_node) as the
-           latency of every step (a step waits for every member to be scheduled; with more
-           processes than cores a member is often descheduled), and on a CPU device its
+         + communication with collective_latency_s + oversubscribed_latency_s x
+           (max(1, n / cores_per_node) - 1) as the latency of every step (a step waits for
+           every member to be scheduled; with more processes than cores a member may be
+           descheduled: how much that adds differs between machines, docs/accuracy.md, so
+           the two are fitted apart), and on a CPU device its
            bytes-over-bandwidth part x slowdown (gloo copies and reduces the messages on
            the same cores as the compute, so they share them alike; without it the
            held-out estimate of a dp x tp plan on 4 processes over 2 cores, llama-small,
@@ -111,6 +114,7 @@ class Calibration(BaseModel):
     call_overhead_s: dict[str, FixedSeconds]
     decode_step_s: FixedSeconds
     collective_latency_s: FixedSeconds | None = None
+    oversubscribed_latency_s: FixedSeconds | None = None
     move_scale: ScaleFactor
     move_overhead_s: FixedSeconds
     fit: dict[str, float] = Field(default_factory=dict)
@@ -151,7 +155,9 @@ class Calibration(BaseModel):
         slowdown = self.slowdown(execution, cluster)
         latency = self.collective_latency_s
         if latency is not None:
-            latency *= self.oversubscription(execution, cluster)
+            extra = (latency if self.oversubscribed_latency_s is None
+                     else self.oversubscribed_latency_s)
+            latency += extra * (self.oversubscription(execution, cluster) - 1.0)
         bandwidth_scale = slowdown if communicates_on_cores(execution, cluster) else 1.0
         return CostKnobs(compute_scale=self.compute_scale[kind] * slowdown, latency_s=latency,
                          bandwidth_scale=bandwidth_scale)
@@ -174,6 +180,9 @@ class Calibration(BaseModel):
         over = " ".join(f"{k} {self.call_overhead_s[k] * 1e3:.1f}" for k in CALL_KINDS)
         latency = ("unchanged" if self.collective_latency_s is None
                    else f"{self.collective_latency_s * 1e6:.0f} us")
+        if self.oversubscribed_latency_s is not None:
+            latency += (f" + {self.oversubscribed_latency_s * 1e6:.0f} us per process per "
+                        "core beyond one")
         return (f"compute x [{scale}]; overhead ms [{over}]; decode step "
                 f"{self.decode_step_s * 1e3:.2f} ms; collective latency {latency}; moves x"
                 f"{self.move_scale:.2f} + {self.move_overhead_s * 1e3:.1f} ms; "

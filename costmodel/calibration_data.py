@@ -3,8 +3,8 @@ the features each call's time is linear in, and the (calibrated) estimate of a p
 
 Features of one call (costmodel/calibration.py gives the model they feed):
     compute_s     compute seconds of the call, oversubscription included (compute_scale 1)
-    latency_steps collective steps and sends on the call's critical path, x oversubscription
-                  (seconds per 1 s of collective_latency_s)
+    latency_steps collective steps and sends on the call's critical path (seconds per 1 s
+                  of step latency)
     bandwidth_s   the bytes-over-bandwidth part of its communication, uncalibrated
     bandwidth_shares_cores  whether that part is slowed as the compute is (CPU devices:
                   calibration.communicates_on_cores)
@@ -195,7 +195,7 @@ def call_features(case: MeasuredPlan, cores_per_node: int,
         bandwidth = seconds(0.0, 0.0)
         rows.append(CallFeatures(
             plan=case.name, call=name, kind=call.kind, measured_s=case.call_times_s[name],
-            compute_s=seconds(slow, 0.0) - bandwidth, latency_steps=seconds(0.0, slow) - bandwidth,
+            compute_s=seconds(slow, 0.0) - bandwidth, latency_steps=seconds(0.0, 1.0) - bandwidth,
             bandwidth_s=bandwidth, oversubscription=slow,
             co_running=probe.co_running(ex, plan.cluster),
             decode_steps=decode_steps(call, ex, plan.workflow.batch),

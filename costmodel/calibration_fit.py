@@ -3,7 +3,8 @@
 Each call time is linear in the factors (costmodel/calibration_data.py features):
 
     measured = contention x compute_scale[kind] x compute_s
-             + collective_latency_s x latency_steps
+             + (collective_latency_s + oversubscribed_latency_s x (oversubscription - 1))
+               x latency_steps
              + bandwidth_s (x contention x oversubscription on CPU devices, where the
                messages are copied on the shared cores: CallFeatures.bandwidth_time_s)
              + contention x oversubscription x (call_overhead_s[kind]
@@ -55,10 +56,10 @@ ROBUST_SCALE = 0.2
 
 CALL_FACTORS = ([f"compute_scale.{k}" for k in CALL_KINDS]
                 + [f"call_overhead_s.{k}" for k in CALL_KINDS]
-                + ["decode_step_s", "collective_latency_s"])
+                + ["decode_step_s", "collective_latency_s", "oversubscribed_latency_s"])
 NEUTRAL = {**{f"compute_scale.{k}": 1.0 for k in CALL_KINDS},
            **{f"call_overhead_s.{k}": 0.0 for k in CALL_KINDS}, "decode_step_s": 0.0,
-           "collective_latency_s": None}
+           "collective_latency_s": None, "oversubscribed_latency_s": None}
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def design_row(f: CallFeatures, process_slowdown: float = 0.0) -> np.ndarray:
     row[CALL_FACTORS.index(f"call_overhead_s.{f.kind}")] = contention * f.oversubscription
     row[CALL_FACTORS.index("decode_step_s")] = contention * f.oversubscription * f.decode_steps
     row[CALL_FACTORS.index("collective_latency_s")] = f.latency_steps
+    row[CALL_FACTORS.index("oversubscribed_latency_s")] = \
+        f.latency_steps * (f.oversubscription - 1.0)
     return row
 
 
@@ -169,6 +172,7 @@ def fit_calibration(cases: list[MeasuredPlan], cores_per_node: int | None = None
         call_overhead_s={k: factors[f"call_overhead_s.{k}"] for k in CALL_KINDS},
         decode_step_s=factors["decode_step_s"],
         collective_latency_s=factors["collective_latency_s"],
+        oversubscribed_latency_s=factors["oversubscribed_latency_s"],
         move_scale=move_scale, move_overhead_s=move_overhead),
         "plan calibrate: the factors fitted to these traces")
     call_res = call_residuals(cases, calibration, profiles_dir)

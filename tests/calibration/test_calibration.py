@@ -75,8 +75,25 @@ def test_fit_recovers_known_factors(plans):
                                                           rel=0.15, abs=5e-4)
     assert fit.decode_step_s == pytest.approx(KNOWN.decode_step_s, rel=0.1)
     assert fit.collective_latency_s == pytest.approx(KNOWN.collective_latency_s, rel=0.1)
+    # a file without oversubscribed_latency_s means latency x oversubscription (older files)
+    assert fit.oversubscribed_latency_s == pytest.approx(KNOWN.collective_latency_s, rel=0.15)
     assert fit.process_slowdown == pytest.approx(KNOWN.process_slowdown, abs=0.03)
     assert fit.fit["call_rel_error_median_after"] < 0.01
+
+
+def test_fit_separates_the_oversubscribed_latency(plans):
+    """Machines differ: on one, a gloo step's latency grows with processes per core, on
+    another not (docs/accuracy.md); the fit tells the two terms apart."""
+    flat = KNOWN.model_copy(update={"oversubscribed_latency_s": 0.0})
+    cases = [synthetic_case(i, p, flat) for i, p in enumerate(plans)]
+    fit = fit_calibration(cases, cores_per_node=2).calibration
+    assert fit.collective_latency_s == pytest.approx(KNOWN.collective_latency_s, rel=0.1)
+    assert fit.oversubscribed_latency_s < 0.1 * KNOWN.collective_latency_s
+    cpu4 = plans[4].executions["actor_gen"]
+    assert flat.knobs("generate", cpu4, plans[4].cluster).latency_s == \
+        pytest.approx(KNOWN.collective_latency_s)
+    assert KNOWN.knobs("generate", cpu4, plans[4].cluster).latency_s == \
+        pytest.approx(2 * KNOWN.collective_latency_s)
 
 
 def test_fit_of_uncalibrated_measurements_is_neutral(plans):
