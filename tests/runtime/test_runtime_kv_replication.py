@@ -7,7 +7,11 @@ after one Adam step the same gradient norm and parameters, the copies of a kv he
 k_proj.bias is left out of the parameter comparison: its true gradient is zero (the bias
 adds q . b_k to every score of a query, a constant the softmax removes), so its computed
 gradient is float noise, which Adam's first step, g / (|g| + eps), turns into lr-sized
-updates of either sign. The gradient norm covers it (noise in a zero is nothing there)."""
+updates of either sign. The gradient norm covers it (noise in a zero is nothing there).
+The same holds, more rarely, for single elements of other parameters whose gradient lies
+near Adam's eps (tp sums it in another order): up to ADAM_NOISE_FRACTION of a shard may
+differ by more than ATOL, each by at most an update's size, 2 lr (seen on an AMD EPYC:
+1 of 2,048 elements of gate_proj, by 1.3e-5; never on the Intel Xeon)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from planner.sharding.param_shards import kv_replicas, model_params, shard_slice
 from runtime.launch import run_distributed
 
 ATOL = 1e-5
+ADAM_NOISE_FRACTION = 1e-3   # module docstring
 ZERO_GRADIENT = "k_proj.bias"   # module docstring
 TIMEOUT_S = 120
 
@@ -78,5 +83,7 @@ def test_tp_above_the_kv_heads_runs_as_tp_1(results, key):
             if name.endswith(ZERO_GRADIENT):
                 continue
             expected = full[name][tuple(slice(a, b) for a, b in ranges)]
-            assert torch.allclose(shard, expected, atol=ATOL, rtol=0), name
+            difference = (shard - expected).abs()
+            assert (difference > ATOL).float().mean() <= ADAM_NOISE_FRACTION, name
+            assert difference.max() <= 2 * W.ADAM.lr, name
     assert reference["unsummed"] is None
