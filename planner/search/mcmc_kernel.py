@@ -12,11 +12,12 @@ remembers the chain's best feasible plan.
 
 `sweep` takes three bundles besides the evaluator's tables: `Chains` (the chains' state,
 updated in place), `MoveTables` (the neighbourhoods, planner.search.mcmc.move_tables) and
-`StepSettings`; a step is `_propose`, `apply_call`, then `_take_step` (`schedule_s`,
+`StepSettings`; a step is `_propose`, `apply_call_inline`, then `_take_step` (`schedule_s`,
 `_rejected_by_time`, `memory_overflow`, `_remember_if_best`, `_metropolis_accepts`), and a
 round of steps ends with `_exchange_column` (parallel tempering). The evaluator's pieces
-are compiled into the step (their `*_inline` / inline forms): a call of a function that
-takes the KernelTables and a Scratch costs more than a typical change's work.
+are compiled into the step (apply_call_inline, schedule_s): a call of a function that
+takes the KernelTables and a Scratch costs more than a typical change's work. The memory
+rule is the exception (fast_evaluator.memory_overflow, a function that takes less).
 """
 
 from __future__ import annotations
