@@ -47,7 +47,7 @@ with the largest excess (node:slot), the bytes needed and available, and the cal
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Mapping
@@ -187,13 +187,9 @@ def _schedule_send_bytes(spec: ModelSpec, head: HeadKind, src: Placement, dst: P
     sends or copies locally, in the source's compute dtype (what post_push packs)."""
     schedule = param_schedule(spec, head, src, dst, cluster.device_node)
     dtype_bytes = cluster.hardware_of(src.devices[0]).compute_dtype_bytes
-    sent: dict[int, float] = defaultdict(float)
-    for piece in schedule.local:
-        sent[piece.src] += piece.num_elements * dtype_bytes
-    for step in schedule.steps:
-        for piece in step:
-            sent[piece.src] += piece.num_elements * dtype_bytes
-    return tuple(sorted(sent.items()))
+    devices, per_device = np.unique(schedule.piece_src, return_inverse=True)
+    sent = np.bincount(per_device, weights=schedule.piece_elements) * dtype_bytes
+    return tuple((int(d), float(b)) for d, b in zip(devices, sent))
 
 
 def push_send_bytes(workflow: Workflow, executions: Mapping[str, Execution],

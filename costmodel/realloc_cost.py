@@ -33,7 +33,6 @@ framework configs only; the search's plans never have it, so their moves price a
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -71,15 +70,29 @@ PLACEMENT_MOVES_KEPT = 1024
 def local_copy_time_s(schedule: Schedule, bytes_per_element: float,
                       cluster: ClusterSpec) -> float:
     """Read + write of every local piece, at HBM bandwidth x efficiency, busiest device."""
-    per_device: dict[int, float] = defaultdict(float)
-    for piece in schedule.local:
-        per_device[piece.dst] += piece.num_elements * bytes_per_element
-    worst = 0.0
-    for device, moved in per_device.items():
-        hw = cluster.hardware_of(device)
-        bandwidth = hw.memory_bandwidth_bytes_per_s * eff.MEMORY_BANDWIDTH_EFFICIENCY
-        worst = max(worst, 2.0 * moved / bandwidth)
-    return worst
+    local = schedule.piece_step < 0
+    if not local.any():
+        return 0.0
+    devices, per_device = np.unique(schedule.piece_dst[local], return_inverse=True)
+    moved = np.bincount(per_device, weights=schedule.piece_elements[local]) * bytes_per_element
+    bandwidth = np.array([cluster.hardware_of(int(d)).memory_bandwidth_bytes_per_s
+                          for d in devices]) * eff.MEMORY_BANDWIDTH_EFFICIENCY
+    return float(np.max(2.0 * moved / bandwidth))
+
+
+def _message_times_s(schedule: Schedule, message_bytes: np.ndarray,
+                     cluster: ClusterSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(time of each message on its link, whether it stays on one node). comm.p2p_link
+    depends only on the nodes of the two ends, so it is asked once per pair of nodes."""
+    node = np.asarray(cluster.device_node, dtype=np.int64)
+    src_node, dst_node = node[schedule.message_src], node[schedule.message_dst]
+    _, first_message, pair_of = np.unique(src_node * len(node) + dst_node, return_index=True,
+                                          return_inverse=True)
+    links = [comm.p2p_link(cluster, int(schedule.message_src[i]), int(schedule.message_dst[i]))
+             for i in first_message]
+    alpha_s = np.array([link.alpha_s for link in links])[pair_of]
+    bandwidth = np.array([link.bandwidth_bytes_per_s for link in links])[pair_of]
+    return alpha_s + message_bytes / bandwidth, src_node == dst_node
 
 
 def schedule_cost(schedule: Schedule, bytes_per_element: float,
@@ -88,31 +101,32 @@ def schedule_cost(schedule: Schedule, bytes_per_element: float,
     if schedule.is_empty:
         return ZERO_COST
     total = local_copy_time_s(schedule, bytes_per_element, cluster)
-    intra = inter = 0.0
-    buffers: dict[int, float] = defaultdict(float)
-    received: dict[int, float] = defaultdict(float)
-    node = cluster.device_node
-    for step in schedule.steps:
-        messages: dict[tuple[int, int], float] = defaultdict(float)
-        for piece in step:
-            messages[(piece.src, piece.dst)] += piece.num_elements * bytes_per_element
-        slowest = 0.0
-        step_bytes: dict[int, float] = defaultdict(float)
-        for (src, dst), size in messages.items():
-            same = node[src] == node[dst]
-            slowest = max(slowest, comm.p2p_time_s(size, comm.p2p_link(cluster, src, dst)))
-            if same:
-                intra += size
-            else:
-                inter += size
-            received[dst] = max(received[dst], size)
-            step_bytes[src] += size
-            step_bytes[dst] += size
-        for d, size in step_bytes.items():
-            buffers[d] = max(buffers[d], size)
-        total += slowest
-    return ScheduleCost(total, intra, inter, len(schedule.steps), dict(buffers),
-                        dict(received))
+    if schedule.num_steps == 0:
+        return ScheduleCost(total)
+    message_bytes = schedule.message_elements * bytes_per_element
+    time_s, same_node = _message_times_s(schedule, message_bytes, cluster)
+    slowest_s = np.zeros(schedule.num_steps)
+    np.maximum.at(slowest_s, schedule.message_step, time_s)
+    step = schedule.message_step
+    return ScheduleCost(total + float(np.sum(slowest_s)),
+                        float(np.sum(message_bytes[same_node])),
+                        float(np.sum(message_bytes[~same_node])), schedule.num_steps,
+                        _largest_per_device(np.concatenate([step, step]),
+                                            np.concatenate([schedule.message_src,
+                                                            schedule.message_dst]),
+                                            np.concatenate([message_bytes, message_bytes])),
+                        _largest_per_device(step, schedule.message_dst, message_bytes))
+
+
+def _largest_per_device(step: np.ndarray, device: np.ndarray, size: np.ndarray
+                        ) -> dict[int, float]:
+    """Per device, the largest over steps of the sizes it has in one step (summed)."""
+    keys, per_key = np.unique(step * (int(device.max()) + 1) + device, return_inverse=True)
+    in_step = np.bincount(per_key, weights=size)
+    devices, per_device = np.unique(keys % (int(device.max()) + 1), return_inverse=True)
+    largest = np.zeros(len(devices))
+    np.maximum.at(largest, per_device, in_step)
+    return {int(d): float(v) for d, v in zip(devices, largest)}
 
 
 def realloc_cost(spec: ModelSpec, head: HeadKind, src: Execution, dst: Execution,

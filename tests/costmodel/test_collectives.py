@@ -72,8 +72,8 @@ def test_eight_gpus_sending_across_nodes_at_once_do_not_share_a_nic():
     def piece(i):
         return Piece(name="w", src=i, dst=8 + i, ranges=((0, 10**8),), num_elements=10**8)
 
-    one = Schedule(local=(), steps=((piece(0),),))
-    eight = Schedule(local=(), steps=(tuple(piece(i) for i in range(8)),))
+    one = Schedule.of_pieces(local=(), steps=((piece(0),),))
+    eight = Schedule.of_pieces(local=(), steps=(tuple(piece(i) for i in range(8)),))
     assert schedule_cost(eight, 2, H100X16).time_s == schedule_cost(one, 2, H100X16).time_s
 
 
