@@ -6,16 +6,21 @@ Exit codes: 0 success, 1 a valid input that is infeasible (the reason is printed
 
 Start-up: `main` imports only the module of the command being run (`SUBCOMMANDS` names each
 with its one-line help), so `plan --help` and the light commands never load torch,
-matplotlib, scipy or numba. This module itself imports only `sys` and `importlib` (already
-loaded when Python starts); everything else is imported inside `main`'s try block, so a
+matplotlib, scipy or numba. This module itself imports only `sys`, `importlib` and `time`
+(built into Python); everything else is imported inside `main`'s try block, so a
 Ctrl-C during start-up is handled like one later. What Python does before it runs this
 module (its own start-up, `site`) is outside our reach.
+
+A command's clock starts as `main` is entered, before the command's module is imported:
+handlers read it as `args.command_started_s` (time.perf_counter), so that `plan search
+--time-limit` bounds the imports too.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -104,10 +109,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_and_run(argv: list[str]) -> int:
-    """Parse `argv`, run the command's handler; InputError propagates to `main`."""
+def _parse_and_run(argv: list[str], started_s: float) -> int:
+    """Parse `argv`, run the command's handler (which sees `started_s` as
+    args.command_started_s); InputError propagates to `main`."""
     parser = build_parser(requested_command(argv))
     args = parser.parse_args(argv)
+    args.command_started_s = started_s
     if not getattr(args, "handler", None):
         parser.print_help()
         return BAD_INPUT_EXIT_CODE
@@ -123,11 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run `plan ARGV` (default: the command line) and return its exit code (module
     docstring). argparse's own errors and `--help` still exit through SystemExit. After a
     Ctrl-C, SIGINT stays ignored: the process is about to exit."""
+    started_s = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         from planner.domain.errors import InputError, one_line
         try:
-            return _parse_and_run(argv)
+            return _parse_and_run(argv, started_s)
         except InputError as err:
             print(f"{_command_label(argv)}: error: {one_line(str(err))}", file=sys.stderr)
             return BAD_INPUT_EXIT_CODE

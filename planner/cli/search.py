@@ -312,7 +312,8 @@ def comparison_text(seconds: float | None, best_s: float, what: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    deadline = Deadline(args.time_limit)   # --time-limit bounds the whole command
+    # --time-limit bounds the whole command, from its start (planner/cli/main.py)
+    deadline = Deadline(args.time_limit, started_s=args.command_started_s)
     if args.out:   # before any work; the default name needs the inputs' names
         check_writable_path(Path(args.out), "--out")
     user_plans = load_user_plans(args.baseline)
