@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import numba
 import numpy as np
@@ -48,20 +50,54 @@ US = 1e-6
 def mesh_shape(devices: tuple[int, ...], cluster: ClusterSpec) -> tuple:
     """What a mesh's cost depends on: per spanned node, its hardware, its device count, the
     rails (NICs) those devices send through and the node's network (NICs, devices, NIC
-    bandwidth), since collectives across nodes run at the NICs the group drives."""
-    counts: dict[int, int] = defaultdict(int)
-    rails: dict[int, set[int]] = defaultdict(set)
-    nics = cluster.device_nics
-    for d in devices:
-        node, nic = nics[d]
-        counts[node] += 1
-        rails[node].add(nic)
+    bandwidth), since collectives across nodes run at the NICs the group drives.
+
+    Every mesh the search builds is a run of consecutive device ids (planner.domain.mesh
+    allowed_meshes), and a node's devices have consecutive ids: such a mesh's shape is the
+    whole-node entries of the nodes it covers (computed once per cluster) and, at its ends,
+    the entries of the part of a node it holds."""
+    lo, hi = devices[0], devices[-1]
+    if hi - lo + 1 != len(devices) or devices != tuple(range(lo, hi + 1)):
+        return _shape_of_nodes(_devices_by_node(devices, cluster), cluster)
+    whole = _whole_node_entries(cluster)
     shape = []
-    for n, c in sorted(counts.items()):
-        group = cluster.node_group_of_node[n]
-        shape.append((cluster.node_hardware[n].name, c, len(rails[n]), group.nics_per_node,
-                       group.devices_per_node, group.nic_bandwidth_gb_per_s))
+    for n in range(cluster.device_node[lo], cluster.device_node[hi] + 1):
+        first = cluster.node_first_device[n]
+        stop = first + cluster.node_devices_per_node[n]
+        if lo <= first and stop <= hi + 1:
+            shape.append(whole[n])
+        else:
+            shape.extend(_shape_of_nodes({n: range(max(lo, first), min(stop, hi + 1))},
+                                         cluster))
     return tuple(shape)
+
+
+def _devices_by_node(devices, cluster: ClusterSpec) -> dict[int, list[int]]:
+    by_node: dict[int, list[int]] = defaultdict(list)
+    for d in devices:
+        by_node[cluster.device_node[d]].append(d)
+    return by_node
+
+
+def _shape_of_nodes(by_node: dict[int, Sequence[int]], cluster: ClusterSpec) -> tuple:
+    """mesh_shape's entries of the devices `by_node` holds on each node, in node order."""
+    nics = cluster.device_nics
+    shape = []
+    for n, on_node in sorted(by_node.items()):
+        group = cluster.node_group_of_node[n]
+        rails = {nics[d][1] for d in on_node}
+        shape.append((cluster.node_hardware[n].name, len(on_node), len(rails),
+                      group.nics_per_node, group.devices_per_node,
+                      group.nic_bandwidth_gb_per_s))
+    return tuple(shape)
+
+
+@lru_cache(maxsize=8)
+def _whole_node_entries(cluster: ClusterSpec) -> tuple[tuple, ...]:
+    """Per node, mesh_shape's entry of all its devices."""
+    return tuple(_shape_of_nodes({n: range(first, first + count)}, cluster)[0]
+                 for n, (first, count) in enumerate(zip(cluster.node_first_device,
+                                                        cluster.node_devices_per_node)))
 
 
 # What CallPricer.price returns, in order: the CallTable columns it fills.

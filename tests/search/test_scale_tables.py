@@ -120,3 +120,31 @@ def test_scale_presets(name, devices):
     assert cluster.num_devices == devices
     if "+" in name:
         assert {hw.name for hw in cluster.node_hardware} == {"h100-sxm-80gb", "a100-sxm-80gb"}
+
+
+def per_device_shape(devices, cluster):
+    """builder.mesh_shape's docstring, device by device: per spanned node (in node order) its
+    hardware, device count, rails used and network."""
+    nodes = sorted({cluster.device_node[d] for d in devices})
+    shape = []
+    for n in nodes:
+        on_node = [d for d in devices if cluster.device_node[d] == n]
+        group = cluster.node_group_of_node[n]
+        shape.append((cluster.node_hardware[n].name, len(on_node),
+                      len({cluster.device_nics[d][1] for d in on_node}), group.nics_per_node,
+                      group.devices_per_node, group.nic_bandwidth_gb_per_s))
+    return tuple(shape)
+
+
+@pytest.mark.parametrize("name", ["mixed", "h100x64+a100x64"])
+def test_mesh_shapes_are_those_device_by_device(name):
+    """The whole-node fast path of mesh_shape gives each allowed mesh the shape its devices
+    give one by one; meshes that are not runs of ids (reversed, gapped) do too."""
+    from planner.search.builder import mesh_shape
+    cluster = mixed_cluster() if name == "mixed" else cluster_preset(name)
+    meshes = allowed_meshes(cluster)
+    rng = np.random.default_rng(0)
+    odd = [tuple(reversed(meshes[-1])), tuple(meshes[-1][::2]),
+           tuple(int(d) for d in rng.permutation(cluster.num_devices)[:5])]
+    for mesh in meshes + odd:
+        assert mesh_shape(mesh, cluster) == per_device_shape(mesh, cluster), mesh
