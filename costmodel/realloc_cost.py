@@ -121,9 +121,10 @@ def schedule_cost(schedule: Schedule, bytes_per_element: float,
 def _largest_per_device(step: np.ndarray, device: np.ndarray, size: np.ndarray
                         ) -> dict[int, float]:
     """Per device, the largest over steps of the sizes it has in one step (summed)."""
-    keys, per_key = np.unique(step * (int(device.max()) + 1) + device, return_inverse=True)
+    span = int(device.max()) + 1
+    keys, per_key = np.unique(step * span + device, return_inverse=True)
     in_step = np.bincount(per_key, weights=size)
-    devices, per_device = np.unique(keys % (int(device.max()) + 1), return_inverse=True)
+    devices, per_device = np.unique(keys % span, return_inverse=True)
     largest = np.zeros(len(devices))
     np.maximum.at(largest, per_device, in_step)
     return {int(d): float(v) for d, v in zip(devices, largest)}

@@ -155,7 +155,7 @@ def _intersect(a: ShardSlice, b: ShardSlice) -> ShardSlice | None:
 class _Requests:
     """The pieces wanted, in the order their sources are chosen: per request the piece kind,
     the destination device and the replica group that may serve it. Replica groups are
-    numbered as they are first named (`group`)."""
+    numbered as they are first named (`group_id`)."""
 
     def __init__(self):
         self.kinds: list[PieceKind] = []
