@@ -46,6 +46,27 @@ def test_profile_lookup_interpolates_in_log_space_and_extrapolates_in_tokens(pro
     assert not lookup.has("forward", "block", 2)
 
 
+@pytest.mark.parametrize("seconds, expected", [
+    ([[1e-3, 1e-3], [2e-3, 2e-3]], 1e-3),            # flat in length: slope 0, no change
+    ([[1e-3, 2e-3], [2e-3, 4e-3]], 1e-3 * 0.5 ** 0.5),  # slope 1/2 continued
+    ([[1e-3, 16e-3], [2e-3, 32e-3]], 0.5e-3),         # slope 2 clipped to linear in tokens
+])
+def test_profile_lookup_below_the_grid_continues_the_first_segment(tmp_path, seconds,
+                                                                  expected):
+    entry = {"op": "decode", "part": "block", "batch": [1, 4], "length": [100, 400],
+             "seconds": seconds}
+    table = {"format_version": 1, "device": "h100-sxm-80gb", "torch_version": "2.13.0",
+             "recorded": "2025-01-01", "model_shape": model_shape_key(SPEC),
+             "shards": [{"tp": 1, "entries": [entry]}]}
+    folder = tmp_path / "h100-sxm-80gb"
+    folder.mkdir()
+    (folder / f"{model_shape_key(SPEC)}.yaml").write_text(yaml.safe_dump(table))
+    lookup = find_profile(tmp_path, "h100-sxm-80gb", SPEC)
+    # half the first length at batch 1 (inside the batch axis)
+    assert lookup.time_s("decode", "block", 1, 1, 50) == pytest.approx(expected)
+    assert lookup.time_s("decode", "block", 1, 1, 100) == pytest.approx(seconds[0][0])
+
+
 def test_call_time_names_the_profile_it_used(profiles):
     wf = builtin_workflow("ppo")
     call = wf.call_by_name["ref_inf"]
