@@ -3,8 +3,10 @@ here, so `plan estimate` and `plan search` stay torch-free; planner/domain/proce
 holds the record).
 
 CPU: the model name from /proc/cpuinfo (its first `model name` line; x86 and most Linux
-hosts), else platform.processor(), else platform.machine(); the logical core count from
-os.cpu_count(); the torch version from the installed distribution's metadata.
+hosts), else platform.processor(), else platform.machine(); the x86 family, model and
+stepping from the same block's `cpu family`, `model` and `stepping` lines (absent elsewhere);
+the logical core count from os.cpu_count(); the torch version from the installed
+distribution's metadata.
 GPU: the NVIDIA driver's /proc/driver/nvidia/gpus/<bus>/information (`Model:` line, the
 name torch.cuda.get_device_name reports) and /proc/driver/nvidia/version (`Kernel Module
 <version>`). A machine without that directory has no GPU to compare with.
@@ -52,6 +54,17 @@ def cpu_model_name(cpuinfo: Path = CPUINFO) -> str:
             or platform.machine() or "unknown CPU")
 
 
+def cpu_family_model(cpuinfo: Path = CPUINFO) -> str:
+    """`family 26 model 2 stepping 1` from /proc/cpuinfo's first processor block (module
+    docstring); "" when it has no `cpu family` and `model` lines (not x86, or no file)."""
+    first_block = _read_text(cpuinfo).split("\n\n")[0]
+    family, model = _field(first_block, "cpu family"), _field(first_block, "model")
+    if not family or not model:
+        return ""
+    stepping = _field(first_block, "stepping")
+    return f"family {family} model {model}" + (f" stepping {stepping}" if stepping else "")
+
+
 def installed_torch_version() -> str:
     """torch's version from its package metadata (without importing it), or ""."""
     try:
@@ -63,8 +76,9 @@ def installed_torch_version() -> str:
 def cpu_processor(threads: int = GLOO_PROCESS_THREADS, torch_version: str | None = None,
                   cpuinfo: Path = CPUINFO) -> Processor:
     """This machine's CPU, measured with `threads` torch threads per process."""
-    return Processor(kind="cpu", name=cpu_model_name(cpuinfo), logical_cores=os.cpu_count(),
-                     threads=threads, torch_version=torch_version or installed_torch_version())
+    return Processor(kind="cpu", name=cpu_model_name(cpuinfo),
+                     cpu_model=cpu_family_model(cpuinfo), logical_cores=os.cpu_count(), threads=threads,
+                     torch_version=torch_version or installed_torch_version())
 
 
 def nvidia_driver_version(version_file: Path = NVIDIA_VERSION_FILE) -> str:

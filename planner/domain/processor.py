@@ -9,6 +9,7 @@ runtime/machine.py; this module only holds and compares recorded values.
     processor:                         # a CPU
       kind: cpu
       name: Intel(R) Xeon(R) CPU @ 2.20GHz   # /proc/cpuinfo "model name"
+      cpu_model: family 6 model 85 stepping 7  # its "cpu family", "model", "stepping"
       logical_cores: 2                 # os.cpu_count()
       threads: 1                       # torch intra-op threads of each measured process
       torch_version: 2.13.0+cpu
@@ -21,6 +22,12 @@ runtime/machine.py; this module only holds and compares recorded values.
 
 A file without `processor` was written before processors were recorded: its processor is
 unknown (None where it is read).
+
+`cpu_model` tells apart CPUs whose model name does not: on the cloud VMs of this project's
+CI every AMD processor is named "AMD EPYC", while family 25 model 1, family 25 model 17 and
+family 26 model 2 (three generations) measured the same plans up to 2x apart
+(docs/accuracy.md). Absent (older files, or a /proc/cpuinfo without those lines): the name
+alone decides.
 """
 
 from __future__ import annotations
@@ -44,14 +51,18 @@ class Processor(BaseModel):
     logical_cores: int | None = Field(default=None, ge=1, le=MAX_LOGICAL_CORES)
     threads: int | None = Field(default=None, ge=1, le=MAX_LOGICAL_CORES)
     torch_version: str = Field(default="", max_length=MAX_NAME_CHARS)
+    cpu_model: str = Field(default="", max_length=MAX_NAME_CHARS)
     driver_version: str = Field(default="", max_length=MAX_NAME_CHARS)
     cuda_version: str = Field(default="", max_length=MAX_NAME_CHARS)
 
     def describe(self) -> str:
-        """`Intel(R) Xeon(R) CPU @ 2.20GHz, 2 logical cores` / `NVIDIA H100 80GB HBM3,
-        driver 550.54.15`."""
+        """`AMD EPYC (family 26 model 2 stepping 1), 2 logical cores` / `NVIDIA H100 80GB
+        HBM3, driver 550.54.15`."""
+        name = f"{self.name} ({self.cpu_model})" if self.cpu_model else self.name
         if self.kind == "cpu" and self.logical_cores:
-            return f"{self.name}, {self.logical_cores} logical cores"
+            return f"{name}, {self.logical_cores} logical cores"
+        if self.kind == "cpu":
+            return name
         if self.kind == "cuda" and self.driver_version:
             return f"{self.name}, driver {self.driver_version}"
         return self.name
@@ -62,10 +73,12 @@ class Processor(BaseModel):
 
 
 def same_processor(a: Processor, b: Processor) -> bool:
-    """Same kind and the same model name (case and spacing aside). Core counts, thread
-    counts and versions do not make another processor: a table times one process on one
-    core, and a calibration states its own cores_per_node."""
-    return a.kind == b.kind and _normal(a.name) == _normal(b.name)
+    """Same kind and the same model name (case and spacing aside), and the same cpu_model
+    where both record one. Core counts, thread counts and versions do not make another
+    processor: a table times one process on one core, and a calibration states its own
+    cores_per_node."""
+    return (a.kind == b.kind and _normal(a.name) == _normal(b.name)
+            and (not a.cpu_model or not b.cpu_model or a.cpu_model == b.cpu_model))
 
 
 def recorded_elsewhere(recorded: Processor | None, here: list[Processor]) -> bool:

@@ -14,7 +14,10 @@ from runtime import machine
 CPUINFO = """\
 processor\t: 0
 vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
 model name\t: Intel(R) Xeon(R) Platinum 8488C
+stepping\t: 8
 flags\t\t: fpu vme
 
 processor\t: 1
@@ -35,6 +38,14 @@ def test_cpu_model_name_is_the_first_model_name_line(tmp_path):
     cpu = machine.cpu_processor(threads=1, torch_version="2.13.0+cpu", cpuinfo=cpuinfo)
     assert (cpu.kind, cpu.logical_cores, cpu.threads, cpu.torch_version) == (
         "cpu", os.cpu_count(), 1, "2.13.0+cpu")
+    assert cpu.cpu_model == "family 6 model 143 stepping 8"
+
+
+def test_cpu_family_model_is_empty_without_x86_lines(tmp_path):
+    arm = tmp_path / "cpuinfo"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n")
+    assert machine.cpu_family_model(arm) == ""
+    assert machine.cpu_family_model(tmp_path / "missing") == ""
 
 
 def test_cpu_model_name_falls_back_to_platform(tmp_path, monkeypatch):
@@ -77,6 +88,15 @@ def test_same_processor_is_kind_and_name_whatever_the_spacing_and_case():
     assert same_processor(a, b) and not same_processor(a, gpu) and not same_processor(a, other)
     assert not recorded_elsewhere(a, [other, b])
     assert recorded_elsewhere(a, [other]) and recorded_elsewhere(None, [a])
+
+
+def test_alike_names_of_other_families_are_other_processors():
+    zen3 = Processor(kind="cpu", name="AMD EPYC", cpu_model="family 25 model 1 stepping 1")
+    zen5 = Processor(kind="cpu", name="AMD EPYC", cpu_model="family 26 model 2 stepping 1")
+    unrecorded = Processor(kind="cpu", name="AMD EPYC")
+    assert not same_processor(zen3, zen5)
+    assert same_processor(zen3, unrecorded) and same_processor(unrecorded, zen5)
+    assert zen5.describe() == "AMD EPYC (family 26 model 2 stepping 1)"
 
 
 def test_processor_describes_and_writes_only_its_kinds_fields():
