@@ -104,19 +104,26 @@ def candidate_executions(call: ModelFunctionCall, spec: ModelSpec, cluster: Clus
                          meshes: list[tuple[int, ...]] | None = None,
                          max_staleness: int = 0) -> list[Execution]:
     """Every valid execution of `call` (memory not yet considered); `max_staleness` is the
-    workflow's bound (decode_batching_options)."""
+    workflow's bound (decode_batching_options). The recomputation and decode batching
+    modes offered are those layout_problem accepts for the call's kind, so whether a
+    layout can run is checked once per (mesh, dp, tp, pp, ep, micro-batches), on its first
+    mode, and holds for the others."""
     result = []
     for mesh in meshes if meshes is not None else allowed_meshes(cluster):
         for dp, tp, pp in layouts_for_mesh(len(mesh)):
             rows = sequences_per_micro_batch_step(call, batch) // dp
             for ep in expert_degree_options(spec, dp):
                 for micro_batches in micro_batch_options(pp, rows):
+                    runs: bool | None = None
                     for recompute in recompute_options(call):
                         for decode in decode_batching_options(call, pp, micro_batches,
                                                               max_staleness):
                             execution = Execution(devices=mesh, dp=dp, tp=tp, pp=pp, ep=ep,
                                                   micro_batches=micro_batches,
                                                   recompute=recompute, decode_batching=decode)
-                            if layout_problem(execution, spec, cluster, call, batch) is None:
+                            if runs is None:
+                                runs = layout_problem(execution, spec, cluster, call,
+                                                      batch) is None
+                            if runs:
                                 result.append(execution)
     return result

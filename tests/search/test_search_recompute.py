@@ -32,6 +32,29 @@ def test_train_candidates_come_in_every_mode_and_others_in_the_default():
             assert modes == {default} and set(layouts.values()) == {1}, name
 
 
+def test_every_mode_of_a_listed_layout_runs_and_no_runnable_mode_is_left_out():
+    # candidate_executions checks layout_problem on a layout's first mode only
+    from planner.domain.layout import DECODE_BATCHINGS, layout_problem
+    workflow = builtin_workflow("ppo", model="llama-7b")
+    cluster = cluster_preset("h100x16")
+    for name in workflow.call_order:
+        call = workflow.call_by_name[name]
+        spec = workflow.models[call.model].spec
+        candidates = candidate_executions(call, spec, cluster, workflow.batch,
+                                          max_staleness=1)
+        assert all(layout_problem(ex, spec, cluster, call, workflow.batch) is None
+                   for ex in candidates), name
+        listed = set(candidates)
+        for ex in candidates:
+            for recompute in RECOMPUTE_MODES:
+                for decode in DECODE_BATCHINGS:
+                    other = ex.model_copy(update={"recompute": recompute,
+                                                  "decode_batching": decode})
+                    if other.micro_batches > other.pp or decode == "static":
+                        runs = layout_problem(other, spec, cluster, call, workflow.batch) is None
+                        assert runs == (other in listed), (name, other)
+
+
 def test_baselines_use_only_their_frameworks_recompute_modes():
     workflow = builtin_workflow("ppo", model="llama-7b")
     cluster = cluster_preset("h100x8")
