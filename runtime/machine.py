@@ -77,8 +77,8 @@ def cpu_processor(threads: int = GLOO_PROCESS_THREADS, torch_version: str | None
                   cpuinfo: Path = CPUINFO) -> Processor:
     """This machine's CPU, measured with `threads` torch threads per process."""
     return Processor(kind="cpu", name=cpu_model_name(cpuinfo),
-                     cpu_model=cpu_family_model(cpuinfo), logical_cores=os.cpu_count(), threads=threads,
-                     torch_version=torch_version or installed_torch_version())
+                     cpu_model=cpu_family_model(cpuinfo), logical_cores=os.cpu_count(),
+                     threads=threads, torch_version=torch_version or installed_torch_version())
 
 
 def nvidia_driver_version(version_file: Path = NVIDIA_VERSION_FILE) -> str:
