@@ -12,8 +12,9 @@ evaluator throughput on batches of random plans, and the throughput inside a rea
 (proposals, acceptance and bookkeeping included; the share of its plans whose time alone
 decided the step, planner/search/mcmc_kernel._take_step), each with the machine's load
 average (os.getloadavg, 1 minute) when it was taken: on a shared machine the figures are
-only comparable at a low load, so each rate is also given per CPU-second of this process (time.process_time, all its threads): the work one evaluation
-costs, which the other programs on the machine change less than the wall-clock rate.
+only comparable at a low load, so each rate is also given per CPU-second of this process
+(time.process_time, all its threads): the work one evaluation costs, which the other
+programs on the machine change less than the wall-clock rate.
 Usage:
     python benchmarks/search_speed.py [--cases ppo-70b-h100x128,...] [--mcmc-seconds 10]
 """
