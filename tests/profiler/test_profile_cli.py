@@ -61,6 +61,7 @@ def test_quick_table_loads_with_every_part_op_and_positive_times(quick_table):
 def test_quick_table_records_this_machines_cpu(quick_table):
     recorded = load_profile(quick_table).table.processor
     assert recorded == Processor(kind="cpu", name=machine.cpu_model_name(),
+                                 cpu_model=machine.cpu_family_model(),
                                  logical_cores=os.cpu_count(), threads=CPU_THREADS,
                                  torch_version=str(torch.__version__))
 
