@@ -45,6 +45,7 @@ per-op costs; on the 12 CPU plans of benchmarks/estimator_accuracy.py (sequences
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Union
@@ -167,16 +168,50 @@ class ProfileLookup:
         self.path = path
         self.source = f"profile:{path}"
         self._entries = {(s.tp, e.op, e.part): e for s in table.shards for e in s.entries}
+        self._grids = {key: Grid.of(e) for key, e in self._entries.items()
+                       if not isinstance(e.seconds, float)}
 
     def has(self, op: str, part: str, tp: int) -> bool:
         return (tp, op, part) in self._entries
 
     def time_s(self, op: str, part: str, tp: int, batch: float, length):
         """Seconds of (op, part, tp) at `batch` sequences of `length` (array ok) tokens."""
-        entry = self._entries[(tp, op, part)]
-        if isinstance(entry.seconds, float):
-            return entry.seconds + np.asarray(length, dtype=float) * 0.0
-        return grid_time_s(entry, batch, length)
+        grid = self._grids.get((tp, op, part))
+        if grid is None:
+            return self._entries[(tp, op, part)].seconds + np.asarray(length, dtype=float) * 0.0
+        return grid_time_s(grid, batch, length)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One grid entry as arrays, read once per table (lookups run in the search's pricing
+    loop): its axes, log(seconds) [batch][length], and the log-log slope below the first
+    value of each axis (module docstring)."""
+
+    batches: np.ndarray
+    lengths: np.ndarray
+    log_seconds: np.ndarray
+    batch_slope: float
+    length_slope: float
+
+    @classmethod
+    def of(cls, entry: ProfileEntry) -> "Grid":
+        batches = np.asarray(entry.batch, dtype=float)
+        lengths = np.asarray(entry.length, dtype=float)
+        log_seconds = np.log(np.asarray(entry.seconds, dtype=float))
+        return cls(batches, lengths, log_seconds,
+                   _first_segment_slope(batches, log_seconds[:, :2].mean(axis=1)),
+                   _first_segment_slope(lengths, log_seconds[:2, :].mean(axis=0)))
+
+
+def _first_segment_slope(axis: np.ndarray, log_seconds: np.ndarray) -> float:
+    """The log-log slope between the axis's first two values, clipped to [0, 1] (a time
+    that falls no faster than the tokens and never grows as they shrink); 1 (linear in
+    tokens) for an axis of one value."""
+    if len(axis) < 2:
+        return 1.0
+    return float(np.clip((log_seconds[1] - log_seconds[0]) / np.log(axis[1] / axis[0]),
+                         0.0, 1.0))
 
 
 def _axis_weights(axis: np.ndarray, value):
@@ -191,11 +226,10 @@ def _axis_weights(axis: np.ndarray, value):
     return lower, upper, weight
 
 
-def grid_time_s(entry: ProfileEntry, batch: float, length):
-    """Log-space bilinear interpolation; outside, the edge point scaled (module docstring)."""
-    batches = np.asarray(entry.batch, dtype=float)
-    lengths = np.asarray(entry.length, dtype=float)
-    log_seconds = np.log(np.asarray(entry.seconds, dtype=float))
+def grid_time_s(grid: Grid, batch: float, length):
+    """Log-space bilinear interpolation; outside, the edge point scaled (module docstring):
+    linearly by tokens above the grid, by the first segment's slope below it."""
+    batches, lengths, log_seconds = grid.batches, grid.lengths, grid.log_seconds
     length = np.asarray(length, dtype=float)
     b0, b1, wb = _axis_weights(batches, np.asarray(float(batch)))
     l0, l1, wl = _axis_weights(lengths, length)
@@ -206,22 +240,9 @@ def grid_time_s(entry: ProfileEntry, batch: float, length):
     edge_length = np.clip(length, lengths[0], lengths[-1])
     above = np.maximum(batch, edge_batch) * np.maximum(length, edge_length) \
         / (edge_batch * edge_length)
-    below_b = _below_grid_factor(batches, log_seconds[:, :2].mean(axis=1), batch)
-    below_l = _below_grid_factor(lengths, log_seconds[:2, :].mean(axis=0), length)
-    return inside * above * below_b * below_l
-
-
-def _below_grid_factor(axis: np.ndarray, log_seconds: np.ndarray, value):
-    """How much less time a point below the grid's first value takes on that axis: the
-    first segment's log-log slope continued, clipped to [0, 1] (a time that falls no faster
-    than the tokens and never grows as they shrink); 1 at or above the first value."""
-    value = np.asarray(value, dtype=float)
-    if len(axis) < 2:
-        slope = 1.0
-    else:
-        slope = float(np.clip((log_seconds[1] - log_seconds[0]) / np.log(axis[1] / axis[0]),
-                              0.0, 1.0))
-    return np.minimum(value / axis[0], 1.0) ** slope
+    below = (np.minimum(batch / batches[0], 1.0) ** grid.batch_slope
+             * np.minimum(length / lengths[0], 1.0) ** grid.length_slope)
+    return inside * above * below
 
 
 @lru_cache(maxsize=256)

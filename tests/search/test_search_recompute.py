@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 
 from planner.domain.cluster import cluster_preset
-from planner.domain.layout import RECOMPUTE_MODES, Execution
+from planner.domain.layout import DECODE_BATCHINGS, RECOMPUTE_MODES, Execution, layout_problem
 from planner.domain.workflow_file import builtin_workflow
 from planner.search.baselines import BASELINE_RECOMPUTE, BaselineJudge, build_baselines
 from planner.search.builder import full_tables, pruned_tables
@@ -34,7 +34,6 @@ def test_train_candidates_come_in_every_mode_and_others_in_the_default():
 
 def test_every_mode_of_a_listed_layout_runs_and_no_runnable_mode_is_left_out():
     # candidate_executions checks layout_problem on a layout's first mode only
-    from planner.domain.layout import DECODE_BATCHINGS, layout_problem
     workflow = builtin_workflow("ppo", model="llama-7b")
     cluster = cluster_preset("h100x16")
     for name in workflow.call_order:
