@@ -62,9 +62,22 @@ class _Lengths(BaseModel):
         """F(1), F(2), ..., F(max_len): the CDF at every length up to the maximum."""
         return self.cdf(np.arange(1, self.max_len + 1))
 
+    @cached_property
+    def _by_row_count(self) -> dict[tuple[str, int], Any]:
+        """longest_pmf and expected_longest of one row count, by (name, rows): the search
+        prices thousands of layouts whose micro-batches share a few row counts."""
+        return {}
+
     def longest_pmf(self, rows: int) -> np.ndarray:
-        """P(longest of `rows` sequences = l) at each support length l: F(l)^n - F(l-)^n."""
-        return np.diff(self.cdf_at_support ** float(rows), prepend=0.0)
+        """P(longest of `rows` sequences = l) at each support length l: F(l)^n - F(l-)^n
+        (memoised; read-only)."""
+        key = ("longest_pmf", int(rows))
+        pmf = self._by_row_count.get(key)
+        if pmf is None:
+            pmf = np.diff(self.cdf_at_support ** float(rows), prepend=0.0)
+            pmf.setflags(write=False)
+            self._by_row_count[key] = pmf
+        return pmf
 
     @property
     def mean_len(self) -> float:
@@ -76,7 +89,16 @@ class _Lengths(BaseModel):
         return np.concatenate(([0.0], self.cdf_at_support))[at]
 
     def expected_longest(self, rows) -> np.ndarray:
-        """E[longest of `rows` independent sequences] (exact; `rows` any shape, >= 1)."""
+        """E[longest of `rows` independent sequences] (exact; `rows` any shape, >= 1;
+        memoised for one integer row count)."""
+        if isinstance(rows, (int, np.integer)):
+            key = ("expected_longest", int(rows))
+            if key not in self._by_row_count:
+                self._by_row_count[key] = self._expected_longest(rows)
+            return self._by_row_count[key]
+        return self._expected_longest(rows)
+
+    def _expected_longest(self, rows) -> np.ndarray:
         n = np.asarray(rows, dtype=float)[..., None]
         widths = np.diff(self.support, prepend=0)
         below = np.concatenate(([0.0], self.cdf_at_support[:-1]))
