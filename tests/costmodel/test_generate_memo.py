@@ -26,10 +26,14 @@ BATCHES = [{"prompt_len": {"mean": 300, "max": 1024}, "gen_len": {"mean": 232, "
             "gen_len": 1024}]
 
 
-def _phases(batch: BatchSpec, dp: int, tp: int, pp: int, m: int) -> dict[str, float]:
+def _stage_timer(dp: int, tp: int, pp: int, m: int) -> StageTimer:
     ex = Execution(devices=tuple(range(8)), dp=dp, tp=tp, pp=pp, micro_batches=m)
-    st = StageTimer(ROLE, ex, geometry(ex, ROLE.spec.num_layers, H100X8), PROFILES_DIR)
-    return generate_phases_s(st, -(-batch.n_seqs // (dp * m)), batch, sampled=True)
+    return StageTimer(ROLE, ex, geometry(ex, ROLE.spec.num_layers, H100X8), PROFILES_DIR)
+
+
+def _phases(batch: BatchSpec, dp: int, tp: int, pp: int, m: int) -> dict[str, float]:
+    return generate_phases_s(_stage_timer(dp, tp, pp, m), -(-batch.n_seqs // (dp * m)),
+                             batch, sampled=True)
 
 
 def _fresh(batch: BatchSpec) -> BatchSpec:
@@ -61,16 +65,11 @@ def test_memoised_order_statistics_are_read_only_and_exact(rows):
 def test_decode_running_is_keyed_by_every_field_it_reads():
     batch = BatchSpec(n_seqs=1024, prompt_len=64, gen_len={"mean": 100, "max": 512})
     seen = {}
-    for dp, tp, pp, m in LAYOUTS:
-        ex = Execution(devices=tuple(range(8)), dp=dp, tp=tp, pp=pp, micro_batches=m)
-        st = StageTimer(ROLE, ex, geometry(ex, ROLE.spec.num_layers, H100X8), PROFILES_DIR)
+    for layout in LAYOUTS:
         for b in (1, 7):
-            running = decode_running(st, b, batch)
+            running = decode_running(_stage_timer(*layout), b, batch)
             assert not running.flags.writeable
-            seen[(dp, pp, m, b)] = running
+            seen[layout, b] = running
     generate_cost._RUNNING_MEMO.clear()
-    for (dp, pp, m, b), running in seen.items():
-        ex = Execution(devices=tuple(range(8)), dp=dp, tp=8 // (dp * pp), pp=pp,
-                       micro_batches=m)
-        st = StageTimer(ROLE, ex, geometry(ex, ROLE.spec.num_layers, H100X8), PROFILES_DIR)
-        assert np.array_equal(decode_running(st, b, batch), running)
+    for (layout, b), running in seen.items():
+        assert np.array_equal(decode_running(_stage_timer(*layout), b, batch), running)
