@@ -105,6 +105,9 @@ def placement_links(devices: tuple[int, ...], dp: int, tp: int, pp: int, cluster
     dp groups, and the slowest pp link (None for pp 1): the part of placement_geometry that
     does not depend on the model, memoised apart so that models of other layer counts on
     one placement (a 70B actor, a 7B critic) find their groups' fabrics once."""
+    lo = devices[0]
+    if devices == tuple(range(lo, lo + len(devices))):
+        return _run_links(lo, dp, tp, pp, cluster)
     all_devices = devices
     groups = rank_groups(all_devices, dp, tp, pp)
     per_stage = dp * tp
@@ -122,6 +125,69 @@ def placement_links(devices: tuple[int, ...], dp: int, tp: int, pp: int, cluster
                                       cluster))
     pp_link = _slowest_link(groups.pp_groups, cluster) if pp > 1 else None
     return tuple(hardware), tuple(tp_links), tuple(dp_links), pp_link
+
+
+def _run_links(lo: int, dp: int, tp: int, pp: int, cluster: ClusterSpec):
+    """placement_links of the mesh lo, lo + 1, ..., lo + dp x tp x pp - 1 (every mesh the
+    search builds, planner.domain.mesh allowed_meshes): the same result without listing the
+    groups. On such a mesh each group of rank_groups is a progression of device ids (tp
+    groups: stride 1, dp groups: stride tp, pp groups: stride dp x tp), in the same order,
+    and a stage's devices are a run whose hardware is that of the nodes it spans, in node
+    order."""
+    per_stage = dp * tp
+    hardware, tp_links, dp_links = [], [], []
+    for stage in range(pp):
+        first = lo + stage * per_stage
+        names = {}
+        for node in range(cluster.device_node[first],
+                          cluster.device_node[first + per_stage - 1] + 1):
+            hw = cluster.node_hardware[node]
+            names.setdefault(hw.name, hw)
+        hardware.append(tuple(names.values()))
+        tp_links.append(_progression_link(range(first, first + per_stage, tp), 1, tp,
+                                          cluster))
+        dp_links.append(_progression_link(range(first, first + tp), tp, dp, cluster))
+    pp_link = (_progression_link(range(lo, lo + per_stage), per_stage, pp, cluster)
+               if pp > 1 else None)
+    return tuple(hardware), tuple(tp_links), tuple(dp_links), pp_link
+
+
+def _progression_link(starts: range, stride: int, size: int, cluster: ClusterSpec
+                      ) -> comm.Link:
+    """_slowest_link of the groups (start, start + stride, ..., start + (size - 1) x stride)
+    of each start, in order: each group's link is looked up by _translation_key's key, built
+    once per distinct (node group, slot of the start in its node), not once per group."""
+    links = _group_links(cluster)
+    if len(links) >= GROUP_LINK_ENTRIES:
+        links.clear()
+    node_group, slot = _device_places(cluster)
+    span = (size - 1) * stride
+    by_place: dict[tuple, comm.Link] = {}
+    distinct: dict[comm.Link, None] = {}
+    for start in starts:
+        group_index = node_group[start]
+        place = (group_index, slot[start]) if node_group[start + span] == group_index \
+            else (-1, start)
+        link = by_place.get(place)
+        if link is None:
+            group = range(start, start + span + 1, stride)
+            key = (place[0], tuple(range(place[1], place[1] + span + 1, stride))) \
+                if place[0] >= 0 else (-1, tuple(group))
+            link = links.get(key)
+            if link is None:
+                link = links[key] = comm.group_link(group, cluster)
+            by_place[place] = link
+        distinct[link] = None
+    return comm.slowest_of(list(distinct))
+
+
+@lru_cache(maxsize=8)
+def _device_places(cluster: ClusterSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per device, the index of its node group and its slot in its node (its id less its
+    node's first device id)."""
+    nodes = cluster.device_node
+    return (tuple(cluster.node_group_index_of_node[n] for n in nodes),
+            tuple(d - cluster.node_first_device[n] for d, n in enumerate(nodes)))
 
 
 def _slowest_link(groups, cluster: ClusterSpec) -> comm.Link:
