@@ -16,10 +16,12 @@ Without a deadline (or one that does not expire) every shape is priced, and the 
 the same as one process's: `price_one` is a pure function of the shape.
 
 Children are forked (they inherit the workflow, cluster and profile tables without pickling
-them, and start in milliseconds); they send their prices back pickled through a pipe. Where
-fork is not available or not safe (not Linux), or there are too few shapes to pay for a fork
-(MIN_SHAPES_PER_WORKER), the shapes are priced here, in order. A child's exception is raised
-here; a child that dies without a word is an error naming its exit code.
+them, and start in milliseconds); they send each shape's prices back pickled through a pipe
+as soon as it is priced, and a thread here reads and unpacks them while this process prices
+its own shapes (_Receiver). Where fork is not available or not safe (not Linux), or there
+are too few shapes to pay for a fork (MIN_SHAPES_PER_WORKER), the shapes are priced here, in
+order. A child's exception is raised here; a child that dies without a word is an error
+naming its exit code.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -94,9 +97,10 @@ class _SharedProgress:
 
 def _price_claimed(order: Sequence[int], price_one: Callable[[int], Any],
                    fits_of: Callable[[Any], Sequence[bool]], progress: _SharedProgress,
-                   deadline: Deadline | None) -> dict[int, Any]:
+                   deadline: Deadline | None,
+                   on_priced: Callable[[int, Any], None] | None = None) -> dict[int, Any]:
     """Price shapes of `order` as they are claimed, until none is left or the stopping
-    rule (module docstring) says stop."""
+    rule (module docstring) says stop; `on_priced(shape, prices)` is told of each at once."""
     priced: dict[int, Any] = {}
     while True:
         step = progress.claim()
@@ -106,13 +110,18 @@ def _price_claimed(order: Sequence[int], price_one: Callable[[int], Any],
             return priced
         prices = price_one(order[step])
         priced[order[step]] = prices
+        if on_priced is not None:
+            on_priced(order[step], prices)
         progress.record_fits(fits_of(prices))
 
 
 def _child(connection, order, price_one, fits_of, progress, deadline, pack) -> None:
+    """A forked worker: sends ("shape", shape, pack(prices)) of each shape it prices as soon
+    as it is priced, then ("done", None), or ("error", exception)."""
     try:
-        priced = _price_claimed(order, price_one, fits_of, progress, deadline)
-        answer = ("prices", {shape: pack(prices) for shape, prices in priced.items()})
+        _price_claimed(order, price_one, fits_of, progress, deadline,
+                       lambda shape, prices: connection.send(("shape", shape, pack(prices))))
+        answer = ("done", None)
     except BaseException as err:        # noqa: BLE001 - every failure goes to the parent
         answer = ("error", err)
     try:
@@ -120,6 +129,36 @@ def _child(connection, order, price_one, fits_of, progress, deadline, pack) -> N
     except Exception as err:            # noqa: BLE001 - e.g. an exception that won't pickle
         connection.send(("error", RuntimeError(f"pricing worker failed: {err!r}")))
     connection.close()
+
+
+class _Receiver(threading.Thread):
+    """Reads a child's messages (_child) as they come, beside this process's own pricing:
+    the unpacking of a child's prices, which costs about as much as their transfer, then
+    overlaps the pricing instead of following it (and the shape claims balance the two).
+    A thread waiting on the pipe holds no lock; unpacking shares this process's core."""
+
+    def __init__(self, child, connection, unpack: Callable[[Any], Any]):
+        super().__init__(daemon=True)
+        self.child, self.connection, self.unpack = child, connection, unpack
+        self.priced: dict[int, Any] = {}
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                message = self.connection.recv()
+                if message[0] == "shape":
+                    self.priced[message[1]] = self.unpack(message[2])
+                    continue
+                if message[0] == "error":
+                    self.failure = message[1]
+                return
+        except EOFError:
+            self.child.join()
+            self.failure = RuntimeError(f"a table-pricing worker process died (exit code "
+                                        f"{self.child.exitcode})")
+        except BaseException as err:        # noqa: BLE001 - raised by the caller
+            self.failure = err
 
 
 def price_shapes(order: Sequence[int], price_one: Callable[[int], Any],
@@ -137,7 +176,7 @@ def price_shapes(order: Sequence[int], price_one: Callable[[int], Any],
     if count == 1:
         return _price_claimed(order, price_one, fits_of, progress, deadline)
     context = multiprocessing.get_context("fork")
-    children = []
+    children, receivers = [], []
     try:
         for _ in range(count - 1):
             receive, send = context.Pipe(duplex=False)
@@ -147,21 +186,22 @@ def price_shapes(order: Sequence[int], price_one: Callable[[int], Any],
             child.start()
             send.close()
             children.append((child, receive))
-        priced = _price_claimed(order, price_one, fits_of, progress, deadline)
         for child, receive in children:
-            try:
-                kind, payload = receive.recv()
-            except EOFError:
-                child.join()
-                raise RuntimeError(f"a table-pricing worker process died (exit code "
-                                   f"{child.exitcode})") from None
-            if kind == "error":
-                raise payload
-            priced.update({shape: unpack(packed) for shape, packed in payload.items()})
+            receivers.append(_Receiver(child, receive, unpack))
+            receivers[-1].start()
+        priced = _price_claimed(order, price_one, fits_of, progress, deadline)
+        for receiver in receivers:
+            receiver.join()
+            if receiver.failure is not None:
+                raise receiver.failure
+            priced.update(receiver.priced)
         return priced
     finally:
         for child, receive in children:
-            receive.close()
             if child.is_alive():
                 child.terminate()
             child.join()
+        for receiver in receivers:
+            receiver.join()
+        for _, receive in children:
+            receive.close()
