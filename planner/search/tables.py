@@ -36,11 +36,16 @@ class Candidates(Sequence):
     same shape) moved to mesh `mesh_index[i]` (a contiguous, ascending device tuple)."""
 
     def __init__(self, meshes: list[tuple[int, ...]], layouts: list[Execution],
-                 mesh_index: np.ndarray, layout_index: np.ndarray):
+                 mesh_index: np.ndarray, layout_index: np.ndarray,
+                 fields: dict[str, np.ndarray] | None = None):
         self.meshes = meshes
         self.layouts = layouts
         self.mesh_index = np.asarray(mesh_index, dtype=np.int64)
         self.layout_index = np.asarray(layout_index, dtype=np.int64)
+        # per distinct mesh or layout, the values of mesh_field / layout_field by name:
+        # shared with every subset (same meshes and layouts), so that pruning a table of a
+        # million rows does not read its hundred thousand layouts' fields again in Python
+        self._fields = {} if fields is None else fields
 
     @classmethod
     def of(cls, executions: list[Execution]) -> "Candidates":
@@ -100,19 +105,25 @@ class Candidates(Sequence):
         counts = np.bincount(self.mesh_index, minlength=len(self.meshes))
         return order, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
-    def mesh_field(self, get, dtype=np.int64) -> np.ndarray:
-        """`get(mesh)` of every row's mesh (a device tuple), as an array."""
-        values = np.array([get(m) for m in self.meshes], dtype=dtype)
-        return values[self.mesh_index]
+    def mesh_field(self, name: str, get, dtype=np.int64) -> np.ndarray:
+        """`get(mesh)` of every row's mesh (a device tuple), as an array; `name` names
+        `get` among the fields of these meshes (each read once, subsets included)."""
+        return self._field("mesh:" + name, self.meshes, get, dtype)[self.mesh_index]
 
-    def layout_field(self, get, dtype=np.int64) -> np.ndarray:
-        """`get(execution)` of every row's layout (Execution fields but `devices`)."""
-        values = np.array([get(e) for e in self.layouts], dtype=dtype)
-        return values[self.layout_index]
+    def layout_field(self, name: str, get, dtype=np.int64) -> np.ndarray:
+        """`get(execution)` of every row's layout (Execution fields but `devices`), as an
+        array; `name` as for mesh_field."""
+        return self._field("layout:" + name, self.layouts, get, dtype)[self.layout_index]
+
+    def _field(self, key: str, items: list, get, dtype) -> np.ndarray:
+        values = self._fields.get(key)
+        if values is None:
+            values = self._fields[key] = np.array([get(item) for item in items], dtype=dtype)
+        return values
 
     def subset(self, index: np.ndarray) -> "Candidates":
         return Candidates(self.meshes, self.layouts, self.mesh_index[index],
-                          self.layout_index[index])
+                          self.layout_index[index], self._fields)
 
 
 @dataclass
@@ -152,13 +163,13 @@ class CallTable:
         ex = self.executions
         if self.proximal_s is None:
             self.proximal_s = np.zeros(len(ex))
-        self.lo = ex.mesh_field(lambda m: m[0])
-        self.hi = ex.mesh_field(lambda m: m[-1] + 1)
-        self.dp = ex.layout_field(lambda e: e.dp, dtype=np.float64)
-        self.tp = ex.layout_field(lambda e: e.tp, dtype=np.float64)
-        self.pp = ex.layout_field(lambda e: e.pp, dtype=np.float64)
-        self.micro_batches = ex.layout_field(lambda e: e.micro_batches)
-        self.recompute = ex.layout_field(lambda e: RECOMPUTE_CODE[e.recompute])
+        self.lo = ex.mesh_field("lo", lambda m: m[0])
+        self.hi = ex.mesh_field("hi", lambda m: m[-1] + 1)
+        self.dp = ex.layout_field("dp", lambda e: e.dp, dtype=np.float64)
+        self.tp = ex.layout_field("tp", lambda e: e.tp, dtype=np.float64)
+        self.pp = ex.layout_field("pp", lambda e: e.pp, dtype=np.float64)
+        self.micro_batches = ex.layout_field("micro_batches", lambda e: e.micro_batches)
+        self.recompute = ex.layout_field("recompute", lambda e: RECOMPUTE_CODE[e.recompute])
 
     def __len__(self) -> int:
         return len(self.executions)
