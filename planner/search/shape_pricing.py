@@ -142,6 +142,7 @@ class _Receiver(threading.Thread):
         self.child, self.connection, self.unpack = child, connection, unpack
         self.priced: dict[int, Any] = {}
         self.failure: BaseException | None = None
+        self.died = False          # the pipe closed without a last message
 
     def run(self) -> None:
         try:
@@ -154,9 +155,7 @@ class _Receiver(threading.Thread):
                     self.failure = message[1]
                 return
         except EOFError:
-            self.child.join()
-            self.failure = RuntimeError(f"a table-pricing worker process died (exit code "
-                                        f"{self.child.exitcode})")
+            self.died = True
         except BaseException as err:        # noqa: BLE001 - raised by the caller
             self.failure = err
 
@@ -192,6 +191,10 @@ def price_shapes(order: Sequence[int], price_one: Callable[[int], Any],
         priced = _price_claimed(order, price_one, fits_of, progress, deadline)
         for receiver in receivers:
             receiver.join()
+            if receiver.died:
+                receiver.child.join()
+                raise RuntimeError(f"a table-pricing worker process died (exit code "
+                                   f"{receiver.child.exitcode})")
             if receiver.failure is not None:
                 raise receiver.failure
             priced.update(receiver.priced)

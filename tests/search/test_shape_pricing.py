@@ -4,6 +4,9 @@ worker's failure reaches the caller."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -57,6 +60,26 @@ def test_a_failure_in_any_worker_is_raised_here(workers):
     with pytest.raises(ValueError, match="shape 7"):
         price_shapes(list(range(NUM_SHAPES)), fail_on_seven, lambda p: [True], 1,
                      workers=workers)
+
+
+@forks
+def test_a_worker_that_dies_is_an_error_naming_its_exit_code(tmp_path):
+    # the child exits on the first shape it takes; this process holds its first shape until
+    # then, so the child surely takes one
+    parent, died = os.getpid(), tmp_path / "died"
+
+    def exit_in_child(shape: int) -> list[int]:
+        if os.getpid() != parent:
+            died.touch()
+            os._exit(3)
+        for _ in range(3000):
+            if died.exists():
+                break
+            time.sleep(0.01)
+        return [shape]
+
+    with pytest.raises(RuntimeError, match="died \\(exit code 3\\)"):
+        price_shapes(list(range(NUM_SHAPES)), exit_in_child, lambda p: [True], 1, workers=2)
 
 
 def test_one_process_below_the_fork_threshold():
