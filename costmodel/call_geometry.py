@@ -155,11 +155,10 @@ def _run_links(lo: int, dp: int, tp: int, pp: int, cluster: ClusterSpec):
 def _progression_link(starts: range, stride: int, size: int, cluster: ClusterSpec
                       ) -> comm.Link:
     """_slowest_link of the groups (start, start + stride, ..., start + (size - 1) x stride)
-    of each start, in order: each group's link is looked up by _translation_key's key, built
-    once per distinct (node group, slot of the start in its node), not once per group."""
-    links = _group_links(cluster)
-    if len(links) >= GROUP_LINK_ENTRIES:
-        links.clear()
+    of each start, in order: groups whose starts share a node group and a slot in their
+    node are translations of each other (_translation_key), so each group's link is looked
+    up once per distinct (node group, slot), not once per group."""
+    links = _bounded_group_links(cluster)
     node_group, slot = _device_places(cluster)
     span = (size - 1) * stride
     by_place: dict[tuple, comm.Link] = {}
@@ -170,13 +169,8 @@ def _progression_link(starts: range, stride: int, size: int, cluster: ClusterSpe
             else (-1, start)
         link = by_place.get(place)
         if link is None:
-            group = range(start, start + span + 1, stride)
-            key = (place[0], tuple(range(place[1], place[1] + span + 1, stride))) \
-                if place[0] >= 0 else (-1, tuple(group))
-            link = links.get(key)
-            if link is None:
-                link = links[key] = comm.group_link(group, cluster)
-            by_place[place] = link
+            link = by_place[place] = _group_link(range(start, start + span + 1, stride),
+                                                 links, cluster)
         distinct[link] = None
     return comm.slowest_of(list(distinct))
 
@@ -194,17 +188,20 @@ def _slowest_link(groups, cluster: ClusterSpec) -> comm.Link:
     """comm.slowest_link of `groups`: the same result, since it depends only on the
     distinct links in order, while each group's link is memoised (_group_links) across
     groups and placements alike by translation (_translation_key)."""
-    links = _group_links(cluster)
-    if len(links) >= GROUP_LINK_ENTRIES:
-        links.clear()
+    links = _bounded_group_links(cluster)
     distinct: dict[comm.Link, None] = {}
     for group in groups:
-        key = _translation_key(group, cluster)
-        link = links.get(key)
-        if link is None:
-            link = links[key] = comm.group_link(group, cluster)
-        distinct[link] = None
+        distinct[_group_link(group, links, cluster)] = None
     return comm.slowest_of(list(distinct))
+
+
+def _group_link(group, links: dict[tuple, comm.Link], cluster: ClusterSpec) -> comm.Link:
+    """comm.group_link of `group`, memoised in `links` by its _translation_key."""
+    key = _translation_key(group, cluster)
+    link = links.get(key)
+    if link is None:
+        link = links[key] = comm.group_link(group, cluster)
+    return link
 
 
 def _translation_key(group, cluster: ClusterSpec) -> tuple:
@@ -213,13 +210,18 @@ def _translation_key(group, cluster: ClusterSpec) -> tuple:
     link reads of each device only its node's hardware and node group, its slot (its NIC)
     and which devices share a node, so groups that are translations of each other by whole
     nodes of one node group (the dp groups of alike replicas, the tp groups of alike
-    stages) have one link. A group spanning node groups is keyed by its devices."""
-    lowest, highest = min(group), max(group)
+    stages) have one link. A group spanning node groups is keyed by its devices. A range
+    (an ascending progression, _progression_link's groups) is read at its ends and shifted
+    as a whole."""
+    is_range = isinstance(group, range)
+    lowest, highest = (group[0], group[-1]) if is_range else (min(group), max(group))
     node = cluster.device_node[lowest]
     node_group = cluster.node_group_index_of_node[node]
     if cluster.node_group_index_of_node[cluster.device_node[highest]] != node_group:
         return (-1, tuple(group))
     base = cluster.node_first_device[node]
+    if is_range:
+        return (node_group, tuple(range(group.start - base, group.stop - base, group.step)))
     return (node_group, tuple(d - base for d in group))
 
 
@@ -231,6 +233,14 @@ GROUP_LINK_ENTRIES = 1 << 16
 @lru_cache(maxsize=8)
 def _group_links(cluster: ClusterSpec) -> dict[tuple, comm.Link]:
     return {}
+
+
+def _bounded_group_links(cluster: ClusterSpec) -> dict[tuple, comm.Link]:
+    """_group_links of the cluster, emptied first when it holds GROUP_LINK_ENTRIES."""
+    links = _group_links(cluster)
+    if len(links) >= GROUP_LINK_ENTRIES:
+        links.clear()
+    return links
 
 
 @dataclass(frozen=True)

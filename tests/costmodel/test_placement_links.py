@@ -1,7 +1,8 @@
 """placement_links on a run of consecutive devices (the meshes the search builds) finds its
 links from the groups' progressions without listing them (costmodel/call_geometry.py
 _run_links): the result equals that of listing every group of rank_groups and taking
-comm.slowest_link of each family, on alike and on mixed node groups, partial nodes included."""
+comm.slowest_link of each family, on alike and on mixed node groups, partial nodes included,
+and a progression has the memo key of its listed devices."""
 
 from __future__ import annotations
 
@@ -57,3 +58,15 @@ def test_a_mesh_across_two_node_groups_is_keyed_by_its_devices():
         call_geometry.placement_links.cache_clear()
         assert call_geometry.placement_links(mesh, dp, tp, pp, cluster) == \
             listed_links(mesh, dp, tp, pp, cluster)
+
+
+@pytest.mark.parametrize("name", ["h100x16", "h100x64+a100x64"])
+def test_a_progression_has_the_translation_key_of_its_listed_devices(name):
+    # _progression_link looks up groups as ranges; the link memo must see one key per group
+    cluster = cluster_preset(name)
+    for start in range(cluster.num_devices):
+        for stride, size in [(1, 4), (2, 4), (8, 2), (3, 3)]:
+            group = range(start, start + (size - 1) * stride + 1, stride)
+            if group[-1] < cluster.num_devices:
+                assert call_geometry._translation_key(group, cluster) == \
+                    call_geometry._translation_key(tuple(group), cluster)
