@@ -7,13 +7,20 @@ does, then times, on one thread, the pieces a Metropolis step runs
     apply_call      apply one call's new candidate to the evaluation state (a step runs it
                     once, and once more to undo a rejected move)
     schedule_s      the iteration time of the held plan (every step)
-    memory_overflow the memory rule (the steps the time alone does not decide)
+    memory_overflow_unless_fits
+                    the memory rule as the step runs it (the steps the time alone does not
+                    decide): a bound that often shows the plan fits, else the exact rule
+    memory rule     the exact rule alone (fast_evaluator._memory_rule; for comparison)
     fill_plan       load a whole plan (once per chain and sweep; for comparison)
 
-Each figure is the best of three runs of REPEATS calls, in nanoseconds per call; the loop
-itself is compiled with the pieces (no Python between calls). With the share of steps the
-time alone decides (search_speed.py prints it) and the share of rejected moves, these give
-a step's cost: apply x (1 + rejected) + schedule + memory x (1 - decided on time).
+The two memory pieces are timed twice, each on MEMORY_PLANS plans: random plans, which at
+70B mostly do not fit (the bound is then wasted work), and random plans that fit, which is
+most of what the MCMC's chains see (fast_evaluator.memory_overflow_unless_fits says how
+many). Each figure
+is the best of three runs of REPEATS calls, in nanoseconds per call; the loop itself is
+compiled with the pieces (no Python between calls). With the share of steps the time alone
+decides (search_speed.py prints it) and the share of rejected moves, these give a step's
+cost: apply x (1 + rejected) + schedule + memory x (1 - decided on time).
 
     python benchmarks/evaluator_pieces.py [--cases ppo-70b-h100x128,...]
 """
@@ -34,57 +41,81 @@ from planner.search.fast_evaluator import (
     FastEvaluator,
     apply_call_inline,
     fill_plan,
-    memory_overflow,
+    memory_overflow_unless_fits,
     schedule_s,
+    _memory_rule,
     scratch_sizes,
     scratch_view,
 )
 
 REPEATS = 2_000_000
 PLANS = 4096
-PIECES = ("apply_call", "schedule_s", "memory_overflow", "fill_plan")
+PIECES = ("apply_call", "schedule_s", "memory_overflow_unless_fits", "memory rule",
+          "fill_plan")
+MEMORY_PIECES = (2, 3)
+# The memory pieces read one Scratch per plan (`_time_piece`): this many plans' Scratches
+# (~1.7 kB each at 128 GPUs) stay in a core's cache, as a chain's own Scratch does in the
+# search, so the figure is the rule's work, not the memory's latency.
+MEMORY_PLANS = 256
 
 
 # Without reference counting, like the search's step (mcmc_kernel._run_rounds): the Scratch
-# views are cut once, outside the timed loop's pieces.
+# views are cut once per call, outside the pieces.
 @numba.njit(_nrt=False)
 def _time_piece(piece, plans, kt, mt, repeats, ints, floats, shares):
-    """Run `piece` (an index of PIECES) `repeats` times on the Scratch in the buffers,
-    which first holds plans[0]; returns a sum of its results (so that nothing is
-    optimised away)."""
-    scratch = scratch_view(ints, floats, shares, kt)
-    fill_plan(plans[0], kt, scratch)
+    """Run `piece` (an index of PIECES) `repeats` times; returns a sum of its results (so
+    that nothing is optimised away). Row n of the Scratch buffers `ints`, `floats`,
+    `shares` holds plans[n] (filled here first): apply_call, schedule_s and fill_plan work
+    on row 0, the memory pieces read the rows in turn."""
     num_plans, num_calls = plans.shape
+    for n in range(num_plans):
+        fill_plan(plans[n], kt, scratch_view(ints[n], floats[n], shares[n], kt))
+    scratch = scratch_view(ints[0], floats[0], shares[0], kt)
     total = 0.0
     for r in range(repeats):
+        n = r % num_plans
         if piece == 0:
             k = r % num_calls
-            apply_call_inline(k, plans[r % num_plans, k], kt, scratch)
+            apply_call_inline(k, plans[n, k], kt, scratch)
         elif piece == 1:
             total += schedule_s(kt, scratch)
         elif piece == 2:
-            total += memory_overflow(mt, ints, floats, shares)
+            total += memory_overflow_unless_fits(mt, ints[n], floats[n], shares[n])
+        elif piece == 3:
+            total += _memory_rule(mt, scratch_view(ints[n], floats[n], shares[n], mt))
         else:
-            fill_plan(plans[r % num_plans], kt, scratch)
+            fill_plan(plans[n], kt, scratch)
     return total
 
 
-def piece_ns(evaluator: FastEvaluator, piece: int, rng: np.random.Generator) -> float:
-    """Best of three runs of REPEATS calls of PIECES[piece], nanoseconds per call."""
+def random_plans(evaluator: FastEvaluator, rng: np.random.Generator) -> np.ndarray:
+    """PLANS random plans (global candidate indices)."""
+    return np.ascontiguousarray(np.stack([rng.integers(0, s, PLANS)
+                                          for s in evaluator.tables.sizes], axis=1)
+                                + evaluator.offset[None, :])
+
+
+def piece_ns(evaluator: FastEvaluator, piece: int, plans: np.ndarray) -> float:
+    """Best of three runs of REPEATS calls of PIECES[piece] on `plans`, nanoseconds per
+    call."""
     kt, mt = evaluator.kernel, evaluator.memory
-    plans = np.ascontiguousarray(np.stack([rng.integers(0, s, PLANS)
-                                           for s in evaluator.tables.sizes], axis=1)
-                                 + evaluator.offset[None, :])
     num_ints, num_floats, num_types = scratch_sizes(kt)
-    buffers = (np.empty(num_ints, np.int64), np.empty(num_floats),
-               np.empty((num_types, num_types), np.bool_))
+    buffers = (np.empty((len(plans), num_ints), np.int64), np.empty((len(plans), num_floats)),
+               np.empty((len(plans), num_types, num_types), np.bool_))
     _time_piece(piece, plans, kt, mt, 10, *buffers)     # compile outside the timing
     best_s = np.inf
     for _ in range(3):
         start = time.perf_counter()
         _time_piece(piece, plans, kt, mt, REPEATS, *buffers)
-        best_s = min(best_s, time.perf_counter() - start)
+        best_s = min(best_s, time.perf_counter() - start - _fill_s(plans, kt, mt, buffers))
     return best_s / REPEATS * 1e9
+
+
+def _fill_s(plans: np.ndarray, kt, mt, buffers) -> float:
+    """Seconds `_time_piece` takes to fill its rows (taken off the piece's time)."""
+    start = time.perf_counter()
+    _time_piece(0, plans, kt, mt, 0, *buffers)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -102,9 +133,20 @@ def main() -> None:
         tables, _ = pruned_tables(full_tables(case.workflow(), cluster_preset(case.cluster),
                                               price_unfit=False), {})
         evaluator = FastEvaluator(tables)
-        figures = ", ".join(f"{label} {piece_ns(evaluator, i, np.random.default_rng(0)):.0f} ns"
-                            for i, label in enumerate(PIECES))
-        print(f"{name}: {figures} (one thread, load {os.getloadavg()[0]:.1f})", flush=True)
+        plans = random_plans(evaluator, np.random.default_rng(0))
+        fitting = plans[evaluator.evaluate(plans - evaluator.offset[None, :]).feasible]
+        figures = []
+        for i, label in enumerate(PIECES):
+            if i not in MEMORY_PIECES:
+                figures.append(f"{label} {piece_ns(evaluator, i, plans):.0f} ns")
+                continue
+            figure = f"{label} {piece_ns(evaluator, i, plans[:MEMORY_PLANS]):.0f} ns"
+            if len(fitting):
+                figure += (f" (on plans that fit "
+                           f"{piece_ns(evaluator, i, fitting[:MEMORY_PLANS]):.0f} ns)")
+            figures.append(figure)
+        print(f"{name}: {', '.join(figures)}; {len(fitting)} of {len(plans)} random plans fit "
+              f"(one thread, load {os.getloadavg()[0]:.1f})", flush=True)
 
 
 if __name__ == "__main__":

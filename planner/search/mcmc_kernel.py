@@ -6,18 +6,19 @@ many rounds one `sweep` runs: same seed, same result. Each step proposes one mov
 planner/search/mcmc.py), which changes one call's candidate, evaluates the new plan
 incrementally (planner.search.fast_evaluator.apply_call updates the chain's Scratch, which
 holds its current plan's evaluation state, then fast_evaluator's schedule_s and, unless
-the time alone rejects the move, memory_overflow), accepts by the Metropolis rule at the
-chain's temperature (a rejected move is undone in the Scratch with apply_call), and
-remembers the chain's best feasible plan.
+the time alone rejects the move, memory_overflow_unless_fits), accepts by the Metropolis
+rule at the chain's temperature (a rejected move is undone in the Scratch with
+apply_call), and remembers the chain's best feasible plan.
 
 `sweep` takes three bundles besides the evaluator's tables: `Chains` (the chains' state,
 updated in place), `MoveTables` (the neighbourhoods, planner.search.mcmc.move_tables) and
 `StepSettings`; a step is `_propose`, `apply_call_inline`, then `_take_step` (`schedule_s`,
-`_rejected_by_time`, `memory_overflow`, `_remember_if_best`, `_metropolis_accepts`), and a
-round of steps ends with `_exchange_column` (parallel tempering). The evaluator's pieces
-are compiled into the step (apply_call_inline, schedule_s): a call of a function that
-takes the KernelTables and a Scratch costs more than a typical change's work. The memory
-rule is the exception (fast_evaluator.memory_overflow, a function that takes less).
+`_rejected_by_time`, `memory_overflow_unless_fits`, `_remember_if_best`,
+`_metropolis_accepts`), and a round of steps ends with `_exchange_column` (parallel
+tempering). The evaluator's pieces are compiled into the step (apply_call_inline,
+schedule_s): a call of a function that takes the KernelTables and a Scratch costs more
+than a typical change's work. The memory rule is the exception
+(fast_evaluator.memory_overflow_unless_fits, a function that takes less).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from planner.search import fast_evaluator, kernel_cache
 from planner.search.fast_evaluator import (
     apply_call_inline,
     fill_plan,
-    memory_overflow,
+    memory_overflow_unless_fits,
     schedule_s,
     scratch_sizes,
     scratch_view,
@@ -227,7 +228,9 @@ def _take_step(n, plan, step, call, new, ints, floats, shares, chains, moves, st
     time (`energy_of`), so when the time alone puts the plan beyond what the step's
     random number accepts (`_rejected_by_time`) and it is no faster than the chain's best,
     the memory rule cannot change the outcome and is not run. The chain's path and bests
-    are the same bit for bit; `chains.decided_on_time` counts these steps."""
+    are the same bit for bit; `chains.decided_on_time` counts these steps. Where the rule
+    runs, only whether the plan fits matters when it does (`_remember_if_best`,
+    `energy_of`), which memory_overflow_unless_fits often tells from a bound."""
     state, offset = chains.state, moves.offset
     scratch = scratch_view(ints, floats, shares, kt)
     r_accept = uniform(steps.seed, n, step, SLOT_ACCEPT)
@@ -238,7 +241,7 @@ def _take_step(n, plan, step, call, new, ints, floats, shares, chains, moves, st
         chains.decided_on_time[n] += 1
         accepted = False
     else:
-        overflow = memory_overflow(mt, ints, floats, shares)
+        overflow = memory_overflow_unless_fits(mt, ints, floats, shares)
         _remember_if_best(n, plan, time_s, overflow, chains, offset)
         proposed = energy_of(time_s, overflow, steps.scale)
         accepted = _metropolis_accepts(chains.energy[n], proposed, chains.temperature[n],

@@ -6,7 +6,10 @@ along a random walk of one-call changes (kept or undone, as the MCMC does):
 - the memory rule's list of transient copies (`_memory_terms`) against the definition
   over all calls (`_is_transient_copy`, `_copy_lifetime`, modulo the priority order);
 - a reallocation's held peak read from its call's (`_held_peak_during`) against the one
-  computed for the reallocation (`_held_peak_bytes`).
+  computed for the reallocation (`_held_peak_bytes`);
+- the memory bound of the search's step (`_fits_by_bound`, memory_overflow_unless_fits)
+  against the memory rule: it never calls a plan that overflows one that fits (taken:
+  plans it shows to fit; passed by: plans that fit although it does not show it).
 Each shortcut must be taken and must be passed by on these walks (counted), so the test
 fails if a walk stops reaching one side."""
 
@@ -27,6 +30,7 @@ from planner.search.builder import full_tables, pruned_tables
 kernel_cache.depends_on(__file__, fe.__file__)
 
 STEPS = 2000
+NUM_COUNTS = 6          # what `_check_step` counts
 
 
 @numba.njit(cache=True)
@@ -47,7 +51,8 @@ def _copies_by_definition(x, device, kt, scratch):
 @numba.njit(cache=True)
 def _check_step(kt, scratch, counts):
     """Compare each shortcut with its rule on the plan `scratch` holds; False on the first
-    difference. counts: [all-share rows, other rows, held peaks read, held peaks computed]."""
+    difference. counts: [all-share rows, other rows, held peaks read, held peaks computed,
+    plans the memory bound shows to fit, plans that fit where it does not]."""
     num_types = scratch.duration.shape[0]
     for x in range(num_types):
         if scratch.share_count[x] != scratch.shares_devices[x].sum():
@@ -61,7 +66,7 @@ def _check_step(kt, scratch, counts):
     if fast_s != every_share_s:
         return False
     count, num_copies = fe._memory_terms(kt, scratch)
-    fe._memory_overflow(kt, scratch, count, num_copies)
+    overflow = fe._memory_overflow(kt, scratch, count, num_copies)
     num_calls = scratch.placement.shape[0]
     for x in range(num_types):
         for k in range(num_calls):
@@ -76,6 +81,13 @@ def _check_step(kt, scratch, counts):
             if fe._held_peak_during(x, k, count, num_copies, kt, scratch) != computed:
                 return False
             counts[2 if computed == scratch.held_peak[k] else 3] += 1
+    # last: the bound takes the start levels as work space
+    if fe._fits_by_bound(kt, scratch, count, num_copies):
+        if overflow > 0.0:
+            return False
+        counts[4] += 1
+    elif overflow <= 0.0:
+        counts[5] += 1
     return True
 
 
@@ -104,6 +116,6 @@ def test_shortcuts_equal_their_rules(algorithm, cluster_name):
                                           cluster_preset(cluster_name)), {})
     evaluator = fe.FastEvaluator(tables)
     start, calls, candidates, keep = random_walk(tables, evaluator, STEPS, 11)
-    counts = np.zeros(4, dtype=np.int64)
+    counts = np.zeros(NUM_COUNTS, dtype=np.int64)
     assert _walk(start, evaluator.kernel, calls, candidates, keep, counts) == -1
     assert (counts > 0).all(), counts            # both sides of each shortcut were reached
