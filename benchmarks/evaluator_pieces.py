@@ -7,20 +7,19 @@ does, then times, on one thread, the pieces a Metropolis step runs
     apply_call      apply one call's new candidate to the evaluation state (a step runs it
                     once, and once more to undo a rejected move)
     schedule_s      the iteration time of the held plan (every step)
-    memory_overflow_unless_fits
-                    the memory rule as the step runs it (the steps the time alone does not
-                    decide): a bound that often shows the plan fits, else the exact rule
-    memory rule     the exact rule alone (fast_evaluator._memory_rule; for comparison)
+    memory_bounds   the memory rule's bounds (the steps the time alone does not decide)
+    memory_overflow the memory rule (the steps neither the time nor the bounds decide)
     fill_plan       load a whole plan (once per chain and sweep; for comparison)
 
 The two memory pieces are timed twice, each on MEMORY_PLANS plans: random plans, which at
-70B mostly do not fit (the bound is then wasted work), and random plans that fit, which is
-most of what the MCMC's chains see (fast_evaluator.memory_overflow_unless_fits says how
-many). Each figure
+70B mostly do not fit, and random plans that fit, which is most of what the MCMC's chains
+see (fast_evaluator.memory_bounds says how many; search_speed.py prints the share of
+plans the bounds decide). Each figure
 is the best of three runs of REPEATS calls, in nanoseconds per call; the loop itself is
 compiled with the pieces (no Python between calls). With the share of steps the time alone
 decides (search_speed.py prints it) and the share of rejected moves, these give a step's
-cost: apply x (1 + rejected) + schedule + memory x (1 - decided on time).
+cost: apply x (1 + rejected) + schedule + bounds x (1 - decided on time) + memory x (1 -
+decided on time - decided on bounds).
 
     python benchmarks/evaluator_pieces.py [--cases ppo-70b-h100x128,...]
 """
@@ -41,17 +40,16 @@ from planner.search.fast_evaluator import (
     FastEvaluator,
     apply_call_inline,
     fill_plan,
-    memory_overflow_unless_fits,
+    memory_bounds,
+    memory_overflow,
     schedule_s,
-    _memory_rule,
     scratch_sizes,
     scratch_view,
 )
 
 REPEATS = 2_000_000
 PLANS = 4096
-PIECES = ("apply_call", "schedule_s", "memory_overflow_unless_fits", "memory rule",
-          "fill_plan")
+PIECES = ("apply_call", "schedule_s", "memory_bounds", "memory_overflow", "fill_plan")
 MEMORY_PIECES = (2, 3)
 # The memory pieces read one Scratch per plan (`_time_piece`): this many plans' Scratches
 # (~1.7 kB each at 128 GPUs) stay in a core's cache, as a chain's own Scratch does in the
@@ -80,9 +78,9 @@ def _time_piece(piece, plans, kt, mt, repeats, ints, floats, shares):
         elif piece == 1:
             total += schedule_s(kt, scratch)
         elif piece == 2:
-            total += memory_overflow_unless_fits(mt, ints[n], floats[n], shares[n])
+            total += memory_bounds(mt, ints[n], floats[n], shares[n])[1]
         elif piece == 3:
-            total += _memory_rule(mt, scratch_view(ints[n], floats[n], shares[n], mt))
+            total += memory_overflow(mt, ints[n], floats[n], shares[n])
         else:
             fill_plan(plans[n], kt, scratch)
     return total

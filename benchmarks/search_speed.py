@@ -9,8 +9,9 @@ on 1,024 and 4,096 H100.
 Prints, per case: the time to build the search tables (price every candidate and prune, as
 `plan search` does; numba's start is paid first, apart: load_table_kernels), the raw
 evaluator throughput on batches of random plans, and the throughput inside a real MCMC run
-(proposals, acceptance and bookkeeping included; the share of its plans whose time alone
-decided the step, planner/search/mcmc_kernel._take_step), each with the machine's load
+(proposals, acceptance and bookkeeping included; the shares of its plans whose time alone
+or whose memory bounds decided the step without the memory rule,
+planner/search/mcmc_kernel._take_step), each with the machine's load
 average (os.getloadavg, 1 minute) when it was taken: on a shared machine the figures are
 only comparable at a low load, so each rate is also given per CPU-second of this process
 (time.process_time, all its threads): the work one evaluation costs, which the other
@@ -123,11 +124,13 @@ def run_case(name: str, case: Case, mcmc_seconds: float, early_rejection: bool) 
     in_search = result.evaluations / result.wall_s
     in_search_cpu = result.evaluations / (time.process_time() - start_cpu)
     decided = result.decided_on_time / result.evaluations
+    on_bounds = result.decided_on_bounds / result.evaluations
     print(f"{name}: {cluster.num_devices} devices, candidates per call "
           f"{list(map(int, tables.sizes))}; tables built in {build_s:.1f} s ({build_load}); "
           f"evaluator {raw:,.0f} plans/s, {raw_cpu:,.0f}/CPU-s ({raw_load}); inside MCMC "
           f"{in_search:,.0f} plans/s, {in_search_cpu:,.0f}/CPU-s ({result.evaluations:,} in "
-          f"{result.wall_s:.1f} s, {decided:.0%} decided on the time alone, {load()})",
+          f"{result.wall_s:.1f} s, {decided:.0%} decided on the time alone, {on_bounds:.0%} "
+          f"on the memory bounds, {load()})",
           flush=True)
 
 

@@ -601,50 +601,60 @@ def schedule_s(kt, scratch):
 # one by one (7 words each): so called, the MCMC ran as fast as with the rule compiled in
 # (1,107,978 against 1,111,830 plans/s, PPO 70B/7B on 128 H100, benchmarks/search_speed.py).
 @numba.njit(cache=True, _nrt=False)
-def memory_overflow_unless_fits(mt, ints, floats, shares):
-    """The second half of `price` as the search's step reads it, which is only whether the
-    plan fits, and by how much where it does not: 0.0 where `_fits_by_bound` shows that the
-    plan held in the Scratch buffers `ints`, `floats`, `shares` (`scratch_view`) fits (the
-    exact overflow is then <= 0, so 0.0 is an upper bound of it), else the worst relative
-    memory overflow, exact. `mt`: the evaluator's MemoryTables.
+def memory_overflow(mt, ints, floats, shares):
+    """The second half of `price`: the worst relative memory overflow of the plan held in
+    the Scratch buffers `ints`, `floats`, `shares` (`scratch_view`; <= 0 when it fits);
+    `mt`: the evaluator's MemoryTables."""
+    return _memory_rule(mt, scratch_view(ints, floats, shares, mt))
 
-    In the MCMC the bound decides about seven in ten of the plans the memory rule sees
-    (PPO 70B/7B on 128 and 512 H100, counted on 2026-12-03: 2.67M of 3.90M and 2.64M of
-    3.44M in 5 s; 3.03M and 2.90M fit), at a fraction of the exact rule's cost."""
+
+@numba.njit(cache=True, _nrt=False)
+def memory_bounds(mt, ints, floats, shares):
+    """(fits, lower): bounds of the memory rule that cost a fraction of it, for the
+    search's step, which needs to know only whether a plan fits and, where it does not,
+    whether it overflows enough to be rejected (mcmc_kernel._take_step). `fits`: an upper
+    bound of every peak of the rule is within its capacity (so the plan fits; False says
+    nothing). `lower`: a lower bound of the rule's overflow (`memory_overflow`). Arguments
+    as memory_overflow's.
+
+    The rule takes, over a mesh's devices, the largest persistent level plus the transient
+    copies alive there, plus the working set. The upper bound adds up every term and every
+    alive copy whose mesh overlaps the mesh instead (each device's sum is part of that
+    one), which needs no search of the devices; plans with weight pushes (staleness >= 1)
+    are left to the rule. The lower bound reads each call's peak on the first device of its
+    mesh alone (the rule's first candidate for the largest). In the MCMC the upper bound
+    shows about seven in ten of the plans the rule would see to fit (PPO 70B/7B on 128 and
+    512 H100, counted on 2026-12-03: 2.67M of 3.90M and 2.64M of 3.44M in 5 s; 3.03M and
+    2.90M fit)."""
     scratch = scratch_view(ints, floats, shares, mt)
     count, num_copies = _memory_term_lists(mt, scratch)
-    if _fits_by_bound(mt, scratch, count, num_copies):
-        return 0.0
-    for k in range(scratch.placement.shape[0]):
-        scratch.start_level[k] = _persistent_level(scratch.lo1[k], count, scratch)
-    return _memory_overflow(mt, scratch, count, num_copies)
+    return _memory_bounds(mt, scratch, count, num_copies)
 
 
 @numba.njit(cache=True, inline="always")
-def _fits_by_bound(kt, scratch, count, num_copies):
-    """True when an upper bound of every peak of the memory rule is within its capacity
-    (False says nothing), from `_memory_term_lists` (`count` terms, `num_copies` copies).
-    The rule takes, over a mesh's devices, the largest persistent level plus the transient
-    copies alive on the device; the bound adds up every term and every alive copy whose
-    mesh overlaps the mesh instead (each device's sum is part of that one), which needs no
-    search of the devices. Plans with weight pushes (staleness >= 1) are left to the exact
-    rule."""
-    if kt.push_src.shape[0] > 0:
-        return False
+def _memory_bounds(kt, scratch, count, num_copies):
+    """`memory_bounds` from `_memory_term_lists` (`count` terms, `num_copies` copies)."""
     placement, weights, capacity = scratch.placement, scratch.weights, scratch.capacity
     lo1, hi1, terms, persistent = scratch.lo1, scratch.hi1, scratch.terms, scratch.persistent
-    level = scratch.start_level                # per call: its overlapping terms (work space)
+    overlapping = scratch.start_level      # per call: its overlapping terms (work space)
     num_calls = placement.shape[0]
+    fits = kt.push_src.shape[0] == 0
+    lower = -np.inf
     for k in range(num_calls):
-        total = 0.0
+        on_mesh = on_first = 0.0            # terms overlapping the mesh / on its first device
         for i in range(count):
             t = terms[i]
             if _ranges_overlap(lo1[t], hi1[t], lo1[k], hi1[k]):
-                total += persistent[t]
-        level[k] = total
-        peak = total + _alive_copies_on(k, k, num_copies, kt, scratch) + scratch.extra[k]
-        if peak > capacity[k]:
-            return False
+                on_mesh += persistent[t]
+                if lo1[t] <= lo1[k]:
+                    on_first += persistent[t]
+        overlapping[k] = on_mesh
+        copies_on_mesh, copies_on_first = _alive_copies_on(k, k, num_copies, kt, scratch)
+        extra = scratch.extra[k]
+        fits = fits and on_mesh + copies_on_mesh + extra <= capacity[k]
+        lower = max(lower, (on_first + copies_on_first + extra - capacity[k]) / capacity[k])
+    if not fits:
+        return False, lower
     for p in range(kt.pair_src.shape[0]):
         a, k = kt.pair_src[p], kt.pair_dst[p]
         if placement[a] == placement[k]:
@@ -652,28 +662,30 @@ def _fits_by_bound(kt, scratch, count, num_copies):
         # the message buffers of `_moving_overflow`
         both = _ranges_overlap(lo1[a], hi1[a], lo1[k], hi1[k])
         x = num_calls + p
-        peak_k = level[k] + _alive_copies_on(x, k, num_copies, kt, scratch) + weights[k] \
-            + (weights[a] if both else 0.0)
-        peak_a = level[a] + _alive_copies_on(x, a, num_copies, kt, scratch) + weights[a] \
-            + (weights[k] if both else 0.0)
+        peak_k = overlapping[k] + _alive_copies_on(x, k, num_copies, kt, scratch)[0] \
+            + weights[k] + (weights[a] if both else 0.0)
+        peak_a = overlapping[a] + _alive_copies_on(x, a, num_copies, kt, scratch)[0] \
+            + weights[a] + (weights[k] if both else 0.0)
         if peak_k > capacity[k] or peak_a > capacity[a]:
-            return False
-    return True
+            return False, lower
+    return True, lower
 
 
 @numba.njit(cache=True, inline="always")
 def _alive_copies_on(x, k, num_copies, kt, scratch):
-    """Bytes of the transient copies alive while node type x runs whose mesh overlaps call
-    k's (`_copies_at` summed over the mesh instead of read on one device)."""
+    """Bytes of the transient copies alive while node type x runs (`_copies_at`): those
+    whose mesh overlaps call k's, and those on the first device of call k's mesh."""
     copies, lo1, hi1, weights = scratch.copies, scratch.lo1, scratch.hi1, scratch.weights
     place, num_types = kt.position[x], kt.order.shape[0]
-    total = 0.0
+    on_mesh = on_first = 0.0
     for i in range(num_copies):
         j = copies[i]
         if _ranges_overlap(lo1[j], hi1[j], lo1[k], hi1[k]) and \
                 _alive_during(place, scratch.copy_first[i], scratch.copy_span[i], num_types):
-            total += weights[j]
-    return total
+            on_mesh += weights[j]
+            if lo1[j] <= lo1[k]:
+                on_first += weights[j]
+    return on_mesh, on_first
 
 
 @numba.njit(cache=True, inline="always")

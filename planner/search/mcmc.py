@@ -60,8 +60,8 @@ class MCMCSettings:
     plateau_steps: int = 2000
     time_limit_s: float = 60.0
     top_k: int = 16                     # distinct best plans kept for exact re-pricing
-    # skip the memory rule where the time alone rejects a move (mcmc_kernel._take_step; the
-    # chains' paths are the same without it, only slower)
+    # skip the memory rule where the time alone rejects a move or the rule's bounds decide
+    # it (mcmc_kernel._take_step; the chains' paths are the same without it, only slower)
     early_rejection: bool = True
 
 
@@ -76,8 +76,10 @@ class MCMCResult:
     stopped_by: str
     history: list[tuple[float, float]] = field(default_factory=list)  # (wall_s, best)
     # of the evaluations, those the iteration time alone decided (early rejection,
-    # mcmc_kernel._take_step): the memory rule did not run for them
+    # mcmc_kernel._take_step), and of the others those the memory rule's bounds decided:
+    # the memory rule did not run for them
     decided_on_time: int = 0
+    decided_on_bounds: int = 0
 
 
 def style_key(call) -> np.ndarray:
@@ -225,7 +227,8 @@ def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSe
     evaluations = np.zeros(n, dtype=np.int64)
     chains = Chains(state=state, energy=energy, temperature=temperature, best_time=best_time,
                     best_choice=best_choice, evaluations=evaluations,
-                    decided_on_time=np.zeros(n, dtype=np.int64))
+                    decided_on_time=np.zeros(n, dtype=np.int64),
+                    decided_on_bounds=np.zeros(n, dtype=np.int64))
     top: dict[tuple, float] = {}
     _remember(top, best_time, best_choice, np.ones(n, dtype=bool), settings.top_k)
     best = min(top.values()) if top else np.inf
@@ -266,7 +269,8 @@ def run_mcmc(evaluator: FastEvaluator, seeds: list[np.ndarray], settings: MCMCSe
                       best_iteration_s=best, top_choices=top_choices,
                       evaluations=int(n + evaluations.sum()), steps=step,
                       wall_s=time.perf_counter() - start, stopped_by=stopped_by,
-                      history=history, decided_on_time=int(chains.decided_on_time.sum()))
+                      history=history, decided_on_time=int(chains.decided_on_time.sum()),
+                      decided_on_bounds=int(chains.decided_on_bounds.sum()))
 
 
 def _remember(top: dict[tuple, float], best_time: np.ndarray, best_choice: np.ndarray,
@@ -299,4 +303,5 @@ def merged_result(results: list[MCMCResult]) -> MCMCResult:
                       steps=sum(r.steps for r in results),
                       wall_s=sum(r.wall_s for r in results),
                       stopped_by=", ".join(reasons), history=history,
-                      decided_on_time=sum(r.decided_on_time for r in results))
+                      decided_on_time=sum(r.decided_on_time for r in results),
+                      decided_on_bounds=sum(r.decided_on_bounds for r in results))

@@ -6,19 +6,19 @@ many rounds one `sweep` runs: same seed, same result. Each step proposes one mov
 planner/search/mcmc.py), which changes one call's candidate, evaluates the new plan
 incrementally (planner.search.fast_evaluator.apply_call updates the chain's Scratch, which
 holds its current plan's evaluation state, then fast_evaluator's schedule_s and, unless
-the time alone rejects the move, memory_overflow_unless_fits), accepts by the Metropolis
+the time alone rejects the move, memory_bounds and memory_overflow), accepts by the Metropolis
 rule at the chain's temperature (a rejected move is undone in the Scratch with
 apply_call), and remembers the chain's best feasible plan.
 
 `sweep` takes three bundles besides the evaluator's tables: `Chains` (the chains' state,
 updated in place), `MoveTables` (the neighbourhoods, planner.search.mcmc.move_tables) and
 `StepSettings`; a step is `_propose`, `apply_call_inline`, then `_take_step` (`schedule_s`,
-`_rejected_by_time`, `memory_overflow_unless_fits`, `_remember_if_best`,
+`_rejects_from`, `memory_bounds`, `memory_overflow`, `_remember_if_best`,
 `_metropolis_accepts`), and a round of steps ends with `_exchange_column` (parallel
 tempering). The evaluator's pieces are compiled into the step (apply_call_inline,
 schedule_s): a call of a function that takes the KernelTables and a Scratch costs more
-than a typical change's work. The memory rule is the exception
-(fast_evaluator.memory_overflow_unless_fits, a function that takes less).
+than a typical change's work. The memory rule is the exception (fast_evaluator
+.memory_bounds and memory_overflow, functions that take less).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from planner.search import fast_evaluator, kernel_cache
 from planner.search.fast_evaluator import (
     apply_call_inline,
     fill_plan,
-    memory_overflow_unless_fits,
+    memory_bounds,
+    memory_overflow,
     schedule_s,
     scratch_sizes,
     scratch_view,
@@ -82,9 +83,10 @@ def energy_of(time_s, overflow, scale):
 # state [chains, calls] (local candidate index per call), energy, temperature, best_time (best
 # feasible iteration seconds so far, inf when none), best_choice [chains, calls] (that plan),
 # evaluations (count of plans evaluated: every step that changed the plan), decided_on_time
-# (how many of those the time alone decided, without the memory rule: `_take_step`).
+# (how many of those the time alone decided, without the memory rule: `_take_step`),
+# decided_on_bounds (how many of the others the memory rule's bounds decided without it).
 Chains = namedtuple("Chains", ["state", "energy", "temperature", "best_time", "best_choice",
-                               "evaluations", "decided_on_time"])
+                               "evaluations", "decided_on_time", "decided_on_bounds"])
 
 # Move neighbourhoods as flat arrays (built by planner.search.mcmc.move_tables):
 # - offset, sizes: global index of each call's first candidate, and its candidate count;
@@ -102,7 +104,8 @@ MoveTables = namedtuple("MoveTables", [
 # (chain j x chains_per_temperature + s has temperature level j), the cost scale of the
 # infeasible penalty (energy_of), the cumulative probabilities of the moves MOVE_RANDOM,
 # MOVE_SAME_MESH and MOVE_SAME_STYLE (MOVE_COPY_PLACEMENT has the rest), and whether a step
-# the time alone decides skips the memory rule (`_take_step`; the same path either way).
+# the time alone or the memory rule's bounds decide skips the rule (`_take_step`; the same
+# path either way).
 StepSettings = namedtuple("StepSettings", ["seed", "first_step", "num_rounds", "swap_every",
                                            "chains_per_temperature", "scale",
                                            "move_cumulative", "early_rejection"])
@@ -226,32 +229,60 @@ def _take_step(n, plan, step, call, new, ints, floats, shares, chains, moves, st
     Early rejection (Solonen et al. 2012, "Efficient MCMC for climate model parameter
     estimation", Bayesian Analysis 7(3), section 3): the energy is at least the iteration
     time (`energy_of`), so when the time alone puts the plan beyond what the step's
-    random number accepts (`_rejected_by_time`) and it is no faster than the chain's best,
+    random number accepts (`_rejects_from`) and it is no faster than the chain's best,
     the memory rule cannot change the outcome and is not run. The chain's path and bests
-    are the same bit for bit; `chains.decided_on_time` counts these steps. Where the rule
-    runs, only whether the plan fits matters when it does (`_remember_if_best`,
-    `energy_of`), which memory_overflow_unless_fits often tells from a bound."""
+    are the same bit for bit; `chains.decided_on_time` counts these steps.
+
+    Where the time alone does not decide, the step reads the memory rule's bounds first
+    (fast_evaluator.memory_bounds): a plan they show to fit needs no overflow (only
+    whether it fits matters then: `_remember_if_best`, `energy_of`), and a plan whose
+    overflow's lower bound already gives an energy the random number rejects is rejected
+    without the rule (the argument above: the energy only grows with the overflow). Only
+    the other plans run the memory rule; `chains.decided_on_bounds` counts the ones the
+    bounds decide. Like early rejection, and with it (`steps.early_rejection`), the bounds
+    leave the chain's path and bests the same bit for bit."""
     state, offset = chains.state, moves.offset
     scratch = scratch_view(ints, floats, shares, kt)
     r_accept = uniform(steps.seed, n, step, SLOT_ACCEPT)
     time_s = schedule_s(kt, scratch)
     chains.evaluations[n] += 1
-    if steps.early_rejection and time_s >= chains.best_time[n] and _rejected_by_time(
+    if steps.early_rejection and time_s >= chains.best_time[n] and _rejects_from(
             chains.energy[n], time_s, chains.temperature[n], r_accept):
         chains.decided_on_time[n] += 1
         accepted = False
     else:
-        overflow = memory_overflow_unless_fits(mt, ints, floats, shares)
-        _remember_if_best(n, plan, time_s, overflow, chains, offset)
-        proposed = energy_of(time_s, overflow, steps.scale)
-        accepted = _metropolis_accepts(chains.energy[n], proposed, chains.temperature[n],
-                                       r_accept)
+        accepted = _priced_step_accepts(n, plan, time_s, r_accept, ints, floats, shares,
+                                        chains, moves, steps, mt)
         if accepted:
             state[n, call] = new
-            chains.energy[n] = proposed
     if not accepted:
         plan[call] = offset[call] + state[n, call]
         apply_call_inline(call, plan[call], kt, scratch)
+
+
+@numba.njit(cache=True, inline="always")
+def _priced_step_accepts(n, plan, time_s, r_accept, ints, floats, shares, chains, moves,
+                         steps, mt):
+    """Whether chain n keeps the plan `plan` (its move applied; `time_s` seconds per
+    iteration), by its memory (`_take_step`); remembers it when it is the chain's best that
+    fits, and sets the chain's energy when it is kept."""
+    energy, temperature = chains.energy[n], chains.temperature[n]
+    fits = False
+    if steps.early_rejection:
+        fits, lower = memory_bounds(mt, ints, floats, shares)
+        if fits:
+            chains.decided_on_bounds[n] += 1
+        elif lower > 0.0 and _rejects_from(energy, energy_of(time_s, lower, steps.scale),
+                                           temperature, r_accept):
+            chains.decided_on_bounds[n] += 1
+            return False              # it overflows by at least `lower`: rejected at that
+    overflow = 0.0 if fits else memory_overflow(mt, ints, floats, shares)
+    _remember_if_best(n, plan, time_s, overflow, chains, moves.offset)
+    proposed = energy_of(time_s, overflow, steps.scale)
+    if _metropolis_accepts(energy, proposed, temperature, r_accept):
+        chains.energy[n] = proposed
+        return True
+    return False
 
 
 # Below this margin (in log space) an early rejection leaves room for the rounding of exp
@@ -260,12 +291,13 @@ EARLY_REJECTION_MARGIN = 1e-9
 
 
 @numba.njit(cache=True, inline="always")
-def _rejected_by_time(energy, time_s, temperature, r_accept):
-    """`_metropolis_accepts` rejects every energy of at least `time_s`: the log of its
-    acceptance ratio at `time_s`, (energy - time_s) / temperature, which only falls as the
-    energy grows, is below log(r_accept) by EARLY_REJECTION_MARGIN (so exp of it is below
-    r_accept, and it is negative)."""
-    delta = (energy - time_s) / temperature
+def _rejects_from(energy, floor, temperature, r_accept):
+    """`_metropolis_accepts` rejects every proposed energy of at least `floor` (an iteration
+    time, or the energy of a lower bound of the overflow): the log of its acceptance ratio
+    at `floor`, (energy - floor) / temperature, which only falls as the energy grows, is
+    below log(r_accept) by EARLY_REJECTION_MARGIN (so exp of it is below r_accept, and it
+    is negative)."""
+    delta = (energy - floor) / temperature
     return delta < 0.0 and delta < np.log(r_accept) - EARLY_REJECTION_MARGIN
 
 

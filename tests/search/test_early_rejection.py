@@ -1,6 +1,7 @@
 """Early rejection in the MCMC step (planner/search/mcmc_kernel._take_step): a step whose
 iteration time alone puts it beyond what its random number accepts skips the memory rule,
-and the search takes the same path as with the rule run on every step."""
+as does one the memory rule's bounds decide (fast_evaluator.memory_bounds), and the search
+takes the same path as with the rule run on every step."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from planner.domain.workflow_file import builtin_workflow
 from planner.search import mcmc
 from planner.search.builder import full_tables, pruned_tables
 from planner.search.fast_evaluator import FastEvaluator
-from planner.search.mcmc_kernel import _metropolis_accepts, _rejected_by_time, energy_of
+from planner.search.mcmc_kernel import _metropolis_accepts, _rejects_from, energy_of
 
 
 def test_a_step_rejected_by_its_time_is_rejected_at_every_energy_above_it():
@@ -21,7 +22,7 @@ def test_a_step_rejected_by_its_time_is_rejected_at_every_energy_above_it():
         energy, time_s = rng.uniform(1.0, 2.0, 2)
         temperature = 10.0 ** rng.uniform(-4, 0)
         r_accept = rng.random()
-        if not _rejected_by_time(energy, time_s, temperature, r_accept):
+        if not _rejects_from(energy, time_s, temperature, r_accept):
             continue
         rejected += 1
         for overflow in (-0.5, 0.0, 0.01, 3.0):
@@ -39,8 +40,9 @@ def test_the_search_takes_the_same_path_with_and_without_early_rejection():
         seed=5, temperatures=4, chains_per_temperature=16, max_steps=400, plateau_steps=10**9,
         time_limit_s=600, early_rejection=early)) for early in (True, False)]
     early, full = runs
-    assert full.decided_on_time == 0
+    assert full.decided_on_time == full.decided_on_bounds == 0
     assert 0 < early.decided_on_time < early.evaluations
+    assert 0 < early.decided_on_bounds < early.evaluations - early.decided_on_time
     assert early.evaluations == full.evaluations
     assert early.best_iteration_s == full.best_iteration_s
     assert [c.tolist() for c in early.top_choices] == [c.tolist() for c in full.top_choices]

@@ -7,9 +7,10 @@ along a random walk of one-call changes (kept or undone, as the MCMC does):
   over all calls (`_is_transient_copy`, `_copy_lifetime`, modulo the priority order);
 - a reallocation's held peak read from its call's (`_held_peak_during`) against the one
   computed for the reallocation (`_held_peak_bytes`);
-- the memory bound of the search's step (`_fits_by_bound`, memory_overflow_unless_fits)
-  against the memory rule: it never calls a plan that overflows one that fits (taken:
-  plans it shows to fit; passed by: plans that fit although it does not show it).
+- the memory bounds of the search's step (`_memory_bounds`, memory_bounds) against the
+  memory rule: the upper bound never shows a plan that overflows to fit (taken: plans it
+  shows to fit; passed by: plans that fit although it does not show it), and the lower
+  bound is never above the rule's overflow (and is above 0 on some plans).
 Each shortcut must be taken and must be passed by on these walks (counted), so the test
 fails if a walk stops reaching one side."""
 
@@ -30,7 +31,7 @@ from planner.search.builder import full_tables, pruned_tables
 kernel_cache.depends_on(__file__, fe.__file__)
 
 STEPS = 2000
-NUM_COUNTS = 6          # what `_check_step` counts
+NUM_COUNTS = 7          # what `_check_step` counts
 
 
 @numba.njit(cache=True)
@@ -52,7 +53,8 @@ def _copies_by_definition(x, device, kt, scratch):
 def _check_step(kt, scratch, counts):
     """Compare each shortcut with its rule on the plan `scratch` holds; False on the first
     difference. counts: [all-share rows, other rows, held peaks read, held peaks computed,
-    plans the memory bound shows to fit, plans that fit where it does not]."""
+    plans the upper memory bound shows to fit, plans that fit where it does not, plans
+    whose lower bound overflows]."""
     num_types = scratch.duration.shape[0]
     for x in range(num_types):
         if scratch.share_count[x] != scratch.shares_devices[x].sum():
@@ -81,13 +83,13 @@ def _check_step(kt, scratch, counts):
             if fe._held_peak_during(x, k, count, num_copies, kt, scratch) != computed:
                 return False
             counts[2 if computed == scratch.held_peak[k] else 3] += 1
-    # last: the bound takes the start levels as work space
-    if fe._fits_by_bound(kt, scratch, count, num_copies):
-        if overflow > 0.0:
-            return False
-        counts[4] += 1
-    elif overflow <= 0.0:
-        counts[5] += 1
+    # last: the bounds take the start levels as work space
+    fits, lower = fe._memory_bounds(kt, scratch, count, num_copies)
+    if lower > overflow or (fits and overflow > 0.0):
+        return False
+    counts[4] += fits
+    counts[5] += not fits and overflow <= 0.0
+    counts[6] += lower > 0.0
     return True
 
 

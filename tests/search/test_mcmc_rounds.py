@@ -48,7 +48,8 @@ def test_exchange_swaps_states_when_the_colder_chain_holds_the_worse_plan():
                     temperature=np.array([0.1, 1.0]), best_time=np.full(levels, np.inf),
                     best_choice=np.zeros((levels, calls), dtype=np.int64),
                     evaluations=np.zeros(levels, dtype=np.int64),
-                    decided_on_time=np.zeros(levels, dtype=np.int64))
+                    decided_on_time=np.zeros(levels, dtype=np.int64),
+                    decided_on_bounds=np.zeros(levels, dtype=np.int64))
     slot = np.arange(levels)
     _exchange_column(0, per, plans, slot, 0, 5, chains, 0)
     assert state.tolist() == [[2, 2], [1, 1]] and plans.tolist() == [[2, 2], [1, 1]]
