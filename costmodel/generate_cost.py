@@ -130,38 +130,47 @@ def sampling_noise_s(st: StageTimer, b: int) -> float:
     return float(seconds) * st.knobs.compute_scale
 
 
-# Memoised decode_running: the search prices thousands of layouts with the same waves
-# (dp, micro-batches, pp, rows) on the same kind of hardware. Keyed by the identity of the
-# response length distribution, each entry holding it so that its id names it while the
-# entry lives (as stage_timer's _TIMER_PARTS). Bounded by the bytes of its arrays (one is
-# waves x gen_len floats: 8 KiB per wave at 1,024 tokens), cleared when full.
+# Memoised decode_running: the search prices thousands of layouts whose waves have the same
+# rows (dp x micro-batches in the wave x b) on the same kind of hardware. Keyed by the
+# identity of the response length distribution, each entry holding it so that its id names
+# it while the entry lives (as stage_timer's _TIMER_PARTS), and by the waves' distinct row
+# counts. Bounded by the bytes of its arrays (one row count: gen_len floats, 8 KiB at 1,024
+# tokens), cleared when full.
 RUNNING_MEMO_BYTES = 256 << 20
 _RUNNING_MEMO: dict[tuple, tuple] = {}
 _running_memo_bytes = 0
 
 
-def decode_running(st: StageTimer, b: int, batch: BatchSpec) -> np.ndarray:
-    """P(step s runs) of each decode wave (module docstring): array [waves, gen_len - 1]
-    (memoised; read-only)."""
+def decode_running(st: StageTimer, b: int, batch: BatchSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(waves, running): P(step s runs) of a decode wave (module docstring) of each
+    distinct row count of the call's waves, array [distinct, gen_len - 1] (memoised;
+    read-only), and how many waves have that count. The waves but the last have equal rows,
+    so there are one or two."""
     global _running_memo_bytes
-    ex, lengths = st.ex, batch.gen_lengths
+    lengths = batch.gen_lengths
     interval = stop_check_interval_steps(st.timers[-1][0].hardware.kind)
-    key = (id(lengths), batch.gen_len, interval, ex.dp, ex.micro_batches, ex.pp, b)
+    rows, waves = np.unique(wave_rows(st.ex, b), return_counts=True)
+    key = (id(lengths), batch.gen_len, interval, rows.tobytes())
     hit = _RUNNING_MEMO.get(key)
     if hit is not None:
-        return hit[1]
+        return waves, hit[1]
     if _running_memo_bytes >= RUNNING_MEMO_BYTES:
         _RUNNING_MEMO.clear()
         _running_memo_bytes = 0
     steps = np.arange(1, batch.gen_len)
     done = lengths.cdf(steps // interval * interval)   # F(0) = 0: no check yet
-    # the waves but the last have equal rows: each distinct count's powers once
-    rows, wave_of = np.unique(wave_rows(ex, b), return_inverse=True)
-    running = (1.0 - done[None, :] ** rows.astype(float)[:, None])[wave_of]
+    running = 1.0 - done[None, :] ** rows.astype(float)[:, None]
     running.setflags(write=False)
     _RUNNING_MEMO[key] = (lengths, running)
     _running_memo_bytes += running.nbytes
-    return running
+    return waves, running
+
+
+def decode_rounds(st: StageTimer, b: int, batch: BatchSpec) -> float:
+    """Expected decode rounds of a static generate call: sum over its waves and steps of
+    P(step s runs) (decode_running)."""
+    waves, running = decode_running(st, b, batch)
+    return float(waves @ running.sum(axis=1))
 
 
 def decode_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool,
@@ -174,8 +183,8 @@ def decode_s(st: StageTimer, b: int, batch: BatchSpec, sampled: bool,
     noise = sampling_noise_s(st, b) if sampled else 0.0
     round_s = st.ex.pp * (st.max_stage_s("decode", b, contexts, last_stage_extra_s=noise)
                           + st.send_s(b, 1))
-    running = decode_running(st, b, batch)
-    return float(np.sum(running @ np.broadcast_to(round_s, steps.shape)))
+    waves, running = decode_running(st, b, batch)
+    return float(waves @ (running @ np.broadcast_to(round_s, steps.shape)))
 
 
 def lockstep(lengths) -> bool:
@@ -308,7 +317,7 @@ def generate_all_to_all_s(st: StageTimer, b: int, batch: BatchSpec) -> float:
     prefill = np.broadcast_to(st.max_all_to_all_s(("prefill",), b, widths), widths.shape)
     prefill_s = (ex.pp + ex.micro_batches - 1) * float(np.dot(prompts.longest_pmf(b),
                                                               prefill))
-    rounds = float(np.sum(decode_running(st, b, batch)))
+    rounds = decode_rounds(st, b, batch)
     decode_s = rounds * ex.pp * float(st.max_all_to_all_s(("decode",), b, 1.0))
     return prefill_s + decode_s
 

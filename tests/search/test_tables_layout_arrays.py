@@ -115,8 +115,9 @@ def test_stage_maxima_over_classes_are_maxima_over_every_stage():
 
 def test_memoised_stage_times_match_fresh_ones_in_any_order():
     """StageTimer shares its part timers and stage keys across the layouts of one placement
-    (stage_timer._TIMER_PARTS) and memoises recompute_s beside stage_s: each layout's train
-    phases, priced after the others in reverse order, equal those priced with empty memos."""
+    (stage_timer._TIMER_PARTS), memoises recompute_s beside stage_s and its TP all-reduces
+    across stages (_ALLREDUCE_MEMO): each layout's train phases, priced after the others in
+    reverse order, equal those priced with empty memos."""
     wf, cluster = workflow(), cluster_preset("h100x16")
     train = next(wf.call_by_name[n] for n in wf.call_order
                  if wf.call_by_name[n].kind == "train")
@@ -133,6 +134,7 @@ def test_memoised_stage_times_match_fresh_ones_in_any_order():
     for ex in layouts:
         stage_timer._STAGE_MEMO.clear()
         stage_timer._TIMER_PARTS.clear()
+        stage_timer._ALLREDUCE_MEMO.clear()
         fresh.append(phases(ex))
     assert len({str(p) for p in fresh}) > len(layouts) // 2   # the variants do differ
     assert [phases(ex) for ex in reversed(layouts)] == fresh[::-1]
