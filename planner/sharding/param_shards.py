@@ -50,6 +50,7 @@ and at tp=8 (two ranks per kv head), tp_rank=5:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -204,23 +205,46 @@ def stage_params(spec: ModelSpec, head: HeadKind, stage: int, pp: int) -> list[P
     return [p for p in model_params(spec, head, pp) if p.stage == stage]
 
 
-@lru_cache(maxsize=1024)
 def shard_elements(spec: ModelSpec, head: HeadKind, tp: int, pp: int, ep: int = 1
                    ) -> np.ndarray:
     """Parameter elements held by each device: array [pp, tp] (read-only); every expert rank
     of an ep split holds as many."""
+    return _shard_elements(spec, head, tp, pp, ep)
+
+
+# Memoised apart from shard_elements, so that a call that names ep = 1 and one that leaves
+# it out share an entry.
+@lru_cache(maxsize=1024)
+def _shard_elements(spec: ModelSpec, head: HeadKind, tp: int, pp: int, ep: int) -> np.ndarray:
     problem = parallel_degrees_problem(spec, tp, pp)
     if problem:
         raise ValueError(problem)
     counts = np.zeros((pp, tp), dtype=np.int64)
-    # A parameter's slices depend on its shape and split only (not its name or layer):
-    # each distinct (shape, split) is sliced once and its per-rank counts reused.
-    per_rank: dict[tuple, np.ndarray] = {}
-    for param in model_params(spec, head, pp):
-        key = (param.shape, param.split)
-        if key not in per_rank:
-            per_rank[key] = np.array([slice_elements(shard_slice(spec, param, rank, tp, 0, ep))
-                                      for rank in range(tp)], dtype=np.int64)
-        counts[param.stage] += per_rank[key]
+    kinds, per_stage = _param_kinds(spec, head, pp)
+    per_rank = [np.array([slice_elements(shard_slice(spec, param, rank, tp, 0, ep))
+                          for rank in range(tp)], dtype=np.int64) for param in kinds]
+    for stage, kind, count in per_stage:
+        counts[stage] += count * per_rank[kind]
     counts.setflags(write=False)
     return counts
+
+
+@lru_cache(maxsize=256)
+def _param_kinds(spec: ModelSpec, head: HeadKind, pp: int
+                 ) -> tuple[tuple[ParamInfo, ...], tuple[tuple[int, int, int], ...]]:
+    """The model's parameters under `pp` stages by kind: a parameter's slices depend on its
+    shape and split only (not its name or layer), so shard_elements slices one parameter
+    of each distinct (shape, split) (the first, in HF order) and adds its counts to a stage
+    once per parameter of that kind there (integers: the same sums in any grouping).
+    Returns (one parameter per kind, (stage, kind, parameters of the kind on the stage))."""
+    kinds: dict[tuple, int] = {}
+    first: list[ParamInfo] = []
+    per_stage: Counter = Counter()
+    for param in model_params(spec, head, pp):
+        key = (param.shape, param.split)
+        if key not in kinds:
+            kinds[key] = len(first)
+            first.append(param)
+        per_stage[param.stage, kinds[key]] += 1
+    return tuple(first), tuple((stage, kind, count)
+                               for (stage, kind), count in per_stage.items())
