@@ -50,6 +50,7 @@ and at tp=8 (two ranks per kv head), tp_rank=5:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -197,7 +198,7 @@ def shard_slice(spec: ModelSpec, param: ParamInfo, tp_rank: int, tp: int, ep_ran
 
 
 def slice_elements(ranges: ShardSlice) -> int:
-    return int(np.prod([b - a for a, b in ranges]))
+    return int(math.prod(b - a for a, b in ranges))
 
 
 def stage_params(spec: ModelSpec, head: HeadKind, stage: int, pp: int) -> list[ParamInfo]:
