@@ -76,7 +76,9 @@ then `_list_schedule` (the schedule above), `_memory_terms` and `_memory_overflo
 memory rule), which read only the Scratch (`price`). The search's moves change one call:
 `apply_call` updates only what that call touches, and `price` then gives the same numbers
 bit for bit as `evaluate_plan` of the changed plan. `FastEvaluator.call_peak_bytes` returns
-the per-call peaks the memory rule compares with the capacity, from the same pieces.
+the per-call peaks the memory rule compares with the capacity, from the same pieces. The
+search's step reads `memory_bounds` (an upper bound that can show a plan fits, a lower
+bound of its overflow) first, and runs `memory_overflow` only where they do not decide.
 """
 
 from __future__ import annotations
