@@ -157,9 +157,7 @@ def decode_running(st: StageTimer, b: int, batch: BatchSpec) -> tuple[np.ndarray
     if _running_memo_bytes >= RUNNING_MEMO_BYTES:
         _RUNNING_MEMO.clear()
         _running_memo_bytes = 0
-    steps = np.arange(1, batch.gen_len)
-    done = lengths.cdf(steps // interval * interval)   # F(0) = 0: no check yet
-    running = 1.0 - done[None, :] ** rows.astype(float)[:, None]
+    running = np.stack([drain_running(lengths, batch.gen_len, interval, int(r)) for r in rows])
     running.setflags(write=False)
     _RUNNING_MEMO[key] = (lengths, running)
     _running_memo_bytes += running.nbytes
@@ -230,7 +228,9 @@ def expected_longest_age(lengths, slots: int) -> float:
 
 
 def drain_running(lengths, gen_len: int, interval: int, rows: int) -> np.ndarray:
-    """P(step s runs), s = 1 .. gen_len - 1, of a wave of `rows` rows (module docstring)."""
+    """P(step s runs), s = 1 .. gen_len - 1, of a wave of `rows` rows (module docstring):
+    step s runs unless every row had stopped at the last check before it (F(0) = 0: no
+    check yet)."""
     steps = np.arange(1, gen_len)
     return 1.0 - lengths.cdf(steps // interval * interval) ** float(rows)
 

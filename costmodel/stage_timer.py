@@ -53,11 +53,12 @@ _LINK_KEYS: dict[tuple, int] = {}
 def _timer_parts(role: ModelRole, tp: int, geo: Geometry, profiles_dir: Path,
                  knobs: CostKnobs, ep: int = 1) -> tuple[list, list[int], list[int]]:
     """(per stage its part timers, per stage the id of its stage key, per stage the id of
-    its (tp link, knobs) in _LINK_KEYS), memoised (_TIMER_PARTS). Alike stages (Geometry.stage_class) share their hardware, so their
-    timers. A stage's key is what stage_s reads of the role, execution and geometry for it:
-    the model spec and head, the profiles, tp, its layers, whether it is the first or the
-    last, its hardware and tp link, the knobs, and ep with the stage's ep link (a
-    mixture-of-experts block's routed experts and all-to-alls)."""
+    its (tp link, knobs) in _LINK_KEYS), memoised (_TIMER_PARTS). Alike stages
+    (Geometry.stage_class) share their hardware, so their timers. A stage's key is what
+    stage_s reads of the role, execution and geometry for it: the model spec and head, the
+    profiles, tp, its layers, whether it is the first or the last, its hardware and tp
+    link, the knobs, and ep with the stage's ep link (a mixture-of-experts block's routed
+    experts and all-to-alls)."""
     key = (id(role), id(geo), tp, profiles_dir, knobs, ep)
     hit = _TIMER_PARTS.get(key)
     if hit is not None:
