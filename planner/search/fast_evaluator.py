@@ -107,8 +107,8 @@ KernelTables = namedtuple("KernelTables", [
     "placement", "order", "edge_src", "edge_dst", "edge_bytes", "pair_src", "pair_dst",
     "pair_wraps", "pair_weights", "memory_role", "train_call_of", "model_id", "links",
     "device_node", "num_iterations", "move_scale", "move_overhead_s", "edges_into_offset",
-    "edges_into", "pair_into", "pair_out_of", "position", "pairs_of_call_offset",
-    "pairs_of_call", "edges_of_call_offset", "edges_of_call", "staleness", "proximal_s",
+    "pair_into", "pair_out_of", "position", "pairs_of_call_offset", "pairs_of_call",
+    "edges_of_call_offset", "edges_of_call", "staleness", "proximal_s",
     "adds_proximal", "push_src", "push_dst", "push_after", "push_weights", "push_into",
     "pushes_of_call_offset", "pushes_of_call", "core_node_lo", "core_node_hi",
     "core_node_cores"])
@@ -209,7 +209,10 @@ def _memory_roles(tables: SearchTables, pushes: list[PushType]) -> np.ndarray:
 
 def kernel_tables(tables: SearchTables, staleness: int = 0) -> KernelTables:
     """Flatten `tables` into the arrays the kernels read, for plans at `staleness`."""
-    calls, edges = tables.calls, tables.edges
+    # the data edges by consumer (a stable sort): the edges into call k are the kernel's
+    # edges edges_into_offset[k] to edges_into_offset[k + 1] - 1, which the list schedule
+    # reads without an index list
+    calls, edges = tables.calls, sorted(tables.edges, key=lambda e: e.dst)
     pairs, pushes, order = rollout_structure(tables, staleness)
     train_call = {c.model: k for k, c in enumerate(calls) if c.kind == "train"}
     models = sorted({c.model for c in calls})
@@ -240,11 +243,9 @@ def kernel_tables(tables: SearchTables, staleness: int = 0) -> KernelTables:
         # K + 2 s iterations (costmodel.simulator.simulated_iterations: 3 + 2 s)
         num_iterations=int(tables.num_iterations) + 2 * staleness,
         move_scale=float(tables.move_scale), move_overhead_s=float(tables.move_overhead_s),
-        # data edges into each call: edges_into[edges_into_offset[k]:edges_into_offset[k+1]]
+        # data edges into each call: edges edges_into_offset[k] to edges_into_offset[k+1] - 1
         edges_into_offset=np.cumsum([0] + [sum(e.dst == k for e in edges)
                                            for k in range(len(calls))]).astype(np.int64),
-        edges_into=np.array([i for k in range(len(calls)) for i, e in enumerate(edges)
-                             if e.dst == k], dtype=np.int64),
         # the reallocation node into each call (a call follows at most one call of its model)
         pair_into=np.array([next((p for p, pair in enumerate(pairs) if pair.dst == k), -1)
                             for k in range(len(calls))], dtype=np.int64),
@@ -885,7 +886,7 @@ def _list_schedule(kt, scratch):
     first_push = num_calls + pair_src.shape[0]
     num_pushes, push_into, history = kt.push_src.shape[0], kt.push_into, \
         scratch.train_end_history
-    edge_src, edges_into, edges_into_offset = kt.edge_src, kt.edges_into, kt.edges_into_offset
+    edge_src, edges_into_offset = kt.edge_src, kt.edges_into_offset
     duration, transfer = scratch.duration, scratch.transfer
     end, previous_end, latest_end = scratch.end, scratch.previous_end, scratch.latest_end
     share_count = scratch.share_count
@@ -919,8 +920,7 @@ def _list_schedule(kt, scratch):
                     ready = end[pair_src[p]]
             else:
                 # A call waits for its data (each edge plus its transfer) and its model.
-                for j in range(edges_into_offset[x], edges_into_offset[x + 1]):
-                    e = edges_into[j]
+                for e in range(edges_into_offset[x], edges_into_offset[x + 1]):
                     ready = max(ready, end[edge_src[e]] + transfer[e])
                 p = pair_into[x]
                 if p >= 0 and not (pair_wraps[p] and i == 0):
@@ -934,9 +934,9 @@ def _list_schedule(kt, scratch):
                 free = latest
             else:
                 free = _devices_free_s(x, scratch.shares_devices, latest_end)
-            end[x] = max(ready, free) + duration[x]
-            latest_end[x] = end[x]
-            latest = max(latest, end[x])
+            end_x = max(ready, free) + duration[x]
+            end[x] = latest_end[x] = end_x
+            latest = max(latest, end_x)
         for q in range(num_pushes):
             history[i * num_pushes + q] = end[kt.push_src[q]]
         iteration_end = 0.0
