@@ -5,7 +5,8 @@ does, then times, on one thread, the pieces a Metropolis step runs
 (planner/search/mcmc_kernel.py `_take_step`) on random plans of those tables:
 
     apply_call      apply one call's new candidate to the evaluation state (a step runs it
-                    once, and once more to undo a rejected move)
+                    once, on a copy of the chain's state: a rejected move leaves the
+                    chain's own, mcmc_kernel._run_rounds)
     schedule_s      the iteration time of the held plan (every step)
     memory_bounds   the memory rule's bounds (the steps the time alone does not decide)
     memory_overflow the memory rule (the steps neither the time nor the bounds decide)
@@ -17,9 +18,9 @@ see (fast_evaluator.memory_bounds says how many; search_speed.py prints the shar
 plans the bounds decide). Each figure
 is the best of three runs of REPEATS calls, in nanoseconds per call; the loop itself is
 compiled with the pieces (no Python between calls). With the share of steps the time alone
-decides (search_speed.py prints it) and the share of rejected moves, these give a step's
-cost: apply x (1 + rejected) + schedule + bounds x (1 - decided on time) + memory x (1 -
-decided on time - decided on bounds).
+decides (search_speed.py prints it), these give a step's cost: the state's copy + apply +
+schedule + bounds x (1 - decided on time) + memory x (1 - decided on time - decided on
+bounds).
 
     python benchmarks/evaluator_pieces.py [--cases ppo-70b-h100x128,...]
 """

@@ -4,11 +4,12 @@ Random numbers come from a counter-based generator (splitmix64 of seed, chain, s
 slot), so a chain's path depends only on the seed, never on which thread ran it or on how
 many rounds one `sweep` runs: same seed, same result. Each step proposes one move (see
 planner/search/mcmc.py), which changes one call's candidate, evaluates the new plan
-incrementally (planner.search.fast_evaluator.apply_call updates the chain's Scratch, which
-holds its current plan's evaluation state, then fast_evaluator's schedule_s and, unless
-the time alone rejects the move, memory_bounds and memory_overflow), accepts by the Metropolis
-rule at the chain's temperature (a rejected move is undone in the Scratch with
-apply_call), and remembers the chain's best feasible plan.
+incrementally (planner.search.fast_evaluator.apply_call updates a copy of the chain's
+Scratch, which holds its current plan's evaluation state, then fast_evaluator's
+schedule_s and, unless the time alone rejects the move, memory_bounds and
+memory_overflow), accepts by the Metropolis rule at the chain's temperature (the copy then
+becomes the chain's Scratch; a rejected move leaves the chain's own), and remembers the
+chain's best feasible plan.
 
 `sweep` takes three bundles besides the evaluator's tables: `Chains` (the chains' state,
 updated in place), `MoveTables` (the neighbourhoods, planner.search.mcmc.move_tables) and
@@ -124,7 +125,7 @@ def sweep(chains, moves, steps, kt, mt):
     ladder, so one thread runs a whole column through every round without waiting for the
     others: the threads meet once per sweep, not once per round. Each chain of the column
     keeps its evaluation state (a Scratch, in row slot[j] of the column's buffers for level
-    j; an exchange swaps the rows) from one step to the next. `chains`: a Chains, `moves`:
+    j, beside a spare row; an exchange swaps the rows) from one step to the next. `chains`: a Chains, `moves`:
     a MoveTables, `steps`: a StepSettings, `kt` and `mt`: the evaluator's KernelTables and
     MemoryTables."""
     for s in numba.prange(steps.chains_per_temperature):
@@ -139,11 +140,11 @@ def _run_column(s, chains, moves, steps, kt, mt):
     chains' Scratch rows and moves, then `_run_rounds`."""
     temperatures = chains.state.shape[0] // steps.chains_per_temperature
     num_ints, num_floats, num_types = scratch_sizes(kt)
-    ints = np.empty((temperatures, num_ints), np.int64)
-    floats = np.empty((temperatures, num_floats))
-    shares = np.empty((temperatures, num_types, num_types), np.bool_)
+    ints = np.empty((2 * temperatures, num_ints), np.int64)
+    floats = np.empty((2 * temperatures, num_floats))
+    shares = np.empty((2 * temperatures, num_types, num_types), np.bool_)
     plans = np.empty((temperatures, chains.state.shape[1]), np.int64)
-    slot = np.arange(temperatures)
+    slot = np.arange(2 * temperatures)
     moved = np.empty((3, temperatures), np.int64)
     _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt, mt)
 
@@ -155,19 +156,22 @@ def _run_column(s, chains, moves, steps, kt, mt):
 def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt,
                 mt):
     """The rounds of column s: `plans[j]` and Scratch row `slot[j]` (of `ints`, `floats`,
-    `shares`) hold the plan of the chain at temperature level j (filled here); `moved`:
-    work array [3, levels].
+    `shares`) hold the plan of the chain at temperature level j (filled here), and row
+    `slot[levels + j]` is its spare; `moved`: work array [3, levels].
 
     Step by step, each in three passes over the column's chains: propose every chain's
-    move, apply every move to its Scratch, then price each plan and keep or undo its move.
+    move, apply every move to a copy of its Scratch in its spare row, then price each plan
+    and keep its move (the spare becomes the chain's row, `slot` swapped) or leave it (the
+    chain's row was not touched). Copying the Scratch (some 2 KB) costs less than undoing
+    a move by applying the old candidate again, which most moves needed (rejected).
     The chains are independent within a round (their random numbers depend on seed, chain
     and step only), so this is the order-of-steps-per-chain result bit for bit; the passes
     let the processor overlap the chains' cache misses in the move and candidate tables
     (the candidates of 1,024 devices do not fit in a cache) instead of waiting for each.
-    Between the first two, a pass only reads each move's new and old candidate rows
-    (`touched`, kept so the reads stay): a dozen independent loads in flight at once, where
-    the apply pass met each row's miss alone, one chain's work apart (10% of the step's
-    samples at 128 H100 before, on an AMD EPYC VM, perf record on 2026-12-06)."""
+    Between the first two, a pass only reads each move's new candidate row (`touched`,
+    kept so the reads stay): the column's loads in flight at once, where the apply pass met
+    each row's miss alone, one chain's work apart (10% of the step's samples at 128 H100
+    before, on an AMD EPYC VM, perf record on 2026-12-06)."""
     per = steps.chains_per_temperature
     levels = plans.shape[0]
     state, offset = chains.state, moves.offset
@@ -187,21 +191,37 @@ def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, step
                     news[j] = -1                  # no move: nothing to evaluate
             for j in range(levels):
                 if news[j] >= 0:
-                    touched[j] = kt.lo[offset[calls[j]] + news[j]] + kt.lo[plans[j, calls[j]]]
+                    touched[j] = kt.lo[offset[calls[j]] + news[j]]
             for j in range(levels):
                 if news[j] >= 0:
-                    call, r = calls[j], slot[j]
+                    call, r, w = calls[j], slot[j], slot[levels + j]
+                    _copy_scratch(ints, floats, shares, r, w)
                     plans[j, call] = offset[call] + news[j]
                     apply_call_inline(call, plans[j, call], kt,
-                                      scratch_view(ints[r], floats[r], shares[r], kt))
+                                      scratch_view(ints[w], floats[w], shares[w], kt))
             for j in range(levels):
                 if news[j] >= 0:
-                    r = slot[j]
-                    _take_step(j * per + s, plans[j], step_in_round, calls[j], news[j],
-                               ints[r], floats[r], shares[r], chains, moves, steps, kt, mt)
+                    w = slot[levels + j]
+                    if _take_step(j * per + s, plans[j], step_in_round, calls[j], news[j],
+                                  ints[w], floats[w], shares[w], chains, moves, steps, kt,
+                                  mt):
+                        slot[j], slot[levels + j] = w, slot[j]
         step += steps.swap_every
         _exchange_column(s, per, plans, slot, (step // steps.swap_every) % 2, step,
                          chains, steps.seed)
+
+
+@numba.njit(cache=True, inline="always")
+def _copy_scratch(ints, floats, shares, src, dst):
+    """Scratch row `dst` := row `src` (element by element: an array assignment may
+    allocate, which `_run_rounds`, compiled without numba's runtime, cannot)."""
+    for i in range(ints.shape[1]):
+        ints[dst, i] = ints[src, i]
+    for i in range(floats.shape[1]):
+        floats[dst, i] = floats[src, i]
+    for x in range(shares.shape[1]):
+        for y in range(shares.shape[2]):
+            shares[dst, x, y] = shares[src, x, y]
 
 
 @numba.njit(cache=True, _nrt=False)
@@ -228,10 +248,11 @@ def _exchange_column(s, per, plans, slot, parity, step, chains, seed):
 def _take_step(n, plan, step, call, new, ints, floats, shares, chains, moves, steps, kt,
                mt):
     """The rest of chain n's `step`, after its move (call `call` to local candidate `new`)
-    was applied to `plan` (global indices) and to its evaluation state (the Scratch in the
-    buffers `ints`, `floats`, `shares`, kept in step with it, fast_evaluator.apply_call):
-    price the plan, remember it when it is the chain's best that fits, and keep or undo the
-    move by the Metropolis rule.
+    was applied to `plan` (global indices) and to a copy of its evaluation state (the
+    Scratch in the buffers `ints`, `floats`, `shares`, fast_evaluator.apply_call): price
+    the plan, remember it when it is the chain's best that fits, and keep the move by the
+    Metropolis rule or take it back from `plan`; returns whether it was kept (the copy is
+    then the chain's evaluation state).
 
     Early rejection (Solonen et al. 2012, "Efficient MCMC for climate model parameter
     estimation", Bayesian Analysis 7(3), section 3): the energy is at least the iteration
@@ -264,7 +285,7 @@ def _take_step(n, plan, step, call, new, ints, floats, shares, chains, moves, st
             state[n, call] = new
     if not accepted:
         plan[call] = offset[call] + state[n, call]
-        apply_call_inline(call, plan[call], kt, scratch)
+    return accepted
 
 
 @numba.njit(cache=True, inline="always")
