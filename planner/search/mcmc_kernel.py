@@ -13,8 +13,8 @@ chain's best feasible plan.
 
 `sweep` takes three bundles besides the evaluator's tables: `Chains` (the chains' state,
 updated in place), `MoveTables` (the neighbourhoods, planner.search.mcmc.move_tables) and
-`StepSettings`; a step is `_propose`, `apply_call_inline`, then `_take_step` (`schedule_s`,
-`_rejects_from`, `memory_bounds`, `memory_overflow`, `_remember_if_best`,
+`StepSettings`; a step is `_draw`, `_resolve`, `apply_call_inline`, then `_take_step`
+(`schedule_s`, `_rejects_from`, `memory_bounds`, `memory_overflow`, `_remember_if_best`,
 `_metropolis_accepts`), and a round of steps ends with `_exchange_column` (parallel
 tempering). The evaluator's pieces are compiled into the step (apply_call_inline,
 schedule_s): a call of a function that takes the KernelTables and a Scratch costs more
@@ -125,9 +125,9 @@ def sweep(chains, moves, steps, kt, mt):
     ladder, so one thread runs a whole column through every round without waiting for the
     others: the threads meet once per sweep, not once per round. Each chain of the column
     keeps its evaluation state (a Scratch, in row slot[j] of the column's buffers for level
-    j, beside a spare row; an exchange swaps the rows) from one step to the next. `chains`: a Chains, `moves`:
-    a MoveTables, `steps`: a StepSettings, `kt` and `mt`: the evaluator's KernelTables and
-    MemoryTables."""
+    j, beside a spare row; an exchange swaps the rows) from one step to the next. `chains`:
+    a Chains, `moves`: a MoveTables, `steps`: a StepSettings, `kt` and `mt`: the
+    evaluator's KernelTables and MemoryTables."""
     for s in numba.prange(steps.chains_per_temperature):
         _run_column(s, chains, moves, steps, kt, mt)
 
@@ -145,19 +145,22 @@ def _run_column(s, chains, moves, steps, kt, mt):
     shares = np.empty((2 * temperatures, num_types, num_types), np.bool_)
     plans = np.empty((temperatures, chains.state.shape[1]), np.int64)
     slot = np.arange(2 * temperatures)
-    moved = np.empty((3, temperatures), np.int64)
-    _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt, mt)
+    moved = np.empty((4, temperatures), np.int64)
+    picks = np.empty(temperatures)
+    _run_rounds(s, ints, floats, shares, plans, slot, moved, picks, chains, moves, steps, kt,
+                mt)
 
 
 # Without reference counting, like fast_evaluator.evaluate_plan (see the note there): the
 # chains' Scratch views are cut here once per chain and step, which with counting would
 # cost 29 atomic updates each way, and the namedtuples are handed to the pieces per step.
 @numba.njit(cache=True, _nrt=False)
-def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, steps, kt,
-                mt):
+def _run_rounds(s, ints, floats, shares, plans, slot, moved, picks, chains, moves, steps,
+                kt, mt):
     """The rounds of column s: `plans[j]` and Scratch row `slot[j]` (of `ints`, `floats`,
     `shares`) hold the plan of the chain at temperature level j (filled here), and row
-    `slot[levels + j]` is its spare; `moved`: work array [3, levels].
+    `slot[levels + j]` is its spare; `moved` and `picks`: work arrays [4, levels] and
+    [levels].
 
     Step by step, each in three passes over the column's chains: propose every chain's
     move, apply every move to a copy of its Scratch in its spare row, then price each plan
@@ -168,14 +171,17 @@ def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, step
     and step only), so this is the order-of-steps-per-chain result bit for bit; the passes
     let the processor overlap the chains' cache misses in the move and candidate tables
     (the candidates of 1,024 devices do not fit in a cache) instead of waiting for each.
-    Between the first two, a pass only reads each move's new candidate row (`touched`,
-    kept so the reads stay): the column's loads in flight at once, where the apply pass met
-    each row's miss alone, one chain's work apart (10% of the step's samples at 128 H100
-    before, on an AMD EPYC VM, perf record on 2026-12-06)."""
+    The proposal is itself two passes, `_draw` (random numbers: some hundred instructions a
+    chain) and `_resolve` (the move tables' loads), so that the loads of many chains are in
+    the processor's window at once. Between proposing and applying, a pass only reads each
+    move's new candidate row (`touched`, kept so the reads stay): the column's loads in
+    flight at once, where the apply pass met each row's miss alone, one chain's work apart
+    (10% of the step's samples at 128 H100 before, on an AMD EPYC VM, perf record on
+    2026-12-06)."""
     per = steps.chains_per_temperature
     levels = plans.shape[0]
     state, offset = chains.state, moves.offset
-    calls, news, touched = moved[0], moved[1], moved[2]
+    calls, news, touched, kinds = moved[0], moved[1], moved[2], moved[3]
     for j in range(levels):
         for k in range(plans.shape[1]):       # global candidate indices
             plans[j, k] = state[j * per + s, k] + offset[k]
@@ -184,9 +190,12 @@ def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, step
     for _ in range(steps.num_rounds):
         for step_in_round in range(step, step + steps.swap_every):
             for j in range(levels):
+                kinds[j], calls[j], picks[j] = _draw(j * per + s, step_in_round,
+                                                     plans.shape[1], moves, steps)
+            for j in range(levels):
                 n = j * per + s
-                calls[j], news[j] = _propose(n, step_in_round, plans[j], state[n], moves,
-                                             steps)
+                calls[j], news[j] = _resolve(kinds[j], calls[j], picks[j], plans[j],
+                                             state[n], moves)
                 if news[j] == state[n, calls[j]]:
                     news[j] = -1                  # no move: nothing to evaluate
             for j in range(levels):
@@ -214,14 +223,16 @@ def _run_rounds(s, ints, floats, shares, plans, slot, moved, chains, moves, step
 @numba.njit(cache=True, inline="always")
 def _copy_scratch(ints, floats, shares, src, dst):
     """Scratch row `dst` := row `src` (element by element: an array assignment may
-    allocate, which `_run_rounds`, compiled without numba's runtime, cannot)."""
+    allocate, which `_run_rounds`, compiled without numba's runtime, cannot; the booleans
+    as bytes, which the compiler copies in vector registers, not one by one)."""
     for i in range(ints.shape[1]):
         ints[dst, i] = ints[src, i]
     for i in range(floats.shape[1]):
         floats[dst, i] = floats[src, i]
+    share_bytes = shares.view(np.uint8)
     for x in range(shares.shape[1]):
         for y in range(shares.shape[2]):
-            shares[dst, x, y] = shares[src, x, y]
+            share_bytes[dst, x, y] = share_bytes[src, x, y]
 
 
 @numba.njit(cache=True, _nrt=False)
@@ -330,23 +341,31 @@ def _rejects_from(energy, floor, temperature, r_accept):
 
 
 @numba.njit(cache=True, inline="always")
-def _propose(n, step, plan, local, moves, steps):
-    """(call, new local candidate index) of chain n's move at `step`, from its plan (global
-    indices `plan`, local indices `local`); the index is -1 when a placement copy finds no
-    candidate with that placement."""
+def _draw(n, step, num_calls, moves, steps):
+    """(kind, index, r_pick) of chain n's move at `step`, from its random numbers alone (no
+    table beyond the move kinds' probabilities): the move kind, the call it changes (for a
+    placement copy, the copy), and the number that picks the candidate (`_resolve`)."""
     r_kind = uniform(steps.seed, n, step, SLOT_KIND)
     r_call = uniform(steps.seed, n, step, SLOT_CALL)
     r_pick = uniform(steps.seed, n, step, SLOT_PICK)
-    num_calls, num_copies = plan.shape[0], moves.copy_src.shape[0]
+    num_copies = moves.copy_src.shape[0]
     kind = _move_kind(r_kind, steps.move_cumulative, num_copies)
     if kind == MOVE_COPY_PLACEMENT:
-        w = _pick(r_call, num_copies)
-        return moves.copy_dst[w], moves.copy_map[moves.copy_map_offset[w]
-                                                 + local[moves.copy_src[w]]]
-    call = _pick(r_call, num_calls)
+        return kind, _pick(r_call, num_copies), r_pick
+    return kind, _pick(r_call, num_calls), r_pick
+
+
+@numba.njit(cache=True, inline="always")
+def _resolve(kind, index, r_pick, plan, local, moves):
+    """(call, new local candidate index) of a move drawn by `_draw`, from the chain's plan
+    (global indices `plan`, local indices `local`) and the move tables; the index is -1
+    when a placement copy finds no candidate with that placement."""
+    if kind == MOVE_COPY_PLACEMENT:
+        return moves.copy_dst[index], moves.copy_map[moves.copy_map_offset[index]
+                                                     + local[moves.copy_src[index]]]
     if kind == MOVE_RANDOM:
-        return call, _pick(r_pick, moves.sizes[call])
-    return call, _group_member(kind - MOVE_SAME_MESH, call, plan[call], r_pick, moves)
+        return index, _pick(r_pick, moves.sizes[index])
+    return index, _group_member(kind - MOVE_SAME_MESH, index, plan[index], r_pick, moves)
 
 
 @numba.njit(cache=True, inline="always")
