@@ -162,8 +162,8 @@ def _run_rounds(s, ints, floats, shares, plans, slot, moved, picks, chains, move
     `slot[levels + j]` is its spare; `moved` and `picks`: work arrays [4, levels] and
     [levels].
 
-    Step by step, each in three passes over the column's chains: propose every chain's
-    move, apply every move to a copy of its Scratch in its spare row, then price each plan
+    Step by step, each in passes over the column's chains: propose every chain's move,
+    apply every move to a copy of its Scratch in its spare row, then price each plan
     and keep its move (the spare becomes the chain's row, `slot` swapped) or leave it (the
     chain's row was not touched). Copying the Scratch (some 2 KB) costs less than undoing
     a move by applying the old candidate again, which most moves needed (rejected).
