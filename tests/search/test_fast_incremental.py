@@ -1,6 +1,7 @@
 """The search's incremental evaluation (fast_evaluator.apply_call, then price) gives the
 same numbers, bit for bit, as evaluating the whole changed plan (FastEvaluator.evaluate),
-along a random walk of one-call changes, some kept and some undone as the MCMC does."""
+along a random walk of one-call changes, some kept and some undone by applying the old
+candidate again (the MCMC step keeps a copy instead, mcmc_kernel._run_rounds)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The fast evaluator's shortcuts give the numbers of the rules they shorten, bit for bit,
-along a random walk of one-call changes (kept or undone, as the MCMC does):
+along a random walk of one-call changes (kept, or undone by applying the old candidate):
 - the list schedule's "shares a device with every node type" path (`share_count`) against
   the schedule that tests every share (`_devices_free_s`), and `share_count` against a
   count of the shares matrix after each `apply_call`;
